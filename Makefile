@@ -1,0 +1,65 @@
+# The two commands: `make up` starts the deployment, `make test` tests it (see README.md).
+SHELL := /bin/bash
+COMPOSE ?= docker compose
+PYTHON ?= python3
+VENV := .venv
+TEST_ENV := tests/e2e/stack.env
+WHEELHOUSE := images/singleuser/wheelhouse
+# The CPU build of PyTorch for the test image (the production image uses TORCH_PACKAGES).
+TEST_TORCH := torch==2.13.0+cpu
+# Extra pip arguments to fetch it; elsewhere e.g. --extra-index-url https://download.pytorch.org/whl/cpu
+TEST_TORCH_PIP_ARGS ?=
+
+# Hosts without registry access build Debian-based bases locally; when `make` creates .env
+# (or builds test images) it uses them if they exist.
+LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=local/debian:bookworm
+
+.PHONY: up down images test test-images unit e2e
+
+up: .env images
+	$(COMPOSE) up -d --wait
+	@port=$$(grep -E '^HUB_PUBLISH=' .env | cut -d= -f2); \
+	 echo "JupyterHub is up: http://localhost:$${port##*:}/ (admin: $$(grep -E '^HUB_ADMIN_USER=' .env | cut -d= -f2);" \
+	      "initial password: $(COMPOSE) exec hub cat /srv/jupyterhub/state/admin-password)"
+
+down:
+	$(COMPOSE) down
+
+.env:
+	cp .env.example $@
+	@for pair in $(LOCAL_BASES); do image=$${pair#*=}; \
+	  if docker image inspect $$image >/dev/null 2>&1; then \
+	    sed -i "s|^$${pair%%=*}=.*|$$pair|" $@; echo "using local base image $$image (.env)"; fi; done
+
+# Torch wheels are fetched into the build context first when pip is at hand: they are then
+# reused across rebuilds instead of downloaded again inside each build.
+images: .env
+	@set -a; . ./.env; set +a; \
+	 if $(PYTHON) -m pip --version >/dev/null 2>&1; then \
+	   $(PYTHON) -m pip download -q --disable-pip-version-check -d $(WHEELHOUSE) $$TORCH_PACKAGES \
+	     || echo "(pip could not prefetch torch; the image build will download it)"; fi
+	$(COMPOSE) --profile images build
+
+# ---- tests -----------------------------------------------------------------------------------
+
+$(VENV)/.installed: requirements-dev.txt images/hub/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt -e .
+	touch $@
+
+test-images:
+	@ls $(WHEELHOUSE)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || \
+	  $(PYTHON) -m pip download -q --disable-pip-version-check --no-deps -d $(WHEELHOUSE) $(TEST_TORCH) $(TEST_TORCH_PIP_ARGS)
+	@for pair in $(LOCAL_BASES); do image=$${pair#*=}; \
+	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done; \
+	 $(COMPOSE) --env-file $(TEST_ENV) --profile images build
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest tests/unit -q
+
+e2e: $(VENV)/.installed test-images
+	$(VENV)/bin/python -m pytest tests/e2e -q
+
+test: $(VENV)/.installed test-images
+	@command -v chromium >/dev/null || { echo "make test needs Chromium for the browser test (Debian: apt-get install chromium)"; exit 1; }
+	$(VENV)/bin/python -m pytest tests -q -rA

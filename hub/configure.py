@@ -1,0 +1,81 @@
+"""Turns the environment (.env) into JupyterHub configuration, one small function per area.
+
+``jupyterhub_config.py`` calls these in order; each takes a traitlets ``Config`` and a mapping
+of environment variables, so each can be tested against a bare ``Config()``.
+"""
+from collections.abc import Mapping
+
+from traitlets.config.loader import ConfigError
+
+from hub import settings
+
+STATE_DIR = "/srv/jupyterhub/state"
+PROXY_TOKEN_FILE = "/run/proxy-token/token"
+NOTEBOOK_DIR = "/home/jovyan/work"
+
+
+def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN_FILE) -> None:
+    """State on the volume, the external proxy, and how containers reach the hub."""
+    c.JupyterHub.db_url = f"sqlite:///{STATE_DIR}/jupyterhub.sqlite"
+    c.JupyterHub.cookie_secret_file = f"{STATE_DIR}/jupyterhub_cookie_secret"
+    # The proxy is its own service (so a hub restart keeps users' connections); its API token
+    # is generated on first start by gpuhub-init and shared read-only.
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = "http://proxy:8001"
+    c.ConfigurableHTTPProxy.auth_token = read_secret(proxy_token_file)
+    c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
+    c.JupyterHub.hub_connect_url = "http://hub:8081"
+    # User servers outlive the hub: a restart or upgrade of the hub leaves them running.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.log_level = settings.text(env, "HUB_LOG_LEVEL", "INFO").upper()
+
+
+def configure_auth(c, env: Mapping[str, str]) -> None:
+    """The embedded login: NativeAuthenticator, admin named in .env, password seeded on first start."""
+    admin = settings.username(env, "HUB_ADMIN_USER", "admin")
+    c.JupyterHub.authenticator_class = "hub.auth.SeededNativeAuthenticator"
+    c.Authenticator.admin_users = {admin}
+    c.SeededNativeAuthenticator.initial_admin_password_file = f"{STATE_DIR}/admin-password"
+    # Users sign up on the login page; an admin approves them at /hub/authorize unless open.
+    c.NativeAuthenticator.open_signup = settings.boolean(env, "HUB_OPEN_SIGNUP", "false")
+    c.NativeAuthenticator.minimum_password_length = 8
+    c.NativeAuthenticator.check_common_password = True
+    # NativeAuthenticator's own approval is the allow-list; JupyterHub need not keep a second one.
+    c.NativeAuthenticator.allow_all = True
+
+
+def configure_spawner(c, env: Mapping[str, str]) -> None:
+    """One container per user from the single-user image, with limits and a work volume."""
+    prefix = settings.name_prefix(env, "HUB_NAME_PREFIX", "gpuhub")
+    c.JupyterHub.spawner_class = "hub.spawner.GPUDockerSpawner"
+    c.DockerSpawner.image = settings.text(env, "SINGLEUSER_IMAGE", "gpuhub/pytorch-notebook:0.1.0")
+    c.DockerSpawner.prefix = prefix
+    c.DockerSpawner.network_name = f"{prefix}-net"
+    c.DockerSpawner.use_internal_ip = True
+    c.DockerSpawner.remove = True
+    c.DockerSpawner.notebook_dir = NOTEBOOK_DIR
+    c.DockerSpawner.volumes = {f"{prefix}-user-{{username}}": NOTEBOOK_DIR}
+    c.DockerSpawner.mem_limit = settings.byte_size(env, "USER_MEM_LIMIT", "8G")
+    c.DockerSpawner.cpu_limit = settings.cpus(env, "USER_CPU_LIMIT", "2")
+    c.GPUDockerSpawner.shm_size = settings.byte_size(env, "USER_SHM_SIZE", "1G")
+    c.GPUDockerSpawner.pids_limit = settings.positive_int(env, "USER_PIDS_LIMIT", "1024")
+    c.Spawner.default_url = "/lab"
+    timeout = settings.positive_int(env, "SPAWN_TIMEOUT", "120")
+    c.Spawner.start_timeout = timeout
+    c.Spawner.http_timeout = timeout
+
+
+def read_secret(path: str) -> str:
+    """The content of a secret file that gpuhub-init wrote; a clear error if it is missing."""
+    try:
+        with open(path) as f:
+            value = f.read().strip()
+    except OSError as exc:
+        value, reason = "", exc.strerror
+    else:
+        reason = "it is empty"
+    if not value:
+        raise ConfigError(f"cannot read the secret {path} ({reason}); it is created by the init "
+                          "service on first start: run `docker compose up -d` rather than starting "
+                          "the hub container alone")
+    return value

@@ -1,0 +1,72 @@
+"""Reading the deployment's settings from the environment (.env, passed in by docker compose).
+
+Every variable has a default that works on a fresh host; a bad value stops the hub at start
+with a message naming the variable, the value and an example of a good one.
+"""
+import re
+from collections.abc import Mapping
+
+from traitlets.config.loader import ConfigError
+
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def text(env: Mapping[str, str], name: str, default: str) -> str:
+    """A string setting; unset or blank means the default."""
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def byte_size(env: Mapping[str, str], name: str, default: str) -> int:
+    """A size like 512M, 8G or 1.5G (binary units) as bytes."""
+    raw = text(env, name, default)
+    match = _BYTES.match(raw)
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"{name}={raw!r} is not a size: use a number with K, M, G or T, e.g. {name}=8G")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def cpus(env: Mapping[str, str], name: str, default: str) -> float:
+    """A CPU count like 2 or 0.5 (Docker's --cpus)."""
+    raw = text(env, name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{name}={raw!r} is not a CPU count: use a positive number, e.g. {name}=2 or {name}=0.5")
+    return value
+
+
+def positive_int(env: Mapping[str, str], name: str, default: str) -> int:
+    raw = text(env, name, default)
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ConfigError(f"{name}={raw!r} is not a positive whole number, e.g. {name}={default}")
+    return int(raw)
+
+
+def boolean(env: Mapping[str, str], name: str, default: str) -> bool:
+    raw = text(env, name, default).lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a yes/no value: use true or false")
+
+
+def name_prefix(env: Mapping[str, str], name: str, default: str) -> str:
+    """A prefix for Docker object names: lowercase letters, digits and dashes."""
+    raw = text(env, name, default)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,29}", raw):
+        raise ConfigError(
+            f"{name}={raw!r} cannot prefix Docker names: use up to 30 lowercase letters, digits "
+            f"or dashes, starting with a letter or digit, e.g. {name}={default}")
+    return raw
+
+
+def username(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = text(env, name, default)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._@-]{0,63}", raw):
+        raise ConfigError(f"{name}={raw!r} is not a valid username: use lowercase letters, digits, '.', '_', '-', e.g. {name}=admin")
+    return raw

@@ -1,0 +1,10 @@
+# JupyterHub configuration: declarative, read from the environment (.env via docker compose).
+# The logic lives in the hub/ package (hub/configure.py); see README.md for every variable.
+import os
+
+from hub.configure import configure_auth, configure_hub, configure_spawner
+
+c = get_config()  # noqa: F821 (provided by JupyterHub)
+configure_hub(c, os.environ)
+configure_auth(c, os.environ)
+configure_spawner(c, os.environ)

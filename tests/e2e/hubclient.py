@@ -1,0 +1,200 @@
+"""A small client for the tests: the compose stack, JupyterHub's REST API, a user's server."""
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+import websocket
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK_ENV = Path(__file__).with_name("stack.env")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key] = value
+    return values
+
+
+class Stack:
+    """The compose deployment under test, with the settings of tests/e2e/stack.env."""
+
+    def __init__(self, env_file: Path = STACK_ENV):
+        self.env_file = env_file
+        self.env = read_env_file(env_file)
+        self.prefix = self.env["HUB_NAME_PREFIX"]
+        self.url = f"http://{self.env['HUB_PUBLISH']}"
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", "compose", "--env-file", str(self.env_file), *args], cwd=ROOT,
+                              capture_output=True, text=True, check=check, timeout=timeout)
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120)
+
+    def up(self) -> None:
+        self.compose("up", "-d", "--wait", "--wait-timeout", "120")
+
+    def user_containers(self) -> list[str]:
+        out = self.docker("ps", "-a", "--filter", f"label=gpuhub.instance={self.prefix}", "--format", "{{.Names}}")
+        return out.stdout.split()
+
+    def user_volumes(self) -> list[str]:
+        out = self.docker("volume", "ls", "--filter", f"name=^{self.prefix}-user-", "--format", "{{.Name}}")
+        return out.stdout.split()
+
+    def down(self) -> None:
+        """Remove everything the stack and its users created: containers, volumes, network."""
+        containers = self.user_containers()
+        if containers:
+            self.docker("rm", "-f", *containers, check=False)
+        self.compose("down", "--volumes", "--remove-orphans", check=False)
+        volumes = self.user_volumes()
+        if volumes:
+            self.docker("volume", "rm", "-f", *volumes, check=False)
+
+    def logs(self) -> str:
+        parts = [self.compose("logs", "--no-color", "--tail", "200", check=False).stdout]
+        for name in self.user_containers():
+            parts.append(f"--- {name} ---\n" + self.docker("logs", "--tail", "100", name, check=False).stdout)
+        return "\n".join(parts)
+
+    def inspect(self, container: str) -> dict:
+        return json.loads(self.docker("inspect", container).stdout)[0]
+
+    def container_of(self, username: str) -> str:
+        out = self.docker("ps", "--filter", f"label=gpuhub.user={username}",
+                          "--filter", f"label=gpuhub.instance={self.prefix}", "--format", "{{.Names}}")
+        names = out.stdout.split()
+        assert len(names) == 1, f"expected one container for {username!r}, found {names}"
+        return names[0]
+
+    def admin_session(self) -> requests.Session:
+        """A browser-like session logged in as the admin through the login form."""
+        s = requests.Session()
+        s.get(f"{self.url}/hub/login", timeout=10).raise_for_status()
+        r = s.post(f"{self.url}/hub/login?next=", timeout=10, allow_redirects=False,
+                   data={"username": self.env["HUB_ADMIN_USER"], "password": self.env["HUB_ADMIN_PASSWORD"],
+                         "_xsrf": s.cookies.get("_xsrf")})
+        assert r.status_code == 302, f"admin login failed: {r.status_code} {r.text[:300]}"
+        return s
+
+    def admin_token(self) -> str:
+        """An API token for the admin, requested the way a person does on the token page."""
+        s = self.admin_session()
+        admin = self.env["HUB_ADMIN_USER"]
+        r = s.post(f"{self.url}/hub/api/users/{admin}/tokens", timeout=10,
+                   headers={"X-XSRFToken": s.cookies.get("_xsrf")},
+                   json={"note": "e2e tests", "expires_in": 3600})
+        r.raise_for_status()
+        return r.json()["token"]
+
+
+class Hub:
+    """JupyterHub's REST API with a token."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url
+        self.s = requests.Session()
+        self.s.headers["Authorization"] = f"token {token}"
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        return self.s.request(method, f"{self.url}/hub/api{path}", timeout=30, **kwargs)
+
+    def create_user(self, name: str) -> None:
+        r = self.api("POST", f"/users/{quote(name, safe='')}")
+        assert r.status_code in (201, 409), r.text
+
+    def user(self, name: str) -> dict:
+        r = self.api("GET", f"/users/{quote(name, safe='')}")
+        r.raise_for_status()
+        return r.json()
+
+    def start(self, name: str, timeout: float = 180) -> dict:
+        """Start the user's server and wait until the hub reports it ready."""
+        r = self.api("POST", f"/users/{quote(name, safe='')}/server")
+        assert r.status_code in (201, 202), f"start {name}: {r.status_code} {r.text}"
+        return self.wait(name, ready=True, timeout=timeout)
+
+    def stop(self, name: str, timeout: float = 60) -> dict:
+        r = self.api("DELETE", f"/users/{quote(name, safe='')}/server")
+        assert r.status_code in (202, 204), f"stop {name}: {r.status_code} {r.text}"
+        return self.wait(name, ready=False, timeout=timeout)
+
+    def wait(self, name: str, ready: bool, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            server = self.user(name)["servers"].get("")
+            if ready and server and server["ready"]:
+                return server
+            if not ready and not server:
+                return {}
+            if not ready and server and not server["pending"] and not server["ready"]:
+                return server
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server of {name!r} not {'ready' if ready else 'stopped'} after {timeout}s: {server}")
+            time.sleep(0.5)
+
+
+class UserServer:
+    """A user's Jupyter server, reached through the proxy with a token that may access it."""
+
+    def __init__(self, hub_url: str, server_url: str, token: str):
+        self.base = hub_url + server_url  # server_url is /user/<name>/
+        self.s = requests.Session()
+        self.s.headers["Authorization"] = f"token {token}"
+        self.token = token
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.s.get(self.base + path, timeout=30, **kwargs)
+
+    def put_text(self, path: str, content: str) -> None:
+        r = self.s.put(self.base + f"api/contents/{path}", timeout=30,
+                       json={"type": "file", "format": "text", "content": content})
+        assert r.status_code in (200, 201), r.text
+
+    def read_text(self, path: str) -> str:
+        r = self.get(f"api/contents/{path}?content=1&type=file&format=text")
+        r.raise_for_status()
+        return r.json()["content"]
+
+    def execute(self, code: str, timeout: float = 120) -> str:
+        """Run code in a new kernel over the Jupyter kernel websocket; return what it printed."""
+        r = self.s.post(self.base + "api/kernels", json={"name": "python3"}, timeout=60)
+        assert r.status_code == 201, r.text
+        kernel_id = r.json()["id"]
+        ws_url = self.base.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels"
+        ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=timeout)
+        try:
+            msg_id = uuid.uuid4().hex
+            ws.send(json.dumps({
+                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
+                           "session": uuid.uuid4().hex, "version": "5.3"},
+                "parent_header": {}, "metadata": {}, "channel": "shell",
+                "content": {"code": code, "silent": False, "store_history": False,
+                            "user_expressions": {}, "allow_stdin": False},
+            }))
+            output, deadline = [], time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = msg["msg_type"]
+                if kind == "stream":
+                    output.append(msg["content"]["text"])
+                elif kind == "error":
+                    raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
+                elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                    return "".join(output)
+            raise TimeoutError(f"kernel did not finish within {timeout}s; output so far: {output}")
+        finally:
+            ws.close()
+            self.s.delete(self.base + f"api/kernels/{kernel_id}", timeout=30)

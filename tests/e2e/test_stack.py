@@ -1,0 +1,78 @@
+"""The deployment for real: compose stack, a user's server started through the hub's API,
+asserted on the real container, a real kernel and the contents API."""
+import requests
+
+from hubclient import UserServer
+
+# A username that needs the safe naming (dots, '@'), the way an OAuth login would give it.
+USER = "alice.smith@example.org"
+
+
+def test_only_the_proxy_is_published_and_answers(stack):
+    r = requests.get(f"{stack.url}/hub/login", timeout=10)
+    assert r.status_code == 200
+    assert 'name="username"' in r.text
+    published = stack.docker("ps", "--filter", f"label=com.docker.compose.project={stack.prefix}",
+                             "--format", "{{.Names}} {{.Ports}}").stdout.splitlines()
+    with_host_port = [line for line in published if "->" in line]
+    assert len(with_host_port) == 1 and "proxy" in with_host_port[0], published
+
+
+def test_secrets_are_generated_private_and_not_in_images(stack):
+    state = stack.compose("exec", "-T", "hub", "stat", "-c", "%a %U %n",
+                          "/srv/jupyterhub/state/jupyterhub_cookie_secret",
+                          "/srv/jupyterhub/state/admin-password").stdout.split("\n")
+    assert all(line.startswith("600 jupyterhub ") for line in state if line), state
+    # The hub process itself runs as the unprivileged 'jupyterhub' user (uid 990)
+    hub_container = stack.compose("ps", "-q", "hub").stdout.strip()
+    processes = stack.docker("top", hub_container, "-o", "pid,uid,args").stdout.splitlines()
+    assert any(line.split()[1] == "990" and "jupyterhub -f" in line for line in processes), processes
+    for image in (stack.env["HUB_IMAGE"], stack.env["PROXY_IMAGE"]):
+        listing = stack.docker("run", "--rm", "--entrypoint", "sh", image, "-c",
+                               "ls /srv/jupyterhub/state /run/proxy-token 2>/dev/null; true").stdout
+        assert "cookie" not in listing and "token" not in listing, f"secret baked into {image}: {listing}"
+
+
+def test_user_server_limits_kernel_and_persistent_files(stack, hub):
+    hub.create_user(USER)
+    server = hub.start(USER)
+    container = stack.container_of(USER)
+    info = stack.inspect(container)
+    host = info["HostConfig"]
+
+    # Limits as configured in stack.env
+    assert host["Memory"] == 1536 * 2**20
+    assert host["CpuQuota"] / host["CpuPeriod"] == 1.5
+    assert host["ShmSize"] == 256 * 2**20
+    assert host["PidsLimit"] == 512
+    assert host["AutoRemove"] is True
+    assert host["CapDrop"] == ["ALL"] and "no-new-privileges:true" in host["SecurityOpt"]
+    assert "NVIDIA_VISIBLE_DEVICES=void" in info["Config"]["Env"]
+    assert not host.get("DeviceRequests")
+    assert info["Config"]["Labels"]["gpuhub.user"] == USER
+    # Safe, collision-free names derived from the username
+    assert container.startswith(f"{stack.prefix}-alice-smith-example-org---")
+    # Runs as jovyan (1000:100), with its work volume mounted at the notebook dir
+    assert stack.docker("exec", container, "id", "-u").stdout.strip() == "1000"
+    assert stack.docker("exec", container, "id", "-g").stdout.strip() == "100"
+    mounts = {m["Destination"]: m for m in info["Mounts"]}
+    work = mounts["/home/jovyan/work"]
+    assert work["Type"] == "volume" and work["Name"] == container.replace(stack.prefix, f"{stack.prefix}-user", 1)
+    assert stack.docker("exec", container, "stat", "-c", "%u", "/home/jovyan/work").stdout.strip() == "1000"
+
+    user = UserServer(stack.url, server["url"], hub.s.headers["Authorization"].split()[1])
+    # A real kernel imports torch and reports its version
+    out = user.execute("import torch, os; print(torch.__version__, os.getuid(), torch.cuda.is_available())")
+    assert out.split() == [stack.env["TORCH_PACKAGES"].split("==")[1], "1000", "False"]
+    # gpu-check gives its verdict for a container without a GPU on the CPU build
+    check = stack.docker("exec", container, "gpu-check", check=False)
+    assert check.returncode == 1 and "CPU-only build" in check.stdout, check.stdout
+
+    # A file written through the contents API survives stop (container removed) and start
+    user.put_text("notes.txt", "kept across restarts\n")
+    hub.stop(USER)
+    assert container not in stack.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    assert work["Name"] in stack.user_volumes()
+    server = hub.start(USER)
+    assert user.read_text("notes.txt") == "kept across restarts\n"
+    hub.stop(USER)

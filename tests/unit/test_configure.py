@@ -1,0 +1,98 @@
+"""jupyterhub_config.py's helpers against a bare Config(), the way the hub calls them."""
+import re
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+from traitlets.config.loader import ConfigError
+
+from hub.configure import configure_auth, configure_hub, configure_spawner, read_secret
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def token_file(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("s3cret\n")
+    return str(path)
+
+
+def test_hub_uses_external_proxy_state_volume_and_keeps_servers(token_file):
+    c = Config()
+    configure_hub(c, {}, proxy_token_file=token_file)
+    assert c.ConfigurableHTTPProxy.should_start is False
+    assert c.ConfigurableHTTPProxy.auth_token == "s3cret"
+    assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
+    assert c.JupyterHub.cleanup_servers is False
+    assert c.JupyterHub.db_url.startswith("sqlite:////srv/jupyterhub/state/")
+    assert c.JupyterHub.cookie_secret_file.startswith("/srv/jupyterhub/state/")
+
+
+def test_missing_proxy_token_says_how_to_fix(tmp_path):
+    with pytest.raises(ConfigError, match="docker compose up -d"):
+        configure_hub(Config(), {}, proxy_token_file=str(tmp_path / "absent"))
+    (tmp_path / "empty").write_text("  \n")
+    with pytest.raises(ConfigError, match="it is empty"):
+        read_secret(str(tmp_path / "empty"))
+
+
+def test_auth_defaults_to_native_with_seeded_admin():
+    c = Config()
+    configure_auth(c, {"HUB_ADMIN_USER": "root-admin"})
+    assert c.JupyterHub.authenticator_class == "hub.auth.SeededNativeAuthenticator"
+    assert c.Authenticator.admin_users == {"root-admin"}
+    assert c.NativeAuthenticator.open_signup is False
+    assert c.SeededNativeAuthenticator.initial_admin_password_file.endswith("/admin-password")
+
+
+def test_spawner_defaults():
+    c = Config()
+    configure_spawner(c, {})
+    assert c.JupyterHub.spawner_class == "hub.spawner.GPUDockerSpawner"
+    assert c.DockerSpawner.remove is True
+    assert c.DockerSpawner.network_name == "gpuhub-net"
+    assert c.DockerSpawner.volumes == {"gpuhub-user-{username}": "/home/jovyan/work"}
+    assert c.DockerSpawner.notebook_dir == "/home/jovyan/work"
+    assert c.DockerSpawner.mem_limit == 8 * 2**30
+    assert c.DockerSpawner.cpu_limit == 2.0
+    assert c.GPUDockerSpawner.shm_size == 2**30
+    assert c.GPUDockerSpawner.pids_limit == 1024
+
+
+def test_spawner_from_env():
+    c = Config()
+    configure_spawner(c, {"HUB_NAME_PREFIX": "lab", "USER_MEM_LIMIT": "16G", "USER_CPU_LIMIT": "0.5",
+                          "USER_SHM_SIZE": "2G", "USER_PIDS_LIMIT": "300", "SPAWN_TIMEOUT": "45",
+                          "SINGLEUSER_IMAGE": "example/img:1"})
+    assert c.DockerSpawner.prefix == "lab" and c.DockerSpawner.network_name == "lab-net"
+    assert c.DockerSpawner.volumes == {"lab-user-{username}": "/home/jovyan/work"}
+    assert c.DockerSpawner.image == "example/img:1"
+    assert (c.DockerSpawner.mem_limit, c.DockerSpawner.cpu_limit) == (16 * 2**30, 0.5)
+    assert (c.GPUDockerSpawner.shm_size, c.GPUDockerSpawner.pids_limit) == (2 * 2**30, 300)
+    assert c.Spawner.start_timeout == c.Spawner.http_timeout == 45
+
+
+def test_bad_spawner_setting_stops_with_the_variable_named():
+    with pytest.raises(ConfigError, match="USER_MEM_LIMIT='eight'"):
+        configure_spawner(Config(), {"USER_MEM_LIMIT": "eight"})
+
+
+def env_example_variables() -> set[str]:
+    text = (ROOT / ".env.example").read_text()
+    return set(re.findall(r"^([A-Z_]+)=", text, re.MULTILINE))
+
+
+def test_env_example_compose_and_readme_agree():
+    """Every variable compose reads is in .env.example and the README's table, and back."""
+    compose = set(re.findall(r"\$\{([A-Z_]+)[:}]", (ROOT / "docker-compose.yml").read_text()))
+    documented = env_example_variables()
+    readme = set(re.findall(r"^\| `([A-Z_]+)` \|", (ROOT / "README.md").read_text(), re.MULTILINE))
+    assert compose == documented, (compose ^ documented)
+    assert documented == readme, (documented ^ readme)
+
+
+def test_hub_and_singleuser_pin_the_same_jupyterhub():
+    def pin(path):
+        return re.search(r"^jupyterhub==(\S+)", (ROOT / path).read_text(), re.MULTILINE).group(1)
+    assert pin("images/hub/requirements.txt") == pin("images/singleuser/requirements.txt")

@@ -1,0 +1,56 @@
+from types import SimpleNamespace
+
+import pytest
+from traitlets import TraitError
+from traitlets.config import Config
+
+from hub.spawner import GPUDockerSpawner
+
+
+def make_spawner(name="alice", **config):
+    c = Config()
+    for key, value in config.items():
+        setattr(c.GPUDockerSpawner, key, value)
+    user = SimpleNamespace(name=name, id=1, url=f"/user/{name}/", server=None)
+    return GPUDockerSpawner(config=c, user=user)
+
+
+def test_names_are_safe_for_any_username():
+    s = make_spawner("Alice.Smith@example.org", prefix="lab")
+    assert s.container_name.startswith("lab-alice-smith-example-org---")
+    assert make_spawner("a.b").container_name != make_spawner("a-b").container_name
+
+
+def test_create_kwargs_are_hardened_and_labelled():
+    s = make_spawner("bob", shm_size="256M", pids_limit=300, prefix="lab")
+    kwargs = s.harden_create_kwargs({"host_config": {"Memory": 5, "CapDrop": [], "PidsLimit": 99999},
+                                     "labels": {"team": "x"}})
+    host = kwargs["host_config"]
+    assert host["Memory"] == 5  # DockerSpawner's own settings stay
+    assert host["ShmSize"] == 256 * 2**20 and host["PidsLimit"] == 300  # extra_* cannot loosen
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["DeviceRequests"] == []
+    assert kwargs["labels"] == {"team": "x", "gpuhub.user": "bob", "gpuhub.server": "", "gpuhub.instance": "lab"}
+
+
+def test_no_gpu_means_void(monkeypatch):
+    s = make_spawner()
+    monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {"JUPYTERHUB_API_TOKEN": "t"})
+    assert s.get_env()["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+def test_limits_are_validated():
+    with pytest.raises(TraitError, match="at least 64"):
+        make_spawner(pids_limit=10)
+    with pytest.raises(TraitError, match="at least 1"):
+        make_spawner(docker_threads=0)
+
+
+def test_docker_calls_share_a_pool_of_threads():
+    s = make_spawner(docker_threads=4)
+    GPUDockerSpawner._executor = None
+    try:
+        assert s.executor._max_workers == 4
+        assert s.client_kwargs["max_pool_size"] == 4
+    finally:
+        GPUDockerSpawner._executor = None
