@@ -1,0 +1,1 @@
+"""GPU inventory and exclusive allocation for the hub (pure logic, no Docker)."""
