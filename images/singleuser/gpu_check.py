@@ -51,9 +51,10 @@ def collect():
         "error": None,
     }
     try:
+        if info["cuda_runtime"]:  # the cuDNN that ships with torch, loadable without a GPU
+            info["cudnn_version"] = torch.backends.cudnn.version()
         info["cuda_available"] = bool(torch.cuda.is_available())
         if info["cuda_available"]:
-            info["cudnn_version"] = torch.backends.cudnn.version()
             info["device_count"] = torch.cuda.device_count()
             for i in range(info["device_count"]):
                 p = torch.cuda.get_device_properties(i)
