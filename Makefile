@@ -14,7 +14,7 @@ TEST_TORCH_PIP_ARGS ?=
 # (or builds test images) it uses them if they exist.
 LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=local/debian:bookworm
 
-.PHONY: up down images test test-images unit e2e
+.PHONY: up down images test test-images unit e2e storm
 
 up: .env images
 	$(COMPOSE) up -d --wait
@@ -63,3 +63,7 @@ e2e: $(VENV)/.installed test-images
 test: $(VENV)/.installed test-images
 	@command -v chromium >/dev/null || { echo "make test needs Chromium for the browser test (Debian: apt-get install chromium)"; exit 1; }
 	$(VENV)/bin/python -m pytest tests -q -rA
+
+# 12 users press Start at once on the engine's GPUs; prints one JSON line (README, "GPUs").
+storm: $(VENV)/.installed test-images
+	$(VENV)/bin/python tests/e2e/storm.py

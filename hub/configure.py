@@ -59,6 +59,10 @@ def configure_spawner(c, env: Mapping[str, str]) -> None:
     c.DockerSpawner.cpu_limit = settings.cpus(env, "USER_CPU_LIMIT", "2")
     c.GPUDockerSpawner.shm_size = settings.byte_size(env, "USER_SHM_SIZE", "1G")
     c.GPUDockerSpawner.pids_limit = settings.positive_int(env, "USER_PIDS_LIMIT", "1024")
+    c.GPUDockerSpawner.gpu_enabled = settings.boolean(env, "USER_GPU", "true")
+    c.GPUDockerSpawner.gpu_cpu_fallback = settings.boolean(env, "GPU_CPU_FALLBACK", "false")
+    c.GPUDockerSpawner.gpu_request_style = settings.choice(env, "GPU_REQUEST_STYLE", "auto", ("auto", "cdi", "nvidia"))
+    c.GPUDockerSpawner.gpu_intent_file = f"{STATE_DIR}/gpu-intent.json"
     c.Spawner.default_url = "/lab"
     timeout = settings.positive_int(env, "SPAWN_TIMEOUT", "120")
     c.Spawner.start_timeout = timeout

@@ -55,6 +55,13 @@ def boolean(env: Mapping[str, str], name: str, default: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a yes/no value: use true or false")
 
 
+def choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = text(env, name, default).lower()
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} is not one of {', '.join(choices)}, e.g. {name}={default}")
+    return raw
+
+
 def name_prefix(env: Mapping[str, str], name: str, default: str) -> str:
     """A prefix for Docker object names: lowercase letters, digits and dashes."""
     raw = text(env, name, default)

@@ -1,23 +1,41 @@
-"""The hub's spawner: DockerSpawner with safe names, resource limits, hardening and labels.
+"""The hub's spawner: DockerSpawner with one exclusive GPU per server, safe names, resource
+limits, hardening and labels.
 
 All Docker calls go through ``docker()`` (DockerSpawner's async wrapper), which runs them on a
 thread pool shared by all users, so one slow call (an image pull) does not queue every other
 user's calls behind it as DockerSpawner's single thread does. ``create_container`` calls are
 completed there with the settings no admin ``extra_*`` option may loosen.
 
-GPU assignment plugs in at ``device_requests_for``; a container that gets no GPU runs with
-``NVIDIA_VISIBLE_DEVICES=void`` so that no runtime default can hand it one.
+GPUs: one ``GPUManager`` per hub process decides, under one lock, from the engine's live
+containers (see hub/gpus/manager.py); the container is created while the lock is held and
+carries its GPU in a label and in a device request by UUID. A container that gets no GPU
+runs with ``NVIDIA_VISIBLE_DEVICES=void`` so that no runtime default can hand it one.
 """
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import Int, TraitError, Unicode, default, validate
+from tornado import web
+from traitlets import Bool, Int, List, TraitError, Unicode, default, validate
 
+from hub.gpus.allocator import GPU, NoGPUAvailable
+from hub.gpus.inventory import discover
+from hub.gpus.manager import GPUManager, choose_style, device_request
 from hub.naming import safe_slug
 
 LABEL_PREFIX = "gpuhub"
+
+
+class GPUUnavailable(web.HTTPError):
+    """No GPU for this server now: 503 with the message in the REST API's JSON error, and
+    the same message on the spawn page (JupyterHub shows ``jupyterhub_message`` as it is)."""
+
+    def __init__(self, message: str):
+        super().__init__(503, message.replace("%", "%%"))
+        self.jupyterhub_message = message
 
 
 class GPUDockerSpawner(DockerSpawner):
@@ -45,6 +63,51 @@ class GPUDockerSpawner(DockerSpawner):
         config=True,
         help="Prefix of the labels that name a container's user and server (and its GPU).",
     )
+
+    gpu_enabled = Bool(
+        True,
+        config=True,
+        help="Give each server one whole GPU of its own, by UUID, when the host has GPUs.",
+    )
+    gpu_cpu_fallback = Bool(
+        False,
+        config=True,
+        help="When no GPU is free, start the server without a GPU instead of refusing it.",
+    )
+    gpu_request_style = Unicode(
+        "auto",
+        config=True,
+        help="""How containers are given their GPU: 'cdi' (driver "cdi", device
+        nvidia.com/gpu=<uuid>; Docker >= 25 with CDI and a CDI spec), 'nvidia' (driver
+        "nvidia", device_ids=[uuid]; NVIDIA Container Toolkit), or 'auto' (CDI when the engine
+        has CDI enabled and the GPUs were found in a CDI spec, else nvidia).""",
+    )
+    gpu_inventory_file = Unicode(
+        "",
+        config=True,
+        help="""YAML list of GPUs (gpus: [{uuid, index, name, memory_total_mib}]) for hosts where
+        neither NVML nor a CDI spec is visible to the hub. Used only when those find none.""",
+    )
+    gpu_cdi_dirs = List(
+        Unicode(),
+        ["/etc/cdi", "/var/run/cdi"],
+        config=True,
+        help="Directories with the host's CDI specs (mounted read-only into the hub).",
+    )
+    gpu_intent_file = Unicode(
+        "gpu-intent.json",
+        config=True,
+        help="Where admin intent (pins, drains) is kept; on the hub's state volume.",
+    )
+
+    gpu_uuid = None  # the GPU this server holds, if any
+    _gpu_manager = None  # one per hub process, shared by all spawners
+
+    @validate("gpu_request_style")
+    def _validate_gpu_request_style(self, proposal):
+        if proposal.value not in ("auto", "cdi", "nvidia"):
+            raise TraitError(f"gpu_request_style={proposal.value!r}: use 'auto', 'cdi' or 'nvidia'")
+        return proposal.value
 
     @default("escape")
     def _default_escape(self):
@@ -81,14 +144,85 @@ class GPUDockerSpawner(DockerSpawner):
         return {f"{p}.user": self.user.name, f"{p}.server": self.name or "", f"{p}.instance": self.prefix}
 
     def device_requests_for(self) -> list[dict]:
-        """Docker device requests (engine API form) for this server; none until a GPU is assigned."""
-        return []
+        """Docker device requests (engine API form) for this server: its GPU by UUID, or none."""
+        if self.gpu_uuid is None:
+            return []
+        return [device_request(self.gpu_uuid, self.gpu_manager_now().style)]
 
     def get_env(self):
         env = super().get_env()
-        if not self.device_requests_for():
+        if self.gpu_uuid is None:
             env["NVIDIA_VISIBLE_DEVICES"] = "void"
         return env
+
+    def gpu_labels(self) -> dict[str, str]:
+        if self.gpu_uuid is None:
+            return {}
+        return {f"{self.label_prefix}.gpu.uuid": self.gpu_uuid, f"{self.label_prefix}.gpu.since": f"{time.time():.0f}"}
+
+    def gpu_manager_now(self) -> GPUManager:
+        if GPUDockerSpawner._gpu_manager is None:
+            raise RuntimeError("the GPU manager is created by the first spawn (gpu_manager())")
+        return GPUDockerSpawner._gpu_manager
+
+    async def gpu_manager(self) -> GPUManager:
+        """The hub's GPU manager, created on first use from this spawner's configuration."""
+        if GPUDockerSpawner._gpu_manager is None:
+            static = Path(self.gpu_inventory_file).read_text() if self.gpu_inventory_file else None
+            gpus, source = discover(static, self.gpu_cdi_dirs)
+            style = choose_style(self.gpu_request_style, await self.docker("info"), source)
+            if GPUDockerSpawner._gpu_manager is None:  # another spawn may have won the await
+                GPUDockerSpawner._gpu_manager = GPUManager(
+                    gpus, source, style, self.gpu_intent_file, self.label_prefix)
+                self.log.info("GPUs (%s, requests by %s): %s", source, style,
+                              ", ".join(f"{g.index}:{g.uuid}" for g in gpus) or "none")
+        return GPUDockerSpawner._gpu_manager
+
+    async def create_object(self):
+        self.gpu_uuid = None
+        manager = await self.gpu_manager() if self.gpu_enabled else None
+        if manager is None or not manager.inventory:
+            return await super().create_object()
+        # Decide and create under one lock: the engine must show this container holding its
+        # GPU before the next spawn reads the engine.
+        async with manager.lock:
+            await manager.reconcile(self.docker)
+            try:
+                gpu = manager.allocator.allocate(self.user.name, self.name or "", since=time.time())
+            except NoGPUAvailable as exc:
+                if not self.gpu_cpu_fallback:
+                    raise self.gpu_refusal(exc) from None
+                self.log.info("No GPU for %s (%s): starting without one", self._log_name, exc.reason)
+                return await super().create_object()
+            self.gpu_uuid = gpu.uuid
+            self.log.info("Assigning GPU %s (#%d, %s) to %s", gpu.uuid, gpu.index, gpu.name, self._log_name)
+            try:
+                return await super().create_object()
+            except BaseException:
+                self.gpu_uuid = None  # no container, so the engine shows the GPU free again
+                raise
+
+    def gpu_refusal(self, exc: NoGPUAvailable) -> Exception:
+        """An error JupyterHub shows as it is on the spawn page and in the API (no traceback)."""
+        total = f"This host has {exc.total} GPU{'s' if exc.total != 1 else ''}"
+        drained = f", {exc.drained} of them drained by an admin" if exc.drained else ""
+        message = (f"{exc} {total}{drained}; one becomes free when its user's server stops "
+                   "(or is stopped for being idle).")
+        return GPUUnavailable(message)
+
+    def get_state(self):
+        state = super().get_state()
+        if self.gpu_uuid:
+            state["gpu_uuid"] = self.gpu_uuid
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.gpu_uuid = state.get("gpu_uuid")
+
+    def clear_state(self):
+        super().clear_state()
+        self.gpu_uuid = None
 
     def harden_create_kwargs(self, kwargs: dict) -> dict:
         """Labels, limits and hardening for ``create_container``, applied last so they hold."""
@@ -100,7 +234,7 @@ class GPUDockerSpawner(DockerSpawner):
             CapDrop=["ALL"],
             DeviceRequests=self.device_requests_for(),
         )
-        kwargs["labels"] = {**(kwargs.get("labels") or {}), **self.labels()}
+        kwargs["labels"] = {**(kwargs.get("labels") or {}), **self.labels(), **self.gpu_labels()}
         return kwargs
 
     def docker(self, method, *args, **kwargs):

@@ -33,15 +33,18 @@ class Stack:
         self.prefix = self.env["HUB_NAME_PREFIX"]
         self.url = f"http://{self.env['HUB_PUBLISH']}"
 
-    def compose(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def compose(self, *args: str, check: bool = True, timeout: float = 300, **overrides: str) -> subprocess.CompletedProcess:
+        """docker compose with the test settings; keyword arguments override single settings."""
         return subprocess.run(["docker", "compose", "--env-file", str(self.env_file), *args], cwd=ROOT,
-                              capture_output=True, text=True, check=check, timeout=timeout)
+                              env={**os.environ, **overrides}, capture_output=True, text=True,
+                              check=check, timeout=timeout)
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120)
 
-    def up(self) -> None:
-        self.compose("up", "-d", "--wait", "--wait-timeout", "120")
+    def up(self, **overrides: str) -> None:
+        """Start the stack, or recreate what changed (e.g. the hub, given other settings)."""
+        self.compose("up", "-d", "--wait", "--wait-timeout", "120", **overrides)
 
     def user_containers(self) -> list[str]:
         out = self.docker("ps", "-a", "--filter", f"label=gpuhub.instance={self.prefix}", "--format", "{{.Names}}")
@@ -128,6 +131,18 @@ class Hub:
         r = self.api("DELETE", f"/users/{quote(name, safe='')}/server")
         assert r.status_code in (202, 204), f"stop {name}: {r.status_code} {r.text}"
         return self.wait(name, ready=False, timeout=timeout)
+
+    def progress(self, name: str, timeout: float = 180):
+        """The spawn's progress events (JupyterHub's server-sent events), until ready or failed."""
+        with self.s.get(f"{self.url}/hub/api/users/{quote(name, safe='')}/server/progress",
+                        stream=True, timeout=timeout) as r:
+            r.raise_for_status()
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    event = json.loads(line[5:])
+                    yield event
+                    if event.get("ready") or event.get("failed"):
+                        return
 
     def wait(self, name: str, ready: bool, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

@@ -54,3 +54,26 @@ def test_docker_calls_share_a_pool_of_threads():
         assert s.client_kwargs["max_pool_size"] == 4
     finally:
         GPUDockerSpawner._executor = None
+
+
+def test_gpu_container_carries_its_uuid_in_label_and_request(monkeypatch):
+    from hub.gpus.manager import GPUManager
+
+    s = make_spawner("carol")
+    monkeypatch.setattr(GPUDockerSpawner, "_gpu_manager", GPUManager([], "cdi", "cdi", "/nonexistent", "gpuhub"))
+    s.gpu_uuid = "GPU-7"
+    kwargs = s.harden_create_kwargs({"host_config": {}})
+    assert kwargs["host_config"]["DeviceRequests"] == [{"Driver": "cdi", "DeviceIDs": ["nvidia.com/gpu=GPU-7"]}]
+    assert kwargs["labels"]["gpuhub.gpu.uuid"] == "GPU-7" and float(kwargs["labels"]["gpuhub.gpu.since"]) > 0
+    monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {})
+    assert "NVIDIA_VISIBLE_DEVICES" not in s.get_env()  # the engine/CDI sets it, not us
+    assert s.get_state()["gpu_uuid"] == "GPU-7"
+
+
+def test_refusal_is_a_503_with_the_whole_message():
+    from hub.gpus.allocator import NoGPUAvailable
+
+    error = make_spawner().gpu_refusal(NoGPUAvailable("all 4 GPUs are in use", total=4, drained=1))
+    assert error.status_code == 503
+    assert error.jupyterhub_message.startswith("No GPU could be assigned to your server: all 4 GPUs are in use.")
+    assert "This host has 4 GPUs, 1 of them drained by an admin" in error.jupyterhub_message
