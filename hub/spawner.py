@@ -22,7 +22,7 @@ from tornado import web
 from traitlets import Bool, Int, List, TraitError, Unicode, default, validate
 
 from hub.gpus.allocator import GPU, NoGPUAvailable
-from hub.gpus.inventory import discover
+from hub.gpus.inventory import discover, from_cdi
 from hub.gpus.manager import GPUManager, choose_style, device_request
 from hub.naming import safe_slug
 
@@ -170,7 +170,8 @@ class GPUDockerSpawner(DockerSpawner):
         if GPUDockerSpawner._gpu_manager is None:
             static = Path(self.gpu_inventory_file).read_text() if self.gpu_inventory_file else None
             gpus, source = discover(static, self.gpu_cdi_dirs)
-            style = choose_style(self.gpu_request_style, await self.docker("info"), source)
+            cdi_gpus = (gpus if source == "cdi" else from_cdi(self.gpu_cdi_dirs)) or []
+            style = choose_style(self.gpu_request_style, await self.docker("info"), gpus, cdi_gpus)
             if GPUDockerSpawner._gpu_manager is None:  # another spawn may have won the await
                 GPUDockerSpawner._gpu_manager = GPUManager(
                     gpus, source, style, self.gpu_intent_file, self.label_prefix)

@@ -30,13 +30,14 @@ def device_request(uuid: str, style: str) -> dict:
     return {"Driver": "nvidia", "DeviceIDs": [uuid], "Capabilities": [["gpu", "compute", "utility"]]}
 
 
-def choose_style(configured: str, engine_info: dict, source: str) -> str:
-    """'cdi' or 'nvidia': as configured, or detected from the engine and the inventory."""
+def choose_style(configured: str, engine_info: dict, inventory: list[GPU], cdi_gpus: list[GPU]) -> str:
+    """'cdi' or 'nvidia': as configured, or detected from the engine and the host's CDI specs."""
     if configured in ("cdi", "nvidia"):
         return configured
     # CDI needs the engine's CDI support (Docker >= 25 with the feature on: it then reports
-    # its spec dirs) and a spec naming the GPUs, which is what the CDI inventory read.
-    if engine_info.get("CDISpecDirs") and source == "cdi":
+    # its spec dirs) and a spec that names every GPU of the inventory by UUID.
+    listed = {g.uuid for g in cdi_gpus}
+    if engine_info.get("CDISpecDirs") and inventory and all(g.uuid in listed for g in inventory):
         return "cdi"
     return "nvidia"
 

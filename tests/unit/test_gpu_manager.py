@@ -17,16 +17,20 @@ def test_device_requests_name_one_uuid_never_a_count():
         "Driver": "nvidia", "DeviceIDs": ["GPU-1"], "Capabilities": [["gpu", "compute", "utility"]]}
 
 
-@pytest.mark.parametrize("configured,info,source,expected", [
-    ("cdi", {}, "nvml", "cdi"),
-    ("nvidia", {"CDISpecDirs": ["/etc/cdi"]}, "cdi", "nvidia"),
-    ("auto", {"CDISpecDirs": ["/etc/cdi"]}, "cdi", "cdi"),
-    ("auto", {"CDISpecDirs": []}, "cdi", "nvidia"),      # engine without CDI
-    ("auto", {"CDISpecDirs": ["/etc/cdi"]}, "nvml", "nvidia"),  # no spec lists the GPUs
-    ("auto", {}, "static", "nvidia"),
+CDI_ON = {"CDISpecDirs": ["/etc/cdi", "/var/run/cdi"]}
+
+
+@pytest.mark.parametrize("configured,info,cdi_gpus,expected", [
+    ("cdi", {}, [], "cdi"),
+    ("nvidia", CDI_ON, GPUS, "nvidia"),
+    ("auto", CDI_ON, GPUS, "cdi"),
+    ("auto", {"CDISpecDirs": []}, GPUS, "nvidia"),  # engine without CDI
+    ("auto", {}, GPUS, "nvidia"),  # Docker < 25 reports no spec dirs
+    ("auto", CDI_ON, [], "nvidia"),  # no spec lists the GPUs
+    ("auto", CDI_ON, GPUS[:1], "nvidia"),  # a spec that misses one GPU
 ])
-def test_style_detection(configured, info, source, expected):
-    assert choose_style(configured, info, source) == expected
+def test_style_detection(configured, info, cdi_gpus, expected):
+    assert choose_style(configured, info, GPUS, cdi_gpus) == expected
 
 
 def container(cid, uuid, user, status="running"):
