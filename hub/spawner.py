@@ -19,9 +19,9 @@ from pathlib import Path
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
 from tornado import web
-from traitlets import Bool, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Callable, Int, List, TraitError, Unicode, default, validate
 
-from hub.gpus.allocator import GPU, NoGPUAvailable
+from hub.gpus.allocator import NoGPUAvailable, first_free
 from hub.gpus.inventory import discover, from_cdi
 from hub.gpus.manager import GPUManager, choose_style, device_request
 from hub.naming import safe_slug
@@ -93,6 +93,13 @@ class GPUDockerSpawner(DockerSpawner):
         ["/etc/cdi", "/var/run/cdi"],
         config=True,
         help="Directories with the host's CDI specs (mounted read-only into the hub).",
+    )
+    gpu_policy = Callable(
+        first_free,
+        config=True,
+        help="""Which free GPU a server gets: ``policy(candidates, held, username) -> GPU | None``
+        (see hub/gpus/allocator.py). Default: the lowest-index free GPU. Candidates never
+        include a held, drained or someone else's pinned GPU, whatever the policy.""",
     )
     gpu_intent_file = Unicode(
         "gpu-intent.json",
@@ -174,7 +181,7 @@ class GPUDockerSpawner(DockerSpawner):
             style = choose_style(self.gpu_request_style, await self.docker("info"), gpus, cdi_gpus)
             if GPUDockerSpawner._gpu_manager is None:  # another spawn may have won the await
                 GPUDockerSpawner._gpu_manager = GPUManager(
-                    gpus, source, style, self.gpu_intent_file, self.label_prefix)
+                    gpus, source, style, self.gpu_intent_file, self.label_prefix, self.gpu_policy)
                 self.log.info("GPUs (%s, requests by %s): %s", source, style,
                               ", ".join(f"{g.index}:{g.uuid}" for g in gpus) or "none")
         return GPUDockerSpawner._gpu_manager

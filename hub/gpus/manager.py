@@ -15,7 +15,7 @@ from pathlib import Path
 
 from docker.errors import NotFound
 
-from hub.gpus.allocator import GPU, Allocator, Intent, held_from_containers
+from hub.gpus.allocator import GPU, Allocator, Intent, Policy, first_free, held_from_containers
 
 LIVE_STATES = ["created", "running", "restarting", "paused"]
 CDI_KIND = "nvidia.com/gpu"
@@ -44,10 +44,10 @@ def choose_style(configured: str, engine_info: dict, inventory: list[GPU], cdi_g
 
 class GPUManager:
     def __init__(self, inventory: list[GPU], source: str, style: str, intent_file: str,
-                 label_prefix: str):
+                 label_prefix: str, policy: Policy = first_free):
         self.source, self.style, self.label_prefix = source, style, label_prefix
         self.intent_file = Path(intent_file)
-        self.allocator = Allocator(inventory, load_intent(self.intent_file))
+        self.allocator = Allocator(inventory, load_intent(self.intent_file), policy)
         self.lock = asyncio.Lock()
 
     @property
@@ -55,7 +55,9 @@ class GPUManager:
         return self.allocator.inventory
 
     async def reconcile(self, docker: DockerCall) -> None:
-        """Rebuild who holds which GPU from the engine's live containers."""
+        """Rebuild who holds which GPU from the engine's live containers, and re-read the
+        admin's intent, so that a pin or drain applies from the next decision on."""
+        self.allocator.intent = load_intent(self.intent_file)
         summaries = await docker("containers", all=True, filters={"status": LIVE_STATES})
         details = await asyncio.gather(*(self._inspect(docker, c["Id"]) for c in summaries))
         held = held_from_containers([d for d in details if d], self.label_prefix, inventory=self.inventory)

@@ -121,9 +121,9 @@ class Hub:
         r.raise_for_status()
         return r.json()
 
-    def start(self, name: str, timeout: float = 180) -> dict:
-        """Start the user's server and wait until the hub reports it ready."""
-        r = self.api("POST", f"/users/{quote(name, safe='')}/server")
+    def start(self, name: str, timeout: float = 180, options: dict | None = None) -> dict:
+        """Start the user's server (with user options, if given) and wait until it is ready."""
+        r = self.api("POST", f"/users/{quote(name, safe='')}/server", json=options)
         assert r.status_code in (201, 202), f"start {name}: {r.status_code} {r.text}"
         return self.wait(name, ready=True, timeout=timeout)
 

@@ -80,3 +80,18 @@ def test_broken_intent_file_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="fix or remove it"):
         load_intent(path)
     assert load_intent(tmp_path / "absent.json").pins == {}
+
+
+def test_intent_is_reread_before_each_decision(tmp_path):
+    path = tmp_path / "intent.json"
+    manager = GPUManager(GPUS, "cdi", "cdi", str(path), "gpuhub")
+    path.write_text(json.dumps({"pins": {}, "drained": ["GPU-0"]}))  # an admin drains GPU-0
+    asyncio.run(manager.reconcile(fake_docker([])))
+    assert manager.allocator.allocate("alice").uuid == "GPU-1"
+
+
+def test_policy_is_pluggable(tmp_path):
+    def last_free(candidates, held, user):
+        return max(candidates, key=lambda g: g.index, default=None)
+    manager = GPUManager(GPUS, "cdi", "cdi", str(tmp_path / "i.json"), "gpuhub", policy=last_free)
+    assert manager.allocator.allocate("alice").uuid == "GPU-1"
