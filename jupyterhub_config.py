@@ -2,9 +2,10 @@
 # The logic lives in the hub/ package (hub/configure.py); see README.md for every variable.
 import os
 
-from hub.configure import configure_auth, configure_hub, configure_spawner
+from hub.configure import configure_auth, configure_culler, configure_hub, configure_spawner
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
 configure_auth(c, os.environ)
 configure_spawner(c, os.environ)
+configure_culler(c, os.environ)

@@ -3,15 +3,18 @@
 ``jupyterhub_config.py`` calls these in order; each takes a traitlets ``Config`` and a mapping
 of environment variables, so each can be tested against a bare ``Config()``.
 """
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from traitlets.config.loader import ConfigError
 
-from hub import settings
+from hub import oauth, settings
 
 STATE_DIR = "/srv/jupyterhub/state"
 PROXY_TOKEN_FILE = "/run/proxy-token/token"
 NOTEBOOK_DIR = "/home/jovyan/work"
+PROFILES_FILE = "/srv/jupyterhub/profiles.yaml"
 
 
 def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN_FILE) -> None:
@@ -30,8 +33,16 @@ def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN
     c.JupyterHub.log_level = settings.text(env, "HUB_LOG_LEVEL", "INFO").upper()
 
 
-def configure_auth(c, env: Mapping[str, str]) -> None:
-    """The embedded login: NativeAuthenticator, admin named in .env, password seeded on first start."""
+def configure_auth(c, env: Mapping[str, str], fetch_json=None) -> None:
+    """An OAuth provider when OAUTH_PROVIDER names one (hub/oauth.py); otherwise the embedded
+    login: NativeAuthenticator, admin named in .env, password seeded on first start.
+
+    ``fetch_json`` reads the OpenID Connect discovery document (tests pass their own)."""
+    provider = oauth.provider_key(env)
+    if provider != "none":
+        oauth.configure_oauth(c, env, provider, fetch_json or oauth.fetch_json)
+        return
+    oauth.check_unset(env)
     admin = settings.username(env, "HUB_ADMIN_USER", "admin")
     c.JupyterHub.authenticator_class = "hub.auth.SeededNativeAuthenticator"
     c.Authenticator.admin_users = {admin}
@@ -44,7 +55,7 @@ def configure_auth(c, env: Mapping[str, str]) -> None:
     c.NativeAuthenticator.allow_all = True
 
 
-def configure_spawner(c, env: Mapping[str, str]) -> None:
+def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_FILE) -> None:
     """One container per user from the single-user image, with limits and a work volume."""
     prefix = settings.name_prefix(env, "HUB_NAME_PREFIX", "gpuhub")
     c.JupyterHub.spawner_class = "hub.spawner.GPUDockerSpawner"
@@ -64,9 +75,44 @@ def configure_spawner(c, env: Mapping[str, str]) -> None:
     c.GPUDockerSpawner.gpu_request_style = settings.choice(env, "GPU_REQUEST_STYLE", "auto", ("auto", "cdi", "nvidia"))
     c.GPUDockerSpawner.gpu_intent_file = f"{STATE_DIR}/gpu-intent.json"
     c.Spawner.default_url = "/lab"
+    configure_profiles(c, profiles_file)
     timeout = settings.positive_int(env, "SPAWN_TIMEOUT", "120")
     c.Spawner.start_timeout = timeout
     c.Spawner.http_timeout = timeout
+
+
+def configure_profiles(c, path: str) -> None:
+    """Offer the profiles of the mounted file, checked now so a bad file stops the hub at start."""
+    if not Path(path).is_file():
+        return
+    from hub.profiles import load_profiles
+
+    spawner = c.DockerSpawner
+    try:
+        load_profiles(Path(path).read_text(), spawner.image, spawner.mem_limit, spawner.cpu_limit)
+    except ValueError as exc:
+        raise ConfigError(f"{path} (HUB_PROFILES): {exc}") from None
+    c.GPUDockerSpawner.profiles_file = path
+
+
+def configure_culler(c, env: Mapping[str, str]) -> None:
+    """jupyterhub-idle-culler as a hub-managed service that may only see and stop servers."""
+    timeout = settings.non_negative_int(env, "CULL_IDLE_TIMEOUT", "3600")
+    if timeout == 0:
+        return
+    max_age = settings.non_negative_int(env, "CULL_MAX_AGE", "0")
+    every = settings.positive_int(env, "CULL_EVERY", "60")
+    c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
+        "name": "idle-culler",
+        "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}",
+                    f"--max-age={max_age}", f"--cull-every={every}"],
+    }]
+    c.JupyterHub.load_roles = [*c.JupyterHub.get("load_roles", []), {
+        "name": "idle-culler",
+        "description": "Find idle servers and stop them (nothing else)",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    }]
 
 
 def read_secret(path: str) -> str:

@@ -5,6 +5,7 @@ with a message naming the variable, the value and an example of a good one.
 """
 import re
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from traitlets.config.loader import ConfigError
 
@@ -46,6 +47,13 @@ def positive_int(env: Mapping[str, str], name: str, default: str) -> int:
     return int(raw)
 
 
+def non_negative_int(env: Mapping[str, str], name: str, default: str) -> int:
+    raw = text(env, name, default)
+    if not raw.isdigit():
+        raise ConfigError(f"{name}={raw!r} is not a whole number of 0 or more, e.g. {name}={default}")
+    return int(raw)
+
+
 def boolean(env: Mapping[str, str], name: str, default: str) -> bool:
     raw = text(env, name, default).lower()
     if raw in ("1", "true", "yes", "on"):
@@ -76,4 +84,20 @@ def username(env: Mapping[str, str], name: str, default: str) -> str:
     raw = text(env, name, default)
     if not re.fullmatch(r"[a-z0-9][a-z0-9._@-]{0,63}", raw):
         raise ConfigError(f"{name}={raw!r} is not a valid username: use lowercase letters, digits, '.', '_', '-', e.g. {name}=admin")
+    return raw
+
+
+def name_list(env: Mapping[str, str], name: str) -> list[str]:
+    """A comma-separated list (e.g. alice, bob); unset or blank means an empty list."""
+    return [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+
+
+def url(env: Mapping[str, str], name: str, example: str, default: str = "") -> str:
+    """An absolute http(s) URL; unset or blank means the default (which may be empty)."""
+    raw = text(env, name, default)
+    if not raw:
+        return raw
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+        raise ConfigError(f"{name}={raw!r} is not an absolute http(s) URL, e.g. {name}={example}")
     return raw

@@ -21,6 +21,7 @@ from jupyterhub.traitlets import ByteSpecification
 from tornado import web
 from traitlets import Bool, Callable, Int, List, TraitError, Unicode, default, validate
 
+from hub import profiles as profiles_
 from hub.gpus.allocator import NoGPUAvailable, first_free
 from hub.gpus.inventory import discover, from_cdi
 from hub.gpus.manager import GPUManager, choose_style, device_request
@@ -107,6 +108,13 @@ class GPUDockerSpawner(DockerSpawner):
         help="Where admin intent (pins, drains) is kept; on the hub's state volume.",
     )
 
+    profiles_file = Unicode(
+        "",
+        config=True,
+        help="""YAML file of server profiles users choose from (hub/profiles.py explains the
+        format). Empty: no choice, every server gets this spawner's image and limits.""",
+    )
+
     gpu_uuid = None  # the GPU this server holds, if any
     _gpu_manager = None  # one per hub process, shared by all spawners
 
@@ -115,6 +123,120 @@ class GPUDockerSpawner(DockerSpawner):
         if proposal.value not in ("auto", "cdi", "nvidia"):
             raise TraitError(f"gpu_request_style={proposal.value!r}: use 'auto', 'cdi' or 'nvidia'")
         return proposal.value
+
+    # ---- profiles: the spawn form and the options a user may give -------------------------
+
+    def load_profiles(self) -> list:
+        """The profiles file, read on each use so an admin's edit applies at the next spawn."""
+        if not self.profiles_file:
+            return []
+        with open(self.profiles_file) as f:
+            return profiles_.load_profiles(f.read(), self.image, self.mem_limit, self.cpu_limit)
+
+    def user_groups(self) -> set[str]:
+        return {g.name for g in getattr(self.user, "groups", [])}
+
+    def visible_profiles(self) -> list:
+        admin = bool(getattr(self.user, "admin", False))
+        return [p for p in self.load_profiles() if p.visible_to(self.user_groups(), admin)]
+
+    @default("options_form")
+    def _default_options_form(self):
+        return GPUDockerSpawner.render_options_form
+
+    async def render_options_form(self) -> str:
+        visible = self.visible_profiles()
+        if len(visible) < 2 and not any(len(p.images) > 1 for p in visible):
+            return ""  # nothing to choose: Start starts at once
+        total = free = 0
+        if self.gpu_enabled:
+            manager = await self.gpu_manager()
+            async with manager.lock:
+                await manager.reconcile(self.docker)
+                total, free = len(manager.inventory), len(manager.allocator.free())
+        return profiles_.render_form(visible, total, free)
+
+    def options_from_form(self, formdata):
+        """Form fields to options, checked now so a bad or forged form gets its 400 at once."""
+        options = profiles_.options_from_form(formdata)
+        profiles_.choose(self.load_profiles(), options, self.user_groups(), bool(getattr(self.user, "admin", False)))
+        return options
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return GPUDockerSpawner.apply_profile
+
+    def apply_profile(self, user_options: dict) -> None:
+        """Check the user's options against the profiles offered to them and apply the chosen one.
+
+        JupyterHub calls this before every start and turns an HTTPError raised here into that
+        status with its message, before anything starts (JupyterHub >= 5.3)."""
+        self._progress_events, self._progress_signal = [], asyncio.Event()  # a new start
+        self.profile_slug = None
+        profiles = self.load_profiles()
+        if not profiles:
+            if user_options:
+                raise web.HTTPError(400, f"this hub offers no server options (got {sorted(user_options)[:5]})")
+            return
+        admin = bool(getattr(self.user, "admin", False))
+        profile, image = profiles_.choose(profiles, user_options, self.user_groups(), admin)
+        self.profile_slug = profile.slug
+        self.image = image
+        self.allowed_images = {image: image}  # DockerSpawner re-checks user_options["image"]
+        self.mem_limit, self.cpu_limit, self.gpu_enabled = profile.mem_limit, profile.cpu_limit, profile.gpu
+        self.emit_progress(5, f"Profile: {profile.name}")
+
+    # ---- progress events the spawn page shows ------------------------------------------
+
+    _progress_events: list = []
+    _progress_signal = None
+
+    def emit_progress(self, progress: int, message: str) -> None:
+        if self._progress_signal is None:
+            self._progress_events, self._progress_signal = [], asyncio.Event()
+        self._progress_events.append({"progress": progress, "message": message})
+        self._progress_signal.set()
+
+    async def progress(self):
+        """JupyterHub's progress stream: the events of the current start, as they happen."""
+        if self._progress_signal is None:
+            self._progress_events, self._progress_signal = [], asyncio.Event()
+        sent = 0
+        while True:
+            while sent < len(self._progress_events):
+                yield self._progress_events[sent]
+                sent += 1
+            self._progress_signal.clear()
+            await self._progress_signal.wait()
+
+    async def start(self):
+        result = await super().start()
+        self.emit_progress(90, "Container started; waiting for JupyterLab to answer")
+        return result
+
+    async def pull_with_progress(self, repo: str, tag: str) -> None:
+        """docker pull, reporting layers and bytes as it goes, on the shared thread pool."""
+        loop = asyncio.get_running_loop()
+        image = f"{repo}:{tag}"
+        self.emit_progress(10, f"Pulling image {image}")
+
+        def pull():
+            layers, done, last = {}, set(), 0.0
+            for event in self.client.pull(repo, tag, stream=True, decode=True):
+                if "error" in event:
+                    raise RuntimeError(f"pulling {image} failed: {event['error']}")
+                layer, detail = event.get("id"), event.get("progressDetail") or {}
+                if layer and detail.get("total"):
+                    layers[layer] = (detail.get("current", 0), detail["total"])
+                if layer and event.get("status") in ("Pull complete", "Already exists"):
+                    done.add(layer)
+                now = time.monotonic()
+                if layers and now - last > 0.5:
+                    last = now
+                    loop.call_soon_threadsafe(self.emit_progress, *pull_summary(image, layers, done))
+
+        await loop.run_in_executor(self.executor, pull)
+        self.emit_progress(60, f"Pulled image {image}")
 
     @default("escape")
     def _default_escape(self):
@@ -201,9 +323,11 @@ class GPUDockerSpawner(DockerSpawner):
                 if not self.gpu_cpu_fallback:
                     raise self.gpu_refusal(exc) from None
                 self.log.info("No GPU for %s (%s): starting without one", self._log_name, exc.reason)
+                self.emit_progress(70, f"No GPU is free ({exc.reason}): starting without one")
                 return await super().create_object()
             self.gpu_uuid = gpu.uuid
             self.log.info("Assigning GPU %s (#%d, %s) to %s", gpu.uuid, gpu.index, gpu.name, self._log_name)
+            self.emit_progress(70, f"Assigning GPU {gpu.name} (#{gpu.index}, {gpu.uuid})")
             try:
                 return await super().create_object()
             except BaseException:
@@ -246,6 +370,19 @@ class GPUDockerSpawner(DockerSpawner):
         return kwargs
 
     def docker(self, method, *args, **kwargs):
+        if method == "pull":
+            return asyncio.ensure_future(self.pull_with_progress(*args))
         if method == "create_container":
+            self.emit_progress(75, "Creating container")
             kwargs = self.harden_create_kwargs(kwargs)
         return asyncio.wrap_future(self.executor.submit(self._docker, method, *args, **kwargs))
+
+
+def pull_summary(image: str, layers: dict, done: set) -> tuple[int, str]:
+    """(progress 10-60, message) for a pull: layers done and bytes so far."""
+    total = sum(t for _, t in layers.values())
+    current = sum(t if layer in done else c for layer, (c, t) in layers.items())
+    fraction = current / total if total else 0.0
+    return (10 + int(50 * fraction),
+            f"Pulling image {image}: {len(done)} of {len(layers)} layers, "
+            f"{current / 1e6:.0f} MB of {total / 1e6:.0f} MB")

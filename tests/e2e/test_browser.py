@@ -4,6 +4,9 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from conftest import ARTIFACTS
+from hub.gpus.inventory import discover
+
+GPUS = discover()[0]
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags that let headless Chromium run as root on a machine with a closed network.
@@ -38,11 +41,25 @@ def test_login_start_and_jupyterlab(stack, hub, page):
     page.screenshot(path=ARTIFACTS / "browser-2-home.png")
     start.click()
 
-    # JupyterLab loads in the user's container (spawn pending page first).
+    # The spawn form: profiles, and how many GPUs are free right now.
+    expect(page.locator("#spawn_form")).to_be_visible(timeout=15_000)
+    expect(page.locator(".gpuhub-gpus")).to_contain_text("free right now" if GPUS else "no GPUs")
+    page.check("#profile-gpu")
+    page.screenshot(path=ARTIFACTS / "browser-3-spawn-form.png")
+    page.click("#spawn_form [type=submit]")
+
+    # Live progress on the pending page, then JupyterLab in the user's container.
+    if GPUS:
+        expect(page.locator("#progress-log")).to_contain_text("Assigning GPU", timeout=60_000)
+        page.locator("details summary").first.click()  # open the event log for the screenshot
+        page.screenshot(path=ARTIFACTS / "browser-4-progress.png")
     page.wait_for_url(f"**/user/{admin}/lab**", timeout=180_000)
     expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
     expect(page.locator("#jupyterlab-splash")).to_have_count(0, timeout=120_000)
     expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=60_000)
-    page.screenshot(path=ARTIFACTS / "browser-3-jupyterlab.png")
+    # What the user sees of their resources and of what persists
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Mem", timeout=30_000)
+    expect(page.locator(".jp-DirListing-content")).to_contain_text("WELCOME.md", timeout=30_000)
+    page.screenshot(path=ARTIFACTS / "browser-5-jupyterlab.png")
     assert stack.container_of(admin)
     hub.stop(admin)

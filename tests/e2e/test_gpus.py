@@ -59,22 +59,18 @@ def test_container_gets_its_gpu_by_uuid_nvidia_driver(stack, hub):
         stack.up(GPU_REQUEST_STYLE="cdi")
 
 
-def test_forged_start_options_change_nothing(stack, hub):
+def test_forged_start_options_start_nothing(stack, hub):
     hub.create_user("forger")
-    # Another image: refused outright, nothing started.
-    r = hub.api("POST", "/users/forger/server", json={"image": "local/debian:bookworm"})
-    assert r.status_code >= 400 and "image" in r.json()["message"].lower(), r.text
-    assert not hub.user("forger")["servers"]
-    # Environment, device requests, limits: ignored; the container is what the config says.
-    forged = {"environment": {"NVIDIA_VISIBLE_DEVICES": "all"}, "env": {"LD_PRELOAD": "/x"},
-              "device_requests": [{"Driver": "nvidia", "Count": -1}], "mem_limit": "64G", "cpu_limit": 64}
-    hub.start("forger", options=forged)
-    info = stack.inspect(stack.container_of("forger"))
-    uuid = info["Config"]["Labels"]["gpuhub.gpu.uuid"]
-    assert requests_of(info) == [("cdi", 0, [f"nvidia.com/gpu={uuid}"], None)]
-    assert not any(e.startswith(("NVIDIA_VISIBLE_DEVICES=", "LD_PRELOAD=")) for e in info["Config"]["Env"])
-    assert info["HostConfig"]["Memory"] == 1536 * 2**20 and info["Config"]["Image"] == stack.env["SINGLEUSER_IMAGE"]
-    hub.stop("forger")
+    forged = [{"image": "local/debian:bookworm"}, {"profile": "gpu", "image": "local/debian:bookworm"},
+              {"environment": {"NVIDIA_VISIBLE_DEVICES": "all"}}, {"env": {"LD_PRELOAD": "/x"}},
+              {"device_requests": [{"Driver": "nvidia", "Count": -1}]}, {"mem_limit": "64G"},
+              {"profile": "gpu", "cpu_limit": 64}, {"profile": "course-a"}]
+    for options in forged:
+        r = hub.api("POST", "/users/forger/server", json=options)
+        assert r.status_code == 400, (options, r.status_code, r.text)
+        assert r.json()["message"], options
+        assert not hub.user("forger")["servers"], options
+    assert not [c for c in stack.user_containers() if "forger" in c]
 
 
 def test_storm_12_users_on_the_gpus(stack, hub):

@@ -6,7 +6,7 @@ import pytest
 from traitlets.config import Config
 from traitlets.config.loader import ConfigError
 
-from hub.configure import configure_auth, configure_hub, configure_spawner, read_secret
+from hub.configure import configure_auth, configure_culler, configure_hub, configure_spawner, read_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,3 +96,36 @@ def test_hub_and_singleuser_pin_the_same_jupyterhub():
     def pin(path):
         return re.search(r"^jupyterhub==(\S+)", (ROOT / path).read_text(), re.MULTILINE).group(1)
     assert pin("images/hub/requirements.txt") == pin("images/singleuser/requirements.txt")
+
+
+def test_profiles_file_is_checked_at_start(tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("profiles: [{slug: cpu, name: CPU, gpu: false}]")
+    bad.write_text("profiles: [{slug: cpu}]")
+    c = Config()
+    configure_spawner(c, {}, profiles_file=str(good))
+    assert c.GPUDockerSpawner.profiles_file == str(good)
+    with pytest.raises(ConfigError, match="HUB_PROFILES.*needs a name"):
+        configure_spawner(Config(), {}, profiles_file=str(bad))
+    c = Config()
+    configure_spawner(c, {}, profiles_file=str(tmp_path / "absent.yaml"))
+    assert "profiles_file" not in c.GPUDockerSpawner
+
+
+def test_culler_is_a_least_privilege_service():
+    c = Config()
+    configure_culler(c, {"CULL_IDLE_TIMEOUT": "600", "CULL_MAX_AGE": "86400", "CULL_EVERY": "30"})
+    (service,) = c.JupyterHub.services
+    assert service["name"] == "idle-culler"
+    assert service["command"][-3:] == ["--timeout=600", "--max-age=86400", "--cull-every=30"]
+    (role,) = c.JupyterHub.load_roles
+    assert role["services"] == ["idle-culler"]
+    assert set(role["scopes"]) == {"list:users", "read:users:activity", "read:servers", "delete:servers"}
+
+
+def test_culler_off():
+    c = Config()
+    configure_culler(c, {"CULL_IDLE_TIMEOUT": "0"})
+    assert "services" not in c.JupyterHub
+    with pytest.raises(ConfigError, match="CULL_IDLE_TIMEOUT"):
+        configure_culler(Config(), {"CULL_IDLE_TIMEOUT": "-1"})
