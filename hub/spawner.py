@@ -221,17 +221,22 @@ class GPUDockerSpawner(DockerSpawner):
         self.emit_progress(10, f"Pulling image {image}")
 
         def pull():
-            layers, done, last = {}, set(), 0.0
+            layers, done, last = {}, set(), 0.0  # layer -> (bytes so far, bytes in all)
             for event in self.client.pull(repo, tag, stream=True, decode=True):
                 if "error" in event:
                     raise RuntimeError(f"pulling {image} failed: {event['error']}")
-                layer, detail = event.get("id"), event.get("progressDetail") or {}
-                if layer and detail.get("total"):
+                layer, status = event.get("id"), event.get("status", "")
+                if not layer or not status.startswith(LAYER_STATUSES):
+                    continue  # "Pulling from …", "Digest: …": not about a layer
+                detail = event.get("progressDetail") or {}
+                if status.startswith("Downloading") and detail.get("total"):
                     layers[layer] = (detail.get("current", 0), detail["total"])
-                if layer and event.get("status") in ("Pull complete", "Already exists"):
+                else:
+                    layers.setdefault(layer, (0, 0))
+                if status in ("Pull complete", "Already exists"):
                     done.add(layer)
                 now = time.monotonic()
-                if layers and now - last > 0.5:
+                if now - last > 0.5:
                     last = now
                     loop.call_soon_threadsafe(self.emit_progress, *pull_summary(image, layers, done))
 
@@ -378,8 +383,13 @@ class GPUDockerSpawner(DockerSpawner):
         return asyncio.wrap_future(self.executor.submit(self._docker, method, *args, **kwargs))
 
 
+LAYER_STATUSES = ("Pulling fs layer", "Waiting", "Downloading", "Verifying Checksum",
+                  "Download complete", "Extracting", "Pull complete", "Already exists")
+
+
 def pull_summary(image: str, layers: dict, done: set) -> tuple[int, str]:
-    """(progress 10-60, message) for a pull: layers done and bytes so far."""
+    """(progress 10-60, message) for a pull: layers done and bytes so far (of the layers that
+    have to be downloaded; layers the engine already has count as done, with no bytes)."""
     total = sum(t for _, t in layers.values())
     current = sum(t if layer in done else c for layer, (c, t) in layers.items())
     fraction = current / total if total else 0.0
