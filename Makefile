@@ -19,8 +19,12 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 up: .env images
 	$(COMPOSE) up -d --wait
 	@port=$$(grep -E '^HUB_PUBLISH=' .env | cut -d= -f2); \
+	 provider=$$(grep -E '^OAUTH_PROVIDER=' .env | cut -d= -f2); \
+	 if [ -n "$$provider" ] && [ "$$provider" != none ]; then \
+	   echo "JupyterHub is up: http://localhost:$${port##*:}/ (login with $$provider; admins: OAUTH_ADMIN_USERS in .env)"; \
+	 else \
 	 echo "JupyterHub is up: http://localhost:$${port##*:}/ (admin: $$(grep -E '^HUB_ADMIN_USER=' .env | cut -d= -f2);" \
-	      "initial password: $(COMPOSE) exec hub cat /srv/jupyterhub/state/admin-password)"
+	      "initial password: $(COMPOSE) exec hub cat /srv/jupyterhub/state/admin-password)"; fi
 
 down:
 	$(COMPOSE) down

@@ -39,17 +39,17 @@ PROVIDERS = {
     "github": Provider(
         "oauthenticator.github.GitHubOAuthenticator", "GitHub",
         "your GitHub OAuth app (GitHub: Settings → Developer settings → OAuth Apps → New OAuth App)",
-        "Authorization callback URL", "GitHub organisations or org:team, e.g. my-lab,my-org:gpu-users"),
+        "Authorization callback URL", "GitHub organisations or org:team"),
     "gitlab": Provider(
         "oauthenticator.gitlab.GitLabOAuthenticator", "GitLab",
         "your GitLab application (GitLab: Edit profile → Applications, or a group's Settings → "
         "Applications; scopes read_user, plus read_api when OAUTH_ALLOWED_ORGS is set)",
-        "Redirect URI", "GitLab group paths, e.g. my-lab,my-org/gpu-users"),
+        "Redirect URI", "GitLab group paths"),
     "google": Provider(
         "oauthenticator.google.GoogleOAuthenticator", "Google",
         "an OAuth client ID of type Web application (Google Cloud console → APIs & Services → "
         "Credentials → Create credentials → OAuth client ID)",
-        "Authorized redirect URI", "Google Workspace domains, e.g. example.org"),
+        "Authorized redirect URI", "Google Workspace domains"),
     "oidc": Provider(
         "oauthenticator.generic.GenericOAuthenticator", "OpenID Connect",
         "the client you registered with your OpenID Connect provider (Keycloak: the realm's "
@@ -94,9 +94,10 @@ def check_unset(env: Mapping[str, str]) -> None:
     stray = [name for name in VARIABLES if env.get(name, "").strip()
              and not (name == "OAUTH_ALLOW_ALL" and env[name].strip().lower() in ("0", "false", "no", "off"))]
     if stray:
-        raise ConfigError(f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} set but OAUTH_PROVIDER "
-                          f"is empty, so the hub would use its own login and ignore {'it' if len(stray) == 1 else 'them'}: "
-                          f"set OAUTH_PROVIDER to one of {', '.join(PROVIDERS)}, or remove {'it' if len(stray) == 1 else 'them'} from .env")
+        verb, them = ("is", "it") if len(stray) == 1 else ("are", "them")
+        raise ConfigError(f"{', '.join(stray)} {verb} set but OAUTH_PROVIDER is empty, so the hub would use its own "
+                          f"login and ignore {them}: set OAUTH_PROVIDER to one of {', '.join(PROVIDERS)}, or remove "
+                          f"{them} from .env")
 
 
 def configure_oauth(c, env: Mapping[str, str], key: str, fetch: FetchJson = fetch_json) -> None:
@@ -128,7 +129,7 @@ def configure_oauth(c, env: Mapping[str, str], key: str, fetch: FetchJson = fetc
     if not (allow_all or users or admins or orgs or groups or admin_groups):
         rules = "OAUTH_ALLOWED_USERS (usernames)"
         if provider.orgs:
-            rules += f", OAUTH_ALLOWED_ORGS ({provider.orgs.split(',')[0]})"
+            rules += f", OAUTH_ALLOWED_ORGS ({provider.orgs})"
         if key == "oidc":
             rules += ", OAUTH_ALLOWED_GROUPS (values of the group claim)"
         raise ConfigError(f"OAUTH_PROVIDER={key} would let nobody log in: set {rules} or OAUTH_ADMIN_USERS; "
@@ -170,9 +171,10 @@ def _credentials(env: Mapping[str, str], key: str, provider: Provider) -> tuple[
     client_secret = settings.text(env, "OAUTH_CLIENT_SECRET", "")
     callback = settings.text(env, "OAUTH_CALLBACK_URL", "")
     if not client_id or not client_secret:
-        missing = " and ".join(n for n, v in (("OAUTH_CLIENT_ID", client_id), ("OAUTH_CLIENT_SECRET", client_secret)) if not v)
-        raise ConfigError(f"OAUTH_PROVIDER={key} needs OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET, but {missing} "
-                          f"{'is' if ' and ' not in missing else 'are'} empty: copy them from {provider.app}; "
+        missing = [name for name, value in (("OAUTH_CLIENT_ID", client_id), ("OAUTH_CLIENT_SECRET", client_secret))
+                   if not value]
+        raise ConfigError(f"OAUTH_PROVIDER={key} needs OAUTH_CLIENT_ID and OAUTH_CLIENT_SECRET, but {' and '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} empty: copy them from {provider.app}; "
                           f"its {provider.redirect_field} must be OAUTH_CALLBACK_URL, {CALLBACK_HINT}")
     if not callback:
         raise ConfigError(f"OAUTH_PROVIDER={key} needs OAUTH_CALLBACK_URL, the address {provider.name} sends people "

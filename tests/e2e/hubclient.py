@@ -46,6 +46,12 @@ class Stack:
         """Start the stack, or recreate what changed (e.g. the hub, given other settings)."""
         self.compose("up", "-d", "--wait", "--wait-timeout", "120", **overrides)
 
+    def create(self) -> str:
+        """Create the stack's network, volumes and containers without starting anything, so that
+        another container can join the network first; returns the network's name."""
+        self.compose("up", "--no-start")
+        return f"{self.prefix}-net"
+
     def user_containers(self) -> list[str]:
         out = self.docker("ps", "-a", "--filter", f"label=gpuhub.instance={self.prefix}", "--format", "{{.Names}}")
         return out.stdout.split()

@@ -18,7 +18,7 @@ from oauthenticator.google import GoogleOAuthenticator
 from traitlets.config import Config
 from traitlets.config.loader import ConfigError
 
-from hub import oauth
+from hub import oauth, settings
 from hub.configure import configure_auth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +73,25 @@ def authenticator(env, fetch=None):
     cls = CLASSES[env["OAUTH_PROVIDER"].lower()]
     assert c.JupyterHub.authenticator_class == f"{cls.__module__}.{cls.__name__}"
     return cls(config=c)
+
+
+# ---- the two settings helpers OAuth added -------------------------------------------------------
+
+def test_name_list():
+    assert settings.name_list({"L": " alice, bob ,,Team A "}, "L") == ["alice", "bob", "Team A"]
+    assert settings.name_list({"L": " "}, "L") == settings.name_list({}, "L") == []
+
+
+@pytest.mark.parametrize("raw", ["https://sso.example.org/realms/lab", "http://idp:9400", "https://h/p?x=1"])
+def test_url(raw):
+    assert settings.url({"U": raw}, "U", "https://e.org") == raw
+    assert settings.url({}, "U", "https://e.org") == "" and settings.url({}, "U", "x", "https://d.org") == "https://d.org"
+
+
+@pytest.mark.parametrize("raw", ["sso.example.org", "/realms/lab", "ftp://h/x", "https://", "https://h/#frag", "https:///path"])
+def test_url_rejects_with_an_example(raw):
+    with pytest.raises(ConfigError, match=r"^U=.* is not an absolute http\(s\) URL, e\.g\. U=https://e\.org$"):
+        settings.url({"U": raw}, "U", "https://e.org")
 
 
 # ---- the embedded login stays the default ------------------------------------------------------
