@@ -1,0 +1,307 @@
+"""`make bench`: spawn latency, bursts, memory and proxy overhead of three setups, side by side
+in one run on this machine, with the same single-user image:
+
+  floor  `docker run` of the single-user image until JupyterLab answers (no hub)
+  stock  jupyterhub-deploy-docker's hub (bench/stock/), same JupyterHub version
+  ours   this repository's compose deployment (bench/ours.env: CPU-only servers, like stock)
+
+Writes bench/results/<UTC time>.json, bench/results/latest.json and bench/results/latest.png.
+Options: --runs N (single spawns per setup, default 5), --bursts 10,30.
+"""
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests/e2e"))
+from hubclient import Hub, Stack  # noqa: E402
+
+RESULTS = ROOT / "bench/results"
+IMAGE = "gpuhub/pytorch-notebook:test"
+READY_TIMEOUT = 180
+
+
+def sh(*args, check=True, **kwargs) -> str:
+    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=900, **kwargs).stdout
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50_s": round(statistics.median(values), 3), "p95_s": round(percentile(values, 0.95), 3),
+            "min_s": round(min(values), 3), "max_s": round(max(values), 3), "runs": len(values)}
+
+
+def wait_http(url: str, headers: dict | None = None, timeout: float = READY_TIMEOUT,
+              gone=lambda: False) -> float | None:
+    """Seconds until url answers 200, or None on timeout or when gone() says it never will."""
+    t0 = time.monotonic()
+    with requests.Session() as s:
+        while time.monotonic() - t0 < timeout:
+            try:
+                if s.get(url, headers=headers, timeout=5).status_code == 200:
+                    return time.monotonic() - t0
+            except requests.RequestException:
+                pass
+            if gone():
+                return None
+            time.sleep(0.1)
+    return None
+
+
+def memory_mb(names: list[str]) -> dict[str, float]:
+    out = sh("docker", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}", *names) if names else ""
+    result = {}
+    for line in out.splitlines():
+        name, usage = line.split(" ", 1)
+        value, unit = re.match(r"([\d.]+)\s*([KMG]i?B)", usage).groups()
+        result[name] = float(value) * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "kB": 1e-3, "MB": 1, "GB": 1e3}[unit]
+    return result
+
+
+def load_rps(url: str, headers: dict, seconds: int = 5) -> float:
+    """Requests per second to url: wrk when it is installed, else a Python client."""
+    if shutil.which("wrk"):
+        args = ["wrk", "-t2", "-c16", f"-d{seconds}s", url]
+        for k, v in headers.items():
+            args += ["-H", f"{k}: {v}"]
+        return float(re.search(r"Requests/sec:\s+([\d.]+)", sh(*args)).group(1))
+    count, deadline = [0], time.monotonic() + seconds
+
+    def worker():
+        with requests.Session() as s:
+            while time.monotonic() < deadline:
+                s.get(url, headers=headers, timeout=5)
+                count[0] += 1
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: worker(), range(8)))
+    return count[0] / seconds
+
+
+# ---- floor: docker run, no hub -----------------------------------------------------------------
+
+def bench_floor(runs: int) -> dict:
+    times = []
+    for i in range(runs):
+        name = f"gpuhubbench-floor-{i}"
+        t0 = time.monotonic()
+        sh("docker", "run", "-d", "--rm", "--name", name, "-p", "127.0.0.1:18040:8888", IMAGE,
+           "jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--IdentityProvider.token=bench")
+        answered = wait_http("http://127.0.0.1:18040/api/status", {"Authorization": "token bench"})
+        times.append(time.monotonic() - t0 if answered is not None else float("inf"))
+        if i == 0:
+            time.sleep(5)
+            idle = memory_mb([name])[name]
+        sh("docker", "rm", "-f", name)
+    return {"single_spawn": summary(times), "idle_server_mb": round(idle, 1)}
+
+
+# ---- a hub (ours or stock) through its REST API ------------------------------------------------
+
+class HubUnderTest:
+    def __init__(self, label: str, url: str, token: str, containers: list[str], user_prefix: str):
+        self.label, self.url, self.token = label, url, token
+        self.hub = Hub(url, token)
+        self.containers = containers  # the hub's own containers (hub, proxy)
+        self.user_prefix = user_prefix
+
+    def start_and_time(self, name: str) -> float | None:
+        """Request -> the user's server answering through the proxy; None if it failed."""
+        self.hub.create_user(name)
+        t0 = time.monotonic()
+        r = self.hub.api("POST", f"/users/{name}/server")
+        if r.status_code not in (201, 202):
+            return None
+
+        def gone():
+            server = self.hub.user(name)["servers"].get("")
+            return server is None or (not server["pending"] and not server["ready"])
+        answered = wait_http(f"{self.url}/user/{name}/api", {"Authorization": f"token {self.token}"}, gone=gone)
+        return None if answered is None else time.monotonic() - t0
+
+    def stop_all(self, names: list[str]) -> None:
+        def stop(name):
+            try:
+                if self.hub.user(name)["servers"]:
+                    self.hub.stop(name, timeout=120)
+            except Exception as exc:  # a failed server may already be gone
+                log(f"{self.label}: stop {name}: {exc}")
+        with ThreadPoolExecutor(max(1, len(names))) as pool:
+            list(pool.map(stop, names))
+
+    def user_containers(self) -> list[str]:
+        return [n for n in sh("docker", "ps", "--format", "{{.Names}}").split() if n.startswith(self.user_prefix)]
+
+    def run(self, runs: int, bursts: list[int]) -> dict:
+        result = {}
+        times = []
+        for i in range(runs):
+            t = self.start_and_time(f"single{i}")
+            times.append(t if t is not None else float("inf"))
+            self.stop_all([f"single{i}"])
+        result["single_spawn"] = summary(times)
+        log(f"{self.label}: single spawn p50 {result['single_spawn']['p50_s']} s")
+        for n in bursts:
+            names = [f"burst{n}-{i:02d}" for i in range(n)]
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(n) as pool:
+                outcomes = list(pool.map(self.start_and_time, names))
+            ready = [t for t in outcomes if t is not None]
+            entry = {"users": n, "ready": len(ready), "failed": n - len(ready),
+                     "last_ready_s": round(max(ready), 3) if ready else None,
+                     "wall_s": round(time.monotonic() - t0, 3)}
+            if n == max(bursts):
+                time.sleep(10)  # idle
+                users = memory_mb(self.user_containers())
+                entry["idle_server_mb_median"] = round(statistics.median(users.values()), 1) if users else None
+                hub_mem = memory_mb(self.containers)
+                entry["hub_and_proxy_mb"] = round(sum(hub_mem.values()), 1)
+            result[f"burst_{n}"] = entry
+            log(f"{self.label}: burst {n}: {entry}")
+            self.stop_all(names)
+        # Proxy overhead: one server, through the proxy vs. straight to the container.
+        self.start_and_time("loadtest")
+        headers = {"Authorization": f"token {self.token}"}
+        container = next(c for c in self.user_containers() if "loadtest" in c)
+        ip = next(iter(json.loads(sh("docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", container)).values()))["IPAddress"]
+        through = load_rps(f"{self.url}/user/loadtest/api", headers)
+        direct = load_rps(f"http://{ip}:8888/user/loadtest/api", headers)
+        result["proxy"] = {"through_proxy_rps": round(through, 1), "direct_rps": round(direct, 1),
+                           "ratio": round(through / direct, 3), "tool": "wrk" if shutil.which("wrk") else "python"}
+        self.stop_all(["loadtest"])
+        return result
+
+
+def bench_ours(runs: int, bursts: list[int]) -> dict:
+    stack = Stack(ROOT / "bench/ours.env")
+    stack.down()
+    stack.up()
+    try:
+        containers = [f"{stack.prefix}-hub-1", f"{stack.prefix}-proxy-1"]
+        return HubUnderTest("ours", stack.url, stack.admin_token(), containers, f"{stack.prefix}-").run(runs, bursts)
+    finally:
+        stack.down()
+
+
+def bench_stock(runs: int, bursts: list[int]) -> dict:
+    token = secrets.token_hex(16)
+    env = {**os.environ, "BENCH_TOKEN": token, "SINGLEUSER_IMAGE": IMAGE}
+    compose = ["docker", "compose", "-f", str(ROOT / "bench/stock/docker-compose.yml")]
+
+    def down():
+        for c in sh("docker", "ps", "-aq", "--filter", "name=^gpuhubstock-", check=False).split():
+            sh("docker", "rm", "-f", c, check=False)
+        subprocess.run([*compose, "down", "--volumes"], env=env, capture_output=True)
+        for v in sh("docker", "volume", "ls", "-q", "--filter", "name=^gpuhubstock-user-").split():
+            sh("docker", "volume", "rm", "-f", v, check=False)
+    down()
+    subprocess.run([*compose, "build", "-q"], env=env, check=True, capture_output=True)
+    subprocess.run([*compose, "up", "-d"], env=env, check=True, capture_output=True)
+    try:
+        assert wait_http("http://127.0.0.1:18030/hub/health", timeout=60) is not None, "stock hub did not start"
+        return HubUnderTest("stock", "http://127.0.0.1:18030", token, ["gpuhubstock-jupyterhub"],
+                            "gpuhubstock-").run(runs, bursts)
+    finally:
+        down()
+
+
+def ratios(r: dict) -> dict:
+    ours, stock, floor = r["ours"], r["stock"], r["floor"]
+    big = max(int(k.split("_")[1]) for k in ours if k.startswith("burst_"))
+
+    def ratio(a, b):
+        return round(a / b, 3) if a and b and b != float("inf") else None
+    return {
+        "single_spawn_p50_ours_over_floor": ratio(ours["single_spawn"]["p50_s"], floor["single_spawn"]["p50_s"]),
+        "single_spawn_p50_ours_over_stock": ratio(ours["single_spawn"]["p50_s"], stock["single_spawn"]["p50_s"]),
+        f"burst_{big}_last_ready_ours_over_stock": ratio(ours[f"burst_{big}"]["last_ready_s"], stock[f"burst_{big}"]["last_ready_s"]),
+    }
+
+
+def plot(r: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setups = ["floor", "stock", "ours"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    p50 = [r[s]["single_spawn"]["p50_s"] for s in setups]
+    p95 = [r[s]["single_spawn"]["p95_s"] for s in setups]
+    axes[0].bar([x - 0.2 for x in range(3)], p50, 0.4, label="p50")
+    axes[0].bar([x + 0.2 for x in range(3)], p95, 0.4, label="p95")
+    axes[0].set_xticks(range(3), setups)
+    axes[0].set_ylabel("seconds")
+    axes[0].set_title("Single spawn: Start → server answers")
+    axes[0].legend()
+    bursts = sorted(int(k.split("_")[1]) for k in r["ours"] if k.startswith("burst_"))
+    for i, s in enumerate(["stock", "ours"]):
+        last = [r[s][f"burst_{n}"]["last_ready_s"] or 0 for n in bursts]
+        failed = [r[s][f"burst_{n}"]["failed"] for n in bursts]
+        xs = [x + (i - 0.5) * 0.4 for x in range(len(bursts))]
+        bars = axes[1].bar(xs, last, 0.4, label=s)
+        for bar, f in zip(bars, failed):
+            axes[1].annotate(f"{f} failed", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    axes[1].set_xticks(range(len(bursts)), [f"{n} users" for n in bursts])
+    axes[1].set_ylabel("seconds until the last is ready")
+    axes[1].set_title("Burst: everyone presses Start")
+    axes[1].legend()
+    mem = [r["floor"]["idle_server_mb"], r["stock"][f"burst_{bursts[-1]}"]["idle_server_mb_median"],
+           r["ours"][f"burst_{bursts[-1]}"]["idle_server_mb_median"]]
+    axes[2].bar(setups, [m or 0 for m in mem])
+    axes[2].set_ylabel("MB")
+    axes[2].set_title("Idle memory per user server")
+    fig.suptitle(f"gpuhub bench, {r['when']} ({r['machine']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--bursts", default="10,30")
+    args = parser.parse_args()
+    bursts = [int(x) for x in args.bursts.split(",")]
+    t0 = time.monotonic()
+    result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "machine": f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+              "image": IMAGE, "runs": args.runs}
+    log("floor")
+    result["floor"] = bench_floor(args.runs)
+    log("stock")
+    result["stock"] = bench_stock(args.runs, bursts)
+    log("ours")
+    result["ours"] = bench_ours(args.runs, bursts)
+    result["ratios"] = ratios(result)
+    result["bench_wall_s"] = round(time.monotonic() - t0, 1)
+    RESULTS.mkdir(exist_ok=True)
+    text = json.dumps(result, indent=1)
+    (RESULTS / f"{result['when'].replace(':', '')}.json").write_text(text)
+    (RESULTS / "latest.json").write_text(text)
+    plot(result, RESULTS / "latest.png")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
