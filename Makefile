@@ -14,7 +14,7 @@ TEST_TORCH_PIP_ARGS ?=
 # (or builds test images) it uses them if they exist.
 LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=local/debian:bookworm
 
-.PHONY: up down images test test-images unit e2e storm
+.PHONY: up down images test test-images unit e2e storm bench
 
 up: .env images
 	$(COMPOSE) up -d --wait
@@ -71,3 +71,9 @@ test: $(VENV)/.installed test-images
 # 12 users press Start at once on the engine's GPUs; prints one JSON line (README, "GPUs").
 storm: $(VENV)/.installed test-images
 	$(VENV)/bin/python tests/e2e/storm.py
+
+# Floor vs. stock DockerSpawner vs. ours, one run, side by side: bench/results/latest.{json,png}
+bench: $(VENV)/.installed test-images
+	@for pair in $(LOCAL_BASES); do image=$${pair#*=}; \
+	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done; \
+	 $(VENV)/bin/python bench/run.py

@@ -3,9 +3,11 @@
 import os
 
 from hub.configure import configure_auth, configure_culler, configure_hub, configure_spawner
+from hub.configure import configure_console
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
 configure_auth(c, os.environ)
 configure_spawner(c, os.environ)
 configure_culler(c, os.environ)
+configure_console(c, os.environ)

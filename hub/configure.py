@@ -115,6 +115,46 @@ def configure_culler(c, env: Mapping[str, str]) -> None:
     }]
 
 
+CONSOLE_NAME = "gpu-console"
+CONSOLE_URL = "http://hub:10101"  # the proxy reaches the hub container by name on the network
+
+
+def configure_console(c, env: Mapping[str, str]) -> None:
+    """The GPU console (hub/console/): a hub-managed service in the hub's container, linked
+    from the hub's navigation, for admins only (HubOAuth with the service's access scope, which
+    JupyterHub's admin role has and users do not). Its own token may only read users, groups
+    and servers and stop servers: pins, drains and access are written to the intent file on the
+    state volume, which the spawner re-reads before every decision."""
+    spawner = c.GPUDockerSpawner
+    environment = {
+        "HUB_NAME_PREFIX": settings.name_prefix(env, "HUB_NAME_PREFIX", "gpuhub"),
+        "GPUHUB_GPU_INTENT_FILE": spawner.get("gpu_intent_file", f"{STATE_DIR}/gpu-intent.json"),
+        "GPUHUB_GPU_AUDIT_FILE": f"{STATE_DIR}/gpu-audit.jsonl",
+        "GPUHUB_GPU_REQUEST_STYLE": spawner.get("gpu_request_style", "auto"),
+        "GPUHUB_LABEL_PREFIX": spawner.get("label_prefix", "gpuhub"),
+        "GPUHUB_GPU_CDI_DIRS": ":".join(spawner.get("gpu_cdi_dirs", ["/etc/cdi", "/var/run/cdi"])),
+        "GPUHUB_CONSOLE_LOG_LEVEL": settings.text(env, "HUB_LOG_LEVEL", "INFO").upper(),
+    }
+    if spawner.get("gpu_inventory_file"):
+        environment["GPUHUB_GPU_INVENTORY_FILE"] = spawner.gpu_inventory_file
+    c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
+        "name": CONSOLE_NAME,
+        "display": True,
+        "url": CONSOLE_URL,
+        "command": [sys.executable, "-m", "hub.console.app"],
+        "environment": environment,
+        "oauth_no_confirm": True,
+        "info": {"description": "GPUs: who holds which, live usage; pin, drain, free, access"},
+    }]
+    c.JupyterHub.load_roles = [*c.JupyterHub.get("load_roles", []), {
+        "name": CONSOLE_NAME,
+        "description": "GPU console: check users and groups, see servers, stop a GPU holder's server",
+        "scopes": ["list:users", "read:users:name", "read:users:groups", "read:servers",
+                   "delete:servers", "list:groups", "read:groups:name"],
+        "services": [CONSOLE_NAME],
+    }]
+
+
 def read_secret(path: str) -> str:
     """The content of a secret file that gpuhub-init wrote; a clear error if it is missing."""
     try:

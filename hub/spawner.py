@@ -22,7 +22,7 @@ from tornado import web
 from traitlets import Bool, Callable, Int, List, TraitError, Unicode, default, validate
 
 from hub import profiles as profiles_
-from hub.gpus.allocator import NoGPUAvailable, first_free
+from hub.gpus.allocator import ACCESS_REFUSED, NoGPUAvailable, first_free
 from hub.gpus.inventory import discover, from_cdi
 from hub.gpus.manager import GPUManager, choose_style, device_request
 from hub.naming import safe_slug
@@ -34,8 +34,8 @@ class GPUUnavailable(web.HTTPError):
     """No GPU for this server now: 503 with the message in the REST API's JSON error, and
     the same message on the spawn page (JupyterHub shows ``jupyterhub_message`` as it is)."""
 
-    def __init__(self, message: str):
-        super().__init__(503, message.replace("%", "%%"))
+    def __init__(self, message: str, status: int = 503):
+        super().__init__(status, message.replace("%", "%%"))
         self.jupyterhub_message = message
 
 
@@ -210,9 +210,26 @@ class GPUDockerSpawner(DockerSpawner):
             await self._progress_signal.wait()
 
     async def start(self):
-        result = await super().start()
+        ip, port = await super().start()
         self.emit_progress(90, "Container started; waiting for JupyterLab to answer")
-        return result
+        await self.wait_for_port(ip, port)
+        return ip, port
+
+    async def wait_for_port(self, ip: str, port: int, interval: float = 0.05) -> None:
+        """Return as soon as the server accepts connections (or http_timeout has passed).
+
+        JupyterHub checks a new server with exponential backoff (0.2 s, 0.4 s, 0.8 s, 1.6 s,
+        ...), which adds up to a second to every start; probing the port every 50 ms here
+        means its first check succeeds."""
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(interval)
+                continue
+            writer.close()
+            return
 
     async def pull_with_progress(self, repo: str, tag: str) -> None:
         """docker pull, reporting layers and bytes as it goes, on the shared thread pool."""
@@ -322,6 +339,11 @@ class GPUDockerSpawner(DockerSpawner):
         # GPU before the next spawn reads the engine.
         async with manager.lock:
             await manager.reconcile(self.docker)
+            if not manager.allocator.intent.allows(self.user.name, self.user_groups()):
+                if not self.gpu_cpu_fallback:  # the admin's allow-list (GPU console): 403
+                    raise GPUUnavailable(ACCESS_REFUSED, status=403)
+                self.emit_progress(70, "Your account may not use GPUs here: starting without one")
+                return await super().create_object()
             try:
                 gpu = manager.allocator.allocate(self.user.name, self.name or "", since=time.time())
             except NoGPUAvailable as exc:

@@ -38,15 +38,58 @@ class Holder:
     since: float | None = None
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may use GPUs at all: these users and the members of these groups; both empty
+    (the default) means everyone. Admins are not exempt: list them too."""
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+    @property
+    def everyone(self) -> bool:
+        return not self.users and not self.groups
+
+    def allows(self, user: str, groups: Iterable[str] = ()) -> bool:
+        return self.everyone or user in self.users or not self.groups.isdisjoint(groups)
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"users": sorted(self.users), "groups": sorted(self.groups)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Access:
+        if data is None:
+            return cls()
+        if not isinstance(data, dict) or not set(data) <= {"users", "groups"}:
+            raise ValueError("intent 'access' must be {\"users\": [...], \"groups\": [...]}")
+        users, groups = data.get("users") or [], data.get("groups") or []
+        for key, names in (("users", users), ("groups", groups)):
+            if not isinstance(names, list) or not all(_is_str(n) and n for n in names):
+                raise ValueError(f"intent 'access.{key}' must be a list of non-empty {key[:-1]} names")
+        return cls(frozenset(users), frozenset(groups))
+
+
+ACCESS_REFUSED = ("Your account may not use GPUs on this hub: an administrator decides who may. "
+                  "Choose a CPU-only profile, or ask an administrator for GPU access.")
+
+
 @dataclass
 class Intent:
-    """Admin intent: pins (username -> GPU uuid) and drained GPU uuids."""
+    """Admin intent: pins (username -> GPU uuid), drained GPU uuids, and who may use GPUs."""
     pins: dict[str, str] = field(default_factory=dict)
     drained: set[str] = field(default_factory=set)
+    access: Access = field(default_factory=Access)
+
+    def allows(self, user: str, groups: Iterable[str] = ()) -> bool:
+        """Whether `user` (a member of `groups`) may be given a GPU at all."""
+        return self.access.allows(user, groups)
 
     def to_json(self) -> dict[str, Any]:
-        """A sorted, JSON-ready dict, so that persisting unchanged intent is a no-op diff."""
-        return {"pins": dict(sorted(self.pins.items())), "drained": sorted(self.drained)}
+        """A sorted, JSON-ready dict, so that persisting unchanged intent is a no-op diff.
+        ``access`` is written only when it restricts anyone (files without it mean everyone)."""
+        data: dict[str, Any] = {"pins": dict(sorted(self.pins.items())), "drained": sorted(self.drained)}
+        if not self.access.everyone:
+            data["access"] = self.access.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | str | None) -> Intent:
@@ -57,7 +100,7 @@ class Intent:
             raise ValueError("intent 'pins' must map usernames to GPU uuid strings")
         if not isinstance(drained, list) or not all(map(_is_str, drained)):
             raise ValueError("intent 'drained' must be a list of GPU uuid strings")
-        return cls(dict(pins), set(drained))
+        return cls(dict(pins), set(drained), Access.from_json(data.get("access")))
 
 
 def _is_str(value: Any) -> bool:

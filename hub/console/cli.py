@@ -1,0 +1,255 @@
+"""``gpuhub-gpus``: the GPU console's REST API from a shell, for scripts and for admins who
+prefer a terminal. Standard library only, so it runs with any Python 3.11 on the host.
+
+    export GPUHUB_TOKEN=<an admin's API token from the hub's Token page, /hub/token>
+    gpuhub-gpus list                     # the GPU table
+    gpuhub-gpus pin alice 1              # GPU by index or UUID
+    gpuhub-gpus unpin alice
+    gpuhub-gpus drain GPU-…   /  undrain GPU-…
+    gpuhub-gpus free 1 --yes             # stop the server holding GPU #1
+    gpuhub-gpus free --user alice --yes
+    gpuhub-gpus access --users alice,bob --groups ml     # who may use GPUs; --everyone
+    gpuhub-gpus audit -n 20
+
+Where: ``--url`` or $GPUHUB_URL (default http://localhost:8000; in the hub's container the
+image sets http://proxy:8000). Exit status: 0 done, 1 refused by the API (its message on
+stderr), 2 bad usage, 3 the hub could not be reached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import quote
+
+SERVICE_PATH = "/services/gpu-console/api/"
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Unreachable(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, url: str, token: str, timeout: float = 60):
+        self.base = url.rstrip("/") + SERVICE_PATH
+        self.token, self.timeout = token, timeout
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers={
+            "Authorization": f"token {self.token}", "Accept": "application/json",
+            "User-Agent": "gpuhub-gpus", **({"Content-Type": "application/json"} if data else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                message = json.loads(raw)["message"]
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode(errors="replace")[:300] or exc.reason
+            if exc.code == 404 and not raw.startswith(b"{"):
+                message = f"no GPU console at {self.base} (is the URL the hub's address?)"
+            raise APIError(exc.code, message) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise Unreachable(f"cannot reach {self.base}: {reason}") from None
+        return json.loads(raw) if raw else {}
+
+
+# ---- GPUs by index or UUID --------------------------------------------------------------
+
+def resolve_gpu(client: Client, ref: str) -> str:
+    """A UUID as is; an index (3 or #3) through the GPU table."""
+    if ref.startswith(("GPU-", "MIG-")):
+        return ref
+    index = ref.removeprefix("#")
+    if not index.isdigit():
+        raise SystemExit(_usage(f"{ref!r} is neither a GPU index nor a UUID (GPU-… or MIG-…)"))
+    gpus = [g for g in client.call("GET", "gpus")["gpus"] if g["index"] == int(index)]
+    if len(gpus) != 1:
+        what = "no GPU" if not gpus else f"{len(gpus)} devices (MIG instances)"
+        raise SystemExit(_usage(f"index {index} names {what}; give the UUID instead"))
+    return gpus[0]["uuid"]
+
+
+def _usage(message: str) -> int:
+    print(f"gpuhub-gpus: {message}", file=sys.stderr)
+    return 2
+
+
+# ---- output -----------------------------------------------------------------------------
+
+def _gib(mib: int | None) -> str:
+    return "n/a" if mib is None else f"{mib / 1024:.1f}"
+
+
+def format_table(state: dict) -> str:
+    rows = [("#", "UUID", "MODEL", "MEM GiB", "UTIL", "STATE", "HOLDER")]
+    for g in state["gpus"]:
+        states = []
+        if g["holder"]:
+            h = g["holder"]
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime(h["since"])) if h.get("since") else "?"
+            states.append(f"held by {h['user']}{'/' + h['server'] if h['server'] else ''} since {since}")
+        if g["drained"]:
+            states.append("drained")
+        if g["pinned_to"]:
+            states.append("pinned to " + ",".join(g["pinned_to"]))
+        util = "n/a" if g["utilization_pct"] is None else f"{g['utilization_pct']}%"
+        holder = ""
+        if g["holder"]:
+            holder = g["holder"]["server_url"] or f"container {g['holder']['container']} (not this hub's)"
+        memory = "n/a" if g["memory_used_mib"] is None and g["memory_total_mib"] is None else \
+            f"{_gib(g['memory_used_mib'])}/{_gib(g['memory_total_mib'])}"
+        rows.append((str(g["index"]), g["uuid"], g["name"], memory, util,
+                     "; ".join(states) or "free", holder))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    access = state["access"]
+    who = "everyone" if access["everyone"] else "; ".join(
+        x for x in (access["users"] and "users " + ",".join(access["users"]),
+                    access["groups"] and "groups " + ",".join(access["groups"])) if x)
+    usage = "NVML" if state["usage"]["source"] == "nvml" else f"n/a ({state['usage']['reason']})"
+    lines += ["", f"GPUs may be used by: {who}", f"Usage: {usage}"]
+    return "\n".join(lines)
+
+
+def format_audit(entries: list[dict]) -> str:
+    if not entries:
+        return "(no actions yet)"
+    return "\n".join(f"{e.get('time', '')}  {e.get('who', ''):<12} {e.get('action', ''):<8} {e.get('detail', '')}"
+                     + (f"  — {e['note']}" if e.get("note") else "") for e in entries)
+
+
+def _names(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+def run(args: argparse.Namespace, client: Client) -> Any:
+    note = {"note": args.note} if getattr(args, "note", None) else {}
+    if args.command == "list":
+        state = client.call("GET", "gpus")
+        return state if args.json else format_table(state)
+    if args.command == "pin":
+        return client.call("POST", "pins", {"user": args.user, "gpu": resolve_gpu(client, args.gpu), **note})
+    if args.command == "unpin":
+        return client.call("DELETE", f"pins/{quote(args.user, safe='')}", note or None)
+    if args.command == "drain":
+        return client.call("POST", "drained", {"gpu": resolve_gpu(client, args.gpu), **note})
+    if args.command == "undrain":
+        return client.call("DELETE", f"drained/{quote(resolve_gpu(client, args.gpu), safe='')}", note or None)
+    if args.command == "free":
+        if (args.gpu is None) == (args.user is None):
+            raise SystemExit(_usage("free: name a GPU, or --user (and --server)"))
+        body = {"gpu": resolve_gpu(client, args.gpu)} if args.gpu else {"user": args.user}
+        if args.server:
+            body["server"] = args.server
+        what = f"GPU {args.gpu}" if args.gpu else f"{args.user}'s GPU"
+        if not args.yes:
+            if not sys.stdin.isatty():
+                raise SystemExit(_usage("free stops a user's server: confirm with --yes"))
+            answer = input(f"Stop the server holding {what}? Unsaved work in it is lost. [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("Nothing stopped.")
+                return None
+        return client.call("POST", "free", {**body, **note})
+    if args.command == "access":
+        if args.everyone and (args.users is not None or args.groups is not None):
+            raise SystemExit(_usage("access: --everyone goes alone"))
+        if not args.everyone and args.users is None and args.groups is None:
+            access = client.call("GET", "access")
+            if args.json:
+                return access
+            return "everyone" if access["everyone"] else (
+                f"users: {', '.join(access['users']) or '-'}\ngroups: {', '.join(access['groups']) or '-'}")
+        current = {"users": [], "groups": []} if args.everyone else client.call("GET", "access")
+        body = {"users": _names(args.users) if args.users is not None else current["users"],
+                "groups": _names(args.groups) if args.groups is not None else current["groups"], **note}
+        return client.call("PUT", "access", body)
+    if args.command == "audit":
+        data = client.call("GET", f"audit?limit={args.n}")
+        return data if args.json else format_audit(data["entries"])
+    raise AssertionError(args.command)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gpuhub-gpus", description="The hub's GPU console from a shell: "
+                                "list GPUs, pin, unpin, drain, undrain, free, access, audit.")
+    p.add_argument("--url", default=os.environ.get("GPUHUB_URL", "http://localhost:8000"),
+                   help="the hub's address (default: $GPUHUB_URL, else http://localhost:8000)")
+    p.add_argument("--token", default=None,
+                   help="an admin's API token (default: $GPUHUB_TOKEN, else $JUPYTERHUB_API_TOKEN)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("list", help="the GPUs: state, holder, usage")
+    s = sub.add_parser("pin", help="pin a user to a GPU")
+    s.add_argument("user")
+    s.add_argument("gpu", help="index (0, #0) or UUID")
+    s = sub.add_parser("unpin", help="remove a user's pin")
+    s.add_argument("user")
+    for name, what in (("drain", "hand a GPU to nobody new (its holder keeps it)"), ("undrain", "hand it out again")):
+        s = sub.add_parser(name, help=what)
+        s.add_argument("gpu", help="index or UUID")
+    s = sub.add_parser("free", help="stop the server that holds a GPU")
+    s.add_argument("gpu", nargs="?", help="index or UUID")
+    s.add_argument("--user", help="whose server to stop, instead of a GPU")
+    s.add_argument("--server", help="with --user: a named server")
+    s.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    s = sub.add_parser("access", help="show or set who may use GPUs")
+    s.add_argument("--users", help="comma-separated usernames ('' for none)")
+    s.add_argument("--groups", help="comma-separated group names ('' for none)")
+    s.add_argument("--everyone", action="store_true", help="no restriction")
+    s = sub.add_parser("audit", help="the audit log, newest first")
+    s.add_argument("-n", type=int, default=20, help="entries (1-1000, default 20)")
+    for action in sub.choices.values():
+        if action.prog.split()[-1] in ("pin", "unpin", "drain", "undrain", "free", "access"):
+            action.add_argument("--note", help="a note for the audit log")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    token = args.token or os.environ.get("GPUHUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not token:
+        return _usage("no token: set GPUHUB_TOKEN to an admin's API token (the hub's Token page, "
+                      "/hub/token) or pass --token")
+    client = Client(args.url, token)
+    try:
+        result = run(args, client)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except APIError as exc:
+        print(f"gpuhub-gpus: {exc.message} (HTTP {exc.status})", file=sys.stderr)
+        return 1
+    except Unreachable as exc:
+        print(f"gpuhub-gpus: {exc}", file=sys.stderr)
+        return 3
+    if result is None:
+        return 0
+    if isinstance(result, str):
+        print(result)
+    elif args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(result.get("message", "Done"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+// The GPU console page: polls the console's JSON API and renders the table, the pins, who may
+// use GPUs and the audit log; every change goes through the same API the CLI uses.
+// No library beyond the hub's own Bootstrap; no request leaves the hub.
+"use strict";
+
+(function () {
+  const root = document.getElementById("gpu-console");
+  const PREFIX = root.dataset.prefix;
+  const XSRF = root.dataset.xsrf;
+  const REFRESH_MS = 5000;
+  let state = null;
+  let refreshing = false;
+  let pendingFree = null;
+
+  // ---- API -----------------------------------------------------------------------------
+  async function api(method, path, body) {
+    const options = {
+      method,
+      credentials: "same-origin",
+      headers: { "X-XSRFToken": XSRF, Accept: "application/json" },
+    };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    const resp = await fetch(PREFIX + "api/" + path, options);
+    let data = null;
+    try {
+      data = await resp.json();
+    } catch (e) {
+      data = { message: resp.status + " " + resp.statusText };
+    }
+    if (!resp.ok) {
+      const error = new Error((data && data.message) || resp.statusText);
+      error.status = resp.status;
+      throw error;
+    }
+    return data;
+  }
+
+  // ---- small DOM helpers ---------------------------------------------------------------
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else if (key === "dataset") Object.assign(node.dataset, value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function notify(kind, message) {
+    const box = el("div", { class: `alert alert-${kind} alert-dismissible fade show py-2`, role: "alert" },
+      message, el("button", { type: "button", class: "btn-close py-2", "data-bs-dismiss": "alert", "aria-label": "Close" }));
+    document.getElementById("alerts").prepend(box);
+    setTimeout(() => box.remove(), kind === "danger" ? 15000 : 8000);
+  }
+
+  async function act(method, path, body) {
+    try {
+      const result = await api(method, path, body);
+      notify("success", result.message || "Done");
+      await refresh(true);
+      return result;
+    } catch (e) {
+      notify("danger", e.message);
+      return null;
+    }
+  }
+
+  function gib(mib) {
+    return (mib / 1024).toFixed(1);
+  }
+
+  function ago(epoch) {
+    const s = Math.max(0, Date.now() / 1000 - epoch);
+    if (s < 90) return `${Math.round(s)} s`;
+    if (s < 5400) return `${Math.round(s / 60)} min`;
+    if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
+    return `${Math.round(s / 86400)} days`;
+  }
+
+  function clock(epoch) {
+    return new Date(epoch * 1000).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+  }
+
+  function meter(percent, label) {
+    const bar = el("div", { class: "progress meter", role: "progressbar", "aria-label": label,
+      "aria-valuenow": Math.round(percent), "aria-valuemin": 0, "aria-valuemax": 100 },
+      el("div", { class: "progress-bar", style: `width: ${Math.min(100, Math.max(0, percent))}%` }));
+    return bar;
+  }
+
+  // ---- the sparkline: utilisation over the window, inline SVG --------------------------
+  const SVG = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    return node;
+  }
+
+  function sparkline(history, now, windowS, intervalS) {
+    const W = 140, H = 32, PAD = 1;
+    const chart = svg("svg", { class: "sparkline", width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+    chart.append(svg("rect", { class: "frame", x: 0.5, y: 0.5, width: W - 1, height: H - 1, rx: 2 }));
+    const points = history.filter((s) => s[1] !== null && s[0] >= now - windowS);
+    if (!points.length) {
+      const text = svg("text", { class: "none", x: W / 2, y: H / 2 + 3, "text-anchor": "middle" });
+      text.textContent = "n/a";
+      chart.append(text);
+      chart.setAttribute("aria-label", "no utilisation samples");
+      return chart;
+    }
+    const x = (t) => PAD + ((t - (now - windowS)) / windowS) * (W - 2 * PAD);
+    const y = (u) => H - PAD - (u / 100) * (H - 2 * PAD);
+    // Break the line where samples are missing (more than three intervals apart).
+    const runs = [];
+    let run = [];
+    for (const [t, u] of points) {
+      if (run.length && t - run[run.length - 1][0] > 3 * intervalS) {
+        runs.push(run);
+        run = [];
+      }
+      run.push([t, u]);
+    }
+    runs.push(run);
+    for (const r of runs) {
+      const line = r.map(([t, u]) => `${x(t).toFixed(1)},${y(u).toFixed(1)}`).join(" ");
+      const first = x(r[0][0]).toFixed(1), last = x(r[r.length - 1][0]).toFixed(1);
+      chart.append(svg("polygon", { class: "area", points: `${first},${H - PAD} ${line} ${last},${H - PAD}` }));
+      chart.append(svg("polyline", { class: "line", points: r.length > 1 ? line : `${line} ${line}` }));
+    }
+    const values = points.map((p) => p[1]);
+    const mean = values.reduce((a, b) => a + b, 0) / values.length;
+    const title = svg("title", {});
+    title.textContent = `last ${Math.round(windowS / 60)} min: mean ${mean.toFixed(0)}%, max ${Math.max(...values)}% (${values.length} samples)`;
+    chart.append(title);
+    chart.setAttribute("aria-label", title.textContent);
+    return chart;
+  }
+
+  // ---- rendering -------------------------------------------------------------------------
+  function gpuLabel(gpu) {
+    return `#${gpu.index} ${gpu.name}` + (gpu.parent_uuid ? " (MIG)" : "");
+  }
+
+  function stateBadges(gpu) {
+    const badges = [];
+    if (gpu.holder) {
+      badges.push(el("span", { class: "badge text-bg-primary" }, `held by ${gpu.holder.user}`));
+    }
+    if (gpu.drained) badges.push(el("span", { class: "badge text-bg-warning" }, "drained"));
+    if (gpu.pinned_to.length) {
+      badges.push(el("span", { class: "badge text-bg-info" }, `pinned to ${gpu.pinned_to.join(", ")}`));
+    }
+    if (!badges.length) badges.push(el("span", { class: "badge text-bg-success" }, "free"));
+    return badges;
+  }
+
+  function holderCell(gpu) {
+    const h = gpu.holder;
+    if (!h) return el("span", { class: "text-body-secondary" }, "—");
+    const who = h.server_url
+      ? el("a", { href: h.server_url, class: "holder-link", title: "open this server (as admin)" },
+        h.user + (h.server ? `/${h.server}` : ""))
+      : el("span", {}, h.user + (h.server ? `/${h.server}` : ""));
+    const since = h.since ? el("div", { class: "small text-body-secondary", title: h.since_iso }, `since ${clock(h.since)} (${ago(h.since)})`) : null;
+    const other = !h.this_hub
+      ? el("div", { class: "small text-warning" }, `container ${h.container || "?"} (not started by this hub)`)
+      : null;
+    return [who, since, other];
+  }
+
+  function actionsCell(gpu) {
+    const buttons = [];
+    if (gpu.drained) {
+      buttons.push(el("button", { class: "btn btn-sm btn-outline-secondary btn-undrain", type: "button",
+        title: "hand this GPU out again",
+        onclick: () => act("DELETE", `drained/${encodeURIComponent(gpu.uuid)}`) }, "Undrain"));
+    } else {
+      buttons.push(el("button", { class: "btn btn-sm btn-outline-warning btn-drain", type: "button",
+        title: "hand this GPU to nobody new; a running holder keeps it until their server stops",
+        onclick: () => act("POST", "drained", { gpu: gpu.uuid }) }, "Drain"));
+    }
+    if (gpu.holder && gpu.holder.this_hub) {
+      buttons.push(el("button", { class: "btn btn-sm btn-outline-danger btn-free ms-1", type: "button",
+        title: "stop the holder's server to free this GPU", onclick: () => confirmFree(gpu) }, "Free…"));
+    }
+    return buttons;
+  }
+
+  function renderTable(s) {
+    const body = document.querySelector("#gpu-table tbody");
+    const rows = s.gpus.map((gpu) => {
+      const memory = gpu.memory_total_mib === null && gpu.memory_used_mib === null
+        ? el("span", { class: "text-body-secondary" }, "n/a")
+        : [el("div", {}, `${gpu.memory_used_mib === null ? "n/a" : gib(gpu.memory_used_mib)} / ${gpu.memory_total_mib === null ? "n/a" : gib(gpu.memory_total_mib)} GiB`),
+          gpu.memory_used_mib !== null && gpu.memory_total_mib ? meter(100 * gpu.memory_used_mib / gpu.memory_total_mib, "memory used") : null];
+      const util = gpu.utilization_pct === null
+        ? el("span", { class: "text-body-secondary", title: s.usage.reason || "NVML gives no utilisation for this device" }, "n/a")
+        : [el("div", {}, `${gpu.utilization_pct}%`), meter(gpu.utilization_pct, "utilisation")];
+      return el("tr", { dataset: { uuid: gpu.uuid, state: gpu.state } },
+        el("td", { class: "fw-semibold" }, String(gpu.index)),
+        el("td", {}, el("div", {}, gpu.name + (gpu.parent_uuid ? " (MIG instance)" : "")), el("div", { class: "uuid" }, gpu.uuid)),
+        el("td", { class: "memory" }, memory),
+        el("td", { class: "util" }, util),
+        el("td", { class: "history" }, sparkline(gpu.history, s.time, s.usage.window_s, s.usage.interval_s)),
+        el("td", { class: "state" }, stateBadges(gpu)),
+        el("td", { class: "holder" }, holderCell(gpu)),
+        el("td", { class: "actions text-end" }, actionsCell(gpu)));
+    });
+    if (!rows.length) {
+      rows.push(el("tr", {}, el("td", { colspan: 8, class: "text-body-secondary" },
+        "This host has no GPUs the hub can see (README, GPUs: NVML, CDI specs or a static list).")));
+    }
+    body.replaceChildren(...rows);
+    const unknown = document.getElementById("unknown-held");
+    unknown.classList.toggle("d-none", !s.unknown_held.length);
+    unknown.textContent = s.unknown_held.length
+      ? "The engine shows containers holding GPUs this hub does not know: " +
+        s.unknown_held.map((u) => `${u.uuid} (${u.holder.user})`).join(", ")
+      : "";
+  }
+
+  function renderPins(s) {
+    const byUuid = Object.fromEntries(s.gpus.map((g) => [g.uuid, g]));
+    const rows = Object.entries(s.pins).map(([user, uuid]) =>
+      el("tr", { dataset: { user } },
+        el("td", {}, user),
+        el("td", {}, byUuid[uuid] ? gpuLabel(byUuid[uuid]) : el("span", { class: "text-warning" }, `${uuid} (not on this host)`)),
+        el("td", { class: "text-end" }, el("button", { class: "btn btn-sm btn-outline-secondary btn-unpin", type: "button",
+          onclick: () => act("DELETE", `pins/${encodeURIComponent(user)}`) }, "Unpin"))));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 3, class: "text-body-secondary small" }, "Nobody is pinned.")));
+    document.querySelector("#pins tbody").replaceChildren(...rows);
+
+    const select = document.getElementById("pin-gpu");
+    const keep = select.value;
+    const options = s.gpus.filter((g) => !g.drained).map((g) =>
+      el("option", { value: g.uuid }, `${gpuLabel(g)} · ${g.uuid.slice(0, 12)}…`));
+    const signature = options.map((o) => o.value).join();
+    if (select.dataset.signature !== signature) {
+      select.replaceChildren(...options);
+      select.dataset.signature = signature;
+      if (options.some((o) => o.value === keep)) select.value = keep;
+    }
+  }
+
+  function renderAccess(s) {
+    const a = s.access;
+    const now = document.getElementById("access-now");
+    now.textContent = a.everyone ? "everyone" : [
+      a.users.length ? `users ${a.users.join(", ")}` : null,
+      a.groups.length ? `groups ${a.groups.join(", ")}` : null].filter(Boolean).join("; ");
+    const form = document.getElementById("access-form");
+    if (!form.dataset.touched) {
+      document.getElementById("access-users").value = a.users.join(", ");
+      document.getElementById("access-groups").value = a.groups.join(", ");
+    }
+  }
+
+  function renderStatus(s) {
+    const usage = s.usage.source === "nvml"
+      ? `usage from NVML every ${s.usage.interval_s} s`
+      : "usage n/a (NVML not available to the hub)";
+    const held = s.gpus.filter((g) => g.holder).length;
+    document.getElementById("status-line").textContent =
+      `${s.gpus.length} GPU${s.gpus.length === 1 ? "" : "s"} (${s.inventory_source}), ${held} held · ${usage} · updated ${new Date(s.time * 1000).toLocaleTimeString()}`;
+    document.getElementById("status-line").title = s.usage.reason || "";
+  }
+
+  function describe(entry) {
+    return entry.detail || [entry.user, entry.gpu].filter(Boolean).join(" ");
+  }
+
+  async function refreshAudit() {
+    const data = await api("GET", "audit?limit=100");
+    const rows = data.entries.map((e) => el("tr", {},
+      el("td", { class: "text-nowrap" }, (e.time || "").replace("T", " ").replace("Z", "")),
+      el("td", {}, e.who || ""),
+      el("td", {}, e.via || ""),
+      el("td", {}, el("span", { class: "badge text-bg-secondary" }, e.action || "")),
+      el("td", {}, describe(e), e.note ? el("span", { class: "text-body-secondary" }, ` — ${e.note}`) : null)));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 5, class: "text-body-secondary small" }, "No actions yet.")));
+    document.querySelector("#audit tbody").replaceChildren(...rows);
+  }
+
+  async function refresh(fresh) {
+    if (refreshing && !fresh) return;
+    refreshing = true;
+    try {
+      state = await api("GET", fresh ? "gpus?fresh=1" : "gpus");
+      renderTable(state);
+      renderPins(state);
+      renderAccess(state);
+      renderStatus(state);
+      await refreshAudit();
+      document.getElementById("conn-problem").classList.add("d-none");
+    } catch (e) {
+      const badge = document.getElementById("conn-problem");
+      badge.textContent = `not updating: ${e.message}`;
+      badge.classList.remove("d-none");
+      // logged out, or the service restarted (new session): reload once a minute at most, which
+      // logs in again through the hub (or shows the hub's 403 page)
+      if ((e.status === 401 || e.status === 403) &&
+          Date.now() - Number(sessionStorage.getItem("gpu-console-reload") || 0) > 60000) {
+        sessionStorage.setItem("gpu-console-reload", String(Date.now()));
+        location.reload();
+      }
+    } finally {
+      refreshing = false;
+    }
+  }
+
+  async function loadNames() {
+    try {
+      const names = await api("GET", "names");
+      document.getElementById("user-names").replaceChildren(...names.users.map((u) => el("option", { value: u })));
+      document.getElementById("group-names").replaceChildren(...names.groups.map((g) => el("option", { value: g })));
+    } catch (e) {
+      /* the forms work without suggestions */
+    }
+  }
+
+  // ---- actions -------------------------------------------------------------------------
+  const freeDialog = new bootstrap.Modal(document.getElementById("free-dialog"));
+
+  function confirmFree(gpu) {
+    pendingFree = gpu;
+    const h = gpu.holder;
+    document.getElementById("free-dialog-text").textContent =
+      `Stop ${h.user}'s server${h.server ? ` "${h.server}"` : ""} to free GPU #${gpu.index} (${gpu.name}, ${gpu.uuid})?`;
+    freeDialog.show();
+  }
+
+  document.getElementById("free-confirm").addEventListener("click", async () => {
+    const gpu = pendingFree;
+    freeDialog.hide();
+    if (gpu) await act("POST", "free", { gpu: gpu.uuid });
+    pendingFree = null;
+  });
+
+  document.getElementById("pin-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const user = document.getElementById("pin-user").value.trim();
+    const gpu = document.getElementById("pin-gpu").value;
+    if (await act("POST", "pins", { user, gpu })) document.getElementById("pin-user").value = "";
+  });
+
+  function names(id) {
+    return document.getElementById(id).value.split(",").map((s) => s.trim()).filter(Boolean);
+  }
+
+  const accessForm = document.getElementById("access-form");
+  accessForm.addEventListener("input", () => { accessForm.dataset.touched = "1"; });
+  accessForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const result = await act("PUT", "access", { users: names("access-users"), groups: names("access-groups") });
+    if (result) delete accessForm.dataset.touched;
+  });
+  document.getElementById("access-everyone").addEventListener("click", async () => {
+    const result = await act("PUT", "access", { users: [], groups: [] });
+    if (result) delete accessForm.dataset.touched;
+    await refresh(true);
+  });
+
+  loadNames();
+  refresh(true);
+  setInterval(() => refresh(false), REFRESH_MS);
+})();

@@ -1,0 +1,154 @@
+"""Stand-ins for the GPU console's unit tests: the engine, the hub's API, NVML, the login."""
+from __future__ import annotations
+
+from hub.console.app import make_app
+from hub.console.core import AuditLog, Console, HubAPI
+from hub.console.usage import Reading, Unavailable, UsageSampler
+from hub.gpus.allocator import GPU
+from hub.gpus.manager import GPUManager, device_request
+
+GPUS = [GPU(f"GPU-{i:04d}", i, "Fake GPU", 81920) for i in range(4)]
+ADMIN_TOKEN, USER_TOKEN = "admin-token", "user-token"
+
+
+def container(cid: str, uuid: str, user: str, server: str = "", instance: str = "gpuhubtest",
+              since: float = 1_700_000_000.0) -> dict:
+    labels = {"gpuhub.user": user, "gpuhub.server": server, "gpuhub.instance": instance,
+              "gpuhub.gpu.uuid": uuid, "gpuhub.gpu.since": str(since)}
+    return {"Id": cid, "Name": f"/{cid}", "State": {"Status": "running"}, "Config": {"Labels": labels},
+            "HostConfig": {"DeviceRequests": [device_request(uuid, "cdi")]}}
+
+
+class FakeEngine:
+    def __init__(self):
+        self.containers: list[dict] = []
+        self.calls = 0
+
+    async def __call__(self, method, *args, **kwargs):
+        self.calls += 1
+        if method == "containers":
+            return [{"Id": c["Id"]} for c in self.containers]
+        if method == "inspect_container":
+            return next(c for c in self.containers if c["Id"] == args[0])
+        raise AssertionError(f"the console must not call {method}")
+
+
+class FakeHub(HubAPI):
+    def __init__(self, engine: FakeEngine):
+        self.engine = engine
+        self.users = {name: {"name": name, "groups": []} for name in ("admin", "alice", "bob", "carol")}
+        self.groups = {"ml": ["carol"]}
+        self.users["carol"]["groups"] = ["ml"]
+        self.stopped: list[tuple[str, str]] = []
+        self.stop_status = 204
+
+    async def user(self, name):
+        return self.users.get(name)
+
+    async def group_exists(self, name):
+        return name in self.groups
+
+    async def user_names(self):
+        return sorted(self.users)
+
+    async def group_names(self):
+        return sorted(self.groups)
+
+    async def active_servers(self):
+        return {(c["Config"]["Labels"]["gpuhub.user"], c["Config"]["Labels"]["gpuhub.server"]):
+                {"ready": True, "last_activity": "2025-01-01T00:00:00Z"} for c in self.engine.containers}
+
+    async def stop_server(self, user, server):
+        if user not in self.users:
+            return 404, f"No such user {user}"
+        self.stopped.append((user, server))
+        if self.stop_status == 204:  # the hub's spawner removes the container
+            self.engine.containers = [c for c in self.engine.containers
+                                      if (c["Config"]["Labels"]["gpuhub.user"],
+                                          c["Config"]["Labels"]["gpuhub.server"]) != (user, server)]
+        return self.stop_status, ""
+
+
+class FakeNVML:
+    """Readings as NVML would give them, or Unavailable."""
+
+    def __init__(self, available: bool = True):
+        self.available, self.util = available, {g.uuid: 0 for g in GPUS}
+
+    def read(self):
+        if not self.available:
+            raise Unavailable("NVML is not available: test")
+        return [Reading(g.uuid, g.index, "NVIDIA H100 80GB HBM3", self.util[g.uuid], 1024 * g.index, 81559)
+                for g in GPUS]
+
+    def close(self):
+        pass
+
+
+class StubAuth:
+    """Token 'admin-token' is the admin, 'user-token' a user without the access scope."""
+
+    async def identify(self, handler):
+        header = handler.request.headers.get("Authorization", "")
+        if header == f"token {ADMIN_TOKEN}":
+            handler._token_authenticated = True
+            return {"name": "admin", "kind": "user"}, True
+        if header == f"token {USER_TOKEN}":
+            return {"name": "bob", "kind": "user"}, False
+        return None, False
+
+    def has_session_cookie(self, handler):
+        return False
+
+
+def make_console(tmp_path, nvml: FakeNVML | None = None):
+    engine = FakeEngine()
+    hub = FakeHub(engine)
+    manager = GPUManager(GPUS, "cdi", "cdi", str(tmp_path / "gpu-intent.json"), "gpuhub")
+    sampler = UsageSampler(reader=nvml or FakeNVML(available=False), interval=10)
+    console = Console(manager, engine, hub, sampler, AuditLog(tmp_path / "gpu-audit.jsonl"),
+                      instance="gpuhubtest", base_url="/", cache_seconds=0)
+    return console, engine, hub
+
+
+def app_for(console):
+    return make_app(console, "/services/gpu-console/", "/", authenticator=StubAuth(),
+                    cookie_secret=b"x" * 32)
+
+
+class ServedApp:
+    """The console's tornado app on a loopback port, on an event loop of its own thread, so
+    that tests (and the CLI) can call it with plain blocking HTTP."""
+
+    def __init__(self, app):
+        import asyncio
+        import threading
+
+        self.app, self._asyncio = app, asyncio
+        self._ready, self._thread = threading.Event(), threading.Thread(target=self._run, daemon=True)
+        self.url = ""
+
+    def _run(self):
+        self._asyncio.run(self._main())
+
+    async def _main(self):
+        from tornado.httpserver import HTTPServer
+        from tornado.netutil import bind_sockets
+
+        sockets = bind_sockets(0, "127.0.0.1")
+        server = HTTPServer(self.app)
+        server.add_sockets(sockets)
+        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+        self._loop, self._stop = self._asyncio.get_running_loop(), self._asyncio.Event()
+        self._ready.set()
+        await self._stop.wait()
+        server.stop()
+
+    def __enter__(self):
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)

@@ -1,0 +1,301 @@
+"""The GPU console's REST API against a stand-in engine and hub: every action, and bad input of
+every kind answered with a 4xx and {"status", "message"}, leaving intent and audit untouched."""
+import json
+
+import pytest
+import requests
+from console_fakes import ADMIN_TOKEN, GPUS, USER_TOKEN, FakeNVML, ServedApp, app_for, container, make_console
+
+API = "/services/gpu-console/api/"
+
+
+class Client:
+    def __init__(self, served, tmp_path, console, engine, hub):
+        self.url, self.tmp_path = served.url + API, tmp_path
+        self.console, self.engine, self.hub = console, engine, hub
+        self.s = requests.Session()
+        self.s.headers["Authorization"] = f"token {ADMIN_TOKEN}"
+
+    def call(self, method, path, body=None, raw=None, token=ADMIN_TOKEN):
+        headers = {"Authorization": f"token {token}"} if token else {"Authorization": ""}
+        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        return requests.request(method, self.url + path, data=data, headers=headers, timeout=10)
+
+    def files(self):
+        """The intent file and the audit log, byte for byte (None when absent)."""
+        out = []
+        for name in ("gpu-intent.json", "gpu-audit.jsonl"):
+            path = self.tmp_path / name
+            out.append(path.read_bytes() if path.exists() else None)
+        return tuple(out)
+
+    def audit(self):
+        path = self.tmp_path / "gpu-audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def intent(self):
+        return json.loads((self.tmp_path / "gpu-intent.json").read_text())
+
+
+@pytest.fixture
+def api(tmp_path):
+    console, engine, hub = make_console(tmp_path)
+    with ServedApp(app_for(console)) as served:
+        yield Client(served, tmp_path, console, engine, hub)
+
+
+def test_gpu_table_shows_every_gpu_with_state_and_holder(api):
+    api.engine.containers = [container("gpuhubtest-alice", GPUS[1].uuid, "alice")]
+    r = api.call("GET", "gpus")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+    state = r.json()
+    assert [g["uuid"] for g in state["gpus"]] == [g.uuid for g in GPUS]
+    held = state["gpus"][1]
+    assert held["state"] == "held" and held["holder"]["user"] == "alice"
+    assert held["holder"]["server_url"] == "/user/alice/" and held["holder"]["this_hub"]
+    assert held["holder"]["since"] == 1_700_000_000.0 and held["holder"]["since_iso"] == "2023-11-14T22:13:20Z"
+    assert state["gpus"][0]["state"] == "free" and state["gpus"][0]["holder"] is None
+    assert state["usage"]["source"] == "n/a" and state["gpus"][0]["utilization_pct"] is None
+    assert state["access"] == {"users": [], "groups": [], "everyone": True}
+
+
+def test_non_admins_get_403_json_and_strangers_401(api):
+    for token, status in ((USER_TOKEN, 403), (None, 401)):
+        for method, path, body in (("GET", "gpus", None), ("POST", "pins", {"user": "bob", "gpu": GPUS[0].uuid}),
+                                   ("PUT", "access", {"users": [], "groups": []}), ("GET", "audit", None)):
+            r = api.call(method, path, body, token=token)
+            assert r.status_code == status, (token, path, r.text)
+            assert r.json()["status"] == status and r.json()["message"]
+    assert "admins only" in api.call("GET", "gpus", token=USER_TOKEN).json()["message"]
+    assert api.files() == (None, None)
+
+
+def test_pin_and_unpin_write_intent_and_audit(api):
+    r = api.call("POST", "pins", {"user": "alice", "gpu": GPUS[2].uuid, "note": "thesis deadline"})
+    assert r.status_code == 200, r.text
+    assert "Pinned alice to GPU #2" in r.json()["message"]
+    assert api.intent() == {"pins": {"alice": GPUS[2].uuid}, "drained": []}
+    (entry,) = api.audit()
+    assert entry["who"] == "admin" and entry["via"] == "token" and entry["action"] == "pin"
+    assert entry["user"] == "alice" and entry["gpu"] == GPUS[2].uuid and entry["note"] == "thesis deadline"
+    assert entry["time"].endswith("Z")
+    state = api.call("GET", "gpus").json()
+    assert state["gpus"][2]["pinned_to"] == ["alice"] and state["pins"] == {"alice": GPUS[2].uuid}
+
+    r = api.call("POST", "pins", {"user": "alice", "gpu": GPUS[3].uuid})  # re-pin moves it
+    assert r.status_code == 200 and f"(was {GPUS[2].uuid})" in r.json()["message"]
+    r = api.call("DELETE", "pins/alice")
+    assert r.status_code == 200, r.text
+    assert api.intent() == {"pins": {}, "drained": []}
+    assert [e["action"] for e in api.audit()] == ["pin", "pin", "unpin"]
+
+
+def test_drain_keeps_the_holder_and_undrain(api):
+    api.engine.containers = [container("gpuhubtest-bob", GPUS[0].uuid, "bob")]
+    r = api.call("POST", "drained", {"gpu": GPUS[0].uuid})
+    assert r.status_code == 200 and "bob keeps it until their server stops" in r.json()["message"]
+    gpu = api.call("GET", "gpus").json()["gpus"][0]
+    assert gpu["drained"] and gpu["holder"]["user"] == "bob"
+    assert api.intent()["drained"] == [GPUS[0].uuid]
+    r = api.call("DELETE", f"drained/{GPUS[0].uuid}")
+    assert r.status_code == 200
+    assert api.intent()["drained"] == []
+    assert [e["action"] for e in api.audit()] == ["drain", "undrain"]
+
+
+def test_free_stops_the_holders_server_through_the_hub(api):
+    api.engine.containers = [container("gpuhubtest-bob", GPUS[3].uuid, "bob"),
+                             container("gpuhubtest-carol-x", GPUS[1].uuid, "carol", server="x")]
+    r = api.call("POST", "free", {"gpu": GPUS[3].uuid})
+    assert r.status_code == 200, r.text
+    assert r.json()["result"] == "stopped" and api.hub.stopped == [("bob", "")]
+    r = api.call("POST", "free", {"user": "carol", "server": "x", "note": "idle all weekend"})
+    assert r.status_code == 200 and api.hub.stopped[-1] == ("carol", "x")
+    assert all(g["state"] == "free" for g in api.call("GET", "gpus").json()["gpus"])
+    assert [(e["action"], e["user"], e["gpu"]) for e in api.audit()] == [
+        ("free", "bob", GPUS[3].uuid), ("free", "carol", GPUS[1].uuid)]
+    assert api.files()[0] is None  # freeing writes no intent
+
+
+def test_free_answers_202_while_the_hub_is_still_stopping(api):
+    api.engine.containers = [container("gpuhubtest-bob", GPUS[0].uuid, "bob")]
+    api.hub.stop_status = 202
+    r = api.call("POST", "free", {"gpu": GPUS[0].uuid})
+    assert r.status_code == 202 and r.json()["result"] == "stopping"
+
+
+def test_access_allow_list(api):
+    r = api.call("PUT", "access", {"users": ["alice", "alice"], "groups": ["ml"]})
+    assert r.status_code == 200, r.text
+    assert api.intent()["access"] == {"users": ["alice"], "groups": ["ml"]}
+    assert api.call("GET", "access").json() == {"users": ["alice"], "groups": ["ml"], "everyone": False}
+    # pins follow the allow-list: carol (group ml) yes, bob no
+    assert api.call("POST", "pins", {"user": "carol", "gpu": GPUS[0].uuid}).status_code == 200
+    r = api.call("POST", "pins", {"user": "bob", "gpu": GPUS[0].uuid})
+    assert r.status_code == 409 and "may not use GPUs" in r.json()["message"]
+    before = api.files()
+    r = api.call("PUT", "access", {"users": ["alice"], "groups": ["ml"]})  # unchanged: no entry
+    assert r.status_code == 200 and r.json()["unchanged"] and api.files() == before
+    r = api.call("PUT", "access", {"users": [], "groups": []})
+    assert r.status_code == 200 and "everyone" in r.json()["message"]
+    assert "access" not in api.intent()
+    assert [e["action"] for e in api.audit()] == ["access", "pin", "access"]
+
+
+def test_audit_newest_first_with_limit(api):
+    for gpu in GPUS:
+        assert api.call("POST", "drained", {"gpu": gpu.uuid}).status_code == 200
+    entries = api.call("GET", "audit?limit=2").json()["entries"]
+    assert [e["gpu"] for e in entries] == [GPUS[3].uuid, GPUS[2].uuid]
+    assert len(api.call("GET", "audit").json()["entries"]) == 4
+
+
+def test_usage_from_nvml_and_history(tmp_path):
+    nvml = FakeNVML()
+    console, engine, hub = make_console(tmp_path, nvml)
+    for util in (10, 50, 90):
+        nvml.util[GPUS[1].uuid] = util
+        console.sampler.sample()
+    with ServedApp(app_for(console)) as served:
+        state = requests.get(served.url + API + "gpus", headers={"Authorization": f"token {ADMIN_TOKEN}"}).json()
+    gpu = state["gpus"][1]
+    assert state["usage"]["source"] == "nvml"
+    assert gpu["utilization_pct"] == 90 and gpu["memory_used_mib"] == 1024 and gpu["memory_total_mib"] == 81559
+    assert gpu["name"] == "NVIDIA H100 80GB HBM3"
+    assert [s[1] for s in gpu["history"]] == [10, 50, 90]
+
+
+def test_names_for_the_forms(api):
+    assert api.call("GET", "names").json() == {"users": ["admin", "alice", "bob", "carol"], "groups": ["ml"]}
+
+
+def test_openapi_file_is_served_and_lists_every_route(api):
+    import yaml
+
+    r = requests.get(api.url + "openapi.yaml", timeout=10)
+    assert r.status_code == 200
+    spec = yaml.safe_load(r.text)
+    assert set(spec["paths"]) == {"/gpus", "/pins", "/pins/{user}", "/drained", "/drained/{uuid}", "/free",
+                                  "/access", "/audit", "/names", "/openapi.yaml"}
+
+
+def _setup_conflicts(api):
+    """A state where conflicts are possible: GPU 0 drained, alice pinned to 1, bob holds 2, a
+    container of another hub holds 3, access open to everyone."""
+    api.call("POST", "drained", {"gpu": GPUS[0].uuid})
+    api.call("POST", "pins", {"user": "alice", "gpu": GPUS[1].uuid})
+    api.engine.containers = [container("gpuhubtest-bob", GPUS[2].uuid, "bob"),
+                             container("otherhub-dave", GPUS[3].uuid, "dave", instance="otherhub")]
+
+
+U = GPUS[1].uuid
+BAD = [
+    # (method, path, raw body or JSON-able body, status, words in the message)
+    ("POST", "pins", "{", 400, "not valid JSON"),
+    ("POST", "pins", "", 400, "empty"),
+    ("POST", "pins", "[]", 400, "must be a JSON object"),
+    ("POST", "pins", '"alice"', 400, "must be a JSON object"),
+    ("POST", "pins", "null", 400, "must be a JSON object"),
+    ("POST", "pins", b"\xff\xfe", 400, "not UTF-8"),
+    ("POST", "pins", {"user": "alice", "gpu": U, "force": True}, 400, "unknown field 'force'"),
+    ("POST", "pins", {"gpu": U}, 400, "missing field 'user'"),
+    ("POST", "pins", {"user": "alice"}, 400, "missing field 'gpu'"),
+    ("POST", "pins", {"user": 7, "gpu": U}, 400, "'user' must be a string, not a number"),
+    ("POST", "pins", {"user": "alice", "gpu": [U]}, 400, "'gpu' must be a string, not an array"),
+    ("POST", "pins", {"user": None, "gpu": U}, 400, "not null"),
+    ("POST", "pins", {"user": "", "gpu": U}, 400, "must not be empty"),
+    ("POST", "pins", {"user": "   ", "gpu": U}, 400, "must not be empty"),
+    ("POST", "pins", {"user": "a" * 300, "gpu": U}, 400, "longer than 255"),
+    ("POST", "pins", {"user": "al\nice", "gpu": U}, 400, "control characters"),
+    ("POST", "pins", {"user": "mallory", "gpu": U}, 400, "no user 'mallory'"),
+    ("POST", "pins", {"user": "bob", "gpu": "GPU-nope"}, 400, "no GPU 'GPU-nope'"),
+    ("POST", "pins", {"user": "bob", "gpu": 1}, 400, "'gpu' must be a string"),
+    ("POST", "pins", {"user": "bob", "gpu": GPUS[0].uuid}, 409, "is drained"),
+    ("POST", "pins", {"user": "alice", "gpu": U}, 409, "already pinned"),
+    ("POST", "pins", {"user": "bob", "gpu": U, "note": "x" * 501}, 400, "longer than 500"),
+    ("POST", "pins", {"user": "bob", "gpu": U, "note": 5}, 400, "'note' must be a string"),
+    ("DELETE", "pins/bob", None, 404, "not pinned"),
+    ("DELETE", "pins/alice", {"force": 1}, 400, "unknown field 'force'"),
+    ("DELETE", "pins/alice", "{oops", 400, "not valid JSON"),
+    ("POST", "drained", {"gpu": GPUS[0].uuid}, 409, "already drained"),
+    ("POST", "drained", {"gpu": "GPU-nope"}, 400, "no GPU 'GPU-nope'"),
+    ("POST", "drained", {}, 400, "missing field 'gpu'"),
+    ("POST", "drained", {"gpu": U, "uuid": U}, 400, "unknown field 'uuid'"),
+    ("POST", "drained", {"gpu": True}, 400, "not a boolean"),
+    ("DELETE", f"drained/{U}", None, 409, "is not drained"),
+    ("DELETE", "drained/GPU-nope", None, 404, "no GPU 'GPU-nope'"),
+    ("POST", "free", {"gpu": U}, 409, "free already"),
+    ("POST", "free", {"gpu": "GPU-nope"}, 400, "no GPU"),
+    ("POST", "free", {}, 400, "either 'gpu'"),
+    ("POST", "free", {"gpu": U, "user": "bob"}, 400, "either 'gpu'"),
+    ("POST", "free", {"server": "x"}, 400, "either 'gpu'"),
+    ("POST", "free", {"gpu": GPUS[3].uuid}, 409, "this hub did not start"),
+    ("POST", "free", {"user": "alice"}, 409, "holds no GPU"),
+    ("POST", "free", {"user": "mallory"}, 400, "no user 'mallory'"),
+    ("POST", "free", {"user": "bob", "server": 3}, 400, "'server' must be a string"),
+    ("PUT", "access", {"users": "alice", "groups": []}, 400, "'users' must be an array"),
+    ("PUT", "access", {"users": ["alice", 3], "groups": []}, 400, "'users[1]' must be a string"),
+    ("PUT", "access", {"users": ["mallory"], "groups": []}, 400, "no user 'mallory'"),
+    ("PUT", "access", {"users": [], "groups": ["nobody"]}, 400, "no group 'nobody'"),
+    ("PUT", "access", {"users": []}, 400, "missing field 'groups'"),
+    ("PUT", "access", {"users": [], "groups": [], "admins": []}, 400, "unknown field 'admins'"),
+    ("PUT", "access", {"users": [""], "groups": []}, 400, "must not be empty"),
+    ("GET", "audit?limit=0", None, 400, "from 1 to 1000"),
+    ("GET", "audit?limit=ten", None, 400, "from 1 to 1000"),
+    ("GET", "nothing-here", None, 404, "no such API endpoint"),
+    ("PATCH", "pins", {"user": "bob", "gpu": U}, 405, ""),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,words", BAD, ids=[f"{m} {p} {i}" for i, (m, p, *_) in enumerate(BAD)])
+def test_bad_input_is_4xx_json_and_changes_nothing(api, method, path, body, status, words):
+    _setup_conflicts(api)
+    before = api.files()
+    raw = body if isinstance(body, (str, bytes)) else None
+    r = api.call(method, path, None if raw is not None else body, raw=raw)
+    assert r.status_code == status, (r.status_code, r.text)
+    data = r.json()
+    assert set(data) == {"status", "message"} and data["status"] == status
+    assert words in data["message"], data["message"]
+    assert api.files() == before, "a refused request changed the intent or the audit log"
+    assert api.hub.stopped == []
+
+
+def test_oversized_body_is_413(api):
+    r = api.call("PUT", "access", raw=json.dumps({"users": ["a" * 100] * 1000, "groups": []}))
+    assert r.status_code == 413 and r.json()["status"] == 413
+
+
+def test_concurrent_actions_are_serialised(api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [f"user{i}" for i in range(12)]
+    for name in names:
+        api.hub.users[name] = {"name": name, "groups": []}
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda n: api.call("POST", "pins", {"user": n, "gpu": GPUS[names.index(n) % 4].uuid}).status_code, names))
+    assert codes == [200] * 12
+    assert api.intent()["pins"] == {n: GPUS[i % 4].uuid for i, n in enumerate(names)}
+    assert len(api.audit()) == 12
+
+
+def test_broken_intent_file_is_a_500_that_says_what_to_do(api):
+    (api.tmp_path / "gpu-intent.json").write_text("{broken")
+    r = api.call("GET", "gpus")
+    assert r.status_code == 500 and "fix or remove it" in r.json()["message"]
+
+
+def test_page_for_admins_in_the_hubs_look_and_403_page_for_others(api):
+    page = api.url.replace(API, "/services/gpu-console/")
+    r = requests.get(page, headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=10)
+    assert r.status_code == 200
+    html = r.text
+    assert 'href="/hub/static/css/style.min.css"' in html  # the hub's Bootstrap 5 stylesheet
+    assert 'id="gpu-table"' in html and 'id="free-dialog"' in html and 'data-xsrf="' in html
+    assert "https://" not in html and "http://" not in html.replace('xmlns="http://www.w3.org', "")
+    r = requests.get(page, headers={"Authorization": f"token {USER_TOKEN}"}, timeout=10)
+    assert r.status_code == 403 and "for the hub&#x27;s admins only" in r.text
+    r = requests.get(page, allow_redirects=False, timeout=10)
+    assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["Location"]
+    js = requests.get(page + "static/console.js", timeout=10)
+    assert js.status_code == 200 and "http" not in js.text.replace("http://www.w3.org/2000/svg", "")

@@ -1,0 +1,224 @@
+"""The pieces the GPU console adds elsewhere: the access allow-list in the admin intent, its
+enforcement in the spawner, the service's configuration, and NVML sampling."""
+import asyncio
+import json
+from types import SimpleNamespace
+
+import pytest
+from traitlets.config import Config
+
+from hub.configure import configure_console, configure_culler, configure_spawner
+from hub.gpus.allocator import ACCESS_REFUSED, GPU, Access, Allocator, Intent
+from hub.gpus.manager import GPUManager, load_intent
+
+
+# ---- Intent.access -------------------------------------------------------------------------
+def test_access_round_trip_and_empty_means_everyone():
+    intent = Intent(pins={"amy": "GPU-0"}, access=Access(frozenset({"zed", "amy"}), frozenset({"ml"})))
+    data = intent.to_json()
+    assert data == {"pins": {"amy": "GPU-0"}, "drained": [], "access": {"users": ["amy", "zed"], "groups": ["ml"]}}
+    assert Intent.from_json(json.dumps(data)) == intent
+    assert "access" not in Intent().to_json()  # files without it (older ones) mean everyone
+    assert Intent.from_json({"pins": {}, "drained": []}).access == Access()
+    assert Intent.from_json({"access": {"users": [], "groups": []}}).access.everyone
+
+
+def test_access_allows():
+    open_ = Intent()
+    assert open_.allows("anyone") and open_.allows("anyone", ["x"])
+    closed = Intent(access=Access(frozenset({"amy"}), frozenset({"ml"})))
+    assert closed.allows("amy") and closed.allows("bob", ["other", "ml"])
+    assert not closed.allows("bob") and not closed.allows("bob", ["other"])
+    assert not Intent(access=Access(users=frozenset({"amy"}))).allows("bob", ["ml"])
+
+
+@pytest.mark.parametrize("bad", [{"access": ["amy"]}, {"access": {"users": "amy"}}, {"access": {"users": [1]}},
+                                 {"access": {"groups": [""]}}, {"access": {"admins": []}}])
+def test_access_rejects_bad_types(bad):
+    with pytest.raises(ValueError, match="intent 'access"):
+        Intent.from_json(bad)
+
+
+def test_access_survives_allocator_changes(tmp_path):
+    path = tmp_path / "intent.json"
+    manager = GPUManager([GPU("GPU-0", 0)], "cdi", "cdi", str(path), "gpuhub")
+    manager.allocator.intent.access = Access(frozenset({"amy"}))
+    manager.allocator.pin("amy", "GPU-0")
+    manager.save_intent()
+    assert load_intent(path).access == Access(frozenset({"amy"}))
+    assert Allocator([GPU("GPU-0", 0)], load_intent(path)).intent.pins == {"amy": "GPU-0"}
+
+
+# ---- the spawner refuses users who may not use GPUs ------------------------------------------
+def spawner_for(name, groups, intent_file, fallback=False):
+    from hub.spawner import GPUDockerSpawner
+
+    c = Config()
+    c.GPUDockerSpawner.gpu_cpu_fallback = fallback
+    user = SimpleNamespace(name=name, id=1, url=f"/user/{name}/", server=None,
+                           groups=[SimpleNamespace(name=g) for g in groups])
+    return GPUDockerSpawner(config=c, user=user)
+
+
+@pytest.fixture
+def manager(tmp_path, monkeypatch):
+    from hub.spawner import GPUDockerSpawner
+
+    path = tmp_path / "gpu-intent.json"
+    path.write_text(json.dumps({"pins": {}, "drained": [], "access": {"users": ["amy"], "groups": ["ml"]}}))
+    manager = GPUManager([GPU("GPU-0", 0), GPU("GPU-1", 1)], "cdi", "cdi", str(path), "gpuhub")
+
+    async def reconcile(docker):  # an engine with no containers; the intent as on disk
+        manager.allocator.intent = load_intent(manager.intent_file)
+        manager.allocator.reconcile({})
+
+    monkeypatch.setattr(manager, "reconcile", reconcile)
+    monkeypatch.setattr(GPUDockerSpawner, "_gpu_manager", manager)
+    created = []
+
+    async def create_object(self):
+        created.append((self.user.name, self.gpu_uuid))
+        return {"Id": "x"}
+
+    monkeypatch.setattr("dockerspawner.DockerSpawner.create_object", create_object)
+    manager.created = created
+    return manager
+
+
+def test_user_not_allowed_is_refused_with_403_and_the_message(manager, tmp_path):
+    from hub.spawner import GPUUnavailable
+
+    with pytest.raises(GPUUnavailable) as exc:
+        asyncio.run(spawner_for("bob", ["other"], tmp_path).create_object())
+    assert exc.value.status_code == 403
+    assert exc.value.jupyterhub_message == ACCESS_REFUSED and "CPU-only profile" in ACCESS_REFUSED
+    assert manager.created == []
+
+
+def test_allowed_users_and_group_members_get_gpus(manager, tmp_path):
+    asyncio.run(spawner_for("amy", [], tmp_path).create_object())
+    asyncio.run(spawner_for("carl", ["ml"], tmp_path).create_object())
+    assert manager.created == [("amy", "GPU-0"), ("carl", "GPU-0")]  # nothing held in the fake engine
+
+
+def test_not_allowed_with_cpu_fallback_starts_without_a_gpu(manager, tmp_path):
+    spawner = spawner_for("bob", [], tmp_path, fallback=True)
+    asyncio.run(spawner.create_object())
+    assert manager.created == [("bob", None)] and spawner.gpu_uuid is None
+
+
+# ---- configuration -----------------------------------------------------------------------
+def test_console_is_an_admin_only_least_privilege_service():
+    c = Config()
+    configure_spawner(c, {"HUB_NAME_PREFIX": "lab"})
+    configure_culler(c, {"CULL_IDLE_TIMEOUT": "600"})
+    configure_console(c, {"HUB_NAME_PREFIX": "lab"})
+    culler, console = c.JupyterHub.services  # appended, not replacing the culler
+    assert culler["name"] == "idle-culler"
+    assert console["name"] == "gpu-console" and console["url"] == "http://hub:10101"
+    assert console["command"][1:] == ["-m", "hub.console.app"]
+    assert console["display"] is True and console["oauth_no_confirm"] is True
+    env = console["environment"]
+    assert env["HUB_NAME_PREFIX"] == "lab"
+    assert env["GPUHUB_GPU_INTENT_FILE"] == "/srv/jupyterhub/state/gpu-intent.json"
+    assert env["GPUHUB_GPU_AUDIT_FILE"] == "/srv/jupyterhub/state/gpu-audit.jsonl"
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert set(roles) == {"idle-culler", "gpu-console"}
+    role = roles["gpu-console"]
+    assert role["services"] == ["gpu-console"]
+    # may look up users, groups and servers and stop servers; nothing else (no admin, no tokens,
+    # no starting servers, no changing users or groups, no access to users' servers)
+    assert set(role["scopes"]) == {"list:users", "read:users:name", "read:users:groups", "read:servers",
+                                   "delete:servers", "list:groups", "read:groups:name"}
+
+
+def test_console_scopes_are_real_jupyterhub_scopes():
+    from jupyterhub.scopes import scope_definitions
+
+    c = Config()
+    configure_console(c, {})
+    (role,) = c.JupyterHub.load_roles
+    assert all(s in scope_definitions for s in role["scopes"])
+
+
+# ---- usage sampling -------------------------------------------------------------------------
+def test_sampler_keeps_an_hour_and_says_n_a_without_nvml():
+    from console_fakes import GPUS, FakeNVML
+
+    from hub.console.usage import UsageSampler
+
+    now = [1000.0]
+    nvml = FakeNVML()
+    sampler = UsageSampler(reader=nvml, interval=10, window=3600, clock=lambda: now[0])
+    for _ in range(400):
+        sampler.sample()
+        now[0] += 10
+    assert sampler.source == "nvml" and len(sampler.history(GPUS[0].uuid)) == 361
+    assert sampler.now(GPUS[0].uuid).utilization_pct == 0
+    now[0] += 100  # stale: older than three intervals
+    assert sampler.now(GPUS[0].uuid) is None
+    nvml.available = False
+    sampler.sample()
+    assert sampler.source == "n/a" and "test" in sampler.reason and sampler.now(GPUS[0].uuid) is None
+
+
+def test_nvml_reader_with_a_fake_pynvml():
+    """Utilisation and memory per device; MIG instances without utilisation (NVML gives none)."""
+    from hub.console.usage import NVMLReader, read_usage
+
+    class Error(Exception):
+        pass
+
+    class Handle:
+        def __init__(self, uuid, util, migs=()):
+            self.uuid, self.util, self.migs = uuid, util, list(migs)
+
+    gpus = [Handle("GPU-a", 37), Handle("GPU-b", None, migs=[Handle("MIG-b1", None)])]
+
+    class FakePynvml:
+        NVMLError = Error
+        NVML_DEVICE_MIG_ENABLE = 1
+        nvmlInit = nvmlShutdown = staticmethod(lambda: None)
+        nvmlDeviceGetCount = staticmethod(lambda: len(gpus))
+        nvmlDeviceGetHandleByIndex = staticmethod(lambda i: gpus[i])
+        nvmlDeviceGetUUID = staticmethod(lambda h: h.uuid.encode())
+        nvmlDeviceGetName = staticmethod(lambda h: b"NVIDIA H100 80GB HBM3")
+        nvmlDeviceGetMemoryInfo = staticmethod(lambda h: SimpleNamespace(used=512 * 2**20, total=80 * 2**30))
+        nvmlDeviceGetMaxMigDeviceCount = staticmethod(lambda h: 2)
+
+        @staticmethod
+        def nvmlDeviceGetUtilizationRates(h):
+            if h.util is None:
+                raise Error("Not Supported")
+            return SimpleNamespace(gpu=h.util, memory=0)
+
+        @staticmethod
+        def nvmlDeviceGetMigMode(h):
+            if not h.migs:
+                raise Error("Not Supported")
+            return (1, 1)
+
+        @staticmethod
+        def nvmlDeviceGetMigDeviceHandleByIndex(h, slot):
+            if slot >= len(h.migs):
+                raise Error("Not Found")
+            return h.migs[slot]
+
+    usage = read_usage(NVMLReader(FakePynvml()))
+    assert usage["source"] == "nvml"
+    assert usage["gpus"]["GPU-a"] == {"index": 0, "name": "NVIDIA H100 80GB HBM3", "utilization_pct": 37,
+                                      "memory_used_mib": 512, "memory_total_mib": 81920, "parent_uuid": None}
+    assert usage["gpus"]["MIG-b1"]["utilization_pct"] is None and usage["gpus"]["MIG-b1"]["parent_uuid"] == "GPU-b"
+    assert usage["gpus"]["MIG-b1"]["memory_used_mib"] == 512
+
+
+def test_usage_module_runs_standalone_and_says_n_a():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "hub.console.usage", "--json"], capture_output=True, text=True)
+    data = json.loads(r.stdout)
+    if data["source"] == "n/a":  # no driver here
+        assert r.returncode == 1 and data["reason"] and data["gpus"] == {}
+    else:
+        assert r.returncode == 0 and data["gpus"]
