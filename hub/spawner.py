@@ -126,12 +126,19 @@ class GPUDockerSpawner(DockerSpawner):
 
     # ---- profiles: the spawn form and the options a user may give -------------------------
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # What a profile leaves out comes from the configuration, not from the profile this
+        # (long-lived) spawner applied last time.
+        self._configured = (self.image, self.mem_limit, self.cpu_limit, self.gpu_enabled)
+
     def load_profiles(self) -> list:
         """The profiles file, read on each use so an admin's edit applies at the next spawn."""
         if not self.profiles_file:
             return []
+        image, mem_limit, cpu_limit, _ = self._configured
         with open(self.profiles_file) as f:
-            return profiles_.load_profiles(f.read(), self.image, self.mem_limit, self.cpu_limit)
+            return profiles_.load_profiles(f.read(), image, mem_limit, cpu_limit)
 
     def user_groups(self) -> set[str]:
         return {g.name for g in getattr(self.user, "groups", [])}
@@ -177,6 +184,7 @@ class GPUDockerSpawner(DockerSpawner):
         if not profiles:
             if user_options:
                 raise web.HTTPError(400, f"this hub offers no server options (got {sorted(user_options)[:5]})")
+            self.image, self.mem_limit, self.cpu_limit, self.gpu_enabled = self._configured
             return
         admin = bool(getattr(self.user, "admin", False))
         profile, image = profiles_.choose(profiles, user_options, self.user_groups(), admin)

@@ -77,3 +77,18 @@ def test_refusal_is_a_503_with_the_whole_message():
     assert error.status_code == 503
     assert error.jupyterhub_message.startswith("No GPU could be assigned to your server: all 4 GPUs are in use.")
     assert "This host has 4 GPUs, 1 of them drained by an admin" in error.jupyterhub_message
+
+
+def test_profiles_inherit_the_configuration_not_the_last_profile(tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles: [{slug: gpu, name: GPU, default: true},"
+                        " {slug: cpu, name: CPU, gpu: false, mem_limit: 1G, cpu_limit: 1, images: [small/img:1]}]")
+    s = make_spawner("dana", profiles_file=str(profiles), image="big/img:2", mem_limit=8 * 2**30, cpu_limit=4.0)
+    s.apply_profile({"profile": "cpu"})
+    assert (s.image, s.mem_limit, s.cpu_limit, s.gpu_enabled) == ("small/img:1", 2**30, 1.0, False)
+    s.apply_profile({"profile": "gpu"})
+    assert (s.image, s.mem_limit, s.cpu_limit, s.gpu_enabled) == ("big/img:2", 8 * 2**30, 4.0, True)
+    profiles.unlink()
+    s.profiles_file = ""
+    s.apply_profile({})
+    assert (s.image, s.mem_limit, s.cpu_limit, s.gpu_enabled) == ("big/img:2", 8 * 2**30, 4.0, True)
