@@ -8,10 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from hubclient import Hub, Stack
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+# Flags that let headless Chromium run as root on a machine with a closed network.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def pytest_collection_modifyitems(items):
@@ -39,6 +44,24 @@ def stack():
 @pytest.fixture(scope="session")
 def hub(stack) -> Hub:
     return Hub(stack.url, stack.admin_token())
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, headless, started once for all browser tests."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (no cookies of an earlier login, the hub's or a provider's)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    yield context.new_page()
+    context.close()
 
 
 @pytest.hookimpl(wrapper=True)

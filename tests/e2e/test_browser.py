@@ -1,29 +1,12 @@
 """A person's path, in a real browser: log in on the default login page, press Start, get
 JupyterLab. Screenshots land in tests/artifacts/."""
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from conftest import ARTIFACTS
 from hub.gpus.inventory import discover
 
 GPUS = discover()[0]
-
-CHROMIUM = "/usr/bin/chromium"
-# Flags that let headless Chromium run as root on a machine with a closed network.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture
-def page():
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        page = context.new_page()
-        yield page
-        browser.close()
-
 
 @pytest.mark.browser
 def test_login_start_and_jupyterlab(stack, hub, page):

@@ -9,22 +9,12 @@ import uuid
 import pytest
 import requests
 from consoleclient import Console, gpu_of, wait_for
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from conftest import ARTIFACTS
 from hub.gpus.inventory import discover
-from test_browser import CHROMIUM, CHROMIUM_ARGS
 
 GPUS = discover()[0]
-
-
-@pytest.fixture
-def browser():
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from conftest import ARTIFACTS
 from hubclient import Stack
@@ -33,10 +33,6 @@ USERS = [
     {"sub": "mallory", "preferred_username": "mallory", "email": "mallory@example.org",
      "groups": ["visitors"]},
 ]
-# As in test_browser.py: headless Chromium as root on a machine with a closed network.
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def docker(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -115,23 +111,6 @@ def oauth_stack():
         leftovers += docker("volume", "ls", "--filter", f"name=^{stack.prefix}_", "--format", "{{.Name}}").stdout.split()
         leftovers += docker("network", "ls", "--filter", f"name=^{stack.prefix}-net$", "--format", "{{.Name}}").stdout.split()
         assert not leftovers, f"the oauth stack left {leftovers} behind"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh browser (no cookies of an earlier login, neither the hub's nor the provider's)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    yield context.new_page()
-    context.close()
 
 
 def sign_in(page, stack: Stack, subject: str, shots: str) -> None:
