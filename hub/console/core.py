@@ -317,17 +317,21 @@ class Console:
             raise ConsoleError(400, f"no user {name!r} on this hub (names are as on the hub's admin page)")
         return model
 
-    async def _commit(self, intent: Intent | None, entry: dict[str, Any], who: str, via: str) -> dict:
-        """Write the intent (atomically) and then the audit line; both under the action lock."""
+    async def _commit(self, intent: Intent | None, record: dict[str, Any], note: str, detail: str,
+                      who: str, via: str) -> dict:
+        """Write the intent (atomically) and then the audit line; both under the action lock.
+
+        Returns the reply: ``detail`` as a sentence, and the audit entry."""
         if intent is not None:
             async with self.manager.lock:
                 self.manager.allocator.intent = intent
                 await asyncio.to_thread(self.manager.save_intent)
         now = self.clock()
-        entry = {"time": _iso(now), "epoch": round(now, 3), "who": who, "via": via, **entry}
+        entry = {"time": _iso(now), "epoch": round(now, 3), "who": who, "via": via, **record,
+                 "note": note, "detail": detail}
         await asyncio.to_thread(self.audit.append, entry)
         self._cached = None
-        return entry
+        return {"message": detail[0].upper() + detail[1:], "entry": entry}
 
     @staticmethod
     def _label(gpu: GPU) -> str:
@@ -354,10 +358,9 @@ class Console:
             held = [u for u, h in view.holders.items() if h.user == f["user"] and u != gpu.uuid]
             if held:
                 detail += f"; their running server keeps {held[0]} until it stops"
-            entry = await self._commit(intent, {"action": "pin", "user": f["user"], "gpu": gpu.uuid,
-                                                "index": gpu.index, "previous": before,
-                                                "note": f.get("note", ""), "detail": detail}, who, via)
-        return {"message": detail[0].upper() + detail[1:], "entry": entry}
+            return await self._commit(intent, {"action": "pin", "user": f["user"], "gpu": gpu.uuid,
+                                                       "index": gpu.index, "previous": before},
+                                              f.get("note", ""), detail, who, via)
 
     async def unpin(self, user: str, body: dict, who: str, via: str) -> dict:
         f = check_fields(body, {}, {"note": "note"})
@@ -371,10 +374,9 @@ class Console:
             del intent.pins[user]
             gpu = view.gpus.get(uuid)
             detail = f"unpinned {user} from {self._label(gpu) if gpu else uuid}"
-            entry = await self._commit(intent, {"action": "unpin", "user": user, "gpu": uuid,
-                                                "index": gpu.index if gpu else None,
-                                                "note": f.get("note", ""), "detail": detail}, who, via)
-        return {"message": detail[0].upper() + detail[1:], "entry": entry}
+            return await self._commit(intent, {"action": "unpin", "user": user, "gpu": uuid,
+                                                       "index": gpu.index if gpu else None},
+                                              f.get("note", ""), detail, who, via)
 
     async def drain(self, body: dict, who: str, via: str) -> dict:
         f = check_fields(body, {"gpu": "name"}, {"note": "note"})
@@ -389,9 +391,8 @@ class Console:
             detail = f"drained {self._label(gpu)}"
             if holder:
                 detail += f"; {holder.user} keeps it until their server stops"
-            entry = await self._commit(intent, {"action": "drain", "gpu": gpu.uuid, "index": gpu.index,
-                                                "note": f.get("note", ""), "detail": detail}, who, via)
-        return {"message": detail[0].upper() + detail[1:], "entry": entry}
+            return await self._commit(intent, {"action": "drain", "gpu": gpu.uuid, "index": gpu.index},
+                                              f.get("note", ""), detail, who, via)
 
     async def undrain(self, uuid: str, body: dict, who: str, via: str) -> dict:
         f = check_fields(body, {}, {"note": "note"})
@@ -405,10 +406,9 @@ class Console:
             intent.drained.discard(uuid)
             gpu = view.gpus.get(uuid)
             detail = f"undrained {self._label(gpu) if gpu else uuid}"
-            entry = await self._commit(intent, {"action": "undrain", "gpu": uuid,
-                                                "index": gpu.index if gpu else None,
-                                                "note": f.get("note", ""), "detail": detail}, who, via)
-        return {"message": detail[0].upper() + detail[1:], "entry": entry}
+            return await self._commit(intent, {"action": "undrain", "gpu": uuid,
+                                                       "index": gpu.index if gpu else None},
+                                              f.get("note", ""), detail, who, via)
 
     async def set_access(self, body: dict, who: str, via: str) -> dict:
         f = check_fields(body, {"users": "names", "groups": "names"}, {"note": "note"})
@@ -429,10 +429,10 @@ class Console:
             else:
                 who_may = [*(f"user {u}" for u in f["users"]), *(f"group {g}" for g in f["groups"])]
                 detail = "GPUs may be used only by " + ", ".join(who_may)
-            entry = await self._commit(intent, {"action": "access", "users": f["users"],
-                                                "groups": f["groups"], "previous": view.intent.access.to_json(),
-                                                "note": f.get("note", ""), "detail": detail}, who, via)
-        return {"message": detail, "entry": entry, "access": access.to_json()}
+            reply = await self._commit(intent, {"action": "access", "users": f["users"],
+                                                "groups": f["groups"], "previous": view.intent.access.to_json()},
+                                       f.get("note", ""), detail, who, via)
+        return {**reply, "access": access.to_json()}
 
     async def free(self, body: dict, who: str, via: str) -> dict:
         """Stop the server that holds a GPU (named by "gpu", or by "user" and "server")."""
@@ -468,8 +468,8 @@ class Console:
             state = "stopped" if status == 204 else "stopping"
             server_name = f" {holder.server!r}" if holder.server else ""
             detail = f"stopped {holder.user}'s server{server_name} to free {self._label(gpu)}"
-            entry = await self._commit(None, {"action": "free", "user": holder.user, "server": holder.server,
+            reply = await self._commit(None, {"action": "free", "user": holder.user, "server": holder.server,
                                               "gpu": uuid, "index": gpu.index, "container": container["name"],
-                                              "result": state, "note": f.get("note", ""), "detail": detail},
-                                       who, via)
-        return {"message": detail[0].upper() + detail[1:], "entry": entry, "result": state}
+                                              "result": state},
+                                       f.get("note", ""), detail, who, via)
+        return {**reply, "result": state}
