@@ -13,6 +13,9 @@ TEST_TORCH_PIP_ARGS ?=
 # Hosts without registry access build Debian-based bases locally; when `make` creates .env
 # (or builds test images) it uses them if they exist.
 LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=local/debian:bookworm
+# Shell snippet: export those of them that exist, for the command after it on the same line.
+export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
+	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
 .PHONY: up down images test test-images unit e2e storm bench
 
@@ -54,9 +57,7 @@ $(VENV)/.installed: requirements-dev.txt images/hub/requirements.txt
 test-images:
 	@ls $(WHEELHOUSE)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || \
 	  $(PYTHON) -m pip download -q --disable-pip-version-check --no-deps -d $(WHEELHOUSE) $(TEST_TORCH) $(TEST_TORCH_PIP_ARGS)
-	@for pair in $(LOCAL_BASES); do image=$${pair#*=}; \
-	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done; \
-	 $(COMPOSE) --env-file $(TEST_ENV) --profile images build
+	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images build
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit -q
@@ -74,6 +75,4 @@ storm: $(VENV)/.installed test-images
 
 # Floor vs. stock DockerSpawner vs. ours, one run, side by side: bench/results/latest.{json,png}
 bench: $(VENV)/.installed test-images
-	@for pair in $(LOCAL_BASES); do image=$${pair#*=}; \
-	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done; \
-	 $(VENV)/bin/python bench/run.py
+	@$(export_local_bases); $(VENV)/bin/python bench/run.py
