@@ -46,9 +46,10 @@ def hub(stack) -> Hub:
     return Hub(stack.url, stack.admin_token())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's Chromium, headless, started once for all browser tests."""
+    """Debian's Chromium, headless, one per test module: closing it at the module's end closes
+    every page the module opened (and ends Playwright's event loop before other tests run)."""
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
