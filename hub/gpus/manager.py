@@ -15,7 +15,7 @@ from pathlib import Path
 
 from docker.errors import NotFound
 
-from hub.gpus.allocator import GPU, Allocator, Intent, Policy, first_free, held_from_containers
+from hub.gpus.allocator import GPU, Allocator, Intent, Policy, first_free, holders_from_containers
 
 LIVE_STATES = ["created", "running", "restarting", "paused"]
 CDI_KIND = "nvidia.com/gpu"
@@ -60,7 +60,7 @@ class GPUManager:
         self.allocator.intent = load_intent(self.intent_file)
         summaries = await docker("containers", all=True, filters={"status": LIVE_STATES})
         details = await asyncio.gather(*(self._inspect(docker, c["Id"]) for c in summaries))
-        held = held_from_containers([d for d in details if d], self.label_prefix, inventory=self.inventory)
+        held = holders_from_containers([d for d in details if d], self.label_prefix, inventory=self.inventory)
         self.allocator.reconcile(held)
 
     @staticmethod

@@ -68,10 +68,12 @@ def hub_labels(user, server="", gpu=None, since=None):
 
 
 # --- policy and plain allocation ---------------------------------------------------------
-def test_first_free_picks_lowest_index_whatever_the_order():
+def test_first_free_takes_the_allocators_first_choice_lowest_index_whatever_the_order():
     a, b, c = GPU("GPU-c", 2), GPU("GPU-a", 0), GPU("GPU-b", 1)
-    assert first_free([a, b, c], {}, "alice") == b
+    assert first_free([a, b, c], {}, "alice") == a  # the candidates come in preference order
     assert first_free([], {}, "alice") is None
+    assert Allocator([a, b, c]).candidates("alice") == [b, c, a]
+    assert Allocator([a, b, c]).allocate("alice") == b
 
 
 def test_allocate_hands_out_lowest_free_gpu_exclusively():
