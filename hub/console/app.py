@@ -16,6 +16,16 @@ API (JSON in and out, errors ``{"status", "message"}``; hub/console/openapi.yaml
     GET    api/access / PUT api/access {"users", "groups"} who may use GPUs ([] and []: everyone)
     GET    api/audit?limit=N      the audit log, newest first
     GET    api/names              users and groups, for the page's forms
+  teaching labs (hub/console/courses.py):
+    GET    api/courses            courses: teachers, TAs, students, settings, running servers
+    POST   api/courses/roster     {"roster": CSV or YAML text[, "dry_run", "skip_bad_rows"]}
+    PATCH  api/courses/<course>   {"title", "max_session_hours", "materials"}
+    POST   api/courses/<course>/stop   [{"include_staff": true}]   stop its students' servers
+    POST   api/courses/<course>/reset  {"user"}   fresh container next start, files untouched
+    GET    api/reservations / POST {"course", "gpus": N or [uuid], "start", "end"}
+    DELETE api/reservations/<id>
+    PUT    api/shared             {"gpu", "capacity"}   up to capacity servers share a GPU
+    DELETE api/shared/<uuid>                            exclusive again
 """
 from __future__ import annotations
 
@@ -36,6 +46,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.ioloop import PeriodicCallback
 
 from hub.console.core import AuditLog, Console, ConsoleError, HubAPI, parse_object
+from hub.console.courses import CourseDesk
 from hub.console.usage import UsageSampler
 
 HERE = Path(__file__).parent
@@ -43,6 +54,7 @@ log = logging.getLogger("gpu-console")
 
 SERVICE_NAME = "gpu-console"
 MAX_BODY = 64 * 1024
+MAX_ROSTER_BODY = 2 * 1024 * 1024  # a roster of thousands of rows, JSON-escaped
 
 
 # ---- the hub's REST API with the service's own token --------------------------------------
@@ -58,9 +70,10 @@ class HubClient(HubAPI):
             self._http = AsyncHTTPClient()
         return self._http
 
-    async def _request(self, method: str, path: str) -> tuple[int, Any]:
+    async def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         req = HTTPRequest(f"{self.api_url}{path}", method=method, request_timeout=30,
                           headers={"Authorization": f"token {self.token}"},
+                          body=json.dumps(body) if body is not None else None,
                           allow_nonstandard_methods=True)
         try:
             resp = await self.http.fetch(req, raise_error=False)
@@ -117,6 +130,41 @@ class HubClient(HubAPI):
         code, data = await self._request("DELETE", path)
         return code, (data or {}).get("message", "") if isinstance(data, dict) else ""
 
+    async def _change(self, method: str, path: str, body: Any, ok: tuple[int, ...], what: str) -> Any:
+        code, data = await self._request(method, path, body)
+        if code not in ok:
+            message = data.get("message") if isinstance(data, dict) else ""
+            raise ConsoleError(502, f"the hub refused to {what} ({code}: {message or 'no message'}); "
+                                    "import the roster again to finish")
+        return data
+
+    async def group_models(self) -> list[dict]:
+        return await self._all("/groups")
+
+    async def create_users(self, names: list[str]) -> None:
+        for i in range(0, len(names), 200):  # the hub creates them in one transaction per call
+            await self._change("POST", "/users", {"usernames": names[i:i + 200]}, (201,),
+                               f"create users {', '.join(names[i:i + 3])}…")
+
+    async def create_group(self, name: str) -> None:
+        await self._change("POST", f"/groups/{quote(name, safe='')}", {}, (201, 409), f"create group {name}")
+
+    async def add_group_members(self, group: str, users: list[str]) -> None:
+        await self._change("POST", f"/groups/{quote(group, safe='')}/users", {"users": users}, (200,),
+                           f"add members to {group}")
+
+    async def remove_group_members(self, group: str, users: list[str]) -> None:
+        await self._change("DELETE", f"/groups/{quote(group, safe='')}/users", {"users": users}, (200,),
+                           f"remove members from {group}")
+
+    async def group_properties(self, group: str) -> dict:
+        code, data = await self._request("GET", f"/groups/{quote(group, safe='')}")
+        return (data or {}).get("properties") or {} if code == 200 and isinstance(data, dict) else {}
+
+    async def set_group_properties(self, group: str, properties: dict) -> None:
+        await self._change("PUT", f"/groups/{quote(group, safe='')}/properties", properties, (200,),
+                           f"set the properties of {group}")
+
 
 # ---- the engine, through docker-py off the event loop -------------------------------------
 
@@ -165,6 +213,10 @@ class BaseHandler(_hub_oauthenticated(), web.RequestHandler):
     @property
     def console(self) -> Console:
         return self.settings["console"]
+
+    @property
+    def desk(self) -> CourseDesk:
+        return self.settings["desk"]
 
     @property
     def via(self) -> str:
@@ -236,7 +288,7 @@ class APIHandler(BaseHandler):
             self.clear()
             self.set_default_headers()
             self.set_status(e.status)
-            self.finish(json.dumps({"status": e.status, "message": e.message}))
+            self.finish(json.dumps({"status": e.status, "message": e.message, **e.extra}))
             return
         super()._handle_request_exception(e)
 
@@ -313,6 +365,59 @@ class NamesHandler(APIHandler):
         self.reply(await self.console.names())
 
 
+class CoursesHandler(APIHandler):
+    async def get(self):
+        self.reply(await self.desk.listing())
+
+
+class RosterHandler(APIHandler):
+    async def post(self):
+        if len(self.request.body) > MAX_ROSTER_BODY:
+            raise ConsoleError(413, f"the request body is larger than {MAX_ROSTER_BODY} bytes")
+        self.reply(await self.desk.import_roster(parse_object(self.request.body), self.who, self.via))
+
+
+class CourseHandler(APIHandler):
+    async def patch(self, course: str):
+        self.reply(await self.desk.update(course, self.body(), self.who, self.via))
+
+
+class CourseStopHandler(APIHandler):
+    async def post(self, course: str):
+        self.reply(await self.desk.stop_all(course, self.optional_body(), self.who, self.via))
+
+
+class CourseResetHandler(APIHandler):
+    async def post(self, course: str):
+        self.reply(await self.desk.reset(course, self.body(), self.who, self.via))
+
+
+class ReservationsHandler(APIHandler):
+    async def get(self):
+        self.reply({"reservations": (await self.console.state())["reservations"]})
+
+    async def post(self):
+        self.reply(await self.desk.reserve(self.body(), self.who, self.via), status=201)
+
+
+class ReservationHandler(APIHandler):
+    async def delete(self, rid: str):
+        self.reply(await self.desk.cancel(rid, self.optional_body(), self.who, self.via))
+
+
+class SharedHandler(APIHandler):
+    async def get(self):
+        self.reply({"shared": (await self.console.state())["shared"]})
+
+    async def put(self):
+        self.reply(await self.desk.share(self.body(), self.who, self.via))
+
+
+class ShareHandler(APIHandler):
+    async def delete(self, uuid: str):
+        self.reply(await self.desk.unshare(uuid, self.optional_body(), self.who, self.via))
+
+
 class NotFoundAPIHandler(APIHandler):
     async def prepare(self):
         await super().prepare()
@@ -378,6 +483,15 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
         (f"{api}access", AccessHandler),
         (f"{api}audit", AuditHandler),
         (f"{api}names", NamesHandler),
+        (f"{api}courses", CoursesHandler),
+        (f"{api}courses/roster", RosterHandler),
+        (f"{api}courses/([^/]+)", CourseHandler),
+        (f"{api}courses/([^/]+)/stop", CourseStopHandler),
+        (f"{api}courses/([^/]+)/reset", CourseResetHandler),
+        (f"{api}reservations", ReservationsHandler),
+        (f"{api}reservations/([^/]+)", ReservationHandler),
+        (f"{api}shared", SharedHandler),
+        (f"{api}shared/([^/]+)", ShareHandler),
         (f"{api}openapi.yaml", OpenAPIHandler),
         *extra_handlers,
         (f"{api}.*", NotFoundAPIHandler),
@@ -385,6 +499,7 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
     return web.Application(
         handlers,
         console=console,
+        desk=CourseDesk(console),
         authenticator=authenticator or HubAuthenticator(),
         service_prefix=p,
         base_url=base_url,
@@ -441,6 +556,18 @@ def main() -> None:
         if sampler.source != "nvml":
             log.info("GPU usage: n/a (%s)", sampler.reason)
         PeriodicCallback(sample, sampler.interval * 1000).start()
+        desk = app.settings["desk"]
+
+        async def course_schedule():
+            # Courses' max session lengths; reservations long over are forgotten (audited).
+            try:
+                for stopped in await desk.enforce_session_limits():
+                    log.info("max session: stopped %(user)s's server (course %(course)s)", stopped)
+                await desk.prune_reservations()
+            except Exception:  # noqa: BLE001 - the hub may be restarting: try again next time
+                log.exception("course schedule")
+
+        PeriodicCallback(course_schedule, float(env.get("GPUHUB_COURSE_CHECK_INTERVAL", "60")) * 1000).start()
         await asyncio.Event().wait()
 
     try:

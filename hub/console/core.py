@@ -33,9 +33,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 class ConsoleError(Exception):
     """An answer other than success: HTTP status and a message for the admin."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, **extra: Any):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.extra = status, message, extra  # extra: more JSON fields
 
 
 # ---- request bodies ------------------------------------------------------------------------
@@ -74,7 +74,8 @@ def _kind(value: Any) -> str:
 
 
 # field kinds: "name" (non-empty string), "server" (string, may be empty), "note" (optional
-# text), "names" (array of names)
+# text), "note_any" (text of any length, e.g. a roster), "names" (array of names), "bool",
+# "any" (checked by the action)
 def check_fields(data: dict[str, Any], required: dict[str, str],
                  optional: dict[str, str] | None = None) -> dict[str, Any]:
     """Exactly these fields, each of its kind; 400 naming the first field that is wrong."""
@@ -91,6 +92,16 @@ def check_fields(data: dict[str, Any], required: dict[str, str],
 
 
 def _check(name: str, kind: str, value: Any) -> Any:
+    if kind == "any":
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConsoleError(400, f"{name!r} must be true or false, not {_kind(value)}")
+        return value
+    if kind == "note_any":
+        if not isinstance(value, str):
+            raise ConsoleError(400, f"{name!r} must be a string, not {_kind(value)}")
+        return value
     if kind == "names":
         if not isinstance(value, list):
             raise ConsoleError(400, f"{name!r} must be an array of names, not {_kind(value)}")
@@ -161,6 +172,14 @@ class HubAPI:
     async def group_names(self) -> list[str]: ...
     async def active_servers(self) -> dict[tuple[str, str], dict]: ...
     async def stop_server(self, user: str, server: str) -> tuple[int, str]: ...
+    # courses (hub/console/courses.py)
+    async def group_models(self) -> list[dict]: ...  # with "users" and "properties"
+    async def create_users(self, names: list[str]) -> None: ...
+    async def create_group(self, name: str) -> None: ...
+    async def add_group_members(self, group: str, users: list[str]) -> None: ...
+    async def remove_group_members(self, group: str, users: list[str]) -> None: ...
+    async def group_properties(self, group: str) -> dict: ...
+    async def set_group_properties(self, group: str, properties: dict) -> None: ...
 
 
 # ---- state ---------------------------------------------------------------------------------
@@ -173,6 +192,9 @@ class View:
     gpus: dict[str, GPU]
     holders: dict[str, Holder]
     containers: dict[str, dict] = field(default_factory=dict)  # uuid -> container details
+    all_holders: dict[str, list[Holder]] = field(default_factory=dict)  # several on a shared GPU
+    by_holder: dict[tuple[str, str, str], dict] = field(default_factory=dict)  # (uuid, user, server) -> container
+    now: float = 0.0
 
 
 DockerCall = Callable[..., Awaitable]
@@ -217,14 +239,19 @@ class Console:
                 raise ConsoleError(503, f"cannot read the Docker engine's containers: {exc}") from None
             alloc = self.manager.allocator
             intent = copy.deepcopy(alloc.intent)
-            rows = alloc.snapshot()
+            now = self.clock()
+            rows = alloc.snapshot(now)
             holders = {g.uuid: h for g in alloc.inventory if (h := alloc.holder_of(g.uuid))}
             holders.update(alloc.unknown_held())
-        containers: dict[str, dict] = {}
+            all_holders = {u: alloc.holders_of(u) for u in holders}
+        containers: dict[str, dict] = {}  # uuid -> the first holder's container
         for d in details:
             for uuid in held_from_containers([d], self.label_prefix, inventory=self.manager.inventory):
                 containers.setdefault(uuid, d)
-        return View(intent, rows, {g.uuid: g for g in self.manager.inventory}, holders, containers)
+        by_holder = {(uuid, h.user, h.server): d for d in details  # every holder of a shared GPU
+                     for uuid, h in held_from_containers([d], self.label_prefix, inventory=self.manager.inventory).items()}
+        return View(intent, rows, {g.uuid: g for g in self.manager.inventory}, holders, containers,
+                    all_holders, by_holder, now)
 
     def _container_of(self, view: View, uuid: str) -> dict[str, Any]:
         d = view.containers.get(uuid) or {}
@@ -262,6 +289,10 @@ class Console:
             "gpus": gpus,
             "unknown_held": unknown,
             "pins": dict(sorted(view.intent.pins.items())),
+            "shared": dict(sorted(view.intent.shared.items())),
+            "reservations": [{**r.to_json(), "active": r.active(now), "gpu_indexes":
+                              [view.gpus[u].index for u in r.gpus if u in view.gpus]}
+                             for r in sorted(view.intent.reservations, key=lambda r: (r.start, r.id))],
             "access": {**view.intent.access.to_json(), "everyone": view.intent.access.everyone},
             "hub_reachable": servers is not None,
         }
@@ -293,8 +324,20 @@ class Console:
             "utilization_pct": reading.utilization_pct if reading else None,
             "state": row["state"], "drained": row["drained"], "pinned_to": row["pinned_to"],
             "holder": holder,
+            "shared": row["shared"], "capacity": row["capacity"], "reserved_for": row["reserved_for"],
+            "holders": [self._holder_json(view, uuid, h, servers) for h in view.all_holders.get(uuid, [])],
             "history": self.sampler.history(uuid),
         }
+
+    def _holder_json(self, view: View, uuid: str, h: Holder, servers: dict | None) -> dict[str, Any]:
+        d = view.by_holder.get((uuid, h.user, h.server)) or {}
+        labels = (d.get("Config") or {}).get("Labels") or {}
+        this_hub = bool(labels.get(f"{self.label_prefix}.user")) and labels.get(f"{self.label_prefix}.instance") == self.instance
+        server = (servers or {}).get((h.user, h.server)) if this_hub else None
+        return {"user": h.user, "server": h.server, "since": h.since,
+                "since_iso": _iso(h.since) if h.since else None,
+                "container": (d.get("Name") or "").lstrip("/") or None, "this_hub": this_hub,
+                "ready": bool(server and server.get("ready"))}
 
     async def names(self) -> dict[str, list[str]]:
         return {"users": await self.hub.user_names(), "groups": await self.hub.group_names()}

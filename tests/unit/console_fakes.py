@@ -23,6 +23,7 @@ class FakeEngine:
     def __init__(self):
         self.containers: list[dict] = []
         self.calls = 0
+        self.removed: list[str] = []
 
     async def __call__(self, method, *args, **kwargs):
         self.calls += 1
@@ -30,6 +31,10 @@ class FakeEngine:
             return [{"Id": c["Id"]} for c in self.containers]
         if method == "inspect_container":
             return next(c for c in self.containers if c["Id"] == args[0])
+        if method == "remove_container":
+            self.removed.append(args[0])
+            self.containers = [c for c in self.containers if c["Id"] != args[0]]
+            return None
         raise AssertionError(f"the console must not call {method}")
 
 
@@ -41,6 +46,9 @@ class FakeHub(HubAPI):
         self.users["carol"]["groups"] = ["ml"]
         self.stopped: list[tuple[str, str]] = []
         self.stop_status = 204
+        self.properties: dict[str, dict] = {}
+        self.changes: list[tuple] = []  # every write, in order
+        self.started: dict[tuple[str, str], str] = {}  # servers without a GPU container
 
     async def user(self, name):
         return self.users.get(name)
@@ -55,14 +63,52 @@ class FakeHub(HubAPI):
         return sorted(self.groups)
 
     async def active_servers(self):
-        return {(c["Config"]["Labels"]["gpuhub.user"], c["Config"]["Labels"]["gpuhub.server"]):
-                {"ready": True, "last_activity": "2025-01-01T00:00:00Z"} for c in self.engine.containers}
+        servers = {(c["Config"]["Labels"]["gpuhub.user"], c["Config"]["Labels"]["gpuhub.server"]):
+                   {"ready": True, "last_activity": "2025-01-01T00:00:00Z", "started": "2025-01-01T00:00:00Z"}
+                   for c in self.engine.containers}
+        servers.update({key: {"ready": True, "started": started} for key, started in self.started.items()})
+        return servers
+
+    async def group_models(self):
+        return [{"name": g, "users": list(users), "properties": self.properties.get(g, {})}
+                for g, users in sorted(self.groups.items())]
+
+    async def create_users(self, names):
+        self.changes.append(("create_users", tuple(names)))
+        for name in names:
+            assert name not in self.users, f"{name} exists"
+            self.users[name] = {"name": name, "groups": []}
+
+    async def create_group(self, name):
+        self.changes.append(("create_group", name))
+        self.groups.setdefault(name, [])
+
+    async def add_group_members(self, group, users):
+        self.changes.append(("add", group, tuple(users)))
+        for u in users:
+            assert u in self.users, f"no user {u}"
+            self.groups[group].append(u)
+            self.users[u]["groups"].append(group)
+
+    async def remove_group_members(self, group, users):
+        self.changes.append(("remove", group, tuple(users)))
+        self.groups[group] = [u for u in self.groups[group] if u not in users]
+        for u in users:
+            self.users[u]["groups"].remove(group)
+
+    async def group_properties(self, group):
+        return dict(self.properties.get(group, {}))
+
+    async def set_group_properties(self, group, properties):
+        self.changes.append(("properties", group))
+        self.properties[group] = properties
 
     async def stop_server(self, user, server):
         if user not in self.users:
             return 404, f"No such user {user}"
         self.stopped.append((user, server))
-        if self.stop_status == 204:  # the hub's spawner removes the container
+        if self.stop_status == 204:
+            self.started.pop((user, server), None)  # the hub's spawner removes the container
             self.engine.containers = [c for c in self.engine.containers
                                       if (c["Config"]["Labels"]["gpuhub.user"],
                                           c["Config"]["Labels"]["gpuhub.server"]) != (user, server)]
