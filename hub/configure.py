@@ -148,9 +148,13 @@ def configure_console(c, env: Mapping[str, str]) -> None:
     }]
     c.JupyterHub.load_roles = [*c.JupyterHub.get("load_roles", []), {
         "name": CONSOLE_NAME,
-        "description": "GPU console: check users and groups, see servers, stop a GPU holder's server",
+        "description": "GPU console: see users, groups and servers, stop servers; import course "
+                       "rosters (create users and course groups, set their members and properties)",
         "scopes": ["list:users", "read:users:name", "read:users:groups", "read:servers",
-                   "delete:servers", "list:groups", "read:groups:name"],
+                   "delete:servers", "list:groups", "read:groups:name",
+                   # rosters (hub/console/courses.py): create users, create course groups, set
+                   # their members and their gpuhub.course property; never delete either
+                   "admin:users", "admin:groups", "groups", "read:groups"],
         "services": [CONSOLE_NAME],
     }]
 

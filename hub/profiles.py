@@ -131,13 +131,25 @@ def options_from_form(formdata: dict) -> dict:
     return options
 
 
-def render_form(profiles: list[Profile], gpus_total: int, gpus_free: int) -> str:
-    """The spawn form: one radio button per profile, the free GPUs now, images where there is a choice."""
+def render_form(profiles: list[Profile], gpus_total: int, gpus_free: int,
+                shared_seats: dict[str, tuple[int, int]] | None = None) -> str:
+    """The spawn form: one radio button per profile, the free GPUs now (and seats left on shared
+    GPUs: uuid -> (seats left, capacity)), images where there is a choice."""
     e = html.escape
     default = next((p for p in profiles if p.default), profiles[0])
+    shared_seats = shared_seats or {}
+    seats = sum(left for left, _ in shared_seats.values())
     if gpus_total:
         gpu_line = (f'<p class="gpuhub-gpus"><strong>{gpus_free} of {gpus_total}</strong> '
-                    f'GPU{"s" if gpus_total != 1 else ""} free right now.</p>')
+                    f'GPU{"s" if gpus_total != 1 else ""} free right now.')
+        if shared_seats:
+            capacities = sorted({cap for _, cap in shared_seats.values()})
+            gpu_line += (f' <span class="gpuhub-shared">Plus <strong>{seats}</strong> seat{"s" if seats != 1 else ""} on '
+                         f'{len(shared_seats)} shared GPU{"s" if len(shared_seats) != 1 else ""} (up to '
+                         f'{"/".join(map(str, capacities))} users each): you get one when no whole GPU is free '
+                         '(or it is reserved for your course). A shared GPU\'s memory and time are shared '
+                         'with the others on it, not isolated.</span>')
+        gpu_line += '</p>'
     else:
         gpu_line = '<p class="gpuhub-gpus">This host has no GPUs: servers run on the CPU.</p>'
     rows = []
@@ -145,7 +157,7 @@ def render_form(profiles: list[Profile], gpus_total: int, gpus_free: int) -> str
         checked = " checked" if p is default else ""
         gpu = "1 GPU of its own" if p.gpu and gpus_total else "CPU only"
         limits = f"{gpu}, {p.cpu_limit:g} CPU, {p.mem_limit / 2**30:g} GB memory"
-        full = " (none free now)" if p.gpu and gpus_total and not gpus_free else ""
+        full = " (none free now)" if p.gpu and gpus_total and not gpus_free and not seats else ""
         images = ""
         if len(p.images) > 1:
             opts = "".join(f'<option value="{e(i)}">{e(i)}</option>' for i in p.images)

@@ -16,11 +16,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import docker.errors
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
 from tornado import web
 from traitlets import Bool, Callable, Int, List, TraitError, Unicode, default, validate
 
+from hub import courses as courses_
 from hub import profiles as profiles_
 from hub.gpus.allocator import ACCESS_REFUSED, NoGPUAvailable, first_free
 from hub.gpus.inventory import discover, from_cdi
@@ -108,6 +110,14 @@ class GPUDockerSpawner(DockerSpawner):
         help="Where admin intent (pins, drains) is kept; on the hub's state volume.",
     )
 
+    course_materials_dir = Unicode(
+        "/home/jovyan/work/courses",
+        config=True,
+        help="""Where each course's materials volume (<prefix>-course-<course>) is mounted, as
+        <this>/<course>: read-only for the course's students, writable for its teachers and TAs.
+        Inside the work folder, so JupyterLab's file browser shows it.""",
+    )
+
     profiles_file = Unicode(
         "",
         config=True,
@@ -116,6 +126,7 @@ class GPUDockerSpawner(DockerSpawner):
     )
 
     gpu_uuid = None  # the GPU this server holds, if any
+    gpu_shared_by = 1  # how many servers may share that GPU
     _gpu_manager = None  # one per hub process, shared by all spawners
 
     @validate("gpu_request_style")
@@ -156,12 +167,17 @@ class GPUDockerSpawner(DockerSpawner):
         if len(visible) < 2 and not any(len(p.images) > 1 for p in visible):
             return ""  # nothing to choose: Start starts at once
         total = free = 0
+        seats: dict = {}
         if self.gpu_enabled:
             manager = await self.gpu_manager()
             async with manager.lock:
                 await manager.reconcile(self.docker)
-                total, free = len(manager.inventory), len(manager.allocator.free())
-        return profiles_.render_form(visible, total, free)
+                groups, now = self.user_groups(), time.time()
+                total = len(manager.inventory)
+                free = len(manager.allocator.free(self.user.name, groups, now))
+                seats = {u: (left, manager.allocator.capacity(u))
+                         for u, left in manager.allocator.seats(groups, now).items()}
+        return profiles_.render_form(visible, total, free, seats)
 
     def options_from_form(self, formdata):
         """Form fields to options, checked now so a bad or forged form gets its 400 at once."""
@@ -193,6 +209,64 @@ class GPUDockerSpawner(DockerSpawner):
         self.allowed_images = {image: image}  # DockerSpawner re-checks user_options["image"]
         self.mem_limit, self.cpu_limit, self.gpu_enabled = profile.mem_limit, profile.cpu_limit, profile.gpu
         self.emit_progress(5, f"Profile: {profile.name}")
+
+    # ---- courses: materials volumes (hub/courses.py) -------------------------------------
+
+    def user_courses(self) -> dict:
+        """course name -> Course, for the courses (groups with course properties) of this user."""
+        found = {}
+        for group in getattr(self.user, "groups", []):
+            properties = getattr(group, "properties", None) or {}
+            if courses_.PROPERTY not in properties:
+                continue
+            course = courses_.course_from_group({"name": group.name, "properties": properties,
+                                                 "users": [u.name for u in getattr(group, "users", [])]})
+            if course is not None:
+                found[course.name] = course
+        return found
+
+    def course_volume(self, course: str) -> str:
+        return f"{self.prefix}-course-{course}"
+
+    def course_binds(self) -> list[str]:
+        """The course's materials volume at courses/<course> in the work folder: writable for its teachers and
+        TAs, read-only for its students (course names are checked: safe in paths and names)."""
+        binds = []
+        for name, course in sorted(self.user_courses().items()):
+            if course.materials:
+                mode = "rw" if self.user.name in course.staff else "ro"
+                binds.append(f"{self.course_volume(name)}:{self.course_materials_dir}/{name}:{mode}")
+        return binds
+
+    async def ensure_course_volumes(self) -> None:
+        """Create a course's materials volume owned by the notebook user (1000:100), once: a
+        volume Docker creates on first mount would be root's, and its teachers could not write."""
+        for name, course in sorted(self.user_courses().items()):
+            volume = self.course_volume(name)
+            if not course.materials:
+                continue
+            try:
+                await self.docker("inspect_volume", volume)
+                continue
+            except docker.errors.NotFound:
+                pass
+            self.emit_progress(65, f"Creating the materials volume of course {name}")
+            await self.docker("create_volume", volume, labels={f"{self.label_prefix}.course": name,
+                                                                 f"{self.label_prefix}.instance": self.prefix})
+            host_config = self.client.create_host_config(
+                binds=[f"{volume}:/materials"], network_mode="none", cap_drop=["ALL"], cap_add=["CHOWN"],
+                security_opt=["no-new-privileges:true"])
+            created = await asyncio.wrap_future(self.executor.submit(
+                self._docker, "create_container", self.image, command=["chown", "1000:100", "/materials"],
+                user="root", entrypoint=[], host_config=host_config,
+                labels={f"{self.label_prefix}.instance": self.prefix}))
+            try:
+                await self.docker("start", created["Id"])
+                result = await self.docker("wait", created["Id"], timeout=60)
+                if result.get("StatusCode"):
+                    raise RuntimeError(f"could not prepare the materials volume {volume} (exit {result['StatusCode']})")
+            finally:
+                await self.docker("remove_container", created["Id"], force=True)
 
     # ---- progress events the spawn page shows ------------------------------------------
 
@@ -312,6 +386,11 @@ class GPUDockerSpawner(DockerSpawner):
         env = super().get_env()
         if self.gpu_uuid is None:
             env["NVIDIA_VISIBLE_DEVICES"] = "void"
+        elif self.gpu_shared_by > 1:  # gpu-check tells the user their GPU's memory is shared
+            env["GPUHUB_GPU_SHARED_BY"] = str(self.gpu_shared_by)
+        courses = self.user_courses()
+        if courses:
+            env["GPUHUB_COURSES"] = ",".join(sorted(courses))
         return env
 
     def gpu_labels(self) -> dict[str, str]:
@@ -339,7 +418,8 @@ class GPUDockerSpawner(DockerSpawner):
         return GPUDockerSpawner._gpu_manager
 
     async def create_object(self):
-        self.gpu_uuid = None
+        self.gpu_uuid, self.gpu_shared_by = None, 1
+        await self.ensure_course_volumes()
         manager = await self.gpu_manager() if self.gpu_enabled else None
         if manager is None or not manager.inventory:
             return await super().create_object()
@@ -353,7 +433,9 @@ class GPUDockerSpawner(DockerSpawner):
                 self.emit_progress(70, "Your account may not use GPUs here: starting without one")
                 return await super().create_object()
             try:
-                gpu = manager.allocator.allocate(self.user.name, self.name or "", since=time.time())
+                now = time.time()
+                gpu = manager.allocator.allocate(self.user.name, self.name or "", since=now,
+                                                 groups=self.user_groups(), now=now)
             except NoGPUAvailable as exc:
                 if not self.gpu_cpu_fallback:
                     raise self.gpu_refusal(exc) from None
@@ -361,8 +443,14 @@ class GPUDockerSpawner(DockerSpawner):
                 self.emit_progress(70, f"No GPU is free ({exc.reason}): starting without one")
                 return await super().create_object()
             self.gpu_uuid = gpu.uuid
+            self.gpu_shared_by = manager.allocator.capacity(gpu.uuid)
             self.log.info("Assigning GPU %s (#%d, %s) to %s", gpu.uuid, gpu.index, gpu.name, self._log_name)
-            self.emit_progress(70, f"Assigning GPU {gpu.name} (#{gpu.index}, {gpu.uuid})")
+            if self.gpu_shared_by > 1:
+                seat = len(manager.allocator.holders_of(gpu.uuid))
+                self.emit_progress(70, f"Assigning a seat on shared GPU {gpu.name} (#{gpu.index}, {gpu.uuid}): "
+                                       f"{seat} of {self.gpu_shared_by} servers share it, and its memory")
+            else:
+                self.emit_progress(70, f"Assigning GPU {gpu.name} (#{gpu.index}, {gpu.uuid})")
             try:
                 return await super().create_object()
             except BaseException:
@@ -402,6 +490,7 @@ class GPUDockerSpawner(DockerSpawner):
             DeviceRequests=self.device_requests_for(),
         )
         kwargs["labels"] = {**(kwargs.get("labels") or {}), **self.labels(), **self.gpu_labels()}
+        host_config["Binds"] = [*(host_config.get("Binds") or []), *self.course_binds()]
         return kwargs
 
     def docker(self, method, *args, **kwargs):

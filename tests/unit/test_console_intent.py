@@ -126,10 +126,11 @@ def test_console_is_an_admin_only_least_privilege_service():
     assert set(roles) == {"idle-culler", "gpu-console"}
     role = roles["gpu-console"]
     assert role["services"] == ["gpu-console"]
-    # may look up users, groups and servers and stop servers; nothing else (no admin, no tokens,
-    # no starting servers, no changing users or groups, no access to users' servers)
+    # may look up users, groups and servers, stop servers, create users and course groups and set
+    # their members; nothing else (no tokens, no starting servers, no access to users' servers)
     assert set(role["scopes"]) == {"list:users", "read:users:name", "read:users:groups", "read:servers",
-                                   "delete:servers", "list:groups", "read:groups:name"}
+                                   "delete:servers", "list:groups", "read:groups:name",
+                                   "admin:users", "admin:groups", "groups", "read:groups"}
 
 
 def test_console_scopes_are_real_jupyterhub_scopes():

@@ -92,3 +92,38 @@ def test_profiles_inherit_the_configuration_not_the_last_profile(tmp_path):
     s.profiles_file = ""
     s.apply_profile({})
     assert (s.image, s.mem_limit, s.cpu_limit, s.gpu_enabled) == ("big/img:2", 8 * 2**30, 4.0, True)
+
+
+def course_group(name, teachers=(), tas=(), students=(), materials=True):
+    from hub.courses import PROPERTY
+    users = [SimpleNamespace(name=u) for u in (*teachers, *tas, *students)]
+    return SimpleNamespace(name=name, users=users, properties={
+        PROPERTY: {"teachers": list(teachers), "tas": list(tas), "materials": materials}})
+
+
+def test_course_materials_are_read_only_for_students_and_writable_for_staff(monkeypatch):
+    groups = [course_group("ml101", teachers=["tom"], tas=["tia"], students=["sam"]),
+              course_group("nlp", students=["sam"], materials=False),
+              SimpleNamespace(name="plain", users=[], properties={})]
+    modes = {}
+    for name in ("sam", "tom", "tia"):
+        s = make_spawner(name, prefix="lab")
+        s.user.groups = groups
+        modes[name] = s.harden_create_kwargs({"host_config": {"Binds": ["lab-user-x:/home/jovyan/work:rw"]}})["host_config"]["Binds"]
+    assert modes["sam"] == ["lab-user-x:/home/jovyan/work:rw", "lab-course-ml101:/home/jovyan/work/courses/ml101:ro"]
+    assert modes["tom"][1:] == ["lab-course-ml101:/home/jovyan/work/courses/ml101:rw"]
+    assert modes["tia"][1:] == ["lab-course-ml101:/home/jovyan/work/courses/ml101:rw"]
+    s = make_spawner("sam")
+    s.user.groups = groups
+    monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {})
+    assert s.get_env()["GPUHUB_COURSES"] == "ml101,nlp"
+
+
+def test_spawn_form_tells_of_shared_gpus_and_that_memory_is_not_isolated():
+    from hub.profiles import Profile, render_form
+    p = Profile(slug="gpu", name="GPU", description="", images=("img",), mem_limit=2**30, cpu_limit=1.0,
+                gpu=True, groups=frozenset(), default=True)
+    html = render_form([p, p], 4, 0, {"GPU-1": (3, 4)})
+    assert "0 of 4</strong> GPUs free" in html and "<strong>3</strong> seats on 1 shared GPU (up to 4 users each)" in html
+    assert "not isolated" in html and "none free now" not in html
+    assert "none free now" in render_form([p, p], 4, 0, {})
