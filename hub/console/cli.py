@@ -10,6 +10,15 @@ prefer a terminal. Standard library only, so it runs with any Python 3.11 on the
     gpuhub-gpus free --user alice --yes
     gpuhub-gpus access --users alice,bob --groups ml     # who may use GPUs; --everyone
     gpuhub-gpus audit -n 20
+  teaching labs (README, "Running a course"):
+    gpuhub-gpus roster roster.csv [--dry-run] [--skip-bad-rows]   # import: users, courses, roles
+    gpuhub-gpus courses                  # courses, their people and reservations
+    gpuhub-gpus course ml101 --max-hours 3 [--title …] [--no-materials]
+    gpuhub-gpus stop-course ml101 --yes  # stop its students' servers (--include-staff)
+    gpuhub-gpus reset ml101 alice --yes  # fresh container next start; files untouched
+    gpuhub-gpus reserve ml101 2 --start 2026-11-23T09:00+01:00 --end 2026-11-23T11:00+01:00
+    gpuhub-gpus unreserve r-1a2b3c4d
+    gpuhub-gpus share 3 4                # GPU #3 shared by up to 4 servers;  unshare 3
 
 Where: ``--url`` or $GPUHUB_URL (default http://localhost:8000; in the hub's container the
 image sets http://proxy:8000). Exit status: 0 done, 1 refused by the API (its message on
@@ -31,9 +40,9 @@ SERVICE_PATH = "/services/gpu-console/api/"
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, body: Any = None):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.body = status, message, body if isinstance(body, dict) else {}
 
 
 class Unreachable(Exception):
@@ -55,13 +64,15 @@ class Client:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
+            body = None
             try:
-                message = json.loads(raw)["message"]
+                body = json.loads(raw)
+                message = body["message"]
             except (ValueError, KeyError, TypeError):
                 message = raw.decode(errors="replace")[:300] or exc.reason
             if exc.code == 404 and not raw.startswith(b"{"):
                 message = f"no GPU console at {self.base} (is the URL the hub's address?)"
-            raise APIError(exc.code, message) from None
+            raise APIError(exc.code, message, body) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"cannot reach {self.base}: {reason}") from None
@@ -185,12 +196,107 @@ def run(args: argparse.Namespace, client: Client) -> Any:
     if args.command == "audit":
         data = client.call("GET", f"audit?limit={args.n}")
         return data if args.json else format_audit(data["entries"])
+    return run_course_command(args, client, note)
+
+
+def _confirm(yes: bool, question: str) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise SystemExit(_usage("this stops servers: confirm with --yes"))
+    return input(f"{question} Unsaved work in them is lost. [y/N] ").strip().lower() in ("y", "yes")
+
+
+def format_report(report: dict) -> str:
+    lines = []
+    for name, c in report.get("courses", {}).items():
+        lines.append(f"{name}: {c['members']} members ({c['students']} students; teachers: "
+                     f"{', '.join(c['teachers']) or '-'}; TAs: {', '.join(c['tas']) or '-'})")
+        for key in ("added", "removed"):
+            if c[key]:
+                lines.append(f"  {key} {len(c[key])}: {', '.join(c[key][:10])}{' …' if len(c[key]) > 10 else ''}")
+        for change in c["role_changes"]:
+            lines.append(f"  {change['user']}: {change['from']} -> {change['to']}")
+    if report.get("users_created"):
+        lines.append(f"new users: {len(report['users_created'])}")
+    for bad in report.get("bad_rows", []):
+        lines.append(f"bad row, line {bad['line']}: {bad['error']}  [{bad['row']}]")
+    if report.get("ignored_columns"):
+        lines.append(f"ignored columns: {', '.join(report['ignored_columns'])}")
+    return "\n".join(lines)
+
+
+def format_courses(data: dict) -> str:
+    lines = []
+    for c in data["courses"]:
+        limit = f", sessions <= {c['max_session_hours']:g} h" if c["max_session_hours"] else ""
+        lines.append(f"{c['name']}{' (' + c['title'] + ')' if c['title'] else ''}: {len(c['students'])} students, "
+                     f"teachers {', '.join(c['teachers']) or '-'}, TAs {', '.join(c['tas']) or '-'}, "
+                     f"{len(c['running'])} running{limit}{'' if c['materials'] else ', no materials'}")
+        for r in c["reservations"]:
+            state = "active" if r["active"] else "over" if r["over"] else "upcoming"
+            lines.append(f"  reservation {r['id']}: {len(r['gpus'])} GPUs {r['start_iso']} - {r['end_iso']} ({state})")
+    return "\n".join(lines) or "no courses yet: import a roster (gpuhub-gpus roster FILE)"
+
+
+def run_course_command(args: argparse.Namespace, client: Client, note: dict) -> Any:
+    if args.command == "roster":
+        try:
+            with open(args.file, encoding="utf-8-sig") as f:
+                text = f.read()
+        except OSError as exc:
+            raise SystemExit(_usage(f"cannot read {args.file}: {exc.strerror}"))
+        fmt = args.format or ("yaml" if args.file.endswith((".yaml", ".yml")) else
+                              "csv" if args.file.endswith((".csv", ".tsv", ".txt")) else "auto")
+        body = {"roster": text, "format": fmt, "dry_run": args.dry_run,
+                "skip_bad_rows": args.skip_bad_rows, **note}
+        try:
+            result = client.call("POST", "courses/roster", body)
+        except APIError as exc:
+            if exc.body.get("report") and not args.json:
+                print(format_report(exc.body["report"]), file=sys.stderr)
+            raise
+        return result if args.json else f"{result['message'][0].upper()}{result['message'][1:]}\n{format_report(result['report'])}"
+    if args.command == "courses":
+        data = client.call("GET", "courses")
+        return data if args.json else format_courses(data)
+    if args.command == "course":
+        body = {}
+        if args.title is not None:
+            body["title"] = args.title
+        if args.max_hours is not None:
+            body["max_session_hours"] = None if args.max_hours == 0 else args.max_hours
+        if args.materials is not None:
+            body["materials"] = args.materials
+        return client.call("PATCH", f"courses/{quote(args.course, safe='')}", {**body, **note})
+    if args.command == "stop-course":
+        whose = "members" if args.include_staff else "students"
+        if not _confirm(args.yes, f"Stop the servers of every {whose[:-1]} of {args.course}?"):
+            return "Nothing stopped."
+        return client.call("POST", f"courses/{quote(args.course, safe='')}/stop",
+                           {"include_staff": args.include_staff, **note})
+    if args.command == "reset":
+        if not _confirm(args.yes, f"Stop {args.user}'s server and remove its container?"):
+            return "Nothing reset."
+        return client.call("POST", f"courses/{quote(args.course, safe='')}/reset", {"user": args.user, **note})
+    if args.command == "reserve":
+        gpus: Any = int(args.gpus) if args.gpus.isdigit() else [resolve_gpu(client, g) for g in args.gpus.split(",")]
+        return client.call("POST", "reservations", {"course": args.course, "gpus": gpus,
+                                                    "start": args.start, "end": args.end, **note})
+    if args.command == "unreserve":
+        return client.call("DELETE", f"reservations/{quote(args.id, safe='')}", note or None)
+    if args.command == "share":
+        return client.call("PUT", "shared", {"gpu": resolve_gpu(client, args.gpu), "capacity": args.capacity, **note})
+    if args.command == "unshare":
+        return client.call("DELETE", f"shared/{quote(resolve_gpu(client, args.gpu), safe='')}", note or None)
     raise AssertionError(args.command)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpuhub-gpus", description="The hub's GPU console from a shell: "
-                                "list GPUs, pin, unpin, drain, undrain, free, access, audit.")
+                                "list GPUs, pin, unpin, drain, undrain, free, access, audit; "
+                                "courses: roster, courses, course, stop-course, reset, reserve, "
+                                "unreserve, share, unshare.")
     p.add_argument("--url", default=os.environ.get("GPUHUB_URL", "http://localhost:8000"),
                    help="the hub's address (default: $GPUHUB_URL, else http://localhost:8000)")
     p.add_argument("--token", default=None,
@@ -217,8 +323,40 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--everyone", action="store_true", help="no restriction")
     s = sub.add_parser("audit", help="the audit log, newest first")
     s.add_argument("-n", type=int, default=20, help="entries (1-1000, default 20)")
+    s = sub.add_parser("roster", help="import a course roster (CSV or YAML)")
+    s.add_argument("file", help="username or email, course, role (student, ta, teacher) per row")
+    s.add_argument("--format", choices=("csv", "yaml"), help="default: from the file's name, else guessed")
+    s.add_argument("--dry-run", action="store_true", help="only report what would change")
+    s.add_argument("--skip-bad-rows", action="store_true", help="import the good rows even if some are bad")
+    sub.add_parser("courses", help="the courses: people, running servers, reservations")
+    s = sub.add_parser("course", help="set a course's title, session limit, materials")
+    s.add_argument("course")
+    s.add_argument("--title")
+    s.add_argument("--max-hours", type=float, help="longest a student's server runs (0: no limit)")
+    s.add_argument("--materials", action="store_true", default=None, help="mount the course's materials volume")
+    s.add_argument("--no-materials", dest="materials", action="store_false")
+    s = sub.add_parser("stop-course", help="stop the servers of a course's students")
+    s.add_argument("course")
+    s.add_argument("--include-staff", action="store_true", help="its teachers' and TAs' servers too")
+    s.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    s = sub.add_parser("reset", help="reset a student's environment (files untouched)")
+    s.add_argument("course")
+    s.add_argument("user")
+    s.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    s = sub.add_parser("reserve", help="reserve GPUs for a course in a time window")
+    s.add_argument("course")
+    s.add_argument("gpus", help="how many (2), or which: indexes or UUIDs, comma-separated (0,1)")
+    s.add_argument("--start", required=True, help="ISO 8601 with a zone, e.g. 2026-11-23T09:00+01:00")
+    s.add_argument("--end", required=True, help="ISO 8601 with a zone")
+    s = sub.add_parser("unreserve", help="cancel a reservation")
+    s.add_argument("id")
+    s = sub.add_parser("share", help="let up to CAPACITY servers share a GPU")
+    s.add_argument("gpu", help="index or UUID")
+    s.add_argument("capacity", type=int)
+    s = sub.add_parser("unshare", help="make a shared GPU exclusive again")
+    s.add_argument("gpu", help="index or UUID")
     for action in sub.choices.values():
-        if action.prog.split()[-1] in ("pin", "unpin", "drain", "undrain", "free", "access"):
+        if action.prog.split()[-1] not in ("list", "audit", "courses"):
             action.add_argument("--note", help="a note for the audit log")
     return p
 

@@ -121,3 +121,36 @@ def test_runs_as_a_module_and_a_console_script():
 
     scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["gpuhub-gpus"] == "hub.console.cli:main"
+
+
+def test_course_commands_roster_courses_reserve_share_stop_reset(hub, capsys, tmp_path):
+    fake = hub.hub
+    roster = tmp_path / "roster.csv"
+    roster.write_text("email,course,role\nt@uni.example,ml101,teacher\n"
+                      + "".join(f"s{i}@uni.example,ml101,student\n" for i in range(40)))
+    assert gpus(hub, "roster", str(roster), "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "Would import the roster of ml101: 41 new users" in out and fake.changes == []
+    assert gpus(hub, "roster", str(roster)) == 0
+    assert "ml101: 41 members (40 students; teachers: t@uni.example" in capsys.readouterr().out
+    assert gpus(hub, "course", "ml101", "--max-hours", "3", "--title", "ML") == 0
+    assert gpus(hub, "reserve", "ml101", "2", "--start", "2027-01-15T09:00+01:00", "--end", "2027-01-15T11:00+01:00") == 0
+    assert "Reserved GPUs #0, #1 for course ml101 from 2027-01-15T08:00Z" in capsys.readouterr().out
+    assert gpus(hub, "courses") == 0
+    out = capsys.readouterr().out
+    assert "ml101 (ML): 40 students" in out and "sessions <= 3 h" in out and "2 GPUs 2027-01-15T08:00Z" in out
+    assert gpus(hub, "share", "3", "4") == 0 and "by up to 4" in capsys.readouterr().out
+    assert gpus(hub, "unshare", "3") == 0
+    fake.started = {("s1@uni.example", ""): "x"}
+    assert gpus(hub, "stop-course", "ml101", "--yes") == 0 and fake.stopped == [("s1@uni.example", "")]
+    assert gpus(hub, "reset", "ml101", "s2@uni.example", "--yes") == 0
+    assert "files are untouched" in capsys.readouterr().out
+
+
+def test_roster_with_bad_rows_prints_them_and_exits_1(hub, capsys, tmp_path):
+    roster = tmp_path / "roster.yaml"
+    roster.write_text("- {username: a, course: ml101}\n- {username: b, course: ml101, role: wizard}\n")
+    assert gpus(hub, "roster", str(roster)) == 1
+    err = capsys.readouterr().err
+    assert "bad row, line 2: unknown role 'wizard'" in err and "nothing was changed" in err
+    assert gpus(hub, "roster", str(tmp_path / "missing.csv")) == 2
