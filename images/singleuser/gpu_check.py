@@ -48,6 +48,7 @@ def collect():
         "nvidia_visible_devices": os.environ.get("NVIDIA_VISIBLE_DEVICES"),
         "device_nodes": sorted(glob.glob("/dev/nvidia[0-9]*")),
         "driver_cuda_version": format_cuda_version(driver_cuda_version()),
+        "shared_by": int(os.environ.get("GPUHUB_GPU_SHARED_BY") or 1),  # set by the hub's spawner
         "error": None,
     }
     try:
@@ -151,6 +152,10 @@ def report(info, ok, verdict):
     for d in info["devices"]:
         lines.append(f"GPU {d['index']}: {d['name']}, compute capability {d['capability']}, "
                      f"{d['memory_total_mib']} MiB" + (f", {d['uuid']}" if d.get("uuid") else ""))
+    if info.get("shared_by", 1) > 1:
+        lines.append(f"Shared GPU:              up to {info['shared_by']} servers use this GPU at once; its "
+                     "memory is not divided between them: free what you do not need "
+                     "(del tensors, torch.cuda.empty_cache()) and expect others' load")
     lines.append(("OK: " if ok else "PROBLEM: ") + verdict)
     if "bench" in info:
         lines.append(f"Benchmark: {json.dumps(info['bench'])}")

@@ -46,3 +46,9 @@ def test_driver_version_format():
 
 def test_newer_minor_driver_is_fine():
     assert gpu_check._version_tuple("12.10") > gpu_check._version_tuple("12.9")
+
+
+def test_report_says_when_the_gpu_is_shared():
+    shared = gpu_check.report(info(shared_by=4), False, "x")
+    assert "up to 4 servers use this GPU at once" in shared and "not divided" in shared
+    assert "Shared GPU" not in gpu_check.report(info(), False, "x")
