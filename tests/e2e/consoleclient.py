@@ -48,8 +48,13 @@ class Console:
         return [] if text.startswith("(absent)") else [json.loads(line) for line in text.splitlines()]
 
     def reset(self):
-        """No pins, no drains, everyone may use GPUs (through the API, so it is audited too)."""
+        """No pins, no drains, no reservations, no shared GPUs, everyone may use GPUs (through
+        the API, so it is audited too)."""
         state = self.state()
+        for reservation in state.get("reservations", []):
+            self.ok("DELETE", f"reservations/{quote(reservation['id'], safe='')}")
+        for uuid in state.get("shared", {}):
+            self.ok("DELETE", f"shared/{quote(uuid, safe='')}")
         for user in state["pins"]:
             self.ok("DELETE", f"pins/{quote(user, safe='')}")
         for gpu in state["gpus"]:

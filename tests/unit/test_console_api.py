@@ -176,7 +176,10 @@ def test_openapi_file_is_served_and_lists_every_route(api):
     assert r.status_code == 200
     spec = yaml.safe_load(r.text)
     assert set(spec["paths"]) == {"/gpus", "/pins", "/pins/{user}", "/drained", "/drained/{uuid}", "/free",
-                                  "/access", "/audit", "/names", "/openapi.yaml"}
+                                  "/access", "/audit", "/names", "/openapi.yaml",
+                                  "/courses", "/courses/roster", "/courses/{course}", "/courses/{course}/stop",
+                                  "/courses/{course}/reset", "/reservations", "/reservations/{id}",
+                                  "/shared", "/shared/{uuid}"}
 
 
 def _setup_conflicts(api):

@@ -33,6 +33,7 @@
     if (!resp.ok) {
       const error = new Error((data && data.message) || resp.statusText);
       error.status = resp.status;
+      error.report = data && data.report;
       throw error;
     }
     return data;
@@ -153,20 +154,30 @@
 
   function stateBadges(gpu) {
     const badges = [];
-    if (gpu.holder) {
+    if (gpu.shared) {
+      badges.push(el("span", { class: "badge text-bg-dark", title: "memory is not isolated between its users" },
+        `shared: ${gpu.holders.length} of ${gpu.capacity} seats`));
+    } else if (gpu.holder) {
       badges.push(el("span", { class: "badge text-bg-primary" }, `held by ${gpu.holder.user}`));
     }
+    if (gpu.reserved_for) badges.push(el("span", { class: "badge text-bg-secondary" }, `reserved for ${gpu.reserved_for}`));
     if (gpu.drained) badges.push(el("span", { class: "badge text-bg-warning" }, "drained"));
     if (gpu.pinned_to.length) {
       badges.push(el("span", { class: "badge text-bg-info" }, `pinned to ${gpu.pinned_to.join(", ")}`));
     }
-    if (!badges.length) badges.push(el("span", { class: "badge text-bg-success" }, "free"));
+    if (!badges.length || (gpu.shared && gpu.holders.length < gpu.capacity && !gpu.drained && badges.length === 1)) {
+      badges.push(el("span", { class: "badge text-bg-success" }, "free"));
+    }
     return badges;
   }
 
   function holderCell(gpu) {
     const h = gpu.holder;
     if (!h) return el("span", { class: "text-body-secondary" }, "—");
+    if (gpu.shared && gpu.holders.length > 1) {
+      return gpu.holders.map((x) => el("div", {}, x.user + (x.server ? `/${x.server}` : ""),
+        x.since ? el("span", { class: "small text-body-secondary" }, ` (${ago(x.since)})`) : null));
+    }
     const who = h.server_url
       ? el("a", { href: h.server_url, class: "holder-link", title: "open this server (as admin)" },
         h.user + (h.server ? `/${h.server}` : ""))
@@ -291,6 +302,66 @@
     document.querySelector("#audit tbody").replaceChildren(...rows);
   }
 
+  // ---- courses, reservations, shared GPUs --------------------------------------------------
+  let courses = [];
+
+  function windowText(r) {
+    return `${clock(r.start)} – ${clock(r.end)}` + (r.active ? " (now)" : r.end * 1000 < Date.now() ? " (over)" : "");
+  }
+
+  async function refreshCourses() {
+    courses = (await api("GET", "courses")).courses;
+    const rows = courses.map((c) => el("tr", { dataset: { course: c.name } },
+      el("td", {}, el("span", { class: "fw-semibold" }, c.name), c.title ? el("div", { class: "small text-body-secondary" }, c.title) : null),
+      el("td", {}, c.teachers.join(", ") || "—"),
+      el("td", {}, c.tas.join(", ") || "—"),
+      el("td", { class: "students" }, String(c.students.length)),
+      el("td", {}, String(c.running.length)),
+      el("td", {}, c.max_session_hours ? `${c.max_session_hours} h` : "no limit"),
+      el("td", { class: "small" }, c.reservations.filter((r) => !r.over).map((r) => el("div", {}, `${r.gpus.length} GPU(s) ${windowText(r)}`))),
+      el("td", { class: "text-end" }, el("button", { class: "btn btn-sm btn-outline-danger btn-stop-course", type: "button",
+        disabled: !c.running.length,
+        onclick: () => { if (confirm(`Stop the servers of every student of ${c.name}? Unsaved work in them is lost.`)) act("POST", `courses/${encodeURIComponent(c.name)}/stop`, {}); } },
+        "Stop students' servers"))));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 8, class: "text-body-secondary small" }, "No courses yet: import a roster.")));
+    document.querySelector("#courses tbody").replaceChildren(...rows);
+    const select = document.getElementById("reserve-course");
+    const signature = courses.map((c) => c.name).join();
+    if (select.dataset.signature !== signature) {
+      const keep = select.value;
+      select.replaceChildren(...courses.map((c) => el("option", { value: c.name }, c.name)));
+      select.dataset.signature = signature;
+      if (courses.some((c) => c.name === keep)) select.value = keep;
+    }
+  }
+
+  function renderReservations(s) {
+    const rows = s.reservations.map((r) => el("tr", { dataset: { id: r.id } },
+      el("td", {}, r.course),
+      el("td", {}, r.gpu_indexes.map((i) => `#${i}`).join(", ")),
+      el("td", {}, windowText(r)),
+      el("td", { class: "text-end" }, el("button", { class: "btn btn-sm btn-outline-secondary", type: "button",
+        onclick: () => act("DELETE", `reservations/${encodeURIComponent(r.id)}`) }, "Cancel"))));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 4, class: "text-body-secondary small" }, "No reservations.")));
+    document.querySelector("#reservations tbody").replaceChildren(...rows);
+  }
+
+  function renderShared(s) {
+    const rows = s.gpus.filter((g) => g.shared).map((g) => el("tr", { dataset: { uuid: g.uuid } },
+      el("td", {}, gpuLabel(g)),
+      el("td", {}, `${g.holders.length} of ${g.capacity}` + (g.holders.length ? `: ${g.holders.map((h) => h.user).join(", ")}` : "")),
+      el("td", { class: "text-end" }, el("button", { class: "btn btn-sm btn-outline-secondary", type: "button",
+        onclick: () => act("DELETE", `shared/${encodeURIComponent(g.uuid)}`) }, "Make exclusive"))));
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 3, class: "text-body-secondary small" }, "Every GPU is exclusive (one server each).")));
+    document.querySelector("#shared tbody").replaceChildren(...rows);
+    const select = document.getElementById("share-gpu");
+    const signature = s.gpus.map((g) => g.uuid).join();
+    if (select.dataset.signature !== signature) {
+      select.replaceChildren(...s.gpus.map((g) => el("option", { value: g.uuid }, `${gpuLabel(g)} · ${g.uuid.slice(0, 12)}…`)));
+      select.dataset.signature = signature;
+    }
+  }
+
   async function refresh(fresh) {
     if (refreshing && !fresh) return;
     refreshing = true;
@@ -300,6 +371,9 @@
       renderPins(state);
       renderAccess(state);
       renderStatus(state);
+      renderReservations(state);
+      renderShared(state);
+      await refreshCourses();
       await refreshAudit();
       document.getElementById("conn-problem").classList.add("d-none");
     } catch (e) {
@@ -368,6 +442,52 @@
     const result = await act("PUT", "access", { users: [], groups: [] });
     if (result) delete accessForm.dataset.touched;
     await refresh(true);
+  });
+
+  document.getElementById("roster-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = document.getElementById("roster-file").files[0];
+    const text = file ? await file.text() : document.getElementById("roster-text").value;
+    const format = file && /\.ya?ml$/i.test(file.name) ? "yaml" : file ? "csv" : "auto";
+    const body = { roster: text, format, dry_run: document.getElementById("roster-dry-run").checked,
+      skip_bad_rows: document.getElementById("roster-skip-bad").checked };
+    const out = document.getElementById("roster-report");
+    out.classList.remove("d-none");
+    try {
+      const result = await api("POST", "courses/roster", body);
+      notify("success", result.message);
+      out.textContent = reportText(result.report);
+      await refresh(true);
+    } catch (e) {
+      notify("danger", e.message);
+      out.textContent = e.report ? reportText(e.report) : e.message;
+    }
+  });
+
+  function reportText(r) {
+    const lines = [];
+    for (const [name, c] of Object.entries(r.courses || {})) {
+      lines.push(`${name}: ${c.members} members, ${c.students} students; teachers ${c.teachers.join(", ") || "-"}; TAs ${c.tas.join(", ") || "-"}`);
+      if (c.added.length) lines.push(`  added ${c.added.length}: ${c.added.slice(0, 12).join(", ")}${c.added.length > 12 ? " …" : ""}`);
+      if (c.removed.length) lines.push(`  removed ${c.removed.length}: ${c.removed.join(", ")}`);
+      for (const x of c.role_changes) lines.push(`  ${x.user}: ${x.from} -> ${x.to}`);
+    }
+    if ((r.users_created || []).length) lines.push(`new users: ${r.users_created.length}`);
+    for (const b of r.bad_rows || []) lines.push(`bad row, line ${b.line}: ${b.error}   [${b.row}]`);
+    return lines.join("\n");
+  }
+
+  document.getElementById("reserve-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const iso = (id) => new Date(document.getElementById(id).value).toISOString();
+    await act("POST", "reservations", { course: document.getElementById("reserve-course").value,
+      gpus: Number(document.getElementById("reserve-gpus").value), start: iso("reserve-start"), end: iso("reserve-end") });
+  });
+
+  document.getElementById("share-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    await act("PUT", "shared", { gpu: document.getElementById("share-gpu").value,
+      capacity: Number(document.getElementById("share-capacity").value) });
   });
 
   loadNames();

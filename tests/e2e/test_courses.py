@@ -1,0 +1,205 @@
+"""Teaching labs against the running compose stack: a 40-student roster imported through the GPU
+console (and re-imported with changes and bad rows), course profiles and read-only materials,
+nbgitpuller, resetting a student, a reservation holding 2 of the 4 (fake) GPUs for one course,
+and a GPU shared by 4 students that refuses the fifth."""
+import time
+from urllib.parse import quote
+
+import pytest
+from consoleclient import Console, user_token
+from hubclient import UserServer
+
+from hub.gpus.inventory import discover
+
+GPUS = discover()[0]
+A, B = "ml101", "nlp"
+STUDENTS_A = [f"a{i:02d}" for i in range(20)]
+STUDENTS_B = [f"b{i:02d}" for i in range(20)]
+ROSTER = ("username,course,role,student_id\nteach-a,ml101,teacher,\nta-b,nlp,TA,\n"
+          + "".join(f"{u},{A},student,{i}\n" for i, u in enumerate(STUDENTS_A))
+          + "".join(f"{u},{B},student,{i}\n" for i, u in enumerate(STUDENTS_B)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def needs_gpus():
+    if len(GPUS) < 4:
+        pytest.fail("these tests need an engine with 4 GPUs (fake ones: install-docker.sh --fake-gpus 4)")
+
+
+@pytest.fixture(scope="module")
+def console(stack, hub):
+    c = Console(stack, hub.s.headers["Authorization"].split()[1])
+    c.reset()
+    yield c
+    c.reset()
+
+
+@pytest.fixture(scope="module")
+def course_stack(console, hub):
+    """The roster, imported once for the module's tests."""
+    r = console.call("POST", "courses/roster", {"roster": ROSTER})
+    assert r.status_code == 200, r.text
+    return r.json()["report"]
+
+
+def members(hub, group):
+    r = hub.api("GET", f"/groups/{group}")
+    r.raise_for_status()
+    return sorted(r.json()["users"])
+
+
+def stop_all(hub, names):
+    for name in names:
+        if hub.user(name)["servers"]:
+            hub.stop(name)
+
+
+def server(stack, hub, name) -> UserServer:
+    return UserServer(stack.url, f"/user/{quote(name)}/", user_token(hub, name))
+
+
+def test_roster_import_re_import_and_bad_rows(console, hub, course_stack):
+    report = course_stack
+    assert report["groups_created"] == [A, B] and report["bad_rows"] == []
+    assert len(report["users_created"]) == 42 and report["ignored_columns"] == ["student_id"]
+    assert members(hub, A) == sorted(["teach-a", *STUDENTS_A])
+    assert len(members(hub, B)) == 21
+    # the same roster again: nothing changes
+    again = console.call("POST", "courses/roster", {"roster": ROSTER}).json()
+    assert again["report"]["unchanged"] and "nothing to change" in again["message"]
+    # changes (a19 leaves, a20 joins, ta-b becomes a teacher) and two bad rows: refused as a whole
+    changed = (ROSTER.replace(f"a19,{A},student,19\n", "").replace("ta-b,nlp,TA,", "ta-b,nlp,teacher,")
+               + f"a20,{A},student,20\nbad one,ML 101!,student,\nc00,{A},wizard,\n")
+    audit_before = len(console.audit())
+    r = console.call("POST", "courses/roster", {"roster": changed})
+    assert r.status_code == 400, r.text
+    bad = r.json()["report"]["bad_rows"]
+    assert [b["line"] for b in bad] == [44, 45] and "nothing was changed" in r.json()["message"]
+    assert "a20" not in members(hub, A) and len(console.audit()) == audit_before
+    # the good rows only, when asked
+    r = console.call("POST", "courses/roster", {"roster": changed, "skip_bad_rows": True})
+    assert r.status_code == 200, r.text
+    c = r.json()["report"]["courses"]
+    assert c[A]["added"] == ["a20"] and c[A]["removed"] == ["a19"]
+    assert c[B]["role_changes"] == [{"user": "ta-b", "from": "ta", "to": "teacher"}]
+    assert "a20" in members(hub, A) and "a19" not in members(hub, A)
+    assert hub.user("a19")["name"] == "a19"  # leaving a course keeps the account (and its files)
+    listing = {x["name"]: x for x in console.ok("GET", "courses")["courses"]}
+    assert listing[A]["teachers"] == ["teach-a"] and len(listing[A]["students"]) == 20
+    assert listing[B]["teachers"] == ["ta-b"]
+
+
+def test_course_profile_materials_read_only_for_students_and_nbgitpuller(stack, hub, console, course_stack):
+    try:
+        # students of nlp are not offered ml101's profile
+        r = hub.api("POST", "/users/b01/server", json={"profile": A})
+        assert r.status_code == 400, r.text
+        # the teacher writes the materials, and a git repository of notebooks in them
+        hub.start("teach-a", options={"profile": A})
+        teacher = server(stack, hub, "teach-a")
+        out = teacher.execute(
+            "import os, subprocess, json\n"
+            "d = '/home/jovyan/work/courses/ml101'\n"
+            "open(d + '/syllabus.md', 'w').write('# ML 101\\n')\n"
+            "repo = d + '/lab1.git'\n"
+            "nb = {'cells': [], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}\n"
+            "os.makedirs(repo, exist_ok=True)\n"
+            "json.dump(nb, open(repo + '/lab1.ipynb', 'w'))\n"
+            "git = ['git', '-C', repo, '-c', 'user.name=T', '-c', 'user.email=t@example.org']\n"
+            "subprocess.run(['git', 'init', '-q', '-b', 'main', repo], check=True)\n"
+            "subprocess.run(git + ['add', '.'], check=True)\n"
+            "subprocess.run(git + ['commit', '-q', '-m', 'lab 1'], check=True)\n"
+            "print(sorted(os.listdir(d)))\n")
+        assert "syllabus.md" in out and "lab1.git" in out
+        # a student reads them, cannot change them, and pulls the notebooks with nbgitpuller
+        hub.start("a01", options={"profile": A})
+        student = server(stack, hub, "a01")
+        assert student.read_text("courses/ml101/syllabus.md") == "# ML 101\n"
+        out = student.execute(
+            "try:\n    open('/home/jovyan/work/courses/ml101/syllabus.md', 'a').write('x')\n"
+            "except OSError as e:\n    print('refused', e.errno)\n")
+        assert "refused 30" in out  # EROFS: mounted read-only
+        query = (f"repo={quote('file:///home/jovyan/work/courses/ml101/lab1.git', safe='')}"
+                 "&branch=main&targetpath=lab1")
+        page = student.get(f"git-pull?{query}")
+        assert page.status_code == 200, page.text[:300]
+        with student.s.get(student.base + f"git-pull/api?{query}", stream=True, timeout=120) as events:
+            log = "".join(line for line in events.iter_lines(decode_unicode=True) if line)
+        assert '"phase": "finished"' in log, log[-500:]
+        assert '"cells": []' in student.read_text("lab1/lab1.ipynb")
+        # reset: a fresh container (what was outside work/ is gone), files in work/ untouched
+        student.execute("open('/home/jovyan/scratch.txt', 'w').write('x')\n"
+                        "open('/home/jovyan/work/keep.txt', 'w').write('mine')\n")
+        old = stack.container_of("a01")
+        reply = console.ok("POST", f"courses/{A}/reset", {"user": "a01"})
+        assert reply["stopped"] == [{"user": "a01", "server": ""}] and "files are untouched" in reply["message"]
+        hub.wait("a01", ready=False, timeout=60)
+        assert old not in stack.user_containers()
+        hub.start("a01", options={"profile": A})
+        out = server(stack, hub, "a01").execute(
+            "import os\nprint(os.path.exists('/home/jovyan/scratch.txt'), open('/home/jovyan/work/keep.txt').read())\n")
+        assert out.strip() == "False mine"
+    finally:
+        stop_all(hub, ["teach-a", "a01", "b01"])
+
+
+def gpu_of_user(stack, name) -> str:
+    info = stack.inspect(stack.container_of(name))
+    return info["Config"]["Labels"]["gpuhub.gpu.uuid"]
+
+
+def test_a_reservation_holds_2_of_4_gpus_for_the_course(stack, hub, console, course_stack):
+    now = time.time()
+    r = console.call("POST", "reservations", {"course": A, "gpus": 2, "start": now - 60, "end": now + 3600})
+    assert r.status_code == 201, r.text
+    reserved = r.json()["reservation"]["gpus"]
+    assert reserved == [GPUS[0].uuid, GPUS[1].uuid]
+    try:
+        # course B first: they get the two others, and the third is refused, naming the course
+        for name in ("b02", "b03"):
+            hub.start(name, options={"profile": "gpu"})
+        assert {gpu_of_user(stack, n) for n in ("b02", "b03")} == {GPUS[2].uuid, GPUS[3].uuid}
+        r = hub.api("POST", "/users/b04/server", json={"profile": "gpu"})
+        assert r.status_code == 503, r.text
+        assert "2 GPUs reserved for course 'ml101' now" in r.json()["message"]
+        # course A's students get the reserved ones
+        for name in ("a02", "a03"):
+            hub.start(name, options={"profile": "gpu"})
+        assert {gpu_of_user(stack, n) for n in ("a02", "a03")} == set(reserved)
+        states = {g["uuid"]: g for g in console.state()["gpus"]}
+        assert all(states[u]["reserved_for"] == A for u in reserved)
+        # stop all of course A's servers from the console
+        reply = console.ok("POST", f"courses/{A}/stop", {})
+        assert sorted(s["user"] for s in reply["stopped"]) == ["a02", "a03"]
+        for name in ("a02", "a03"):
+            hub.wait(name, ready=False, timeout=60)
+    finally:
+        console.call("DELETE", f"reservations/{r.json().get('reservation', {}).get('id', 'none')}")
+        for res in console.state()["reservations"]:
+            console.call("DELETE", f"reservations/{res['id']}")
+        stop_all(hub, ["a02", "a03", "b02", "b03", "b04"])
+
+
+def test_a_shared_gpu_serves_4_students_and_refuses_the_fifth(stack, hub, console, course_stack):
+    shared = GPUS[0].uuid
+    console.ok("PUT", "shared", {"gpu": shared, "capacity": 4})
+    for g in GPUS[1:]:
+        console.ok("POST", "drained", {"gpu": g.uuid})
+    names = ["a04", "a05", "a06", "a07"]
+    try:
+        for name in names:
+            hub.start(name, options={"profile": "gpu"})
+        for name in names:
+            info = stack.inspect(stack.container_of(name))
+            assert info["Config"]["Labels"]["gpuhub.gpu.uuid"] == shared
+            assert info["HostConfig"]["DeviceRequests"][0]["DeviceIDs"] == [f"nvidia.com/gpu={shared}"]
+            assert "GPUHUB_GPU_SHARED_BY=4" in info["Config"]["Env"]
+        r = hub.api("POST", "/users/a08/server", json={"profile": "gpu"})
+        assert r.status_code == 503, r.text
+        assert "shared GPU #0 has all 4 seats taken" in r.json()["message"]
+        row = next(g for g in console.state()["gpus"] if g["uuid"] == shared)
+        assert row["shared"] and row["capacity"] == 4 and sorted(h["user"] for h in row["holders"]) == names
+    finally:
+        stop_all(hub, [*names, "a08"])
+        console.call("DELETE", f"shared/{shared}")
+        console.reset()
