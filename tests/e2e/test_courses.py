@@ -203,3 +203,47 @@ def test_a_shared_gpu_serves_4_students_and_refuses_the_fifth(stack, hub, consol
         stop_all(hub, [*names, "a08"])
         console.call("DELETE", f"shared/{shared}")
         console.reset()
+
+
+@pytest.mark.browser
+def test_the_console_page_imports_a_roster_shares_a_gpu_and_reserves(browser, stack, hub, console, course_stack):
+    from playwright.sync_api import expect
+
+    from conftest import ARTIFACTS
+    from test_console_browser import login
+
+    page = login(browser, stack, stack.env["HUB_ADMIN_USER"], stack.env["HUB_ADMIN_PASSWORD"])
+    page.goto(f"{stack.url}/services/gpu-console/")
+    expect(page.locator('#courses tr[data-course="ml101"] .students')).to_have_text("20", timeout=15_000)
+    # a roster pasted into the page: a dry run first, then for real
+    page.fill("#roster-text", "username,course,role\nprof-d,ds200,teacher\n"
+              + "".join(f"d{i},ds200,student\n" for i in range(5)) + "d9,ds200,wizard\n")
+    page.click("#roster-submit")
+    expect(page.locator("#roster-report")).to_contain_text("bad row, line 8: unknown role 'wizard'")
+    assert "ds200" not in [g["name"] for g in hub.api("GET", "/groups").json()]
+    page.uncheck("#roster-dry-run")
+    page.check("#roster-skip-bad")
+    page.click("#roster-submit")
+    expect(page.locator('#courses tr[data-course="ds200"] .students')).to_have_text("5", timeout=15_000)
+    expect(page.locator("#roster-report")).to_contain_text("ds200: 6 members, 5 students; teachers prof-d")
+    # GPU #3 shared by 4, GPU #0-#1 reserved for ml101 for the next hour
+    page.select_option("#share-gpu", GPUS[3].uuid)
+    page.fill("#share-capacity", "4")
+    page.click("#share-submit")
+    expect(page.locator(f'#shared tr[data-uuid="{GPUS[3].uuid}"]')).to_contain_text("0 of 4")
+    expect(page.locator(f'#gpu-table tr[data-uuid="{GPUS[3].uuid}"] .state')).to_contain_text("shared: 0 of 4 seats")
+    page.select_option("#reserve-course", "ml101")
+    page.fill("#reserve-gpus", "2")
+    page.evaluate("""() => {
+        const local = (d) => new Date(d - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+        document.getElementById('reserve-start').value = local(new Date(Date.now() - 60000));
+        document.getElementById('reserve-end').value = local(new Date(Date.now() + 3600000));
+    }""")
+    page.click("#reserve-submit")
+    expect(page.locator("#reservations tbody tr")).to_have_count(1, timeout=15_000)
+    expect(page.locator("#reservations tbody tr")).to_contain_text("ml101")
+    expect(page.locator(f'#gpu-table tr[data-uuid="{GPUS[0].uuid}"] .state')).to_contain_text("reserved for ml101")
+    page.screenshot(path=ARTIFACTS / "console-courses.png", full_page=True)
+    assert [r["course"] for r in console.state()["reservations"]] == ["ml101"]
+    assert console.state()["shared"] == {GPUS[3].uuid: 4}
+    console.reset()
