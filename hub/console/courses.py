@@ -286,7 +286,7 @@ class CourseDesk:
             reservation = Reservation(rid, f["course"], tuple(gpus), start, end, f.get("note", ""))
             intent = copy.deepcopy(view.intent)
             intent.reservations.append(reservation)
-            labels = ", ".join(f"#{view.gpus[u].index}" for u in gpus)
+            labels = ", ".join(f"#{i}" for i in sorted(view.gpus[u].index for u in gpus))
             detail = (f"reserved GPU{'s' if len(gpus) > 1 else ''} {labels} for course {f['course']} "
                       f"from {_iso(start)} to {_iso(end)}")
             reply = await self.console._commit(intent, {"action": "reserve", **reservation.to_json()},
