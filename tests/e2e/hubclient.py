@@ -57,8 +57,12 @@ class Stack:
         return out.stdout.split()
 
     def user_volumes(self) -> list[str]:
-        out = self.docker("volume", "ls", "--filter", f"name=^{self.prefix}-user-", "--format", "{{.Name}}")
-        return out.stdout.split()
+        """The users' work volumes and the courses' materials volumes."""
+        names = []
+        for kind in ("user", "course"):
+            out = self.docker("volume", "ls", "--filter", f"name=^{self.prefix}-{kind}-", "--format", "{{.Name}}")
+            names += out.stdout.split()
+        return names
 
     def down(self) -> None:
         """Remove everything the stack and its users created: containers, volumes, network."""

@@ -98,10 +98,11 @@ def test_course_profile_materials_read_only_for_students_and_nbgitpuller(stack, 
         hub.start("teach-a", options={"profile": A})
         teacher = server(stack, hub, "teach-a")
         out = teacher.execute(
-            "import os, subprocess, json\n"
+            "import os, subprocess, json, shutil\n"
             "d = '/home/jovyan/work/courses/ml101'\n"
             "open(d + '/syllabus.md', 'w').write('# ML 101\\n')\n"
             "repo = d + '/lab1.git'\n"
+            "shutil.rmtree(repo, ignore_errors=True)  # a materials volume outlives a test run\n"
             "nb = {'cells': [], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}\n"
             "os.makedirs(repo, exist_ok=True)\n"
             "json.dump(nb, open(repo + '/lab1.ipynb', 'w'))\n"
