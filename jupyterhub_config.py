@@ -3,7 +3,8 @@
 import os
 
 from hub.configure import configure_auth, configure_culler, configure_hub, configure_spawner
-from hub.configure import configure_console
+from hub.configure import configure_console, configure_recovery
+from hub import resilience
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
@@ -11,3 +12,5 @@ configure_auth(c, os.environ)
 configure_spawner(c, os.environ)
 configure_culler(c, os.environ)
 configure_console(c, os.environ)
+configure_recovery(c, os.environ)
+resilience.install(c)  # state volume and Docker engine watchdogs

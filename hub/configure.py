@@ -15,6 +15,7 @@ STATE_DIR = "/srv/jupyterhub/state"
 PROXY_TOKEN_FILE = "/run/proxy-token/token"
 NOTEBOOK_DIR = "/home/jovyan/work"
 PROFILES_FILE = "/srv/jupyterhub/profiles.yaml"
+TEMPLATES_DIR = str(Path(__file__).with_name("templates"))
 
 
 def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN_FILE) -> None:
@@ -157,6 +158,25 @@ def configure_console(c, env: Mapping[str, str]) -> None:
                    "admin:users", "admin:groups", "groups", "read:groups"],
         "services": [CONSOLE_NAME],
     }]
+
+
+def configure_recovery(c, env: Mapping[str, str]) -> None:
+    """How fast the hub notices and repairs what changed behind its back (README, "Faults").
+
+    - A restarted proxy starts with no routes; JupyterHub re-adds the missing ones when it
+      updates activity (every 300 s by default): every 10 s here.
+    - A server that stopped on its own (out of memory, crashed) is noticed by the poll (every
+      30 s by default): every 10 s here; the "not running" page then says why
+      (hub/templates/not_running.html, GPUDockerSpawner.stop_reason).
+    - The state volume and the Docker engine are watched (hub/resilience.py)."""
+    c.JupyterHub.last_activity_interval = 10
+    c.Spawner.poll_interval = 10
+    c.JupyterHub.template_paths = [*c.JupyterHub.get("template_paths", []), TEMPLATES_DIR]
+    from hub.spawner import GPUDockerSpawner
+
+    c.JupyterHub.template_vars = {**c.JupyterHub.get("template_vars", {}),
+                                  "gpuhub_stop_reason": GPUDockerSpawner.stop_reason_for}
+    c.HubGuards.state_dir = STATE_DIR
 
 
 def read_secret(path: str) -> str:

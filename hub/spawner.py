@@ -501,6 +501,67 @@ class GPUDockerSpawner(DockerSpawner):
             kwargs = self.harden_create_kwargs(kwargs)
         return asyncio.wrap_future(self.executor.submit(self._docker, method, *args, **kwargs))
 
+    # ---- why a server stopped on its own (shown on the next page load) --------------------
+
+    # (user, server) -> [message, set by the poll that noticed (kept through the stop it triggers)]
+    _stop_reasons: dict = {}
+
+    async def poll(self):
+        container_id = self.object_id
+        status = await super().poll()
+        key = (self.user.name, self.name or "")
+        if status is None:
+            GPUDockerSpawner._stop_reasons.pop(key, None)  # running: an old reason is stale
+        elif container_id and key not in GPUDockerSpawner._stop_reasons:
+            message = await self.stop_reason(container_id)
+            self.log.warning("Server of %s stopped on its own: %s", self._log_name, message)
+            GPUDockerSpawner._stop_reasons[key] = [message, True]
+        return status
+
+    async def stop(self, now=False):
+        key = (self.user.name, self.name or "")
+        reason = GPUDockerSpawner._stop_reasons.get(key)
+        if reason and reason[1]:
+            reason[1] = False  # the stop that the poll triggered: keep the reason for the page
+        else:
+            GPUDockerSpawner._stop_reasons.pop(key, None)  # a stop asked for: nothing to explain
+        return await super().stop(now=now)
+
+    async def stop_reason(self, container_id: str) -> str:
+        """Why the container ended, from the engine's events (the container itself is removed):
+        killed for memory ('oom'), or its exit code ('die')."""
+        def events():
+            until = int(time.time()) + 1
+            return list(self.client.events(since=until - 24 * 3600, until=until, decode=True,
+                                           filters={"container": container_id, "event": ["oom", "die"]}))
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(self.executor, events)
+        except Exception as exc:  # the engine's history is a help, not a must
+            self.log.info("No events for %s: %s", container_id[:12], exc)
+            found = []
+        keep = "Your files in work/ are kept; press Start to start it again."
+        if any(e.get("status", e.get("Action")) == "oom" for e in found):
+            limit = f" of {self.mem_limit / 2**30:.3g} GB" if self.mem_limit else ""
+            return ("Your server was stopped because it ran out of memory: it used all its memory"
+                    f"{limit}, and the system ended it. Use less memory (smaller data or batches, fewer "
+                    f"DataLoader workers) or a profile with more memory. {keep}")
+        codes = [e.get("Actor", {}).get("Attributes", {}).get("exitCode") for e in found
+                 if e.get("status", e.get("Action")) == "die"]
+        if codes and codes[-1] not in (None, "0"):
+            return f"Your server stopped unexpectedly (exit code {codes[-1]}). {keep}"
+        return f"Your server stopped. {keep}"
+
+    @staticmethod
+    def stop_reason_for(user) -> str:
+        """For the hub's pages (template_vars): why the user's default server stopped on its own."""
+        if user is None:
+            return ""
+        spawner = user.spawners.get("")  # .get: does not create a spawner
+        if spawner is not None and spawner.active:
+            return ""
+        reason = GPUDockerSpawner._stop_reasons.get((user.name, ""))
+        return reason[0] if reason else ""
+
 
 LAYER_STATUSES = ("Pulling fs layer", "Waiting", "Downloading", "Verifying Checksum",
                   "Download complete", "Extracting", "Pull complete", "Already exists")

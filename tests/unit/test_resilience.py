@@ -1,0 +1,129 @@
+"""hub/resilience.py: the state volume guard and the Docker engine watchdog, without a hub."""
+import asyncio
+import errno
+import os
+import socket
+import threading
+
+import pytest
+from traitlets.config import Config
+
+from hub import resilience
+from hub.configure import configure_recovery
+from hub.resilience import HubGuards, StateGuard, engine_reachable
+
+
+def test_probe_passes_on_a_writable_dir_and_leaves_nothing(tmp_path):
+    guard = StateGuard(str(tmp_path))
+    assert guard.current(now=0) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_is_refused_with_the_reason_and_the_fix(tmp_path, monkeypatch):
+    guard = StateGuard(str(tmp_path))
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(resilience.os, "write", full)
+    problem = guard.current(now=0)
+    assert f"({tmp_path}: No space left on device)" in problem
+    assert "free space on the volume" in problem and "keep their GPUs" in problem
+    monkeypatch.undo()
+    assert guard.current(now=1) is None  # writable again: the next request goes through
+
+
+def test_database_write_errors_refuse_for_a_while_then_the_probe_decides(tmp_path):
+    guard = StateGuard(str(tmp_path), db_hold=5)
+    guard.db_failed("(sqlite3.OperationalError) no such table: users", now=0)
+    assert guard.current(now=0) is None  # not a write problem
+    guard.db_failed("(sqlite3.OperationalError) attempt to write a readonly database\n[SQL: UPDATE ...]", now=10)
+    problem = guard.current(now=11)
+    assert "attempt to write a readonly database" in problem and "[SQL" not in problem
+    assert guard.current(now=16) is None
+
+
+def test_wrapped_jupyterhub_method_still_exists():
+    from jupyterhub.handlers.base import BaseHandler
+    assert asyncio.iscoroutinefunction(BaseHandler.prepare)
+
+
+def serve_once(path, reply: bytes):
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def run():
+        conn, _ = server.accept()
+        conn.recv(1024)
+        conn.sendall(reply)
+        conn.close()
+        server.close()
+    threading.Thread(target=run, daemon=True).start()
+
+
+def test_engine_ping(tmp_path):
+    sock = str(tmp_path / "docker.sock")
+    assert not engine_reachable(sock)  # no socket
+    serve_once(sock, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+    assert engine_reachable(sock)
+    os.unlink(sock)
+    serve_once(sock, b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    assert not engine_reachable(sock)
+
+
+def test_watchdog_stops_the_hub_after_the_failures_in_a_row(tmp_path):
+    dead = tmp_path / "docker.sock"
+    dead.write_text("")  # exists, but nobody answers: a restarted daemon's old socket
+    guards = HubGuards(config=Config({"HubGuards": {"docker_socket": str(dead), "engine_check_interval": 0.01,
+                                                    "engine_failures": 3}}))
+    stopped = []
+    asyncio.run(asyncio.wait_for(guards.watch_engine(stop=lambda: stopped.append(True)), 10))
+    assert stopped == [True]
+
+
+def test_recovery_settings():
+    c = Config()
+    configure_recovery(c, {})
+    assert c.JupyterHub.last_activity_interval == 10 and c.Spawner.poll_interval == 10
+    assert any(os.path.isfile(os.path.join(p, "not_running.html")) for p in c.JupyterHub.template_paths)
+    assert callable(c.JupyterHub.template_vars["gpuhub_stop_reason"])
+    assert c.HubGuards.state_dir == "/srv/jupyterhub/state"
+
+
+@pytest.mark.parametrize("active,expected", [(False, "ran out of memory"), (True, "")])
+def test_stop_reason_shown_only_while_not_running(active, expected):
+    from hub.spawner import GPUDockerSpawner
+
+    class FakeSpawner:
+        pass
+    spawner = FakeSpawner()
+    spawner.active = active
+
+    class FakeUser:
+        name = "oomer"
+        spawners = {"": spawner}
+    GPUDockerSpawner._stop_reasons[("oomer", "")] = ["Your server ... ran out of memory ...", False]
+    try:
+        assert (expected in GPUDockerSpawner.stop_reason_for(FakeUser())) if expected else \
+            GPUDockerSpawner.stop_reason_for(FakeUser()) == ""
+        assert GPUDockerSpawner.stop_reason_for(None) == ""
+    finally:
+        GPUDockerSpawner._stop_reasons.clear()
+
+
+@pytest.mark.parametrize("method,path,body,refused", [
+    ("POST", "/hub/api/users/a/server", b"[]", True),
+    ("POST", "/hub/api/users/a/servers/named", b'"gpu"', True),
+    ("POST", "/hub/api/users/a/server", b'{"profile": "gpu"}', False),
+    ("POST", "/hub/api/users/a/server", b"", False),
+    ("POST", "/hub/api/users/a/server", b"not json", False),  # JupyterHub's own 400
+    ("POST", "/hub/api/users", b'{"usernames": [1, 2]}', True),
+    ("POST", "/hub/api/users", b'{"usernames": "alice"}', True),
+    ("POST", "/hub/api/users", b'{"usernames": ["alice", "bob"]}', False),
+    ("POST", "/prefix/hub/api/users", b"[]", True),
+    ("GET", "/hub/api/users", b"[]", False),
+    ("POST", "/hub/api/users/a/tokens", b"[]", False),
+])
+def test_api_bodies_jupyterhub_would_answer_with_500(method, path, body, refused):
+    from hub.resilience import malformed_api_body
+    assert bool(malformed_api_body(method, path, body)) is refused
