@@ -17,7 +17,7 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
-.PHONY: up down images test test-images unit e2e storm bench
+.PHONY: up down images test test-images unit e2e storm bench reliability
 
 up: .env images
 	$(COMPOSE) up -d --wait
@@ -76,3 +76,11 @@ storm: $(VENV)/.installed test-images
 # Floor vs. stock DockerSpawner vs. ours, one run, side by side: bench/results/latest.{json,png}
 bench: $(VENV)/.installed test-images
 	@$(export_local_bases); $(VENV)/bin/python bench/run.py
+
+# Load, faults (including a Docker daemon restart), data, bad input and isolation against the
+# real engine (README, "Reliability"); prints one JSON line, exits 1 if anything failed or was lost.
+reliability: $(VENV)/.installed test-images
+	@rm -f tests/artifacts/reliability.json; start=$$(date +%s); \
+	 GPUHUB_RELIABILITY_FULL=1 GPUHUB_LOAD_USERS=30 GPUHUB_FUZZ_EXAMPLES=100 PYTHONPATH=tests/e2e \
+	   $(VENV)/bin/python -m pytest -p reliability tests/e2e/test_reliability_*.py -q -rA; status=$$?; \
+	 $(VENV)/bin/python tests/e2e/reliability.py $$(( $$(date +%s) - start )) || status=1; exit $$status

@@ -1,0 +1,71 @@
+"""The Docker daemon itself, for the fault tests: enable live-restore and restart dockerd.
+
+Restarting the daemon is what an admin's `systemctl restart docker` (or an engine upgrade)
+does. Where dockerd runs under systemd this uses systemctl; elsewhere (this project's test
+machines start it with ../shared/engine/install-docker.sh) it stops the running dockerd by
+its pid file and starts it again with the same command line and PATH, detached.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+DAEMON_JSON = Path("/etc/docker/daemon.json")
+PID_FILE = Path("/var/run/docker.pid")
+
+
+def docker_ok() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+
+
+def live_restore_enabled() -> bool:
+    out = subprocess.run(["docker", "info", "--format", "{{.LiveRestoreEnabled}}"],
+                         capture_output=True, text=True, timeout=30).stdout.strip()
+    return out == "true"
+
+
+def enable_live_restore() -> None:
+    """"live-restore": true in daemon.json (keeping everything else), applied with SIGHUP:
+    live-restore is one of the settings dockerd reloads without a restart."""
+    config = json.loads(DAEMON_JSON.read_text()) if DAEMON_JSON.exists() else {}
+    if config.get("live-restore") is not True:
+        config["live-restore"] = True
+        DAEMON_JSON.write_text(json.dumps(config, indent=1) + "\n")
+    os.kill(int(PID_FILE.read_text()), signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while not live_restore_enabled():
+        if time.monotonic() > deadline:
+            raise RuntimeError("dockerd did not enable live-restore after SIGHUP")
+        time.sleep(0.5)
+
+
+def _systemd_docker() -> bool:
+    return subprocess.run(["systemctl", "is-active", "--quiet", "docker"], capture_output=True).returncode == 0
+
+
+def restart_daemon(timeout: float = 90) -> float:
+    """Restart dockerd; return the seconds until `docker info` answered again."""
+    t0 = time.monotonic()
+    if _systemd_docker():
+        subprocess.run(["systemctl", "restart", "docker"], check=True, timeout=timeout)
+    else:
+        pid = int(PID_FILE.read_text())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        environ = dict(line.split(b"=", 1) for line in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in line)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd (pid {pid}) did not stop within {timeout}s")
+            time.sleep(0.2)
+        with open("/var/log/dockerd.log", "ab") as log:
+            subprocess.Popen(argv, env=environ, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not docker_ok():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"dockerd did not answer within {timeout}s of its restart")
+        time.sleep(0.2)
+    return time.monotonic() - t0
