@@ -54,6 +54,8 @@ def parse_object(body: bytes | str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConsoleError(400, f"the request body is not valid JSON ({exc.msg} at line "
                                 f"{exc.lineno} column {exc.colno})") from None
+    except RecursionError:  # json gives up on deep nesting ([[[[…) with Python's stack
+        raise ConsoleError(400, "the request body is nested too deeply: send a flat JSON object") from None
     if not isinstance(data, dict):
         raise ConsoleError(400, f"the request body must be a JSON object, not {_kind(data)}")
     return data

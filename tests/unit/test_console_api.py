@@ -200,6 +200,8 @@ BAD = [
     ("POST", "pins", '"alice"', 400, "must be a JSON object"),
     ("POST", "pins", "null", 400, "must be a JSON object"),
     ("POST", "pins", b"\xff\xfe", 400, "not UTF-8"),
+    ("PUT", "access", "[" * 1000, 400, "nested too deeply"),
+    ("POST", "courses/roster", "[" * 100000, 400, "nested too deeply"),
     ("POST", "pins", {"user": "alice", "gpu": U, "force": True}, 400, "unknown field 'force'"),
     ("POST", "pins", {"gpu": U}, 400, "missing field 'user'"),
     ("POST", "pins", {"user": "alice"}, 400, "missing field 'gpu'"),
