@@ -256,6 +256,7 @@ class GPUDockerSpawner(DockerSpawner):
             host_config = self.client.create_host_config(
                 binds=[f"{volume}:/materials"], network_mode="none", cap_drop=["ALL"], cap_add=["CHOWN"],
                 security_opt=["no-new-privileges:true"])
+            # Not self.docker("create_container"): that adds the user's labels, limits and mounts.
             created = await asyncio.wrap_future(self.executor.submit(
                 self._docker, "create_container", self.image, command=["chown", "1000:100", "/materials"],
                 user="root", entrypoint=[], host_config=host_config,

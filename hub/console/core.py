@@ -247,16 +247,20 @@ class Console:
             holders.update(alloc.unknown_held())
             all_holders = {u: alloc.holders_of(u) for u in holders}
         containers: dict[str, dict] = {}  # uuid -> the first holder's container
+        by_holder: dict[tuple[str, str, str], dict] = {}  # every holder's, for a shared GPU
         for d in details:
-            for uuid in held_from_containers([d], self.label_prefix, inventory=self.manager.inventory):
+            for uuid, h in held_from_containers([d], self.label_prefix, inventory=self.manager.inventory).items():
                 containers.setdefault(uuid, d)
-        by_holder = {(uuid, h.user, h.server): d for d in details  # every holder of a shared GPU
-                     for uuid, h in held_from_containers([d], self.label_prefix, inventory=self.manager.inventory).items()}
+                by_holder[(uuid, h.user, h.server)] = d
         return View(intent, rows, {g.uuid: g for g in self.manager.inventory}, holders, containers,
                     all_holders, by_holder, now)
 
     def _container_of(self, view: View, uuid: str) -> dict[str, Any]:
-        d = view.containers.get(uuid) or {}
+        return self._describe(view.containers.get(uuid))
+
+    def _describe(self, d: dict | None) -> dict[str, Any]:
+        """A holder's container: its name, hub instance, and whether this hub started it."""
+        d = d or {}
         labels = (d.get("Config") or {}).get("Labels") or {}
         return {"name": (d.get("Name") or "").lstrip("/") or None,
                 "instance": labels.get(f"{self.label_prefix}.instance"),
@@ -332,13 +336,11 @@ class Console:
         }
 
     def _holder_json(self, view: View, uuid: str, h: Holder, servers: dict | None) -> dict[str, Any]:
-        d = view.by_holder.get((uuid, h.user, h.server)) or {}
-        labels = (d.get("Config") or {}).get("Labels") or {}
-        this_hub = bool(labels.get(f"{self.label_prefix}.user")) and labels.get(f"{self.label_prefix}.instance") == self.instance
-        server = (servers or {}).get((h.user, h.server)) if this_hub else None
+        container = self._describe(view.by_holder.get((uuid, h.user, h.server)))
+        server = (servers or {}).get((h.user, h.server)) if container["this_hub"] else None
         return {"user": h.user, "server": h.server, "since": h.since,
                 "since_iso": _iso(h.since) if h.since else None,
-                "container": (d.get("Name") or "").lstrip("/") or None, "this_hub": this_hub,
+                "container": container["name"], "this_hub": container["this_hub"],
                 "ready": bool(server and server.get("ready"))}
 
     async def names(self) -> dict[str, list[str]]:

@@ -8,6 +8,7 @@ before anything is written, and leaves one audit line.
 """
 from __future__ import annotations
 
+import asyncio
 import copy
 import re
 import secrets
@@ -18,6 +19,7 @@ from typing import Any
 from hub import courses as courses_
 from hub.console.core import Console, ConsoleError, _check, check_fields
 from hub.gpus.allocator import MAX_SHARED_CAPACITY, Reservation
+from hub.gpus.manager import load_intent
 
 MAX_ROSTER_BYTES = 1024 * 1024
 MAX_RESERVATION_DAYS = 31
@@ -67,7 +69,10 @@ class CourseDesk:
     async def listing(self) -> dict[str, Any]:
         courses = await self.courses()
         servers = await self.hub.active_servers()
-        intent = (await self.console.view()).intent
+        try:  # only the reservations: the intent file, not a reconcile with the engine
+            intent = await asyncio.to_thread(load_intent, self.console.manager.intent_file)
+        except ValueError as exc:  # a broken intent file, as view() reports it
+            raise ConsoleError(500, str(exc)) from None
         now = self.console.clock()
         out = []
         for name, c in sorted(courses.items()):
@@ -154,7 +159,7 @@ class CourseDesk:
     # -- course settings and actions --------------------------------------------------------------
 
     async def update(self, name: str, body: dict, who: str, via: str) -> dict[str, Any]:
-        note = body.pop("note", "") if isinstance(body.get("note", ""), str) else _check("note", "note", body["note"])
+        note = _check("note", "note", body.pop("note", ""))
         try:
             settings = courses_.check_settings(body)
         except ValueError as exc:
@@ -236,7 +241,6 @@ class CourseDesk:
                 except Exception as exc:  # noqa: BLE001 - 404: gone already; 409: removal in progress
                     status = getattr(getattr(exc, "response", None), "status_code", None)
                     if status == 409 and time.monotonic() < deadline:
-                        import asyncio
                         await asyncio.sleep(0.5)
                         continue
                     if status not in (404, 409):
