@@ -1,9 +1,15 @@
 """`make bench`: spawn latency, bursts, memory and proxy overhead of three setups, side by side
 in one run on this machine, with the same single-user image:
 
-  floor  `docker run` of the single-user image until JupyterLab answers (no hub)
-  stock  jupyterhub-deploy-docker's hub (bench/stock/), same JupyterHub version
-  ours   this repository's compose deployment (bench/ours.env: CPU-only servers, like stock)
+  floor  `docker run` of the single-user image until JupyterLab answers (no hub): one at a
+         time, then as many at once as the largest burst
+  stock  jupyterhub-deploy-docker's hub (bench/stock/), same JupyterHub version; its servers
+         run the image's CMD (jupyterhub-singleuser)
+  ours   this repository's compose deployment (bench/ours.env: CPU-only servers, like stock);
+         its spawner runs the image's lean command and takes turns (hub/spawner.py)
+
+A hub's spawn is timed as a browser waits for it: from the start request, on JupyterHub's
+progress stream until "ready", then until the server answers through the proxy.
 
 Writes bench/results/<UTC time>.json, bench/results/latest.json and bench/results/latest.png.
 Options: --runs N (single spawns per setup, default 5), --bursts 10,30.
@@ -53,9 +59,8 @@ def summary(values: list[float]) -> dict:
             "min_s": round(min(values), 3), "max_s": round(max(values), 3), "runs": len(values)}
 
 
-def wait_http(url: str, headers: dict | None = None, timeout: float = READY_TIMEOUT,
-              gone=lambda: False) -> float | None:
-    """Seconds until url answers 200, or None on timeout or when gone() says it never will."""
+def wait_http(url: str, headers: dict | None = None, timeout: float = READY_TIMEOUT) -> float | None:
+    """Seconds until url answers 200, or None on timeout."""
     t0 = time.monotonic()
     with requests.Session() as s:
         while time.monotonic() - t0 < timeout:
@@ -64,8 +69,6 @@ def wait_http(url: str, headers: dict | None = None, timeout: float = READY_TIME
                     return time.monotonic() - t0
             except requests.RequestException:
                 pass
-            if gone():
-                return None
             time.sleep(0.1)
     return None
 
@@ -101,20 +104,41 @@ def load_rps(url: str, headers: dict, seconds: int = 5) -> float:
 
 # ---- floor: docker run, no hub -----------------------------------------------------------------
 
-def bench_floor(runs: int) -> dict:
+def floor_start(i: int) -> float | None:
+    """docker run of the image's JupyterLab until it answers, no hub; None if it never did."""
+    name, port = f"gpuhubbench-floor-{i}", 18100 + i
+    t0 = time.monotonic()
+    sh("docker", "run", "-d", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8888", IMAGE,
+       "jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--IdentityProvider.token=bench")
+    answered = wait_http(f"http://127.0.0.1:{port}/api/status", {"Authorization": "token bench"})
+    return None if answered is None else time.monotonic() - t0
+
+
+def floor_cleanup() -> None:
+    names = sh("docker", "ps", "-aq", "--filter", "name=^gpuhubbench-floor-").split()
+    if names:
+        sh("docker", "rm", "-f", *names, check=False)
+
+
+def bench_floor(runs: int, burst: int) -> dict:
     times = []
     for i in range(runs):
-        name = f"gpuhubbench-floor-{i}"
-        t0 = time.monotonic()
-        sh("docker", "run", "-d", "--rm", "--name", name, "-p", "127.0.0.1:18040:8888", IMAGE,
-           "jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--IdentityProvider.token=bench")
-        answered = wait_http("http://127.0.0.1:18040/api/status", {"Authorization": "token bench"})
-        times.append(time.monotonic() - t0 if answered is not None else float("inf"))
+        t = floor_start(i)
+        times.append(t if t is not None else float("inf"))
         if i == 0:
             time.sleep(5)
-            idle = memory_mb([name])[name]
-        sh("docker", "rm", "-f", name)
-    return {"single_spawn": summary(times), "idle_server_mb": round(idle, 1)}
+            idle = memory_mb([f"gpuhubbench-floor-{i}"])[f"gpuhubbench-floor-{i}"]
+        floor_cleanup()
+    # The same starts, all at once: what the machine itself allows, with no hub in the way.
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(burst) as pool:
+        outcomes = list(pool.map(floor_start, range(burst)))
+    ready = [t for t in outcomes if t is not None]
+    burst_entry = {"users": burst, "ready": len(ready), "failed": burst - len(ready),
+                   "last_ready_s": round(max(ready), 3) if ready else None, "wall_s": round(time.monotonic() - t0, 3)}
+    floor_cleanup()
+    log(f"floor: burst {burst}: {burst_entry}")
+    return {"single_spawn": summary(times), f"burst_{burst}": burst_entry, "idle_server_mb": round(idle, 1)}
 
 
 # ---- a hub (ours or stock) through its REST API ------------------------------------------------
@@ -127,18 +151,32 @@ class HubUnderTest:
         self.user_prefix = user_prefix
 
     def start_and_time(self, name: str) -> float | None:
-        """Request -> the user's server answering through the proxy; None if it failed."""
+        """Request -> the user's server answering through the proxy; None if it failed.
+
+        Waits as a browser on the spawn page does: on JupyterHub's progress stream (one open
+        request) until "ready", then asks the server itself through the proxy."""
         self.hub.create_user(name)
         t0 = time.monotonic()
         r = self.hub.api("POST", f"/users/{name}/server")
-        if r.status_code not in (201, 202):
+        if r.status_code not in (201, 202) or not self.ready_event(name):
             return None
-
-        def gone():
-            server = self.hub.user(name)["servers"].get("")
-            return server is None or (not server["pending"] and not server["ready"])
-        answered = wait_http(f"{self.url}/user/{name}/api", {"Authorization": f"token {self.token}"}, gone=gone)
+        answered = wait_http(f"{self.url}/user/{name}/api", {"Authorization": f"token {self.token}"}, timeout=30)
         return None if answered is None else time.monotonic() - t0
+
+    def ready_event(self, name: str) -> bool:
+        """True once the spawn's progress stream says ready; False when it says failed."""
+        with requests.Session() as s:
+            try:
+                with s.get(f"{self.url}/hub/api/users/{name}/server/progress", stream=True, timeout=READY_TIMEOUT,
+                           headers={"Authorization": f"token {self.token}"}) as r:
+                    for line in r.iter_lines(decode_unicode=True):
+                        if line and line.startswith("data:"):
+                            event = json.loads(line[5:])
+                            if event.get("ready") or event.get("failed"):
+                                return bool(event.get("ready"))
+            except requests.RequestException as exc:
+                log(f"{self.label}: progress of {name}: {exc}")
+        return False
 
     def stop_all(self, names: list[str]) -> None:
         def stop(name):
@@ -236,6 +274,8 @@ def ratios(r: dict) -> dict:
         "single_spawn_p50_ours_over_floor": ratio(ours["single_spawn"]["p50_s"], floor["single_spawn"]["p50_s"]),
         "single_spawn_p50_ours_over_stock": ratio(ours["single_spawn"]["p50_s"], stock["single_spawn"]["p50_s"]),
         f"burst_{big}_last_ready_ours_over_stock": ratio(ours[f"burst_{big}"]["last_ready_s"], stock[f"burst_{big}"]["last_ready_s"]),
+        f"burst_{big}_last_ready_ours_over_floor": ratio(ours[f"burst_{big}"]["last_ready_s"], floor[f"burst_{big}"]["last_ready_s"]),
+        f"burst_{big}_last_ready_stock_over_floor": ratio(stock[f"burst_{big}"]["last_ready_s"], floor[f"burst_{big}"]["last_ready_s"]),
     }
 
 
@@ -255,13 +295,14 @@ def plot(r: dict, path: Path) -> None:
     axes[0].set_title("Single spawn: Start → server answers")
     axes[0].legend()
     bursts = sorted(int(k.split("_")[1]) for k in r["ours"] if k.startswith("burst_"))
-    for i, s in enumerate(["stock", "ours"]):
-        last = [r[s][f"burst_{n}"]["last_ready_s"] or 0 for n in bursts]
-        failed = [r[s][f"burst_{n}"]["failed"] for n in bursts]
-        xs = [x + (i - 0.5) * 0.4 for x in range(len(bursts))]
-        bars = axes[1].bar(xs, last, 0.4, label=s)
+    for i, s in enumerate(setups):
+        last = [(r[s].get(f"burst_{n}") or {}).get("last_ready_s") or 0 for n in bursts]
+        failed = [(r[s].get(f"burst_{n}") or {}).get("failed") for n in bursts]
+        xs = [x + (i - 1) * 0.27 for x in range(len(bursts))]
+        bars = axes[1].bar(xs, last, 0.27, label=s)
         for bar, f in zip(bars, failed):
-            axes[1].annotate(f"{f} failed", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+            if f is not None:
+                axes[1].annotate(f"{f} failed", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
     axes[1].set_xticks(range(len(bursts)), [f"{n} users" for n in bursts])
     axes[1].set_ylabel("seconds until the last is ready")
     axes[1].set_title("Burst: everyone presses Start")
@@ -287,7 +328,7 @@ def main() -> int:
               "machine": f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
               "image": IMAGE, "runs": args.runs}
     log("floor")
-    result["floor"] = bench_floor(args.runs)
+    result["floor"] = bench_floor(args.runs, max(bursts))
     log("stock")
     result["stock"] = bench_stock(args.runs, bursts)
     log("ours")

@@ -80,6 +80,8 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     timeout = settings.positive_int(env, "SPAWN_TIMEOUT", "120")
     c.Spawner.start_timeout = timeout
     c.Spawner.http_timeout = timeout
+    if env.get("SPAWN_CONCURRENCY", "").strip():  # unset: the number of CPUs (the traitlet's default)
+        c.GPUDockerSpawner.concurrent_starts = settings.positive_int(env, "SPAWN_CONCURRENCY", "2")
 
 
 def configure_profiles(c, path: str) -> None:

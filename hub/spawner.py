@@ -12,8 +12,10 @@ carries its GPU in a label and in a device request by UUID. A container that get
 runs with ``NVIDIA_VISIBLE_DEVICES=void`` so that no runtime default can hand it one.
 """
 import asyncio
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import docker.errors
@@ -30,6 +32,8 @@ from hub.gpus.manager import GPUManager, choose_style, device_request
 from hub.naming import safe_slug
 
 LABEL_PREFIX = "gpuhub"
+# Image label naming a leaner start command than the image's CMD (images/singleuser/gpuhub_singleuser.py)
+SINGLEUSER_COMMAND_LABEL = "gpuhub.singleuser-command"
 
 
 class GPUUnavailable(web.HTTPError):
@@ -60,6 +64,22 @@ class GPUDockerSpawner(DockerSpawner):
         8,
         config=True,
         help="Threads (and Docker API connections) shared by all spawners for Docker calls.",
+    )
+    concurrent_starts = Int(
+        config=True,
+        help="""Most servers that start at the same time; the rest wait their turn (the spawn
+        page says so). A server start is CPU-bound (Python importing JupyterLab), so 30 at once
+        on a 2-CPU host take longer, all of them, than 2 or 3 at a time (bench/, README
+        "Performance"). A turn lasts from creating the container until the server answers;
+        image pulls happen before it. Default: the CPUs this hub may use, at least 2.""",
+    )
+    server_extensions_off = List(
+        Unicode(),
+        ["jupyter_lsp"],
+        config=True,
+        help="""Jupyter server extensions not loaded in users' servers. jupyter_lsp (installed with
+        JupyterLab) scans the Python environment for language servers at every start, and the
+        image has none; remove it from this list if your image adds some (e.g. python-lsp-server).""",
     )
     label_prefix = Unicode(
         LABEL_PREFIX,
@@ -128,6 +148,18 @@ class GPUDockerSpawner(DockerSpawner):
     gpu_uuid = None  # the GPU this server holds, if any
     gpu_shared_by = 1  # how many servers may share that GPU
     _gpu_manager = None  # one per hub process, shared by all spawners
+    _start_turns = None  # (event loop, semaphore of concurrent_starts), shared by all spawners
+    _starts_waiting = 0
+
+    @default("concurrent_starts")
+    def _default_concurrent_starts(self):
+        return max(2, len(os.sched_getaffinity(0)))
+
+    @validate("concurrent_starts")
+    def _validate_concurrent_starts(self, proposal):
+        if proposal.value < 1:
+            raise TraitError(f"concurrent_starts={proposal.value}: use at least 1 (default: the number of CPUs)")
+        return proposal.value
 
     @validate("gpu_request_style")
     def _validate_gpu_request_style(self, proposal):
@@ -293,26 +325,86 @@ class GPUDockerSpawner(DockerSpawner):
             await self._progress_signal.wait()
 
     async def start(self):
-        ip, port = await super().start()
-        self.emit_progress(90, "Container started; waiting for JupyterLab to answer")
-        await self.wait_for_port(ip, port)
+        image_option = self.user_options.get("image")
+        if image_option:  # as DockerSpawner.start does: never pull an image that is not allowed
+            self.image = await self.check_allowed(image_option)
+        await self.pull_image(self.image)  # before taking a turn: a pull may take minutes
+        async with self.start_turn():
+            ip, port = await super().start()
+            self.emit_progress(90, "Container started; waiting for JupyterLab to answer")
+            await self.wait_for_port(ip, port)
         return ip, port
 
+    @asynccontextmanager
+    async def start_turn(self):
+        """One of concurrent_starts turns to start a server, waiting (and saying so) if all are taken."""
+        cls = GPUDockerSpawner
+        loop = asyncio.get_running_loop()
+        if cls._start_turns is None or cls._start_turns[0] is not loop:
+            cls._start_turns = (loop, asyncio.Semaphore(self.concurrent_starts))
+        turns = cls._start_turns[1]
+        if turns.locked():
+            ahead = cls._starts_waiting
+            cls._starts_waiting += 1
+            self.log.info("Start of %s waits its turn (%d ahead)", self._log_name, ahead)
+            self.emit_progress(5, f"Waiting to start: {self.concurrent_starts} servers are starting now"
+                                  f"{f' and {ahead} more are waiting before yours' if ahead else ''}")
+            try:
+                await turns.acquire()
+            finally:
+                cls._starts_waiting -= 1
+        else:
+            await turns.acquire()
+        try:
+            yield
+        finally:
+            turns.release()
+
     async def wait_for_port(self, ip: str, port: int, interval: float = 0.05) -> None:
-        """Return as soon as the server accepts connections (or http_timeout has passed).
+        """Return as soon as the server accepts connections, its container has stopped, or
+        http_timeout has passed.
 
         JupyterHub checks a new server with exponential backoff (0.2 s, 0.4 s, 0.8 s, 1.6 s,
         ...), which adds up to a second to every start; probing the port every 50 ms here
-        means its first check succeeds."""
+        means its first check succeeds. A container that stopped (a broken image) ends the
+        wait at once, so it does not hold a start turn until the timeout."""
         deadline = time.monotonic() + self.http_timeout
+        next_state_check = time.monotonic() + 1
         while time.monotonic() < deadline:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
             except (OSError, asyncio.TimeoutError):
+                if time.monotonic() >= next_state_check:
+                    next_state_check = time.monotonic() + 1
+                    if not await self.container_running():
+                        return
                 await asyncio.sleep(interval)
                 continue
             writer.close()
             return
+
+    async def container_running(self) -> bool:
+        try:
+            info = await self.docker("inspect_container", self.object_id)
+        except docker.errors.NotFound:
+            return False
+        return bool(info["State"]["Running"])
+
+    async def get_command(self):
+        """The image's leaner start command where its label names one, else DockerSpawner's
+        (``cmd`` if set, else the image's CMD); then the arguments."""
+        if self.cmd:
+            return await super().get_command()
+        config = (await self.docker("inspect_image", self.image))["Config"]
+        command = (config.get("Labels") or {}).get(SINGLEUSER_COMMAND_LABEL)
+        return ([command] if command else config["Cmd"]) + self.get_args()
+
+    def get_args(self):
+        args = super().get_args()
+        if self.server_extensions_off:
+            off = {name: False for name in self.server_extensions_off}
+            args.append(f"--ServerApp.jpserver_extensions={off!r}")
+        return args
 
     async def pull_with_progress(self, repo: str, tag: str) -> None:
         """docker pull, reporting layers and bytes as it goes, on the shared thread pool."""

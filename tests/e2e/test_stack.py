@@ -61,6 +61,20 @@ def test_user_server_limits_kernel_and_persistent_files(stack, hub):
     assert work["Type"] == "volume" and work["Name"] == container.replace(stack.prefix, f"{stack.prefix}-user", 1)
     assert stack.docker("exec", container, "stat", "-c", "%u", "/home/jovyan/work").stdout.strip() == "1000"
 
+    # Started by the image's lean command, without jupyter_lsp (GPUDockerSpawner.server_extensions_off)
+    command = info["Config"]["Cmd"]
+    assert command[0] == "gpuhub-singleuser", command
+    assert "--ServerApp.jpserver_extensions={'jupyter_lsp': False}" in command, command
+    log = stack.docker("logs", container).stderr
+    assert "jupyterlab | extension was successfully loaded" in log, log[-3000:]
+    assert "jupyter_lsp | extension was successfully loaded" not in log, log[-3000:]
+    # ... whose imports, with the image's real jupyter_server, leave out the hub's database layer
+    lean = stack.docker("exec", container, "python", "-c",
+                        "import runpy, sys; runpy.run_path('/usr/local/bin/gpuhub-singleuser')['lean_imports'](); "
+                        "import jupyterhub.singleuser, jupyterhub.singleuser.extension; "
+                        "print([m for m in ('jupyterhub.handlers.base', 'alembic', 'sqlalchemy.orm') if m in sys.modules])")
+    assert lean.stdout.strip() == "[]", lean
+
     user = UserServer(stack.url, server["url"], hub.s.headers["Authorization"].split()[1])
     # A real kernel imports torch and reports its version
     out = user.execute("import torch, os; print(torch.__version__, os.getuid(), torch.cuda.is_available())")

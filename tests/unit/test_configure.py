@@ -71,6 +71,11 @@ def test_spawner_from_env():
     assert (c.DockerSpawner.mem_limit, c.DockerSpawner.cpu_limit) == (16 * 2**30, 0.5)
     assert (c.GPUDockerSpawner.shm_size, c.GPUDockerSpawner.pids_limit) == (2 * 2**30, 300)
     assert c.Spawner.start_timeout == c.Spawner.http_timeout == 45
+    assert "concurrent_starts" not in c.GPUDockerSpawner  # unset: the spawner counts the CPUs
+    configure_spawner(c, {"SPAWN_CONCURRENCY": "3"})
+    assert c.GPUDockerSpawner.concurrent_starts == 3
+    with pytest.raises(ConfigError, match="SPAWN_CONCURRENCY='0'"):
+        configure_spawner(Config(), {"SPAWN_CONCURRENCY": "0"})
 
 
 def test_bad_spawner_setting_stops_with_the_variable_named():

@@ -127,3 +127,81 @@ def test_spawn_form_tells_of_shared_gpus_and_that_memory_is_not_isolated():
     assert "0 of 4</strong> GPUs free" in html and "<strong>3</strong> seats on 1 shared GPU (up to 4 users each)" in html
     assert "not isolated" in html and "none free now" not in html
     assert "none free now" in render_form([p, p], 4, 0, {})
+
+
+def test_starts_take_turns_and_the_waiting_are_told(monkeypatch):
+    import asyncio
+
+    GPUDockerSpawner._start_turns, GPUDockerSpawner._starts_waiting = None, 0
+    spawners = [make_spawner(f"u{i}", concurrent_starts=2) for i in range(5)]
+    running, most = [0], [0]
+
+    async def start(s):
+        async with s.start_turn():
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            await asyncio.sleep(0.02)
+            running[0] -= 1
+
+    async def all_at_once():
+        await asyncio.gather(*(start(s) for s in spawners))
+    asyncio.run(all_at_once())
+    assert most[0] == 2
+    told = [[e["message"] for e in (s._progress_events or [])] for s in spawners]
+    assert told[:2] == [[], []]  # the first two start at once
+    assert told[2] == ["Waiting to start: 2 servers are starting now"]
+    assert told[4] == ["Waiting to start: 2 servers are starting now and 2 more are waiting before yours"]
+    assert GPUDockerSpawner._starts_waiting == 0
+    # a turn is given back when the start fails or is cancelled
+    async def failing():
+        with pytest.raises(RuntimeError):
+            async with spawners[0].start_turn():
+                raise RuntimeError("create failed")
+        await asyncio.wait_for(start(spawners[1]), timeout=1)
+        await asyncio.wait_for(start(spawners[2]), timeout=1)
+    asyncio.run(failing())
+
+
+def test_concurrent_starts_default_to_the_cpus_and_are_validated(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert make_spawner().concurrent_starts == 6
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert make_spawner().concurrent_starts == 2
+    with pytest.raises(TraitError, match="at least 1"):
+        make_spawner(concurrent_starts=-1)
+
+
+def test_command_is_the_images_lean_start_when_its_label_names_one(monkeypatch):
+    import asyncio
+
+    images = {"ours": {"Config": {"Cmd": ["jupyterhub-singleuser"], "Labels": {"gpuhub.singleuser-command": "gpuhub-singleuser"}}},
+              "other": {"Config": {"Cmd": ["start-singleuser.sh"], "Labels": None}}}
+
+    async def fake_docker(self, method, *args, **kwargs):
+        assert method == "inspect_image"
+        return images[args[0]]
+    monkeypatch.setattr(GPUDockerSpawner, "docker", fake_docker)
+    monkeypatch.setattr("jupyterhub.spawner.Spawner.get_args", lambda self: ["--debug"])
+    off = "--ServerApp.jpserver_extensions={'jupyter_lsp': False}"
+    assert asyncio.run(make_spawner(image="ours").get_command()) == ["gpuhub-singleuser", "--debug", off]
+    assert asyncio.run(make_spawner(image="other").get_command()) == ["start-singleuser.sh", "--debug", off]
+    # An admin's cmd wins; an empty list loads every installed extension
+    s = make_spawner(image="ours", cmd=["my-start"], server_extensions_off=[])
+    assert asyncio.run(s.get_command()) == ["my-start", "--debug"]
+
+
+def test_waiting_for_the_server_ends_when_its_container_stops(monkeypatch):
+    import asyncio
+    import time
+
+    s = make_spawner()
+    s.object_id = "abc"
+    s.http_timeout = 30
+    states = iter([True, False])
+
+    async def running(self):
+        return next(states)
+    monkeypatch.setattr(GPUDockerSpawner, "container_running", running)
+    t0 = time.monotonic()
+    asyncio.run(s.wait_for_port("127.0.0.1", 9))  # nothing listens on port 9
+    assert 1.5 < time.monotonic() - t0 < 5
