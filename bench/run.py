@@ -12,7 +12,8 @@ A hub's spawn is timed as a browser waits for it: from the start request, on Jup
 progress stream until "ready", then until the server answers through the proxy.
 
 Writes bench/results/<UTC time>.json, bench/results/latest.json and bench/results/latest.png.
-Options: --runs N (single spawns per setup, default 5), --bursts 10,30.
+Options: --runs N (single spawns per setup, default 9: stock's times fall into two groups, see the
+README), --bursts 10,30.
 """
 import argparse
 import json
@@ -319,7 +320,7 @@ def plot(r: dict, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--bursts", default="10,30")
     args = parser.parse_args()
     bursts = [int(x) for x in args.bursts.split(",")]
