@@ -165,19 +165,14 @@ class HubUnderTest:
         return None if answered is None else time.monotonic() - t0
 
     def ready_event(self, name: str) -> bool:
-        """True once the spawn's progress stream says ready; False when it says failed."""
-        with requests.Session() as s:
-            try:
-                with s.get(f"{self.url}/hub/api/users/{name}/server/progress", stream=True, timeout=READY_TIMEOUT,
-                           headers={"Authorization": f"token {self.token}"}) as r:
-                    for line in r.iter_lines(decode_unicode=True):
-                        if line and line.startswith("data:"):
-                            event = json.loads(line[5:])
-                            if event.get("ready") or event.get("failed"):
-                                return bool(event.get("ready"))
-            except requests.RequestException as exc:
-                log(f"{self.label}: progress of {name}: {exc}")
-        return False
+        """True once the spawn's progress stream says ready; False when it says failed.
+        A client of its own: the burst's threads each hold a stream open at the same time."""
+        try:
+            events = list(Hub(self.url, self.token).progress(name, timeout=READY_TIMEOUT))
+        except requests.RequestException as exc:
+            log(f"{self.label}: progress of {name}: {exc}")
+            return False
+        return bool(events and events[-1].get("ready"))
 
     def stop_all(self, names: list[str]) -> None:
         def stop(name):

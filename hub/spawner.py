@@ -376,19 +376,13 @@ class GPUDockerSpawner(DockerSpawner):
             except (OSError, asyncio.TimeoutError):
                 if time.monotonic() >= next_state_check:
                     next_state_check = time.monotonic() + 1
-                    if not await self.container_running():
+                    container = await self.get_object()  # None once it is gone
+                    if not (container and container["State"]["Running"]):
                         return
                 await asyncio.sleep(interval)
                 continue
             writer.close()
             return
-
-    async def container_running(self) -> bool:
-        try:
-            info = await self.docker("inspect_container", self.object_id)
-        except docker.errors.NotFound:
-            return False
-        return bool(info["State"]["Running"])
 
     async def get_command(self):
         """The image's leaner start command where its label names one, else DockerSpawner's

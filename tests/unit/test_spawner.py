@@ -197,11 +197,11 @@ def test_waiting_for_the_server_ends_when_its_container_stops(monkeypatch):
     s = make_spawner()
     s.object_id = "abc"
     s.http_timeout = 30
-    states = iter([True, False])
+    states = iter([{"State": {"Running": True}}, {"State": {"Running": False}}])
 
-    async def running(self):
+    async def get_object(self):
         return next(states)
-    monkeypatch.setattr(GPUDockerSpawner, "container_running", running)
+    monkeypatch.setattr(GPUDockerSpawner, "get_object", get_object)
     t0 = time.monotonic()
     asyncio.run(s.wait_for_port("127.0.0.1", 9))  # nothing listens on port 9
     assert 1.5 < time.monotonic() - t0 < 5
