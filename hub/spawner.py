@@ -75,11 +75,14 @@ class GPUDockerSpawner(DockerSpawner):
     )
     server_extensions_off = List(
         Unicode(),
-        ["jupyter_lsp"],
+        ["jupyter_lsp", "notebook_shim"],
         config=True,
         help="""Jupyter server extensions not loaded in users' servers. jupyter_lsp (installed with
         JupyterLab) scans the Python environment for language servers at every start, and the
-        image has none; remove it from this list if your image adds some (e.g. python-lsp-server).""",
+        image has none; remove it from this list if your image adds some (e.g. python-lsp-server).
+        notebook_shim carries settings written for the classic Notebook server (NotebookApp) over
+        to Jupyter Server, and imports IPython to do so; the image's settings are Jupyter
+        Server's own; remove it if your image keeps NotebookApp settings.""",
     )
     label_prefix = Unicode(
         LABEL_PREFIX,
@@ -360,13 +363,13 @@ class GPUDockerSpawner(DockerSpawner):
         finally:
             turns.release()
 
-    async def wait_for_port(self, ip: str, port: int, interval: float = 0.05) -> None:
+    async def wait_for_port(self, ip: str, port: int, interval: float = 0.01) -> None:
         """Return as soon as the server accepts connections, its container has stopped, or
         http_timeout has passed.
 
         JupyterHub checks a new server with exponential backoff (0.2 s, 0.4 s, 0.8 s, 1.6 s,
-        ...), which adds up to a second to every start; probing the port every 50 ms here
-        means its first check succeeds. A container that stopped (a broken image) ends the
+        ...), which adds up to a second to every start; probing the port every 10 ms here (a
+        refused connection costs microseconds) means its first check succeeds. A container that stopped (a broken image) ends the
         wait at once, so it does not hold a start turn until the timeout."""
         deadline = time.monotonic() + self.http_timeout
         next_state_check = time.monotonic() + 1

@@ -1,5 +1,7 @@
 """The deployment for real: compose stack, a user's server started through the hub's API,
 asserted on the real container, a real kernel and the contents API."""
+import json
+
 import requests
 
 from hub.gpus.inventory import discover
@@ -7,6 +9,32 @@ from hubclient import UserServer
 
 # A username that needs the safe naming (dots, '@'), the way an OAuth login would give it.
 USER = "alice.smith@example.org"
+
+# Runs gpuhub-singleuser in-process on port 8890 with the given arguments; once the server
+# answers, prints which modules it should not have loaded did load, and which of the
+# launcher's lazy modules and deferred packages were loaded in full.
+LEAN_START_PROBE = """
+import importlib.util, json, os, runpy, sys, threading, time, urllib.request
+launcher = runpy.run_path("/usr/local/bin/gpuhub-singleuser")
+def probe():
+    url = f"http://127.0.0.1:8890{os.environ['JUPYTERHUB_SERVICE_PREFIX']}api"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        print(json.dumps({"answered": False})); os._exit(1)
+    never = ("jupyterhub.handlers.base", "alembic", "sqlalchemy.orm", "sqlalchemy.engine", "IPython", "jupyter_lsp")
+    lazy = [m for m in launcher["LAZY_MODULES"] if m in sys.modules and type(sys.modules[m]) is not importlib.util._LazyModule]
+    deferred = [m for m in launcher["DEFERRED_PACKAGES"] if "__getattr__" not in vars(sys.modules[m])]
+    print(json.dumps({"answered": True, "loaded": [m for m in never if m in sys.modules], "not_lazy": lazy + deferred}), flush=True)
+    os._exit(0)
+threading.Thread(target=probe, daemon=True).start()
+sys.argv = ["gpuhub-singleuser", *sys.argv[1:], "--port=8890"]
+launcher["main"]()
+"""
 
 
 def test_only_the_proxy_is_published_and_answers(stack):
@@ -61,24 +89,29 @@ def test_user_server_limits_kernel_and_persistent_files(stack, hub):
     assert work["Type"] == "volume" and work["Name"] == container.replace(stack.prefix, f"{stack.prefix}-user", 1)
     assert stack.docker("exec", container, "stat", "-c", "%u", "/home/jovyan/work").stdout.strip() == "1000"
 
-    # Started by the image's lean command, without jupyter_lsp (GPUDockerSpawner.server_extensions_off)
+    # Started by the image's lean command, without jupyter_lsp and notebook_shim
+    # (GPUDockerSpawner.server_extensions_off)
     command = info["Config"]["Cmd"]
     assert command[0] == "gpuhub-singleuser", command
-    assert "--ServerApp.jpserver_extensions={'jupyter_lsp': False}" in command, command
+    assert "--ServerApp.jpserver_extensions={'jupyter_lsp': False, 'notebook_shim': False}" in command, command
     log = stack.docker("logs", container).stderr
     assert "jupyterlab | extension was successfully loaded" in log, log[-3000:]
     assert "jupyter_lsp | extension was successfully loaded" not in log, log[-3000:]
-    # ... whose imports, with the image's real jupyter_server, leave out the hub's database layer
-    lean = stack.docker("exec", container, "python", "-c",
-                        "import runpy, sys; runpy.run_path('/usr/local/bin/gpuhub-singleuser')['lean_imports'](); "
-                        "import jupyterhub.singleuser, jupyterhub.singleuser.extension; "
-                        "print([m for m in ('jupyterhub.handlers.base', 'alembic', 'sqlalchemy.orm') if m in sys.modules])")
-    assert lean.stdout.strip() == "[]", lean
+    # ... and a second server started the same way in the container (the user's env, the real
+    # hub, another port) has, once it answers, left its lazy modules unloaded and never
+    # imported the hub's database layer, SQLAlchemy's engine or IPython
+    lean = stack.docker("exec", container, "python", "-c", LEAN_START_PROBE, *command[1:], check=False)
+    assert lean.returncode == 0, lean.stderr[-3000:]
+    assert json.loads(lean.stdout.strip().splitlines()[-1]) == {"answered": True, "loaded": [], "not_lazy": []}, lean
 
     user = UserServer(stack.url, server["url"], hub.s.headers["Authorization"].split()[1])
     # A real kernel imports torch and reports its version
     out = user.execute("import torch, os; print(torch.__version__, os.getuid(), torch.cuda.is_available())")
     assert out.split() == [stack.env["TORCH_PACKAGES"].split("==")[1], "1000", "False"]
+    # A terminal opens (terminado, which the lean start does not preload, runs a shell)
+    r = user.s.post(user.base + "api/terminals", timeout=30)
+    assert r.status_code == 200 and r.json()["name"], r.text
+    assert user.s.delete(user.base + f"api/terminals/{r.json()['name']}", timeout=30).status_code == 204
     # gpu-check gives its verdict for the CPU build of torch
     check = stack.docker("exec", container, "gpu-check", check=False)
     assert check.returncode == 1 and "CPU-only build" in check.stdout, check.stdout

@@ -29,27 +29,70 @@ def run(code: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_the_user_server_imports_without_the_orm_sqlalchemy_orm_or_alembic():
+def test_the_user_server_imports_without_the_orm_sqlalchemy_or_alembic():
     result = run("""
 lean = launcher["lean_imports"]()
 SINGLEUSER_IMPORTS
-loaded = [m for m in ("jupyterhub.handlers.base", "sqlalchemy.orm", "alembic") if m in sys.modules]
-print(json.dumps({"lean": lean, "loaded": loaded, "log_request": callable(log_request)}))
+import jupyterhub.scopes
+loaded = [m for m in ("jupyterhub.handlers.base", "sqlalchemy.orm", "sqlalchemy.engine", "sqlalchemy.sql", "alembic")
+          if m in sys.modules]
+print(json.dumps({"lean": lean, "loaded": loaded, "log_request": callable(log_request),
+                  "sqlalchemy_waits": "__getattr__" in vars(sys.modules["sqlalchemy"]),
+                  "exc": sys.modules["sqlalchemy.exc"].SQLAlchemyError.__name__}))
 """)
-    assert result == {"lean": True, "loaded": [], "log_request": True}
+    assert result == {"lean": True, "loaded": [], "log_request": True, "sqlalchemy_waits": True,
+                      "exc": "SQLAlchemyError"}
 
 
 def test_lazy_modules_still_work_when_something_uses_them():
+    # jupyterhub.orm imports alembic, which imports sqlalchemy.sql before anything asks the
+    # sqlalchemy package itself for an attribute: SQLAlchemy's __init__ must run first
     result = run("""
 launcher["lean_imports"]()
 SINGLEUSER_IMPORTS
 from jupyterhub import orm, roles
 before = "alembic" in sys.modules
 user_table = orm.User.__tablename__
+import sqlalchemy, sqlalchemy.sql, sqlalchemy.exc
+engine = sqlalchemy.create_engine("sqlite://")
+with engine.connect() as db:
+    one = db.execute(sqlalchemy.text("select 1")).scalar()
 print(json.dumps({"before": before, "table": user_table, "roles": callable(roles.get_default_roles),
-                  "after": "alembic" in sys.modules}))
+                  "after": "alembic" in sys.modules, "one": one,
+                  "same_modules": sqlalchemy.sql is sys.modules["sqlalchemy.sql"]
+                                  and sys.modules["jupyterhub.utils"].SQLAlchemyError is sqlalchemy.exc.SQLAlchemyError}))
 """)
-    assert result == {"before": False, "table": "users", "roles": True, "after": True}
+    assert result == {"before": False, "table": "users", "roles": True, "after": True, "one": 1, "same_modules": True}
+
+
+def test_a_deferred_package_imports_whole_for_its_other_submodules_and_attributes():
+    result = run("""
+launcher["lean_imports"]()
+from sqlalchemy.exc import SQLAlchemyError
+import sqlalchemy
+waiting = "__getattr__" in vars(sqlalchemy)
+import sqlalchemy.orm  # a submodule that SQLAlchemy's __init__ does not import itself
+from sqlalchemy.orm import declarative_base
+Base = declarative_base()
+class Row(Base):
+    __tablename__ = "rows"
+    id = sqlalchemy.Column(sqlalchemy.Integer, primary_key=True)
+print(json.dumps({"waiting": waiting, "done": "__getattr__" not in vars(sqlalchemy),
+                  "version": sqlalchemy.__version__ == sys.modules["sqlalchemy"].__version__,
+                  "orm": sqlalchemy.orm is sys.modules["sqlalchemy.orm"], "table": Row.__table__.name}))
+""")
+    assert result == {"waiting": True, "done": True, "version": True, "orm": True, "table": "rows"}
+
+
+def test_lazy_modules_load_on_first_attribute_use():
+    result = run("""
+launcher["lean_imports"]()
+import importlib.util, requests
+waiting = type(requests) is importlib.util._LazyModule
+status = requests.codes.ok
+print(json.dumps({"waiting": waiting, "status": status, "loaded": type(requests) is not importlib.util._LazyModule}))
+""")
+    assert result == {"waiting": True, "status": 200, "loaded": True}
 
 
 def test_stand_ins_answer_as_the_hub_modules_would_in_a_user_server():

@@ -182,7 +182,7 @@ def test_command_is_the_images_lean_start_when_its_label_names_one(monkeypatch):
         return images[args[0]]
     monkeypatch.setattr(GPUDockerSpawner, "docker", fake_docker)
     monkeypatch.setattr("jupyterhub.spawner.Spawner.get_args", lambda self: ["--debug"])
-    off = "--ServerApp.jpserver_extensions={'jupyter_lsp': False}"
+    off = "--ServerApp.jpserver_extensions={'jupyter_lsp': False, 'notebook_shim': False}"
     assert asyncio.run(make_spawner(image="ours").get_command()) == ["gpuhub-singleuser", "--debug", off]
     assert asyncio.run(make_spawner(image="other").get_command()) == ["start-singleuser.sh", "--debug", off]
     # An admin's cmd wins; an empty list loads every installed extension
