@@ -11,6 +11,9 @@ in one run on this machine, with the same single-user image:
 A hub's spawn is timed as a browser waits for it: from the start request, on JupyterHub's
 progress stream until "ready", then until the server answers through the proxy.
 
+First, in one container of the image, each setup's server command alone (bench/server_start.py):
+time and CPU from process start until it answers.
+
 Writes bench/results/<UTC time>.json, bench/results/latest.json and bench/results/latest.png.
 Options: --runs N (single spawns per setup, default 9: stock's times fall into two groups, see the
 README), --bursts 10,30.
@@ -140,6 +143,20 @@ def bench_floor(runs: int, burst: int) -> dict:
     floor_cleanup()
     log(f"floor: burst {burst}: {burst_entry}")
     return {"single_spawn": summary(times), f"burst_{burst}": burst_entry, "idle_server_mb": round(idle, 1)}
+
+
+# ---- the server process alone, in the image ---------------------------------------------------
+
+def bench_server_start(runs: int) -> dict:
+    """Wall and CPU time of each setup's server command from process start until it answers,
+    inside one container (bench/server_start.py): no engine, no hub."""
+    from hub.spawner import GPUDockerSpawner
+
+    ours_args = GPUDockerSpawner(_mock=True).get_args()
+    result = json.loads(sh("docker", "run", "--rm", "-v", f"{ROOT / 'bench/server_start.py'}:/bench/server_start.py:ro",
+                           IMAGE, "python", "/bench/server_start.py", str(runs), json.dumps(ours_args)).strip().splitlines()[-1])
+    log(f"server start: {result}")
+    return result
 
 
 # ---- a hub (ours or stock) through its REST API ------------------------------------------------
@@ -272,6 +289,8 @@ def ratios(r: dict) -> dict:
         f"burst_{big}_last_ready_ours_over_stock": ratio(ours[f"burst_{big}"]["last_ready_s"], stock[f"burst_{big}"]["last_ready_s"]),
         f"burst_{big}_last_ready_ours_over_floor": ratio(ours[f"burst_{big}"]["last_ready_s"], floor[f"burst_{big}"]["last_ready_s"]),
         f"burst_{big}_last_ready_stock_over_floor": ratio(stock[f"burst_{big}"]["last_ready_s"], floor[f"burst_{big}"]["last_ready_s"]),
+        "server_start_cpu_ours_over_stock": ratio(r["server_start"]["ours"]["cpu_p50_s"], r["server_start"]["stock"]["cpu_p50_s"]),
+        "server_start_cpu_ours_over_floor": ratio(r["server_start"]["ours"]["cpu_p50_s"], r["server_start"]["floor"]["cpu_p50_s"]),
     }
 
 
@@ -281,7 +300,7 @@ def plot(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     setups = ["floor", "stock", "ours"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     p50 = [r[s]["single_spawn"]["p50_s"] for s in setups]
     p95 = [r[s]["single_spawn"]["p95_s"] for s in setups]
     axes[0].bar([x - 0.2 for x in range(3)], p50, 0.4, label="p50")
@@ -308,6 +327,13 @@ def plot(r: dict, path: Path) -> None:
     axes[2].bar(setups, [m or 0 for m in mem])
     axes[2].set_ylabel("MB")
     axes[2].set_title("Idle memory per user server")
+    start = r["server_start"]
+    axes[3].bar([x - 0.2 for x in range(3)], [start[s]["wall_p50_s"] for s in setups], 0.4, label="time")
+    axes[3].bar([x + 0.2 for x in range(3)], [start[s]["cpu_p50_s"] for s in setups], 0.4, label="CPU")
+    axes[3].set_xticks(range(3), setups)
+    axes[3].set_ylabel("seconds (p50)")
+    axes[3].set_title("Server process alone: start → answers")
+    axes[3].legend()
     fig.suptitle(f"gpuhub bench, {r['when']} ({r['machine']})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -323,6 +349,8 @@ def main() -> int:
     result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "machine": f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
               "image": IMAGE, "runs": args.runs}
+    log("server start, in the image")
+    result["server_start"] = bench_server_start(args.runs)
     log("floor")
     result["floor"] = bench_floor(args.runs, max(bursts))
     log("stock")
