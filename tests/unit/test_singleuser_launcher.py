@@ -107,6 +107,16 @@ print(json.dumps({"health": issubclass(RequestHandler, pages.HealthCheckHandler)
     assert result == {"health": False, "metrics": True}
 
 
+def test_main_collects_garbage_less_often_then_runs_the_single_user_server():
+    # jupyterhub.singleuser needs jupyter_server, which this environment lacks: a stand-in main
+    result = run("""
+import gc, types
+sys.modules["jupyterhub.singleuser"] = types.SimpleNamespace(main=lambda: json.dumps(gc.get_threshold()))
+print(launcher["main"]())
+""")
+    assert result == [10_000, 10, 10]
+
+
 def test_another_jupyterhub_version_starts_the_standard_way():
     result = run("""
 import jupyterhub._version
