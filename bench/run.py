@@ -9,8 +9,9 @@ in one run on this machine, with the same single-user image:
          its spawner runs the image's lean command and takes turns (hub/spawner.py)
 
 Each spawn and each burst starts on a quiet machine (under 15% CPU busy; the engine removes the
-last setup's containers in the background). A hub's spawn is timed as a browser waits for it: from the start request, on JupyterHub's
-progress stream until "ready", then until the server answers through the proxy.
+last setup's containers in the background). A hub's spawn is timed as a browser waits for it:
+from the start request, on JupyterHub's progress stream until "ready", then until the server
+answers through the proxy.
 
 First, in one container of the image, each setup's server command alone (bench/server_start.py):
 time and CPU from process start until it answers.
@@ -69,7 +70,8 @@ def busy_fraction(seconds: float = 1.0) -> float:
     def sample():
         values = [int(v) for v in open("/proc/stat").readline().split()[1:]]
         return sum(values), values[3] + values[4]  # all, idle + iowait
-    (total0, idle0), _ = sample(), time.sleep(seconds)
+    total0, idle0 = sample()
+    time.sleep(seconds)
     total1, idle1 = sample()
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
@@ -78,8 +80,8 @@ def settle(limit: float = 0.15, timeout: float = 60) -> None:
     """Wait until the machine is quiet (the engine finishes removing the last setup's
     containers in the background, for one), so that no measurement starts on a busy machine."""
     deadline = time.monotonic() + timeout
-    while busy_fraction() > limit and time.monotonic() < deadline:
-        pass
+    while time.monotonic() < deadline and busy_fraction() > limit:  # each check takes a second
+        continue
 
 
 def wait_http(url: str, headers: dict | None = None, timeout: float = READY_TIMEOUT) -> float | None:

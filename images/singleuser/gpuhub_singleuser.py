@@ -8,8 +8,10 @@ loads it: jupyterhub.log imports the hub's page handlers (for one isinstance che
 Prometheus request metrics, and those, like jupyterhub.scopes, import the ORM, SQLAlchemy's
 ORM and Alembic; jupyterhub.utils takes one exception class from sqlalchemy.exc, and
 SQLAlchemy's own __init__ then imports its engine and SQL layer. Other libraries import
-modules at start that a user server uses late or never. Measured in this image, all of that
-is over a third of the CPU time of a server start (README, "Performance").
+modules at start that a user server uses late or never. Measured in this image
+(bench/server_start.py), a server started this way, and without the jupyter_lsp and
+notebook_shim extensions (the spawner's default), takes half the CPU time of
+jupyterhub-singleuser to answer (README, "Performance").
 
 So, for the JupyterHub version this was checked against (JUPYTERHUB_VERSION below):
 - jupyterhub.handlers.pages and jupyterhub.metrics get stand-ins holding the two names
@@ -21,8 +23,8 @@ So, for the JupyterHub version this was checked against (JUPYTERHUB_VERSION belo
   any of their submodules but those listed (sqlalchemy.exc loads without the rest of
   SQLAlchemy).
 Any other JupyterHub version starts exactly as jupyterhub-singleuser does. With any version,
-the garbage collector runs less often while the server starts and after (see main). Whatever a user
-or an extension does later still works: a lazy module or package loads fully when used.
+the garbage collector runs less often, while the server starts and after (see main). Whatever
+a user or an extension does later still works: a lazy module or package loads fully when used.
 """
 import gc
 import importlib

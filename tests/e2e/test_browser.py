@@ -31,11 +31,9 @@ def test_login_start_and_jupyterlab(stack, hub, page):
     page.screenshot(path=ARTIFACTS / "browser-3-spawn-form.png")
     page.click("#spawn_form [type=submit]")
 
-    # Live progress on the pending page, then JupyterLab in the user's container.
-    if GPUS:
-        expect(page.locator("#progress-log")).to_contain_text("Assigning GPU", timeout=60_000)
-        page.locator("details summary").first.click()  # open the event log for the screenshot
-        page.screenshot(path=ARTIFACTS / "browser-4-progress.png")
+    # JupyterLab in the user's container. JupyterHub shows its pending page (live progress)
+    # only when a start takes more than a second, and ours takes less here; test_spawn.py
+    # checks the progress events themselves.
     page.wait_for_url(f"**/user/{admin}/lab**", timeout=180_000)
     expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
     expect(page.locator("#jupyterlab-splash")).to_have_count(0, timeout=120_000)

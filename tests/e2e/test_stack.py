@@ -108,7 +108,7 @@ def test_user_server_limits_kernel_and_persistent_files(stack, hub):
     # A real kernel imports torch and reports its version
     out = user.execute("import torch, os; print(torch.__version__, os.getuid(), torch.cuda.is_available())")
     assert out.split() == [stack.env["TORCH_PACKAGES"].split("==")[1], "1000", "False"]
-    # A terminal opens (terminado, which the lean start does not preload, runs a shell)
+    # A terminal opens (a shell through jupyter_server_terminals and terminado)
     r = user.s.post(user.base + "api/terminals", timeout=30)
     assert r.status_code == 200 and r.json()["name"], r.text
     assert user.s.delete(user.base + f"api/terminals/{r.json()['name']}", timeout=30).status_code == 204
