@@ -327,16 +327,28 @@ class GPUDockerSpawner(DockerSpawner):
             self._progress_signal.clear()
             await self._progress_signal.wait()
 
+    _image_ready = None  # the image this start has pulled or found already
+
     async def start(self):
         image_option = self.user_options.get("image")
         if image_option:  # as DockerSpawner.start does: never pull an image that is not allowed
             self.image = await self.check_allowed(image_option)
         await self.pull_image(self.image)  # before taking a turn: a pull may take minutes
-        async with self.start_turn():
-            ip, port = await super().start()
-            self.emit_progress(90, "Container started; waiting for JupyterLab to answer")
-            await self.wait_for_port(ip, port)
+        self._image_ready = self.image
+        try:
+            async with self.start_turn():
+                ip, port = await super().start()
+                self.emit_progress(90, "Container started; waiting for JupyterLab to answer")
+                await self.wait_for_port(ip, port)
+        finally:
+            self._image_ready = None
         return ip, port
+
+    async def pull_image(self, image):
+        """DockerSpawner's pull (as pull_policy says), once per start: start() pulls before it
+        takes a turn, and DockerSpawner.start would check (or, with "always", pull) again."""
+        if image != self._image_ready:
+            await super().pull_image(image)
 
     @asynccontextmanager
     async def start_turn(self):

@@ -162,6 +162,33 @@ def test_starts_take_turns_and_the_waiting_are_told(monkeypatch):
     asyncio.run(failing())
 
 
+def test_a_start_pulls_its_image_once_before_its_turn(monkeypatch):
+    import asyncio
+
+    from dockerspawner import DockerSpawner
+
+    GPUDockerSpawner._start_turns, GPUDockerSpawner._starts_waiting = None, 0
+    calls = []
+
+    async def fake_docker(self, method, *args, **kwargs):
+        calls.append((method, *args))
+        return {}
+
+    async def docker_spawner_start(self):
+        await self.pull_image(self.image)  # as DockerSpawner.start does
+        calls.append(("start",))
+        return "10.0.0.2", 8888
+    monkeypatch.setattr(GPUDockerSpawner, "docker", fake_docker)
+    monkeypatch.setattr(DockerSpawner, "start", docker_spawner_start)
+    monkeypatch.setattr(GPUDockerSpawner, "wait_for_port", lambda self, ip, port: asyncio.sleep(0))
+    s = make_spawner(image="gpuhub/pytorch-notebook:test", pull_policy="always")
+    assert asyncio.run(s.start()) == ("10.0.0.2", 8888)
+    assert calls == [("pull", "gpuhub/pytorch-notebook", "test"), ("start",)]
+    assert s._image_ready is None  # a later start pulls again
+    asyncio.run(s.start())
+    assert [c[0] for c in calls].count("pull") == 2
+
+
 def test_concurrent_starts_default_to_the_cpus_and_are_validated(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
     assert make_spawner().concurrent_starts == 6
