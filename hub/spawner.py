@@ -381,8 +381,9 @@ class GPUDockerSpawner(DockerSpawner):
 
         JupyterHub checks a new server with exponential backoff (0.2 s, 0.4 s, 0.8 s, 1.6 s,
         ...), which adds up to a second to every start; probing the port every 10 ms here (a
-        refused connection costs microseconds) means its first check succeeds. A container that stopped (a broken image) ends the
-        wait at once, so it does not hold a start turn until the timeout."""
+        refused connection costs the hub about 0.13 ms of CPU) means its first check succeeds.
+        A container that stopped (a broken image) ends the wait at once, so it does not hold a
+        start turn until the timeout."""
         deadline = time.monotonic() + self.http_timeout
         next_state_check = time.monotonic() + 1
         while time.monotonic() < deadline:

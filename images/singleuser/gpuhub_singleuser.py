@@ -102,8 +102,10 @@ class DeferredInit(importlib.abc.Loader):
         package.__getattr__ = __getattr__
 
     def complete(self, package) -> None:
-        """Run the package's __init__ now (once)."""
-        if package.__dict__.pop("__getattr__", None) is not None:
+        """Run the package's __init__ now, once: afterwards the package may define a module
+        __getattr__ of its own (PEP 562), which is not this loader's to remove."""
+        if self.waiting(package):
+            del package.__dict__["__getattr__"]
             package.__spec__.loader = package.__loader__ = self.loader
             self.loader.exec_module(package)
 
