@@ -10,6 +10,7 @@ from pathlib import Path
 from traitlets.config.loader import ConfigError
 
 from hub import oauth, settings
+from hub.config.gpu_settings import GPUSettings
 
 STATE_DIR = "/srv/jupyterhub/state"
 PROXY_TOKEN_FILE = "/run/proxy-token/token"
@@ -129,17 +130,14 @@ def configure_console(c, env: Mapping[str, str]) -> None:
     and servers and stop servers: pins, drains and access are written to the intent file on the
     state volume, which the spawner re-reads before every decision."""
     spawner = c.GPUDockerSpawner
-    environment = {
-        "HUB_NAME_PREFIX": settings.name_prefix(env, "HUB_NAME_PREFIX", "gpuhub"),
-        "GPUHUB_GPU_INTENT_FILE": spawner.get("gpu_intent_file", f"{STATE_DIR}/gpu-intent.json"),
-        "GPUHUB_GPU_AUDIT_FILE": f"{STATE_DIR}/gpu-audit.jsonl",
-        "GPUHUB_GPU_REQUEST_STYLE": spawner.get("gpu_request_style", "auto"),
-        "GPUHUB_LABEL_PREFIX": spawner.get("label_prefix", "gpuhub"),
-        "GPUHUB_GPU_CDI_DIRS": ":".join(spawner.get("gpu_cdi_dirs", ["/etc/cdi", "/var/run/cdi"])),
-        "GPUHUB_CONSOLE_LOG_LEVEL": settings.text(env, "HUB_LOG_LEVEL", "INFO").upper(),
-    }
-    if spawner.get("gpu_inventory_file"):
-        environment["GPUHUB_GPU_INVENTORY_FILE"] = spawner.gpu_inventory_file
+    traits = {"intent_file": "gpu_intent_file", "request_style": "gpu_request_style",
+              "label_prefix": "label_prefix", "cdi_dirs": "gpu_cdi_dirs",
+              "inventory_file": "gpu_inventory_file"}
+    gpu = GPUSettings(
+        name_prefix=settings.name_prefix(env, "HUB_NAME_PREFIX", "gpuhub"),
+        log_level=settings.text(env, "HUB_LOG_LEVEL", "INFO").upper(),
+        **{field: spawner[trait] for field, trait in traits.items() if trait in spawner})
+    environment = gpu.to_env()
     c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
         "name": CONSOLE_NAME,
         "display": True,
