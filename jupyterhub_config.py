@@ -1,9 +1,9 @@
 # JupyterHub configuration: declarative, read from the environment (.env via docker compose).
-# The logic lives in the hub/ package (hub/configure.py); see README.md for every variable.
+# The logic lives in the hub/ package (hub/config/); docs/configuration.md lists every variable.
 import os
 
-from hub.configure import configure_auth, configure_culler, configure_hub, configure_spawner
-from hub.configure import configure_console, configure_recovery
+from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
+from hub.config.configure import configure_console, configure_recovery
 from hub import resilience
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)

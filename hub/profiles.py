@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import yaml
 from tornado import web
 
-from hub import settings
+from hub.config import readers as settings
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _KEYS = {"slug", "name", "description", "gpu", "mem_limit", "cpu_limit", "images", "groups", "default"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 
 from traitlets.config.loader import ConfigError
 
-from hub import settings
+from hub.config import readers
 
 STATE_DIR = "/srv/jupyterhub/state"
 REQUEST_STYLES = ("auto", "cdi", "nvidia")
@@ -73,14 +73,14 @@ class GPUSettings:
         d = cls()
 
         def get(field: str, default: str) -> str:
-            return settings.text(env, ENV[field], default)
+            return readers.text(env, ENV[field], default)
 
         cdi = get("cdi_dirs", ":".join(d.cdi_dirs))
         return cls(
-            name_prefix=settings.name_prefix(env, ENV["name_prefix"], d.name_prefix),
+            name_prefix=readers.name_prefix(env, ENV["name_prefix"], d.name_prefix),
             intent_file=get("intent_file", d.intent_file),
             audit_file=get("audit_file", d.audit_file),
-            request_style=settings.choice(env, ENV["request_style"], d.request_style, REQUEST_STYLES),
+            request_style=readers.choice(env, ENV["request_style"], d.request_style, REQUEST_STYLES),
             label_prefix=get("label_prefix", d.label_prefix),
             cdi_dirs=tuple(p for p in cdi.split(":") if p),
             inventory_file=get("inventory_file", d.inventory_file),
@@ -113,7 +113,7 @@ assert set(ENV) == {f.name for f in fields(GPUSettings)}
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = settings.text(env, name, f"{default:g}")
+    raw = readers.text(env, name, f"{default:g}")
     try:
         value = float(raw)
     except ValueError:
@@ -124,7 +124,7 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = settings.text(env, name, default).upper()
+    raw = readers.text(env, name, default).upper()
     if raw not in LOG_LEVELS:
         raise ConfigError(f"{name}={raw!r} is not a log level: use one of DEBUG, INFO, WARNING, ERROR, "
                           f"CRITICAL, e.g. {name}={default}")

@@ -6,7 +6,7 @@ import pytest
 from traitlets.config import Config
 from traitlets.config.loader import ConfigError
 
-from hub.configure import configure_auth, configure_culler, configure_hub, configure_spawner, read_secret
+from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner, read_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_missing_proxy_token_says_how_to_fix(tmp_path):
 def test_auth_defaults_to_native_with_seeded_admin():
     c = Config()
     configure_auth(c, {"HUB_ADMIN_USER": "root-admin"})
-    assert c.JupyterHub.authenticator_class == "hub.auth.SeededNativeAuthenticator"
+    assert c.JupyterHub.authenticator_class == "hub.config.native_auth.SeededNativeAuthenticator"
     assert c.Authenticator.admin_users == {"root-admin"}
     assert c.NativeAuthenticator.open_signup is False
     assert c.SeededNativeAuthenticator.initial_admin_password_file.endswith("/admin-password")

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from traitlets.config import Config
 
-from hub.configure import configure_console, configure_culler, configure_spawner
+from hub.config.configure import configure_console, configure_culler, configure_spawner
 from hub.gpus.allocator import ACCESS_REFUSED, GPU, Access, Allocator, Intent
 from hub.gpus.manager import GPUManager, load_intent
 

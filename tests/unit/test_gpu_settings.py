@@ -3,7 +3,7 @@ from traitlets.config import Config
 from traitlets.config.loader import ConfigError
 
 from hub.config.gpu_settings import ENV, GPUSettings
-from hub.configure import configure_console, configure_spawner
+from hub.config.configure import configure_console, configure_spawner
 
 
 def test_defaults_when_nothing_is_set():

@@ -1,7 +1,7 @@
 import os
 import stat
 
-from hub.init_secrets import initialise
+from hub.config.init_secrets import initialise
 
 UID, GID = os.getuid(), os.getgid()
 

@@ -1,4 +1,4 @@
-"""OAuth login from .env (hub/oauth.py via configure_auth) against a bare Config().
+"""OAuth login from .env (hub/config/oauth.py via configure_auth) against a bare Config().
 
 Each provider's mapping is checked twice: in the Config that jupyterhub_config.py builds, and
 in a real OAuthenticator instance made from it (so trait names and types are OAuthenticator
@@ -18,8 +18,8 @@ from oauthenticator.google import GoogleOAuthenticator
 from traitlets.config import Config
 from traitlets.config.loader import ConfigError
 
-from hub import oauth, settings
-from hub.configure import configure_auth
+from hub.config import oauth, readers
+from hub.config.configure import configure_auth
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLBACK = "https://hub.example.org/hub/oauth_callback"
@@ -75,23 +75,23 @@ def authenticator(env, fetch=None):
     return cls(config=c)
 
 
-# ---- the two settings helpers OAuth added -------------------------------------------------------
+# ---- the two readers OAuth added -------------------------------------------------------
 
 def test_name_list():
-    assert settings.name_list({"L": " alice, bob ,,Team A "}, "L") == ["alice", "bob", "Team A"]
-    assert settings.name_list({"L": " "}, "L") == settings.name_list({}, "L") == []
+    assert readers.name_list({"L": " alice, bob ,,Team A "}, "L") == ["alice", "bob", "Team A"]
+    assert readers.name_list({"L": " "}, "L") == readers.name_list({}, "L") == []
 
 
 @pytest.mark.parametrize("raw", ["https://sso.example.org/realms/lab", "http://idp:9400", "https://h/p?x=1"])
 def test_url(raw):
-    assert settings.url({"U": raw}, "U", "https://e.org") == raw
-    assert settings.url({}, "U", "https://e.org") == "" and settings.url({}, "U", "x", "https://d.org") == "https://d.org"
+    assert readers.url({"U": raw}, "U", "https://e.org") == raw
+    assert readers.url({}, "U", "https://e.org") == "" and readers.url({}, "U", "x", "https://d.org") == "https://d.org"
 
 
 @pytest.mark.parametrize("raw", ["sso.example.org", "/realms/lab", "ftp://h/x", "https://", "https://h/#frag", "https:///path"])
 def test_url_rejects_with_an_example(raw):
     with pytest.raises(ConfigError, match=r"^U=.* is not an absolute http\(s\) URL, e\.g\. U=https://e\.org$"):
-        settings.url({"U": raw}, "U", "https://e.org")
+        readers.url({"U": raw}, "U", "https://e.org")
 
 
 # ---- the embedded login stays the default ------------------------------------------------------
@@ -113,7 +113,7 @@ def test_no_provider_is_the_embedded_login_exactly_as_before(value):
     env = {**compose_defaults(), "OAUTH_PROVIDER": value, "HUB_ADMIN_USER": "boss"}
     configure_auth(c, env, fetch_json=no_network)
     before = Config()  # what configure_auth set before OAuth existed
-    before.JupyterHub.authenticator_class = "hub.auth.SeededNativeAuthenticator"
+    before.JupyterHub.authenticator_class = "hub.config.native_auth.SeededNativeAuthenticator"
     before.Authenticator.admin_users = {"boss"}
     before.SeededNativeAuthenticator.initial_admin_password_file = "/srv/jupyterhub/state/admin-password"
     before.NativeAuthenticator.open_signup = False

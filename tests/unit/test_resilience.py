@@ -9,7 +9,7 @@ import pytest
 from traitlets.config import Config
 
 from hub import resilience
-from hub.configure import configure_recovery
+from hub.config.configure import configure_recovery
 from hub.resilience import HubGuards, StateGuard, engine_reachable
 
 
