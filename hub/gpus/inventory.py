@@ -1,4 +1,5 @@
-"""Which GPUs this host has: from NVML, from CDI specs, or from a static YAML list.
+"""Which GPUs this host has: from NVML (hub/gpus/nvml.py), from CDI specs, or from a static
+YAML list.
 
 Reads files and NVML, never Docker. `discover` tries the sources in order of trust: NVML
 sees the hardware (and MIG instances) but needs the driver inside the hub's container;
@@ -16,7 +17,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from hub.gpus.allocator import GPU
+from hub.gpus.model import GPU
+from hub.gpus.nvml import discover_gpus
 
 log = logging.getLogger(__name__)
 
@@ -25,68 +27,6 @@ _MIB = 1024 * 1024
 _UUID_PREFIXES = ("GPU-", "MIG-")
 _INDEX_NAME = re.compile(r"(\d+)(?::\d+)?")  # "3", or "0:1" for MIG instance 1 of GPU 0
 _NODE = re.compile(r"/dev/nvidia(\d+)")
-
-
-# --- NVML -----------------------------------------------------------------------------
-def from_nvml() -> list[GPU] | None:
-    """Whole GPUs, or for a MIG-enabled GPU its MIG instances; None without a driver."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    try:
-        pynvml.nvmlInit()
-    except (pynvml.NVMLError, OSError):
-        return None
-    try:
-        return [gpu for i in range(pynvml.nvmlDeviceGetCount()) for gpu in _nvml_gpus(pynvml, i)]
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def _nvml_gpus(nv: Any, index: int) -> list[GPU]:
-    """The allocatable devices of GPU `index`; none (with a warning) if it cannot be read."""
-    try:
-        handle = nv.nvmlDeviceGetHandleByIndex(index)
-        gpu = _nvml_gpu(nv, handle, index)
-        if not _mig_enabled(nv, handle):
-            return [gpu]
-        migs = [_nvml_gpu(nv, mig, index, parent_uuid=gpu.uuid) for mig in _mig_handles(nv, handle)]
-    except nv.NVMLError as e:
-        log.warning("GPU %d skipped: NVML cannot read it (%s)", index, e)
-        return []
-    if not migs:  # a MIG-enabled GPU without instances cannot run anything
-        log.warning("GPU %d (%s) has MIG enabled but no MIG instances", index, gpu.uuid)
-    return migs
-
-
-def _nvml_gpu(nv: Any, handle: Any, index: int, parent_uuid: str | None = None) -> GPU:
-    return GPU(uuid=_text(nv.nvmlDeviceGetUUID(handle)), index=index,
-               name=_text(nv.nvmlDeviceGetName(handle)),
-               memory_total_mib=int(nv.nvmlDeviceGetMemoryInfo(handle).total) // _MIB,
-               parent_uuid=parent_uuid)
-
-
-def _mig_enabled(nv: Any, handle: Any) -> bool:
-    try:
-        current, _pending = nv.nvmlDeviceGetMigMode(handle)
-    except nv.NVMLError:  # NotSupported: a GPU without MIG
-        return False
-    return current == nv.NVML_DEVICE_MIG_ENABLE
-
-
-def _mig_handles(nv: Any, handle: Any) -> list[Any]:
-    handles = []
-    for slot in range(nv.nvmlDeviceGetMaxMigDeviceCount(handle)):
-        try:
-            handles.append(nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot))
-        except nv.NVMLError:  # NotFound: an empty slot
-            continue
-    return handles
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # --- CDI ------------------------------------------------------------------------------
@@ -216,7 +156,7 @@ def discover(static_yaml: str | None = None,
 
     A bad static list raises ValueError (a configuration error should stop the hub).
     """
-    gpus = from_nvml()
+    gpus = discover_gpus()
     if gpus:
         return gpus, "nvml"
     gpus = from_cdi(cdi_dirs)

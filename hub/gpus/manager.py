@@ -15,31 +15,12 @@ from pathlib import Path
 
 from docker.errors import NotFound
 
-from hub.gpus.allocator import GPU, Allocator, Intent, Policy, first_free, holders_from_containers
-
-LIVE_STATES = ["created", "running", "restarting", "paused"]
-CDI_KIND = "nvidia.com/gpu"
+from hub.gpus.allocator import Allocator, Policy, first_free
+from hub.gpus.claim import LIVE_STATES, Assignment, choose_style, holders_from_containers
+from hub.gpus.inventory import discover, from_cdi
+from hub.gpus.model import GPU, Intent
 
 DockerCall = Callable[..., Awaitable]
-
-
-def device_request(uuid: str, style: str) -> dict:
-    """The engine-API device request that gives a container exactly this GPU, never a count."""
-    if style == "cdi":
-        return {"Driver": "cdi", "DeviceIDs": [f"{CDI_KIND}={uuid}"]}
-    return {"Driver": "nvidia", "DeviceIDs": [uuid], "Capabilities": [["gpu", "compute", "utility"]]}
-
-
-def choose_style(configured: str, engine_info: dict, inventory: list[GPU], cdi_gpus: list[GPU]) -> str:
-    """'cdi' or 'nvidia': as configured, or detected from the engine and the host's CDI specs."""
-    if configured in ("cdi", "nvidia"):
-        return configured
-    # CDI needs the engine's CDI support (Docker >= 25 with the feature on: it then reports
-    # its spec dirs) and a spec that names every GPU of the inventory by UUID.
-    listed = {g.uuid for g in cdi_gpus}
-    if engine_info.get("CDISpecDirs") and inventory and all(g.uuid in listed for g in inventory):
-        return "cdi"
-    return "nvidia"
 
 
 class GPUManager:
@@ -50,6 +31,16 @@ class GPUManager:
         self.allocator = Allocator(inventory, load_intent(self.intent_file), policy)
         self.lock = asyncio.Lock()
 
+    @classmethod
+    def discover(cls, static_yaml: str | None, cdi_dirs: list[str], request_style: str, engine_info: dict,
+                 intent_file: str, label_prefix: str, policy: Policy = first_free) -> "GPUManager":
+        """The manager for this host: its GPUs (NVML, CDI or the static list), and how the
+        engine is asked for them ('auto' decided from the engine's info and the CDI specs)."""
+        gpus, source = discover(static_yaml, cdi_dirs)
+        cdi_gpus = (gpus if source == "cdi" else from_cdi(cdi_dirs)) or []
+        style = choose_style(request_style, engine_info, gpus, cdi_gpus)
+        return cls(gpus, source, style, intent_file, label_prefix, policy)
+
     @property
     def inventory(self) -> tuple[GPU, ...]:
         return self.allocator.inventory
@@ -58,7 +49,7 @@ class GPUManager:
         """Rebuild who holds which GPU from the engine's live containers, and re-read the
         admin's intent, so that a pin or drain applies from the next decision on."""
         self.allocator.intent = load_intent(self.intent_file)
-        summaries = await docker("containers", all=True, filters={"status": LIVE_STATES})
+        summaries = await docker("containers", all=True, filters={"status": list(LIVE_STATES)})
         details = await asyncio.gather(*(self._inspect(docker, c["Id"]) for c in summaries))
         held = holders_from_containers([d for d in details if d], self.label_prefix, inventory=self.inventory)
         self.allocator.reconcile(held)
@@ -70,11 +61,17 @@ class GPUManager:
         except NotFound:  # removed between the listing and now: holds nothing
             return None
 
-    def save_intent(self) -> None:
-        """Persist pins and drains atomically on the state volume."""
+    def assign(self, user: str, server: str, groups: set[str], now: float) -> Assignment:
+        """A GPU for this server, under the lock after ``reconcile``; NoGPUAvailable if none."""
+        gpu = self.allocator.allocate(user, server, since=now, groups=groups, now=now)
+        return Assignment(gpu, self.style, self.allocator.capacity(gpu.uuid), now)
+
+    def save_intent(self, intent: Intent) -> None:
+        """Persist the admin's intent atomically on the state volume; it applies from now on."""
         tmp = self.intent_file.with_name(f".{self.intent_file.name}.tmp")
-        tmp.write_text(json.dumps(self.allocator.intent.to_json(), indent=1) + "\n")
+        tmp.write_text(json.dumps(intent.to_json(), indent=1) + "\n")
         os.replace(tmp, self.intent_file)
+        self.allocator.intent = intent
 
 
 def load_intent(path: Path) -> Intent:

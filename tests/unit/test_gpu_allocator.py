@@ -125,21 +125,13 @@ def test_exception_survives_pickling():
     assert (e.reason, e.total) == ("all 2 GPUs are in use", 2)
 
 
-def test_release_frees_the_gpu():
+def test_a_stopped_server_frees_its_gpu_at_the_next_reconcile():
     alloc = Allocator(gpus(1), Intent())
     gpu = alloc.allocate("alice", "nb")
-    assert alloc.release("alice") is None  # the default server holds nothing
-    assert alloc.release("alice", "nb") == gpu
-    assert alloc.holder_of(gpu.uuid) is None
+    assert alloc.gpu_of("alice") is None  # the default server holds nothing
+    alloc.reconcile({})  # the engine shows alice's container gone
+    assert alloc.holder_of(gpu.uuid) is None and alloc.gpu_of("alice", "nb") is None
     assert alloc.allocate("bob") == gpu
-
-
-def test_release_uuid_returns_the_holder():
-    alloc = Allocator(gpus(2), Intent())
-    alloc.allocate("alice")
-    assert alloc.release_uuid(uuid(0)) == Holder("alice")
-    assert alloc.release_uuid(uuid(0)) is None
-    assert alloc.gpu_of("alice") is None
 
 
 def test_duplicate_inventory_uuid_is_rejected():
@@ -151,14 +143,14 @@ def test_duplicate_inventory_uuid_is_rejected():
 def test_drained_gpu_is_never_handed_out_but_holder_keeps_it():
     alloc = Allocator(gpus(2), Intent())
     held = alloc.allocate("alice")
-    alloc.drain(uuid(0))
-    alloc.drain(uuid(1))
+    alloc.intent = alloc.intent.with_drained(uuid(0))
+    alloc.intent = alloc.intent.with_drained(uuid(1))
     assert alloc.allocate("alice") == held  # draining does not evict
     with pytest.raises(NoGPUAvailable) as err:
         alloc.allocate("bob")
     assert err.value.reason == "no GPU is free (1 in use, 1 drained)"
     assert err.value.drained == 2
-    alloc.undrain(uuid(1))
+    alloc.intent = alloc.intent.without_drained(uuid(1))
     assert alloc.allocate("bob").uuid == uuid(1)
 
 
@@ -168,16 +160,10 @@ def test_all_drained_message():
         alloc.allocate("bob")
 
 
-def test_drain_unknown_uuid_is_a_clear_error():
-    alloc = Allocator(gpus(1), Intent())
-    with pytest.raises(ValueError, match=r"cannot drain it: no GPU 'GPU-nope'.*known: GPU-fa4e"):
-        alloc.drain("GPU-nope")
-
-
 # --- pins ----------------------------------------------------------------------------------
 def test_pinned_user_gets_only_their_gpu():
     alloc = Allocator(gpus(3), Intent())
-    alloc.pin("alice", uuid(2))
+    alloc.intent = alloc.intent.with_pin("alice", uuid(2))
     assert alloc.allocate("alice").uuid == uuid(2)
 
 
@@ -188,14 +174,14 @@ def test_pinned_gpu_is_reserved_even_while_its_user_is_away():
     with pytest.raises(NoGPUAvailable) as err:
         alloc.allocate("carol")
     assert err.value.reason == "no GPU is free (1 in use, 1 reserved for pinned users)"
-    alloc.unpin("alice")
+    alloc.intent = alloc.intent.without_pin("alice")
     assert alloc.allocate("carol").uuid == uuid(0)
 
 
 def test_pinned_gpu_held_by_someone_else():
     alloc = Allocator(gpus(2), Intent())
     alloc.reconcile({uuid(0): Holder("bob")})  # bob had it before alice was pinned
-    alloc.pin("alice", uuid(0))
+    alloc.intent = alloc.intent.with_pin("alice", uuid(0))
     with pytest.raises(NoGPUAvailable) as err:
         alloc.allocate("alice")
     assert err.value.reason == f"your pinned GPU {uuid(0)} is held by bob"
@@ -211,7 +197,7 @@ def test_pinned_gpu_held_by_own_other_server():
 
 def test_pinned_gpu_drained_or_gone():
     alloc = Allocator(gpus(2), Intent(pins={"alice": uuid(0), "bob": "GPU-gone"}))
-    alloc.drain(uuid(0))
+    alloc.intent = alloc.intent.with_drained(uuid(0))
     with pytest.raises(NoGPUAvailable, match=f"your pinned GPU {uuid(0)} is drained"):
         alloc.allocate("alice")
     with pytest.raises(NoGPUAvailable, match="your pinned GPU GPU-gone is not on this host"):
@@ -223,24 +209,23 @@ def test_users_pinned_to_one_gpu_take_turns():
     assert alloc.allocate("alice").uuid == uuid(1)
     with pytest.raises(NoGPUAvailable, match="held by alice"):
         alloc.allocate("bob")
-    alloc.release("alice")
+    alloc.reconcile({})  # alice's server stopped
     assert alloc.allocate("bob").uuid == uuid(1)
 
 
 def test_repinning_does_not_move_a_running_server():
     alloc = Allocator(gpus(2), Intent())
     alloc.allocate("alice")
-    alloc.pin("alice", uuid(1))
+    alloc.intent = alloc.intent.with_pin("alice", uuid(1))
     assert alloc.allocate("alice").uuid == uuid(0)
 
 
-def test_pin_validates_uuid_and_user():
-    alloc = Allocator(gpus(1), Intent())
-    with pytest.raises(ValueError, match="cannot pin 'alice' to it: no GPU 'GPU-x' on this host"):
-        alloc.pin("alice", "GPU-x")
+def test_pin_validates_the_user_and_changes_a_copy():
+    intent = Intent()
     with pytest.raises(ValueError, match="username is empty"):
-        alloc.pin("", uuid(0))
-    assert alloc.intent.pins == {}
+        intent.with_pin("", uuid(0))
+    pinned = intent.with_pin("alice", uuid(0))
+    assert intent.pins == {} and pinned.pins == {"alice": uuid(0)}
 
 
 # --- policies ------------------------------------------------------------------------------
@@ -436,15 +421,15 @@ def test_intent_from_json_rejects_bad_types(bad):
         Intent.from_json(bad)
 
 
-def test_admin_helpers_change_the_persisted_intent():
+def test_intent_changes_are_persisted():
     alloc = Allocator(gpus(2), Intent())
-    alloc.pin("amy", uuid(1))
-    alloc.drain(uuid(0))
+    alloc.intent = alloc.intent.with_pin("amy", uuid(1))
+    alloc.intent = alloc.intent.with_drained(uuid(0))
     assert alloc.intent.to_json() == {"pins": {"amy": uuid(1)}, "drained": [uuid(0)]}
-    alloc.unpin("amy")
-    alloc.undrain(uuid(0))
-    alloc.unpin("nobody")
-    alloc.undrain("GPU-stale")  # cleaning up stale intent never fails
+    alloc.intent = alloc.intent.without_pin("amy")
+    alloc.intent = alloc.intent.without_drained(uuid(0))
+    alloc.intent = alloc.intent.without_pin("nobody")
+    alloc.intent = alloc.intent.without_drained("GPU-stale")  # cleaning up stale intent never fails
     assert alloc.intent.to_json() == {"pins": {}, "drained": []}
 
 
@@ -497,9 +482,11 @@ class AllocationMachine(RuleBasedStateMachine):
 
     @rule(user=USERS, server=SERVERS)
     def stop(self, user, server):
-        gpu = self.alloc.release(user, server)
+        gpu = self.alloc.gpu_of(user, server)
         container = self.engine.pop((user, server), None)
         assert (gpu is None) == (container is None or container["State"]["Status"] == "exited")
+        self.alloc.reconcile(self.engine_held())
+        assert self.alloc.gpu_of(user, server) is None
 
     @precondition(lambda self: self.engine)
     @rule(data=st.data(), remove=st.booleans())
@@ -520,15 +507,16 @@ class AllocationMachine(RuleBasedStateMachine):
 
     @rule(user=USERS, uuid_=UUIDS)
     def pin(self, user, uuid_):
-        self.alloc.pin(user, uuid_)
+        self.alloc.intent = self.alloc.intent.with_pin(user, uuid_)
 
     @rule(user=USERS)
     def unpin(self, user):
-        self.alloc.unpin(user)
+        self.alloc.intent = self.alloc.intent.without_pin(user)
 
     @rule(uuid_=UUIDS, on=st.booleans())
     def drain(self, uuid_, on):
-        (self.alloc.drain if on else self.alloc.undrain)(uuid_)
+        intent = self.alloc.intent
+        self.alloc.intent = intent.with_drained(uuid_) if on else intent.without_drained(uuid_)
 
     @invariant()
     def one_holder_per_gpu_in_the_engine(self):

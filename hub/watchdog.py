@@ -17,20 +17,21 @@
   restart policy starts it again with the new socket mounted.
 
 ``jupyterhub_config.py`` calls ``install(c)``: a traitlets ``Configurable``, so each knob can
-be set like any other (``c.HubGuards.engine_check_interval = 10``).
+be set like any other (``c.HubGuards.engine_check_interval = 10``). The state guard refuses
+requests through hub/patches/request_checks.py (JupyterHub has no hook of its own there).
 """
 import asyncio
 import errno
-import json
 import logging
 import os
-import re
 import signal
 import socket
 import time
 
 from traitlets import Float, Int, Unicode
 from traitlets.config import Configurable
+
+from hub.patches import request_checks
 
 log = logging.getLogger("JupyterHub")
 
@@ -177,38 +178,17 @@ _installed: StateGuard | None = None
 
 
 def install_state_guard(guard: StateGuard) -> None:
-    """Refuse hub requests (503, with the guard's message) while the state cannot be written.
-
-    JupyterHub has no hook before a request's authentication (which already writes to the
-    database), so this wraps ``BaseHandler.prepare``; tests/unit/test_resilience.py checks
-    that the wrapped method is still there in the pinned JupyterHub."""
+    """Refuse hub requests (503, with the guard's message) while the state cannot be written,
+    and learn of database writes that failed for want of space or permission."""
     global _installed
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
-    from jupyterhub.handlers.base import BaseHandler
-    from tornado import web
 
     first = _installed is None
     _installed = guard
     if not first:
         return
-    original = BaseHandler.prepare
-
-    async def prepare(self):
-        status, problem = None, None
-        if not self.request.path.rstrip("/").endswith("/health") and _installed is not None:
-            status, problem = 503, _installed.current()
-        if not problem:
-            status, problem = 400, malformed_api_body(self.request.method, self.request.path, self.request.body)
-        if problem:
-            # Anonymous, as JupyterHub's own prepare leaves a request whose user it could not
-            # identify, so that its error page renders.
-            self._jupyterhub_user = None
-            self._resolve_roles_and_scopes()
-            raise web.HTTPError(status, problem.replace("%", "%%"))
-        return await original(self)
-
-    BaseHandler.prepare = prepare
+    request_checks.add(_state_check)
 
     @event.listens_for(Engine, "handle_error")
     def _db_error(context):
@@ -216,32 +196,11 @@ def install_state_guard(guard: StateGuard) -> None:
             _installed.db_failed(str(context.original_exception))
 
 
-_USERS = re.compile(r"^/(?:[^/]+/)*hub/api/users/?$")
-_SERVER = re.compile(r"^/(?:[^/]+/)*hub/api/users/[^/]+/servers?(?:/[^/]*)?/?$")
-
-
-def malformed_api_body(method: str, path: str, body: bytes) -> str | None:
-    """The JSON bodies JupyterHub 5.5's REST API answers with a 500 instead of a 400 (it
-    indexes them without checking their type): a list as server options, non-strings as
-    usernames. None when the body is fine or not one of these."""
-    if method != "POST" or not body.strip():
+def _state_check(handler) -> tuple[int, str] | None:
+    if handler.request.path.rstrip("/").endswith("/health") or _installed is None:
         return None
-    if _SERVER.match(path):
-        try:
-            options = json.loads(body)
-        except ValueError:
-            return None  # JupyterHub itself answers 400 for what is not JSON
-        if not isinstance(options, dict):
-            return 'server options must be a JSON object, e.g. {"profile": "gpu"}'
-    elif _USERS.match(path):
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return None
-        names = data.get("usernames") if isinstance(data, dict) else None
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            return 'the body must be {"usernames": ["alice", ...]} with usernames as strings'
-    return None
+    problem = _installed.current()
+    return (503, problem) if problem else None
 
 
 def install(c) -> HubGuards:

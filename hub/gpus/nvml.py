@@ -1,0 +1,232 @@
+"""NVML, the NVIDIA driver's management library: which GPUs (and MIG instances) this host
+has, and what each one is doing now. The one module that talks to ``pynvml``.
+
+The hub can read NVML only where the driver's library is visible to it (docs/gpus.md: the
+``utility`` capability); elsewhere ``discover_gpus`` returns None and ``NVMLReader.read``
+raises ``Unavailable`` with the reason. MIG instances report memory but no utilisation (NVML
+does not offer it per instance). Tests feed a fake module through ``NVMLReader(nvml=...)``.
+
+Runs on its own on a GPU host (it needs only ``pynvml``)::
+
+    python -m hub.gpus.nvml --json                   # one reading, JSON
+    python -m hub.gpus.nvml --repeat 10 --interval 1 # ten readings, a table each
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from hub.gpus.model import GPU
+
+log = logging.getLogger(__name__)
+
+_MIB = 1024 * 1024
+NO_NVML = ("NVML is not available: no NVIDIA driver library here (for the hub's container: "
+           "give it the 'utility' capability, docs/gpus.md)")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One device at one moment; None where NVML cannot say."""
+    uuid: str
+    index: int
+    name: str
+    utilization_pct: int | None
+    memory_used_mib: int | None
+    memory_total_mib: int | None
+    parent_uuid: str | None = None
+
+
+class Unavailable(Exception):
+    """NVML cannot be used here; the message says why."""
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class NVMLReader:
+    """NVML is initialised once and kept (re-initialised after an error), since ``nvmlInit``
+    costs more than a reading. Thread-safe: samplers call it from a worker thread."""
+
+    def __init__(self, nvml: Any = None):
+        self._nv, self._ready = nvml, False
+        self._lock = threading.Lock()
+
+    def _init(self) -> Any:
+        if self._nv is None:
+            try:
+                import pynvml
+            except ImportError:
+                raise Unavailable("the pynvml module (nvidia-ml-py) is not installed") from None
+            self._nv = pynvml
+        if not self._ready:
+            try:
+                self._nv.nvmlInit()
+            except (self._nv.NVMLError, OSError) as exc:
+                raise Unavailable(f"{NO_NVML} ({exc})") from None
+            self._ready = True
+        return self._nv
+
+    def read(self) -> list[Reading]:
+        """Every GPU and, after a MIG-enabled GPU, its instances."""
+        with self._lock:
+            nv = self._init()
+            try:
+                return [self._reading(nv, handle, index, parent)
+                        for index in range(nv.nvmlDeviceGetCount())
+                        for handle, parent in self._handles(nv, index)]
+            except nv.NVMLError as exc:
+                self.close_locked()
+                raise Unavailable(f"NVML failed: {exc}") from None
+
+    def gpus(self) -> list[GPU]:
+        """What can be allocated: whole GPUs, or for a MIG-enabled GPU its instances. A GPU
+        NVML cannot read is left out, with a warning."""
+        with self._lock:
+            nv = self._init()
+            found = []
+            for index in range(nv.nvmlDeviceGetCount()):
+                try:
+                    (handle, _), *migs = self._handles(nv, index)
+                    whole = self._gpu(nv, handle, index, None)
+                    if not self._mig_enabled(nv, handle):
+                        found.append(whole)
+                        continue
+                    if not migs:  # a MIG-enabled GPU without instances cannot run anything
+                        log.warning("GPU %d (%s) has MIG enabled but no MIG instances", index, whole.uuid)
+                    found += [self._gpu(nv, h, index, parent) for h, parent in migs]
+                except nv.NVMLError as exc:
+                    log.warning("GPU %d skipped: NVML cannot read it (%s)", index, exc)
+            return found
+
+    def _handles(self, nv: Any, index: int) -> list[tuple[Any, str | None]]:
+        """(handle, parent uuid) of GPU `index`, then of each of its MIG instances."""
+        handle = nv.nvmlDeviceGetHandleByIndex(index)
+        found: list[tuple[Any, str | None]] = [(handle, None)]
+        if not self._mig_enabled(nv, handle):
+            return found
+        parent = _text(nv.nvmlDeviceGetUUID(handle))
+        try:
+            slots = nv.nvmlDeviceGetMaxMigDeviceCount(handle)
+        except nv.NVMLError:
+            return found
+        for slot in range(slots):
+            try:
+                found.append((nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot), parent))
+            except nv.NVMLError:  # NotFound: an empty slot
+                continue
+        return found
+
+    @staticmethod
+    def _mig_enabled(nv: Any, handle: Any) -> bool:
+        try:
+            current, _pending = nv.nvmlDeviceGetMigMode(handle)
+        except nv.NVMLError:  # NotSupported: a GPU without MIG
+            return False
+        return current == nv.NVML_DEVICE_MIG_ENABLE
+
+    @staticmethod
+    def _gpu(nv: Any, handle: Any, index: int, parent_uuid: str | None) -> GPU:
+        return GPU(uuid=_text(nv.nvmlDeviceGetUUID(handle)), index=index,
+                   name=_text(nv.nvmlDeviceGetName(handle)),
+                   memory_total_mib=int(nv.nvmlDeviceGetMemoryInfo(handle).total) // _MIB,
+                   parent_uuid=parent_uuid)
+
+    @staticmethod
+    def _reading(nv: Any, handle: Any, index: int, parent_uuid: str | None) -> Reading:
+        def optional(call: Callable[[], Any]) -> Any:
+            try:
+                return call()
+            except nv.NVMLError:  # NotSupported (MIG instances, some GPUs), GPU lost, ...
+                return None
+
+        memory = optional(lambda: nv.nvmlDeviceGetMemoryInfo(handle))
+        util = optional(lambda: nv.nvmlDeviceGetUtilizationRates(handle))
+        name = optional(lambda: _text(nv.nvmlDeviceGetName(handle))) or "GPU"
+        return Reading(
+            uuid=_text(nv.nvmlDeviceGetUUID(handle)), index=index, name=name,
+            utilization_pct=int(util.gpu) if util is not None else None,
+            memory_used_mib=int(memory.used) // _MIB if memory is not None else None,
+            memory_total_mib=int(memory.total) // _MIB if memory is not None else None,
+            parent_uuid=parent_uuid)
+
+    def close(self) -> None:
+        with self._lock:
+            self.close_locked()
+
+    def close_locked(self) -> None:
+        if self._ready:
+            self._ready = False
+            try:
+                self._nv.nvmlShutdown()
+            except Exception:  # noqa: BLE001 - shutting down after an error
+                pass
+
+
+def discover_gpus(nvml: Any = None) -> list[GPU] | None:
+    """The allocatable devices NVML sees; None without a driver or without pynvml."""
+    reader = NVMLReader(nvml)
+    try:
+        return reader.gpus()
+    except Unavailable:
+        return None
+    finally:
+        reader.close()
+
+
+def read_usage(reader: NVMLReader | None = None, close: bool = True) -> dict[str, Any]:
+    """One reading of every device: {"source", "reason", "time", "gpus": {uuid: {...}}}."""
+    reader = reader if reader is not None else NVMLReader()
+    now = time.time()
+    try:
+        readings = reader.read()
+    except Unavailable as exc:
+        return {"source": "n/a", "reason": str(exc), "time": now, "gpus": {}}
+    finally:
+        if close:
+            reader.close()
+    return {"source": "nvml", "reason": "", "time": now,
+            "gpus": {r.uuid: {k: v for k, v in asdict(r).items() if k != "uuid"} for r in readings}}
+
+
+def _table(usage: dict[str, Any]) -> str:
+    if usage["source"] != "nvml":
+        return f"n/a: {usage['reason']}"
+    lines = [f"{'#':>3}  {'uuid':<44} {'util':>5} {'memory used/total MiB':>22}  name"]
+    for uuid, g in sorted(usage["gpus"].items(), key=lambda kv: (kv[1]["index"], kv[0])):
+        util = "n/a" if g["utilization_pct"] is None else f"{g['utilization_pct']}%"
+        used = "n/a" if g["memory_used_mib"] is None else g["memory_used_mib"]
+        total = "n/a" if g["memory_total_mib"] is None else g["memory_total_mib"]
+        lines.append(f"{g['index']:>3}  {uuid:<44} {util:>5} {f'{used}/{total}':>22}  {g['name']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub.gpus.nvml",
+                                     description="GPU utilisation and memory by UUID, from NVML.")
+    parser.add_argument("--json", action="store_true", help="one JSON object per reading")
+    parser.add_argument("--repeat", type=int, default=1, help="readings to take (default 1)")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    args = parser.parse_args(argv)
+    reader = NVMLReader()
+    usage: dict[str, Any] = {}
+    try:
+        for i in range(max(args.repeat, 1)):
+            if i:
+                time.sleep(args.interval)
+            usage = read_usage(reader, close=False)
+            print(json.dumps(usage) if args.json else _table(usage), flush=True)
+    finally:
+        reader.close()
+    return 0 if usage.get("source") == "nvml" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,490 @@
+"""The hub's spawner: DockerSpawner with one exclusive GPU per server, profiles, course
+materials, start turns, progress, hardening and stop reasons. Glue only: each job is done by a
+helper beside this file (profiles, course_volumes, progress, turns, stop_reasons, naming) or in
+hub/gpus/, and none of them calls back into the spawner.
+
+All Docker calls go through ``docker()`` (DockerSpawner's async wrapper), run on one thread
+pool shared by all users, so one slow call (an image pull) does not queue every other user's
+calls behind it as DockerSpawner's single thread does. ``create_container`` calls are
+completed there with the settings no admin ``extra_*`` option may loosen.
+
+GPUs: one ``GPUManager`` per hub process decides, under one lock, from the engine's live
+containers (hub/gpus/manager.py); the container is created while the lock is held and carries
+its ``Assignment`` (hub/gpus/claim.py): a label and a device request by UUID. A container
+that gets no GPU runs with ``NVIDIA_VISIBLE_DEVICES=void`` so that no runtime default can hand
+it one.
+"""
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dockerspawner import DockerSpawner
+from jupyterhub.traitlets import ByteSpecification
+from tornado import web
+from traitlets import Bool, Callable, Int, List, TraitError, Unicode, default, validate
+
+from hub.gpus.allocator import first_free
+from hub.gpus.claim import NO_GPU_ENV, Assignment, Labels
+from hub.gpus.manager import GPUManager
+from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
+from hub.spawner import course_volumes, profiles
+from hub.spawner.naming import safe_slug
+from hub.spawner.progress import ProgressLog, PullProgress
+from hub.spawner.stop_reasons import StopReasons, reason_from_events
+from hub.spawner.turns import StartTurns
+
+# Image label naming a leaner start command than the image's CMD (images/singleuser/gpuhub_singleuser.py)
+SINGLEUSER_COMMAND_LABEL = "gpuhub.singleuser-command"
+
+
+@dataclass
+class HubProcess:
+    """What all spawners of one hub process share (one instance, ``PROCESS``)."""
+    executor: ThreadPoolExecutor | None = None  # Docker calls
+    gpu_manager: GPUManager | None = None  # created by the first spawn that needs it
+    turns: StartTurns = field(default_factory=StartTurns)
+    stop_reasons: StopReasons = field(default_factory=StopReasons)
+
+
+PROCESS = HubProcess()
+
+
+class GPUUnavailable(web.HTTPError):
+    """No GPU for this server now: 503 with the message in the REST API's JSON error, and
+    the same message on the spawn page (JupyterHub shows ``jupyterhub_message`` as it is)."""
+
+    def __init__(self, message: str, status: int = 503):
+        super().__init__(status, message.replace("%", "%%"))
+        self.jupyterhub_message = message
+
+
+class GPUDockerSpawner(DockerSpawner):
+    shm_size = ByteSpecification(1024**3, config=True, help="""Size of /dev/shm in the user's
+        container (Docker's --shm-size). PyTorch's DataLoader workers pass batches through shared
+        memory; Docker's default of 64M makes them fail with 'bus error' or 'No space left on device'.""")
+    pids_limit = Int(1024, config=True, help="Most processes/threads a user's container may run "
+                                             "(Docker's --pids-limit); stops fork bombs.")
+    docker_threads = Int(8, config=True, help="Threads (and Docker API connections) shared by all "
+                                              "spawners for Docker calls.")
+    concurrent_starts = Int(config=True, help="""Most servers that start at the same time; the rest
+        wait their turn (the spawn page says so). A turn lasts from creating the container until
+        the server answers; image pulls happen before it. Default: the CPUs this hub may use, at
+        least 2 (docs/performance.md).""")
+    server_extensions_off = List(Unicode(), ["jupyter_lsp", "notebook_shim"], config=True, help="""
+        Jupyter server extensions not loaded in users' servers. jupyter_lsp (installed with
+        JupyterLab) scans the Python environment for language servers at every start, and the
+        image has none; remove it from this list if your image adds some (e.g. python-lsp-server).
+        notebook_shim carries settings written for the classic Notebook server (NotebookApp) over
+        to Jupyter Server, and imports IPython to do so; the image's settings are Jupyter
+        Server's own; remove it if your image keeps NotebookApp settings.""")
+    label_prefix = Unicode("gpuhub", config=True, help="Prefix of the labels that name a "
+                                                       "container's user and server (and its GPU).")
+    gpu_enabled = Bool(True, config=True, help="Give each server one whole GPU of its own, by UUID, "
+                                               "when the host has GPUs.")
+    gpu_cpu_fallback = Bool(False, config=True, help="When no GPU is free, start the server without "
+                                                     "a GPU instead of refusing it.")
+    gpu_request_style = Unicode("auto", config=True, help="""How containers are given their GPU:
+        'cdi' (driver "cdi", device nvidia.com/gpu=<uuid>; Docker >= 25 with CDI and a CDI spec),
+        'nvidia' (driver "nvidia", device_ids=[uuid]; NVIDIA Container Toolkit), or 'auto' (CDI when
+        the engine has CDI enabled and the GPUs were found in a CDI spec, else nvidia).""")
+    gpu_inventory_file = Unicode("", config=True, help="""YAML list of GPUs (gpus: [{uuid, index,
+        name, memory_total_mib}]) for hosts where neither NVML nor a CDI spec is visible to the
+        hub. Used only when those find none.""")
+    gpu_cdi_dirs = List(Unicode(), ["/etc/cdi", "/var/run/cdi"], config=True,
+                        help="Directories with the host's CDI specs (mounted read-only into the hub).")
+    gpu_policy = Callable(first_free, config=True, help="""Which free GPU a server gets:
+        ``policy(candidates, held, username) -> GPU | None`` (see hub/gpus/allocator.py). Default:
+        the lowest-index free GPU. Candidates never include a held, drained or someone else's
+        pinned GPU, whatever the policy.""")
+    gpu_intent_file = Unicode("gpu-intent.json", config=True, help="Where admin intent (pins, "
+                                                                     "drains) is kept; on the hub's state volume.")
+    course_materials_dir = Unicode("/home/jovyan/work/courses", config=True, help="""Where each
+        course's materials volume (<prefix>-course-<course>) is mounted, as <this>/<course>:
+        read-only for the course's students, writable for its teachers and TAs. Inside the work
+        folder, so JupyterLab's file browser shows it.""")
+    profiles_file = Unicode("", config=True, help="""YAML file of server profiles users choose
+        from (hub/spawner/profiles.py explains the format). Empty: no choice, every server gets
+        this spawner's image and limits.""")
+
+    gpu_uuid = None  # the GPU this server holds, if any (kept in the hub's database)
+    assignment: Assignment | None = None  # the GPU of the start under way
+    profile_slug = None
+    _image_ready = None  # the image this start has pulled or found already
+
+    @default("concurrent_starts")
+    def _default_concurrent_starts(self):
+        return max(2, len(os.sched_getaffinity(0)))
+
+    @validate("concurrent_starts", "docker_threads")
+    def _validate_at_least_one(self, proposal):
+        if proposal.value < 1:
+            name = proposal.trait.name
+            raise TraitError(f"{name}={proposal.value}: use at least 1 (default: "
+                             f"{'the number of CPUs' if name == 'concurrent_starts' else 8})")
+        return proposal.value
+
+    @validate("pids_limit")
+    def _validate_pids_limit(self, proposal):
+        if proposal.value < 64:
+            raise TraitError(f"pids_limit={proposal.value} is too low to start JupyterLab; use at least 64 (default 1024)")
+        return proposal.value
+
+    @validate("gpu_request_style")
+    def _validate_gpu_request_style(self, proposal):
+        if proposal.value not in ("auto", "cdi", "nvidia"):
+            raise TraitError(f"gpu_request_style={proposal.value!r}: use 'auto', 'cdi' or 'nvidia'")
+        return proposal.value
+
+    @default("escape")
+    def _default_escape(self):
+        # DockerSpawner's own escaping is collision-free but unbounded (a 200-character
+        # unicode name becomes 600 characters, too long for a volume's path).
+        return safe_slug
+
+    @default("client_kwargs")
+    def _default_client_kwargs(self):
+        return {"max_pool_size": self.docker_threads}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # What a profile leaves out comes from the configuration, not from the profile this
+        # (long-lived) spawner applied last time.
+        self._configured = (self.image, self.mem_limit, self.cpu_limit, self.gpu_enabled)
+        self.progress_log = ProgressLog()
+
+    @property
+    def labels(self) -> Labels:
+        return Labels(self.label_prefix)
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        if PROCESS.executor is None:
+            PROCESS.executor = ThreadPoolExecutor(self.docker_threads, thread_name_prefix="docker")
+        return PROCESS.executor
+
+    def engine(self, method, *args, **kwargs):
+        """A Docker call on the shared pool, as it is (``docker()`` completes some calls)."""
+        return asyncio.wrap_future(self.executor.submit(self._docker, method, *args, **kwargs))
+
+    def docker(self, method, *args, **kwargs):
+        if method == "pull":
+            return asyncio.ensure_future(self.pull_with_progress(*args))
+        if method == "create_container":
+            self.emit_progress(75, "Creating container")
+            kwargs = self.harden_create_kwargs(kwargs)
+        return self.engine(method, *args, **kwargs)
+
+    # ---- profiles: the spawn form and the options a user may give -------------------------
+
+    def user_groups(self) -> set[str]:
+        return {g.name for g in getattr(self.user, "groups", [])}
+
+    @property
+    def is_admin(self) -> bool:
+        return bool(getattr(self.user, "admin", False))
+
+    def load_profiles(self) -> list:
+        """The profiles file, read on each use so an admin's edit applies at the next spawn."""
+        if not self.profiles_file:
+            return []
+        image, mem_limit, cpu_limit, _ = self._configured
+        return profiles.load_profiles(Path(self.profiles_file).read_text(), image, mem_limit, cpu_limit)
+
+    @default("options_form")
+    def _default_options_form(self):
+        return GPUDockerSpawner.render_options_form
+
+    async def render_options_form(self) -> str:
+        visible = [p for p in self.load_profiles() if p.visible_to(self.user_groups(), self.is_admin)]
+        if len(visible) < 2 and not any(len(p.images) > 1 for p in visible):
+            return ""  # nothing to choose: Start starts at once
+        total = free = 0
+        seats: dict = {}
+        if self.gpu_enabled:
+            manager = await self.gpu_manager()
+            async with manager.lock:
+                await manager.reconcile(self.engine)
+                groups, now = self.user_groups(), time.time()
+                total = len(manager.inventory)
+                free = len(manager.allocator.free(self.user.name, groups, now))
+                seats = {u: (left, manager.allocator.capacity(u))
+                         for u, left in manager.allocator.seats(groups, now).items()}
+        return profiles.render_form(visible, total, free, seats)
+
+    def options_from_form(self, formdata):
+        """Form fields to options, checked now so a bad or forged form gets its 400 at once."""
+        options = profiles.options_from_form(formdata)
+        profiles.choose(self.load_profiles(), options, self.user_groups(), self.is_admin)
+        return options
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return GPUDockerSpawner.apply_profile
+
+    def apply_profile(self, user_options: dict) -> None:
+        """Check the user's options against the profiles offered to them and apply the chosen one.
+
+        JupyterHub calls this before every start and turns an HTTPError raised here into that
+        status with its message, before anything starts (JupyterHub >= 5.3)."""
+        self.progress_log = ProgressLog()  # a new start
+        self.profile_slug = None
+        offered = self.load_profiles()
+        if not offered:
+            if user_options:
+                raise web.HTTPError(400, f"this hub offers no server options (got {sorted(user_options)[:5]})")
+            self.image, self.mem_limit, self.cpu_limit, self.gpu_enabled = self._configured
+            return
+        profile, image = profiles.choose(offered, user_options, self.user_groups(), self.is_admin)
+        self.profile_slug = profile.slug
+        self.image = image
+        self.allowed_images = {image: image}  # DockerSpawner re-checks user_options["image"]
+        self.mem_limit, self.cpu_limit, self.gpu_enabled = profile.mem_limit, profile.cpu_limit, profile.gpu
+        self.emit_progress(5, f"Profile: {profile.name}")
+
+    # ---- progress, turns and the start itself ------------------------------------------------
+
+    def emit_progress(self, progress: int, message: str) -> None:
+        self.progress_log.emit(progress, message)
+
+    def progress(self):
+        """JupyterHub's progress stream: the events of the current start, as they happen."""
+        return self.progress_log.stream()
+
+    async def start(self):
+        image_option = self.user_options.get("image")
+        if image_option:  # as DockerSpawner.start does: never pull an image that is not allowed
+            self.image = await self.check_allowed(image_option)
+        await self.pull_image(self.image)  # before taking a turn: a pull may take minutes
+        self._image_ready = self.image
+        try:
+            async with PROCESS.turns.turn(self.concurrent_starts, self._told_to_wait):
+                ip, port = await super().start()
+                self.emit_progress(90, "Container started; waiting for JupyterLab to answer")
+                await self.wait_for_port(ip, port)
+        finally:
+            self._image_ready = None
+        return ip, port
+
+    def _told_to_wait(self, ahead: int) -> None:
+        self.log.info("Start of %s waits its turn (%d ahead)", self._log_name, ahead)
+        self.emit_progress(5, f"Waiting to start: {self.concurrent_starts} servers are starting now"
+                              f"{f' and {ahead} more are waiting before yours' if ahead else ''}")
+
+    async def pull_image(self, image):
+        """DockerSpawner's pull (as pull_policy says), once per start: start() pulls before it
+        takes a turn, and DockerSpawner.start would check (or, with "always", pull) again."""
+        if image != self._image_ready:
+            await super().pull_image(image)
+
+    async def pull_with_progress(self, repo: str, tag: str) -> None:
+        """docker pull, reporting layers and bytes as it goes, on the shared thread pool."""
+        loop = asyncio.get_running_loop()
+        pull = PullProgress(f"{repo}:{tag}")
+        self.emit_progress(10, f"Pulling image {pull.image}")
+
+        def run():
+            last = 0.0
+            for event in self.client.pull(repo, tag, stream=True, decode=True):
+                pull.add(event)
+                if time.monotonic() - last > 0.5:
+                    last = time.monotonic()
+                    loop.call_soon_threadsafe(self.emit_progress, *pull.summary())
+
+        await loop.run_in_executor(self.executor, run)
+        self.emit_progress(60, f"Pulled image {pull.image}")
+
+    async def wait_for_port(self, ip: str, port: int, interval: float = 0.01) -> None:
+        """Return as soon as the server accepts connections, its container has stopped, or
+        http_timeout has passed.
+
+        JupyterHub checks a new server with exponential backoff (0.2 s, 0.4 s, 0.8 s, 1.6 s,
+        ...), which adds up to a second to every start; probing the port every 10 ms here (a
+        refused connection costs the hub about 0.13 ms of CPU) means its first check succeeds.
+        A container that stopped (a broken image) ends the wait at once, so it does not hold a
+        start turn until the timeout."""
+        deadline = time.monotonic() + self.http_timeout
+        next_state_check = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
+            except (OSError, asyncio.TimeoutError):
+                if time.monotonic() >= next_state_check:
+                    next_state_check = time.monotonic() + 1
+                    container = await self.get_object()  # None once it is gone
+                    if not (container and container["State"]["Running"]):
+                        return
+                await asyncio.sleep(interval)
+                continue
+            writer.close()
+            return
+
+    async def get_command(self):
+        """The image's leaner start command where its label names one, else DockerSpawner's
+        (``cmd`` if set, else the image's CMD); then the arguments."""
+        if self.cmd:
+            return await super().get_command()
+        config = (await self.docker("inspect_image", self.image))["Config"]
+        command = (config.get("Labels") or {}).get(SINGLEUSER_COMMAND_LABEL)
+        return ([command] if command else config["Cmd"]) + self.get_args()
+
+    def get_args(self):
+        args = super().get_args()
+        if self.server_extensions_off:
+            off = {name: False for name in self.server_extensions_off}
+            args.append(f"--ServerApp.jpserver_extensions={off!r}")
+        return args
+
+    # ---- the container: GPU, courses, limits, hardening --------------------------------------
+
+    async def gpu_manager(self) -> GPUManager:
+        """The hub's GPU manager, created on first use from this spawner's configuration."""
+        if PROCESS.gpu_manager is None:
+            static = Path(self.gpu_inventory_file).read_text() if self.gpu_inventory_file else None
+            manager = GPUManager.discover(static, self.gpu_cdi_dirs, self.gpu_request_style,
+                                          await self.engine("info"), self.gpu_intent_file,
+                                          self.label_prefix, self.gpu_policy)
+            if PROCESS.gpu_manager is None:  # another spawn may have won the await
+                PROCESS.gpu_manager = manager
+                self.log.info("GPUs (%s, requests by %s): %s", manager.source, manager.style,
+                              ", ".join(f"{g.index}:{g.uuid}" for g in manager.inventory) or "none")
+        return PROCESS.gpu_manager
+
+    async def create_object(self):
+        self.assignment = self.gpu_uuid = None
+        courses = course_volumes.user_courses(self.user)
+        await course_volumes.ensure_volumes(courses, prefix=self.prefix, labels=self.labels, image=self.image,
+                                            engine=self.engine, host_config=self.client.create_host_config,
+                                            emit=self.emit_progress)
+        manager = await self.gpu_manager() if self.gpu_enabled else None
+        if manager is None or not manager.inventory:
+            return await super().create_object()
+        # Decide and create under one lock: the engine must show this container holding its
+        # GPU before the next spawn reads the engine.
+        async with manager.lock:
+            await manager.reconcile(self.engine)
+            self.assignment = self.assign_gpu(manager)
+            if self.assignment is None:
+                return await super().create_object()
+            self.gpu_uuid = self.assignment.gpu.uuid
+            try:
+                return await super().create_object()
+            except BaseException:
+                self.assignment = self.gpu_uuid = None  # no container: the engine shows the GPU free
+                raise
+
+    def assign_gpu(self, manager: GPUManager) -> Assignment | None:
+        """This server's GPU (under the manager's lock); None to start without one, where the
+        admin allows that; else the refusal, as the user will read it."""
+        groups = self.user_groups()
+        if not manager.allocator.intent.allows(self.user.name, groups):
+            if not self.gpu_cpu_fallback:  # the admin's allow-list (GPU console): 403
+                raise GPUUnavailable(ACCESS_REFUSED, status=403)
+            self.emit_progress(70, "Your account may not use GPUs here: starting without one")
+            return None
+        try:
+            assignment = manager.assign(self.user.name, self.name or "", groups, time.time())
+        except NoGPUAvailable as exc:
+            if not self.gpu_cpu_fallback:
+                raise self.gpu_refusal(exc) from None
+            self.log.info("No GPU for %s (%s): starting without one", self._log_name, exc.reason)
+            self.emit_progress(70, f"No GPU is free ({exc.reason}): starting without one")
+            return None
+        gpu = assignment.gpu
+        self.log.info("Assigning GPU %s (#%d, %s) to %s", gpu.uuid, gpu.index, gpu.name, self._log_name)
+        if assignment.shared_by > 1:
+            seat = len(manager.allocator.holders_of(gpu.uuid))
+            self.emit_progress(70, f"Assigning a seat on shared GPU {gpu.name} (#{gpu.index}, {gpu.uuid}): "
+                                   f"{seat} of {assignment.shared_by} servers share it, and its memory")
+        else:
+            self.emit_progress(70, f"Assigning GPU {gpu.name} (#{gpu.index}, {gpu.uuid})")
+        return assignment
+
+    def gpu_refusal(self, exc: NoGPUAvailable) -> Exception:
+        """An error JupyterHub shows as it is on the spawn page and in the API (no traceback)."""
+        total = f"This host has {exc.total} GPU{'s' if exc.total != 1 else ''}"
+        drained = f", {exc.drained} of them drained by an admin" if exc.drained else ""
+        message = (f"{exc} {total}{drained}; one becomes free when its user's server stops "
+                   "(or is stopped for being idle).")
+        return GPUUnavailable(message)
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(NO_GPU_ENV if self.assignment is None else self.assignment.env())
+        courses = course_volumes.user_courses(self.user)
+        if courses:
+            env["GPUHUB_COURSES"] = ",".join(sorted(courses))
+        return env
+
+    def harden_create_kwargs(self, kwargs: dict) -> dict:
+        """Labels, limits and hardening for ``create_container``, applied last so they hold."""
+        host_config = kwargs.setdefault("host_config", {})
+        host_config.update(
+            ShmSize=self.shm_size,
+            PidsLimit=self.pids_limit,
+            SecurityOpt=["no-new-privileges:true"],
+            CapDrop=["ALL"],
+            DeviceRequests=self.assignment.device_requests() if self.assignment else [],
+        )
+        kwargs["labels"] = {**(kwargs.get("labels") or {}),
+                            **self.labels.owner(self.user.name, self.name or "", self.prefix),
+                            **(self.assignment.labels(self.labels) if self.assignment else {})}
+        host_config["Binds"] = [*(host_config.get("Binds") or []),
+                                *course_volumes.binds(course_volumes.user_courses(self.user), self.user.name,
+                                                      self.prefix, self.course_materials_dir)]
+        return kwargs
+
+    def get_state(self):
+        state = super().get_state()
+        if self.gpu_uuid:
+            state["gpu_uuid"] = self.gpu_uuid
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.gpu_uuid = state.get("gpu_uuid")
+
+    def clear_state(self):
+        super().clear_state()
+        self.gpu_uuid = None
+
+    # ---- why a server stopped on its own (shown on the next page load) --------------------
+
+    @property
+    def _server_key(self) -> tuple[str, str]:
+        return (self.user.name, self.name or "")
+
+    async def poll(self):
+        container_id = self.object_id
+        status = await super().poll()
+        if status is None:
+            PROCESS.stop_reasons.running(self._server_key)
+        elif container_id and self._server_key not in PROCESS.stop_reasons:
+            message = await self.stop_reason(container_id)
+            self.log.warning("Server of %s stopped on its own: %s", self._log_name, message)
+            PROCESS.stop_reasons.noticed(self._server_key, message)
+        return status
+
+    async def stop(self, now=False):
+        PROCESS.stop_reasons.stopping(self._server_key)
+        return await super().stop(now=now)
+
+    async def stop_reason(self, container_id: str) -> str:
+        """Why the container ended, from the engine's events (the container itself is removed)."""
+        def events():
+            until = int(time.time()) + 1
+            return list(self.client.events(since=until - 24 * 3600, until=until, decode=True,
+                                           filters={"container": container_id, "event": ["oom", "die"]}))
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(self.executor, events)
+        except Exception as exc:  # the engine's history is a help, not a must
+            self.log.info("No events for %s: %s", container_id[:12], exc)
+            found = []
+        return reason_from_events(found, self.mem_limit)
+
+    @staticmethod
+    def stop_reason_for(user) -> str:
+        """For the hub's pages (template_vars): why the user's default server stopped on its own."""
+        return PROCESS.stop_reasons.for_user(user)
