@@ -8,15 +8,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from hub.gpus.allocator import (
-    GPU,
-    Allocator,
-    Holder,
-    Intent,
-    NoGPUAvailable,
-    first_free,
-    held_from_containers,
-)
+from hub.gpus.allocator import Allocator, first_free
+from hub.gpus.claim import held_from_containers
+from hub.gpus.model import GPU, Holder, Intent, NoGPUAvailable
 
 
 def uuid(i: int) -> str:

@@ -11,8 +11,9 @@ import pynvml
 import pytest
 
 from hub.gpus import inventory
-from hub.gpus.allocator import GPU
-from hub.gpus.inventory import discover, from_cdi, from_nvml, from_yaml
+from hub.gpus.inventory import discover, from_cdi, from_yaml
+from hub.gpus.model import GPU
+from hub.gpus.nvml import discover_gpus as from_nvml
 
 FAKE_GPUS_SH = Path("/work/shared/engine/fake-gpus.sh")
 
@@ -333,13 +334,13 @@ STATIC = "gpus: [{uuid: GPU-5747, index: 0}]"
 
 
 def test_discover_prefers_nvml(monkeypatch, tmp_path):
-    monkeypatch.setattr(inventory, "from_nvml", lambda: [GPU("GPU-nvml", 0)])
+    monkeypatch.setattr(inventory, "discover_gpus", lambda: [GPU("GPU-nvml", 0)])
     cdi = write(tmp_path, "f.yaml", fake_spec(2))
     assert discover(STATIC, cdi_dirs=[str(cdi)]) == ([GPU("GPU-nvml", 0)], "nvml")
 
 
 def test_discover_falls_back_to_cdi_then_static_then_none(monkeypatch, tmp_path):
-    monkeypatch.setattr(inventory, "from_nvml", lambda: None)
+    monkeypatch.setattr(inventory, "discover_gpus", lambda: None)
     cdi = write(tmp_path / "cdi", "f.yaml", fake_spec(2))
     empty = str(tmp_path / "empty")
     assert discover(STATIC, cdi_dirs=[str(cdi)]) == ([GPU(fake_uuid(0), 0), GPU(fake_uuid(1), 1)],

@@ -5,8 +5,9 @@ import json
 import pytest
 from docker.errors import NotFound
 
-from hub.gpus.allocator import GPU, NoGPUAvailable
-from hub.gpus.manager import GPUManager, choose_style, device_request, load_intent
+from hub.gpus.claim import choose_style, device_request
+from hub.gpus.manager import GPUManager, load_intent
+from hub.gpus.model import GPU, NoGPUAvailable
 
 GPUS = [GPU(f"GPU-{i}", i) for i in range(2)]
 
@@ -66,9 +67,8 @@ def test_reconcile_reads_the_engine(tmp_path):
 def test_intent_persists_atomically(tmp_path):
     path = tmp_path / "intent.json"
     manager = GPUManager(GPUS, "cdi", "cdi", str(path), "gpuhub")
-    manager.allocator.pin("alice", "GPU-1")
-    manager.allocator.drain("GPU-0")
-    manager.save_intent()
+    manager.save_intent(manager.allocator.intent.with_pin("alice", "GPU-1").with_drained("GPU-0"))
+    assert manager.allocator.intent.pins == {"alice": "GPU-1"}  # applies at once
     assert json.loads(path.read_text()) == {"pins": {"alice": "GPU-1"}, "drained": ["GPU-0"]}
     again = GPUManager(GPUS, "cdi", "cdi", str(path), "gpuhub")
     assert again.allocator.intent.pins == {"alice": "GPU-1"} and again.allocator.intent.drained == {"GPU-0"}

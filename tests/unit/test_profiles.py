@@ -1,8 +1,8 @@
 import pytest
 from tornado import web
 
-from hub.profiles import choose, load_profiles, options_from_form, render_form
-from hub.spawner import pull_summary
+from hub.spawner.profiles import choose, load_profiles, options_from_form, render_form
+from hub.spawner.progress import pull_summary
 
 IMG, MEM, CPU = "gpuhub/pytorch-notebook:1", 8 * 2**30, 2.0
 

@@ -5,6 +5,7 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from hub.spawner import GPUDockerSpawner
+from hub.spawner.spawner import PROCESS
 
 
 def make_spawner(name="alice", **config):
@@ -48,20 +49,20 @@ def test_limits_are_validated():
 
 def test_docker_calls_share_a_pool_of_threads():
     s = make_spawner(docker_threads=4)
-    GPUDockerSpawner._executor = None
+    PROCESS.executor = None
     try:
-        assert s.executor._max_workers == 4
+        assert s.executor._max_workers == 4 and make_spawner().executor is s.executor
         assert s.client_kwargs["max_pool_size"] == 4
     finally:
-        GPUDockerSpawner._executor = None
+        PROCESS.executor = None
 
 
 def test_gpu_container_carries_its_uuid_in_label_and_request(monkeypatch):
-    from hub.gpus.manager import GPUManager
+    from hub.gpus.claim import Assignment
+    from hub.gpus.model import GPU
 
     s = make_spawner("carol")
-    monkeypatch.setattr(GPUDockerSpawner, "_gpu_manager", GPUManager([], "cdi", "cdi", "/nonexistent", "gpuhub"))
-    s.gpu_uuid = "GPU-7"
+    s.assignment, s.gpu_uuid = Assignment(GPU("GPU-7", 7), "cdi"), "GPU-7"
     kwargs = s.harden_create_kwargs({"host_config": {}})
     assert kwargs["host_config"]["DeviceRequests"] == [{"Driver": "cdi", "DeviceIDs": ["nvidia.com/gpu=GPU-7"]}]
     assert kwargs["labels"]["gpuhub.gpu.uuid"] == "GPU-7" and float(kwargs["labels"]["gpuhub.gpu.since"]) > 0
@@ -71,7 +72,7 @@ def test_gpu_container_carries_its_uuid_in_label_and_request(monkeypatch):
 
 
 def test_refusal_is_a_503_with_the_whole_message():
-    from hub.gpus.allocator import NoGPUAvailable
+    from hub.gpus.model import NoGPUAvailable
 
     error = make_spawner().gpu_refusal(NoGPUAvailable("all 4 GPUs are in use", total=4, drained=1))
     assert error.status_code == 503
@@ -120,7 +121,7 @@ def test_course_materials_are_read_only_for_students_and_writable_for_staff(monk
 
 
 def test_spawn_form_tells_of_shared_gpus_and_that_memory_is_not_isolated():
-    from hub.profiles import Profile, render_form
+    from hub.spawner.profiles import Profile, render_form
     p = Profile(slug="gpu", name="GPU", description="", images=("img",), mem_limit=2**30, cpu_limit=1.0,
                 gpu=True, groups=frozenset(), default=True)
     html = render_form([p, p], 4, 0, {"GPU-1": (3, 4)})
@@ -132,12 +133,17 @@ def test_spawn_form_tells_of_shared_gpus_and_that_memory_is_not_isolated():
 def test_starts_take_turns_and_the_waiting_are_told(monkeypatch):
     import asyncio
 
-    GPUDockerSpawner._start_turns, GPUDockerSpawner._starts_waiting = None, 0
+    from hub.spawner.turns import StartTurns
+
+    monkeypatch.setattr(PROCESS, "turns", StartTurns())
     spawners = [make_spawner(f"u{i}", concurrent_starts=2) for i in range(5)]
     running, most = [0], [0]
 
+    def start_turn(s):
+        return PROCESS.turns.turn(s.concurrent_starts, s._told_to_wait)
+
     async def start(s):
-        async with s.start_turn():
+        async with start_turn(s):
             running[0] += 1
             most[0] = max(most[0], running[0])
             await asyncio.sleep(0.02)
@@ -147,15 +153,15 @@ def test_starts_take_turns_and_the_waiting_are_told(monkeypatch):
         await asyncio.gather(*(start(s) for s in spawners))
     asyncio.run(all_at_once())
     assert most[0] == 2
-    told = [[e["message"] for e in (s._progress_events or [])] for s in spawners]
+    told = [[e["message"] for e in s.progress_log.events] for s in spawners]
     assert told[:2] == [[], []]  # the first two start at once
     assert told[2] == ["Waiting to start: 2 servers are starting now"]
     assert told[4] == ["Waiting to start: 2 servers are starting now and 2 more are waiting before yours"]
-    assert GPUDockerSpawner._starts_waiting == 0
+    assert PROCESS.turns.waiting == 0
     # a turn is given back when the start fails or is cancelled
     async def failing():
         with pytest.raises(RuntimeError):
-            async with spawners[0].start_turn():
+            async with start_turn(spawners[0]):
                 raise RuntimeError("create failed")
         await asyncio.wait_for(start(spawners[1]), timeout=1)
         await asyncio.wait_for(start(spawners[2]), timeout=1)
@@ -167,7 +173,6 @@ def test_a_start_pulls_its_image_once_before_its_turn(monkeypatch):
 
     from dockerspawner import DockerSpawner
 
-    GPUDockerSpawner._start_turns, GPUDockerSpawner._starts_waiting = None, 0
     calls = []
 
     async def fake_docker(self, method, *args, **kwargs):
