@@ -214,7 +214,12 @@ class GPUDockerSpawner(DockerSpawner):
                          for u, left in manager.allocator.seats(groups, now).items()}
         return profiles.render_form(visible, total, free, seats)
 
-    def options_from_form(self, formdata):
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        # The trait's default, not a method: c.Spawner.options_from_form stays configurable.
+        return self.profile_options_from_form
+
+    def profile_options_from_form(self, formdata):
         """Form fields to options, checked now so a bad or forged form gets its 400 at once."""
         options = profiles.options_from_form(formdata)
         profiles.choose(self.load_profiles(), options, self.user_groups(), self.is_admin)

@@ -237,3 +237,17 @@ def test_waiting_for_the_server_ends_when_its_container_stops(monkeypatch):
     t0 = time.monotonic()
     asyncio.run(s.wait_for_port("127.0.0.1", 9))  # nothing listens on port 9
     assert 1.5 < time.monotonic() - t0 < 5
+
+
+def test_a_configured_options_from_form_is_used_as_on_any_spawner(tmp_path):
+    def mine(formdata):
+        return {"custom": formdata["x"][0]}
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles: [{slug: gpu, name: GPU, default: true}, {slug: cpu, name: CPU, gpu: false}]")
+    s = make_spawner(profiles_file=str(profiles))
+    assert s.run_options_from_form({"profile": ["cpu"]}) == {"profile": "cpu"}  # the profiles' own
+    c = Config()
+    c.GPUDockerSpawner.profiles_file = str(profiles)
+    c.Spawner.options_from_form = mine
+    user = SimpleNamespace(name="eve", id=2, url="/user/eve/", server=None)
+    assert GPUDockerSpawner(config=c, user=user).run_options_from_form({"x": ["1"]}) == {"custom": "1"}
