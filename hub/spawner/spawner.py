@@ -153,6 +153,7 @@ class GPUDockerSpawner(DockerSpawner):
         # What a profile leaves out comes from the configuration, not from the profile this
         # (long-lived) spawner applied last time.
         self._configured = (self.image, self.mem_limit, self.cpu_limit, self.gpu_enabled)
+        self._configured_allowed_images = self.allowed_images
         self.progress_log = ProgressLog()
 
     @property
@@ -195,6 +196,8 @@ class GPUDockerSpawner(DockerSpawner):
 
     @default("options_form")
     def _default_options_form(self):
+        if not self.profiles_file:  # DockerSpawner's own: a choice of its allowed_images
+            return DockerSpawner._default_options_form(self)
         return GPUDockerSpawner.render_options_form
 
     async def render_options_form(self) -> str:
@@ -217,6 +220,8 @@ class GPUDockerSpawner(DockerSpawner):
     @default("options_from_form")
     def _default_options_from_form(self):
         # The trait's default, not a method: c.Spawner.options_from_form stays configurable.
+        if not self.profiles_file:  # DockerSpawner's own: the image field
+            return DockerSpawner._default_options_from_form(self)
         return self.profile_options_from_form
 
     def profile_options_from_form(self, formdata):
@@ -237,11 +242,17 @@ class GPUDockerSpawner(DockerSpawner):
         self.progress_log = ProgressLog()  # a new start
         self.profile_slug = None
         offered = self.load_profiles()
-        if not offered:
-            if user_options:
-                raise web.HTTPError(400, f"this hub offers no server options (got {sorted(user_options)[:5]})")
+        if not offered:  # DockerSpawner's own options: an image of allowed_images (start() checks it)
+            others = sorted(set(user_options) - {"image"})
+            if others:
+                raise web.HTTPError(400, f"this hub offers no server options but 'image' (got {others[:5]})")
             self.image, self.mem_limit, self.cpu_limit, self.gpu_enabled = self._configured
             return
+        if self._configured_allowed_images:
+            raise web.HTTPError(500, "This hub's configuration sets both server profiles and "
+                                     "DockerSpawner.allowed_images; profiles replace allowed_images. An "
+                                     "admin must remove c.DockerSpawner.allowed_images and list the images "
+                                     "under a profile's 'images:' instead (docs/servers.md).")
         profile, image = profiles.choose(offered, user_options, self.user_groups(), self.is_admin)
         self.profile_slug = profile.slug
         self.image = image

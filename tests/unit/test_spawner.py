@@ -251,3 +251,32 @@ def test_a_configured_options_from_form_is_used_as_on_any_spawner(tmp_path):
     c.Spawner.options_from_form = mine
     user = SimpleNamespace(name="eve", id=2, url="/user/eve/", server=None)
     assert GPUDockerSpawner(config=c, user=user).run_options_from_form({"x": ["1"]}) == {"custom": "1"}
+
+
+def test_without_profiles_dockerspawners_allowed_images_are_offered_and_checked():
+    import asyncio
+
+    from tornado import web
+
+    s = make_spawner(allowed_images=["lab/a:1", "lab/b:2"], image="lab/a:1")
+    assert 'name="image"' in s.options_form and "lab/b:2" in s.options_form  # stock's image picker
+    assert s.run_options_from_form({"image": ["lab/b:2"]}) == {"image": "lab/b:2"}
+    s.apply_profile({"image": "lab/b:2"})  # start() resolves it through check_allowed
+    assert asyncio.run(s.check_allowed("lab/b:2")) == "lab/b:2"
+    with pytest.raises(web.HTTPError, match="not in allowed list"):
+        asyncio.run(s.check_allowed("evil/c:3"))
+    with pytest.raises(web.HTTPError) as err:
+        s.apply_profile({"profile": "gpu"})
+    assert err.value.status_code == 400 and "no server options but 'image'" in err.value.log_message
+    assert make_spawner().options_form == ""  # no images to choose from: Start starts at once
+
+
+def test_profiles_and_allowed_images_together_are_refused_with_the_fix(tmp_path):
+    from tornado import web
+
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles: [{slug: gpu, name: GPU, default: true}]")
+    s = make_spawner(profiles_file=str(profiles), allowed_images=["lab/a:1"])
+    with pytest.raises(web.HTTPError) as err:
+        s.apply_profile({})
+    assert err.value.status_code == 500 and "remove c.DockerSpawner.allowed_images" in err.value.log_message
