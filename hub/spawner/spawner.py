@@ -24,14 +24,15 @@ from pathlib import Path
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
 from tornado import web
-from traitlets import Bool, Callable, Int, List, TraitError, Unicode, default, validate
+import docker.errors
+from traitlets import Bool, Callable, CaselessStrEnum, Int, List, TraitError, Unicode, default, validate
 
 from hub.gpus.allocator import first_free
 from hub.gpus.claim import NO_GPU_ENV, Assignment, Labels
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
 from hub.spawner import course_volumes, profiles
-from hub.spawner.naming import safe_slug
+from hub.spawner import naming
 from hub.spawner.progress import ProgressLog, PullProgress
 from hub.spawner.stop_reasons import StopReasons, reason_from_events
 from hub.spawner.turns import StartTurns
@@ -105,6 +106,12 @@ class GPUDockerSpawner(DockerSpawner):
         course's materials volume (<prefix>-course-<course>) is mounted, as <this>/<course>:
         read-only for the course's students, writable for its teachers and TAs. Inside the work
         folder, so JupyterLab's file browser shows it.""")
+    name_scheme = CaselessStrEnum(list(naming.SCHEMES), "gpuhub", config=True, help="""How users'
+        containers and volumes are named: 'gpuhub' (readable, bounded: hub/spawner/naming.py) or
+        'dockerspawner' (a stock DockerSpawner's escaping, for a hub moved from one: its users'
+        volumes are then found as they are). Names of plain usernames (lowercase letters, digits,
+        dashes) are the same in both. With 'gpuhub', a start warns when the user has a volume in
+        the stock naming and none in ours (docs/operations.md, "Moving from a stock DockerSpawner").""")
     profiles_file = Unicode("", config=True, help="""YAML file of server profiles users choose
         from (hub/spawner/profiles.py explains the format). Empty: no choice, every server gets
         this spawner's image and limits.""")
@@ -142,7 +149,7 @@ class GPUDockerSpawner(DockerSpawner):
     def _default_escape(self):
         # DockerSpawner's own escaping is collision-free but unbounded (a 200-character
         # unicode name becomes 600 characters, too long for a volume's path).
-        return safe_slug
+        return naming.escape_for(self.name_scheme)
 
     @default("client_kwargs")
     def _default_client_kwargs(self):
@@ -370,6 +377,7 @@ class GPUDockerSpawner(DockerSpawner):
 
     async def create_object(self):
         self.assignment = self.gpu_uuid = None
+        await self.warn_of_stock_volumes()
         courses = course_volumes.user_courses(self.user)
         await course_volumes.ensure_volumes(courses, prefix=self.prefix, labels=self.labels, image=self.image,
                                             engine=self.engine, host_config=self.client.create_host_config,
@@ -390,6 +398,28 @@ class GPUDockerSpawner(DockerSpawner):
             except BaseException:
                 self.assignment = self.gpu_uuid = None  # no container: the engine shows the GPU free
                 raise
+
+    async def warn_of_stock_volumes(self) -> None:
+        """Say so when this user has a volume named as a stock DockerSpawner names it and none
+        named as this hub does: their files are there, and this server would start empty."""
+        if self.name_scheme != "gpuhub":
+            return
+        stock_name = naming.escape_for("dockerspawner")(self.user.name)
+        pairs = naming.renamed_volumes(self.volumes, self._render_templates, self.template_namespace(), stock_name)
+        for theirs, ours in pairs:
+            if await self.volume_exists(theirs) and not await self.volume_exists(ours):
+                message = (f"Your files may be in the volume {theirs} (named as a stock DockerSpawner "
+                           f"names it); this hub names yours {ours}. An admin can set "
+                           "HUB_NAME_SCHEME=dockerspawner or rename the volume (docs/operations.md).")
+                self.log.warning("%s: %s", self._log_name, message)
+                self.emit_progress(20, message)
+
+    async def volume_exists(self, name: str) -> bool:
+        try:
+            await self.engine("inspect_volume", name)
+        except docker.errors.NotFound:
+            return False
+        return True
 
     def assign_gpu(self, manager: GPUManager) -> Assignment | None:
         """This server's GPU (under the manager's lock); None to start without one, where the

@@ -280,3 +280,34 @@ def test_profiles_and_allowed_images_together_are_refused_with_the_fix(tmp_path)
     with pytest.raises(web.HTTPError) as err:
         s.apply_profile({})
     assert err.value.status_code == 500 and "remove c.DockerSpawner.allowed_images" in err.value.log_message
+
+
+def test_a_hub_moved_from_stock_dockerspawner_keeps_its_names_or_is_told_of_them(monkeypatch):
+    import asyncio
+
+    import docker.errors
+
+    volumes = {"lab-user-{username}": "/home/jovyan/work", "/srv/shared": "/shared"}
+    stock = make_spawner("Ann.Lee", prefix="lab", name_scheme="dockerspawner", volumes=volumes)
+    assert stock.container_name == "lab--41nn-2e-4cee"  # as a stock DockerSpawner names it
+    assert make_spawner("ann", prefix="lab").container_name == make_spawner(
+        "ann", prefix="lab", name_scheme="dockerspawner").container_name  # plain names: the same
+
+    s = make_spawner("Ann.Lee", prefix="lab", volumes=volumes)
+    ours = s._render_templates("lab-user-{username}")
+    assert ours != "lab-user--41nn-2e-4cee" and ours.startswith("lab-user-ann-lee---")
+    existing = {"lab-user--41nn-2e-4cee"}
+
+    async def engine(self, method, name):
+        assert method == "inspect_volume"
+        if name not in existing:
+            raise docker.errors.NotFound("no such volume")
+        return {"Name": name}
+    monkeypatch.setattr(GPUDockerSpawner, "engine", engine)
+    asyncio.run(s.warn_of_stock_volumes())
+    told = [e["message"] for e in s.progress_log.events]
+    assert len(told) == 1 and "lab-user--41nn-2e-4cee" in told[0] and ours in told[0] and "HUB_NAME_SCHEME" in told[0]
+    existing.add(ours)  # moved (or used) already: nothing to say
+    s2 = make_spawner("Ann.Lee", prefix="lab", volumes=volumes)
+    asyncio.run(s2.warn_of_stock_volumes())
+    assert s2.progress_log.events == []
