@@ -17,7 +17,7 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
-.PHONY: up down images test test-images unit e2e storm bench reliability
+.PHONY: up down images test test-images unit e2e storm bench reliability config-docs
 
 up: .env images
 	$(COMPOSE) up -d --wait
@@ -61,6 +61,10 @@ test-images:
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit -q
+
+# .env.example, docs/configuration.md and compose's hub environment, from hub/config/table.py
+config-docs: $(VENV)/.installed
+	$(VENV)/bin/python -m hub.config.generate --write
 
 e2e: $(VENV)/.installed test-images
 	$(VENV)/bin/python -m pytest tests/e2e -q

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from traitlets.config.loader import ConfigError
 
-from hub.config import oauth, readers
+from hub.config import STATE_DIR, oauth
 from hub.config.gpu_settings import GPUSettings
+from hub.config.table import read
 
-STATE_DIR = "/srv/jupyterhub/state"
 PROXY_TOKEN_FILE = "/run/proxy-token/token"
 NOTEBOOK_DIR = "/home/jovyan/work"
 PROFILES_FILE = "/srv/jupyterhub/profiles.yaml"
@@ -32,7 +32,7 @@ def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN
     c.JupyterHub.hub_connect_url = "http://hub:8081"
     # User servers outlive the hub: a restart or upgrade of the hub leaves them running.
     c.JupyterHub.cleanup_servers = False
-    c.JupyterHub.log_level = readers.text(env, "HUB_LOG_LEVEL", "INFO").upper()
+    c.JupyterHub.log_level = read(env, "HUB_LOG_LEVEL").upper()
 
 
 def configure_auth(c, env: Mapping[str, str], fetch_json=None) -> None:
@@ -45,12 +45,12 @@ def configure_auth(c, env: Mapping[str, str], fetch_json=None) -> None:
         oauth.configure_oauth(c, env, provider, fetch_json or oauth.fetch_json)
         return
     oauth.check_unset(env)
-    admin = readers.username(env, "HUB_ADMIN_USER", "admin")
+    admin = read(env, "HUB_ADMIN_USER")
     c.JupyterHub.authenticator_class = "hub.config.native_auth.SeededNativeAuthenticator"
     c.Authenticator.admin_users = {admin}
     c.SeededNativeAuthenticator.initial_admin_password_file = f"{STATE_DIR}/admin-password"
     # Users sign up on the login page; an admin approves them at /hub/authorize unless open.
-    c.NativeAuthenticator.open_signup = readers.boolean(env, "HUB_OPEN_SIGNUP", "false")
+    c.NativeAuthenticator.open_signup = read(env, "HUB_OPEN_SIGNUP")
     c.NativeAuthenticator.minimum_password_length = 8
     c.NativeAuthenticator.check_common_password = True
     # NativeAuthenticator's own approval is the allow-list; JupyterHub need not keep a second one.
@@ -59,37 +59,38 @@ def configure_auth(c, env: Mapping[str, str], fetch_json=None) -> None:
 
 def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_FILE) -> None:
     """One container per user from the single-user image, with limits and a work volume."""
-    prefix = readers.name_prefix(env, "HUB_NAME_PREFIX", "gpuhub")
+    prefix = read(env, "HUB_NAME_PREFIX")
     c.JupyterHub.spawner_class = "hub.spawner.GPUDockerSpawner"
-    c.DockerSpawner.image = readers.text(env, "SINGLEUSER_IMAGE", "gpuhub/pytorch-notebook:0.1.0")
+    c.DockerSpawner.image = read(env, "SINGLEUSER_IMAGE")
     c.DockerSpawner.prefix = prefix
     c.DockerSpawner.network_name = f"{prefix}-net"
     c.DockerSpawner.use_internal_ip = True
     c.DockerSpawner.remove = True
     c.DockerSpawner.notebook_dir = NOTEBOOK_DIR
     c.DockerSpawner.volumes = {f"{prefix}-user-{{username}}": NOTEBOOK_DIR}
-    c.DockerSpawner.mem_limit = readers.byte_size(env, "USER_MEM_LIMIT", "8G")
-    c.DockerSpawner.cpu_limit = readers.cpus(env, "USER_CPU_LIMIT", "2")
-    c.GPUDockerSpawner.shm_size = readers.byte_size(env, "USER_SHM_SIZE", "1G")
-    c.GPUDockerSpawner.pids_limit = readers.positive_int(env, "USER_PIDS_LIMIT", "1024")
-    c.GPUDockerSpawner.gpu_enabled = readers.boolean(env, "USER_GPU", "true")
-    c.GPUDockerSpawner.gpu_cpu_fallback = readers.boolean(env, "GPU_CPU_FALLBACK", "false")
-    c.GPUDockerSpawner.gpu_request_style = readers.choice(env, "GPU_REQUEST_STYLE", "auto", ("auto", "cdi", "nvidia"))
-    c.GPUDockerSpawner.gpu_intent_file = f"{STATE_DIR}/gpu-intent.json"
+    c.DockerSpawner.mem_limit = read(env, "USER_MEM_LIMIT")
+    c.DockerSpawner.cpu_limit = read(env, "USER_CPU_LIMIT")
+    c.GPUDockerSpawner.shm_size = read(env, "USER_SHM_SIZE")
+    c.GPUDockerSpawner.pids_limit = read(env, "USER_PIDS_LIMIT")
+    c.GPUDockerSpawner.gpu_enabled = read(env, "USER_GPU")
+    c.GPUDockerSpawner.gpu_cpu_fallback = read(env, "GPU_CPU_FALLBACK")
+    c.GPUDockerSpawner.gpu_request_style = read(env, "GPU_REQUEST_STYLE")
+    c.GPUDockerSpawner.gpu_intent_file = GPUSettings.intent_file
     c.Spawner.default_url = "/lab"
     configure_profiles(c, profiles_file)
-    timeout = readers.positive_int(env, "SPAWN_TIMEOUT", "120")
+    timeout = read(env, "SPAWN_TIMEOUT")
     c.Spawner.start_timeout = timeout
     c.Spawner.http_timeout = timeout
-    if env.get("SPAWN_CONCURRENCY", "").strip():  # unset: the number of CPUs (the traitlet's default)
-        c.GPUDockerSpawner.concurrent_starts = readers.positive_int(env, "SPAWN_CONCURRENCY", "2")
+    concurrency = read(env, "SPAWN_CONCURRENCY")
+    if concurrency is not None:  # unset: the number of CPUs (the traitlet's default)
+        c.GPUDockerSpawner.concurrent_starts = concurrency
 
 
 def configure_profiles(c, path: str) -> None:
     """Offer the profiles of the mounted file, checked now so a bad file stops the hub at start."""
     if not Path(path).is_file():
         return
-    from hub.profiles import load_profiles
+    from hub.spawner.profiles import load_profiles
 
     spawner = c.DockerSpawner
     try:
@@ -101,11 +102,11 @@ def configure_profiles(c, path: str) -> None:
 
 def configure_culler(c, env: Mapping[str, str]) -> None:
     """jupyterhub-idle-culler as a hub-managed service that may only see and stop servers."""
-    timeout = readers.non_negative_int(env, "CULL_IDLE_TIMEOUT", "3600")
+    timeout = read(env, "CULL_IDLE_TIMEOUT")
     if timeout == 0:
         return
-    max_age = readers.non_negative_int(env, "CULL_MAX_AGE", "0")
-    every = readers.positive_int(env, "CULL_EVERY", "60")
+    max_age = read(env, "CULL_MAX_AGE")
+    every = read(env, "CULL_EVERY")
     c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
         "name": "idle-culler",
         "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}",
@@ -134,8 +135,8 @@ def configure_console(c, env: Mapping[str, str]) -> None:
               "label_prefix": "label_prefix", "cdi_dirs": "gpu_cdi_dirs",
               "inventory_file": "gpu_inventory_file"}
     gpu = GPUSettings(
-        name_prefix=readers.name_prefix(env, "HUB_NAME_PREFIX", "gpuhub"),
-        log_level=readers.text(env, "HUB_LOG_LEVEL", "INFO").upper(),
+        name_prefix=read(env, "HUB_NAME_PREFIX"),
+        log_level=read(env, "HUB_LOG_LEVEL").upper(),
         **{field: spawner[trait] for field, trait in traits.items() if trait in spawner})
     environment = gpu.to_env()
     c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
@@ -168,7 +169,7 @@ def configure_recovery(c, env: Mapping[str, str]) -> None:
     - A server that stopped on its own (out of memory, crashed) is noticed by the poll (every
       30 s by default): every 10 s here; the "not running" page then says why
       (hub/templates/not_running.html, GPUDockerSpawner.stop_reason).
-    - The state volume and the Docker engine are watched (hub/resilience.py)."""
+    - The state volume and the Docker engine are watched (hub/watchdog.py)."""
     c.JupyterHub.last_activity_interval = 10
     c.Spawner.poll_interval = 10
     c.JupyterHub.template_paths = [*c.JupyterHub.get("template_paths", []), TEMPLATES_DIR]

@@ -2,8 +2,9 @@
 
 The hub builds a ``GPUSettings`` from its spawner's configuration and writes it into the console
 service's environment (``to_env``); the console reads it back (``from_env``). Both sides use the
-field defaults below, so a default lives in one place, and a bad value stops the console at
-start with a message naming the variable, the value and an example of a good one.
+field defaults below (those of deployment variables come from the settings table), so a default
+lives in one place, and a bad value stops the console at start with a message naming the
+variable, the value and an example of a good one.
 """
 from __future__ import annotations
 
@@ -13,22 +14,22 @@ from dataclasses import dataclass, fields
 
 from traitlets.config.loader import ConfigError
 
-from hub.config import readers
+from hub.config import STATE_DIR, readers
+from hub.config.table import SETTINGS
 
-STATE_DIR = "/srv/jupyterhub/state"
-REQUEST_STYLES = ("auto", "cdi", "nvidia")
+REQUEST_STYLES = SETTINGS["GPU_REQUEST_STYLE"].choices
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
 
 
 @dataclass(frozen=True)
 class GPUSettings:
-    name_prefix: str = "gpuhub"
+    name_prefix: str = SETTINGS["HUB_NAME_PREFIX"].default
     """The hub's prefix for Docker names (HUB_NAME_PREFIX): which containers are this hub's."""
     intent_file: str = f"{STATE_DIR}/gpu-intent.json"
     """Admin intent (pins, drains, access); the spawner re-reads it before every decision."""
     audit_file: str = f"{STATE_DIR}/gpu-audit.jsonl"
     """The console's audit log of admin actions."""
-    request_style: str = "auto"
+    request_style: str = SETTINGS["GPU_REQUEST_STYLE"].default
     """How containers are given their GPU: auto, cdi or nvidia."""
     label_prefix: str = "gpuhub"
     """Prefix of the labels that name a container's user, server and GPU."""
@@ -36,7 +37,7 @@ class GPUSettings:
     """Directories with the host's CDI specs."""
     inventory_file: str = ""
     """A static GPU list for hosts where neither NVML nor CDI finds the GPUs ("" for none)."""
-    log_level: str = "INFO"
+    log_level: str = SETTINGS["HUB_LOG_LEVEL"].default
     """The console's log level (the hub's HUB_LOG_LEVEL)."""
     usage_interval: float = 10.0
     """Seconds between two samples of GPU usage."""

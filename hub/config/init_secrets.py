@@ -12,6 +12,9 @@ import secrets
 import sys
 from pathlib import Path
 
+from hub.config import STATE_DIR
+from hub.config.table import read
+
 HUB_UID = 990  # the 'jupyterhub' user of the hub image
 PROXY_GID = 101  # the 'chp' group of the proxy image
 
@@ -55,10 +58,10 @@ def initialise(state_dir: Path, proxy_token_dir: Path, admin_password: str | Non
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="gpuhub-init", description=__doc__.split("\n")[0])
-    parser.add_argument("--state-dir", default="/srv/jupyterhub/state", type=Path)
+    parser.add_argument("--state-dir", default=STATE_DIR, type=Path)
     parser.add_argument("--proxy-token-dir", default="/run/proxy-token", type=Path)
     args = parser.parse_args(argv)
-    password = os.environ.get("HUB_ADMIN_PASSWORD", "").strip() or None
+    password = read(os.environ, "HUB_ADMIN_PASSWORD") or None
     if password is not None and len(password) < 8:
         print("gpuhub-init: HUB_ADMIN_PASSWORD must have at least 8 characters (or leave it "
               "empty to have one generated)", file=sys.stderr)

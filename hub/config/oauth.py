@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from traitlets.config.loader import ConfigError
 
-from hub.config import readers
+from hub.config.table import read
 
 CALLBACK_PATH = "/hub/oauth_callback"
 CALLBACK_HINT = f"https://<your host>{CALLBACK_PATH}"
@@ -81,7 +81,7 @@ def fetch_json(url: str, timeout: float = 10) -> dict:
 
 def provider_key(env: Mapping[str, str]) -> str:
     """OAUTH_PROVIDER: none (the embedded login) or a key of PROVIDERS."""
-    raw = readers.text(env, "OAUTH_PROVIDER", "none").lower()
+    raw = read(env, "OAUTH_PROVIDER").lower()
     if raw not in ("none", *PROVIDERS):
         raise ConfigError(f"OAUTH_PROVIDER={raw!r} is not one of {', '.join(PROVIDERS)} (or empty for the hub's own "
                           f"login); Keycloak, Azure AD, Authentik, Dex and other OpenID Connect providers are "
@@ -109,12 +109,12 @@ def configure_oauth(c, env: Mapping[str, str], key: str, fetch: FetchJson = fetc
                               f"{key}: remove {name} from .env")
     client_id, client_secret, callback = _credentials(env, key, provider)
 
-    users = readers.name_list(env, "OAUTH_ALLOWED_USERS")
-    admins = readers.name_list(env, "OAUTH_ADMIN_USERS")
-    orgs = readers.name_list(env, "OAUTH_ALLOWED_ORGS")
-    groups = readers.name_list(env, "OAUTH_ALLOWED_GROUPS")
-    admin_groups = readers.name_list(env, "OAUTH_ADMIN_GROUPS")
-    allow_all = readers.boolean(env, "OAUTH_ALLOW_ALL", "false")
+    users = read(env, "OAUTH_ALLOWED_USERS")
+    admins = read(env, "OAUTH_ADMIN_USERS")
+    orgs = read(env, "OAUTH_ALLOWED_ORGS")
+    groups = read(env, "OAUTH_ALLOWED_GROUPS")
+    admin_groups = read(env, "OAUTH_ADMIN_GROUPS")
+    allow_all = read(env, "OAUTH_ALLOW_ALL")
     if orgs and not provider.orgs:
         raise ConfigError("OAUTH_ALLOWED_ORGS is for GitHub organisations, GitLab groups and Google "
                           "domains; with OAUTH_PROVIDER=oidc let a group claim decide: set "
@@ -149,7 +149,7 @@ def configure_oauth(c, env: Mapping[str, str], key: str, fetch: FetchJson = fetc
             a.allowed_organizations = set(orgs)
             a.scope = ["read:org"]  # so private memberships count too
     elif key == "gitlab":
-        a.gitlab_url = readers.url(env, "GITLAB_URL", "https://gitlab.example.org", "https://gitlab.com").rstrip("/")
+        a.gitlab_url = read(env, "GITLAB_URL").rstrip("/")
         a.scope = ["read_user", "read_api"] if orgs else ["read_user"]
         if orgs:
             a.allowed_gitlab_groups = set(orgs)
@@ -167,9 +167,9 @@ def configure_oauth(c, env: Mapping[str, str], key: str, fetch: FetchJson = fetc
 
 
 def _credentials(env: Mapping[str, str], key: str, provider: Provider) -> tuple[str, str, str]:
-    client_id = readers.text(env, "OAUTH_CLIENT_ID", "")
-    client_secret = readers.text(env, "OAUTH_CLIENT_SECRET", "")
-    callback = readers.text(env, "OAUTH_CALLBACK_URL", "")
+    client_id = read(env, "OAUTH_CLIENT_ID")
+    client_secret = read(env, "OAUTH_CLIENT_SECRET")
+    callback = read(env, "OAUTH_CALLBACK_URL")
     if not client_id or not client_secret:
         missing = [name for name, value in (("OAUTH_CLIENT_ID", client_id), ("OAUTH_CLIENT_SECRET", client_secret))
                    if not value]
@@ -192,12 +192,12 @@ def _credentials(env: Mapping[str, str], key: str, provider: Provider) -> tuple[
 
 def _configure_oidc(a, env: Mapping[str, str], groups: list[str], admin_groups: list[str], fetch: FetchJson) -> str:
     """GenericOAuthenticator for an OpenID Connect provider; returns its name for messages."""
-    claims_from = readers.choice(env, "OIDC_CLAIMS_FROM", "userinfo", ("userinfo", "id_token"))
-    issuer = readers.url(env, "OIDC_ISSUER", "https://sso.example.org/realms/lab")
+    claims_from = read(env, "OIDC_CLAIMS_FROM")
+    issuer = read(env, "OIDC_ISSUER")
     urls = {
-        "authorization_endpoint": readers.url(env, "OIDC_AUTHORIZE_URL", "https://sso.example.org/authorize"),
-        "token_endpoint": readers.url(env, "OIDC_TOKEN_URL", "https://sso.example.org/token"),
-        "userinfo_endpoint": readers.url(env, "OIDC_USERDATA_URL", "https://sso.example.org/userinfo"),
+        "authorization_endpoint": read(env, "OIDC_AUTHORIZE_URL"),
+        "token_endpoint": read(env, "OIDC_TOKEN_URL"),
+        "userinfo_endpoint": read(env, "OIDC_USERDATA_URL"),
     }
     variables = {"authorization_endpoint": "OIDC_AUTHORIZE_URL", "token_endpoint": "OIDC_TOKEN_URL",
                  "userinfo_endpoint": "OIDC_USERDATA_URL"}
@@ -219,7 +219,7 @@ def _configure_oidc(a, env: Mapping[str, str], groups: list[str], admin_groups: 
                                   f"{variables[endpoint]} in .env")
             urls[endpoint] = value
 
-    scopes = readers.text(env, "OIDC_SCOPES", "openid profile email").replace(",", " ").split()
+    scopes = read(env, "OIDC_SCOPES").replace(",", " ").split()
     if "openid" not in scopes:
         raise ConfigError(f"OIDC_SCOPES={' '.join(scopes)!r} lacks openid, without which the provider gives "
                           f"no OpenID Connect claims: e.g. OIDC_SCOPES=openid profile email")
@@ -230,13 +230,13 @@ def _configure_oidc(a, env: Mapping[str, str], groups: list[str], admin_groups: 
     else:
         a.userdata_url = urls["userinfo_endpoint"]
     a.scope = scopes
-    a.username_claim = readers.text(env, "OIDC_USERNAME_CLAIM", "preferred_username")
-    service = readers.text(env, "OIDC_LOGIN_SERVICE", "OpenID Connect")
+    a.username_claim = read(env, "OIDC_USERNAME_CLAIM")
+    service = read(env, "OIDC_LOGIN_SERVICE")
     a.login_service = service
     if groups or admin_groups:
         # JupyterHub's groups follow the provider's group claim; the allow/admin rules use them.
         a.manage_groups = True
-        a.auth_state_groups_key = "oauth_user." + readers.text(env, "OIDC_GROUPS_CLAIM", "groups")
+        a.auth_state_groups_key = "oauth_user." + read(env, "OIDC_GROUPS_CLAIM")
         a.allowed_groups = set(groups)
         a.admin_groups = set(admin_groups)
     return service

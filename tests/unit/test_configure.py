@@ -6,7 +6,9 @@ import pytest
 from traitlets.config import Config
 from traitlets.config.loader import ConfigError
 
+from hub.config import generate, oauth, readers
 from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner, read_secret
+from hub.config.table import OAUTH, SECTIONS, SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,18 +85,60 @@ def test_bad_spawner_setting_stops_with_the_variable_named():
         configure_spawner(Config(), {"USER_MEM_LIMIT": "eight"})
 
 
-def env_example_variables() -> set[str]:
-    text = (ROOT / ".env.example").read_text()
-    return set(re.findall(r"^([A-Z_]+)=", text, re.MULTILINE))
+@pytest.mark.parametrize("name", generate.FILES)
+def test_generated_file_is_fresh(name):
+    """.env.example, docs/configuration.md and compose's hub environment come from the table."""
+    expected = generate.outputs(ROOT)[name]
+    current = (ROOT / name).read_text() if (ROOT / name).is_file() else None
+    assert current == expected, (f"{name} is stale: run `{generate.COMMAND}` ({generate.FULL_COMMAND}) "
+                                 f"and commit the result")
 
 
-def test_env_example_compose_and_readme_agree():
-    """Every variable compose reads is in .env.example and the README's table, and back."""
-    compose = set(re.findall(r"\$\{([A-Z_]+)[:}]", (ROOT / "docker-compose.yml").read_text()))
-    documented = env_example_variables()
-    readme = set(re.findall(r"^\| `([A-Z_]+)` \|", (ROOT / "README.md").read_text(), re.MULTILINE))
-    assert compose == documented, (compose ^ documented)
-    assert documented == readme, (documented ^ readme)
+def test_stale_files_are_named_with_the_command_that_fixes_them(tmp_path, capsys):
+    (tmp_path / "docker-compose.yml").write_text((ROOT / "docker-compose.yml").read_text())
+    (tmp_path / ".env.example").write_text("HUB_PUBLISH=8000\n")
+    assert generate.main(["--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert ".env.example is stale: run `make config-docs`" in err and "docs/configuration.md is stale" in err
+    assert "docker-compose.yml" not in err
+    assert generate.main(["--root", str(tmp_path), "--write"]) == 0
+    assert generate.main(["--root", str(tmp_path)]) == 0
+
+
+def test_compose_reads_exactly_the_tables_variables_with_its_defaults():
+    """Every variable compose reads is in the table, and back; fallbacks are the table's values;
+    the hub gets every variable the hub reads."""
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    compose = re.findall(r"\$\{([A-Z_]+)(?::-([^}]*))?\}", compose_text)
+    assert {name for name, _ in compose} == set(SETTINGS), ({name for name, _ in compose} ^ set(SETTINGS))
+    for name, fallback in compose:
+        assert fallback == SETTINGS[name].value, (name, fallback)
+    hub = re.search(r"^  hub:\n(.*?)^  \S", compose_text, re.MULTILINE | re.DOTALL).group(1)
+    hub_env = set(re.findall(r"^      ([A-Z_]+): ", hub, re.MULTILINE))
+    assert hub_env == {s.name for s in SETTINGS.values() if s.to_hub}
+    example = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert example == set(SETTINGS)
+
+
+def test_every_setting_has_help_and_a_known_reader():
+    for s in SETTINGS.values():
+        assert s.help.strip() and s.section in SECTIONS, s.name
+        assert s.kind == "compose" or hasattr(readers, s.kind), s.name
+        assert (s.kind == "compose") == (s.used_by == "compose"), s.name
+        if s.kind != "compose":
+            s.read({})  # the default itself is valid
+
+
+def test_configure_code_reads_through_the_table():
+    """No variable parsed, and no default typed, beside the table."""
+    for module in ("configure.py", "oauth.py"):
+        source = (ROOT / "hub" / "config" / module).read_text()
+        assert "readers." not in source, module
+
+
+def test_oauth_variables_are_the_oauth_section():
+    names = {s.name for s in SETTINGS.values() if s.section is OAUTH}
+    assert names == {"OAUTH_PROVIDER", *oauth.VARIABLES}
 
 
 def test_hub_and_singleuser_pin_the_same_jupyterhub():

@@ -1,7 +1,7 @@
 import os
 import stat
 
-from hub.config.init_secrets import initialise
+from hub.config.init_secrets import initialise, main
 
 UID, GID = os.getuid(), os.getgid()
 
@@ -42,3 +42,10 @@ def test_empty_secret_file_is_replaced(tmp_path):
     created = initialise(state, proxy, None, hub_uid=UID, proxy_gid=GID)
     assert "proxy token" in created
     assert len((proxy / "token").read_text().strip()) == 64
+
+
+def test_short_admin_password_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HUB_ADMIN_PASSWORD", "  short  ")
+    assert main(["--state-dir", str(tmp_path), "--proxy-token-dir", str(tmp_path)]) == 2
+    assert "HUB_ADMIN_PASSWORD must have at least 8 characters" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

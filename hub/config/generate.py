@@ -1,0 +1,151 @@
+"""Writes the files generated from the settings table (hub/config/table.py):
+
+  .env.example           every variable, by section, with its help as comments
+  docs/configuration.md  the configuration reference: a table per section
+  docker-compose.yml     the hub service's environment list, between two marker comments
+
+    python -m hub.config.generate --write   # or: make config-docs
+    python -m hub.config.generate           # exit 1, naming the stale files (what the unit test checks)
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+from hub.config.table import SECTIONS, SETTINGS, Section, Setting
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMAND = "make config-docs"
+FULL_COMMAND = "python -m hub.config.generate --write"
+ENV_EXAMPLE, DOCS, COMPOSE = ".env.example", "docs/configuration.md", "docker-compose.yml"
+FILES = (ENV_EXAMPLE, DOCS, COMPOSE)
+WIDTH = 96
+COMPOSE_INDENT = " " * 6
+COMPOSE_BEGIN = f"{COMPOSE_INDENT}# Generated from hub/config/table.py by `{COMMAND}`: edit the table, not this list."
+COMPOSE_END = f"{COMPOSE_INDENT}# (end of the generated list)"
+
+
+def settings_of(section: Section) -> list[Setting]:
+    return [s for s in SETTINGS.values() if s.section is section]
+
+
+def plain(markdown: str) -> str:
+    """Help text for a comment: links become "docs/page.md" (or "title in docs/page.md" for a
+    part of a page), code loses its backticks."""
+    text = re.sub(r"\[([^]]+)\]\(([^)#]+)#[^)]*\)", r"\1 in docs/\2", markdown)
+    text = re.sub(r"\[([^]]+)\]\(([^)#]+)\)", r"docs/\2", text)
+    return text.replace("`", "")
+
+
+def comment(text: str) -> list[str]:
+    return textwrap.wrap(plain(text), WIDTH - 2, initial_indent="# ", subsequent_indent="# ",
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def env_example() -> str:
+    lines = [
+        "# Copy to .env (`make up` does it on first run) and edit. Every line is optional: the defaults",
+        "# give a working hub on a host with no GPU and no OAuth app. docs/configuration.md explains each",
+        f"# variable. Generated from hub/config/table.py by `{COMMAND}`: edit the table, not this",
+        "# file.",
+    ]
+    for section in SECTIONS:
+        lines += ["", f"# --- {section.title} ".ljust(WIDTH, "-"), *comment(section.intro), ""]
+        for s in settings_of(section):
+            lines += [*comment(s.help), f"{s.name}={s.value}"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _default(s: Setting) -> str:
+    if s.default_doc:
+        return s.default_doc
+    return f"`{s.default}`" if s.default else "(empty)"
+
+
+def docs() -> str:
+    out = [
+        "# Configuration reference",
+        "",
+        f"<!-- Generated from hub/config/table.py by `{COMMAND}`: edit the table, not this page. -->",
+        "",
+        "Everything is set in `.env`, which `make up` copies from `.env.example` on first run. Every",
+        "variable is optional: the defaults give a working hub on a host with no GPU and no OAuth app.",
+        "docker compose passes the hub's variables into its container; a bad value stops the hub at",
+        "start with a message naming the variable and an example of a good one.",
+        "",
+        f"This page is generated from the settings table in `hub/config/table.py` by `{COMMAND}`",
+        f"(`{FULL_COMMAND}`), which also writes `.env.example` and the hub's",
+        "environment list in `docker-compose.yml`; a unit test fails when one of them is stale.",
+    ]
+    for section in SECTIONS:
+        out += ["", f"## {section.title}", "", section.intro, "",
+                "| Variable | Default | Description |", "| --- | --- | --- |"]
+        for s in settings_of(section):
+            description = s.help + (f" Example: `{s.example}`." if s.example else "")
+            out.append(f"| `{s.name}` | {_cell(_default(s))} | {_cell(description)} |")
+    return "\n".join(out) + "\n"
+
+
+def compose_environment() -> list[str]:
+    lines = []
+    for section in SECTIONS:
+        hub = [s for s in settings_of(section) if s.to_hub]
+        if hub:
+            lines.append(f"{COMPOSE_INDENT}# {section.title}")
+        for s in hub:
+            if any(bad in s.value for bad in ("$", "}", " #")):
+                raise ValueError(f"{s.name}: {s.value!r} cannot be a compose fallback value")
+            lines.append(f"{COMPOSE_INDENT}{s.name}: ${{{s.name}:-{s.value}}}")
+    return lines
+
+
+def compose(current: str) -> str:
+    """``current`` (docker-compose.yml) with the lines between the markers regenerated."""
+    lines = current.split("\n")
+    try:
+        begin, end = lines.index(COMPOSE_BEGIN), lines.index(COMPOSE_END)
+    except ValueError:
+        raise ValueError(f"{COMPOSE} lacks the marker lines of the hub's environment list:\n"
+                         f"{COMPOSE_BEGIN}\n{COMPOSE_END}") from None
+    return "\n".join([*lines[:begin + 1], *compose_environment(), *lines[end:]])
+
+
+def outputs(root: Path = ROOT) -> dict[str, str]:
+    """Each generated file's path (relative to ``root``) and the content it should have."""
+    return {ENV_EXAMPLE: env_example(), DOCS: docs(), COMPOSE: compose((root / COMPOSE).read_text())}
+
+
+def stale(root: Path = ROOT) -> list[str]:
+    def current(path: Path) -> str | None:
+        return path.read_text() if path.is_file() else None
+    return [name for name, text in outputs(root).items() if current(root / name) != text]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub.config.generate", description=__doc__.split("\n")[0])
+    parser.add_argument("--write", action="store_true", help="write the files (default: only check them)")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.write:
+        for name, text in outputs(args.root).items():
+            path = args.root / name
+            if not path.is_file() or path.read_text() != text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+                print(f"wrote {name}")
+        return 0
+    names = stale(args.root)
+    for name in names:
+        print(f"{name} is stale: run `{COMMAND}` ({FULL_COMMAND})", file=sys.stderr)
+    return 1 if names else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Every environment variable the deployment reads, in one table: its section, type, default,
+help and an example.
+
+The hub reads its settings through ``read(env, name)``, so each default lives here and nowhere
+else. ``.env.example``, the hub's environment list in ``docker-compose.yml`` and
+``docs/configuration.md`` are generated from this table (``make config-docs``, i.e.
+``python -m hub.config.generate --write``); a unit test fails when one of them is stale.
+
+Help texts are Markdown (backticks, links relative to docs/); ``.env.example`` shows them as
+plain text.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hub.config import readers
+
+HUB, INIT, COMPOSE = "hub", "init", "compose"
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    intro: str
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    section: Section
+    kind: str
+    """How the value is read: a reader of hub/config/readers.py, or "compose" for a value only
+    docker compose (or make) uses."""
+    help: str
+    default: str = ""
+    """What an unset or blank variable means."""
+    example: str = ""
+    choices: tuple[str, ...] = ()
+    written: str | None = None
+    """The value .env.example and compose's fallback write, when not the default itself (""
+    where empty means the default)."""
+    default_doc: str = ""
+    """How the docs show the default when it is not a plain value."""
+    used_by: str = HUB
+    """Who reads it: the hub (compose passes it into the hub's container), the one-shot init
+    service, or docker compose itself (ports, volumes, image builds)."""
+    optional: bool = False
+    """Blank means "not set" (read() returns None) rather than the default."""
+
+    @property
+    def value(self) -> str:
+        """The value written into .env.example and as compose's ${NAME:-value} fallback."""
+        return self.default if self.written is None else self.written
+
+    @property
+    def to_hub(self) -> bool:
+        return self.used_by == HUB
+
+    def read(self, env: Mapping[str, str]):
+        """The value of this setting in ``env``, parsed and checked (a ConfigError names it)."""
+        name, default = self.name, self.default
+        if self.kind == "compose":
+            raise LookupError(f"{name} is read by docker compose, not by the hub")
+        if self.optional and not env.get(name, "").strip():
+            return None
+        if self.kind == "choice":
+            return readers.choice(env, name, default, self.choices)
+        if self.kind == "url":
+            return readers.url(env, name, self.example, default)
+        if self.kind == "name_list":
+            return readers.name_list(env, name)
+        # positive_int and friends show the default as their example; an optional setting has
+        # no default, so its error shows the example instead.
+        return getattr(readers, self.kind)(env, name, self.example if self.optional else default)
+
+
+def read(env: Mapping[str, str], name: str):
+    """The value of the setting ``name`` in ``env`` (see Setting.read)."""
+    return SETTINGS[name].read(env)
+
+
+HUB_SECTION = Section("Hub", "Where the hub is published, the names of its Docker objects, and its log.")
+LOGIN = Section("Embedded login", (
+    "The hub's own login (NativeAuthenticator), used while `OAUTH_PROVIDER` is empty; see "
+    "[Authentication](authentication.md#the-embedded-login-nativeauthenticator)."))
+OAUTH = Section("OAuth login", (
+    "Log in through GitHub, GitLab, Google or an OpenID Connect provider instead. Empty "
+    "`OAUTH_PROVIDER`: the embedded login above. Leave the variables of other providers empty: a "
+    "variable set for another provider stops the hub at start. See [Logging in with GitHub, GitLab, "
+    "Google or OpenID Connect](authentication.md#logging-in-with-github-gitlab-google-or-openid-connect)."))
+SERVERS = Section("User servers", (
+    "Each user's server is a container of the single-user image with these limits; see "
+    "[User servers](servers.md)."))
+GPUS = Section("GPUs", "Whether and how servers get a GPU; see [GPUs](gpus.md).")
+CULLER = Section("Idle culler", (
+    "jupyterhub-idle-culler stops idle servers; a stopped server gives its GPU back. See "
+    "[Idle culling](servers.md#idle-culling)."))
+IMAGES = Section("Images", (
+    "Read by docker compose and `make` when they build the images, not by the hub; see "
+    "[The images](images.md)."))
+
+_TABLE = [
+    # --- Hub
+    Setting("HUB_PUBLISH", HUB_SECTION, "compose", default="8000", example="127.0.0.1:8000", used_by=COMPOSE,
+            help="Host `[address:]port` the proxy is published on (the only published port); bind it to "
+                 "`127.0.0.1` behind a TLS reverse proxy."),
+    Setting("HUB_NAME_PREFIX", HUB_SECTION, "name_prefix", default="gpuhub", example="lab",
+            help="Prefix of every Docker object this deployment creates: compose project, network "
+                 "`<prefix>-net`, containers `<prefix>-<user>`, volumes `<prefix>-user-<user>` (up to 30 "
+                 "lowercase letters, digits or dashes)."),
+    Setting("HUB_LOG_LEVEL", HUB_SECTION, "text", default="INFO", example="DEBUG",
+            help="Log level of the hub and the GPU console (`DEBUG`, `INFO`, `WARNING`)."),
+    # --- Embedded login
+    Setting("HUB_ADMIN_USER", LOGIN, "username", default="admin", example="alice",
+            help="The admin account, created on first start."),
+    Setting("HUB_ADMIN_PASSWORD", LOGIN, "text", default_doc="(generated)", used_by=INIT,
+            help="Its initial password (8+ characters). Empty: one is generated on first start and kept "
+                 "in the state volume; read it with `docker compose exec hub cat "
+                 "/srv/jupyterhub/state/admin-password`. Read by the one-shot init service only."),
+    Setting("HUB_OPEN_SIGNUP", LOGIN, "boolean", default="false", example="true",
+            help="`true`: anyone who signs up can log in at once; `false`: an admin approves sign-ups "
+                 "at `/hub/authorize`."),
+    # --- OAuth login
+    Setting("OAUTH_PROVIDER", OAUTH, "text", default="none", written="", default_doc="(empty)", example="github",
+            help="`github`, `gitlab`, `google` or `oidc` (Keycloak, Azure AD, Authentik, Dex, ... any "
+                 "OpenID Connect provider): log in through that provider; empty: the embedded login."),
+    Setting("OAUTH_CLIENT_ID", OAUTH, "text",
+            help="Client id of the OAuth app (or client) you register with the provider."),
+    Setting("OAUTH_CLIENT_SECRET", OAUTH, "text", help="Its client secret."),
+    Setting("OAUTH_CALLBACK_URL", OAUTH, "text", example="https://hub.example.org/hub/oauth_callback",
+            help="`https://<your host>/hub/oauth_callback`, also entered as the app's callback / redirect "
+                 "URL, exactly the same."),
+    Setting("OAUTH_ALLOWED_USERS", OAUTH, "name_list", example="alice,bob",
+            help="Usernames that may log in (comma-separated). At least one rule is needed (this, "
+                 "`OAUTH_ALLOWED_ORGS`, `OAUTH_ALLOWED_GROUPS` or `OAUTH_ADMIN_USERS`), or "
+                 "`OAUTH_ALLOW_ALL=true`."),
+    Setting("OAUTH_ADMIN_USERS", OAUTH, "name_list", example="alice",
+            help="Usernames that are hub admins (and may log in), comma-separated."),
+    Setting("OAUTH_ALLOWED_ORGS", OAUTH, "name_list", example="my-lab,my-org:gpu-users",
+            help="GitHub organisations or `org:team`, GitLab groups, or Google Workspace domains whose "
+                 "members may log in (comma-separated)."),
+    Setting("OAUTH_ALLOWED_GROUPS", OAUTH, "name_list", example="gpu-users",
+            help="`oidc`: values of the group claim whose members may log in."),
+    Setting("OAUTH_ADMIN_GROUPS", OAUTH, "name_list", example="gpu-admins",
+            help="`oidc`: values of the group claim whose members are hub admins."),
+    Setting("OAUTH_ALLOW_ALL", OAUTH, "boolean", default="false", example="true",
+            help="`true`: every account of the provider may log in (instead of allow rules; setting both "
+                 "is refused)."),
+    Setting("GITLAB_URL", OAUTH, "url", default="https://gitlab.com", written="",
+            example="https://gitlab.example.org",
+            help="`gitlab`: a self-hosted GitLab; empty: `https://gitlab.com`."),
+    Setting("OIDC_ISSUER", OAUTH, "url", example="https://sso.example.org/realms/lab",
+            help="`oidc`: the issuer URL; the endpoints come from its discovery document "
+                 "(`/.well-known/openid-configuration`). Keycloak: `https://<host>/realms/<realm>`; "
+                 "Azure AD: `https://login.microsoftonline.com/<tenant>/v2.0`."),
+    Setting("OIDC_AUTHORIZE_URL", OAUTH, "url", default_doc="(discovered)",
+            example="https://sso.example.org/authorize",
+            help="`oidc`: authorization endpoint, instead of the discovered one."),
+    Setting("OIDC_TOKEN_URL", OAUTH, "url", default_doc="(discovered)", example="https://sso.example.org/token",
+            help="`oidc`: token endpoint, instead of the discovered one."),
+    Setting("OIDC_USERDATA_URL", OAUTH, "url", default_doc="(discovered)",
+            example="https://sso.example.org/userinfo",
+            help="`oidc`: userinfo endpoint, instead of the discovered one; with all three set, "
+                 "`OIDC_ISSUER` is not needed."),
+    Setting("OIDC_CLAIMS_FROM", OAUTH, "choice", default="userinfo", written="", example="id_token",
+            choices=("userinfo", "id_token"),
+            help="`oidc`: read the claims from the `userinfo` endpoint or the `id_token` (Azure AD)."),
+    Setting("OIDC_SCOPES", OAUTH, "text", default="openid,profile,email", written="",
+            example="openid,profile,email,groups",
+            help="`oidc`: scopes to request, comma-separated; add what your provider needs for groups "
+                 "(Dex, Authentik: `groups`)."),
+    Setting("OIDC_USERNAME_CLAIM", OAUTH, "text", default="preferred_username", written="", example="email",
+            help="`oidc`: claim that is the hub username."),
+    Setting("OIDC_GROUPS_CLAIM", OAUTH, "text", default="groups", written="", example="realm_access.roles",
+            help="`oidc`: claim with the user's groups (nested with dots)."),
+    Setting("OIDC_LOGIN_SERVICE", OAUTH, "text", default="OpenID Connect", written="", example='"Lab SSO"',
+            help="`oidc`: name on the login button (\"Sign in with ...\"); quote values with spaces."),
+    # --- User servers
+    Setting("SINGLEUSER_IMAGE", SERVERS, "text", default="gpuhub/pytorch-notebook:0.1.0",
+            example="registry.example.org/lab/notebook:2",
+            help="Image of each user's server (`make up` builds it under this tag)."),
+    Setting("USER_MEM_LIMIT", SERVERS, "byte_size", default="8G", example="16G",
+            help="Memory limit per user server (K/M/G/T)."),
+    Setting("USER_CPU_LIMIT", SERVERS, "cpus", default="2", example="0.5",
+            help="CPUs per user server (fractions allowed)."),
+    Setting("USER_SHM_SIZE", SERVERS, "byte_size", default="1G", example="2G",
+            help="Size of `/dev/shm` per user server: PyTorch `DataLoader` workers pass batches through "
+                 "it."),
+    Setting("USER_PIDS_LIMIT", SERVERS, "positive_int", default="1024", example="4096",
+            help="Most processes/threads per user server."),
+    Setting("HUB_PROFILES", SERVERS, "compose", default="./profiles.yaml", example="/etc/gpuhub/profiles.yaml",
+            used_by=COMPOSE,
+            help="The server profiles users choose from: a file on this host, mounted read-only into the "
+                 "hub; see [Profiles](servers.md#profiles)."),
+    Setting("SPAWN_TIMEOUT", SERVERS, "positive_int", default="120", example="300",
+            help="Seconds a server may take to start before the spawn fails, a wait for a start turn "
+                 "included."),
+    Setting("SPAWN_CONCURRENCY", SERVERS, "positive_int", example="2", optional=True,
+            default_doc="number of CPUs (at least 2)",
+            help="Most servers starting at the same time; the others wait their turn and the spawn page "
+                 "says so, which on a busy host is faster for all of them. Empty: the host's number of CPUs "
+                 "(at least 2). See [Performance](performance.md)."),
+    # --- GPUs
+    Setting("USER_GPU", GPUS, "boolean", default="true", example="false",
+            help="Give each server one whole GPU of its own, by UUID, when the host has GPUs."),
+    Setting("GPU_REQUEST_STYLE", GPUS, "choice", default="auto", example="cdi", choices=("auto", "cdi", "nvidia"),
+            help="How a container is given its GPU: `cdi` (Docker >= 25 with CDI and a CDI spec), `nvidia` "
+                 "(NVIDIA Container Toolkit) or `auto` (`cdi` when the engine has CDI and a CDI spec lists "
+                 "the GPUs, else `nvidia`); see [Request styles](gpus.md#request-styles)."),
+    Setting("GPU_CPU_FALLBACK", GPUS, "boolean", default="false", example="true",
+            help="When no GPU is free: `false` refuses the start with a message, `true` starts the server "
+                 "without a GPU."),
+    # --- Idle culler
+    Setting("CULL_IDLE_TIMEOUT", CULLER, "non_negative_int", default="3600", example="7200",
+            help="Stop servers idle this many seconds (`0`: never; the culler does not run)."),
+    Setting("CULL_MAX_AGE", CULLER, "non_negative_int", default="0", example="86400",
+            help="Stop servers older than this many seconds, busy or not (`0`: no limit)."),
+    Setting("CULL_EVERY", CULLER, "positive_int", default="60", example="300",
+            help="How often (seconds) the culler checks."),
+    # --- Images
+    Setting("HUB_IMAGE", IMAGES, "compose", default="gpuhub/hub:0.1.0", used_by=COMPOSE,
+            example="registry.example.org/lab/hub:0.1.0", help="Tag of the hub image (built by `make up`)."),
+    Setting("PROXY_IMAGE", IMAGES, "compose", default="gpuhub/proxy:0.1.0", used_by=COMPOSE,
+            example="registry.example.org/lab/proxy:0.1.0", help="Tag of the proxy image."),
+    Setting("PYTHON_BASE_IMAGE", IMAGES, "compose", default="python:3.11-slim-bookworm", used_by=COMPOSE,
+            example="local/python:3.11-bookworm",
+            help="Base of the hub and single-user images: any Debian bookworm image with Python 3.11. "
+                 "Hosts without registry access put a locally built base here (`make up` does it when it "
+                 "finds `local/python:3.11-bookworm` and `local/debian:bookworm`)."),
+    Setting("DEBIAN_BASE_IMAGE", IMAGES, "compose", default="debian:bookworm-slim", used_by=COMPOSE,
+            example="local/debian:bookworm", help="Base of the proxy image: any Debian bookworm image."),
+    Setting("TORCH_PACKAGES", IMAGES, "compose", default="torch==2.14.1 torchvision==0.29.1", used_by=COMPOSE,
+            help="What pip installs for PyTorch in the single-user image (PyPI's Linux wheels are the "
+                 "CUDA build)."),
+]
+
+SETTINGS: dict[str, Setting] = {s.name: s for s in _TABLE}
+assert len(SETTINGS) == len(_TABLE), "a variable is in the table twice"
+SECTIONS: list[Section] = list(dict.fromkeys(s.section for s in _TABLE))
