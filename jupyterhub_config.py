@@ -4,7 +4,8 @@ import os
 
 from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
 from hub.config.configure import configure_console, configure_recovery
-from hub import resilience
+from hub import watchdog
+from hub.patches import api_body_500
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
@@ -13,4 +14,5 @@ configure_spawner(c, os.environ)
 configure_culler(c, os.environ)
 configure_console(c, os.environ)
 configure_recovery(c, os.environ)
-resilience.install(c)  # state volume and Docker engine watchdogs
+watchdog.install(c)  # state volume and Docker engine watchdogs
+api_body_500.install()  # JupyterHub 5.5: malformed API bodies are a 400, not a 500

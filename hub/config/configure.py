@@ -63,6 +63,7 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     c.JupyterHub.spawner_class = "hub.spawner.GPUDockerSpawner"
     c.DockerSpawner.image = read(env, "SINGLEUSER_IMAGE")
     c.DockerSpawner.prefix = prefix
+    c.GPUDockerSpawner.name_scheme = read(env, "HUB_NAME_SCHEME")
     c.DockerSpawner.network_name = f"{prefix}-net"
     c.DockerSpawner.use_internal_ip = True
     c.DockerSpawner.remove = True

@@ -109,6 +109,12 @@ _TABLE = [
             help="Prefix of every Docker object this deployment creates: compose project, network "
                  "`<prefix>-net`, containers `<prefix>-<user>`, volumes `<prefix>-user-<user>` (up to 30 "
                  "lowercase letters, digits or dashes)."),
+    Setting("HUB_NAME_SCHEME", HUB_SECTION, "choice", default="gpuhub", example="dockerspawner",
+            choices=("gpuhub", "dockerspawner"),
+            help="How users' containers and volumes are named: `gpuhub` (readable and bounded, any username) or "
+                 "`dockerspawner` (a stock DockerSpawner's escaping: for a hub moved from one, so that its users' "
+                 "volumes are found as they are; see [operations](operations.md#moving-from-a-stock-dockerspawner)). "
+                 "Plain usernames (lowercase letters, digits, dashes) get the same names either way."),
     Setting("HUB_LOG_LEVEL", HUB_SECTION, "text", default="INFO", example="DEBUG",
             help="Log level of the hub and the GPU console (`DEBUG`, `INFO`, `WARNING`)."),
     # --- Embedded login
