@@ -10,7 +10,7 @@ prefer a terminal. Standard library only, so it runs with any Python 3.11 on the
     gpuhub-gpus free --user alice --yes
     gpuhub-gpus access --users alice,bob --groups ml     # who may use GPUs; --everyone
     gpuhub-gpus audit -n 20
-  teaching labs (README, "Running a course"):
+  teaching labs (docs/teaching.md):
     gpuhub-gpus roster roster.csv [--dry-run] [--skip-bad-rows]   # import: users, courses, roles
     gpuhub-gpus courses                  # courses, their people and reservations
     gpuhub-gpus course ml101 --max-hours 3 [--title …] [--no-materials]

@@ -1,5 +1,5 @@
-"""The console's teaching-lab actions: rosters, course settings, stopping and resetting a
-course's servers, GPU reservations for a course and shared GPUs.
+"""CourseDesk: the console's teaching-lab actions: rosters, course settings, stopping and
+resetting a course's servers, GPU reservations for a course and shared GPUs.
 
 Courses live in the hub's database (a group per course, see hub/courses.py); reservations and
 shared GPUs are admin intent in ``gpu-intent.json`` next to pins and drains, so the spawner
@@ -9,17 +9,17 @@ before anything is written, and leaves one audit line.
 from __future__ import annotations
 
 import asyncio
-import copy
 import re
 import secrets
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from hub import courses as courses_
-from hub.console.core import Console, ConsoleError, _check, check_fields
-from hub.gpus.allocator import MAX_SHARED_CAPACITY, Reservation
-from hub.gpus.manager import load_intent
+from hub import courses
+from hub.console.bodies import check, check_fields
+from hub.console.errors import ConsoleError
+from hub.console.state import Console, View, gpu_label
+from hub.gpus.model import MAX_SHARED_CAPACITY, Reservation
 
 MAX_ROSTER_BYTES = 1024 * 1024
 MAX_RESERVATION_DAYS = 31
@@ -56,26 +56,23 @@ class CourseDesk:
 
     # -- reading ------------------------------------------------------------------------------
 
-    async def courses(self) -> dict[str, courses_.Course]:
-        return {c.name: c for g in await self.hub.group_models() if (c := courses_.course_from_group(g))}
+    async def courses(self) -> dict[str, courses.Course]:
+        return {c.name: c for g in await self.hub.group_models() if (c := courses.course_from_group(g))}
 
-    async def course(self, name: str) -> courses_.Course:
-        _check("course", "name", name)
+    async def course(self, name: str) -> courses.Course:
+        check("course", "name", name)
         found = (await self.courses()).get(name)
         if found is None:
             raise ConsoleError(404, f"no course {name!r} on this hub (import a roster that names it first)")
         return found
 
     async def listing(self) -> dict[str, Any]:
-        courses = await self.courses()
+        found = await self.courses()
         servers = await self.hub.active_servers()
-        try:  # only the reservations: the intent file, not a reconcile with the engine
-            intent = await asyncio.to_thread(load_intent, self.console.manager.intent_file)
-        except ValueError as exc:  # a broken intent file, as view() reports it
-            raise ConsoleError(500, str(exc)) from None
+        intent = await self.console.intent()  # only the reservations: no reading of the engine
         now = self.console.clock()
         out = []
-        for name, c in sorted(courses.items()):
+        for name, c in sorted(found.items()):
             running = sorted(u for (u, _s) in servers if u in c.members)
             out.append({**c.to_json(), "running": running,
                         "reservations": [self._reservation_json(r, now) for r in intent.reservations if r.course == name]})
@@ -87,40 +84,41 @@ class CourseDesk:
 
     # -- rosters ------------------------------------------------------------------------------
 
-    async def import_roster(self, body: dict, who: str, via: str) -> dict[str, Any]:
-        f = check_fields(body, {"roster": "note_any"}, {"format": "name", "dry_run": "bool",
-                                                        "skip_bad_rows": "bool", "note": "note"})
-        if len(f["roster"].encode()) > MAX_ROSTER_BYTES:
+    async def import_roster(self, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
+        body = check_fields(body, {"roster": "note_any"}, {"format": "name", "dry_run": "bool",
+                                                           "skip_bad_rows": "bool", "note": "note"})
+        if len(body["roster"].encode()) > MAX_ROSTER_BYTES:
             raise ConsoleError(413, f"the roster is larger than {MAX_ROSTER_BYTES} bytes")
         try:
-            roster = courses_.parse_roster(f["roster"], f.get("format", "auto"))
-        except courses_.RosterError as exc:
+            roster = courses.parse_roster(body["roster"], body.get("format", "auto"))
+        except courses.RosterError as exc:
             raise ConsoleError(400, f"cannot read the roster: {exc}; nothing was changed") from None
         bad = [b.to_json() for b in roster.bad]
+        dry_run = bool(body.get("dry_run"))
         async with self.console.lock:
             existing = await self.courses()
             users = await self.hub.user_names()
             groups = await self.hub.group_names()
             try:
-                plan = courses_.plan(roster.rows, users, existing, groups)
+                plan = courses.plan(roster.rows, users, existing, groups)
             except ValueError as exc:
                 raise ConsoleError(409, f"{exc}; nothing was changed") from None
-            report = {"dry_run": bool(f.get("dry_run")), "rows": len(roster.rows), "bad_rows": bad,
+            report = {"dry_run": dry_run, "rows": len(roster.rows), "bad_rows": bad,
                       "ignored_columns": roster.ignored_columns, **plan.to_json(), "unchanged": plan.empty}
-            if bad and not f.get("skip_bad_rows"):
+            if bad and not body.get("skip_bad_rows"):
                 raise ConsoleError(400, f"{len(bad)} bad row{'s' if len(bad) != 1 else ''} in the roster "
                                         f"(first: line {bad[0]['line']}: {bad[0]['error']}); nothing was "
                                         "changed: fix them, or import with skip_bad_rows", report=report)
-            if f.get("dry_run") or plan.empty:
-                return {"message": self._summary(plan, report, dry_run=bool(f.get("dry_run"))), "report": report}
+            if dry_run or plan.empty:
+                return {"message": self._summary(plan, report, dry_run=dry_run), "report": report}
             await self._apply(plan)
-            reply = await self.console._commit(
+            reply = await self.console.commit(
                 None, {"action": "roster", "courses": sorted(plan.courses), "users_created": plan.users_to_create,
                        "added": plan.add, "removed": plan.remove, "bad_rows": len(bad)},
-                f.get("note", ""), self._summary(plan, report, dry_run=False), who, via)
+                body.get("note", ""), self._summary(plan, report, dry_run=False), who, via)
         return {**reply, "report": report}
 
-    async def _apply(self, plan: courses_.Plan) -> None:
+    async def _apply(self, plan: courses.Plan) -> None:
         """Users first, then groups, then members, then the course properties: a failure part
         way leaves a state that a re-import completes (every step is idempotent)."""
         if plan.users_to_create:
@@ -135,13 +133,13 @@ class CourseDesk:
             if plan.properties_changed(name):
                 await self._write_properties(name, course)
 
-    async def _write_properties(self, name: str, course: courses_.Course) -> None:
+    async def _write_properties(self, name: str, course: courses.Course) -> None:
         props = dict(await self.hub.group_properties(name))  # keep what others stored there
-        props[courses_.PROPERTY] = course.properties()
+        props[courses.PROPERTY] = course.properties()
         await self.hub.set_group_properties(name, props)
 
     @staticmethod
-    def _summary(plan: courses_.Plan, report: dict, dry_run: bool) -> str:
+    def _summary(plan: courses.Plan, report: dict, dry_run: bool) -> str:
         if plan.empty:
             text = "the roster matches the hub: nothing to change"
         else:
@@ -158,10 +156,10 @@ class CourseDesk:
 
     # -- course settings and actions --------------------------------------------------------------
 
-    async def update(self, name: str, body: dict, who: str, via: str) -> dict[str, Any]:
-        note = _check("note", "note", body.pop("note", ""))
-        try:
-            settings = courses_.check_settings(body)
+    async def update(self, name: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
+        check("note", "note", body.get("note", ""))
+        try:  # the course module's own reading of them (title stripped, hours as a float)
+            settings = courses.check_settings({k: v for k, v in body.items() if k != "note"})
         except ValueError as exc:
             raise ConsoleError(400, str(exc)) from None
         if not settings:
@@ -175,23 +173,23 @@ class CourseDesk:
                 return {"message": "Unchanged", "unchanged": True, "course": course.to_json()}
             await self._write_properties(name, course)
             detail = f"set {', '.join(f'{k}={v!r}' for k, v in settings.items())} for course {name}"
-            reply = await self.console._commit(None, {"action": "course", "course": name, **settings},
-                                               note, detail, who, via)
+            reply = await self.console.commit(None, {"action": "course", "course": name, **settings},
+                                              body.get("note", ""), detail, who, via)
         return {**reply, "course": course.to_json()}
 
-    async def stop_all(self, name: str, body: dict, who: str, via: str) -> dict[str, Any]:
-        f = check_fields(body, {}, {"include_staff": "bool", "note": "note"})
+    async def stop_all(self, name: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
+        body = check_fields(body, {}, {"include_staff": "bool", "note": "note"})
+        include_staff = bool(body.get("include_staff"))
         async with self.console.lock:
             course = await self.course(name)
-            targets = course.members if f.get("include_staff") else course.students
-            stopped, failed = await self._stop(targets)
-            whose = "members" if f.get("include_staff") else "students"
+            stopped, failed = await self._stop(course.members if include_staff else course.students)
+            whose = "members" if include_staff else "students"
             detail = f"stopped {len(stopped)} servers of course {name}'s {whose}"
             if failed:
                 detail += f"; {len(failed)} could not be stopped ({failed[0]['message']})"
-            reply = await self.console._commit(None, {"action": "course-stop", "course": name,
-                                                      "stopped": stopped, "failed": failed},
-                                               f.get("note", ""), detail, who, via)
+            reply = await self.console.commit(None, {"action": "course-stop", "course": name,
+                                                     "stopped": stopped, "failed": failed},
+                                              body.get("note", ""), detail, who, via)
         return {**reply, "stopped": stopped, "failed": failed}
 
     async def _stop(self, users: set[str]) -> tuple[list[dict], list[dict]]:
@@ -207,13 +205,13 @@ class CourseDesk:
                 failed.append({**entry, "message": message or f"the hub answered {status}"})
         return stopped, failed
 
-    async def reset(self, name: str, body: dict, who: str, via: str) -> dict[str, Any]:
+    async def reset(self, name: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
         """Stop a member's servers and remove their containers, so the next start is a fresh
         container from the course's image; their volume (their files) is not touched."""
-        f = check_fields(body, {"user": "name"}, {"note": "note"})
+        body = check_fields(body, {"user": "name"}, {"note": "note"})
+        user = body["user"]
         async with self.console.lock:
             course = await self.course(name)
-            user = f["user"]
             if user not in course.members:
                 raise ConsoleError(400, f"{user!r} is not in course {name}")
             stopped, failed = await self._stop({user})
@@ -222,14 +220,14 @@ class CourseDesk:
             removed = await self._remove_containers(user)
             detail = (f"reset {user}'s environment in course {name}: {len(stopped)} servers stopped, "
                       f"{len(removed)} containers removed; their files are untouched")
-            reply = await self.console._commit(None, {"action": "course-reset", "course": name, "user": user,
-                                                      "stopped": stopped, "containers": removed},
-                                               f.get("note", ""), detail, who, via)
+            reply = await self.console.commit(None, {"action": "course-reset", "course": name, "user": user,
+                                                     "stopped": stopped, "containers": removed},
+                                              body.get("note", ""), detail, who, via)
         return {**reply, "stopped": stopped, "containers": removed}
 
     async def _remove_containers(self, user: str) -> list[str]:
-        prefix = self.console.label_prefix
-        labels = [f"{prefix}.user={user}", f"{prefix}.instance={self.console.instance}"]
+        keys = self.console.labels
+        labels = [f"{keys.user}={user}", f"{keys.instance}={self.console.instance}"]
         found = await self.console.docker("containers", all=True, filters={"label": labels})
         removed = []
         for c in found:
@@ -264,49 +262,48 @@ class CourseDesk:
                     if status in (202, 204):
                         detail = (f"stopped {user}'s server after {(now - started) / 3600:.1f} h: course {name} "
                                   f"allows sessions of {c.max_session_hours:g} h")
-                        await self.console._commit(None, {"action": "max-session", "course": name, "user": user,
-                                                          "server": server}, "", detail, "gpu-console", "schedule")
+                        await self.console.commit(None, {"action": "max-session", "course": name, "user": user,
+                                                         "server": server}, "", detail, "gpu-console", "schedule")
                         stopped.append({"user": user, "server": server, "course": name})
                     break
         return stopped
 
     # -- reservations -----------------------------------------------------------------------------
 
-    async def reserve(self, body: dict, who: str, via: str) -> dict[str, Any]:
-        f = check_fields(body, {"course": "name", "gpus": "any", "start": "any", "end": "any"}, {"note": "note"})
-        start, end = parse_time("start", f["start"]), parse_time("end", f["end"])
+    async def reserve(self, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
+        body = check_fields(body, {"course": "name", "gpus": "any", "start": "any", "end": "any"}, {"note": "note"})
+        start, end = parse_time("start", body["start"]), parse_time("end", body["end"])
         if end <= start:
             raise ConsoleError(400, "'end' must be after 'start'")
         if end - start > MAX_RESERVATION_DAYS * 86400:
             raise ConsoleError(400, f"a reservation may last at most {MAX_RESERVATION_DAYS} days")
         if end <= self.console.clock():
             raise ConsoleError(400, f"the window ends in the past ({_iso(end)})")
+        name = body["course"]
         async with self.console.lock:
-            await self.course(f["course"])
+            await self.course(name)
             view = await self.console.view()
             taken = {u for r in view.intent.reservations if r.start < end and start < r.end for u in r.gpus}
-            gpus = self._reservable(view, f["gpus"], taken, f["course"])
-            rid = f"r-{secrets.token_hex(4)}"
-            reservation = Reservation(rid, f["course"], tuple(gpus), start, end, f.get("note", ""))
-            intent = copy.deepcopy(view.intent)
-            intent.reservations.append(reservation)
+            gpus = self._reservable(view, body["gpus"], taken)
+            reservation = Reservation(f"r-{secrets.token_hex(4)}", name, tuple(gpus), start, end, body.get("note", ""))
             labels = ", ".join(f"#{i}" for i in sorted(view.gpus[u].index for u in gpus))
-            detail = (f"reserved GPU{'s' if len(gpus) > 1 else ''} {labels} for course {f['course']} "
+            detail = (f"reserved GPU{'s' if len(gpus) > 1 else ''} {labels} for course {name} "
                       f"from {_iso(start)} to {_iso(end)}")
-            reply = await self.console._commit(intent, {"action": "reserve", **reservation.to_json()},
-                                               f.get("note", ""), detail, who, via)
+            reply = await self.console.commit(view.intent.with_reservation(reservation),
+                                              {"action": "reserve", **reservation.to_json()},
+                                              body.get("note", ""), detail, who, via)
         return {**reply, "reservation": self._reservation_json(reservation, self.console.clock())}
 
-    def _reservable(self, view, wanted: Any, taken: set[str], course: str) -> list[str]:
+    @staticmethod
+    def _reservable(view: View, wanted: Any, taken: set[str]) -> list[str]:
         """The uuids a reservation takes: those named, or N chosen (shared GPUs and GPUs no
         one is pinned to first, by index), none drained or reserved then already."""
-        pinned = set(view.intent.pins.values())
         if isinstance(wanted, list):
             if not wanted or len(wanted) > len(view.gpus):
                 raise ConsoleError(400, f"'gpus' lists {len(wanted)} GPUs; this host has {len(view.gpus)}")
             uuids = []
             for ref in wanted:
-                uuid = self.console._gpu(view, _check("gpus[]", "name", ref)).uuid
+                uuid = view.gpu(check("gpus[]", "name", ref)).uuid
                 if uuid in view.intent.drained:
                     raise ConsoleError(409, f"GPU #{view.gpus[uuid].index} is drained: undrain it first")
                 if uuid in taken:
@@ -315,6 +312,7 @@ class CourseDesk:
             return list(dict.fromkeys(uuids))
         if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
             raise ConsoleError(400, "'gpus' must be a number of GPUs (at least 1) or a list of GPU uuids")
+        pinned = set(view.intent.pins.values())
         pool = [g for g in sorted(view.gpus.values(), key=lambda g: (g.index, g.uuid))
                 if g.uuid not in view.intent.drained and g.uuid not in taken]
         pool.sort(key=lambda g: (g.uuid in pinned, g.uuid not in view.intent.shared))
@@ -323,78 +321,72 @@ class CourseDesk:
                                     f"(the others are drained or reserved for another course); asked for {wanted}")
         return [g.uuid for g in pool[:wanted]]
 
-    async def cancel(self, rid: str, body: dict, who: str, via: str) -> dict[str, Any]:
-        f = check_fields(body, {}, {"note": "note"})
-        _check("reservation", "name", rid)
+    async def cancel(self, rid: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
+        body = check_fields(body, {}, {"note": "note"})
+        check("reservation", "name", rid)
         async with self.console.lock:
             view = await self.console.view()
             found = [r for r in view.intent.reservations if r.id == rid]
             if not found:
                 raise ConsoleError(404, f"no reservation {rid!r}")
-            intent = copy.deepcopy(view.intent)
-            intent.reservations = [r for r in intent.reservations if r.id != rid]
             r = found[0]
             detail = f"cancelled reservation {rid} of course {r.course} ({_iso(r.start)} to {_iso(r.end)})"
-            return await self.console._commit(intent, {"action": "unreserve", **r.to_json()},
-                                              f.get("note", ""), detail, who, via)
+            return await self.console.commit(view.intent.without_reservations([rid]),
+                                             {"action": "unreserve", **r.to_json()},
+                                             body.get("note", ""), detail, who, via)
 
     async def prune_reservations(self, keep_days: float = 7) -> int:
         """Forget reservations that ended more than `keep_days` ago (the audit log keeps them)."""
         async with self.console.lock:
             view = await self.console.view()
             cutoff = self.console.clock() - keep_days * 86400
-            keep = [r for r in view.intent.reservations if r.end >= cutoff]
-            if len(keep) == len(view.intent.reservations):
+            over = [r.id for r in view.intent.reservations if r.end < cutoff]
+            if not over:
                 return 0
-            intent = copy.deepcopy(view.intent)
-            intent.reservations = keep
-            gone = len(view.intent.reservations) - len(keep)
-            await self.console._commit(intent, {"action": "prune-reservations", "removed": gone}, "",
-                                       f"forgot {gone} reservations that ended over {keep_days:g} days ago",
-                                       "gpu-console", "schedule")
-            return gone
+            await self.console.commit(view.intent.without_reservations(over),
+                                      {"action": "prune-reservations", "removed": len(over)}, "",
+                                      f"forgot {len(over)} reservations that ended over {keep_days:g} days ago",
+                                      "gpu-console", "schedule")
+            return len(over)
 
     # -- shared GPUs --------------------------------------------------------------------------------
 
-    async def share(self, body: dict, who: str, via: str) -> dict[str, Any]:
-        f = check_fields(body, {"gpu": "name", "capacity": "any"}, {"note": "note"})
-        capacity = f["capacity"]
+    async def share(self, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
+        body = check_fields(body, {"gpu": "name", "capacity": "any"}, {"note": "note"})
+        capacity = body["capacity"]
         if isinstance(capacity, bool) or not isinstance(capacity, int) or not 2 <= capacity <= MAX_SHARED_CAPACITY:
             raise ConsoleError(400, f"'capacity' must be a whole number from 2 to {MAX_SHARED_CAPACITY} "
                                     "(how many servers may share the GPU); to stop sharing, DELETE api/shared/<uuid>")
         async with self.console.lock:
             view = await self.console.view()
-            gpu = self.console._gpu(view, f["gpu"])
+            gpu = view.gpu(body["gpu"])
             before = view.intent.shared.get(gpu.uuid)
             if before == capacity:
-                raise ConsoleError(409, f"{self.console._label(gpu)} is already shared by up to {capacity}")
-            intent = copy.deepcopy(view.intent)
-            intent.shared[gpu.uuid] = capacity
-            holders = [h for h in view.all_holders.get(gpu.uuid, [])]
-            detail = f"shared {self.console._label(gpu)} by up to {capacity} servers"
+                raise ConsoleError(409, f"{gpu_label(gpu)} is already shared by up to {capacity}")
+            holders = view.all_holders.get(gpu.uuid, [])
+            detail = f"shared {gpu_label(gpu)} by up to {capacity} servers"
             if len(holders) > capacity:
                 detail += f"; its {len(holders)} current holders keep it until their servers stop"
-            reply = await self.console._commit(intent, {"action": "share", "gpu": gpu.uuid, "index": gpu.index,
-                                                        "capacity": capacity, "previous": before},
-                                               f.get("note", ""), detail, who, via)
-        return reply
+            return await self.console.commit(view.intent.with_shared(gpu.uuid, capacity),
+                                              {"action": "share", "gpu": gpu.uuid, "index": gpu.index,
+                                               "capacity": capacity, "previous": before},
+                                              body.get("note", ""), detail, who, via)
 
-    async def unshare(self, uuid: str, body: dict, who: str, via: str) -> dict[str, Any]:
-        f = check_fields(body, {}, {"note": "note"})
-        _check("gpu", "name", uuid)
+    async def unshare(self, uuid: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
+        body = check_fields(body, {}, {"note": "note"})
+        check("gpu", "name", uuid)
         async with self.console.lock:
             view = await self.console.view()
-            gpu = self.console._gpu(view, uuid, status=404)
+            gpu = view.gpu(uuid, status=404)
             if gpu.uuid not in view.intent.shared:
-                raise ConsoleError(409, f"{self.console._label(gpu)} is not shared")
-            intent = copy.deepcopy(view.intent)
-            del intent.shared[gpu.uuid]
+                raise ConsoleError(409, f"{gpu_label(gpu)} is not shared")
             holders = view.all_holders.get(gpu.uuid, [])
-            detail = f"made {self.console._label(gpu)} exclusive again"
+            detail = f"made {gpu_label(gpu)} exclusive again"
             if len(holders) > 1:
                 detail += f"; its {len(holders)} current holders keep it until their servers stop"
-            return await self.console._commit(intent, {"action": "unshare", "gpu": gpu.uuid, "index": gpu.index},
-                                              f.get("note", ""), detail, who, via)
+            return await self.console.commit(view.intent.without_shared(gpu.uuid),
+                                             {"action": "unshare", "gpu": gpu.uuid, "index": gpu.index},
+                                             body.get("note", ""), detail, who, via)
 
 
 def _epoch(value: Any) -> float | None:

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 from hub.console.app import make_app
-from hub.console.core import AuditLog, Console, HubAPI
-from hub.console.usage import Reading, Unavailable, UsageSampler
-from hub.gpus.allocator import GPU
-from hub.gpus.manager import GPUManager, device_request
+from hub.console.audit import AuditLog
+from hub.console.hubapi import HubAPI
+from hub.console.state import Console
+from hub.console.usage import UsageSampler
+from hub.gpus.claim import device_request
+from hub.gpus.manager import GPUManager
+from hub.gpus.model import GPU
+from hub.gpus.nvml import Reading, Unavailable
 
 GPUS = [GPU(f"GPU-{i:04d}", i, "Fake GPU", 81920) for i in range(4)]
 ADMIN_TOKEN, USER_TOKEN = "admin-token", "user-token"

@@ -8,8 +8,9 @@ import pytest
 from traitlets.config import Config
 
 from hub.config.configure import configure_console, configure_culler, configure_spawner
-from hub.gpus.allocator import ACCESS_REFUSED, GPU, Access, Allocator, Intent
+from hub.gpus.allocator import Allocator
 from hub.gpus.manager import GPUManager, load_intent
+from hub.gpus.model import ACCESS_REFUSED, GPU, Access, Intent
 
 
 # ---- Intent.access -------------------------------------------------------------------------
@@ -42,9 +43,8 @@ def test_access_rejects_bad_types(bad):
 def test_access_survives_allocator_changes(tmp_path):
     path = tmp_path / "intent.json"
     manager = GPUManager([GPU("GPU-0", 0)], "cdi", "cdi", str(path), "gpuhub")
-    manager.allocator.intent.access = Access(frozenset({"amy"}))
-    manager.allocator.pin("amy", "GPU-0")
-    manager.save_intent()
+    manager.save_intent(manager.allocator.intent.with_access(Access(frozenset({"amy"}))))
+    manager.save_intent(manager.allocator.intent.with_pin("amy", "GPU-0"))
     assert load_intent(path).access == Access(frozenset({"amy"}))
     assert Allocator([GPU("GPU-0", 0)], load_intent(path)).intent.pins == {"amy": "GPU-0"}
 
@@ -133,6 +133,28 @@ def test_console_is_an_admin_only_least_privilege_service():
                                    "admin:users", "admin:groups", "groups", "read:groups"}
 
 
+def test_the_console_reads_the_gpu_settings_the_hub_wrote(tmp_path, monkeypatch):
+    """configure_console writes GPUSettings into the service's environment; build_console reads
+    the same object back (here with a static GPU list: no NVML, no CDI specs)."""
+    from console_fakes import FakeEngine, FakeHub
+
+    from hub.config.gpu_settings import GPUSettings
+    from hub.console.app import build_console
+
+    monkeypatch.setattr("hub.gpus.inventory.discover_gpus", lambda: None)
+    static = tmp_path / "gpus.yaml"
+    static.write_text("gpus: [{uuid: GPU-a, index: 0}, {uuid: GPU-b, index: 1}]\n")
+    settings = GPUSettings(name_prefix="lab", intent_file=str(tmp_path / "intent.json"),
+                           audit_file=str(tmp_path / "audit.jsonl"), label_prefix="lablabel",
+                           cdi_dirs=(str(tmp_path / "no-cdi"),), inventory_file=str(static), usage_interval=5)
+    engine = FakeEngine()
+    console = build_console({**settings.to_env(), "JUPYTERHUB_BASE_URL": "/base/"}, hub=FakeHub(engine), docker=engine)
+    assert [g.uuid for g in console.manager.inventory] == ["GPU-a", "GPU-b"] and console.manager.source == "static"
+    assert console.instance == "lab" and console.manager.label_prefix == "lablabel"
+    assert str(console.manager.intent_file) == settings.intent_file and str(console.audit.path) == settings.audit_file
+    assert console.sampler.interval == 5 and console.base_url == "/base/"
+
+
 def test_console_scopes_are_real_jupyterhub_scopes():
     from jupyterhub.scopes import scope_definitions
 
@@ -165,7 +187,7 @@ def test_sampler_keeps_an_hour_and_says_n_a_without_nvml():
 
 def test_nvml_reader_with_a_fake_pynvml():
     """Utilisation and memory per device; MIG instances without utilisation (NVML gives none)."""
-    from hub.console.usage import NVMLReader, read_usage
+    from hub.gpus.nvml import NVMLReader, read_usage
 
     class Error(Exception):
         pass
@@ -213,11 +235,11 @@ def test_nvml_reader_with_a_fake_pynvml():
     assert usage["gpus"]["MIG-b1"]["memory_used_mib"] == 512
 
 
-def test_usage_module_runs_standalone_and_says_n_a():
+def test_nvml_module_runs_standalone_and_says_n_a():
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "hub.console.usage", "--json"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "hub.gpus.nvml", "--json"], capture_output=True, text=True)
     data = json.loads(r.stdout)
     if data["source"] == "n/a":  # no driver here
         assert r.returncode == 1 and data["reason"] and data["gpus"] == {}

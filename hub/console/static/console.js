@@ -229,7 +229,7 @@
     });
     if (!rows.length) {
       rows.push(el("tr", {}, el("td", { colspan: 8, class: "text-body-secondary" },
-        "This host has no GPUs the hub can see (README, GPUs: NVML, CDI specs or a static list).")));
+        "This host has no GPUs the hub can see (docs/gpus.md: NVML, CDI specs or a static list).")));
     }
     body.replaceChildren(...rows);
     const unknown = document.getElementById("unknown-held");

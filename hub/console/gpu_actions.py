@@ -1,0 +1,152 @@
+"""GPUDesk: the admin's GPU actions (pin, unpin, drain, undrain, who may use GPUs, free a GPU).
+
+Each action checks its request body's fields, then what they name (users, groups and GPUs that
+exist, conflicts with the current state), and only then commits through the Console: the
+intent, then one audit line.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from hub.console.bodies import check, check_fields
+from hub.console.errors import ConsoleError
+from hub.console.state import Console, gpu_label
+from hub.gpus.model import GPU, Access
+
+
+class GPUDesk:
+    def __init__(self, console: Console):
+        self.console = console
+
+    async def pin(self, body: dict[str, Any], who: str, via: str) -> dict:
+        body = check_fields(body, {"user": "name", "gpu": "name"}, {"note": "note"})
+        name = body["user"]
+        async with self.console.lock:
+            view = await self.console.view()
+            gpu = view.gpu(body["gpu"])
+            user = await self.console.known_user(name)
+            if gpu.uuid in view.intent.drained:
+                raise ConsoleError(409, f"{gpu_label(gpu)} is drained: undrain it before pinning anyone to it")
+            if not view.intent.allows(name, user.get("groups") or []):
+                raise ConsoleError(409, f"{name!r} may not use GPUs (see 'Who may use GPUs'): allow them first")
+            before = view.intent.pins.get(name)
+            if before == gpu.uuid:
+                raise ConsoleError(409, f"{name!r} is already pinned to {gpu_label(gpu)}")
+            detail = f"pinned {name} to {gpu_label(gpu)}"
+            if before:
+                detail += f" (was {before})"
+            held = [u for u, h in view.holders.items() if h.user == name and u != gpu.uuid]
+            if held:
+                detail += f"; their running server keeps {held[0]} until it stops"
+            return await self.console.commit(
+                view.intent.with_pin(name, gpu.uuid),
+                {"action": "pin", "user": name, "gpu": gpu.uuid, "index": gpu.index, "previous": before},
+                body.get("note", ""), detail, who, via)
+
+    async def unpin(self, user: str, body: dict[str, Any], who: str, via: str) -> dict:
+        body = check_fields(body, {}, {"note": "note"})
+        check("user", "name", user)
+        async with self.console.lock:
+            view = await self.console.view()
+            uuid = view.intent.pins.get(user)
+            if uuid is None:
+                raise ConsoleError(404, f"{user!r} is not pinned to any GPU")
+            gpu = view.gpus.get(uuid)
+            detail = f"unpinned {user} from {gpu_label(gpu) if gpu else uuid}"
+            return await self.console.commit(
+                view.intent.without_pin(user),
+                {"action": "unpin", "user": user, "gpu": uuid, "index": gpu.index if gpu else None},
+                body.get("note", ""), detail, who, via)
+
+    async def drain(self, body: dict[str, Any], who: str, via: str) -> dict:
+        body = check_fields(body, {"gpu": "name"}, {"note": "note"})
+        async with self.console.lock:
+            view = await self.console.view()
+            gpu = view.gpu(body["gpu"])
+            if gpu.uuid in view.intent.drained:
+                raise ConsoleError(409, f"{gpu_label(gpu)} is already drained")
+            holder = view.holders.get(gpu.uuid)
+            detail = f"drained {gpu_label(gpu)}"
+            if holder:
+                detail += f"; {holder.user} keeps it until their server stops"
+            return await self.console.commit(
+                view.intent.with_drained(gpu.uuid), {"action": "drain", "gpu": gpu.uuid, "index": gpu.index},
+                body.get("note", ""), detail, who, via)
+
+    async def undrain(self, uuid: str, body: dict[str, Any], who: str, via: str) -> dict:
+        body = check_fields(body, {}, {"note": "note"})
+        check("gpu", "name", uuid)
+        async with self.console.lock:
+            view = await self.console.view()
+            if uuid not in view.intent.drained:
+                raise ConsoleError(409, f"{gpu_label(view.gpu(uuid, status=404))} is not drained")
+            gpu = view.gpus.get(uuid)
+            detail = f"undrained {gpu_label(gpu) if gpu else uuid}"
+            return await self.console.commit(
+                view.intent.without_drained(uuid),
+                {"action": "undrain", "gpu": uuid, "index": gpu.index if gpu else None},
+                body.get("note", ""), detail, who, via)
+
+    async def set_access(self, body: dict[str, Any], who: str, via: str) -> dict:
+        body = check_fields(body, {"users": "names", "groups": "names"}, {"note": "note"})
+        users, groups = sorted(set(body["users"])), sorted(set(body["groups"]))
+        async with self.console.lock:
+            view = await self.console.view()
+            for user in users:
+                await self.console.known_user(user)
+            for group in groups:
+                if not await self.console.hub.group_exists(group):
+                    raise ConsoleError(400, f"no group {group!r} on this hub")
+            access = Access(frozenset(users), frozenset(groups))
+            if access == view.intent.access:
+                return {"message": "Unchanged", "unchanged": True, "access": access.to_json()}
+            if access.everyone:
+                detail = "GPUs may be used by everyone"
+            else:
+                who_may = [*(f"user {u}" for u in users), *(f"group {g}" for g in groups)]
+                detail = "GPUs may be used only by " + ", ".join(who_may)
+            reply = await self.console.commit(
+                view.intent.with_access(access),
+                {"action": "access", "users": users, "groups": groups, "previous": view.intent.access.to_json()},
+                body.get("note", ""), detail, who, via)
+        return {**reply, "access": access.to_json()}
+
+    async def free(self, body: dict[str, Any], who: str, via: str) -> dict:
+        """Stop the server that holds a GPU (named by "gpu", or by "user" and "server")."""
+        body = check_fields(body, {}, {"gpu": "name", "user": "name", "server": "server", "note": "note"})
+        if ("gpu" in body) == ("user" in body):
+            raise ConsoleError(400, "name either 'gpu' (the GPU to free) or 'user' (whose server to stop)")
+        if "server" in body and "user" not in body:
+            raise ConsoleError(400, "'server' goes with 'user'")
+        async with self.console.lock:
+            view = await self.console.view()
+            if "gpu" in body:
+                gpu = view.gpu(body["gpu"])
+                uuid = gpu.uuid
+                holder = view.holders.get(uuid)
+                if holder is None:
+                    raise ConsoleError(409, f"{gpu_label(gpu)} is free already: no server holds it")
+            else:
+                user, server = body["user"], body.get("server", "")
+                held = sorted(u for u, h in view.holders.items() if (h.user, h.server) == (user, server))
+                if not held:
+                    await self.console.known_user(user)
+                    name = f"{user}'s server" + (f" {server!r}" if server else "")
+                    raise ConsoleError(409, f"{name} holds no GPU")
+                uuid, holder = held[0], view.holders[held[0]]
+                gpu = view.gpus.get(uuid) or GPU(uuid, -1, "unknown")
+            container = self.console.container(view, uuid)
+            if not container["this_hub"]:
+                raise ConsoleError(409, f"{gpu_label(gpu)} is held by container {container['name']!r}, which "
+                                        "this hub did not start; stop it with docker on the host")
+            status, message = await self.console.hub.stop_server(holder.user, holder.server)
+            if status not in (202, 204):
+                raise ConsoleError(409, f"the hub did not stop {holder.user}'s server: {message}")
+            state = "stopped" if status == 204 else "stopping"
+            server_name = f" {holder.server!r}" if holder.server else ""
+            detail = f"stopped {holder.user}'s server{server_name} to free {gpu_label(gpu)}"
+            reply = await self.console.commit(
+                None, {"action": "free", "user": holder.user, "server": holder.server, "gpu": uuid,
+                       "index": gpu.index, "container": container["name"], "result": state},
+                body.get("note", ""), detail, who, via)
+        return {**reply, "result": state}
