@@ -4,7 +4,8 @@ resetting a course's servers, GPU reservations for a course and shared GPUs.
 Courses live in the hub's database (a group per course, see hub/courses.py); reservations and
 shared GPUs are admin intent in ``gpu-intent.json`` next to pins and drains, so the spawner
 reads them before every decision exactly as it reads pins. Every change is validated in full
-before anything is written, and leaves one audit line.
+before anything is written (request bodies arrive checked against openapi.yaml), and leaves
+one audit line.
 """
 from __future__ import annotations
 
@@ -16,23 +17,19 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hub import courses
-from hub.console.bodies import check, check_fields
 from hub.console.errors import ConsoleError
 from hub.console.state import Console, View, gpu_label
-from hub.gpus.model import MAX_SHARED_CAPACITY, Reservation
+from hub.gpus.model import Reservation
 
 MAX_ROSTER_BYTES = 1024 * 1024
 MAX_RESERVATION_DAYS = 31
 
 
-def parse_time(name: str, value: Any) -> float:
-    """Epoch seconds from a number or an ISO 8601 time with a zone (…Z or …+01:00)."""
-    if isinstance(value, bool):
-        raise ConsoleError(400, f"{name!r} must be a time, not a boolean")
+def parse_time(name: str, value: str | float) -> float:
+    """Epoch seconds from a number or an ISO 8601 time with a zone (…Z or …+01:00); the
+    request's schema (Time) has made sure it is one of the two."""
     if isinstance(value, (int, float)):
         return float(value)
-    if not isinstance(value, str) or len(value) > 64:
-        raise ConsoleError(400, f"{name!r} must be an ISO 8601 time such as 2026-11-23T09:00:00Z, or epoch seconds")
     try:
         when = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -60,7 +57,6 @@ class CourseDesk:
         return {c.name: c for g in await self.hub.group_models() if (c := courses.course_from_group(g))}
 
     async def course(self, name: str) -> courses.Course:
-        check("course", "name", name)
         found = (await self.courses()).get(name)
         if found is None:
             raise ConsoleError(404, f"no course {name!r} on this hub (import a roster that names it first)")
@@ -85,8 +81,6 @@ class CourseDesk:
     # -- rosters ------------------------------------------------------------------------------
 
     async def import_roster(self, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
-        body = check_fields(body, {"roster": "note_any"}, {"format": "name", "dry_run": "bool",
-                                                           "skip_bad_rows": "bool", "note": "note"})
         if len(body["roster"].encode()) > MAX_ROSTER_BYTES:
             raise ConsoleError(413, f"the roster is larger than {MAX_ROSTER_BYTES} bytes")
         try:
@@ -157,7 +151,6 @@ class CourseDesk:
     # -- course settings and actions --------------------------------------------------------------
 
     async def update(self, name: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
-        check("note", "note", body.get("note", ""))
         try:  # the course module's own reading of them (title stripped, hours as a float)
             settings = courses.check_settings({k: v for k, v in body.items() if k != "note"})
         except ValueError as exc:
@@ -178,7 +171,6 @@ class CourseDesk:
         return {**reply, "course": course.to_json()}
 
     async def stop_all(self, name: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
-        body = check_fields(body, {}, {"include_staff": "bool", "note": "note"})
         include_staff = bool(body.get("include_staff"))
         async with self.console.lock:
             course = await self.course(name)
@@ -208,7 +200,6 @@ class CourseDesk:
     async def reset(self, name: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
         """Stop a member's servers and remove their containers, so the next start is a fresh
         container from the course's image; their volume (their files) is not touched."""
-        body = check_fields(body, {"user": "name"}, {"note": "note"})
         user = body["user"]
         async with self.console.lock:
             course = await self.course(name)
@@ -271,7 +262,6 @@ class CourseDesk:
     # -- reservations -----------------------------------------------------------------------------
 
     async def reserve(self, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
-        body = check_fields(body, {"course": "name", "gpus": "any", "start": "any", "end": "any"}, {"note": "note"})
         start, end = parse_time("start", body["start"]), parse_time("end", body["end"])
         if end <= start:
             raise ConsoleError(400, "'end' must be after 'start'")
@@ -295,7 +285,7 @@ class CourseDesk:
         return {**reply, "reservation": self._reservation_json(reservation, self.console.clock())}
 
     @staticmethod
-    def _reservable(view: View, wanted: Any, taken: set[str]) -> list[str]:
+    def _reservable(view: View, wanted: int | list[str], taken: set[str]) -> list[str]:
         """The uuids a reservation takes: those named, or N chosen (shared GPUs and GPUs no
         one is pinned to first, by index), none drained or reserved then already."""
         if isinstance(wanted, list):
@@ -303,15 +293,13 @@ class CourseDesk:
                 raise ConsoleError(400, f"'gpus' lists {len(wanted)} GPUs; this host has {len(view.gpus)}")
             uuids = []
             for ref in wanted:
-                uuid = view.gpu(check("gpus[]", "name", ref)).uuid
+                uuid = view.gpu(ref).uuid
                 if uuid in view.intent.drained:
                     raise ConsoleError(409, f"GPU #{view.gpus[uuid].index} is drained: undrain it first")
                 if uuid in taken:
                     raise ConsoleError(409, f"GPU #{view.gpus[uuid].index} is already reserved in that window")
                 uuids.append(uuid)
             return list(dict.fromkeys(uuids))
-        if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
-            raise ConsoleError(400, "'gpus' must be a number of GPUs (at least 1) or a list of GPU uuids")
         pinned = set(view.intent.pins.values())
         pool = [g for g in sorted(view.gpus.values(), key=lambda g: (g.index, g.uuid))
                 if g.uuid not in view.intent.drained and g.uuid not in taken]
@@ -322,8 +310,6 @@ class CourseDesk:
         return [g.uuid for g in pool[:wanted]]
 
     async def cancel(self, rid: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
-        body = check_fields(body, {}, {"note": "note"})
-        check("reservation", "name", rid)
         async with self.console.lock:
             view = await self.console.view()
             found = [r for r in view.intent.reservations if r.id == rid]
@@ -352,11 +338,7 @@ class CourseDesk:
     # -- shared GPUs --------------------------------------------------------------------------------
 
     async def share(self, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
-        body = check_fields(body, {"gpu": "name", "capacity": "any"}, {"note": "note"})
-        capacity = body["capacity"]
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or not 2 <= capacity <= MAX_SHARED_CAPACITY:
-            raise ConsoleError(400, f"'capacity' must be a whole number from 2 to {MAX_SHARED_CAPACITY} "
-                                    "(how many servers may share the GPU); to stop sharing, DELETE api/shared/<uuid>")
+        capacity = body["capacity"]  # 2 to MAX_SHARED_CAPACITY: the schema says so
         async with self.console.lock:
             view = await self.console.view()
             gpu = view.gpu(body["gpu"])
@@ -373,8 +355,6 @@ class CourseDesk:
                                               body.get("note", ""), detail, who, via)
 
     async def unshare(self, uuid: str, body: dict[str, Any], who: str, via: str) -> dict[str, Any]:
-        body = check_fields(body, {}, {"note": "note"})
-        check("gpu", "name", uuid)
         async with self.console.lock:
             view = await self.console.view()
             gpu = view.gpu(uuid, status=404)

@@ -1,14 +1,13 @@
 """GPUDesk: the admin's GPU actions (pin, unpin, drain, undrain, who may use GPUs, free a GPU).
 
-Each action checks its request body's fields, then what they name (users, groups and GPUs that
-exist, conflicts with the current state), and only then commits through the Console: the
-intent, then one audit line.
+Request bodies arrive checked against openapi.yaml (handlers.py); each action checks what the
+schema cannot (users, groups and GPUs that exist, conflicts with the current state) and only
+then commits through the Console: the intent, then one audit line.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from hub.console.bodies import check, check_fields
 from hub.console.errors import ConsoleError
 from hub.console.state import Console, gpu_label
 from hub.gpus.model import GPU, Access
@@ -19,7 +18,6 @@ class GPUDesk:
         self.console = console
 
     async def pin(self, body: dict[str, Any], who: str, via: str) -> dict:
-        body = check_fields(body, {"user": "name", "gpu": "name"}, {"note": "note"})
         name = body["user"]
         async with self.console.lock:
             view = await self.console.view()
@@ -44,8 +42,6 @@ class GPUDesk:
                 body.get("note", ""), detail, who, via)
 
     async def unpin(self, user: str, body: dict[str, Any], who: str, via: str) -> dict:
-        body = check_fields(body, {}, {"note": "note"})
-        check("user", "name", user)
         async with self.console.lock:
             view = await self.console.view()
             uuid = view.intent.pins.get(user)
@@ -59,7 +55,6 @@ class GPUDesk:
                 body.get("note", ""), detail, who, via)
 
     async def drain(self, body: dict[str, Any], who: str, via: str) -> dict:
-        body = check_fields(body, {"gpu": "name"}, {"note": "note"})
         async with self.console.lock:
             view = await self.console.view()
             gpu = view.gpu(body["gpu"])
@@ -74,8 +69,6 @@ class GPUDesk:
                 body.get("note", ""), detail, who, via)
 
     async def undrain(self, uuid: str, body: dict[str, Any], who: str, via: str) -> dict:
-        body = check_fields(body, {}, {"note": "note"})
-        check("gpu", "name", uuid)
         async with self.console.lock:
             view = await self.console.view()
             if uuid not in view.intent.drained:
@@ -88,7 +81,6 @@ class GPUDesk:
                 body.get("note", ""), detail, who, via)
 
     async def set_access(self, body: dict[str, Any], who: str, via: str) -> dict:
-        body = check_fields(body, {"users": "names", "groups": "names"}, {"note": "note"})
         users, groups = sorted(set(body["users"])), sorted(set(body["groups"]))
         async with self.console.lock:
             view = await self.console.view()
@@ -113,7 +105,6 @@ class GPUDesk:
 
     async def free(self, body: dict[str, Any], who: str, via: str) -> dict:
         """Stop the server that holds a GPU (named by "gpu", or by "user" and "server")."""
-        body = check_fields(body, {}, {"gpu": "name", "user": "name", "server": "server", "note": "note"})
         if ("gpu" in body) == ("user" in body):
             raise ConsoleError(400, "name either 'gpu' (the GPU to free) or 'user' (whose server to stop)")
         if "server" in body and "user" not in body:

@@ -1,16 +1,15 @@
-"""The console's web handlers: the page, the JSON API (one handler per path of openapi.yaml)
-and their base classes (hub login, errors as JSON).
+"""The console's web handlers: the page, the JSON API (one handler per path of openapi.yaml,
+its request bodies checked against the spec) and their base classes (hub login, errors as JSON).
 """
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from tornado import web
 
-from hub.console.bodies import parse_object
+from hub.console import openapi
 from hub.console.course_actions import CourseDesk
 from hub.console.errors import ConsoleError
 from hub.console.gpu_actions import GPUDesk
@@ -69,7 +68,8 @@ class BaseHandler(_hub_oauthenticated(), web.RequestHandler):
 
 
 class APIHandler(BaseHandler):
-    """A path of the API: ``spec_path`` is its template in openapi.yaml."""
+    """A path of the API: ``spec_path`` is its template in openapi.yaml, whose operations' schemas
+    check the request body and path parameters (``body()``)."""
     spec_path = ""
     max_body = MAX_BODY
 
@@ -93,12 +93,14 @@ class APIHandler(BaseHandler):
         raise ConsoleError(status, message)
 
     def body(self) -> dict[str, Any]:
+        """The JSON body, then the path parameters, checked against this operation in the spec
+        ({} for an optional body that was not sent); a 400 or 413 saying what is wrong."""
         if len(self.request.body) > self.max_body:
             raise ConsoleError(413, f"the request body is larger than {self.max_body} bytes")
-        return parse_object(self.request.body)
-
-    def optional_body(self) -> dict[str, Any]:
-        return self.body() if self.request.body.strip() else {}
+        operation = openapi.operation(self.spec_path, self.request.method)
+        body = operation.check_body(self.request.body)
+        operation.check_params(dict(zip(re.findall(r"\{([^}]+)\}", self.spec_path), self.path_args)))
+        return body
 
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -149,7 +151,7 @@ class PinHandler(APIHandler):
     spec_path = "/pins/{user}"
 
     async def delete(self, user: str):
-        self.reply(await self.gpu_desk.unpin(user, self.optional_body(), self.who, self.via))
+        self.reply(await self.gpu_desk.unpin(user, self.body(), self.who, self.via))
 
 
 class DrainedHandler(APIHandler):
@@ -167,7 +169,7 @@ class DrainHandler(APIHandler):
     spec_path = "/drained/{uuid}"
 
     async def delete(self, uuid: str):
-        self.reply(await self.gpu_desk.undrain(uuid, self.optional_body(), self.who, self.via))
+        self.reply(await self.gpu_desk.undrain(uuid, self.body(), self.who, self.via))
 
 
 class FreeHandler(APIHandler):
@@ -233,7 +235,7 @@ class CourseStopHandler(APIHandler):
     spec_path = "/courses/{course}/stop"
 
     async def post(self, course: str):
-        self.reply(await self.course_desk.stop_all(course, self.optional_body(), self.who, self.via))
+        self.reply(await self.course_desk.stop_all(course, self.body(), self.who, self.via))
 
 
 class CourseResetHandler(APIHandler):
@@ -257,7 +259,7 @@ class ReservationHandler(APIHandler):
     spec_path = "/reservations/{id}"
 
     async def delete(self, rid: str):
-        self.reply(await self.course_desk.cancel(rid, self.optional_body(), self.who, self.via))
+        self.reply(await self.course_desk.cancel(rid, self.body(), self.who, self.via))
 
 
 class SharedHandler(APIHandler):
@@ -274,7 +276,7 @@ class ShareHandler(APIHandler):
     spec_path = "/shared/{uuid}"
 
     async def delete(self, uuid: str):
-        self.reply(await self.course_desk.unshare(uuid, self.optional_body(), self.who, self.via))
+        self.reply(await self.course_desk.unshare(uuid, self.body(), self.who, self.via))
 
 
 # ---- the rest ----------------------------------------------------------------------------
@@ -285,7 +287,7 @@ class OpenAPIHandler(web.RequestHandler):
 
     def get(self):
         self.set_header("Content-Type", "application/yaml; charset=utf-8")
-        self.finish((Path(__file__).parent / "openapi.yaml").read_bytes())
+        self.finish(openapi.SPEC_FILE.read_bytes())
 
 
 class NotFoundAPIHandler(APIHandler):

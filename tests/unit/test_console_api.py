@@ -1,6 +1,7 @@
 """The GPU console's REST API against a stand-in engine and hub: every action, and bad input of
 every kind answered with a 4xx and {"status", "message"}, leaving intent and audit untouched."""
 import json
+import re
 
 import pytest
 import requests
@@ -182,6 +183,25 @@ def test_openapi_file_is_served_and_lists_every_route(api):
                                   "/shared", "/shared/{uuid}"}
 
 
+def test_every_path_of_the_spec_has_its_handler_and_request_schemas():
+    """The routes are the spec's paths; every operation the spec lists is implemented, and its
+    request body and path parameters have schemas the console validates with (they compile)."""
+    from tornado.web import RequestHandler
+
+    from hub.console import openapi
+    from hub.console.handlers import API_HANDLERS
+
+    paths = openapi.spec()["paths"]
+    assert [h.spec_path for h in API_HANDLERS if h.spec_path not in paths] == []
+    assert set(paths) == {h.spec_path for h in API_HANDLERS}
+    for handler in API_HANDLERS:
+        for method in paths[handler.spec_path]:
+            assert getattr(handler, method) is not getattr(RequestHandler, method), (handler, method)
+            operation = openapi.operation(handler.spec_path, method)
+            assert set(operation.params) == set(re.findall(r"\{(\w+)\}", handler.spec_path))
+            assert (operation.body is not None) == (method in ("post", "put", "patch", "delete")), (handler, method)
+
+
 def _setup_conflicts(api):
     """A state where conflicts are possible: GPU 0 drained, alice pinned to 1, bob holds 2, a
     container of another hub holds 3, access open to everyone."""
@@ -203,6 +223,8 @@ BAD = [
     ("PUT", "access", "[" * 1000, 400, "nested too deeply"),
     ("POST", "courses/roster", "[" * 100000, 400, "nested too deeply"),
     ("POST", "pins", {"user": "alice", "gpu": U, "force": True}, 400, "unknown field 'force'"),
+    ("POST", "pins", {"user": "alice", "gpu": U, "zz": 1, "aa": 2}, 400,
+     "unknown field 'aa'; this request takes 'user', 'gpu', 'note'"),
     ("POST", "pins", {"gpu": U}, 400, "missing field 'user'"),
     ("POST", "pins", {"user": "alice"}, 400, "missing field 'gpu'"),
     ("POST", "pins", {"user": 7, "gpu": U}, 400, "'user' must be a string, not a number"),
@@ -220,6 +242,8 @@ BAD = [
     ("POST", "pins", {"user": "bob", "gpu": U, "note": "x" * 501}, 400, "longer than 500"),
     ("POST", "pins", {"user": "bob", "gpu": U, "note": 5}, 400, "'note' must be a string"),
     ("DELETE", "pins/bob", None, 404, "not pinned"),
+    ("DELETE", "pins/al%07ice", None, 400, "'user' contains control characters"),
+    ("DELETE", "pins/%20", None, 400, "'user' must not be empty"),
     ("DELETE", "pins/alice", {"force": 1}, 400, "unknown field 'force'"),
     ("DELETE", "pins/alice", "{oops", 400, "not valid JSON"),
     ("POST", "drained", {"gpu": GPUS[0].uuid}, 409, "already drained"),
@@ -245,6 +269,8 @@ BAD = [
     ("PUT", "access", {"users": []}, 400, "missing field 'groups'"),
     ("PUT", "access", {"users": [], "groups": [], "admins": []}, 400, "unknown field 'admins'"),
     ("PUT", "access", {"users": [""], "groups": []}, 400, "must not be empty"),
+    ("PUT", "access", {"users": ["a"] * 1001, "groups": []}, 400, "'users' lists more than 1000 names"),
+    ("PUT", "access", {"users": [], "groups": ["ml", "m\tl"]}, 400, "'groups[1]' contains control characters"),
     ("GET", "audit?limit=0", None, 400, "from 1 to 1000"),
     ("GET", "audit?limit=ten", None, 400, "from 1 to 1000"),
     ("GET", "nothing-here", None, 404, "no such API endpoint"),

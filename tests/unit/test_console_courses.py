@@ -83,6 +83,7 @@ def test_skip_bad_rows_applies_the_good_ones_and_dry_run_applies_nothing(api):
     ({"roster": "username,course\na,b\n", "format": "xml"}, 400, "unknown roster format"),
     ({"roster": "username,course\na,b\n", "dry_run": "yes"}, 400, "true or false"),
     ({"roster": "username,course\na,b\n", "extra": 1}, 400, "unknown field"),
+    ({"roster": "username,course\na,b\n", "format": 5}, 400, "'format' must be a string, not a number"),
     ({"roster": "username,course\na,ml\n"}, 409, "not a course"),  # the plain group 'ml'
 ])
 def test_bad_roster_requests(api, body, status, message):
@@ -160,6 +161,10 @@ def test_a_reservation_is_active_in_its_window_in_the_gpu_table(api):
     ({"course": "ml101", "gpus": 5, "start": NOW, "end": NOW + 60}, 409, "only 4 of 4"),
     ({"course": "ml101", "gpus": ["GPU-nope"], "start": NOW, "end": NOW + 60}, 400, "no GPU"),
     ({"course": "ml101", "gpus": [], "start": NOW, "end": NOW + 60}, 400, "lists 0 GPUs"),
+    ({"course": "ml101", "gpus": [GPUS[0].uuid, 3], "start": NOW, "end": NOW + 60}, 400,
+     "'gpus[1]' must be a string, not a number"),
+    ({"course": "ml101", "gpus": 1, "start": "2027-01-15T08:00:00Z" * 4, "end": NOW + 60}, 400,
+     "'start' must be an ISO 8601 time"),
     ({"course": "nope", "gpus": 1, "start": NOW, "end": NOW + 60}, 404, "no course"),
     ({"course": "ml101", "gpus": 1, "start": NOW}, 400, "missing field 'end'"),
 ])
