@@ -29,14 +29,20 @@ def parse_time(name: str, value: str | float) -> float:
     """Epoch seconds from a number or an ISO 8601 time with a zone (…Z or …+01:00); the
     request's schema (Time) has made sure it is one of the two."""
     if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise ConsoleError(400, f"{name!r}={value!r} is not an ISO 8601 time such as 2026-11-23T09:00:00Z") from None
-    if when.tzinfo is None:
-        raise ConsoleError(400, f"{name!r}={value!r} has no time zone: add Z (UTC) or an offset such as +01:00")
-    return when.timestamp()
+        epoch = float(value)
+    else:
+        try:
+            when = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ConsoleError(400, f"{name!r}={value!r} is not an ISO 8601 time such as 2026-11-23T09:00:00Z") from None
+        if when.tzinfo is None:
+            raise ConsoleError(400, f"{name!r}={value!r} has no time zone: add Z (UTC) or an offset such as +01:00")
+        epoch = when.timestamp()
+    try:  # NaN, Infinity (Python's json reads them) and times past the year 9999 have no date
+        datetime.fromtimestamp(epoch, timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        raise ConsoleError(400, f"{name!r}={value!r} is not a time between the years 1 and 9999") from None
+    return epoch
 
 
 def _iso(epoch: float) -> str:
