@@ -155,7 +155,7 @@ def configure_console(c, env: Mapping[str, str]) -> None:
                        "rosters (create users and course groups, set their members and properties)",
         "scopes": ["list:users", "read:users:name", "read:users:groups", "read:servers",
                    "delete:servers", "list:groups", "read:groups:name",
-                   # rosters (hub/console/courses.py): create users, create course groups, set
+                   # rosters (hub/console/course_actions.py): create users, create course groups, set
                    # their members and their gpuhub.course property; never delete either
                    "admin:users", "admin:groups", "groups", "read:groups"],
         "services": [CONSOLE_NAME],

@@ -17,7 +17,7 @@ docker.from_env().containers.run("gpukit/hostroot:1", [py, "-c", code], detach=T
     volumes=binds, device_requests=[docker.types.DeviceRequest(driver="cdi", device_ids=[f"nvidia.com/gpu={uuid}"])])
 PY
 sleep 8
-python3 -m hub.console.usage --json --repeat 10 --interval 1
+python3 -m hub.gpus.nvml --json --repeat 10 --interval 1
 python3 - <<'PY'
 import docker
 c = docker.from_env().containers.get("console-usage-load")

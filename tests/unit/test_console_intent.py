@@ -73,7 +73,8 @@ def manager(tmp_path, monkeypatch):
         manager.allocator.reconcile({})
 
     monkeypatch.setattr(manager, "reconcile", reconcile)
-    monkeypatch.setattr(GPUDockerSpawner, "_gpu_manager", manager)
+    from hub.spawner.spawner import PROCESS
+    monkeypatch.setattr(PROCESS, "gpu_manager", manager)
     created = []
 
     async def create_object(self):
