@@ -14,17 +14,24 @@ notebook_shim extensions (the spawner's default), takes half the CPU time of
 jupyterhub-singleuser to answer (README, "Performance").
 
 So, for the JupyterHub version this was checked against (JUPYTERHUB_VERSION below):
-- jupyterhub.handlers.pages and jupyterhub.metrics get stand-ins holding the two names
+- jupyterhub.handlers.pages and jupyterhub.metrics start as stand-ins holding the two names
   jupyterhub.log takes from them: a HealthCheckHandler that no handler of a user server is
   an instance of (the hub's own health page never runs here), and a prometheus_log_method
   that records nothing (the hub's copy of jupyter_server's http_request_duration_seconds);
 - LAZY_MODULES load on first use of one of their attributes;
 - DEFERRED_PACKAGES run their __init__ on first use of one of their attributes, or before
   any of their submodules but those listed (sqlalchemy.exc loads without the rest of
-  SQLAlchemy).
+  SQLAlchemy, jupyterhub.handlers.pages without the hub's other handlers).
 Any other JupyterHub version starts exactly as jupyterhub-singleuser does. With any version,
-the garbage collector runs less often, while the server starts and after (see main). Whatever
-a user or an extension does later still works: a lazy module or package loads fully when used.
+the garbage collector runs less often, while the server starts and after (see main).
+
+Whatever a user or an extension imports later gets the real module: a lazy module or deferred
+package loads fully when used, and a stand-in turns into the real module (its code runs in
+the stand-in's namespace, after its package's __init__) on the first attribute it lacks, or
+before any submodule of its own is imported. So `import jupyterhub.handlers` or
+`from jupyterhub.metrics import TOTAL_USERS` work as with jupyterhub-singleuser, and load the
+hub's database layer then. Until a stand-in loads, the two names it holds are its own; what
+jupyterhub.log took from the stand-ins stays theirs (its health-check test, its no-op metric).
 """
 import gc
 import importlib
@@ -43,23 +50,28 @@ LAZY_MODULES = frozenset({
     "webcolors", "uri_template",  # jsonschema's color and URI-template format checks
 })
 # Packages whose __init__ waits for first use, and the submodules that import without it:
-# jupyterhub.utils takes SQLAlchemyError from sqlalchemy.exc, which needs sqlalchemy.util only.
-DEFERRED_PACKAGES = {"sqlalchemy": frozenset({"exc", "util"})}
+# jupyterhub.utils takes SQLAlchemyError from sqlalchemy.exc, which needs sqlalchemy.util only;
+# jupyterhub.log takes HealthCheckHandler from jupyterhub.handlers.pages (a stand-in, see
+# lean_imports), whose package's __init__ imports all of the hub's handlers.
+DEFERRED_PACKAGES = {"sqlalchemy": frozenset({"exc", "util"}), "jupyterhub.handlers": frozenset({"pages"})}
 
 
 class LazyModules(importlib.abc.MetaPathFinder):
-    """Finds LAZY_MODULES and DEFERRED_PACKAGES as the other finders do, with a loader that
-    waits for their first use; any other submodule of a deferred package runs the package's
-    __init__ first, so that the package's own import order holds."""
+    """Finds LAZY_MODULES, DEFERRED_PACKAGES and the stand-ins as the other finders do, with a
+    loader that waits for their first use; any other submodule of a deferred package or of a
+    stand-in runs the package's own code first, so that the package's own import order holds.
+
+    stand_ins: {module name: {attribute: value}}, what each stand-in holds until it loads."""
+
+    def __init__(self, stand_ins=None):
+        self.stand_ins = stand_ins or {}
 
     def find_spec(self, name, path, target=None):
-        package, _, submodule = name.partition(".")
-        if submodule and package in DEFERRED_PACKAGES:
-            deferred = DeferredInit.waiting(sys.modules.get(package))
-            if deferred and submodule.partition(".")[0] not in DEFERRED_PACKAGES[package]:
-                return importlib.machinery.ModuleSpec(name, PackageFirst(package))
-            return None
-        if name not in LAZY_MODULES and name not in DEFERRED_PACKAGES:
+        parent, _, child = name.rpartition(".")
+        package = sys.modules.get(parent) if parent else None
+        if DeferredInit.waiting(package) and child not in package.__spec__.loader.standalone:
+            return importlib.machinery.ModuleSpec(name, PackageFirst(parent))
+        if name not in LAZY_MODULES and name not in DEFERRED_PACKAGES and name not in self.stand_ins:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -68,8 +80,10 @@ class LazyModules(importlib.abc.MetaPathFinder):
             if spec is None:
                 continue
             if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                if name in DEFERRED_PACKAGES and spec.submodule_search_locations is not None:
-                    spec.loader = DeferredInit(spec.loader)
+                if name in self.stand_ins:
+                    spec.loader = StandIn(spec.loader, self.stand_ins[name])
+                elif name in DEFERRED_PACKAGES and spec.submodule_search_locations is not None:
+                    spec.loader = DeferredInit(spec.loader, DEFERRED_PACKAGES[name])
                 else:
                     spec.loader = importlib.util.LazyLoader(spec.loader)
             return spec
@@ -77,43 +91,68 @@ class LazyModules(importlib.abc.MetaPathFinder):
 
 
 class DeferredInit(importlib.abc.Loader):
-    """Loads a package without running its __init__ until one of its attributes is asked for
-    (PEP 562's module __getattr__), except the submodules that import without it."""
+    """Loads a module (a package, here) without running its code until one of its attributes
+    is asked for (PEP 562's module __getattr__), except the submodules that import without it."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, standalone=frozenset()):
         self.loader = loader
+        self.standalone = standalone
 
     @staticmethod
-    def waiting(package) -> bool:
-        return package is not None and "__getattr__" in vars(package) and isinstance(package.__spec__.loader, DeferredInit)
+    def waiting(module) -> bool:
+        # (asked of every module that has a submodule imported: a lazy module's __dict__
+        # would load it, and its type is not ModuleType)
+        namespace = vars(module) if type(module) is types.ModuleType else {}
+        return "__getattr__" in namespace and isinstance(getattr(namespace.get("__spec__"), "loader", None), DeferredInit)
 
     def create_module(self, spec):
-        return None  # the default module object, with __path__ from the spec
+        return None  # the default module object, with __path__ (for a package) from the spec
 
-    def exec_module(self, package):
-        standalone = DEFERRED_PACKAGES[package.__name__]
-
+    def exec_module(self, module):
         def __getattr__(attribute):
-            if attribute in standalone:
-                return importlib.import_module(f"{package.__name__}.{attribute}")
-            self.complete(package)
-            return getattr(package, attribute)
+            if attribute in self.standalone:
+                return importlib.import_module(f"{module.__name__}.{attribute}")
+            if attribute == "__path__":
+                # The import system asks each module it imports names from whether it is a
+                # package; a package has its __path__ already, so this one is not.
+                raise AttributeError(f"module {module.__name__!r} has no attribute '__path__'")
+            self.complete(module)
+            return getattr(module, attribute)
 
-        package.__getattr__ = __getattr__
+        module.__getattr__ = __getattr__
 
-    def complete(self, package) -> None:
-        """Run the package's __init__ now, once: afterwards the package may define a module
-        __getattr__ of its own (PEP 562), which is not this loader's to remove."""
+    def complete(self, module) -> None:
+        """Run the module's own code now, once, after its package's (as an import would):
+        afterwards the module may define a module __getattr__ of its own (PEP 562), which is
+        not this loader's to remove."""
+        package = sys.modules.get(module.__name__.rpartition(".")[0])
         if self.waiting(package):
-            del package.__dict__["__getattr__"]
-            package.__spec__.loader = package.__loader__ = self.loader
-            self.loader.exec_module(package)
+            package.__spec__.loader.complete(package)  # which may complete this module too
+        if self.waiting(module):
+            del module.__dict__["__getattr__"]
+            module.__spec__.loader = module.__loader__ = self.loader
+            module.__doc__ = None
+            self.loader.exec_module(module)
+
+
+class StandIn(DeferredInit):
+    """A module that holds the given attributes until it is asked for another one: then its
+    real code runs in its namespace (which replaces them), as a deferred package's does."""
+
+    def __init__(self, loader, attributes: dict):
+        super().__init__(loader)
+        self.attributes = attributes
+
+    def exec_module(self, module):
+        module.__doc__ = f"gpuhub-singleuser's stand-in for {module.__name__} until first use (see its docstring)"
+        module.__dict__.update(self.attributes)
+        super().exec_module(module)
 
 
 class PackageFirst(importlib.abc.Loader):
-    """Imports a submodule of a deferred package after running the package's __init__ (which
-    may import the submodule itself); the import system then takes the module that is in
-    sys.modules by the end, as it does for any module that replaces itself there."""
+    """Imports a submodule of a deferred package (or stand-in) after running the package's
+    code (which may import the submodule itself); the import system then takes the module that
+    is in sys.modules by the end, as it does for any module that replaces itself there."""
 
     def __init__(self, package: str):
         self.package = package
@@ -128,12 +167,6 @@ class PackageFirst(importlib.abc.Loader):
         importlib.import_module(placeholder.__name__)
 
 
-def stand_in(name: str, **attributes) -> types.ModuleType:
-    module = types.ModuleType(name, f"gpuhub-singleuser's stand-in for {name} (see its docstring)")
-    module.__dict__.update(attributes)
-    return module
-
-
 def lean_imports() -> bool:
     from jupyterhub._version import __version__
 
@@ -143,9 +176,13 @@ def lean_imports() -> bool:
     class HealthCheckHandler:
         """The hub's /hub/health handler; a user server has none."""
 
-    sys.modules["jupyterhub.handlers.pages"] = stand_in("jupyterhub.handlers.pages", HealthCheckHandler=HealthCheckHandler)
-    sys.modules["jupyterhub.metrics"] = stand_in("jupyterhub.metrics", prometheus_log_method=lambda handler: None)
-    sys.meta_path.insert(0, LazyModules())
+    def prometheus_log_method(handler):
+        """The hub's request metric; a user server's is jupyter_server's."""
+
+    sys.meta_path.insert(0, LazyModules({
+        "jupyterhub.handlers.pages": {"HealthCheckHandler": HealthCheckHandler},
+        "jupyterhub.metrics": {"prometheus_log_method": prometheus_log_method},
+    }))
     return True
 
 

@@ -17,7 +17,7 @@ CONTENT = "".join(f"line {i}: {hashlib.sha256(str(i).encode()).hexdigest()}\n" f
 
 def readme_commands(section: str) -> str:
     """The shell commands of the README's fenced block after '<!-- reliability: section -->'."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "operations.md").read_text()
     match = re.search(rf"<!-- reliability: {section} -->\s*```sh\n(.*?)```", text, re.S)
     assert match, f"README.md lost its '{section}' commands"
     return match.group(1)

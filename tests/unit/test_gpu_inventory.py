@@ -1,6 +1,7 @@
 """GPU discovery (hub.gpus.inventory): NVML, CDI specs in the formats we meet, static lists."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,10 @@ from hub.gpus.inventory import discover, from_cdi, from_yaml
 from hub.gpus.model import GPU
 from hub.gpus.nvml import discover_gpus as from_nvml
 
-FAKE_GPUS_SH = Path("/work/shared/engine/fake-gpus.sh")
+ROOT = Path(__file__).resolve().parents[2]
+# The shared kit where .ci/run finds it: ${SHARED_DIR:-../shared}, relative to the checkout
+SHARED_DIR = (ROOT / (os.environ.get("SHARED_DIR") or "../shared")).resolve()
+FAKE_GPUS_SH = SHARED_DIR / "engine" / "fake-gpus.sh"
 
 
 def fake_uuid(i: int) -> str:
@@ -149,7 +153,9 @@ def test_fake_spec_of_four_gpus(tmp_path):
     assert found == [GPU(fake_uuid(i), i, "GPU") for i in range(4)]
 
 
-@pytest.mark.skipif(not FAKE_GPUS_SH.exists(), reason="the shared fake-GPU kit is not here")
+@pytest.mark.skipif(not FAKE_GPUS_SH.exists(),
+                    reason=f"the shared fake-GPU kit is not here: no {FAKE_GPUS_SH} "
+                           "(SHARED_DIR, default ../shared relative to the checkout, as in .ci/run)")
 def test_inline_fake_spec_matches_fake_gpus_sh():
     """Run the script's own spec-writing block, so this file notices when the kit changes."""
     block = re.search(r"\n(\{\n.*?\n\}) > /etc/cdi/fake-nvidia.yaml", FAKE_GPUS_SH.read_text(),
