@@ -6,7 +6,7 @@ in one run on this machine, with the same single-user image:
   stock  jupyterhub-deploy-docker's hub (bench/stock/), same JupyterHub version; its servers
          run the image's CMD (jupyterhub-singleuser)
   ours   this repository's compose deployment (bench/ours.env: CPU-only servers, like stock);
-         its spawner runs the image's lean command and takes turns (hub/spawner.py)
+         its spawner runs the image's lean command and takes turns (hub/spawner/spawner.py)
 
 Each spawn and each burst starts on a quiet machine (under 15% CPU busy; the engine removes the
 last setup's containers in the background). A hub's spawn is timed as a browser waits for it:

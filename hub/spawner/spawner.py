@@ -21,25 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docker.errors
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
 from tornado import web
-import docker.errors
 from traitlets import Bool, Callable, CaselessStrEnum, Int, List, TraitError, Unicode, default, validate
 
 from hub.gpus.allocator import first_free
 from hub.gpus.claim import NO_GPU_ENV, Assignment, Labels
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
-from hub.spawner import course_volumes, profiles
-from hub.spawner import naming
+from hub.spawner import course_volumes, naming, port_probe, profiles, start_command
 from hub.spawner.progress import ProgressLog, PullProgress
-from hub.spawner.stop_reasons import StopReasons, reason_from_events
+from hub.spawner.stop_reasons import StopReasons, container_events, reason_from_events
 from hub.spawner.turns import StartTurns
-
-# Image label naming a leaner start command than the image's CMD (images/singleuser/gpuhub_singleuser.py)
-SINGLEUSER_COMMAND_LABEL = "gpuhub.singleuser-command"
-
 
 @dataclass
 class HubProcess:
@@ -319,30 +314,12 @@ class GPUDockerSpawner(DockerSpawner):
         await loop.run_in_executor(self.executor, run)
         self.emit_progress(60, f"Pulled image {pull.image}")
 
-    async def wait_for_port(self, ip: str, port: int, interval: float = 0.01) -> None:
-        """Return as soon as the server accepts connections, its container has stopped, or
-        http_timeout has passed.
-
-        JupyterHub checks a new server with exponential backoff (0.2 s, 0.4 s, 0.8 s, 1.6 s,
-        ...), which adds up to a second to every start; probing the port every 10 ms here (a
-        refused connection costs the hub about 0.13 ms of CPU) means its first check succeeds.
-        A container that stopped (a broken image) ends the wait at once, so it does not hold a
-        start turn until the timeout."""
-        deadline = time.monotonic() + self.http_timeout
-        next_state_check = time.monotonic() + 1
-        while time.monotonic() < deadline:
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=1)
-            except (OSError, asyncio.TimeoutError):
-                if time.monotonic() >= next_state_check:
-                    next_state_check = time.monotonic() + 1
-                    container = await self.get_object()  # None once it is gone
-                    if not (container and container["State"]["Running"]):
-                        return
-                await asyncio.sleep(interval)
-                continue
-            writer.close()
-            return
+    async def wait_for_port(self, ip: str, port: int) -> None:
+        """Until the server accepts connections, its container stops, or http_timeout passes."""
+        async def still_running() -> bool:
+            container = await self.get_object()  # None once it is gone
+            return bool(container and container["State"]["Running"])
+        await port_probe.wait_for_port(ip, port, self.http_timeout, still_running)
 
     async def get_command(self):
         """The image's leaner start command where its label names one, else DockerSpawner's
@@ -350,15 +327,10 @@ class GPUDockerSpawner(DockerSpawner):
         if self.cmd:
             return await super().get_command()
         config = (await self.docker("inspect_image", self.image))["Config"]
-        command = (config.get("Labels") or {}).get(SINGLEUSER_COMMAND_LABEL)
-        return ([command] if command else config["Cmd"]) + self.get_args()
+        return start_command.image_command(config) + self.get_args()
 
     def get_args(self):
-        args = super().get_args()
-        if self.server_extensions_off:
-            off = {name: False for name in self.server_extensions_off}
-            args.append(f"--ServerApp.jpserver_extensions={off!r}")
-        return args
+        return super().get_args() + start_command.extensions_off_argument(self.server_extensions_off)
 
     # ---- the container: GPU, courses, limits, hardening --------------------------------------
 
@@ -519,12 +491,9 @@ class GPUDockerSpawner(DockerSpawner):
 
     async def stop_reason(self, container_id: str) -> str:
         """Why the container ended, from the engine's events (the container itself is removed)."""
-        def events():
-            until = int(time.time()) + 1
-            return list(self.client.events(since=until - 24 * 3600, until=until, decode=True,
-                                           filters={"container": container_id, "event": ["oom", "die"]}))
         try:
-            found = await asyncio.get_running_loop().run_in_executor(self.executor, events)
+            found = await asyncio.get_running_loop().run_in_executor(
+                self.executor, container_events, self.client, container_id)
         except Exception as exc:  # the engine's history is a help, not a must
             self.log.info("No events for %s: %s", container_id[:12], exc)
             found = []

@@ -2,7 +2,8 @@
 load (the hub's "not running" page reads it through ``template_vars``)."""
 from __future__ import annotations
 
-from typing import Iterable
+import time
+from typing import Any, Iterable
 
 KEEP = "Your files in work/ are kept; press Start to start it again."
 
@@ -20,6 +21,13 @@ def reason_from_events(events: Iterable[dict], mem_limit: int | None) -> str:
     if codes and codes[-1] not in (None, "0"):
         return f"Your server stopped unexpectedly (exit code {codes[-1]}). {KEEP}"
     return f"Your server stopped. {KEEP}"
+
+
+def container_events(client: Any, container_id: str) -> list[dict]:
+    """The engine's 'oom' and 'die' events of a container over the last day (blocking)."""
+    until = int(time.time()) + 1
+    return list(client.events(since=until - 24 * 3600, until=until, decode=True,
+                              filters={"container": container_id, "event": ["oom", "die"]}))
 
 
 class StopReasons:
