@@ -1,7 +1,7 @@
 """On a real GPU host: the project's GPU code assigns a GPU and starts a user's container with
 it, which then reports what it sees and benchmarks it; the same benchmark runs on the host.
 
-Run from the repository root on the GPU machine (see README, "Tests on a GPU host"):
+Run from the repository root on the GPU machine (see docs/development.md, "Tests on a GPU host"):
 
     bash .gpukit/start-docker.sh && PYTHONPATH=/tmp/site:. python3 tests/gpu_host/spawn_and_bench.py
 
@@ -65,28 +65,38 @@ async def main() -> dict:
     manager = GPUManager(gpus, source, style, "/tmp/gpu-intent.json", "gpuhub")
     binds = json.load(open("/etc/gpukit-binds.json"))
 
-    async with manager.lock:
-        await manager.reconcile(call)
-        gpu = manager.allocator.allocate(USER, since=time.time())
-    request = device_request(gpu.uuid, style)
-    labels = {"gpuhub.user": USER, "gpuhub.server": "", "gpuhub.gpu.uuid": gpu.uuid}
-
-    # Holding containers make the engine show the GPU as taken: a second user must be refused.
-    holder = client.containers.run("gpukit/hostroot:1", ["sleep", "60"], detach=True, network_mode="none",
-                                   labels=labels, volumes=binds)
+    # Users one after another, each GPU held by a container the engine shows (labels only, as
+    # the spawner's containers carry them): every user gets a GPU of their own until all are
+    # held, and the next one is refused, whatever the number of GPUs.
+    users = [USER, *(f"user{i}" for i in range(1, len(gpus)))]
+    allocations, holders = [], []
     try:
+        for name in users:
+            async with manager.lock:
+                await manager.reconcile(call)
+                got = manager.allocator.allocate(name, since=time.time())
+            allocations.append({"user": name, "uuid": got.uuid, "index": got.index})
+            holders.append(client.containers.run(
+                "gpukit/hostroot:1", ["sleep", "120"], detach=True, network_mode="none", volumes=binds,
+                labels={"gpuhub.user": name, "gpuhub.server": "", "gpuhub.gpu.uuid": got.uuid}))
         async with manager.lock:
             await manager.reconcile(call)
             try:
-                manager.allocator.allocate("second-user")
-                second = "ALLOCATED (wrong)"
+                manager.allocator.allocate("one-too-many")
+                refused = "ALLOCATED (wrong)"
             except NoGPUAvailable as exc:
-                second = str(exc)
+                refused = str(exc)
     finally:
-        holder.remove(force=True)
+        for holder in holders:
+            holder.remove(force=True)
+    gpu = next(g for g in gpus if g.uuid == allocations[0]["uuid"])
+    request = device_request(gpu.uuid, style)
+    labels = {"gpuhub.user": USER, "gpuhub.server": "", "gpuhub.gpu.uuid": gpu.uuid}
 
-    results = {"inventory_source": source, "style": style, "assigned_uuid": gpu.uuid,
-               "assigned_name": gpu.name, "second_user": second, "rounds": []}
+    results = {"inventory_source": source, "style": style, "gpus": len(gpus), "assigned_uuid": gpu.uuid,
+               "assigned_name": gpu.name, "allocations": allocations,
+               "every_user_a_different_gpu": len({a["uuid"] for a in allocations}) == len(gpus),
+               "one_too_many": refused, "rounds": []}
     for _ in range(ROUNDS):  # alternate, so drift of clocks/temperature hits both alike
         inside = container_bench(client, "gpukit/hostroot:1", binds, request, labels)
         host = host_bench()

@@ -1,0 +1,126 @@
+# JupyterHub configuration of the whole-stack run on a GPU host (tests/gpu_host/stack.py, which
+# sets the GPUHOST_* variables). It mirrors production's (jupyterhub_config.py ->
+# hub/configure.py) where it matters here: the project's spawner with its GPU settings, limits and
+# hardening, the external proxy, servers that outlive the hub, the GPU console as a hub-managed
+# service with production's role. It differs where the test machine or the test needs it:
+#   - hub and proxy run as processes on the host (no compose); state in $GPUHOST_STATE;
+#   - login: none (the null authenticator); users are made and started through the REST API by
+#     a service holding the admin role, as an admin's script would;
+#   - the single-user image is gpuhost/singleuser:1 (the host's Python and PyTorch, see stack.py),
+#     with the host's directories bound read-only, and it has no JupyterLab (default_url unset);
+#   - network: production's own (a bridge network, use_internal_ip) when the engine can make one;
+#     else the host's network, where each server gets its own port (DockerSpawner's documented
+#     get_ip_and_port override, in a subclass that changes nothing else);
+#   - the console samples NVML every second (production: every 10 s); no idle culler and no
+#     resilience watchdogs (hub/resilience.py): neither is what this run is about.
+import json
+import os
+from pathlib import Path
+
+env = os.environ
+c = get_config()  # noqa: F821 (provided by JupyterHub)
+state = Path(env["GPUHOST_STATE"])
+prefix = env.get("GPUHOST_PREFIX", "gpuhost")
+hub_port = int(env["GPUHOST_HUB_PORT"])
+network = env["GPUHOST_NETWORK"]  # a bridge network's name, or "host"
+repo = Path(__file__).resolve().parents[2]
+
+# -- the hub (hub/configure.py configure_hub) --
+c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+c.ConfigurableHTTPProxy.should_start = False  # the proxy is its own process: a hub restart keeps it
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{env['GPUHOST_PROXY_API_PORT']}"
+c.ConfigurableHTTPProxy.auth_token = env["GPUHOST_PROXY_TOKEN"]
+c.JupyterHub.bind_url = f"http://127.0.0.1:{env['GPUHOST_PROXY_PORT']}"
+c.JupyterHub.hub_bind_url = f"http://{env.get('GPUHOST_HUB_BIND_IP', '127.0.0.1')}:{hub_port}"
+c.JupyterHub.hub_connect_url = f"http://{env.get('GPUHOST_HUB_CONNECT_IP', '127.0.0.1')}:{hub_port}"
+c.JupyterHub.cleanup_servers = False  # user servers outlive the hub
+c.JupyterHub.log_level = env.get("GPUHOST_LOG_LEVEL", "INFO")
+
+# -- who may do what --
+c.JupyterHub.authenticator_class = "null"
+c.Authenticator.allow_all = True
+c.JupyterHub.services = [{"name": "gpuhost-admin", "api_token": env["GPUHOST_ADMIN_TOKEN"]}]
+c.JupyterHub.load_roles = [{"name": "admin", "services": ["gpuhost-admin"]}]
+
+# -- the spawner (hub/configure.py configure_spawner) --
+c.JupyterHub.spawner_class = "hub.spawner.GPUDockerSpawner"
+c.DockerSpawner.image = env.get("GPUHOST_IMAGE", "gpuhost/singleuser:1")
+c.DockerSpawner.prefix = prefix
+c.DockerSpawner.network_name = network
+c.DockerSpawner.use_internal_ip = True
+c.DockerSpawner.remove = True
+c.DockerSpawner.notebook_dir = "/home/jovyan/work"
+binds = json.loads(Path(env["GPUHOST_BINDS_FILE"]).read_text())  # the host's /usr, /opt, ... read-only
+c.DockerSpawner.volumes = {f"{prefix}-user-{{username}}": "/home/jovyan/work", **binds}
+c.DockerSpawner.mem_limit = "8G"
+c.DockerSpawner.cpu_limit = 2.0
+c.GPUDockerSpawner.shm_size = "1G"
+c.GPUDockerSpawner.pids_limit = 1024
+c.GPUDockerSpawner.gpu_enabled = True
+c.GPUDockerSpawner.gpu_cpu_fallback = False
+c.GPUDockerSpawner.gpu_request_style = "auto"
+c.GPUDockerSpawner.gpu_intent_file = str(state / "gpu-intent.json")
+# The test machine's settings that keep programs off NVLink multicast hold in users' containers too.
+c.DockerSpawner.environment = {k: env[k] for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+                                                   "NVSHMEM_DISABLE_NVLS") if k in env}
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 120
+
+if network == "host":
+    from jupyterhub.utils import random_port
+
+    from hub.spawner import GPUDockerSpawner
+
+    class HostNetworkGPUDockerSpawner(GPUDockerSpawner):
+        """On the host's network every server needs a port of its own, and the engine knows no
+        address for the container (DockerSpawner's docs: override get_ip_and_port)."""
+
+        async def start(self):
+            self.port = random_port()
+            return await super().start()
+
+        async def get_ip_and_port(self):
+            return "127.0.0.1", self.port
+
+    c.JupyterHub.spawner_class = HostNetworkGPUDockerSpawner
+    c.DockerSpawner.ip = "127.0.0.1"
+
+# -- the GPU console (hub/configure.py configure_console), with the same role --
+console_port = int(env["GPUHOST_CONSOLE_PORT"])
+c.JupyterHub.services.append({
+    "name": "gpu-console",
+    "display": True,
+    "url": f"http://127.0.0.1:{console_port}",
+    "command": [env.get("GPUHOST_PYTHON", "python3"), "-m", "hub.console.app"],
+    "cwd": str(repo),
+    "environment": {
+        "HUB_NAME_PREFIX": prefix,
+        "GPUHUB_GPU_INTENT_FILE": str(state / "gpu-intent.json"),
+        "GPUHUB_GPU_AUDIT_FILE": str(state / "gpu-audit.jsonl"),
+        "GPUHUB_GPU_REQUEST_STYLE": "auto",
+        "GPUHUB_LABEL_PREFIX": "gpuhub",
+        "GPUHUB_GPU_CDI_DIRS": "/etc/cdi:/var/run/cdi",
+        "GPUHUB_CONSOLE_LOG_LEVEL": "INFO",
+        "GPUHUB_USAGE_INTERVAL": "1",
+        "GPUHUB_CONSOLE_BIND": "127.0.0.1",
+    },
+    "oauth_no_confirm": True,
+})
+c.JupyterHub.load_roles.append({
+    "name": "gpu-console",
+    "scopes": ["list:users", "read:users:name", "read:users:groups", "read:servers",
+               "delete:servers", "list:groups", "read:groups:name",
+               "admin:users", "admin:groups", "groups", "read:groups"],
+    "services": ["gpu-console"],
+})
+
+# -- recovery (hub/configure.py configure_recovery) --
+c.JupyterHub.last_activity_interval = 10
+c.Spawner.poll_interval = 10
+templates = repo / "hub" / "templates"
+if templates.is_dir():
+    c.JupyterHub.template_paths = [str(templates)]
+    from hub.spawner import GPUDockerSpawner as _Spawner
+
+    c.JupyterHub.template_vars = {"gpuhub_stop_reason": _Spawner.stop_reason_for}
