@@ -1,6 +1,6 @@
 # JupyterHub configuration of the whole-stack run on a GPU host (tests/gpu_host/stack.py, which
 # sets the GPUHOST_* variables). It mirrors production's (jupyterhub_config.py ->
-# hub/configure.py) where it matters here: the project's spawner with its GPU settings, limits and
+# hub/config/configure.py) where it matters here: the project's spawner with its GPU settings, limits and
 # hardening, the external proxy, servers that outlive the hub, the GPU console as a hub-managed
 # service with production's role. It differs where the test machine or the test needs it:
 #   - hub and proxy run as processes on the host (no compose); state in $GPUHOST_STATE;
@@ -12,7 +12,7 @@
 #     else the host's network, where each server gets its own port (DockerSpawner's documented
 #     get_ip_and_port override, in a subclass that changes nothing else);
 #   - the console samples NVML every second (production: every 10 s); no idle culler and no
-#     resilience watchdogs (hub/resilience.py): neither is what this run is about.
+#     watchdogs (hub/watchdog.py): neither is what this run is about.
 import json
 import os
 from pathlib import Path
@@ -25,7 +25,7 @@ hub_port = int(env["GPUHOST_HUB_PORT"])
 network = env["GPUHOST_NETWORK"]  # a bridge network's name, or "host"
 repo = Path(__file__).resolve().parents[2]
 
-# -- the hub (hub/configure.py configure_hub) --
+# -- the hub (hub/config/configure.py configure_hub) --
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.ConfigurableHTTPProxy.should_start = False  # the proxy is its own process: a hub restart keeps it
@@ -43,7 +43,7 @@ c.Authenticator.allow_all = True
 c.JupyterHub.services = [{"name": "gpuhost-admin", "api_token": env["GPUHOST_ADMIN_TOKEN"]}]
 c.JupyterHub.load_roles = [{"name": "admin", "services": ["gpuhost-admin"]}]
 
-# -- the spawner (hub/configure.py configure_spawner) --
+# -- the spawner (hub/config/configure.py configure_spawner) --
 c.JupyterHub.spawner_class = "hub.spawner.GPUDockerSpawner"
 c.DockerSpawner.image = env.get("GPUHOST_IMAGE", "gpuhost/singleuser:1")
 c.DockerSpawner.prefix = prefix
@@ -86,7 +86,9 @@ if network == "host":
     c.JupyterHub.spawner_class = HostNetworkGPUDockerSpawner
     c.DockerSpawner.ip = "127.0.0.1"
 
-# -- the GPU console (hub/configure.py configure_console), with the same role --
+# -- the GPU console (hub/config/configure.py configure_console), with the same role --
+from hub.config.gpu_settings import GPUSettings  # noqa: E402
+
 console_port = int(env["GPUHOST_CONSOLE_PORT"])
 c.JupyterHub.services.append({
     "name": "gpu-console",
@@ -94,17 +96,10 @@ c.JupyterHub.services.append({
     "url": f"http://127.0.0.1:{console_port}",
     "command": [env.get("GPUHOST_PYTHON", "python3"), "-m", "hub.console.app"],
     "cwd": str(repo),
-    "environment": {
-        "HUB_NAME_PREFIX": prefix,
-        "GPUHUB_GPU_INTENT_FILE": str(state / "gpu-intent.json"),
-        "GPUHUB_GPU_AUDIT_FILE": str(state / "gpu-audit.jsonl"),
-        "GPUHUB_GPU_REQUEST_STYLE": "auto",
-        "GPUHUB_LABEL_PREFIX": "gpuhub",
-        "GPUHUB_GPU_CDI_DIRS": "/etc/cdi:/var/run/cdi",
-        "GPUHUB_CONSOLE_LOG_LEVEL": "INFO",
-        "GPUHUB_USAGE_INTERVAL": "1",
-        "GPUHUB_CONSOLE_BIND": "127.0.0.1",
-    },
+    # the console's settings as the hub hands them over (hub/config/gpu_settings.py)
+    "environment": GPUSettings(name_prefix=prefix, intent_file=str(state / "gpu-intent.json"),
+                               audit_file=str(state / "gpu-audit.jsonl"), usage_interval=1,
+                               bind="127.0.0.1").to_env(),
     "oauth_no_confirm": True,
 })
 c.JupyterHub.load_roles.append({
@@ -115,7 +110,7 @@ c.JupyterHub.load_roles.append({
     "services": ["gpu-console"],
 })
 
-# -- recovery (hub/configure.py configure_recovery) --
+# -- recovery (hub/config/configure.py configure_recovery) --
 c.JupyterHub.last_activity_interval = 10
 c.Spawner.poll_interval = 10
 templates = repo / "hub" / "templates"
