@@ -18,9 +18,10 @@ import time
 
 import docker
 
-from hub.gpus.allocator import NoGPUAvailable
+from hub.gpus.claim import choose_style, device_request
 from hub.gpus.inventory import discover, from_cdi
-from hub.gpus.manager import GPUManager, choose_style, device_request
+from hub.gpus.manager import GPUManager
+from hub.gpus.model import NoGPUAvailable
 
 GPU_CHECK = os.path.abspath("images/singleuser/gpu_check.py")
 USER = "h100-user"

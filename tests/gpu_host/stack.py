@@ -48,6 +48,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import statistics
 import os
 import secrets
 import shutil
@@ -73,7 +74,7 @@ NETWORK = f"{PREFIX}-net"
 LABEL = "gpuhub"  # the spawner's label prefix (GPUDockerSpawner.label_prefix)
 KIT_SITE = Path("/tmp/site")  # where .gpukit/start-docker.sh installs the docker package
 SITE = Path(os.environ.get("GPUHOST_SITE") or WORK / "site")
-ROUNDS = 3  # benchmark rounds, host and kernels alternating
+ROUNDS = 5  # benchmark rounds, host and kernels alternating; compared by their medians
 LOAD_S = 14  # seconds of matmuls in every kernel while the console is read
 T0 = time.monotonic()
 
@@ -721,10 +722,15 @@ def run(stage: dict) -> dict:
                 log(f"round {i}:", rounds[-1])
             per_gpu = {}
             for u in users:
-                h, c = max(r["host"][u] for r in rounds), max(r["container"][u] for r in rounds)
-                per_gpu[held[u]["gpu"]] = {"user": u, "host_tflops": h, "container_tflops": c,
-                                           "ratio": round(c / h, 4)}
-            summary["matmul_bf16"] = {"n": 8192, "rounds": rounds, "best_per_gpu": per_gpu}
+                # Medians: one round's clock boost or hiccup on either side moves a best-of ratio
+                # by several percent (seen: a host round of 789 among 721-753 TFLOP/s).
+                h = statistics.median(r["host"][u] for r in rounds)
+                c = statistics.median(r["container"][u] for r in rounds)
+                best_h, best_c = max(r["host"][u] for r in rounds), max(r["container"][u] for r in rounds)
+                per_gpu[held[u]["gpu"]] = {"user": u, "host_tflops_median": h, "container_tflops_median": c,
+                                           "ratio": round(c / h, 4), "host_tflops_best": best_h,
+                                           "container_tflops_best": best_c, "ratio_best": round(best_c / best_h, 4)}
+            summary["matmul_bf16"] = {"n": 8192, "rounds": rounds, "per_gpu": per_gpu}
             checks["container_matmul_at_least_0.97_of_host"] = all(v["ratio"] >= 0.97 for v in per_gpu.values())
 
         # one too many: refused with the spawner's message
