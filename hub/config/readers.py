@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 from traitlets.config.loader import ConfigError
 
-_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+from hub.units import parse_cpus, parse_size
+
 
 
 def text(env: Mapping[str, str], name: str, default: str) -> str:
@@ -22,22 +22,19 @@ def text(env: Mapping[str, str], name: str, default: str) -> str:
 def byte_size(env: Mapping[str, str], name: str, default: str) -> int:
     """A size like 512M, 8G or 1.5G (binary units) as bytes."""
     raw = text(env, name, default)
-    match = _BYTES.match(raw)
-    if not match or float(match.group(1)) <= 0:
-        raise ConfigError(f"{name}={raw!r} is not a size: use a number with K, M, G or T, e.g. {name}=8G")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    try:
+        return parse_size(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a size: use a number with K, M, G or T, e.g. {name}=8G") from None
 
 
 def cpus(env: Mapping[str, str], name: str, default: str) -> float:
     """A CPU count like 2 or 0.5 (Docker's --cpus)."""
     raw = text(env, name, default)
     try:
-        value = float(raw)
+        return parse_cpus(raw)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(f"{name}={raw!r} is not a CPU count: use a positive number, e.g. {name}=2 or {name}=0.5")
-    return value
+        raise ConfigError(f"{name}={raw!r} is not a CPU count: use a positive number, e.g. {name}=2 or {name}=0.5") from None
 
 
 def positive_int(env: Mapping[str, str], name: str, default: str) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import yaml
 from tornado import web
 
-from hub.config import readers as settings
+from hub.units import parse_cpus, parse_size
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _KEYS = {"slug", "name", "description", "gpu", "mem_limit", "cpu_limit", "images", "groups", "default"}
@@ -82,11 +82,13 @@ def _profile(i: int, entry, image: str, mem: int, cpu: float) -> Profile:
     groups = entry.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise ValueError(f"{where}: groups must be a list of group names")
-    try:
-        mem_limit = settings.byte_size({"mem_limit": str(entry["mem_limit"])}, "mem_limit", "") if "mem_limit" in entry else mem
-        cpu_limit = settings.cpus({"cpu_limit": str(entry["cpu_limit"])}, "cpu_limit", "") if "cpu_limit" in entry else cpu
-    except Exception as exc:  # settings' ConfigError, reworded for the file
-        raise ValueError(f"{where}: {exc}") from None
+    limits = {"mem_limit": (parse_size, mem), "cpu_limit": (parse_cpus, cpu)}
+    for key, (parse, default) in limits.items():
+        try:
+            limits[key] = parse(str(entry[key])) if key in entry else default
+        except ValueError as exc:
+            raise ValueError(f"{where}: {key}={exc}") from None
+    mem_limit, cpu_limit = limits["mem_limit"], limits["cpu_limit"]
     for key in ("gpu", "default"):
         if key in entry and not isinstance(entry[key], bool):
             raise ValueError(f"{where}: {key} must be true or false")
