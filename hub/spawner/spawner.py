@@ -107,6 +107,11 @@ class GPUDockerSpawner(DockerSpawner):
         volumes are then found as they are). Names of plain usernames (lowercase letters, digits,
         dashes) are the same in both. With 'gpuhub', a start warns when the user has a volume in
         the stock naming and none in ours (docs/operations.md, "Moving from a stock DockerSpawner").""")
+    image_healthcheck = Bool(False, config=True, help="""Keep the Docker HEALTHCHECK of the
+        user's image. Off by default: nothing reads a user container's health (the hub polls its
+        servers), and the engine runs the check as a new process in every container every few
+        seconds, which on a host full of idle servers costs more than the servers themselves
+        (docs/performance.md, "Idle servers").""")
     profiles_file = Unicode("", config=True, help="""YAML file of server profiles users choose
         from (hub/spawner/profiles.py explains the format). Empty: no choice, every server gets
         this spawner's image and limits.""")
@@ -446,6 +451,8 @@ class GPUDockerSpawner(DockerSpawner):
             CapDrop=["ALL"],
             DeviceRequests=self.assignment.device_requests() if self.assignment else [],
         )
+        if not self.image_healthcheck:
+            kwargs["healthcheck"] = {"test": ["NONE"]}
         kwargs["labels"] = {**(kwargs.get("labels") or {}),
                             **self.labels.owner(self.user.name, self.name or "", self.prefix),
                             **(self.assignment.labels(self.labels) if self.assignment else {})}

@@ -34,6 +34,12 @@ def test_create_kwargs_are_hardened_and_labelled():
     assert kwargs["labels"] == {"team": "x", "gpuhub.user": "bob", "gpuhub.server": "", "gpuhub.instance": "lab"}
 
 
+def test_the_images_healthcheck_is_off_unless_kept():
+    # An image's HEALTHCHECK is a process the engine starts in every container every few seconds
+    assert make_spawner().harden_create_kwargs({})["healthcheck"] == {"test": ["NONE"]}
+    assert "healthcheck" not in make_spawner(image_healthcheck=True).harden_create_kwargs({})
+
+
 def test_no_gpu_means_void(monkeypatch):
     s = make_spawner()
     monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {"JUPYTERHUB_API_TOKEN": "t"})
