@@ -492,6 +492,17 @@ class GPUDockerSpawner(DockerSpawner):
             PROCESS.stop_reasons.noticed(self._server_key, message)
         return status
 
+    async def get_url(self):
+        """The server's address from its container, for the hub's check at start-up: a start the
+        hub was killed in the middle of left no address in the database (hub/patches/restart_check.py)."""
+        url = await super().get_url()
+        try:
+            ip, port = await self.get_ip_and_port()
+        except Exception as exc:  # no container or no network: the database's address stands
+            self.log.debug("No address from the container of %s: %s", self._log_name, exc)
+            return url
+        return f"{self.server.proto}://{ip}:{port}{self.server.base_url}"
+
     async def stop(self, now=False):
         PROCESS.stop_reasons.stopping(self._server_key)
         return await super().stop(now=now)

@@ -1,3 +1,4 @@
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -317,3 +318,20 @@ def test_a_hub_moved_from_stock_dockerspawner_keeps_its_names_or_is_told_of_them
     s2 = make_spawner("Ann.Lee", prefix="lab", volumes=volumes)
     asyncio.run(s2.warn_of_stock_volumes())
     assert s2.progress_log.events == []
+
+
+def test_the_url_at_a_restart_check_comes_from_the_container(monkeypatch):
+    # A start the hub was killed in the middle of left no address in the database
+    from jupyterhub.objects import Server
+    s = make_spawner("dora")
+    s.server = Server(base_url="/user/dora/")
+
+    async def address():
+        return "172.18.0.9", 8888
+    monkeypatch.setattr(s, "get_ip_and_port", address)
+    assert asyncio.run(s.get_url()) == "http://172.18.0.9:8888/user/dora/"
+
+    async def gone():
+        raise RuntimeError("no such container")
+    monkeypatch.setattr(s, "get_ip_and_port", gone)
+    assert asyncio.run(s.get_url()) == s.server.url
