@@ -401,7 +401,8 @@ def plot_scale(curves: dict, axes) -> None:
     for label, points in curves.items():
         xs = [p["idle_servers"] for p in points]
         axes[0].plot(xs, [p["spawn_p50_s"] for p in points], marker="o", label=label)
-        axes[1].plot(xs, [p["idle_cpu"]["per_server_pct_of_core"] or 0 for p in points], marker="o", label=label)
+        per = [(p["idle_servers"], p["idle_cpu"]["per_server_pct_of_core"]) for p in points if p["idle_servers"]]
+        axes[1].plot([x for x, _ in per], [y for _, y in per], marker="o", label=label)
         axes[2].plot(xs, [p["latency_ms_p50"]["hub_api_users"] or 0 for p in points], marker="o", label=f"{label}: /hub/api/users")
         if any(p["latency_ms_p50"]["console_api_gpus"] for p in points):
             axes[2].plot(xs, [p["latency_ms_p50"]["console_api_gpus"] or 0 for p in points], marker="s",
@@ -452,9 +453,10 @@ def main() -> int:
     result["bench_wall_s"] = round(time.monotonic() - t0, 1)
     RESULTS.mkdir(exist_ok=True)
     text = json.dumps(result, indent=1)
-    (RESULTS / f"{result['when'].replace(':', '')}.json").write_text(text)
-    (RESULTS / "latest.json").write_text(text)
-    plot(result, RESULTS / "latest.png")
+    kind = "scale-" if args.only == "scale" else ""  # the curve alone keeps its own latest
+    (RESULTS / f"{kind}{result['when'].replace(':', '')}.json").write_text(text)
+    (RESULTS / f"{kind}latest.json").write_text(text)
+    plot(result, RESULTS / f"{kind}latest.png")
     print(json.dumps(result))
     return 0
 

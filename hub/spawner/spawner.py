@@ -33,6 +33,7 @@ from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
 from hub.spawner import course_volumes, naming, port_probe, profiles, start_command
 from hub.spawner.progress import ProgressLog, PullProgress
+from hub.spawner.running import RunningContainers
 from hub.spawner.stop_reasons import StopReasons, container_events, reason_from_events
 from hub.spawner.turns import StartTurns
 
@@ -43,6 +44,7 @@ class HubProcess:
     gpu_manager: GPUManager | None = None  # created by the first spawn that needs it
     turns: StartTurns = field(default_factory=StartTurns)
     stop_reasons: StopReasons = field(default_factory=StopReasons)
+    running: RunningContainers = field(default_factory=RunningContainers)  # shared by all polls
 
 
 PROCESS = HubProcess()
@@ -483,6 +485,9 @@ class GPUDockerSpawner(DockerSpawner):
 
     async def poll(self):
         container_id = self.object_id
+        if container_id and await PROCESS.running.is_running(self.container_name, self._list_running):
+            PROCESS.stop_reasons.running(self._server_key)
+            return None  # one `docker ps` for all servers (hub/spawner/running.py)
         status = await super().poll()
         if status is None:
             PROCESS.stop_reasons.running(self._server_key)
@@ -506,6 +511,10 @@ class GPUDockerSpawner(DockerSpawner):
     async def stop(self, now=False):
         PROCESS.stop_reasons.stopping(self._server_key)
         return await super().stop(now=now)
+
+    def _list_running(self):
+        return self.engine("containers", filters={"status": "running",
+                                                  "label": f"{self.label_prefix}.instance={self.prefix}"})
 
     async def stop_reason(self, container_id: str) -> str:
         """Why the container ended, from the engine's events (the container itself is removed)."""

@@ -335,3 +335,27 @@ def test_the_url_at_a_restart_check_comes_from_the_container(monkeypatch):
         raise RuntimeError("no such container")
     monkeypatch.setattr(s, "get_ip_and_port", gone)
     assert asyncio.run(s.get_url()) == s.server.url
+
+
+def test_a_poll_of_a_running_server_is_answered_from_one_shared_list(monkeypatch):
+    from hub.spawner.running import RunningContainers
+    monkeypatch.setattr(PROCESS, "running", RunningContainers())
+    s = make_spawner("erin", prefix="lab")
+    s.object_id = "abc"
+    inspected, listed = [], []
+
+    async def engine_containers():
+        listed.append(1)
+        return [{"Names": ["/" + s.container_name]}]
+
+    async def inspect_poll(self):
+        inspected.append(1)
+        return 0
+    monkeypatch.setattr(s, "_list_running", engine_containers)
+    monkeypatch.setattr("dockerspawner.DockerSpawner.poll", inspect_poll)
+    assert asyncio.run(s.poll()) is None and not inspected and listed == [1]
+    other = make_spawner("frank", prefix="lab")
+    other.object_id = "def"
+    monkeypatch.setattr(other, "_list_running", engine_containers)
+    monkeypatch.setattr(other, "stop_reason", lambda cid: asyncio.sleep(0, "stopped"))
+    assert asyncio.run(other.poll()) == 0 and inspected == [1]  # not listed: inspected as before
