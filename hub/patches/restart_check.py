@@ -18,7 +18,8 @@ Three parts fix it:
   that has not answered by then is not going to (a running server answers in milliseconds, a
   starting one within its start time), and JupyterHub then stops and cleans it up as before;
 - here, a Stop that arrives during any pending state waits (up to ``STOP_WAIT`` seconds) for it
-  to end, then stops the server or, if the check found it gone, answers 204; if it is still
+  to end, then stops the server or, if the check stopped it (JupyterHub then removes the
+  spawner: ``stop_single_user`` raised KeyError, another 500), answers 204; if it is still
   pending then, the answer is a 409 saying to try again, never a 500.
 """
 from __future__ import annotations
@@ -76,8 +77,10 @@ def install() -> None:
             spawner.http_timeout = saved
 
     async def stop_single_user(self, user, server_name=""):
-        spawner = user.spawners[server_name] if server_name in user.spawners else None
-        if spawner is not None and spawner.pending and spawner.pending != "stop":
+        if server_name not in user.spawners:  # the restart check already stopped and removed it
+            return None
+        spawner = user.spawners[server_name]
+        if spawner.pending and spawner.pending != "stop":
             self.log.info("Stop of %s waits for its pending %s", spawner._log_name, spawner.pending)
             still = await wait_not_pending(spawner, STOP_WAIT)
             if still:

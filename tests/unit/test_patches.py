@@ -74,3 +74,22 @@ def test_a_stop_waits_for_a_pending_check_then_says_what_is_still_pending():
     assert asyncio.run(restart_check.wait_not_pending(stuck, 0.3, step=0.05)) == "check"
     assert time.monotonic() - t0 < 2
     assert asyncio.run(restart_check.wait_not_pending(PendingSpawner("stop", time.monotonic() + 60), 5)) is None
+
+
+def test_a_stop_after_the_restart_check_removed_the_server_is_a_204_not_a_keyerror(monkeypatch):
+    from types import SimpleNamespace
+
+    from jupyterhub.handlers.base import BaseHandler
+    from jupyterhub.user import User
+    monkeypatch.setattr(restart_check, "_installed", False)
+    monkeypatch.setattr(User, "_wait_up", User._wait_up)  # install() wraps it; put back after
+    calls = []
+
+    async def fake_original(self, user, server_name=""):
+        calls.append(server_name)
+        raise KeyError("User %s has no such spawner %r", user.name, server_name)
+    monkeypatch.setattr(BaseHandler, "stop_single_user", fake_original)
+    restart_check.install()
+    gone = SimpleNamespace(name="hubkill0", spawners={})
+    assert asyncio.run(BaseHandler.stop_single_user(SimpleNamespace(log=None), gone, "")) is None
+    assert calls == []  # JupyterHub's stop_single_user (KeyError: a 500) is not reached
