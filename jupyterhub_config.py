@@ -5,7 +5,7 @@ import os
 from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
 from hub.config.configure import configure_console, configure_recovery
 from hub import watchdog
-from hub.patches import api_body_500
+from hub.patches import api_body_500, restart_check
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
@@ -16,3 +16,4 @@ configure_console(c, os.environ)
 configure_recovery(c, os.environ)
 watchdog.install(c)  # state volume and Docker engine watchdogs
 api_body_500.install()  # JupyterHub 5.5: malformed API bodies are a 400, not a 500
+restart_check.install()  # JupyterHub 5.5: a hub killed mid-start recovers in seconds, Stop is never a 500

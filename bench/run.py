@@ -16,9 +16,15 @@ answers through the proxy.
 First, in one container of the image, each setup's server command alone (bench/server_start.py):
 time and CPU from process start until it answers.
 
+Then the scale curve of each hub (bench/scale.py): with 0, 50, 100 idle servers running, idle CPU
+(per server, hub, proxy, engine, host) over a quiet minute, memory, hub/console/proxy latency and
+single spawn p50.
+
 Writes bench/results/<UTC time>.json, bench/results/latest.json and bench/results/latest.png.
 Options: --runs N (single spawns per setup, default 9: stock's times fall into two groups, see the
-README), --bursts 10,30.
+README), --bursts 10,30, --scale 0,50,100 (idle servers at each step of the curve; "" for none),
+--quiet 60 (seconds of idle CPU measured at each step), --only scale (the scale curve alone, for
+ours and stock), --setups ours,stock (which hubs the curve runs for).
 """
 import argparse
 import json
@@ -39,6 +45,9 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests/e2e"))
 from hubclient import Hub, Stack  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import scale  # noqa: E402
 
 RESULTS = ROOT / "bench/results"
 IMAGE = "gpuhub/pytorch-notebook:test"
@@ -269,18 +278,29 @@ class HubUnderTest:
         return result
 
 
-def bench_ours(runs: int, bursts: list[int]) -> dict:
+def run_setup(hut: HubUnderTest, runs: int, bursts: list[int], curve: dict | None, console: bool) -> dict:
+    """The spawns and bursts (unless only the curve is asked for), then the scale curve."""
+    result = hut.run(runs, bursts) if bursts else {}
+    if curve:
+        result["scale"] = scale.curve(hut, curve["steps"], curve["runs"], curve["quiet"], console,
+                                      settle, memory_mb, sh)
+        result["scale_ratios"] = scale.ratios(result["scale"])
+    return result
+
+
+def bench_ours(runs: int, bursts: list[int], curve: dict | None = None) -> dict:
     stack = Stack(ROOT / "bench/ours.env")
     stack.down()
     stack.up()
     try:
         containers = [f"{stack.prefix}-hub-1", f"{stack.prefix}-proxy-1"]
-        return HubUnderTest("ours", stack.url, stack.admin_token(), containers, f"{stack.prefix}-").run(runs, bursts)
+        hut = HubUnderTest("ours", stack.url, stack.admin_token(), containers, f"{stack.prefix}-")
+        return run_setup(hut, runs, bursts, curve, console=True)
     finally:
         stack.down()
 
 
-def bench_stock(runs: int, bursts: list[int]) -> dict:
+def bench_stock(runs: int, bursts: list[int], curve: dict | None = None) -> dict:
     token = secrets.token_hex(16)
     env = {**os.environ, "BENCH_TOKEN": token, "SINGLEUSER_IMAGE": IMAGE}
     compose = ["docker", "compose", "-f", str(ROOT / "bench/stock/docker-compose.yml")]
@@ -296,8 +316,8 @@ def bench_stock(runs: int, bursts: list[int]) -> dict:
     subprocess.run([*compose, "up", "-d"], env=env, check=True, capture_output=True)
     try:
         assert wait_http("http://127.0.0.1:18030/hub/health", timeout=60) is not None, "stock hub did not start"
-        return HubUnderTest("stock", "http://127.0.0.1:18030", token, ["gpuhubstock-jupyterhub"],
-                            "gpuhubstock-").run(runs, bursts)
+        hut = HubUnderTest("stock", "http://127.0.0.1:18030", token, ["gpuhubstock-jupyterhub"], "gpuhubstock-")
+        return run_setup(hut, runs, bursts, curve, console=False)
     finally:
         down()
 
@@ -325,7 +345,19 @@ def plot(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     setups = ["floor", "stock", "ours"]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    curves = {s: r[s]["scale"] for s in ("stock", "ours") if s in r and r[s].get("scale")}
+    if "floor" not in r:  # the scale curve alone
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        plot_scale(curves, axes)
+        fig.suptitle(f"gpuhub bench, scale curve, {r['when']} ({r['machine']})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        return
+    fig, grid = plt.subplots(2 if curves else 1, 4, figsize=(17, 8 if curves else 4), squeeze=False)
+    axes = grid[0]
+    if curves:
+        plot_scale(curves, grid[1])
+        grid[1][3].axis("off")
     p50 = [r[s]["single_spawn"]["p50_s"] for s in setups]
     p95 = [r[s]["single_spawn"]["p95_s"] for s in setups]
     axes[0].bar([x - 0.2 for x in range(3)], p50, 0.4, label="p50")
@@ -364,31 +396,67 @@ def plot(r: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def plot_scale(curves: dict, axes) -> None:
+    """Spawn p50, idle CPU per server and hub latency against the idle servers running."""
+    for label, points in curves.items():
+        xs = [p["idle_servers"] for p in points]
+        axes[0].plot(xs, [p["spawn_p50_s"] for p in points], marker="o", label=label)
+        per = [(p["idle_servers"], p["idle_cpu"]["per_server_pct_of_core"]) for p in points if p["idle_servers"]]
+        axes[1].plot([x for x, _ in per], [y for _, y in per], marker="o", label=label)
+        axes[2].plot(xs, [p["latency_ms_p50"]["hub_api_users"] or 0 for p in points], marker="o", label=f"{label}: /hub/api/users")
+        if any(p["latency_ms_p50"]["console_api_gpus"] for p in points):
+            axes[2].plot(xs, [p["latency_ms_p50"]["console_api_gpus"] or 0 for p in points], marker="s",
+                         label=f"{label}: console /api/gpus")
+    axes[0].set_title("Single spawn p50 with N idle servers")
+    axes[0].set_ylabel("seconds")
+    axes[1].set_title("Idle CPU per server (its container + share\nof hub, proxy, engine)")
+    axes[1].set_ylabel("% of one core")
+    axes[1].axhline(0.1, color="grey", linestyle=":", label="goal 0.1 %")
+    axes[2].set_title("Hub latency p50")
+    axes[2].set_ylabel("ms")
+    for ax in axes[:3]:
+        ax.set_xlabel("idle servers running")
+        ax.legend(fontsize=7)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--bursts", default="10,30")
+    parser.add_argument("--scale", default="0,50,100")
+    parser.add_argument("--quiet", type=float, default=60)
+    parser.add_argument("--scale-runs", type=int, default=5)
+    parser.add_argument("--only", choices=["scale"])
+    parser.add_argument("--setups", default="ours,stock")
     args = parser.parse_args()
-    bursts = [int(x) for x in args.bursts.split(",")]
+    bursts = [int(x) for x in args.bursts.split(",")] if args.only != "scale" else []
+    steps = [int(x) for x in args.scale.split(",") if x.strip()]
+    curve = {"steps": steps, "runs": args.scale_runs, "quiet": args.quiet} if steps else None
+    setups = args.setups.split(",")
     t0 = time.monotonic()
     result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "machine": f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
               "image": IMAGE, "runs": args.runs}
-    log("server start, in the image")
-    result["server_start"] = bench_server_start(args.runs)
-    log("floor")
-    result["floor"] = bench_floor(args.runs, max(bursts))
-    log("stock")
-    result["stock"] = bench_stock(args.runs, bursts)
-    log("ours")
-    result["ours"] = bench_ours(args.runs, bursts)
-    result["ratios"] = ratios(result)
+    if args.only != "scale":
+        log("server start, in the image")
+        result["server_start"] = bench_server_start(args.runs)
+        log("floor")
+        result["floor"] = bench_floor(args.runs, max(bursts))
+    if "stock" in setups or args.only != "scale":
+        log("stock")
+        result["stock"] = bench_stock(args.runs, bursts, curve if "stock" in setups else None)
+    if "ours" in setups or args.only != "scale":
+        log("ours")
+        result["ours"] = bench_ours(args.runs, bursts, curve if "ours" in setups else None)
+    if args.only != "scale":
+        result["ratios"] = ratios(result)
     result["bench_wall_s"] = round(time.monotonic() - t0, 1)
     RESULTS.mkdir(exist_ok=True)
     text = json.dumps(result, indent=1)
-    (RESULTS / f"{result['when'].replace(':', '')}.json").write_text(text)
-    (RESULTS / "latest.json").write_text(text)
-    plot(result, RESULTS / "latest.png")
+    kind = "scale-" if args.only == "scale" else ""  # the curve alone keeps its own latest
+    (RESULTS / f"{kind}{result['when'].replace(':', '')}.json").write_text(text)
+    (RESULTS / f"{kind}latest.json").write_text(text)
+    plot(result, RESULTS / f"{kind}latest.png")
     print(json.dumps(result))
     return 0
 

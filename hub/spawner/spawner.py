@@ -33,6 +33,7 @@ from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
 from hub.spawner import course_volumes, naming, port_probe, profiles, start_command
 from hub.spawner.progress import ProgressLog, PullProgress
+from hub.spawner.running import RunningContainers
 from hub.spawner.stop_reasons import StopReasons, container_events, reason_from_events
 from hub.spawner.turns import StartTurns
 
@@ -43,6 +44,7 @@ class HubProcess:
     gpu_manager: GPUManager | None = None  # created by the first spawn that needs it
     turns: StartTurns = field(default_factory=StartTurns)
     stop_reasons: StopReasons = field(default_factory=StopReasons)
+    running: RunningContainers = field(default_factory=RunningContainers)  # shared by all polls
 
 
 PROCESS = HubProcess()
@@ -107,6 +109,11 @@ class GPUDockerSpawner(DockerSpawner):
         volumes are then found as they are). Names of plain usernames (lowercase letters, digits,
         dashes) are the same in both. With 'gpuhub', a start warns when the user has a volume in
         the stock naming and none in ours (docs/operations.md, "Moving from a stock DockerSpawner").""")
+    image_healthcheck = Bool(False, config=True, help="""Keep the Docker HEALTHCHECK of the
+        user's image. Off by default: nothing reads a user container's health (the hub polls its
+        servers), and the engine runs the check as a new process in every container every few
+        seconds, which on a host full of idle servers costs more than the servers themselves
+        (docs/performance.md, "Idle servers").""")
     profiles_file = Unicode("", config=True, help="""YAML file of server profiles users choose
         from (hub/spawner/profiles.py explains the format). Empty: no choice, every server gets
         this spawner's image and limits.""")
@@ -446,6 +453,8 @@ class GPUDockerSpawner(DockerSpawner):
             CapDrop=["ALL"],
             DeviceRequests=self.assignment.device_requests() if self.assignment else [],
         )
+        if not self.image_healthcheck:
+            kwargs["healthcheck"] = {"test": ["NONE"]}
         kwargs["labels"] = {**(kwargs.get("labels") or {}),
                             **self.labels.owner(self.user.name, self.name or "", self.prefix),
                             **(self.assignment.labels(self.labels) if self.assignment else {})}
@@ -476,6 +485,9 @@ class GPUDockerSpawner(DockerSpawner):
 
     async def poll(self):
         container_id = self.object_id
+        if container_id and await PROCESS.running.is_running(self.container_name, self._list_running):
+            PROCESS.stop_reasons.running(self._server_key)
+            return None  # one `docker ps` for all servers (hub/spawner/running.py)
         status = await super().poll()
         if status is None:
             PROCESS.stop_reasons.running(self._server_key)
@@ -485,9 +497,24 @@ class GPUDockerSpawner(DockerSpawner):
             PROCESS.stop_reasons.noticed(self._server_key, message)
         return status
 
+    async def get_url(self):
+        """The server's address from its container, for the hub's check at start-up: a start the
+        hub was killed in the middle of left no address in the database (hub/patches/restart_check.py)."""
+        url = await super().get_url()
+        try:
+            ip, port = await self.get_ip_and_port()
+        except Exception as exc:  # no container or no network: the database's address stands
+            self.log.debug("No address from the container of %s: %s", self._log_name, exc)
+            return url
+        return f"{self.server.proto}://{ip}:{port}{self.server.base_url}"
+
     async def stop(self, now=False):
         PROCESS.stop_reasons.stopping(self._server_key)
         return await super().stop(now=now)
+
+    def _list_running(self):
+        return self.engine("containers", filters={"status": "running",
+                                                  "label": f"{self.label_prefix}.instance={self.prefix}"})
 
     async def stop_reason(self, container_id: str) -> str:
         """Why the container ended, from the engine's events (the container itself is removed)."""

@@ -8,6 +8,7 @@ import json
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -225,3 +226,80 @@ def hub_starts_work(hub, name: str) -> bool:
         return True
     except (requests.RequestException, TimeoutError, AssertionError):
         return False
+
+
+def hub_answers(hub) -> int | None:
+    try:
+        return hub.api("GET", "/users").status_code
+    except requests.RequestException:
+        return None
+
+
+def test_hub_killed_mid_burst_recovers_in_seconds(stack, hub):
+    """Users press Start at once (more than the GPUs: some get a GPU, some wait their turn,
+    some are refused); the hub is killed (SIGKILL) while starts are in flight. Once it answers
+    again: no server pending after 10 s, no 5xx from its API, a Stop during pending works or is
+    a 409, no GPU held twice, no container the hub does not know of."""
+    users = 8 if FULL else 6
+    names = [f"hubkill{i}" for i in range(users)]
+    for name in names:
+        hub.create_user(name)
+
+    def press_start(i_name):  # JupyterHub answers a start after up to 10 s: all at once
+        i, name = i_name
+        try:
+            hub.api("POST", f"/users/{name}/server", json={"profile": "gpu" if i % 2 == 0 else "cpu"})
+        except requests.RequestException:
+            pass  # the hub died under it
+    pool = ThreadPoolExecutor(users)
+    pool.map(press_start, enumerate(names))
+    hub_container = f"{stack.prefix}-hub-1"
+    with reliability.fault("hub killed (SIGKILL) during a burst of starts"):
+        # Killed as the first containers run: their servers are still starting, others wait their turn.
+        wait_for(lambda: stack.user_containers(), timeout=60, what="a user's container")
+        stack.docker("kill", "-s", "KILL", hub_container)
+        killed = time.monotonic()
+        in_flight = len(stack.user_containers())
+        pool.shutdown(wait=False)  # the requests in flight fail (or time out) on their own
+        time.sleep(2)
+        if not stack.inspect(hub_container)["State"]["Running"]:  # `docker kill` skips the policy
+            stack.docker("start", hub_container)
+        wait_for(lambda: hub_answers(hub) == 200, timeout=120, what="hub answering again")
+        answered = time.monotonic()
+        statuses, stop_statuses, pending_until = [], {}, answered
+        while time.monotonic() - answered < 25:
+            r = hub.api("GET", "/users")
+            statuses.append(r.status_code)
+            if r.status_code != 200:
+                time.sleep(0.25)
+                continue
+            pending = {u["name"]: s["pending"] for u in r.json() if u["name"] in names
+                       for s in u["servers"].values() if s["pending"]}
+            if pending:
+                pending_until = time.monotonic()
+                for name, state in pending.items():  # Stop during pending: works, or a clear 409
+                    if name not in stop_statuses and state != "stop":
+                        stop_statuses[name] = hub.api("DELETE", f"/users/{name}/server").status_code
+            elif time.monotonic() - pending_until > 3:
+                break
+            time.sleep(0.25)
+        pending_s = pending_until - answered
+        reliability.detail(hub_kill_containers_at_kill=in_flight, hub_kill_back_after_s=round(answered - killed, 1),
+                           hub_kill_pending_after_answer_s=round(pending_s, 1),
+                           hub_kill_api_5xx=sum(s >= 500 for s in statuses), hub_kill_stops_during_pending=stop_statuses)
+        assert not [s for s in statuses if s >= 500], statuses
+        assert all(s in (202, 204, 409) for s in stop_statuses.values()), stop_statuses
+        assert pending_s <= 10, f"servers still pending {pending_s:.1f} s after the hub answered"
+        # Every server settles: ready or gone; then the engine and the hub agree.
+        for name in names:
+            if not hub.user(name)["servers"].get("", {}).get("ready"):
+                hub.wait(name, ready=False, timeout=60)
+        holdings = gpu_holdings(stack)
+        assert len(set(holdings.values())) == len(holdings), f"a GPU held twice: {holdings}"
+        running = {n for n in names if hub.user(n)["servers"].get("", {}).get("ready")}
+        containers = {c for c in stack.user_containers() if any(n in c for n in names)}
+        assert {n for n in names if any(n in c for c in containers)} == running, (containers, running)
+        assert all(stack.inspect(c)["State"]["Running"] for c in containers), containers
+    for name in names:
+        if hub.user(name)["servers"]:
+            hub.stop(name, timeout=120)

@@ -5,7 +5,7 @@ import asyncio
 import jupyterhub
 import pytest
 
-from hub.patches import PatchVersionError, api_body_500, request_checks, require
+from hub.patches import PatchVersionError, api_body_500, request_checks, require, restart_check
 
 
 def test_wrapped_jupyterhub_method_still_exists():
@@ -13,7 +13,7 @@ def test_wrapped_jupyterhub_method_still_exists():
     assert asyncio.iscoroutinefunction(BaseHandler.prepare)
 
 
-@pytest.mark.parametrize("module", [request_checks, api_body_500])
+@pytest.mark.parametrize("module", [request_checks, api_body_500, restart_check])
 def test_each_patch_was_written_for_the_pinned_jupyterhub(module):
     require(module.__name__, module.WRITTEN_FOR, module.UPSTREAM)  # raises if not
     assert module.UPSTREAM
@@ -40,3 +40,56 @@ def test_a_patch_refuses_a_jupyterhub_it_was_not_written_for(monkeypatch):
 ])
 def test_api_bodies_jupyterhub_would_answer_with_500(method, path, body, refused):
     assert bool(api_body_500.malformed_api_body(method, path, body)) is refused
+
+
+def test_wrapped_restart_methods_still_exist():
+    from jupyterhub.handlers.base import BaseHandler
+    from jupyterhub.spawner import Spawner
+    from jupyterhub.user import User
+    assert asyncio.iscoroutinefunction(User._wait_up) and asyncio.iscoroutinefunction(BaseHandler.stop_single_user)
+    assert {"pending", "active", "_check_pending"} <= set(dir(Spawner))
+
+
+def test_the_restart_check_waits_briefly_other_waits_unchanged():
+    assert restart_check.check_timeout(120, True) == restart_check.CHECK_TIMEOUT == 10
+    assert restart_check.check_timeout(120, False) == 120 and restart_check.check_timeout(5, True) == 5
+
+
+class PendingSpawner:
+    def __init__(self, pending, clears_after):
+        self._pending, self._until = pending, clears_after
+
+    @property
+    def pending(self):
+        import time
+        return self._pending if time.monotonic() < self._until else None
+
+
+def test_a_stop_waits_for_a_pending_check_then_says_what_is_still_pending():
+    import time
+    cleared = PendingSpawner("check", time.monotonic() + 0.3)
+    assert asyncio.run(restart_check.wait_not_pending(cleared, 5, step=0.05)) is None
+    stuck = PendingSpawner("check", time.monotonic() + 60)
+    t0 = time.monotonic()
+    assert asyncio.run(restart_check.wait_not_pending(stuck, 0.3, step=0.05)) == "check"
+    assert time.monotonic() - t0 < 2
+    assert asyncio.run(restart_check.wait_not_pending(PendingSpawner("stop", time.monotonic() + 60), 5)) is None
+
+
+def test_a_stop_after_the_restart_check_removed_the_server_is_a_204_not_a_keyerror(monkeypatch):
+    from types import SimpleNamespace
+
+    from jupyterhub.handlers.base import BaseHandler
+    from jupyterhub.user import User
+    monkeypatch.setattr(restart_check, "_installed", False)
+    monkeypatch.setattr(User, "_wait_up", User._wait_up)  # install() wraps it; put back after
+    calls = []
+
+    async def fake_original(self, user, server_name=""):
+        calls.append(server_name)
+        raise KeyError("User %s has no such spawner %r", user.name, server_name)
+    monkeypatch.setattr(BaseHandler, "stop_single_user", fake_original)
+    restart_check.install()
+    gone = SimpleNamespace(name="hubkill0", spawners={})
+    assert asyncio.run(BaseHandler.stop_single_user(SimpleNamespace(log=None), gone, "")) is None
+    assert calls == []  # JupyterHub's stop_single_user (KeyError: a 500) is not reached

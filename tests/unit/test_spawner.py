@@ -1,3 +1,4 @@
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -32,6 +33,12 @@ def test_create_kwargs_are_hardened_and_labelled():
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges:true"]
     assert host["DeviceRequests"] == []
     assert kwargs["labels"] == {"team": "x", "gpuhub.user": "bob", "gpuhub.server": "", "gpuhub.instance": "lab"}
+
+
+def test_the_images_healthcheck_is_off_unless_kept():
+    # An image's HEALTHCHECK is a process the engine starts in every container every few seconds
+    assert make_spawner().harden_create_kwargs({})["healthcheck"] == {"test": ["NONE"]}
+    assert "healthcheck" not in make_spawner(image_healthcheck=True).harden_create_kwargs({})
 
 
 def test_no_gpu_means_void(monkeypatch):
@@ -311,3 +318,44 @@ def test_a_hub_moved_from_stock_dockerspawner_keeps_its_names_or_is_told_of_them
     s2 = make_spawner("Ann.Lee", prefix="lab", volumes=volumes)
     asyncio.run(s2.warn_of_stock_volumes())
     assert s2.progress_log.events == []
+
+
+def test_the_url_at_a_restart_check_comes_from_the_container(monkeypatch):
+    # A start the hub was killed in the middle of left no address in the database
+    from jupyterhub.objects import Server
+    s = make_spawner("dora")
+    s.server = Server(base_url="/user/dora/")
+
+    async def address():
+        return "172.18.0.9", 8888
+    monkeypatch.setattr(s, "get_ip_and_port", address)
+    assert asyncio.run(s.get_url()) == "http://172.18.0.9:8888/user/dora/"
+
+    async def gone():
+        raise RuntimeError("no such container")
+    monkeypatch.setattr(s, "get_ip_and_port", gone)
+    assert asyncio.run(s.get_url()) == s.server.url
+
+
+def test_a_poll_of_a_running_server_is_answered_from_one_shared_list(monkeypatch):
+    from hub.spawner.running import RunningContainers
+    monkeypatch.setattr(PROCESS, "running", RunningContainers())
+    s = make_spawner("erin", prefix="lab")
+    s.object_id = "abc"
+    inspected, listed = [], []
+
+    async def engine_containers():
+        listed.append(1)
+        return [{"Names": ["/" + s.container_name]}]
+
+    async def inspect_poll(self):
+        inspected.append(1)
+        return 0
+    monkeypatch.setattr(s, "_list_running", engine_containers)
+    monkeypatch.setattr("dockerspawner.DockerSpawner.poll", inspect_poll)
+    assert asyncio.run(s.poll()) is None and not inspected and listed == [1]
+    other = make_spawner("frank", prefix="lab")
+    other.object_id = "def"
+    monkeypatch.setattr(other, "_list_running", engine_containers)
+    monkeypatch.setattr(other, "stop_reason", lambda cid: asyncio.sleep(0, "stopped"))
+    assert asyncio.run(other.poll()) == 0 and inspected == [1]  # not listed: inspected as before

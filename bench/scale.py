@@ -1,0 +1,176 @@
+"""The scale curve of `make bench`: how a hub does with many idle servers running.
+
+At each step (0, 50, 100 … idle servers, started through the hub's REST API and left alone):
+
+- idle CPU over ``quiet`` seconds (>= 60) of nobody doing anything, from the kernel's own
+  accounting: each container's cgroup (cpuacct.usage on cgroup v1, cpu.stat on v2), the engine
+  (dockerd, containerd and the containerd shims, from /proc/<pid>/stat) and the whole host
+  (/proc/stat); per server = (users' containers + hub + proxy + engine) / servers;
+- memory of the hub and proxy, and the median idle server (docker stats);
+- latency p50 of the hub's /hub/api/users, the GPU console's /api/gpus (ours) and a request
+  through the proxy to an idle server;
+- single spawn p50 (start → the server answers through the proxy), one at a time.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+TICK = os.sysconf("SC_CLK_TCK")
+ENGINE = ("dockerd", "containerd")
+
+
+def container_cpu_s(container_id: str) -> float | None:
+    """CPU seconds the container's cgroup has used so far, or None where it is not found."""
+    v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage")
+    if v1.exists():
+        return int(v1.read_text()) / 1e9
+    for stat in (f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat",
+                 f"/sys/fs/cgroup/docker/{container_id}/cpu.stat"):
+        if os.path.exists(stat):
+            fields = dict(line.split() for line in Path(stat).read_text().splitlines())
+            return int(fields["usage_usec"]) / 1e6
+    return None
+
+
+def engine_cpu_s() -> float:
+    """CPU seconds of the engine's processes so far (dockerd, containerd, containerd-shim*)."""
+    total = 0
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        if comm in ENGINE or comm.startswith("containerd-shim"):
+            fields = text[text.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / TICK
+
+
+def host_cpu() -> tuple[int, int]:
+    values = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
+def idle_cpu(ids: dict[str, str], own: list[str], quiet: float) -> dict:
+    """Cores used over `quiet` seconds: each user container, the hub's own containers (`own`),
+    the engine, the host. `ids`: container name -> id."""
+    before = {n: container_cpu_s(i) for n, i in ids.items()}
+    engine0, host0, t0 = engine_cpu_s(), host_cpu(), time.monotonic()
+    time.sleep(quiet)
+    after = {n: container_cpu_s(i) for n, i in ids.items()}
+    engine1, host1, wall = engine_cpu_s(), host_cpu(), time.monotonic() - t0
+    cores = {n: (after[n] - before[n]) / wall for n in ids if before[n] is not None and after[n] is not None}
+    users = [v for n, v in cores.items() if n not in own]
+    hub = {n: round(cores.get(n, 0) * 100, 3) for n in own}
+    engine = (engine1 - engine0) / wall
+    host = (1 - (host1[1] - host0[1]) / max(1, host1[0] - host0[0])) * os.cpu_count()
+    n = len(users)
+    total = sum(users) + sum(cores.get(x, 0) for x in own) + engine
+    return {"quiet_s": round(wall, 1), "servers": n,
+            "server_pct_of_core_median": round(statistics.median(users) * 100, 3) if users else None,
+            "server_pct_of_core_max": round(max(users) * 100, 3) if users else None,
+            "hub_pct_of_core": hub, "engine_pct_of_core": round(engine * 100, 3),
+            "host_busy_cores": round(host, 3),
+            "per_server_pct_of_core": round(total / n * 100, 4) if n else None,
+            "all_pct_of_core": round(total * 100, 3)}
+
+
+def latency_p50(url: str, headers: dict, n: int = 20) -> float | None:
+    times = []
+    with requests.Session() as s:
+        for _ in range(n):
+            t0 = time.monotonic()
+            try:
+                ok = s.get(url, headers=headers, timeout=30).status_code == 200
+            except requests.RequestException:
+                ok = False
+            if ok:
+                times.append(time.monotonic() - t0)
+    return round(statistics.median(times) * 1000, 1) if times else None
+
+
+def fill(hut, names: list[str], wave: int = 10, timeout: float = 300) -> dict:
+    """Start these users' servers through the REST API, `wave` at a time, until all are ready."""
+    t0, failed = time.monotonic(), []
+    for i in range(0, len(names), wave):
+        batch = names[i:i + wave]
+        with ThreadPoolExecutor(len(batch)) as pool:
+            list(pool.map(hut.hub.create_user, batch))
+        for name in batch:
+            r = hut.hub.api("POST", f"/users/{name}/server")
+            if r.status_code not in (201, 202):
+                failed.append(name)
+        deadline = time.monotonic() + timeout
+        waiting = set(batch) - set(failed)
+        while waiting and time.monotonic() < deadline:
+            users = {u["name"]: u for u in hut.hub.api("GET", "/users").json()}
+            for name in list(waiting):
+                server = users.get(name, {}).get("servers", {}).get("")
+                if server and server.get("ready"):
+                    waiting.discard(name)
+                elif not server:  # failed and gone
+                    waiting.discard(name)
+                    failed.append(name)
+            time.sleep(0.5)
+        failed += sorted(waiting)
+    return {"started": len(names) - len(failed), "failed": len(failed), "wall_s": round(time.monotonic() - t0, 1)}
+
+
+def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle, memory_mb, sh) -> list[dict]:
+    """The scale curve of one hub (a bench.run.HubUnderTest); `settle`, `memory_mb` and `sh`
+    are bench/run.py's helpers."""
+    headers = {"Authorization": f"token {hut.token}"}
+    points, idle_names = [], []
+    for n in steps:
+        point = {"idle_servers": n}
+        new = [f"idle{i:03d}" for i in range(len(idle_names), n)]
+        if new:
+            point["fill"] = fill(hut, new)
+            idle_names += new
+        running = [c for c in hut.user_containers() if c not in hut.containers]
+        point["running_user_containers"] = len(running)
+        time.sleep(10)  # the last starts' after-work (first requests, JupyterLab's build check)
+        settle()
+        ids = dict(zip(running + hut.containers, sh("docker", "inspect", "-f", "{{.Id}}", *running, *hut.containers).split()))
+        point["idle_cpu"] = idle_cpu(ids, hut.containers, quiet)
+        mem = memory_mb(running + hut.containers)
+        users = [v for k, v in mem.items() if k not in hut.containers]
+        point["hub_and_proxy_mb"] = round(sum(mem.get(c, 0) for c in hut.containers), 1)
+        point["idle_server_mb_median"] = round(statistics.median(users), 1) if users else None
+        point["latency_ms_p50"] = {
+            "hub_api_users": latency_p50(f"{hut.url}/hub/api/users", headers),
+            "console_api_gpus": latency_p50(f"{hut.url}/services/gpu-console/api/gpus", headers) if console else None,
+            "proxy_to_idle_server": latency_p50(f"{hut.url}/user/{idle_names[0]}/api", headers) if idle_names else None,
+        }
+        times = []
+        for i in range(runs):
+            settle()
+            t = hut.start_and_time(f"scale{n}-{i}")
+            times.append(t if t is not None else float("inf"))
+            hut.stop_all([f"scale{n}-{i}"])
+        point["spawn_p50_s"] = round(statistics.median(times), 3)
+        point["spawn_max_s"] = round(max(times), 3)
+        points.append(point)
+        hut_log(hut, point)
+    return points
+
+
+def hut_log(hut, point: dict) -> None:
+    import sys
+    print(f"[bench {time.strftime('%H:%M:%S')}] {hut.label}: scale {point}", file=sys.stderr, flush=True)
+
+
+def ratios(points: list[dict]) -> dict:
+    """Spawn p50 at each step over the same with 0 idle servers; idle CPU per server."""
+    base = next((p["spawn_p50_s"] for p in points if p["idle_servers"] == 0), None)
+    return {str(p["idle_servers"]): {
+        "spawn_p50_over_empty": round(p["spawn_p50_s"] / base, 3) if base else None,
+        "idle_pct_of_core_per_server": p["idle_cpu"]["per_server_pct_of_core"]} for p in points}
