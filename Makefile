@@ -17,7 +17,7 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
-.PHONY: up down images test test-images unit e2e storm bench reliability config-docs
+.PHONY: up down restart-hub images test test-images unit e2e storm bench reliability config-docs
 
 up: .env images
 	$(COMPOSE) up -d --wait
@@ -29,8 +29,13 @@ up: .env images
 	 echo "JupyterHub is up: http://localhost:$${port##*:}/ (admin: $$(grep -E '^HUB_ADMIN_USER=' .env | cut -d= -f2);" \
 	      "initial password: $(COMPOSE) exec hub cat /srv/jupyterhub/state/admin-password)"; fi
 
+# Stops users' servers too (their files stay on volumes) and removes the network: scripts/down.sh
 down:
-	$(COMPOSE) down
+	@COMPOSE="$(COMPOSE)" scripts/down.sh
+
+# Only the hub, e.g. after editing .env: users' servers, open notebooks and the proxy keep running.
+restart-hub:
+	$(COMPOSE) up -d --no-deps --force-recreate --wait hub
 
 .env:
 	cp .env.example $@
