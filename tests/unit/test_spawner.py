@@ -29,7 +29,7 @@ def test_create_kwargs_are_hardened_and_labelled():
     host = kwargs["host_config"]
     assert host["Memory"] == 5  # DockerSpawner's own settings stay
     assert host["ShmSize"] == 256 * 2**20 and host["PidsLimit"] == 300  # extra_* cannot loosen
-    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges=true"]
     assert host["DeviceRequests"] == []
     assert kwargs["labels"] == {"team": "x", "gpuhub.user": "bob", "gpuhub.server": "", "gpuhub.instance": "lab"}
 
