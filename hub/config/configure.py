@@ -144,6 +144,9 @@ def configure_console(c, env: Mapping[str, str]) -> None:
         log_level=read(env, "HUB_LOG_LEVEL").upper(),
         **{field: spawner[trait] for field, trait in traits.items() if trait in spawner})
     environment = gpu.to_env()
+    # The console's "Host health" card runs the same checks (hub/gpus/doctor.py)
+    environment.update({key: env[key] for key in ("SINGLEUSER_IMAGE", "GPU_TOOLKIT_MIN_VERSION",
+                                                   "GPU_TOOLKIT_OVERRIDE", "NVIDIA_CTK_VERSION") if env.get(key)})
     c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
         "name": CONSOLE_NAME,
         "display": True,

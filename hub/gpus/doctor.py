@@ -106,13 +106,21 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+ENV_KEYS = ("SINGLEUSER_IMAGE", "GPU_TOOLKIT_MIN_VERSION", "GPU_TOOLKIT_OVERRIDE", "NVIDIA_CTK_VERSION")
+
+
+def from_env(env: dict, client: Any = None) -> Report:
+    """The checks with the deployment's settings (``ENV_KEYS``), as the hub and the console run them."""
+    return diagnose(env.get("SINGLEUSER_IMAGE", ""), env.get("GPU_TOOLKIT_MIN_VERSION") or DEFAULT_TOOLKIT_MIN,
+                    env.get("GPU_TOOLKIT_OVERRIDE", "").strip().lower() in ("1", "true", "yes", "on"),
+                    client=client, toolkit=env.get("NVIDIA_CTK_VERSION", ""))
+
+
 def log_at_start(env: dict, out=sys.stderr) -> Report | None:
     """The hub's start: every check, one line each, in the hub's log (never stops the hub:
     the spawner enforces what fails, before it hands a GPU out)."""
     try:
-        result = diagnose(env.get("SINGLEUSER_IMAGE", ""), env.get("GPU_TOOLKIT_MIN_VERSION") or DEFAULT_TOOLKIT_MIN,
-                          env.get("GPU_TOOLKIT_OVERRIDE", "").strip().lower() in ("1", "true", "yes", "on"),
-                          toolkit=env.get("NVIDIA_CTK_VERSION", ""))
+        result = from_env(env)
     except Exception as exc:  # noqa: BLE001 - a check that cannot run must not stop the hub
         print(f"[gpuhub health] checks could not run: {exc}", file=out, flush=True)
         return None
