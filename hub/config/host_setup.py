@@ -191,6 +191,9 @@ def override(tls: dict[str, str], nvml: str) -> dict:
         services["proxy"] = {"ports": []}  # compose merges lists: see the !reset below
         services["caddy"] = {"environment": {"CADDY_TLS": tls["mode"]}}
         if tls["mode"] == "files":
+            # Private keys are usually root's, mode 600: Caddy reads them as root then, with no
+            # capability but DAC_OVERRIDE (its data volume belongs to the image's caddy user).
+            services["caddy"].update(user="0:0", cap_add=["DAC_OVERRIDE"])
             services["caddy"]["volumes"] = [f"{tls['cert']}:/run/tls/cert.pem:ro",
                                        f"{tls['key']}:/run/tls/key.pem:ro"]
     if nvml:

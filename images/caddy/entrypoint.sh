@@ -18,6 +18,10 @@ cat > /config/Caddyfile <<CADDY
 {
 	admin off
 	skip_install_trust
+	# HTTP/1.1 and 2 over TCP: compose publishes no UDP port for HTTP/3
+	servers {
+		protocols h1 h2
+	}
 	$email
 }
 $HUB_DOMAIN {

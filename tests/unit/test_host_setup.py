@@ -111,6 +111,14 @@ def test_generated_compose_file_and_exports(tmp_path, monkeypatch):
     assert exports["COMPOSE_PROFILES"] == "tls" and exports["NVIDIA_CTK_VERSION"] == "1.17.8"
     assert any("NVML" in n for n in notes) and any("HTTPS for gpu.lan" in n for n in notes)
 
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    plan({"HUB_DOMAIN": "gpu.lan", "TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(key)}, out)
+    caddy = json.loads(out.read_text().split("\n", 1)[1].replace("!reset ", ""))["services"]["caddy"]
+    assert caddy["environment"] == {"CADDY_TLS": "files"} and caddy["user"] == "0:0"
+    assert caddy["volumes"] == [f"{cert}:/run/tls/cert.pem:ro", f"{key}:/run/tls/key.pem:ro"]
+
     exports, _ = plan({"HUB_NVML": "false"}, out)
     assert "hub" not in json.loads(out.read_text().split("\n", 1)[1])["services"]
     with pytest.raises(SetupError, match="HUB_NVML="):
