@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-from hubclient import ROOT
+from hubclient import ROOT, STACK_ENV
 
 DOMAIN = "hub.gpuhubtest.internal"
 HTTPS, HTTP = 18443, 18080
@@ -35,12 +35,12 @@ class PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-def test_bad_tls_settings_stop_make_up_naming_the_variable(stack, tmp_path):
+def test_bad_tls_settings_stop_make_up_naming_the_variable():
     cases = {"HUB_DOMAIN": dict(HUB_DOMAIN="https://hub.example.org:443"),
              "TLS_CERT_FILE": dict(HUB_DOMAIN=DOMAIN, TLS_CERT_FILE="/nonexistent/cert.pem",
                                    TLS_KEY_FILE="/nonexistent/key.pem")}
     for variable, env in cases.items():
-        r = subprocess.run(["make", "-s", "up", f"ENV_FILE={stack.env_file}"], cwd=ROOT, capture_output=True,
+        r = subprocess.run(["make", "-s", "up", f"ENV_FILE={STACK_ENV}"], cwd=ROOT, capture_output=True,
                            text=True, env={**os.environ, **env}, timeout=120)
         assert r.returncode != 0 and variable in r.stderr, (variable, r.stdout, r.stderr)
         assert "docker compose" not in r.stdout  # stopped before building or starting anything
