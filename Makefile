@@ -1,6 +1,8 @@
 # The two commands: `make up` starts the deployment, `make test` tests it (see README.md).
 SHELL := /bin/bash
 COMPOSE ?= docker compose
+# The settings make reads (hub/config/host_setup.py); compose reads .env (or its --env-file).
+ENV_FILE ?= .env
 PYTHON ?= python3
 VENV := .venv
 TEST_ENV := tests/e2e/stack.env
@@ -17,20 +19,35 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
-.PHONY: up down images test test-images unit e2e storm bench reliability config-docs
+.PHONY: up check down restart-hub images test test-images unit e2e storm bench reliability config-docs
 
-up: .env images
-	$(COMPOSE) up -d --wait
+# HTTPS (HUB_DOMAIN), live GPU data on an NVIDIA host, checked settings: exports for compose,
+# and compose.host.yml, from hub/config/host_setup.py (the host's python3, standard library only).
+HOST_SETUP = eval "$$($(PYTHON) -m hub.config.host_setup --env-file $(ENV_FILE))"
+
+up: check .env images
+	@$(HOST_SETUP) && $(COMPOSE) up -d --wait
 	@port=$$(grep -E '^HUB_PUBLISH=' .env | cut -d= -f2); \
 	 provider=$$(grep -E '^OAUTH_PROVIDER=' .env | cut -d= -f2); \
-	 if [ -n "$$provider" ] && [ "$$provider" != none ]; then \
+	 domain=$$(grep -E '^HUB_DOMAIN=' .env | cut -d= -f2); \
+	 if [ -n "$$domain" ]; then echo "JupyterHub is up: https://$$domain/"; \
+	 elif [ -n "$$provider" ] && [ "$$provider" != none ]; then \
 	   echo "JupyterHub is up: http://localhost:$${port##*:}/ (login with $$provider; admins: OAUTH_ADMIN_USERS in .env)"; \
 	 else \
 	 echo "JupyterHub is up: http://localhost:$${port##*:}/ (admin: $$(grep -E '^HUB_ADMIN_USER=' .env | cut -d= -f2);" \
 	      "initial password: $(COMPOSE) exec hub cat /srv/jupyterhub/state/admin-password)"; fi
 
+# Stops on a bad setting (HUB_DOMAIN, TLS_CERT_FILE, ...) with a message naming it.
+check:
+	@$(PYTHON) -m hub.config.host_setup --env-file $(ENV_FILE) >/dev/null
+
+# Stops users' servers too (their files stay on volumes) and removes the network: scripts/down.sh
 down:
-	$(COMPOSE) down
+	@COMPOSE="$(COMPOSE)" scripts/down.sh
+
+# Only the hub, e.g. after editing .env: users' servers, open notebooks and the proxy keep running.
+restart-hub:
+	@$(HOST_SETUP) && $(COMPOSE) up -d --no-deps --force-recreate --wait hub
 
 .env:
 	cp .env.example $@
@@ -45,7 +62,7 @@ images: .env
 	 if $(PYTHON) -m pip --version >/dev/null 2>&1; then \
 	   $(PYTHON) -m pip download -q --disable-pip-version-check -d $(WHEELHOUSE) $$TORCH_PACKAGES \
 	     || echo "(pip could not prefetch torch; the image build will download it)"; fi
-	$(COMPOSE) --profile images build
+	@$(HOST_SETUP) && $(COMPOSE) --profile images $${COMPOSE_PROFILES:+--profile $$COMPOSE_PROFILES} build
 
 # ---- tests -----------------------------------------------------------------------------------
 
@@ -57,7 +74,7 @@ $(VENV)/.installed: requirements-dev.txt images/hub/requirements.txt
 test-images:
 	@ls $(WHEELHOUSE)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || \
 	  $(PYTHON) -m pip download -q --disable-pip-version-check --no-deps -d $(WHEELHOUSE) $(TEST_TORCH) $(TEST_TORCH_PIP_ARGS)
-	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images build
+	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images --profile tls build
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit -q

@@ -5,6 +5,7 @@ import os
 from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
 from hub.config.configure import configure_console, configure_recovery
 from hub import watchdog
+from hub.gpus import doctor
 from hub.patches import api_body_500, restart_check
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
@@ -17,3 +18,4 @@ configure_recovery(c, os.environ)
 watchdog.install(c)  # state volume and Docker engine watchdogs
 api_body_500.install()  # JupyterHub 5.5: malformed API bodies are a 400, not a 500
 restart_check.install()  # JupyterHub 5.5: a hub killed mid-start recovers in seconds, Stop is never a 500
+doctor.log_at_start(os.environ)  # host health in the log: engine, toolkit CVEs, driver vs CUDA, GPUs

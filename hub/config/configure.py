@@ -77,6 +77,10 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     c.GPUDockerSpawner.gpu_cpu_fallback = read(env, "GPU_CPU_FALLBACK")
     c.GPUDockerSpawner.gpu_request_style = read(env, "GPU_REQUEST_STYLE")
     c.GPUDockerSpawner.gpu_intent_file = GPUSettings.intent_file
+    c.GPUDockerSpawner.gpu_audit_file = GPUSettings.audit_file
+    c.GPUDockerSpawner.gpu_toolkit_version = read(env, "NVIDIA_CTK_VERSION") or ""
+    c.GPUDockerSpawner.gpu_toolkit_min_version = read(env, "GPU_TOOLKIT_MIN_VERSION")
+    c.GPUDockerSpawner.gpu_toolkit_override = read(env, "GPU_TOOLKIT_OVERRIDE")
     c.Spawner.default_url = "/lab"
     configure_profiles(c, profiles_file)
     timeout = read(env, "SPAWN_TIMEOUT")
@@ -140,6 +144,9 @@ def configure_console(c, env: Mapping[str, str]) -> None:
         log_level=read(env, "HUB_LOG_LEVEL").upper(),
         **{field: spawner[trait] for field, trait in traits.items() if trait in spawner})
     environment = gpu.to_env()
+    # The console's "Host health" card runs the same checks (hub/gpus/doctor.py)
+    environment.update({key: env[key] for key in ("SINGLEUSER_IMAGE", "GPU_TOOLKIT_MIN_VERSION",
+                                                   "GPU_TOOLKIT_OVERRIDE", "NVIDIA_CTK_VERSION") if env.get(key)})
     c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
         "name": CONSOLE_NAME,
         "display": True,

@@ -98,3 +98,11 @@ def url(env: Mapping[str, str], name: str, example: str, default: str = "") -> s
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
         raise ConfigError(f"{name}={raw!r} is not an absolute http(s) URL, e.g. {name}={example}")
     return raw
+
+
+def version(env: Mapping[str, str], name: str, default: str) -> str:
+    """A release version such as 1.17.8 (major.minor.patch)."""
+    raw = text(env, name, default)
+    if not re.fullmatch(r"\d+\.\d+\.\d+", raw):
+        raise ConfigError(f"{name}={raw!r} is not a version: use major.minor.patch, e.g. {name}={default or '1.19.1'}")
+    return raw

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from hub.config import readers
 
-HUB, INIT, COMPOSE = "hub", "init", "compose"
+HUB, INIT, COMPOSE, MAKE = "hub", "init", "compose", "make"
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class Setting:
     """How the docs show the default when it is not a plain value."""
     used_by: str = HUB
     """Who reads it: the hub (compose passes it into the hub's container), the one-shot init
-    service, or docker compose itself (ports, volumes, image builds)."""
+    service, docker compose itself (ports, volumes, image builds), or ``make up`` alone
+    (hub/config/host_setup.py, which turns it into compose.host.yml)."""
     optional: bool = False
     """Blank means "not set" (read() returns None) rather than the default."""
 
@@ -96,6 +97,11 @@ GPUS = Section("GPUs", "Whether and how servers get a GPU; see [GPUs](gpus.md)."
 CULLER = Section("Idle culler", (
     "jupyterhub-idle-culler stops idle servers; a stopped server gives its GPU back. See "
     "[Idle culling](servers.md#idle-culling)."))
+HTTPS = Section("HTTPS", (
+    "Set `HUB_DOMAIN` and `make up` puts Caddy in front of the proxy (compose profile `tls`) and stops "
+    "publishing the proxy's port; `make up` stops with a message naming the variable when one of these is "
+    "wrong. Read by `make` and docker compose (hub/config/host_setup.py), not by the hub; see "
+    "[Security: HTTPS](security.md#https)."))
 IMAGES = Section("Images", (
     "Read by docker compose and `make` when they build the images, not by the hub; see "
     "[The images](images.md)."))
@@ -217,6 +223,23 @@ _TABLE = [
     Setting("GPU_CPU_FALLBACK", GPUS, "boolean", default="false", example="true",
             help="When no GPU is free: `false` refuses the start with a message, `true` starts the server "
                  "without a GPU."),
+    Setting("HUB_NVML", GPUS, "compose", default="auto", example="false", used_by=MAKE,
+            choices=("auto", "true", "false"),
+            help="Give the hub the NVIDIA driver's management library (NVML, the `utility` capability only), for "
+                 "live GPU usage, the inventory and the GPU health checks: `auto` on an NVIDIA host (`nvidia-smi` "
+                 "lists GPUs, or a CDI spec hands out `/dev/nvidia*` devices), `true` always, `false` never. "
+                 "Written by `make up` into `compose.host.yml`."),
+    Setting("NVIDIA_CTK_VERSION", GPUS, "version", default="", example="1.17.8", optional=True,
+            help="The host's NVIDIA Container Toolkit version, for the CVE check: `make up` reads it from "
+                 "`nvidia-ctk --version`; set it where `make up` does not run. Empty: not known (the check "
+                 "says so and does not block)."),
+    Setting("GPU_TOOLKIT_MIN_VERSION", GPUS, "version", default="1.19.1", example="1.17.8",
+            help="Lowest NVIDIA Container Toolkit version the hub hands GPUs out with: below it, no GPU is "
+                 "handed out and the message names the container-escape CVEs fixed since "
+                 "([GPUs: Host health](gpus.md#host-health)). `1.19.1` covers every CVE the hub knows of."),
+    Setting("GPU_TOOLKIT_OVERRIDE", GPUS, "boolean", default="false", example="true",
+            help="`true`: hand GPUs out even with a toolkit older than `GPU_TOOLKIT_MIN_VERSION` (the admin "
+                 "accepts the risk; the console and `gpuhub-gpus doctor` still say so)."),
     # --- Idle culler
     Setting("CULL_IDLE_TIMEOUT", CULLER, "non_negative_int", default="3600", example="7200",
             help="Stop servers idle this many seconds (`0`: never; the culler does not run)."),
@@ -225,10 +248,36 @@ _TABLE = [
     Setting("CULL_EVERY", CULLER, "positive_int", default="60", example="300",
             help="How often (seconds) the culler checks."),
     # --- Images
+    # --- HTTPS
+    Setting("HUB_DOMAIN", HTTPS, "compose", default="", example="hub.example.org", used_by=COMPOSE,
+            help="The hub's DNS name. Set: HTTPS by Caddy on `HTTPS_PUBLISH` (HTTP on `HTTP_PUBLISH` redirects to "
+                 "it, HSTS on), the proxy no longer published. Empty: plain HTTP on `HUB_PUBLISH`."),
+    Setting("TLS_ISSUER", HTTPS, "compose", default="auto", example="internal", used_by=MAKE,
+            choices=("auto", "acme", "internal"),
+            help="Who signs the certificate: `acme` (Let's Encrypt or ZeroSSL; the name must resolve to this host "
+                 "and ports 80/443 be reachable), `internal` (Caddy's own CA: browsers must trust its root), "
+                 "`auto`: ACME for a public name, the internal CA for names such as `hub.lan` or `*.internal`."),
+    Setting("TLS_CERT_FILE", HTTPS, "compose", default="", example="/etc/ssl/hub/fullchain.pem", used_by=MAKE,
+            help="Your own certificate (PEM, the chain included) instead of `TLS_ISSUER`; with `TLS_KEY_FILE`."),
+    Setting("TLS_KEY_FILE", HTTPS, "compose", default="", example="/etc/ssl/hub/privkey.pem", used_by=MAKE,
+            help="The private key of `TLS_CERT_FILE` (PEM)."),
+    Setting("ACME_EMAIL", HTTPS, "compose", default="", example="admin@example.org", used_by=COMPOSE,
+            help="Contact address given to the ACME CA (expiry warnings); optional."),
+    Setting("HTTPS_PUBLISH", HTTPS, "compose", default="443", example="0.0.0.0:443", used_by=COMPOSE,
+            help="Host `[address:]port` for HTTPS."),
+    Setting("HTTP_PUBLISH", HTTPS, "compose", default="80", example="0.0.0.0:80", used_by=COMPOSE,
+            help="Host `[address:]port` for HTTP (redirects to HTTPS; ACME's HTTP challenge)."),
     Setting("HUB_IMAGE", IMAGES, "compose", default="gpuhub/hub:0.1.0", used_by=COMPOSE,
             example="registry.example.org/lab/hub:0.1.0", help="Tag of the hub image (built by `make up`)."),
     Setting("PROXY_IMAGE", IMAGES, "compose", default="gpuhub/proxy:0.1.0", used_by=COMPOSE,
             example="registry.example.org/lab/proxy:0.1.0", help="Tag of the proxy image."),
+    Setting("TORCH_CUDA", IMAGES, "compose", default="13.0", example="12.6", used_by=COMPOSE,
+            help="The CUDA version the PyTorch of `TORCH_PACKAGES` is built for (`none` for a CPU build): the "
+                 "build checks it against `torch.version.cuda` and labels the image with it, and the hub refuses "
+                 "a GPU start when the host's driver is too old for it ([GPUs: Host health](gpus.md#host-health))."),
+    Setting("CADDY_IMAGE", IMAGES, "compose", default="gpuhub/caddy:0.1.0", used_by=COMPOSE,
+            example="caddy:2.10", help="Tag of the HTTPS front image (Debian's caddy, built by `make up` when "
+                                      "`HUB_DOMAIN` is set)."),
     Setting("PYTHON_BASE_IMAGE", IMAGES, "compose", default="python:3.11-slim-bookworm", used_by=COMPOSE,
             example="local/python:3.11-bookworm",
             help="Base of the hub and single-user images: any Debian bookworm image with Python 3.11. "

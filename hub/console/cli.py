@@ -10,6 +10,7 @@ prefer a terminal. Standard library only, so it runs with any Python 3.11 on the
     gpuhub-gpus free --user alice --yes
     gpuhub-gpus access --users alice,bob --groups ml     # who may use GPUs; --everyone
     gpuhub-gpus audit -n 20
+    gpuhub-gpus doctor [--json] [--strict]  # this host: engine, toolkit CVEs, driver vs CUDA, GPU health
   teaching labs (docs/teaching.md):
     gpuhub-gpus roster roster.csv [--dry-run] [--skip-bad-rows]   # import: users, courses, roles
     gpuhub-gpus courses                  # courses, their people and reservations
@@ -304,6 +305,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the API's JSON answer")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("list", help="the GPUs: state, holder, usage")
+    from hub.gpus import doctor
+    doctor.add_arguments(sub.add_parser("doctor", help="check this host (no token needed): engine, CDI, "
+                                        "live-restore, toolkit CVEs, driver vs the image's CUDA, GPU health"))
     s = sub.add_parser("pin", help="pin a user to a GPU")
     s.add_argument("user")
     s.add_argument("gpu", help="index (0, #0) or UUID")
@@ -363,6 +367,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "doctor":  # local checks: no hub, no token (exit 1: a check failed)
+        from hub.gpus import doctor
+        return doctor.run(args)
     token = args.token or os.environ.get("GPUHUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
     if not token:
         return _usage("no token: set GPUHUB_TOKEN to an admin's API token (the hub's Token page, "

@@ -3,7 +3,10 @@ its request bodies checked against the spec) and their base classes (hub login, 
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import time
 import re
 from typing import Any
 
@@ -200,6 +203,17 @@ class AuditHandler(APIHandler):
         self.reply({"entries": self.console.audit_tail(int(raw))})
 
 
+class HealthHandler(APIHandler):
+    """The host's health (hub/gpus/health.py): the checks `gpuhub-gpus doctor` runs."""
+    spec_path = "/health"
+
+    async def get(self):
+        from hub.gpus import doctor
+        client = getattr(self.console.docker, "client", None)
+        result = await asyncio.to_thread(doctor.from_env, dict(os.environ), client)
+        self.reply({**result.to_json(), "time": time.time()})
+
+
 class NamesHandler(APIHandler):
     spec_path = "/names"
 
@@ -298,7 +312,7 @@ class NotFoundAPIHandler(APIHandler):
 
 # The API's handlers in the order their routes are tried; each serves its ``spec_path`` of the spec.
 API_HANDLERS = (GPUsHandler, PinsHandler, PinHandler, DrainedHandler, DrainHandler, FreeHandler, AccessHandler,
-                AuditHandler, NamesHandler, CoursesHandler, RosterHandler, CourseHandler, CourseStopHandler,
+                AuditHandler, HealthHandler, NamesHandler, CoursesHandler, RosterHandler, CourseHandler, CourseStopHandler,
                 CourseResetHandler, ReservationsHandler, ReservationHandler, SharedHandler, ShareHandler,
                 OpenAPIHandler)
 

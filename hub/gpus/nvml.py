@@ -157,6 +157,67 @@ class NVMLReader:
             memory_total_mib=int(memory.total) // _MIB if memory is not None else None,
             parent_uuid=parent_uuid)
 
+    def driver(self) -> dict[str, str]:
+        """The driver's version and the CUDA version it supports: {"version", "cuda"}."""
+        with self._lock:
+            nv = self._init()
+            try:
+                cuda = int(nv.nvmlSystemGetCudaDriverVersion_v2())
+                return {"version": _text(nv.nvmlSystemGetDriverVersion()),
+                        "cuda": f"{cuda // 1000}.{cuda % 1000 // 10}"}
+            except nv.NVMLError as exc:
+                self.close_locked()
+                raise Unavailable(f"NVML failed: {exc}") from None
+
+    def health(self) -> list[dict[str, Any]]:
+        """Each whole GPU's health, for hub/gpus/health.py ``gpu_check``: lost, ECC errors
+        (volatile: since the last reset), pending retired pages, row remapping, MIG layout.
+        None where the GPU does not support a reading."""
+        with self._lock:
+            nv = self._init()
+            found = []
+            for index in range(nv.nvmlDeviceGetCount()):
+                found.append(self._health(nv, index))
+            return found
+
+    @staticmethod
+    def _health(nv: Any, index: int) -> dict[str, Any]:
+        def optional(call: Callable[[], Any]) -> Any:
+            try:
+                return call()
+            except nv.NVMLError:  # NotSupported (no ECC, no row remapping, no MIG), ...
+                return None
+
+        try:
+            handle = nv.nvmlDeviceGetHandleByIndex(index)
+            uuid = _text(nv.nvmlDeviceGetUUID(handle))
+        except nv.NVMLError as exc:
+            return {"uuid": f"index-{index}", "index": index, "name": "GPU", "lost": True, "error": str(exc)}
+        try:
+            nv.nvmlDeviceGetMemoryInfo(handle)
+        except nv.NVMLError as exc:  # GpuIsLost and friends
+            if "lost" in str(exc).lower() or "unknown" in str(exc).lower():
+                return {"uuid": uuid, "index": index, "name": "GPU", "lost": True, "error": str(exc)}
+        ecc = lambda kind: optional(lambda: int(nv.nvmlDeviceGetTotalEccErrors(  # noqa: E731
+            handle, kind, nv.NVML_VOLATILE_ECC)))
+        remap = optional(lambda: nv.nvmlDeviceGetRemappedRows(handle))  # (corr, unc, pending, failure)
+        retired = optional(lambda: nv.nvmlDeviceGetRetiredPagesPendingStatus(handle))
+        mig = optional(lambda: tuple(nv.nvmlDeviceGetMigMode(handle)))
+        instances = 0
+        if mig and mig[0] == nv.NVML_DEVICE_MIG_ENABLE:
+            for slot in range(optional(lambda: nv.nvmlDeviceGetMaxMigDeviceCount(handle)) or 0):
+                if optional(lambda: nv.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)) is not None:
+                    instances += 1
+        return {"uuid": uuid, "index": index, "name": optional(lambda: _text(nv.nvmlDeviceGetName(handle))) or "GPU",
+                "lost": False,
+                "ecc_uncorrected": ecc(nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+                "ecc_corrected": ecc(nv.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+                "retired_pending": bool(retired) if retired is not None else None,
+                "remap_pending": bool(remap[2]) if remap else None,
+                "remap_failure": bool(remap[3]) if remap else None,
+                "mig": [int(mig[0]), int(mig[1])] if mig else None,
+                "mig_instances": instances}
+
     def close(self) -> None:
         with self._lock:
             self.close_locked()

@@ -63,7 +63,7 @@ async def ensure_volumes(mine: dict[str, courses.Course], *, prefix: str, labels
         emit(65, f"Creating the materials volume of course {name}")
         await engine("create_volume", volume, labels={labels.course: name, labels.instance: prefix})
         config = host_config(binds=[f"{volume}:/materials"], network_mode="none", cap_drop=["ALL"],
-                             cap_add=["CHOWN"], security_opt=["no-new-privileges:true"])
+                             cap_add=["CHOWN"], security_opt=["no-new-privileges=true"])
         created = await engine("create_container", image, command=["chown", OWNER, "/materials"],
                                user="root", entrypoint=[], host_config=config,
                                labels={labels.instance: prefix})

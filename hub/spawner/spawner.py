@@ -29,9 +29,11 @@ from traitlets import Bool, Callable, CaselessStrEnum, Int, List, TraitError, Un
 
 from hub.gpus.allocator import first_free
 from hub.gpus.claim import NO_GPU_ENV, Assignment, Labels
+from hub.gpus.gate import HostGate, Refused
+from hub.gpus.health import DEFAULT_TOOLKIT_MIN, TORCH_CUDA_LABEL
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
-from hub.spawner import course_volumes, naming, port_probe, profiles, start_command
+from hub.spawner import course_volumes, hardening, naming, port_probe, profiles, start_command
 from hub.spawner.progress import ProgressLog, PullProgress
 from hub.spawner.running import RunningContainers
 from hub.spawner.stop_reasons import StopReasons, container_events, reason_from_events
@@ -42,6 +44,7 @@ class HubProcess:
     """What all spawners of one hub process share (one instance, ``PROCESS``)."""
     executor: ThreadPoolExecutor | None = None  # Docker calls
     gpu_manager: GPUManager | None = None  # created by the first spawn that needs it
+    host_gate: HostGate | None = None  # host-health checks before a GPU is handed out
     turns: StartTurns = field(default_factory=StartTurns)
     stop_reasons: StopReasons = field(default_factory=StopReasons)
     running: RunningContainers = field(default_factory=RunningContainers)  # shared by all polls
@@ -99,6 +102,14 @@ class GPUDockerSpawner(DockerSpawner):
         pinned GPU, whatever the policy.""")
     gpu_intent_file = Unicode("gpu-intent.json", config=True, help="Where admin intent (pins, "
                                                                      "drains) is kept; on the hub's state volume.")
+    gpu_audit_file = Unicode("gpu-audit.jsonl", config=True, help="The GPU console's audit log, where the "
+                                                                  "hub records GPUs it drains for being unhealthy.")
+    gpu_toolkit_version = Unicode("", config=True, help="""The host's NVIDIA Container Toolkit version
+        (NVIDIA_CTK_VERSION, read by `make up`); empty: not known, the CVE check does not block.""")
+    gpu_toolkit_min_version = Unicode(DEFAULT_TOOLKIT_MIN, config=True, help="""Below this toolkit
+        version no GPU is handed out (hub/gpus/health.py lists the CVEs), unless gpu_toolkit_override.""")
+    gpu_toolkit_override = Bool(False, config=True, help="Hand GPUs out even with a toolkit below "
+                                                         "gpu_toolkit_min_version (the admin accepts the risk).")
     course_materials_dir = Unicode("/home/jovyan/work/courses", config=True, help="""Where each
         course's materials volume (<prefix>-course-<course>) is mounted, as <this>/<course>:
         read-only for the course's students, writable for its teachers and TAs. Inside the work
@@ -366,8 +377,10 @@ class GPUDockerSpawner(DockerSpawner):
             return await super().create_object()
         # Decide and create under one lock: the engine must show this container holding its
         # GPU before the next spawn reads the engine.
+        image_cuda = await self.image_cuda()
         async with manager.lock:
             await manager.reconcile(self.engine)
+            await self.check_host(manager, image_cuda)
             self.assignment = self.assign_gpu(manager)
             if self.assignment is None:
                 return await super().create_object()
@@ -377,6 +390,27 @@ class GPUDockerSpawner(DockerSpawner):
             except BaseException:
                 self.assignment = self.gpu_uuid = None  # no container: the engine shows the GPU free
                 raise
+
+    async def image_cuda(self) -> str | None:
+        """The CUDA version the image's PyTorch needs (its label, written at build time)."""
+        try:
+            config = (await self.docker("inspect_image", self.image))["Config"]
+        except docker.errors.NotFound:  # DockerSpawner's own start reports a missing image
+            return None
+        return (config.get("Labels") or {}).get(TORCH_CUDA_LABEL)
+
+    async def check_host(self, manager: GPUManager, image_cuda: str | None) -> None:
+        """Host health before a GPU is handed out (hub/gpus/gate.py), under the manager's lock:
+        refuse (toolkit CVEs, driver too old for the image) or drain unhealthy GPUs first."""
+        if PROCESS.host_gate is None:
+            PROCESS.host_gate = HostGate(self.gpu_toolkit_version, self.gpu_toolkit_min_version,
+                                         self.gpu_toolkit_override, self.gpu_audit_file)
+        try:
+            await asyncio.wrap_future(self.executor.submit(
+                PROCESS.host_gate.before_gpu, manager, self.image, image_cuda))
+        except Refused as exc:
+            self.log.warning("GPU start of %s refused: %s", self._log_name, exc)
+            raise GPUUnavailable(str(exc)) from None
 
     async def warn_of_stock_volumes(self) -> None:
         """Say so when this user has a volume named as a stock DockerSpawner names it and none
@@ -449,8 +483,9 @@ class GPUDockerSpawner(DockerSpawner):
         host_config.update(
             ShmSize=self.shm_size,
             PidsLimit=self.pids_limit,
-            SecurityOpt=["no-new-privileges:true"],
+            SecurityOpt=["no-new-privileges=true"],
             CapDrop=["ALL"],
+            MaskedPaths=hardening.masked_paths(),  # Docker's, and the host's other GPUs (hardening.py)
             DeviceRequests=self.assignment.device_requests() if self.assignment else [],
         )
         if not self.image_healthcheck:

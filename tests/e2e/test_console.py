@@ -249,3 +249,18 @@ def test_cli_from_the_host_and_in_the_hub_container(console, stack, hub):
     assert [e["action"] for e in json.loads(r.stdout)["entries"]] == ["unpin", "undrain", "drain", "pin"]
     r = stack.compose("exec", "-T", "hub", "gpuhub-gpus", "list", check=False)
     assert r.returncode == 2 and "/hub/token" in r.stderr
+
+
+def test_host_health_from_the_hubs_container(console, stack):
+    """The console's Host health card: the doctor's checks run in the hub's container against
+    the real engine. This machine's GPUs are fake: no NVML, so the GPU checks say n/a."""
+    health = console.ok("GET", "health")
+    checks = {c["name"]: c for c in health["checks"]}
+    engine_info = json.loads(stack.docker("info", "--format", "{{json .}}").stdout)
+    assert checks["engine.version"]["status"] == "ok"
+    assert checks["engine.cdi"]["status"] == ("ok" if engine_info.get("CDISpecDirs") else "warn")
+    assert checks["engine.live_restore"]["status"] == ("ok" if engine_info["LiveRestoreEnabled"] else "warn")
+    assert checks["toolkit.cves"]["status"] == "unknown" and checks["gpus"]["status"] == "unknown"
+    assert checks["driver.cuda"]["status"] in ("ok", "unknown")  # the test image: a CPU build of PyTorch
+    logs = stack.compose("logs", "--no-color", "hub").stdout
+    assert "[gpuhub health] ok    engine.version" in logs  # the same checks at hub start

@@ -75,7 +75,8 @@ def test_user_server_limits_kernel_and_persistent_files(stack, hub):
     assert host["ShmSize"] == 256 * 2**20
     assert host["PidsLimit"] == 512
     assert host["AutoRemove"] is True
-    assert host["CapDrop"] == ["ALL"] and "no-new-privileges:true" in host["SecurityOpt"]
+    assert host["CapDrop"] == ["ALL"] and "no-new-privileges=true" in host["SecurityOpt"]
+    assert "/proc/driver/nvidia/gpus" in host["MaskedPaths"] and "/proc/kcore" in host["MaskedPaths"]
     # One GPU of its own where the engine has GPUs (tests/e2e/test_gpus.py covers the rest)
     assert len(host.get("DeviceRequests") or []) == (1 if discover()[0] else 0)
     assert info["Config"]["Labels"]["gpuhub.user"] == USER

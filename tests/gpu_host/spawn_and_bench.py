@@ -43,7 +43,7 @@ def container_bench(client, image: str, binds: dict, request: dict, labels: dict
         device_requests=[docker.types.DeviceRequest(
             driver=request["Driver"], device_ids=request["DeviceIDs"],
             capabilities=request.get("Capabilities"))],
-        cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
+        cap_drop=["ALL"], security_opt=["no-new-privileges=true"],
     )
     try:
         c.wait(timeout=300)

@@ -177,7 +177,7 @@ def test_openapi_file_is_served_and_lists_every_route(api):
     assert r.status_code == 200
     spec = yaml.safe_load(r.text)
     assert set(spec["paths"]) == {"/gpus", "/pins", "/pins/{user}", "/drained", "/drained/{uuid}", "/free",
-                                  "/access", "/audit", "/names", "/openapi.yaml",
+                                  "/access", "/audit", "/health", "/names", "/openapi.yaml",
                                   "/courses", "/courses/roster", "/courses/{course}", "/courses/{course}/stop",
                                   "/courses/{course}/reset", "/reservations", "/reservations/{id}",
                                   "/shared", "/shared/{uuid}"}
@@ -330,3 +330,22 @@ def test_page_for_admins_in_the_hubs_look_and_403_page_for_others(api):
     assert r.status_code == 302 and "/hub/api/oauth2/authorize" in r.headers["Location"]
     js = requests.get(page + "static/console.js", timeout=10)
     assert js.status_code == 200 and "http" not in js.text.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_host_health_card_runs_the_doctors_checks(api, monkeypatch):
+    from hub.gpus import doctor
+
+    monkeypatch.setattr(doctor, "engine_facts", lambda client=None: (
+        {"Version": "27.5.1"}, {"CDISpecDirs": ["/etc/cdi"], "LiveRestoreEnabled": True}, ""))
+    monkeypatch.setattr(doctor, "nvml_facts", lambda reader=None: (
+        [{"uuid": GPUS[0].uuid, "index": 0, "ecc_uncorrected": 2}], {"version": "580.65.06", "cuda": "13.0"}))
+    monkeypatch.setenv("NVIDIA_CTK_VERSION", "1.17.8")
+    r = api.call("GET", "health")
+    assert r.status_code == 200
+    data = r.json()
+    checks = {c["name"]: c for c in data["checks"]}
+    assert data["status"] == "fail"
+    assert checks["toolkit.cves"]["status"] == "fail" and "CVE-2026-24260" in checks["toolkit.cves"]["message"]
+    assert checks[f"gpu.{GPUS[0].uuid}"]["refuses"] == f"gpu:{GPUS[0].uuid}"
+    assert checks["engine.live_restore"]["status"] == "ok"
+    assert api.call("GET", "health", token=USER_TOKEN).status_code == 403

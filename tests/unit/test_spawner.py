@@ -30,9 +30,15 @@ def test_create_kwargs_are_hardened_and_labelled():
     host = kwargs["host_config"]
     assert host["Memory"] == 5  # DockerSpawner's own settings stay
     assert host["ShmSize"] == 256 * 2**20 and host["PidsLimit"] == 300  # extra_* cannot loosen
-    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges=true"]
     assert host["DeviceRequests"] == []
     assert kwargs["labels"] == {"team": "x", "gpuhub.user": "bob", "gpuhub.server": "", "gpuhub.instance": "lab"}
+    # MaskedPaths replaces the engine's list: Docker 26's own (as `docker inspect` shows it for a
+    # container created without the field, recorded on this test machine) and the GPUs' /proc
+    engine_defaults = ["/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                       "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                       "/sys/devices/virtual/powercap"]
+    assert host["MaskedPaths"] == [*engine_defaults, "/proc/driver/nvidia/gpus"]
 
 
 def test_the_images_healthcheck_is_off_unless_kept():

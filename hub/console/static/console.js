@@ -392,6 +392,24 @@
     }
   }
 
+  // Host health: the doctor's checks, once a minute (they read the engine and NVML)
+  const HEALTH_BADGES = { ok: "text-bg-success", warn: "text-bg-warning", fail: "text-bg-danger", unknown: "text-bg-secondary" };
+  async function refreshHealth() {
+    try {
+      const h = await api("GET", "health");
+      const badge = document.getElementById("health-status");
+      badge.textContent = h.status;
+      badge.className = `badge ${HEALTH_BADGES[h.status]}`;
+      document.querySelector("#health tbody").replaceChildren(...h.checks.map((c) => el("tr", {},
+        el("td", { class: "text-nowrap" }, c.name),
+        el("td", {}, el("span", { class: `badge ${HEALTH_BADGES[c.status]}` }, c.status === "unknown" ? "n/a" : c.status)),
+        el("td", {}, c.message),
+        el("td", { class: "small" }, c.status === "ok" ? "" : (c.fix || "")))));
+    } catch (e) {
+      document.getElementById("health-status").textContent = `not updating: ${e.message}`;
+    }
+  }
+
   async function loadNames() {
     try {
       const names = await api("GET", "names");
@@ -493,4 +511,6 @@
   loadNames();
   refresh(true);
   setInterval(() => refresh(false), REFRESH_MS);
+  refreshHealth();
+  setInterval(refreshHealth, 60000);
 })();
