@@ -77,6 +77,8 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     c.GPUDockerSpawner.gpu_cpu_fallback = read(env, "GPU_CPU_FALLBACK")
     c.GPUDockerSpawner.gpu_request_style = read(env, "GPU_REQUEST_STYLE")
     c.GPUDockerSpawner.gpu_intent_file = GPUSettings.intent_file
+    c.GPUDockerSpawner.usage_db = GPUSettings.usage_db
+    c.GPUDockerSpawner.gpu_quota_default = read(env, "GPU_QUOTA_DEFAULT")
     c.Spawner.default_url = "/lab"
     configure_profiles(c, profiles_file)
     timeout = read(env, "SPAWN_TIMEOUT")
@@ -134,7 +136,8 @@ def configure_console(c, env: Mapping[str, str]) -> None:
     spawner = c.GPUDockerSpawner
     traits = {"intent_file": "gpu_intent_file", "request_style": "gpu_request_style",
               "label_prefix": "label_prefix", "cdi_dirs": "gpu_cdi_dirs",
-              "inventory_file": "gpu_inventory_file"}
+              "inventory_file": "gpu_inventory_file", "usage_db": "usage_db",
+              "quota_default": "gpu_quota_default"}
     gpu = GPUSettings(
         name_prefix=read(env, "HUB_NAME_PREFIX"),
         log_level=read(env, "HUB_LOG_LEVEL").upper(),

@@ -101,3 +101,18 @@ def url(env: Mapping[str, str], name: str, example: str, default: str = "") -> s
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
         raise ConfigError(f"{name}={raw!r} is not an absolute http(s) URL, e.g. {name}={example}")
     return raw
+
+
+def gpu_quota(env: Mapping[str, str], name: str, default: str) -> str:
+    """GPU-hours per window, e.g. 20h/7d ("" for none): checked, returned as written."""
+    from hub.usage.quota import QuotaError, check, parse_spec
+
+    raw = text(env, name, default)
+    if not raw:
+        return ""
+    try:
+        hours, days = parse_spec(raw)
+        check("default", "", hours, days)
+    except QuotaError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    return raw.replace(" ", "")

@@ -217,6 +217,10 @@ _TABLE = [
     Setting("GPU_CPU_FALLBACK", GPUS, "boolean", default="false", example="true",
             help="When no GPU is free: `false` refuses the start with a message, `true` starts the server "
                  "without a GPU."),
+    Setting("GPU_QUOTA_DEFAULT", GPUS, "gpu_quota", example="20h/7d",
+            help="Every user's GPU-hours per rolling window (`20h/7d`: 20 GPU-hours in any 7 days; `4h/24h`); "
+                 "empty: no limit. Quotas for a user, group or course set in the GPU console apply too, and "
+                 "the tightest decides; see [Usage and quotas](usage.md)."),
     # --- Idle culler
     Setting("CULL_IDLE_TIMEOUT", CULLER, "non_negative_int", default="3600", example="7200",
             help="Stop servers idle this many seconds (`0`: never; the culler does not run)."),
