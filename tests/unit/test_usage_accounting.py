@@ -111,7 +111,7 @@ def test_property_syncs_never_count_a_second_twice(containers, syncs):
     with tempfile.TemporaryDirectory() as tmp:
         store = UsageStore(Path(tmp) / "u.sqlite")
         truth = {f"c{i}": (s, s + d, w) for i, (s, d, w) in enumerate(containers)}
-        last = 0.0
+        last = -1.0  # the store starts before the first container
         times = sorted(syncs) + [(2000.0, True, False)]
         all_events = True
         for t, events, replay in times:
