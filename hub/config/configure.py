@@ -14,6 +14,8 @@ from hub.config.gpu_settings import GPUSettings
 from hub.config.table import read
 
 PROXY_TOKEN_FILE = "/run/proxy-token/token"
+METRICS_TOKEN_FILE = "/run/metrics-token/token"
+METRICS_SCOPE = "custom:gpuhub-metrics:read"
 NOTEBOOK_DIR = "/home/jovyan/work"
 PROFILES_FILE = "/srv/jupyterhub/profiles.yaml"
 TEMPLATES_DIR = str(Path(__file__).parents[1] / "templates")
@@ -162,6 +164,43 @@ def configure_console(c, env: Mapping[str, str]) -> None:
                    # their members and their gpuhub.course property; never delete either
                    "admin:users", "admin:groups", "groups", "read:groups"],
         "services": [CONSOLE_NAME],
+    }]
+
+
+def configure_usage(c, env: Mapping[str, str], token_file: str = METRICS_TOKEN_FILE) -> None:
+    """GPU usage for users and for Prometheus (docs/usage.md).
+
+    - The hub's pages (home, spawn, "not running") show the user's GPU-hours and quota, the 90 %
+      warning and why a server was stopped for its quota (hub/templates/gpuhub_usage.html).
+    - A ``prometheus`` service whose token (made by gpuhub-init on the metrics-token volume) may
+      read the GPU console's metrics (the custom scope) and JupyterHub's own /hub/metrics, and
+      nothing else: the monitoring profile's Prometheus scrapes with it."""
+    from hub.usage import gate
+
+    usage_db, default = GPUSettings.usage_db, read(env, "GPU_QUOTA_DEFAULT")
+
+    def usage_of(user) -> dict:
+        if user is None:
+            return {}
+        from hub.spawner.course_volumes import user_courses
+        groups = [g.name for g in getattr(user, "groups", [])]
+        return gate.summary(usage_db, user.name, groups, list(user_courses(user)), default)
+
+    paths = c.JupyterHub.get("template_paths", [])
+    c.JupyterHub.template_paths = paths if TEMPLATES_DIR in paths else [*paths, TEMPLATES_DIR]
+    c.JupyterHub.template_vars = {**c.JupyterHub.get("template_vars", {}), "gpuhub_usage": usage_of}
+    c.JupyterHub.custom_scopes = {**c.JupyterHub.get("custom_scopes", {}), METRICS_SCOPE: {
+        "description": "Read the GPU console's Prometheus metrics (GPU usage, holders, quotas)"}}
+    if not Path(token_file).is_file():
+        return
+    c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
+        "name": "prometheus", "api_token": read_secret(token_file),
+        "info": {"description": "Scrapes metrics (the monitoring profile)"}}]
+    c.JupyterHub.load_roles = [*c.JupyterHub.get("load_roles", []), {
+        "name": "metrics-reader",
+        "description": "Read the GPU console's and the hub's Prometheus metrics, nothing else",
+        "scopes": [METRICS_SCOPE, "read:metrics"],
+        "services": ["prometheus"],
     }]
 
 

@@ -272,3 +272,41 @@ def test_cli_usage_csv_and_quota(api, capsys):
     assert "user alice: 20 h per 7 days" in capsys.readouterr().out
     assert cli.main(["--url", url, "--token", ADMIN_TOKEN, "quota", "remove", "user", "alice"]) == 0
     assert keeper.store.quotas() == []
+
+
+# ---- the hub's side: configuration and pages ---------------------------------------------------
+
+def test_configure_usage_adds_the_page_variable_and_a_least_privilege_prometheus_service(tmp_path):
+    from jupyterhub.scopes import scope_definitions
+    from traitlets.config import Config
+
+    from hub.config.configure import METRICS_SCOPE, configure_usage
+
+    c = Config()
+    configure_usage(c, {}, token_file=str(tmp_path / "absent"))
+    assert "gpuhub_usage" in c.JupyterHub.template_vars and "services" not in c.JupyterHub
+    assert c.JupyterHub.template_vars["gpuhub_usage"](None) == {}
+    (tmp_path / "token").write_text("s3cret\n")
+    c = Config()
+    configure_usage(c, {}, token_file=str(tmp_path / "token"))
+    (service,) = c.JupyterHub.services
+    (role,) = c.JupyterHub.load_roles
+    assert service == {"name": "prometheus", "api_token": "s3cret", "info": service["info"]}
+    assert role["scopes"] == [METRICS_SCOPE, "read:metrics"] and role["services"] == ["prometheus"]
+    assert "read:metrics" in scope_definitions and METRICS_SCOPE in c.JupyterHub.custom_scopes
+
+
+def test_pages_show_usage_warning_and_quota_stop(tmp_path):
+    from jinja2 import ChoiceLoader, DictLoader, Environment, FileSystemLoader
+
+    from hub.config.configure import TEMPLATES_DIR
+
+    env = Environment(loader=ChoiceLoader([FileSystemLoader(TEMPLATES_DIR), DictLoader({})]))
+    template = env.get_template("gpuhub_usage.html")
+    usage = {"hours": {"day": 1.5, "week": 3, "month": 3}, "warning": "", "stopped": "Your server was stopped because ...",
+             "quota": {"text": "4 h per 7 days", "scope": "course", "name": "ml101", "remaining_hours": 1,
+                       "renews_at_iso": None}}
+    html = template.render(gpuhub_usage=usage, user=None)
+    assert 'id="gpuhub-quota-stop"' in html and "1.50 GPU-hours in the last 24 hours" in html
+    assert "Quota: 4 h per 7 days (course ml101); 1.00 GPU-hours left." in " ".join(html.split())
+    assert template.render(gpuhub_usage={}, user=None).strip() == ""
