@@ -57,7 +57,7 @@ $(VENV)/.installed: requirements-dev.txt images/hub/requirements.txt
 test-images:
 	@ls $(WHEELHOUSE)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || \
 	  $(PYTHON) -m pip download -q --disable-pip-version-check --no-deps -d $(WHEELHOUSE) $(TEST_TORCH) $(TEST_TORCH_PIP_ARGS)
-	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images build
+	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images --profile monitoring build
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit -q
