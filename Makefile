@@ -77,9 +77,11 @@ test: $(VENV)/.installed test-images
 storm: $(VENV)/.installed test-images
 	$(VENV)/bin/python tests/e2e/storm.py
 
-# Floor vs. stock DockerSpawner vs. ours, one run, side by side: bench/results/latest.{json,png}
+# Floor vs. stock DockerSpawner vs. ours, one run, side by side: bench/results/latest.{json,png};
+# then the GPU console's metrics endpoint and usage sync with 200 servers: bench/results/usage-latest.json
 bench: $(VENV)/.installed test-images
 	@$(export_local_bases); $(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/usage.py
 
 # Load, faults (including a Docker daemon restart), data, bad input and isolation against the
 # real engine (README, "Reliability"); prints one JSON line, exits 1 if anything failed or was lost.

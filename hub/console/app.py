@@ -52,6 +52,7 @@ from hub.console.gpu_actions import GPUDesk
 from hub.console.handlers import MetricsHandler, PageHandler, api_routes
 from hub.console.hubapi import HubAPI, HubClient
 from hub.console.state import Console
+from hub.usage import metrics as usage_metrics
 from hub.usage.reconcile import UsageKeeper
 from hub.console.usage import UsageSampler
 from hub.console.usage_api import UsageDesk
@@ -178,6 +179,7 @@ def main() -> None:
             try:
                 await console.usage.sync()
                 await console.usage.enforce()
+                await asyncio.to_thread(usage_metrics.warm, console.usage)  # scrapes find them ready
             except Exception:  # noqa: BLE001 - the engine or the hub may be restarting: next time
                 log.exception("usage sync")
 

@@ -64,55 +64,7 @@ class UsageCollector:
             seat.add_metric([*labels, iv.user, iv.server], iv.weight)
         yield from (info, util, mem, total, holder, seat)
 
-        held = CounterMetricFamily("gpuhub_gpu_seconds", "GPU-seconds held (weighted), as of the last sync",
-                                   labels=["user"])
-        used = CounterMetricFamily("gpuhub_gpu_used_seconds", "GPU-seconds held weighted by utilisation "
-                                   "(where sampled)", labels=["user"])
-        by_group = CounterMetricFamily("gpuhub_group_gpu_seconds", "GPU-seconds held by members of a group "
-                                       "(counted while they were members)", labels=["group"])
-        by_course = CounterMetricFamily("gpuhub_course_gpu_seconds", "GPU-seconds held by members of a course",
-                                        labels=["course"])
-        sums: dict[str, list[float]] = {}
-        groups: dict[str, float] = {}
-        courses: dict[str, float] = {}
-        for r in store.totals():
-            s = sums.setdefault(r["user"], [0.0, 0.0])
-            s[0] += r["held"] or 0.0
-            s[1] += r["used"] or 0.0
-            for g in json.loads(r["groups"]):
-                groups[g] = groups.get(g, 0.0) + (r["held"] or 0.0)
-            for c in json.loads(r["courses"]):
-                courses[c] = courses.get(c, 0.0) + (r["held"] or 0.0)
-        for user, (h, u) in sorted(sums.items()):
-            held.add_metric([user], h)
-            used.add_metric([user], u)
-        for g, h in sorted(groups.items()):
-            by_group.add_metric([g], h)
-        for c, h in sorted(courses.items()):
-            by_course.add_metric([c], h)
-        yield from (held, used, by_group, by_course)
-
-        remaining = GaugeMetricFamily("gpuhub_quota_remaining_gpu_seconds", "GPU-seconds left in the user's "
-                                      "tightest quota's window", labels=["user", "scope", "name"])
-        limit = GaugeMetricFamily("gpuhub_quota_limit_gpu_seconds", "The user's tightest quota",
-                                  labels=["user", "scope", "name"])
-        quota_list = self.keeper.quota_list()
-        if quota_list:
-            window = max(q.window_s for q in quota_list)
-            recent: dict[str, list] = {}
-            for iv in store.between(now - window, now):
-                recent.setdefault(iv.user, []).append(iv)
-            users = set(recent) | {q.name for q in quota_list if q.scope == "user"}
-            for user in sorted(users):
-                ivs = recent.get(user, [])
-                gs = {g for iv in ivs for g in iv.groups}
-                cs = {c for iv in ivs for c in iv.courses}
-                worst = quotas.tightest(quotas.status(q, ivs, now) for q in quotas.applicable(quota_list, user, gs, cs))
-                if worst is not None:
-                    labels = [user, worst.quota.scope, worst.quota.name]
-                    remaining.add_metric(labels, worst.remaining_h * 3600)
-                    limit.add_metric(labels, worst.quota.hours * 3600)
-        yield from (remaining, limit)
+        yield from self.store_families(now)
 
         refusals = CounterMetricFamily("gpuhub_spawn_refusals", "GPU starts refused, by reason", labels=["reason"])
         for reason, n in sorted(store.refusals().items()):
@@ -124,6 +76,71 @@ class UsageCollector:
         if last is not None:
             synced.add_metric([], last.time)
         yield synced
+
+    def store_families(self, now: float) -> list:
+        """Counters and quota gauges from the store: they change only at a sync or a quota change,
+        so they are computed once per (sync, quotas) and reused by the scrapes in between."""
+        store = self.keeper.store
+        key = (self.keeper.last.time if self.keeper.last else None, tuple(map(tuple, store.quotas())))
+        cached = getattr(self.keeper, "_metrics_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        held = CounterMetricFamily("gpuhub_gpu_seconds", "GPU-seconds held (weighted), as of the last sync",
+                                   labels=["user"])
+        used = CounterMetricFamily("gpuhub_gpu_used_seconds", "GPU-seconds held weighted by utilisation "
+                                   "(where sampled)", labels=["user"])
+        by_group = CounterMetricFamily("gpuhub_group_gpu_seconds", "GPU-seconds held by members of a group "
+                                       "(counted while they were members)", labels=["group"])
+        by_course = CounterMetricFamily("gpuhub_course_gpu_seconds", "GPU-seconds held by members of a course",
+                                        labels=["course"])
+        users_rows, group_rows, course_rows = store.totals()
+        for r in users_rows:
+            held.add_metric([r["user"]], r["held"] or 0.0)
+            used.add_metric([r["user"]], r["used"] or 0.0)
+        for r in group_rows:
+            by_group.add_metric([r["name"]], r["held"] or 0.0)
+        for r in course_rows:
+            by_course.add_metric([r["name"]], r["held"] or 0.0)
+
+        remaining = GaugeMetricFamily("gpuhub_quota_remaining_gpu_seconds", "GPU-seconds left in the user's "
+                                      "tightest quota's window", labels=["user", "scope", "name"])
+        limit = GaugeMetricFamily("gpuhub_quota_limit_gpu_seconds", "The user's tightest quota",
+                                  labels=["user", "scope", "name"])
+        quota_list = self.keeper.quota_list()
+        # per window length: user -> (held seconds in it, groups, courses), summed by SQLite
+        windows: dict[float, dict[str, list]] = {}
+        for window in {q.window_s for q in quota_list}:
+            per_user = windows[window] = {}
+            for r in store.held_per_user(now - window, now):
+                entry = per_user.setdefault(r["user"], [0.0, set(), set()])
+                entry[0] += r["held"] or 0.0
+                entry[1].update(json.loads(r["groups"]))
+                entry[2].update(json.loads(r["courses"]))
+        users = {u for per_user in windows.values() for u in per_user} | {q.name for q in quota_list if q.scope == "user"}
+        for user in sorted(users):
+            memberships = [w.get(user) for w in windows.values() if user in w]
+            gs = set().union(*(m[1] for m in memberships)) if memberships else set()
+            cs = set().union(*(m[2] for m in memberships)) if memberships else set()
+            worst = None
+            for q in quotas.applicable(quota_list, user, gs, cs):
+                used_s = windows[q.window_s].get(user, [0.0])[0]
+                fraction = used_s / (q.hours * 3600)
+                if worst is None or fraction > worst[0]:
+                    worst = (fraction, q, used_s)
+            if worst is not None:
+                _, q, used_s = worst
+                labels = [user, q.scope, q.name]
+                remaining.add_metric(labels, max(0.0, q.hours * 3600 - used_s))
+                limit.add_metric(labels, q.hours * 3600)
+        families = [held, used, by_group, by_course, remaining, limit]
+        self.keeper._metrics_cache = (key, families)
+        return families
+
+
+def warm(keeper: UsageKeeper) -> None:
+    """Compute the store's families right after a sync (the console's sync task calls this), so
+    that scrapes find them ready (blocking: SQLite)."""
+    UsageCollector(keeper, [], None).store_families(keeper.clock())
 
 
 def exposition(keeper: UsageKeeper, inventory: Iterable[GPU], sampler: Any) -> bytes:

@@ -137,11 +137,24 @@ class UsageStore:
             sql, args = sql + " AND user = ?", [*args, user]
         return [_row(r) for r in self._db().execute(sql, args)]
 
-    def totals(self) -> list[sqlite3.Row]:
-        """Held and used GPU-seconds of all time per (user, groups): the metrics' counters."""
+    def totals(self) -> tuple[list[sqlite3.Row], list[sqlite3.Row], list[sqlite3.Row]]:
+        """Held (and used) GPU-seconds of all time per user, per group and per course: the
+        metrics' counters, summed by SQLite."""
+        db = self._db()
+        users = db.execute('SELECT user, sum(("end" - start) * weight) AS held, sum(used_s) AS used '
+                           "FROM intervals GROUP BY user").fetchall()
+        per = []
+        for column in ("groups", "courses"):
+            per.append(db.execute(f'SELECT j.value AS name, sum(("end" - start) * weight) AS held '
+                                  f"FROM intervals, json_each(intervals.{column}) AS j GROUP BY j.value").fetchall())
+        return users, per[0], per[1]
+
+    def held_per_user(self, since: float, until: float) -> list[sqlite3.Row]:
+        """Held GPU-seconds in [since, until] per (user, groups, courses), summed in SQLite."""
         return self._db().execute(
-            'SELECT user, groups, courses, sum(("end" - start) * weight) AS held, sum(used_s) AS used '
-            "FROM intervals GROUP BY user, groups, courses").fetchall()
+            'SELECT user, groups, courses, sum(max(0, min("end", ?) - max(start, ?)) * weight) AS held '
+            'FROM intervals WHERE "end" >= ? AND start <= ? GROUP BY user, groups, courses',
+            (until, since, since, until)).fetchall()
 
     # -- quotas ---------------------------------------------------------------------------------
 
