@@ -143,7 +143,7 @@ class GPUDockerSpawner(DockerSpawner):
     def _validate_gpu_quota_default(self, proposal):
         if proposal.value:
             try:
-                usage_gate.quota.parse_spec(proposal.value)
+                usage_gate.quotas.parse_spec(proposal.value)
             except ValueError as exc:
                 raise TraitError(f"gpu_quota_default: {exc}") from None
         return proposal.value

@@ -310,3 +310,42 @@ def test_pages_show_usage_warning_and_quota_stop(tmp_path):
     assert 'id="gpuhub-quota-stop"' in html and "1.50 GPU-hours in the last 24 hours" in html
     assert "Quota: 4 h per 7 days (course ml101); 1.00 GPU-hours left." in " ".join(html.split())
     assert template.render(gpuhub_usage={}, user=None).strip() == ""
+
+
+# ---- the spawner asks the store at each GPU start ---------------------------------------------
+
+from test_console_intent import manager, spawner_for  # noqa: E402,F401 (a fixture, and its spawner)
+
+
+def test_spawner_refuses_a_gpu_start_over_quota_with_usage_and_renewal(manager, tmp_path):
+    from hub.spawner import GPUUnavailable
+    from hub.usage.store import UsageStore
+
+    db = tmp_path / "usage.sqlite"
+    store = UsageStore(db)
+    now = __import__("time").time()
+    store.save([Interval("c1", "GPU-0", now - 7200, now - 3600, False, "amy")])
+    store.set_quota("user", "amy", 1, 86400, "admin")
+    spawner = spawner_for("amy", [], tmp_path)
+    spawner.usage_db = str(db)
+    with pytest.raises(GPUUnavailable) as exc:
+        asyncio.run(spawner.create_object())
+    assert exc.value.status_code == 403 and "used 1.0 of 1 GPU-hours in the last 1 day" in exc.value.jupyterhub_message
+    assert manager.created == [] and store.refusals() == {"quota": 1}
+    fallback = spawner_for("amy", [], tmp_path, fallback=True)
+    fallback.usage_db = str(db)
+    asyncio.run(fallback.create_object())
+    assert manager.created == [("amy", None)]  # with GPU_CPU_FALLBACK: a server without a GPU
+    store.delete_quota("user", "amy")
+    asyncio.run(spawner.create_object())
+    assert manager.created[-1] == ("amy", "GPU-0")
+
+
+def test_spawner_without_a_store_yet_starts_and_creates_nothing(manager, tmp_path):
+    spawner = spawner_for("amy", [], tmp_path)
+    spawner.usage_db = str(tmp_path / "absent.sqlite")
+    spawner.gpu_quota_default = "1h/1d"
+    asyncio.run(spawner.create_object())
+    assert manager.created == [("amy", "GPU-0")] and not (tmp_path / "absent.sqlite").exists()
+    with pytest.raises(Exception, match="gpu_quota_default"):
+        spawner.gpu_quota_default = "lots"
