@@ -6,9 +6,10 @@ Each ``sync``: list this hub's live containers (``<prefix>.instance`` label) and
 previous sync (a few seconds of overlap: replays change nothing), and ``advance`` the store's
 intervals (hub.usage.accounting). After downtime of the console, the hub or the Docker daemon
 (live-restore keeps containers and their StartedAt), the first sync closes what died meanwhile
-at its ``die`` time and adds servers that started and died meanwhile. Events the engine no longer
-has (its buffer holds the last 256 events, and a daemon restart empties it) leave an interval
-ending where it was last seen live: under-counted, never counted twice.
+at its ``die`` time and adds servers that started and died meanwhile. Where the engine no longer
+has the events (its buffer holds the last 256, and a daemon restart empties it), an exited
+container that still exists gives its ``State.FinishedAt``; else its interval ends where it was
+last seen live: under-counted, never counted twice.
 
 ``enforce``: for each user holding a GPU, the tightest quota (hub.usage.quota): at 90 % a
 warning the user reads on their next page load, at 100 % their GPU servers are stopped through
@@ -28,8 +29,8 @@ from hub import courses as course_model
 from hub.gpus.claim import LIVE_STATES, Labels
 from hub.gpus.model import GPU
 from hub.usage import quota as quotas
-from hub.usage.accounting import (Interval, UtilisationSource, advance, event_time, seats_of_container,
-                                  seats_of_event)
+from hub.usage.accounting import (Interval, UtilisationSource, advance, docker_time, event_time,
+                                  seats_of_container, seats_of_event)
 from hub.usage.store import UsageStore
 
 log = logging.getLogger("gpu-console.usage")
@@ -96,12 +97,25 @@ class UsageKeeper:
                     cid = (e.get("Actor") or {}).get("ID") or e.get("id")
                     ended[cid] = max(ended.get(cid, 0.0), event_time(e))
             known = await asyncio.to_thread(self._known, [s.container_id for s in started])
+            await self._finished_times(known, live, ended)
             changed, created = advance(known, live, now, started=started, ended=ended, util=self.util)
             if created:
                 changed = await self._with_groups(changed, {iv.key for iv in created})
             await asyncio.to_thread(self.store.save, changed, now)
             self.last = SyncResult(now, len(live), len(changed), len(created), len(events))
             return self.last
+
+    async def _finished_times(self, known: list[Interval], live: list, ended: dict[str, float]) -> None:
+        """An open interval's container that is no longer live and whose ``die`` event is not at
+        hand (the engine lost its events, e.g. in a daemon restart) may still exist, exited:
+        its ``State.FinishedAt`` is when it stopped."""
+        live_ids = {s.container_id for s in live}
+        missing = {iv.container_id for iv in known if iv.open and iv.container_id not in live_ids
+                   and iv.container_id not in ended}
+        for cid, d in zip(missing, await asyncio.gather(*(self._inspect(cid) for cid in missing))):
+            finished = docker_time(((d or {}).get("State") or {}).get("FinishedAt"))
+            if finished is not None:
+                ended[cid] = finished
 
     def _known(self, started_ids: list[str]) -> list[Interval]:
         known = {iv.key: iv for iv in self.store.open_intervals()}

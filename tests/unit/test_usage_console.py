@@ -87,6 +87,28 @@ def test_sync_counts_live_servers_and_what_happened_while_the_console_was_down(s
     assert sum(iv.held_s for iv in keeper.store.between(0, T0 + 9999)) == 700 + 300
 
 
+def test_without_events_an_exited_containers_finished_at_closes_its_interval(setup):
+    console, engine, hub, keeper, events = setup
+    c = container("c1", GPUS[0].uuid, "alice", since=T0)
+    engine.containers = [c]
+    run(keeper.sync())
+    # the daemon restarted (no events) and the container stopped meanwhile; nobody removed it yet
+    c["State"] = {"Status": "exited", "FinishedAt": "2023-11-14T22:16:40.5Z"}  # T0 + 200.5
+    keeper.clock.t = T0 + 900
+    engine_containers = engine.containers
+    engine.containers = []  # not in the live listing ...
+
+    async def inspecting(method, *args, **kwargs):  # ... but inspect still finds it
+        if method == "inspect_container":
+            return next((x for x in engine_containers if x["Id"] == args[0]), None)
+        return await FakeEngineCall(method, *args, **kwargs)
+    FakeEngineCall = keeper.docker
+    keeper.docker = inspecting
+    run(keeper.sync())
+    iv, = keeper.store.between(0, T0 + 9999)
+    assert (iv.open, iv.end) == (False, T0 + 200.5)
+
+
 def test_used_time_weighs_held_time_by_the_samplers_utilisation(setup):
     console, engine, hub, keeper, events = setup
     engine.containers = [container("c1", GPUS[0].uuid, "alice", since=T0)]
