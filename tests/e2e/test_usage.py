@@ -145,3 +145,32 @@ def test_quota_stop_refusal_and_a_real_prometheus(console, stack, hub):
         assert {t["labels"]["job"]: t["health"] for t in targets} == {"gpuhub-gpus": "up", "jupyterhub": "up"}
     finally:
         console.call("DELETE", f"quotas/user/{user}")
+
+
+def test_console_page_shows_the_usage_chart_and_refuses_a_bad_quota(browser, stack, console):
+    """After the tests above: the admin's console page charts GPU-hours per user (the acct-*
+    users' bars), and a negative quota typed into the form is refused with the API's message."""
+    from playwright.sync_api import expect
+
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.goto(f"{stack.url}/hub/login")
+    page.fill("input[name=username]", stack.env["HUB_ADMIN_USER"])
+    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/hub/**", timeout=30_000)
+    page.goto(f"{stack.url}/services/gpu-console/")
+    chart = page.locator("#usage-svg")
+    expect(chart.locator("rect.usage-bar").first).to_be_visible(timeout=20_000)
+    expect(chart).to_contain_text("acct-0")
+    expect(page.locator("#usage-table")).to_contain_text("acct-ghost")
+    page.select_option("#usage-by", "course")
+    expect(page.locator("#usage-name-col")).to_have_text("Course", timeout=10_000)
+    page.select_option("#usage-by", "user")
+    page.fill("#quota-name", "acct-1")
+    page.fill("#quota-hours", "-3")
+    page.evaluate("document.getElementById('quota-hours').removeAttribute('min')")  # past the form's own check
+    page.click("#quota-submit")
+    expect(page.locator("#alerts")).to_contain_text("'hours' must be a number of GPU-hours above 0", timeout=10_000)
+    page.locator("#usage-card").screenshot(path=ARTIFACTS / "usage-chart.png")
+    assert console.ok("GET", "quotas")["quotas"] == []
+    page.context.close()
