@@ -231,3 +231,14 @@ def test_quota_status_renews_when_old_usage_leaves_the_window():
     assert [c.scope for c in chosen] == ["course", "group", "default"]
     assert quota.tightest([s, half]) is s
     assert quota.from_rows([], (20, 7)) == [quota.Quota("default", "", 20, 7 * 86400)]
+
+
+def test_every_hub_package_is_shipped_in_the_image():
+    """The hub image installs the project (pyproject's package list): a package left out of it
+    is missing in the container only."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "hub").rglob("__init__.py")}
+    assert found == listed
