@@ -74,7 +74,7 @@ $(VENV)/.installed: requirements-dev.txt images/hub/requirements.txt
 test-images:
 	@ls $(WHEELHOUSE)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || \
 	  $(PYTHON) -m pip download -q --disable-pip-version-check --no-deps -d $(WHEELHOUSE) $(TEST_TORCH) $(TEST_TORCH_PIP_ARGS)
-	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images --profile tls build
+	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images --profile tls --profile monitoring build
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit -q
@@ -94,9 +94,11 @@ test: $(VENV)/.installed test-images
 storm: $(VENV)/.installed test-images
 	$(VENV)/bin/python tests/e2e/storm.py
 
-# Floor vs. stock DockerSpawner vs. ours, one run, side by side: bench/results/latest.{json,png}
+# Floor vs. stock DockerSpawner vs. ours, one run, side by side: bench/results/latest.{json,png};
+# then the GPU console's metrics endpoint and usage sync with 200 servers: bench/results/usage-latest.json
 bench: $(VENV)/.installed test-images
 	@$(export_local_bases); $(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/usage.py
 
 # Load, faults (including a Docker daemon restart), data, bad input and isolation against the
 # real engine (README, "Reliability"); prints one JSON line, exits 1 if anything failed or was lost.

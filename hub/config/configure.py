@@ -14,6 +14,8 @@ from hub.config.gpu_settings import GPUSettings
 from hub.config.table import read
 
 PROXY_TOKEN_FILE = "/run/proxy-token/token"
+METRICS_TOKEN_FILE = "/run/metrics-token/token"
+METRICS_SCOPE = "custom:gpuhub-metrics:read"
 NOTEBOOK_DIR = "/home/jovyan/work"
 PROFILES_FILE = "/srv/jupyterhub/profiles.yaml"
 TEMPLATES_DIR = str(Path(__file__).parents[1] / "templates")
@@ -81,6 +83,8 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     c.GPUDockerSpawner.gpu_toolkit_version = read(env, "NVIDIA_CTK_VERSION") or ""
     c.GPUDockerSpawner.gpu_toolkit_min_version = read(env, "GPU_TOOLKIT_MIN_VERSION")
     c.GPUDockerSpawner.gpu_toolkit_override = read(env, "GPU_TOOLKIT_OVERRIDE")
+    c.GPUDockerSpawner.usage_db = GPUSettings.usage_db
+    c.GPUDockerSpawner.gpu_quota_default = read(env, "GPU_QUOTA_DEFAULT")
     c.Spawner.default_url = "/lab"
     configure_profiles(c, profiles_file)
     timeout = read(env, "SPAWN_TIMEOUT")
@@ -138,7 +142,8 @@ def configure_console(c, env: Mapping[str, str]) -> None:
     spawner = c.GPUDockerSpawner
     traits = {"intent_file": "gpu_intent_file", "request_style": "gpu_request_style",
               "label_prefix": "label_prefix", "cdi_dirs": "gpu_cdi_dirs",
-              "inventory_file": "gpu_inventory_file"}
+              "inventory_file": "gpu_inventory_file", "usage_db": "usage_db",
+              "quota_default": "gpu_quota_default"}
     gpu = GPUSettings(
         name_prefix=read(env, "HUB_NAME_PREFIX"),
         log_level=read(env, "HUB_LOG_LEVEL").upper(),
@@ -166,6 +171,43 @@ def configure_console(c, env: Mapping[str, str]) -> None:
                    # their members and their gpuhub.course property; never delete either
                    "admin:users", "admin:groups", "groups", "read:groups"],
         "services": [CONSOLE_NAME],
+    }]
+
+
+def configure_usage(c, env: Mapping[str, str], token_file: str = METRICS_TOKEN_FILE) -> None:
+    """GPU usage for users and for Prometheus (docs/usage.md).
+
+    - The hub's pages (home, spawn, "not running") show the user's GPU-hours and quota, the 90 %
+      warning and why a server was stopped for its quota (hub/templates/gpuhub_usage.html).
+    - A ``prometheus`` service whose token (made by gpuhub-init on the metrics-token volume) may
+      read the GPU console's metrics (the custom scope) and JupyterHub's own /hub/metrics, and
+      nothing else: the monitoring profile's Prometheus scrapes with it."""
+    from hub.usage import gate
+
+    usage_db, default = GPUSettings.usage_db, read(env, "GPU_QUOTA_DEFAULT")
+
+    def usage_of(user) -> dict:
+        if user is None:
+            return {}
+        from hub.spawner.course_volumes import user_courses
+        groups = [g.name for g in getattr(user, "groups", [])]
+        return gate.summary(usage_db, user.name, groups, list(user_courses(user)), default)
+
+    paths = c.JupyterHub.get("template_paths", [])
+    c.JupyterHub.template_paths = paths if TEMPLATES_DIR in paths else [*paths, TEMPLATES_DIR]
+    c.JupyterHub.template_vars = {**c.JupyterHub.get("template_vars", {}), "gpuhub_usage": usage_of}
+    c.JupyterHub.custom_scopes = {**c.JupyterHub.get("custom_scopes", {}), METRICS_SCOPE: {
+        "description": "Read the GPU console's Prometheus metrics (GPU usage, holders, quotas)"}}
+    if not Path(token_file).is_file():
+        return
+    c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
+        "name": "prometheus", "api_token": read_secret(token_file),
+        "info": {"description": "Scrapes metrics (the monitoring profile)"}}]
+    c.JupyterHub.load_roles = [*c.JupyterHub.get("load_roles", []), {
+        "name": "metrics-reader",
+        "description": "Read the GPU console's and the hub's Prometheus metrics, nothing else",
+        "scopes": [METRICS_SCOPE, "read:metrics"],
+        "services": ["prometheus"],
     }]
 
 

@@ -45,6 +45,12 @@ class GPUSettings:
     """Seconds between two checks of courses' session limits and reservations."""
     bind: str = "0.0.0.0"
     """The address the console listens on inside the hub's container."""
+    usage_db: str = f"{STATE_DIR}/gpu-usage.sqlite"
+    """The GPU usage store (hub/usage/store.py), beside the hub's database."""
+    quota_default: str = ""
+    """Every user's GPU quota (GPU_QUOTA_DEFAULT, e.g. 20h/7d; "" for none)."""
+    usage_sync_interval: float = 15.0
+    """Seconds between two syncs of the usage store with the engine (and quota checks)."""
 
     def __post_init__(self):
         # Lists from a traitlets config become tuples, so the object stays hashable and frozen.
@@ -64,6 +70,9 @@ class GPUSettings:
             "usage_interval": f"{self.usage_interval:g}",
             "course_check_interval": f"{self.course_check_interval:g}",
             "bind": self.bind,
+            "usage_db": self.usage_db,
+            "quota_default": self.quota_default,
+            "usage_sync_interval": f"{self.usage_sync_interval:g}",
         }
         return {ENV[field]: value for field, value in values.items()}
 
@@ -89,6 +98,9 @@ class GPUSettings:
             usage_interval=_seconds(env, ENV["usage_interval"], d.usage_interval),
             course_check_interval=_seconds(env, ENV["course_check_interval"], d.course_check_interval),
             bind=get("bind", d.bind),
+            usage_db=get("usage_db", d.usage_db),
+            quota_default=readers.gpu_quota(env, ENV["quota_default"], d.quota_default),
+            usage_sync_interval=_seconds(env, ENV["usage_sync_interval"], d.usage_sync_interval),
         )
 
     def configure_logging(self) -> None:
@@ -109,6 +121,9 @@ ENV = {
     "usage_interval": "GPUHUB_USAGE_INTERVAL",
     "course_check_interval": "GPUHUB_COURSE_CHECK_INTERVAL",
     "bind": "GPUHUB_CONSOLE_BIND",
+    "usage_db": "GPUHUB_USAGE_DB",
+    "quota_default": "GPUHUB_GPU_QUOTA_DEFAULT",
+    "usage_sync_interval": "GPUHUB_USAGE_SYNC_INTERVAL",
 }
 assert set(ENV) == {f.name for f in fields(GPUSettings)}
 

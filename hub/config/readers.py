@@ -106,3 +106,18 @@ def version(env: Mapping[str, str], name: str, default: str) -> str:
     if not re.fullmatch(r"\d+\.\d+\.\d+", raw):
         raise ConfigError(f"{name}={raw!r} is not a version: use major.minor.patch, e.g. {name}={default or '1.19.1'}")
     return raw
+
+
+def gpu_quota(env: Mapping[str, str], name: str, default: str) -> str:
+    """GPU-hours per window, e.g. 20h/7d ("" for none): checked, returned as written."""
+    from hub.usage.quota import QuotaError, check, parse_spec
+
+    raw = text(env, name, default)
+    if not raw:
+        return ""
+    try:
+        hours, days = parse_spec(raw)
+        check("default", "", hours, days)
+    except QuotaError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    return raw.replace(" ", "")

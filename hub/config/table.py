@@ -111,6 +111,9 @@ _TABLE = [
     Setting("HUB_PUBLISH", HUB_SECTION, "compose", default="8000", example="127.0.0.1:8000", used_by=COMPOSE,
             help="Host `[address:]port` the proxy is published on (the only published port); bind it to "
                  "`127.0.0.1` behind a TLS reverse proxy."),
+    Setting("PROMETHEUS_PUBLISH", HUB_SECTION, "compose", default="127.0.0.1:9090", example="9090", used_by=COMPOSE,
+            help="Host `[address:]port` of the `monitoring` profile's Prometheus (`docker compose --profile "
+                 "monitoring up -d`); loopback only unless you change it. See [Usage and metrics](usage.md)."),
     Setting("HUB_NAME_PREFIX", HUB_SECTION, "name_prefix", default="gpuhub", example="lab",
             help="Prefix of every Docker object this deployment creates: compose project, network "
                  "`<prefix>-net`, containers `<prefix>-<user>`, volumes `<prefix>-user-<user>` (up to 30 "
@@ -240,6 +243,10 @@ _TABLE = [
     Setting("GPU_TOOLKIT_OVERRIDE", GPUS, "boolean", default="false", example="true",
             help="`true`: hand GPUs out even with a toolkit older than `GPU_TOOLKIT_MIN_VERSION` (the admin "
                  "accepts the risk; the console and `gpuhub-gpus doctor` still say so)."),
+    Setting("GPU_QUOTA_DEFAULT", GPUS, "gpu_quota", example="20h/7d",
+            help="Every user's GPU-hours per rolling window (`20h/7d`: 20 GPU-hours in any 7 days; `4h/24h`); "
+                 "empty: no limit. Quotas for a user, group or course set in the GPU console apply too, and "
+                 "the tightest decides; see [Usage and quotas](usage.md)."),
     # --- Idle culler
     Setting("CULL_IDLE_TIMEOUT", CULLER, "non_negative_int", default="3600", example="7200",
             help="Stop servers idle this many seconds (`0`: never; the culler does not run)."),
@@ -278,13 +285,16 @@ _TABLE = [
     Setting("CADDY_IMAGE", IMAGES, "compose", default="gpuhub/caddy:0.1.0", used_by=COMPOSE,
             example="caddy:2.10", help="Tag of the HTTPS front image (Debian's caddy, built by `make up` when "
                                       "`HUB_DOMAIN` is set)."),
+    Setting("PROMETHEUS_IMAGE", IMAGES, "compose", default="gpuhub/prometheus:0.1.0", used_by=COMPOSE,
+            example="registry.example.org/lab/prometheus:0.1.0",
+            help="Tag of the `monitoring` profile's Prometheus image (Debian's package on `DEBIAN_BASE_IMAGE`)."),
     Setting("PYTHON_BASE_IMAGE", IMAGES, "compose", default="python:3.11-slim-bookworm", used_by=COMPOSE,
             example="local/python:3.11-bookworm",
             help="Base of the hub and single-user images: any Debian bookworm image with Python 3.11. "
                  "Hosts without registry access put a locally built base here (`make up` does it when it "
                  "finds `local/python:3.11-bookworm` and `local/debian:bookworm`)."),
     Setting("DEBIAN_BASE_IMAGE", IMAGES, "compose", default="debian:bookworm-slim", used_by=COMPOSE,
-            example="local/debian:bookworm", help="Base of the proxy image: any Debian bookworm image."),
+            example="local/debian:bookworm", help="Base of the proxy and Prometheus images: any Debian bookworm image."),
     Setting("TORCH_PACKAGES", IMAGES, "compose", default="torch==2.14.1 torchvision==0.29.1", used_by=COMPOSE,
             help="What pip installs for PyTorch in the single-user image (PyPI's Linux wheels are the "
                  "CUDA build)."),

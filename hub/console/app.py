@@ -49,10 +49,13 @@ from hub.console.auth import HubAuthenticator
 from hub.console.course_actions import CourseDesk
 from hub.console.engine import DockerCaller
 from hub.console.gpu_actions import GPUDesk
-from hub.console.handlers import PageHandler, api_routes
+from hub.console.handlers import MetricsHandler, PageHandler, api_routes
 from hub.console.hubapi import HubAPI, HubClient
 from hub.console.state import Console
+from hub.usage import metrics as usage_metrics
+from hub.usage.reconcile import UsageKeeper
 from hub.console.usage import UsageSampler
+from hub.console.usage_api import UsageDesk
 
 HERE = Path(__file__).parent
 log = logging.getLogger("gpu-console")
@@ -68,13 +71,17 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
     handlers = [
         (p, PageHandler),
         (f"{p}oauth_callback", HubOAuthCallbackHandler),
+        (f"{p}metrics", MetricsHandler),
         *api_routes(f"{p}api/"),
     ]
+    keeper = getattr(console, "usage", None)
     return web.Application(
         handlers,
         console=console,
         gpu_desk=GPUDesk(console),
         course_desk=CourseDesk(console),
+        usage_keeper=keeper,
+        usage_desk=UsageDesk(console, keeper) if keeper is not None else None,
         authenticator=authenticator or HubAuthenticator(),
         service_prefix=p,
         base_url=base_url,
@@ -88,7 +95,7 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
 
 
 def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = None,
-                  sampler: UsageSampler | None = None) -> Console:
+                  sampler: UsageSampler | None = None, events: Any = None) -> Console:
     """The console as the service runs it, from the environment configure_console sets."""
     from hub.gpus.inventory import discover
     from hub.gpus.manager import GPUManager
@@ -99,9 +106,36 @@ def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = 
     # the console never creates containers: the request style is the spawner's business
     manager = GPUManager(gpus, source, settings.request_style, settings.intent_file, settings.label_prefix)
     hub = hub or HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
-    return Console(manager, docker or DockerCaller(), hub, sampler or UsageSampler(interval=settings.usage_interval),
-                   AuditLog(settings.audit_file), instance=settings.name_prefix,
-                   base_url=env.get("JUPYTERHUB_BASE_URL", "/"))
+    docker = docker or DockerCaller()
+    console = Console(manager, docker, hub, sampler or UsageSampler(interval=settings.usage_interval),
+                      AuditLog(settings.audit_file), instance=settings.name_prefix,
+                      base_url=env.get("JUPYTERHUB_BASE_URL", "/"))
+    console.usage = usage_keeper(console, settings, events)
+    return console
+
+
+def usage_keeper(console: Console, settings: GPUSettings, events: Any = None) -> UsageKeeper:
+    """The usage store and its sync (hub/usage/): held time from the engine, used time from the
+    console's sampler; quota stops audited like any admin action."""
+    from hub.usage import quota
+    from hub.usage.reconcile import docker_events
+    from hub.usage.store import UsageStore
+
+    async def audit(record: dict) -> None:
+        detail = record.pop("detail")
+        await console.commit(None, record, "", detail, "gpu-console", "quota")
+
+    default = quota.parse_spec(settings.quota_default) if settings.quota_default else None
+    if events is None:
+        client = getattr(console.docker, "client", None)
+        events = docker_events(client) if client is not None else _no_events
+    return UsageKeeper(UsageStore(settings.usage_db), lambda: console.manager.inventory, console.docker,
+                       events, console.hub, settings.name_prefix,
+                       settings.label_prefix, util=console.sampler, default_quota=default, audit=audit)
+
+
+async def _no_events(since: float, until: float, filters: dict) -> list:
+    return []
 
 
 def main() -> None:
@@ -139,6 +173,18 @@ def main() -> None:
                 log.exception("course schedule")
 
         PeriodicCallback(course_schedule, settings.course_check_interval * 1000).start()
+
+        async def usage_sync():
+            # GPU-seconds from the engine into the store, then quotas on running servers.
+            try:
+                await console.usage.sync()
+                await console.usage.enforce()
+                await asyncio.to_thread(usage_metrics.warm, console.usage)  # scrapes find them ready
+            except Exception:  # noqa: BLE001 - the engine or the hub may be restarting: next time
+                log.exception("usage sync")
+
+        await usage_sync()
+        PeriodicCallback(usage_sync, settings.usage_sync_interval * 1000).start()
         await asyncio.Event().wait()
 
     try:

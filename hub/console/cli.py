@@ -20,6 +20,12 @@ prefer a terminal. Standard library only, so it runs with any Python 3.11 on the
     gpuhub-gpus reserve ml101 2 --start 2026-11-23T09:00+01:00 --end 2026-11-23T11:00+01:00
     gpuhub-gpus unreserve r-1a2b3c4d
     gpuhub-gpus share 3 4                # GPU #3 shared by up to 4 servers;  unshare 3
+  usage and quotas (docs/usage.md):
+    gpuhub-gpus usage --since 7d [--until …] [--by user|group|course|gpu|node] [--bucket day|week|month] [--csv]
+    gpuhub-gpus quota list
+    gpuhub-gpus quota set course ml101 20h/7d      # each member: 20 GPU-hours in any 7 days
+    gpuhub-gpus quota set default - 40h/7d         # every user
+    gpuhub-gpus quota remove user alice
 
 Where: ``--url`` or $GPUHUB_URL (default http://localhost:8000; in the hub's container the
 image sets http://proxy:8000). Exit status: 0 done, 1 refused by the API (its message on
@@ -56,6 +62,13 @@ class Client:
         self.token, self.timeout = token, timeout
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
+        raw = self.call_bytes(method, path, body)
+        return json.loads(raw) if raw else {}
+
+    def call_text(self, method: str, path: str) -> str:
+        return self.call_bytes(method, path).decode()
+
+    def call_bytes(self, method: str, path: str, body: Any = None) -> bytes:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method, headers={
             "Authorization": f"token {self.token}", "Accept": "application/json",
@@ -77,7 +90,7 @@ class Client:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Unreachable(f"cannot reach {self.base}: {reason}") from None
-        return json.loads(raw) if raw else {}
+        return raw
 
 
 # ---- GPUs by index or UUID --------------------------------------------------------------
@@ -290,6 +303,55 @@ def run_course_command(args: argparse.Namespace, client: Client, note: dict) -> 
         return client.call("PUT", "shared", {"gpu": resolve_gpu(client, args.gpu), "capacity": args.capacity, **note})
     if args.command == "unshare":
         return client.call("DELETE", f"shared/{quote(resolve_gpu(client, args.gpu), safe='')}", note or None)
+    return run_usage_command(args, client, note)
+
+
+def format_usage(data: dict) -> str:
+    by = data["by"]
+    if not data["rows"]:
+        return "no GPU use in this period"
+    rows = [(by.upper(), "FROM", "GPU-HOURS", "USED", "SERVERS")]
+    for r in data["rows"]:
+        start = time.strftime("%Y-%m-%d", time.gmtime(r["start"]))
+        used = "n/a" if r["used_gpu_hours"] is None else f"{r['used_gpu_hours']:.2f}"
+        rows.append((str(r[by]), start, f"{r['gpu_hours']:.2f}", used, str(r["servers"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if data.get("total_gpu_hours") is not None:
+        lines.append(f"total: {data['total_gpu_hours']:.2f} GPU-hours")
+    return "\n".join(lines)
+
+
+def run_usage_command(args: argparse.Namespace, client: Client, note: dict) -> Any:
+    if args.command == "usage":
+        query = {"since": args.since, "until": args.until, "by": args.by, "bucket": args.bucket, "user": args.user}
+        qs = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in query.items() if v)
+        if args.csv:
+            return client.call_text("GET", f"usage?{qs}&format=csv").rstrip("\n")
+        data = client.call("GET", f"usage?{qs}")
+        return data if args.json else format_usage(data)
+    if args.command == "quota":
+        if args.action == "list":
+            data = client.call("GET", "quotas")
+            if args.json:
+                return data
+            lines = [f"{q['scope']}{' ' + q['name'] if q['name'] else ''}: {q['text']}" for q in data["quotas"]]
+            if data.get("configured_default") and not any(q["scope"] == "default" for q in data["quotas"]):
+                lines.append(f"default (GPU_QUOTA_DEFAULT): {data['configured_default']['text']}")
+            return "\n".join(lines) or "no GPU quotas"
+        if args.scope not in ("user", "group", "course", "default"):
+            raise SystemExit(_usage(f"quota: scope {args.scope!r}: use user, group, course or default"))
+        if args.action == "set":
+            from hub.usage.quota import QuotaError, parse_spec
+            try:
+                hours, days = parse_spec(args.spec or "")
+            except QuotaError as exc:
+                raise SystemExit(_usage(f"quota: {exc}"))
+            body = {"scope": args.scope, "hours": hours, "window_days": days, **note}
+            if args.scope != "default":
+                body["name"] = args.name
+            return client.call("PUT", "quotas", body)
+        return client.call("DELETE", f"quotas/{args.scope}/{quote(args.name or 'all', safe='')}", note or None)
     raise AssertionError(args.command)
 
 
@@ -297,7 +359,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpuhub-gpus", description="The hub's GPU console from a shell: "
                                 "list GPUs, pin, unpin, drain, undrain, free, access, audit; "
                                 "courses: roster, courses, course, stop-course, reset, reserve, "
-                                "unreserve, share, unshare.")
+                                "unreserve, share, unshare; usage, quota.")
     p.add_argument("--url", default=os.environ.get("GPUHUB_URL", "http://localhost:8000"),
                    help="the hub's address (default: $GPUHUB_URL, else http://localhost:8000)")
     p.add_argument("--token", default=None,
@@ -359,8 +421,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("capacity", type=int)
     s = sub.add_parser("unshare", help="make a shared GPU exclusive again")
     s.add_argument("gpu", help="index or UUID")
+    s = sub.add_parser("usage", help="GPU-hours per user, group, course, GPU model or node")
+    s.add_argument("--since", default="7d", help="7d, 24h, 2w before now, an ISO 8601 date/time or epoch seconds")
+    s.add_argument("--until", help="as --since (default: now)")
+    s.add_argument("--by", default="user", choices=("user", "group", "course", "gpu", "node"))
+    s.add_argument("--bucket", choices=("day", "week", "month"), help="one row per UTC day, ISO week or month")
+    s.add_argument("--user", help="only this user")
+    s.add_argument("--csv", action="store_true", help="CSV on stdout")
+    s = sub.add_parser("quota", help="GPU-hour quotas: list, set SCOPE NAME 20h/7d, remove SCOPE NAME")
+    s.add_argument("action", choices=("list", "set", "remove"))
+    s.add_argument("scope", nargs="?", help="user, group, course or default")
+    s.add_argument("name", nargs="?", help="the user, group or course ('-' for default)")
+    s.add_argument("spec", nargs="?", help="GPU-hours per window: 20h/7d, 4h/24h")
     for action in sub.choices.values():
-        if action.prog.split()[-1] not in ("list", "audit", "courses"):
+        if action.prog.split()[-1] not in ("list", "audit", "courses", "usage"):
             action.add_argument("--note", help="a note for the audit log")
     return p
 

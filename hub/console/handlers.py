@@ -293,6 +293,91 @@ class ShareHandler(APIHandler):
         self.reply(await self.course_desk.unshare(uuid, self.body(), self.who, self.via))
 
 
+# ---- GPU usage and quotas (hub/console/usage_api.py) ------------------------------------------
+
+class _UsageHandler(APIHandler):
+    @property
+    def usage_desk(self):
+        desk = self.settings.get("usage_desk")
+        if desk is None:
+            raise ConsoleError(503, "GPU usage is not recorded by this console (no usage store)")
+        return desk
+
+
+class UsageHandler(_UsageHandler):
+    spec_path = "/usage"
+
+    async def get(self):
+        from hub.console.usage_api import to_csv
+        args = {k: self.get_argument(k) for k in ("since", "until", "by", "bucket", "user", "format")
+                if self.get_argument(k, None) is not None}
+        fmt = args.pop("format", "json")
+        if fmt not in ("json", "csv"):
+            raise ConsoleError(400, f"format={fmt!r}: use json or csv")
+        data = await self.usage_desk.report(args)
+        if fmt == "csv":
+            self.set_header("Content-Type", "text/csv; charset=utf-8")
+            self.finish(to_csv(data))
+        else:
+            self.reply(data)
+
+
+class UserUsageHandler(_UsageHandler):
+    spec_path = "/usage/users/{user}"
+
+    async def get(self, user: str):
+        self.body()  # checks the path parameter
+        self.reply(await self.usage_desk.user_usage(user))
+
+
+class QuotasHandler(_UsageHandler):
+    spec_path = "/quotas"
+
+    async def get(self):
+        self.reply(await self.usage_desk.listing())
+
+    async def put(self):
+        self.reply(await self.usage_desk.set_quota(self.body(), self.who, self.via))
+
+
+class QuotaHandler(_UsageHandler):
+    spec_path = "/quotas/{scope}/{name}"
+
+    async def delete(self, scope: str, name: str):
+        self.reply(await self.usage_desk.delete_quota(scope, name, self.body(), self.who, self.via))
+
+
+class MetricsHandler(BaseHandler):
+    """Prometheus' scrape (hub/usage/metrics.py): a token with the scope
+    ``custom:gpuhub-metrics:read`` (the hub's ``prometheus`` service has it and nothing more), or
+    an admin's. Plain-text errors, as a scraper shows them."""
+
+    async def prepare(self):
+        from hub.usage.metrics import SCOPE
+        model, allowed = await self.settings["authenticator"].identify(self)
+        if model is None:
+            raise web.HTTPError(401, "send 'Authorization: Bearer <token>' with a token that has the scope " + SCOPE)
+        if not allowed and SCOPE not in (model.get("scopes") or []):
+            raise web.HTTPError(403, f"{model.get('kind', 'user')} {model.get('name')!r} lacks the scope {SCOPE}")
+        self._identified = model
+
+    async def get(self):
+        from hub.usage.metrics import CONTENT_TYPE, exposition
+        keeper = self.settings.get("usage_keeper")
+        if keeper is None:
+            raise web.HTTPError(503, "GPU usage is not recorded by this console")
+        console = self.console
+        body = await asyncio.to_thread(exposition, keeper, console.manager.inventory, console.sampler)
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(body)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"{status_code}: {exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else self._reason}\n")
+
+
 # ---- the rest ----------------------------------------------------------------------------
 
 class OpenAPIHandler(web.RequestHandler):
@@ -314,7 +399,7 @@ class NotFoundAPIHandler(APIHandler):
 API_HANDLERS = (GPUsHandler, PinsHandler, PinHandler, DrainedHandler, DrainHandler, FreeHandler, AccessHandler,
                 AuditHandler, HealthHandler, NamesHandler, CoursesHandler, RosterHandler, CourseHandler, CourseStopHandler,
                 CourseResetHandler, ReservationsHandler, ReservationHandler, SharedHandler, ShareHandler,
-                OpenAPIHandler)
+                UsageHandler, UserUsageHandler, QuotasHandler, QuotaHandler, OpenAPIHandler)
 
 
 def api_routes(api_prefix: str) -> list[tuple[str, type]]:

@@ -83,7 +83,8 @@ class Assignment:
     since: float = field(default_factory=time.time)
 
     def labels(self, keys: Labels) -> dict[str, str]:
-        return {keys.gpu_uuid: self.gpu.uuid, keys.gpu_since: f"{self.since:.0f}"}
+        shared = {f"{keys.prefix}.gpu.shared_by": str(self.shared_by)} if self.shared_by > 1 else {}
+        return {keys.gpu_uuid: self.gpu.uuid, keys.gpu_since: f"{self.since:.0f}", **shared}
 
     def device_requests(self) -> list[dict]:
         return [device_request(self.gpu.uuid, self.style)]

@@ -38,6 +38,7 @@ from hub.spawner.progress import ProgressLog, PullProgress
 from hub.spawner.running import RunningContainers
 from hub.spawner.stop_reasons import StopReasons, container_events, reason_from_events
 from hub.spawner.turns import StartTurns
+from hub.usage import gate as usage_gate
 
 @dataclass
 class HubProcess:
@@ -125,6 +126,10 @@ class GPUDockerSpawner(DockerSpawner):
         servers), and the engine runs the check as a new process in every container every few
         seconds, which on a host full of idle servers costs more than the servers themselves
         (docs/performance.md, "Idle servers").""")
+    usage_db = Unicode("gpu-usage.sqlite", config=True, help="""The GPU usage store (SQLite, written by the
+        GPU console: hub/usage/), read at each GPU start for the user's quotas; on the state volume.""")
+    gpu_quota_default = Unicode("", config=True, help="""Every user's GPU-hours per rolling window, e.g.
+        '20h/7d' ('' for no limit); quotas set in the GPU console apply too (docs/usage.md).""")
     profiles_file = Unicode("", config=True, help="""YAML file of server profiles users choose
         from (hub/spawner/profiles.py explains the format). Empty: no choice, every server gets
         this spawner's image and limits.""")
@@ -150,6 +155,15 @@ class GPUDockerSpawner(DockerSpawner):
     def _validate_pids_limit(self, proposal):
         if proposal.value < 64:
             raise TraitError(f"pids_limit={proposal.value} is too low to start JupyterLab; use at least 64 (default 1024)")
+        return proposal.value
+
+    @validate("gpu_quota_default")
+    def _validate_gpu_quota_default(self, proposal):
+        if proposal.value:
+            try:
+                usage_gate.quotas.parse_spec(proposal.value)
+            except ValueError as exc:
+                raise TraitError(f"gpu_quota_default: {exc}") from None
         return proposal.value
 
     @validate("gpu_request_style")
@@ -373,7 +387,7 @@ class GPUDockerSpawner(DockerSpawner):
                                             engine=self.engine, host_config=self.client.create_host_config,
                                             emit=self.emit_progress)
         manager = await self.gpu_manager() if self.gpu_enabled else None
-        if manager is None or not manager.inventory:
+        if manager is None or not manager.inventory or not await self.within_gpu_quota():
             return await super().create_object()
         # Decide and create under one lock: the engine must show this container holding its
         # GPU before the next spawn reads the engine.
@@ -434,11 +448,26 @@ class GPUDockerSpawner(DockerSpawner):
             return False
         return True
 
+    async def within_gpu_quota(self) -> bool:
+        """Whether this user's GPU quotas allow a GPU (hub/usage/gate.py); False to start without
+        one where the admin allows that; else the refusal with the usage and when it renews."""
+        refusal = await asyncio.get_running_loop().run_in_executor(
+            self.executor, usage_gate.start_refusal, self.usage_db, self.user.name, self.user_groups(),
+            set(course_volumes.user_courses(self.user)), self.gpu_quota_default)
+        if refusal is None:
+            return True
+        self.log.info("GPU quota of %s used up: %s", self._log_name, refusal)
+        if not self.gpu_cpu_fallback:
+            raise GPUUnavailable(refusal, status=403)
+        self.emit_progress(70, f"{refusal} Starting without a GPU.")
+        return False
+
     def assign_gpu(self, manager: GPUManager) -> Assignment | None:
         """This server's GPU (under the manager's lock); None to start without one, where the
         admin allows that; else the refusal, as the user will read it."""
         groups = self.user_groups()
         if not manager.allocator.intent.allows(self.user.name, groups):
+            self.executor.submit(usage_gate.count_refusal, self.usage_db, "access")
             if not self.gpu_cpu_fallback:  # the admin's allow-list (GPU console): 403
                 raise GPUUnavailable(ACCESS_REFUSED, status=403)
             self.emit_progress(70, "Your account may not use GPUs here: starting without one")
@@ -446,6 +475,7 @@ class GPUDockerSpawner(DockerSpawner):
         try:
             assignment = manager.assign(self.user.name, self.name or "", groups, time.time())
         except NoGPUAvailable as exc:
+            self.executor.submit(usage_gate.count_refusal, self.usage_db, "no_gpu_free")
             if not self.gpu_cpu_fallback:
                 raise self.gpu_refusal(exc) from None
             self.log.info("No GPU for %s (%s): starting without one", self._log_name, exc.reason)

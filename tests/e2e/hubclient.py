@@ -69,7 +69,7 @@ class Stack:
         containers = self.user_containers()
         if containers:
             self.docker("rm", "-f", *containers, check=False)
-        self.compose("down", "--volumes", "--remove-orphans", check=False)
+        self.compose("--profile", "monitoring", "down", "--volumes", "--remove-orphans", check=False)
         volumes = self.user_volumes()
         if volumes:
             self.docker("volume", "rm", "-f", *volumes, check=False)

@@ -147,13 +147,15 @@ def test_the_console_reads_the_gpu_settings_the_hub_wrote(tmp_path, monkeypatch)
     static.write_text("gpus: [{uuid: GPU-a, index: 0}, {uuid: GPU-b, index: 1}]\n")
     settings = GPUSettings(name_prefix="lab", intent_file=str(tmp_path / "intent.json"),
                            audit_file=str(tmp_path / "audit.jsonl"), label_prefix="lablabel",
-                           cdi_dirs=(str(tmp_path / "no-cdi"),), inventory_file=str(static), usage_interval=5)
+                           cdi_dirs=(str(tmp_path / "no-cdi"),), inventory_file=str(static), usage_interval=5,
+                           usage_db=str(tmp_path / "usage.sqlite"))
     engine = FakeEngine()
     console = build_console({**settings.to_env(), "JUPYTERHUB_BASE_URL": "/base/"}, hub=FakeHub(engine), docker=engine)
     assert [g.uuid for g in console.manager.inventory] == ["GPU-a", "GPU-b"] and console.manager.source == "static"
     assert console.instance == "lab" and console.manager.label_prefix == "lablabel"
     assert str(console.manager.intent_file) == settings.intent_file and str(console.audit.path) == settings.audit_file
     assert console.sampler.interval == 5 and console.base_url == "/base/"
+    assert console.usage.store.path == settings.usage_db and console.usage.instance == "lab"
 
 
 def test_console_scopes_are_real_jupyterhub_scopes():
