@@ -3,7 +3,7 @@
 import os
 
 from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
-from hub.config.configure import configure_console, configure_recovery
+from hub.config.configure import configure_console, configure_reclaim, configure_recovery
 from hub import watchdog
 from hub.patches import api_body_500
 
@@ -13,6 +13,7 @@ configure_auth(c, os.environ)
 configure_spawner(c, os.environ)
 configure_culler(c, os.environ)
 configure_console(c, os.environ)
+configure_reclaim(c, os.environ)
 configure_recovery(c, os.environ)
 watchdog.install(c)  # state volume and Docker engine watchdogs
 api_body_500.install()  # JupyterHub 5.5: malformed API bodies are a 400, not a 500

@@ -96,6 +96,10 @@ GPUS = Section("GPUs", "Whether and how servers get a GPU; see [GPUs](gpus.md)."
 CULLER = Section("Idle culler", (
     "jupyterhub-idle-culler stops idle servers; a stopped server gives its GPU back. See "
     "[Idle culling](servers.md#idle-culling)."))
+IDLE_GPUS = Section("Idle GPUs", (
+    "A server whose GPU stays nearly unused is warned in JupyterLab and then stopped (files kept), so "
+    "its GPU goes to someone else, even while its browser tab is open. The `gpu-reclaim` service samples "
+    "every GPU; see [Idle GPUs](gpus.md#idle-gpus)."))
 IMAGES = Section("Images", (
     "Read by docker compose and `make` when they build the images, not by the hub; see "
     "[The images](images.md)."))
@@ -224,6 +228,25 @@ _TABLE = [
             help="Stop servers older than this many seconds, busy or not (`0`: no limit)."),
     Setting("CULL_EVERY", CULLER, "positive_int", default="60", example="300",
             help="How often (seconds) the culler checks."),
+    # --- Idle GPUs
+    Setting("GPU_IDLE_TIMEOUT", IDLE_GPUS, "non_negative_int", default="1800", example="3600",
+            help="Seconds a server's GPU may stay under `GPU_IDLE_THRESHOLD` before its user is warned "
+                 "(`0`: never reclaim; GPUs are still sampled). Servers without a GPU are never judged."),
+    Setting("GPU_IDLE_THRESHOLD", IDLE_GPUS, "positive_int", default="5", example="10",
+            help="Utilisation (percent) under which a GPU counts as idle."),
+    Setting("GPU_IDLE_GRACE", IDLE_GPUS, "positive_int", default="600", example="900",
+            help="Seconds from the warning to the stop; GPU work resuming cancels it, and the user's "
+                 "\"still working\" adds this once."),
+    Setting("GPU_IDLE_EXEMPT_USERS", IDLE_GPUS, "name_list", example="alice,bob",
+            help="Users whose servers are never reclaimed (comma-separated)."),
+    Setting("GPU_IDLE_EXEMPT_GROUPS", IDLE_GPUS, "name_list", example="long-jobs",
+            help="Groups whose members' servers are never reclaimed (comma-separated)."),
+    Setting("GPU_SAMPLE_INTERVAL", IDLE_GPUS, "positive_int", default="10", example="5",
+            help="Seconds between two readings of every GPU."),
+    Setting("GPU_USAGE_READER", IDLE_GPUS, "text", default="nvml", example="mypackage.readers:DCGMReader",
+            help="Where readings come from: `nvml` (the driver's library, through the hub's `utility` "
+                 "capability) or `module:attribute` of a Python reader (`read()` returning "
+                 "`hub.gpus.nvml.Reading`s; the e2e tests feed readings from a file this way)."),
     # --- Images
     Setting("HUB_IMAGE", IMAGES, "compose", default="gpuhub/hub:0.1.0", used_by=COMPOSE,
             example="registry.example.org/lab/hub:0.1.0", help="Tag of the hub image (built by `make up`)."),

@@ -52,7 +52,7 @@ from hub.console.gpu_actions import GPUDesk
 from hub.console.handlers import PageHandler, api_routes
 from hub.console.hubapi import HubAPI, HubClient
 from hub.console.state import Console
-from hub.console.usage import UsageSampler
+from hub.gpus.activity import ActivitySampler
 
 HERE = Path(__file__).parent
 log = logging.getLogger("gpu-console")
@@ -88,7 +88,7 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
 
 
 def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = None,
-                  sampler: UsageSampler | None = None) -> Console:
+                  sampler: ActivitySampler | None = None) -> Console:
     """The console as the service runs it, from the environment configure_console sets."""
     from hub.gpus.inventory import discover
     from hub.gpus.manager import GPUManager
@@ -99,7 +99,7 @@ def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = 
     # the console never creates containers: the request style is the spawner's business
     manager = GPUManager(gpus, source, settings.request_style, settings.intent_file, settings.label_prefix)
     hub = hub or HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
-    return Console(manager, docker or DockerCaller(), hub, sampler or UsageSampler(interval=settings.usage_interval),
+    return Console(manager, docker or DockerCaller(), hub, sampler or ActivitySampler(interval=settings.usage_interval),
                    AuditLog(settings.audit_file), instance=settings.name_prefix,
                    base_url=env.get("JUPYTERHUB_BASE_URL", "/"))
 

@@ -33,7 +33,7 @@ from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
 from hub.spawner import course_volumes, naming, port_probe, profiles, start_command
 from hub.spawner.progress import ProgressLog, PullProgress
-from hub.spawner.stop_reasons import StopReasons, container_events, reason_from_events
+from hub.spawner.stop_reasons import ReasonFile, StopReasons, container_events, reason_from_events
 from hub.spawner.turns import StartTurns
 
 @dataclass
@@ -107,6 +107,10 @@ class GPUDockerSpawner(DockerSpawner):
         volumes are then found as they are). Names of plain usernames (lowercase letters, digits,
         dashes) are the same in both. With 'gpuhub', a start warns when the user has a volume in
         the stock naming and none in ours (docs/operations.md, "Moving from a stock DockerSpawner").""")
+    stop_reasons_file = Unicode("", config=True, help="""JSON file where hub services (the GPU
+        reclaim) leave why they stopped a server, for the user's next page load
+        (hub/spawner/stop_reasons.py ReasonFile); a server's entry is removed when it starts again.
+        Empty: none.""")
     profiles_file = Unicode("", config=True, help="""YAML file of server profiles users choose
         from (hub/spawner/profiles.py explains the format). Empty: no choice, every server gets
         this spawner's image and limits.""")
@@ -272,6 +276,8 @@ class GPUDockerSpawner(DockerSpawner):
         return self.progress_log.stream()
 
     async def start(self):
+        if self.stop_reasons_file:  # a reason for the last stop is stale now
+            ReasonFile(self.stop_reasons_file).pop(self._server_key)
         image_option = self.user_options.get("image")
         if image_option:  # as DockerSpawner.start does: never pull an image that is not allowed
             self.image = await self.check_allowed(image_option)
@@ -500,6 +506,7 @@ class GPUDockerSpawner(DockerSpawner):
         return reason_from_events(found, self.mem_limit)
 
     @staticmethod
-    def stop_reason_for(user) -> str:
-        """For the hub's pages (template_vars): why the user's default server stopped on its own."""
-        return PROCESS.stop_reasons.for_user(user)
+    def stop_reason_for(user, file: str = "") -> str:
+        """For the hub's pages (template_vars): why the user's default server stopped on its own
+        or was stopped by a hub service (``file``: the ``stop_reasons_file``)."""
+        return PROCESS.stop_reasons.for_user(user, ReasonFile(file) if file else None)
