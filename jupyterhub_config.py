@@ -3,7 +3,7 @@
 import os
 
 from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
-from hub.config.configure import configure_console, configure_reclaim, configure_recovery
+from hub.config.configure import configure_console, configure_queue, configure_reclaim, configure_recovery
 from hub import watchdog
 from hub.patches import api_body_500
 
@@ -11,6 +11,7 @@ c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
 configure_auth(c, os.environ)
 configure_spawner(c, os.environ)
+configure_queue(c, os.environ)
 configure_culler(c, os.environ)
 configure_console(c, os.environ)
 configure_reclaim(c, os.environ)

@@ -221,6 +221,14 @@ _TABLE = [
     Setting("GPU_CPU_FALLBACK", GPUS, "boolean", default="false", example="true",
             help="When no GPU is free: `false` refuses the start with a message, `true` starts the server "
                  "without a GPU."),
+    Setting("GPU_WHEN_FULL", GPUS, "choice", example="queue", choices=("refuse", "queue", "cpu"), optional=True,
+            default_doc="`refuse` (`cpu` with `GPU_CPU_FALLBACK=true`)",
+            help="When every GPU is taken: `refuse` the start with a message, `queue` (the user waits in line, "
+                 "the spawn page shows the place in line, and the server starts by itself when a GPU frees; "
+                 "Cancel leaves the line), or `cpu` (start without a GPU). See [The line](gpus.md#the-line)."),
+    Setting("GPU_QUEUE_MAX_WAIT", GPUS, "positive_int", default="14400", example="3600",
+            help="With `GPU_WHEN_FULL=queue`: seconds a start may wait in line before it gives up with a message "
+                 "(JupyterHub's start timeout is set to this plus `SPAWN_TIMEOUT`)."),
     # --- Idle culler
     Setting("CULL_IDLE_TIMEOUT", CULLER, "non_negative_int", default="3600", example="7200",
             help="Stop servers idle this many seconds (`0`: never; the culler does not run)."),

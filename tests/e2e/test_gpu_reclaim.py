@@ -8,16 +8,19 @@ import time
 
 import pytest
 import requests
+from playwright.sync_api import expect
+
+from conftest import ARTIFACTS
 from consoleclient import user_token, wait_for
 from storm import gpu_holdings
 
-T, GRACE, INTERVAL = 6, 8, 1
+T, GRACE, INTERVAL = 6, 10, 1
 READINGS = "/srv/jupyterhub/state/fake-gpu-readings.json"
 SETTINGS = {"COMPOSE_FILE": "docker-compose.yml:tests/e2e/fake_gpu/compose.yml", "GPU_IDLE_TIMEOUT": str(T),
             "GPU_IDLE_GRACE": str(GRACE), "GPU_SAMPLE_INTERVAL": str(INTERVAL), "GPU_IDLE_EXEMPT_USERS": "rc-exempt"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def reclaiming(stack):
     stack.up(**SETTINGS)
     try:
@@ -100,3 +103,37 @@ def test_idle_gpu_is_warned_then_reclaimed_busy_and_exempt_are_not(reclaiming, h
     assert "give its GPU" not in r.text
     for n in ("rc-busy", "rc-exempt"):
         hub.stop(n)
+
+
+@pytest.mark.browser
+def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(reclaiming, hub, page):
+    stack = reclaiming
+    admin = stack.env["HUB_ADMIN_USER"]
+    page.goto(f"{stack.url}/hub/login")
+    page.fill("input[name=username]", admin)
+    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/hub/**", timeout=15_000)
+    hub.start(admin, options={"profile": "gpu"})
+    uuid = gpu_holdings(stack)[stack.container_of(admin)]
+    feed(stack, {uuid: {"util": 40, "mem": 2048}})
+    page.goto(f"{stack.url}/user/{admin}/lab")
+    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
+    item = page.locator(".gpuhub-gpu-item")
+    expect(item).to_contain_text("GPU: 40%", timeout=30_000)
+    expect(item).to_contain_text("2.0 / 80.0 GiB")
+    page.screenshot(path=ARTIFACTS / "reclaim-1-my-gpu.png")
+
+    feed(stack, {uuid: {"util": 0, "mem": 2048}})  # idle from now on
+    toast = page.locator(".Toastify__toast", has_text="Your GPU has been idle")
+    expect(toast).to_be_visible(timeout=(T + 5 * INTERVAL + 15) * 1000)
+    expect(toast).to_contain_text("stops in")
+    page.screenshot(path=ARTIFACTS / "reclaim-2-warning.png")
+    toast.get_by_role("button", name="Still working").click()
+    expect(page.locator(".Toastify__toast", has_text="stays yours")).to_be_visible(timeout=10_000)
+
+    wait_for(lambda: not hub.user(admin)["servers"], timeout=T + 2 * GRACE + 2 * INTERVAL + 30,
+             what="the idle server stopped")
+    page.goto(f"{stack.url}/user/{admin}/lab")
+    expect(page.locator("#gpuhub-stop-reason")).to_contain_text("give its GPU", timeout=15_000)
+    page.screenshot(path=ARTIFACTS / "reclaim-3-reason.png")
