@@ -281,6 +281,20 @@ class ShareHandler(APIHandler):
 
 # ---- the rest ----------------------------------------------------------------------------
 
+class QueueHandler(APIHandler):
+    spec_path = "/queue"
+
+    async def get(self):
+        self.reply({"waiting": self.console.queue()})
+
+
+class QueueEntryHandler(APIHandler):
+    spec_path = "/queue/{user}"
+
+    async def delete(self, user: str):
+        self.reply(await self.gpu_desk.unqueue(user, self.body(), self.who, self.via))
+
+
 class OpenAPIHandler(web.RequestHandler):
     """The spec itself, for anyone (no login): it holds no data."""
     spec_path = "/openapi.yaml"
@@ -300,7 +314,7 @@ class NotFoundAPIHandler(APIHandler):
 API_HANDLERS = (GPUsHandler, PinsHandler, PinHandler, DrainedHandler, DrainHandler, FreeHandler, AccessHandler,
                 AuditHandler, NamesHandler, CoursesHandler, RosterHandler, CourseHandler, CourseStopHandler,
                 CourseResetHandler, ReservationsHandler, ReservationHandler, SharedHandler, ShareHandler,
-                OpenAPIHandler)
+                QueueHandler, QueueEntryHandler, OpenAPIHandler)
 
 
 def api_routes(api_prefix: str) -> list[tuple[str, type]]:
