@@ -69,7 +69,7 @@ def test_full_host_queues_in_order_and_hands_over_by_itself(queueing, hub):
     # someone else's place cannot be taken away by a user
     forged = requests.delete(f"{stack.url}/hub/api/users/{first}/server",
                              headers={"Authorization": f"token {tokens[second]}"}, timeout=10)
-    assert forged.status_code == 403, forged.text
+    assert forged.status_code in (403, 404), forged.text
     assert hub.user(first)["servers"][""]["pending"] == "spawn"
 
     # a holder stops: the first in line starts by itself
