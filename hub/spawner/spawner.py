@@ -333,6 +333,15 @@ class GPUDockerSpawner(DockerSpawner):
         manager = await self.gpu_manager()
         if not manager.inventory:
             return
+        try:
+            await self._wait_in_line(manager)
+        except BaseException:  # cancelled (the user's Cancel, a stop), gave up: out of the line
+            if self._waiter is not None:
+                PROCESS.gpu_queue.leave(self._waiter)
+                self._waiter = None
+            raise
+
+    async def _wait_in_line(self, manager: GPUManager) -> None:
         queue, user, server = PROCESS.gpu_queue, self.user.name, self.name or ""
         groups, told, started = frozenset(self.user_groups()), None, time.monotonic()
         while True:

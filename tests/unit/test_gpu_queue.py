@@ -2,6 +2,8 @@
 volume, the old places after a hub restart, and the estimate."""
 import asyncio
 
+import pytest
+
 from hub.gpus.queue import GPUQueue, read_line
 
 
@@ -57,3 +59,51 @@ def test_estimate_from_the_pace_of_hand_overs():
         clock[0] = t
         q.done(q.join(f"u{t}", ""))
     assert q.estimate(3) == 180.0
+
+
+# ---- the spawner in line ------------------------------------------------------------------------
+def test_spawners_wait_in_line_in_order_and_a_cancel_leaves_it(monkeypatch, tmp_path):
+    from console_fakes import FakeEngine, container
+    from test_spawner import make_spawner
+
+    from hub.gpus.manager import GPUManager
+    from hub.gpus.model import GPU
+    from hub.spawner.spawner import PROCESS
+
+    engine = FakeEngine()
+    engine.containers = [container("c-alice", "GPU-0", "alice"), container("c-bob", "GPU-1", "bob")]
+    manager = GPUManager([GPU("GPU-0", 0), GPU("GPU-1", 1)], "static", "cdi", str(tmp_path / "intent.json"), "gpuhub")
+    monkeypatch.setattr(PROCESS, "gpu_manager", manager)
+    monkeypatch.setattr(PROCESS, "gpu_queue", GPUQueue(tmp_path / "q.json"))
+    spawners = {n: make_spawner(n, gpu_when_full="queue") for n in ("w1", "w2", "w3")}
+    for s in spawners.values():
+        s.engine = engine
+
+    def told(name):
+        return [e["message"] for e in spawners[name].progress_log.events]
+
+    async def scenario():
+        tasks = {}
+        for name in ("w1", "w2", "w3"):
+            tasks[name] = asyncio.create_task(spawners[name].wait_for_gpu())
+            await asyncio.sleep(0.01)
+        assert [w["user"] for w in read_line(tmp_path / "q.json")] == ["w1", "w2", "w3"]
+        assert "You are next in line" in told("w1")[-1] and "number 3 in line" in told("w3")[-1]
+        engine.containers.pop(0)  # alice's server stops: GPU-0 is free
+        PROCESS.gpu_queue.wake()
+        await asyncio.wait_for(tasks["w1"], 2)  # the first in line may take it
+        await asyncio.sleep(0.05)
+        assert not tasks["w2"].done()  # w1 keeps its place until its container exists
+        engine.containers.append(container("c-w1", "GPU-0", "w1"))
+        PROCESS.gpu_queue.done(spawners["w1"]._waiter)
+        await asyncio.sleep(0.05)
+        assert "You are next in line" in told("w2")[-1] and not tasks["w2"].done()
+        tasks["w3"].cancel()  # Cancel on the spawn page
+        with pytest.raises(asyncio.CancelledError):
+            await tasks["w3"]
+        assert [w["user"] for w in read_line(tmp_path / "q.json")] == ["w2"]
+        tasks["w2"].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tasks["w2"]
+    asyncio.run(asyncio.wait_for(scenario(), 10))  # bounded: a start stuck in line fails the test
+    assert read_line(tmp_path / "q.json") == []
