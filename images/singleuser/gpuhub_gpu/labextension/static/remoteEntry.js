@@ -52,8 +52,8 @@ var _JUPYTERLAB;
 
         function warn(gpu) {
           var left = gpu.warning.seconds_left;
-          var idle = Math.round(gpu.idle_seconds / 60);
-          var message = 'Your GPU has been idle for ' + idle + ' minutes. This server stops in ' + minutes(left) +
+          var idle = gpu.idle_seconds < 120 ? gpu.idle_seconds + ' seconds' : Math.round(gpu.idle_seconds / 60) + ' minutes';
+          var message = 'Your GPU has been idle for ' + idle + '. This server stops in ' + minutes(left) +
             ' to give the GPU to others, unless the GPU is busy again. Your files are kept.';
           var actions = (gpu.warning.still_working || answered) ? [] :
             [{ label: 'Still working', caption: 'One more grace period; only GPU work keeps the server', callback: stillWorking }];
