@@ -3,7 +3,8 @@
 import os
 
 from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
-from hub.config.configure import configure_console, configure_usage, configure_recovery
+from hub.config.configure import configure_console, configure_queue, configure_reclaim, configure_recovery
+from hub.config.configure import configure_usage
 from hub import watchdog
 from hub.gpus import doctor
 from hub.patches import api_body_500, restart_check
@@ -12,9 +13,11 @@ c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
 configure_auth(c, os.environ)
 configure_spawner(c, os.environ)
+configure_queue(c, os.environ)
 configure_culler(c, os.environ)
 configure_console(c, os.environ)
 configure_usage(c, os.environ)
+configure_reclaim(c, os.environ)
 configure_recovery(c, os.environ)
 watchdog.install(c)  # state volume and Docker engine watchdogs
 api_body_500.install()  # JupyterHub 5.5: malformed API bodies are a 400, not a 500

@@ -32,7 +32,7 @@ from console_fakes import ADMIN_TOKEN, FakeEngine, FakeHub, FakeNVML, ServedApp,
 from hub.console.app import make_app, usage_keeper  # noqa: E402
 from hub.console.audit import AuditLog  # noqa: E402
 from hub.console.state import Console  # noqa: E402
-from hub.console.usage import UsageSampler  # noqa: E402
+from hub.gpus.activity import ActivitySampler  # noqa: E402
 from hub.config.gpu_settings import GPUSettings  # noqa: E402
 from hub.gpus.manager import GPUManager  # noqa: E402
 from hub.gpus.model import GPU  # noqa: E402
@@ -73,7 +73,7 @@ def main() -> int:
     manager = GPUManager(gpus, "static", "cdi", str(tmp / "intent.json"), "gpuhub")
     nvml = FakeNVML()
     nvml.read = lambda: [__import__("hub.gpus.nvml", fromlist=["Reading"]).Reading(g.uuid, g.index, g.name, random.randint(0, 100), 1000, 81559) for g in gpus]
-    sampler = UsageSampler(reader=nvml, interval=10)
+    sampler = ActivitySampler(reader=nvml, interval=10)
     sampler.sample()
     console = Console(manager, engine, hub, sampler, AuditLog(tmp / "audit.jsonl"), instance="gpuhubtest",
                       cache_seconds=0)

@@ -5,6 +5,7 @@ of environment variables, so each can be tested against a bare ``Config()``.
 """
 import sys
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 from traitlets.config.loader import ConfigError
@@ -129,6 +130,51 @@ def configure_culler(c, env: Mapping[str, str]) -> None:
     }]
 
 
+RECLAIM_NAME = "gpu-reclaim"
+RECLAIM_URL = "http://hub:10102"
+RECLAIM_SETTINGS = ("HUB_NAME_PREFIX", "HUB_LOG_LEVEL", "GPU_IDLE_TIMEOUT", "GPU_IDLE_THRESHOLD", "GPU_IDLE_GRACE",
+                    "GPU_IDLE_EXEMPT_USERS", "GPU_IDLE_EXEMPT_GROUPS", "GPU_SAMPLE_INTERVAL", "GPU_USAGE_READER")
+
+
+def configure_reclaim(c, env: Mapping[str, str]) -> None:
+    """gpu-reclaim (hub/reclaim/service.py): samples every GPU, attributes each reading to the
+    server holding it, and stops servers whose GPU stayed idle (after a warning in JupyterLab).
+    Its token may only list users with their groups (exemptions), read servers and stop them.
+    Users' servers reach its ``api/me`` with their own token (JupyterLab's GPU item)."""
+    for name in RECLAIM_SETTINGS:
+        read(env, name)  # a bad value stops the hub at start, naming the variable
+    c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
+        "name": RECLAIM_NAME,
+        "url": RECLAIM_URL,
+        "command": [sys.executable, "-m", "hub.reclaim.service"],
+        "environment": {name: env[name] for name in RECLAIM_SETTINGS if env.get(name, "").strip()},
+        "info": {"description": "GPU activity per server; idle GPUs are reclaimed after a warning"},
+    }]
+    c.JupyterHub.load_roles = [*c.JupyterHub.get("load_roles", []), {
+        "name": RECLAIM_NAME,
+        "description": "GPU reclaim: see users, their groups and servers; stop servers (nothing else)",
+        "scopes": ["list:users", "read:users:name", "read:users:groups", "read:servers", "delete:servers"],
+        "services": [RECLAIM_NAME],
+    }]
+    c.GPUDockerSpawner.environment = {**c.GPUDockerSpawner.get("environment", {}),
+                                      "GPUHUB_GPU_SERVICE_URL": f"{RECLAIM_URL}/services/{RECLAIM_NAME}/"}
+
+
+def configure_queue(c, env: Mapping[str, str]) -> None:
+    """What a start does when every GPU is taken (GPU_WHEN_FULL; hub/gpus/queue.py for the line).
+    Waiting in line is part of a start for JupyterHub, so its start timeout allows the longest
+    wait; and a line the last hub process left is told why (hub/spawner/spawner.py)."""
+    when_full = read(env, "GPU_WHEN_FULL") or ("cpu" if read(env, "GPU_CPU_FALLBACK") else "refuse")
+    c.GPUDockerSpawner.gpu_when_full = when_full
+    if when_full == "queue":
+        wait = read(env, "GPU_QUEUE_MAX_WAIT")
+        c.GPUDockerSpawner.gpu_queue_max_wait = wait
+        c.Spawner.start_timeout = read(env, "SPAWN_TIMEOUT") + wait
+    from hub.spawner.spawner import recover_gpu_queue
+
+    recover_gpu_queue(f"{STATE_DIR}/gpu-queue.json", f"{STATE_DIR}/stop-reasons.json")
+
+
 CONSOLE_NAME = "gpu-console"
 CONSOLE_URL = "http://hub:10101"  # the proxy reaches the hub container by name on the network
 
@@ -225,8 +271,10 @@ def configure_recovery(c, env: Mapping[str, str]) -> None:
     c.JupyterHub.template_paths = [*c.JupyterHub.get("template_paths", []), TEMPLATES_DIR]
     from hub.spawner import GPUDockerSpawner
 
+    reasons = f"{STATE_DIR}/stop-reasons.json"  # left by hub services (gpu-reclaim)
+    c.GPUDockerSpawner.stop_reasons_file = reasons
     c.JupyterHub.template_vars = {**c.JupyterHub.get("template_vars", {}),
-                                  "gpuhub_stop_reason": GPUDockerSpawner.stop_reason_for}
+                                  "gpuhub_stop_reason": partial(GPUDockerSpawner.stop_reason_for, file=reasons)}
     c.HubGuards.state_dir = STATE_DIR
 
 

@@ -102,6 +102,10 @@ HTTPS = Section("HTTPS", (
     "publishing the proxy's port; `make up` stops with a message naming the variable when one of these is "
     "wrong. Read by `make` and docker compose (hub/config/host_setup.py), not by the hub; see "
     "[Security: HTTPS](security.md#https)."))
+IDLE_GPUS = Section("Idle GPUs", (
+    "A server whose GPU stays nearly unused is warned in JupyterLab and then stopped (files kept), so "
+    "its GPU goes to someone else, even while its browser tab is open. The `gpu-reclaim` service samples "
+    "every GPU; see [Idle GPUs](gpus.md#idle-gpus)."))
 IMAGES = Section("Images", (
     "Read by docker compose and `make` when they build the images, not by the hub; see "
     "[The images](images.md)."))
@@ -247,6 +251,14 @@ _TABLE = [
             help="Every user's GPU-hours per rolling window (`20h/7d`: 20 GPU-hours in any 7 days; `4h/24h`); "
                  "empty: no limit. Quotas for a user, group or course set in the GPU console apply too, and "
                  "the tightest decides; see [Usage and quotas](usage.md)."),
+    Setting("GPU_WHEN_FULL", GPUS, "choice", example="queue", choices=("refuse", "queue", "cpu"), optional=True,
+            default_doc="`refuse` (`cpu` with `GPU_CPU_FALLBACK=true`)",
+            help="When every GPU is taken: `refuse` the start with a message, `queue` (the user waits in line, "
+                 "the spawn page shows the place in line, and the server starts by itself when a GPU frees; "
+                 "Cancel leaves the line), or `cpu` (start without a GPU). See [The line](gpus.md#the-line)."),
+    Setting("GPU_QUEUE_MAX_WAIT", GPUS, "positive_int", default="14400", example="3600",
+            help="With `GPU_WHEN_FULL=queue`: seconds a start may wait in line before it gives up with a message "
+                 "(JupyterHub's start timeout is set to this plus `SPAWN_TIMEOUT`)."),
     # --- Idle culler
     Setting("CULL_IDLE_TIMEOUT", CULLER, "non_negative_int", default="3600", example="7200",
             help="Stop servers idle this many seconds (`0`: never; the culler does not run)."),
@@ -254,6 +266,25 @@ _TABLE = [
             help="Stop servers older than this many seconds, busy or not (`0`: no limit)."),
     Setting("CULL_EVERY", CULLER, "positive_int", default="60", example="300",
             help="How often (seconds) the culler checks."),
+    # --- Idle GPUs
+    Setting("GPU_IDLE_TIMEOUT", IDLE_GPUS, "non_negative_int", default="1800", example="3600",
+            help="Seconds a server's GPU may stay under `GPU_IDLE_THRESHOLD` before its user is warned "
+                 "(`0`: never reclaim; GPUs are still sampled). Servers without a GPU are never judged."),
+    Setting("GPU_IDLE_THRESHOLD", IDLE_GPUS, "positive_int", default="5", example="10",
+            help="Utilisation (percent) under which a GPU counts as idle."),
+    Setting("GPU_IDLE_GRACE", IDLE_GPUS, "positive_int", default="600", example="900",
+            help="Seconds from the warning to the stop; GPU work resuming cancels it, and the user's "
+                 "\"still working\" adds this once."),
+    Setting("GPU_IDLE_EXEMPT_USERS", IDLE_GPUS, "name_list", example="alice,bob",
+            help="Users whose servers are never reclaimed (comma-separated)."),
+    Setting("GPU_IDLE_EXEMPT_GROUPS", IDLE_GPUS, "name_list", example="long-jobs",
+            help="Groups whose members' servers are never reclaimed (comma-separated)."),
+    Setting("GPU_SAMPLE_INTERVAL", IDLE_GPUS, "positive_int", default="10", example="5",
+            help="Seconds between two readings of every GPU."),
+    Setting("GPU_USAGE_READER", IDLE_GPUS, "text", default="nvml", example="mypackage.readers:DCGMReader",
+            help="Where readings come from: `nvml` (the driver's library, through the hub's `utility` "
+                 "capability) or `module:attribute` of a Python reader (`read()` returning "
+                 "`hub.gpus.nvml.Reading`s; the e2e tests feed readings from a file this way)."),
     # --- Images
     # --- HTTPS
     Setting("HUB_DOMAIN", HTTPS, "compose", default="", example="hub.example.org", used_by=COMPOSE,

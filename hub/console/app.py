@@ -54,8 +54,8 @@ from hub.console.hubapi import HubAPI, HubClient
 from hub.console.state import Console
 from hub.usage import metrics as usage_metrics
 from hub.usage.reconcile import UsageKeeper
-from hub.console.usage import UsageSampler
 from hub.console.usage_api import UsageDesk
+from hub.gpus.activity import ActivitySampler
 
 HERE = Path(__file__).parent
 log = logging.getLogger("gpu-console")
@@ -95,7 +95,7 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
 
 
 def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = None,
-                  sampler: UsageSampler | None = None, events: Any = None) -> Console:
+                  sampler: ActivitySampler | None = None, events: Any = None) -> Console:
     """The console as the service runs it, from the environment configure_console sets."""
     from hub.gpus.inventory import discover
     from hub.gpus.manager import GPUManager
@@ -107,7 +107,7 @@ def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = 
     manager = GPUManager(gpus, source, settings.request_style, settings.intent_file, settings.label_prefix)
     hub = hub or HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
     docker = docker or DockerCaller()
-    console = Console(manager, docker, hub, sampler or UsageSampler(interval=settings.usage_interval),
+    console = Console(manager, docker, hub, sampler or ActivitySampler(interval=settings.usage_interval),
                       AuditLog(settings.audit_file), instance=settings.name_prefix,
                       base_url=env.get("JUPYTERHUB_BASE_URL", "/"))
     console.usage = usage_keeper(console, settings, events)

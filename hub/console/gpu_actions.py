@@ -141,3 +141,21 @@ class GPUDesk:
                        "index": gpu.index, "container": container["name"], "result": state},
                 body.get("note", ""), detail, who, via)
         return {**reply, "result": state}
+
+    async def unqueue(self, user: str, body: dict[str, Any], who: str, via: str) -> dict:
+        """Take a user's waiting starts out of the line: the hub cancels them (its REST API's
+        stop of a pending start, as the user's own Cancel)."""
+        async with self.console.lock:
+            entries = [e for e in self.console.queue() if e.get("user") == user]
+            if not entries:
+                await self.console.known_user(user)
+                raise ConsoleError(404, f"{user} is not waiting in line for a GPU")
+            for entry in entries:
+                status, message = await self.console.hub.stop_server(user, entry.get("server", ""))
+                if status not in (202, 204):
+                    raise ConsoleError(409, f"the hub did not cancel {user}'s start: {message}")
+            places = ", ".join(str(e.get("position")) for e in entries)
+            detail = f"took {user} out of the line for a GPU (place {places})"
+            return await self.console.commit(
+                None, {"action": "unqueue", "user": user, "servers": [e.get("server", "") for e in entries]},
+                body.get("note", ""), detail, who, via)

@@ -380,6 +380,20 @@ class MetricsHandler(BaseHandler):
 
 # ---- the rest ----------------------------------------------------------------------------
 
+class QueueHandler(APIHandler):
+    spec_path = "/queue"
+
+    async def get(self):
+        self.reply({"waiting": self.console.queue()})
+
+
+class QueueEntryHandler(APIHandler):
+    spec_path = "/queue/{user}"
+
+    async def delete(self, user: str):
+        self.reply(await self.gpu_desk.unqueue(user, self.body(), self.who, self.via))
+
+
 class OpenAPIHandler(web.RequestHandler):
     """The spec itself, for anyone (no login): it holds no data."""
     spec_path = "/openapi.yaml"
@@ -399,7 +413,8 @@ class NotFoundAPIHandler(APIHandler):
 API_HANDLERS = (GPUsHandler, PinsHandler, PinHandler, DrainedHandler, DrainHandler, FreeHandler, AccessHandler,
                 AuditHandler, HealthHandler, NamesHandler, CoursesHandler, RosterHandler, CourseHandler, CourseStopHandler,
                 CourseResetHandler, ReservationsHandler, ReservationHandler, SharedHandler, ShareHandler,
-                UsageHandler, UserUsageHandler, QuotasHandler, QuotaHandler, OpenAPIHandler)
+                UsageHandler, UserUsageHandler, QuotasHandler, QuotaHandler,
+                QueueHandler, QueueEntryHandler, OpenAPIHandler)
 
 
 def api_routes(api_prefix: str) -> list[tuple[str, type]]:

@@ -24,6 +24,7 @@ from hub.console.hubapi import HubAPI
 from hub.gpus.claim import Labels, held_from_containers
 from hub.gpus.manager import GPUManager, load_intent
 from hub.gpus.model import GPU, Holder, Intent
+from hub.gpus.queue import read_line
 
 
 def gpu_label(gpu: GPU) -> str:
@@ -165,6 +166,7 @@ class Console:
                              for r in sorted(view.intent.reservations, key=lambda r: (r.start, r.id))],
             "access": {**view.intent.access.to_json(), "everyone": view.intent.access.everyone},
             "hub_reachable": servers is not None,
+            "queue": self.queue(),
         }
         self._cached = (now, state)
         return state
@@ -206,6 +208,10 @@ class Console:
                 "since_iso": _iso(h.since) if h.since else None,
                 "container": container["name"], "this_hub": container["this_hub"],
                 "ready": bool(server and server.get("ready"))}
+
+    def queue(self) -> list[dict[str, Any]]:
+        """The line of starts waiting for a GPU, as the hub last wrote it beside the intent file."""
+        return read_line(self.manager.intent_file.parent / "gpu-queue.json")
 
     async def names(self) -> dict[str, list[str]]:
         return {"users": await self.hub.user_names(), "groups": await self.hub.group_names()}

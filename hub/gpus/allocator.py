@@ -108,6 +108,14 @@ class Allocator:
         self._held.setdefault(gpu.uuid, []).append(Holder(user, server, since))
         return gpu
 
+    def could_allocate(self, user: str, groups: Iterable[str] = (), now: float = 0.0) -> bool:
+        """Whether ``allocate`` would give this user a GPU now (records nothing)."""
+        try:
+            self._choose(user, frozenset(groups), now)
+        except NoGPUAvailable:
+            return False
+        return True
+
     def free(self, user: str = "", groups: Iterable[str] = (), now: float = 0.0) -> list[GPU]:
         """Whole GPUs a user (with these groups, at `now`) could get: not held, not drained,
         not pinned, not shared, not reserved for another course. Without a user: for anyone."""

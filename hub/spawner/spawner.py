@@ -33,10 +33,11 @@ from hub.gpus.gate import HostGate, Refused
 from hub.gpus.health import DEFAULT_TOOLKIT_MIN, TORCH_CUDA_LABEL
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
+from hub.gpus.queue import GPUQueue, Waiter
 from hub.spawner import course_volumes, hardening, naming, port_probe, profiles, start_command
 from hub.spawner.progress import ProgressLog, PullProgress
 from hub.spawner.running import RunningContainers
-from hub.spawner.stop_reasons import StopReasons, container_events, reason_from_events
+from hub.spawner.stop_reasons import ReasonFile, StopReasons, container_events, reason_from_events
 from hub.spawner.turns import StartTurns
 from hub.usage import gate as usage_gate
 
@@ -49,9 +50,25 @@ class HubProcess:
     turns: StartTurns = field(default_factory=StartTurns)
     stop_reasons: StopReasons = field(default_factory=StopReasons)
     running: RunningContainers = field(default_factory=RunningContainers)  # shared by all polls
+    gpu_queue: GPUQueue = field(default_factory=GPUQueue)  # the line for GPUs (GPU_WHEN_FULL=queue)
 
 
 PROCESS = HubProcess()
+
+
+def recover_gpu_queue(queue_file: str, stop_reasons_file: str = "") -> list[dict]:
+    """At hub start: the line is kept in ``queue_file``; the starts that waited in it when the
+    last hub process ended are gone with it, so each of their users reads why on their next page
+    load, and gets their old place back by pressing Start soon (GPUQueue.rejoin_window)."""
+    PROCESS.gpu_queue.path = Path(queue_file)
+    left = PROCESS.gpu_queue.recover()
+    reasons = ReasonFile(stop_reasons_file) if stop_reasons_file else None
+    for entry in left:
+        if reasons is not None:
+            reasons.put((entry["user"], entry.get("server", "")), (
+                f"The hub restarted while your server waited in line for a GPU (number {entry.get('position')}). "
+                "Press Start within 15 minutes to take your place in the line again."))
+    return left
 
 
 class GPUUnavailable(web.HTTPError):
@@ -88,6 +105,13 @@ class GPUDockerSpawner(DockerSpawner):
                                                "when the host has GPUs.")
     gpu_cpu_fallback = Bool(False, config=True, help="When no GPU is free, start the server without "
                                                      "a GPU instead of refusing it.")
+    gpu_when_full = CaselessStrEnum(["refuse", "queue", "cpu"], config=True, help="""When no GPU is
+        free: 'refuse' the start (503, with the message), 'queue' (wait in line, the spawn page and
+        the progress stream show the position; the server starts by itself when a GPU frees), or
+        'cpu' (start without a GPU). Default: 'cpu' if gpu_cpu_fallback, else 'refuse'.""")
+    gpu_queue_max_wait = Int(4 * 3600, config=True, help="""Seconds a start may wait in line for a
+        GPU before it gives up with a message. JupyterHub's start_timeout must allow this on top of
+        the start itself (configure_spawner sets it so).""")
     gpu_request_style = Unicode("auto", config=True, help="""How containers are given their GPU:
         'cdi' (driver "cdi", device nvidia.com/gpu=<uuid>; Docker >= 25 with CDI and a CDI spec),
         'nvidia' (driver "nvidia", device_ids=[uuid]; NVIDIA Container Toolkit), or 'auto' (CDI when
@@ -130,6 +154,10 @@ class GPUDockerSpawner(DockerSpawner):
         GPU console: hub/usage/), read at each GPU start for the user's quotas; on the state volume.""")
     gpu_quota_default = Unicode("", config=True, help="""Every user's GPU-hours per rolling window, e.g.
         '20h/7d' ('' for no limit); quotas set in the GPU console apply too (docs/usage.md).""")
+    stop_reasons_file = Unicode("", config=True, help="""JSON file where hub services (the GPU
+        reclaim) leave why they stopped a server, for the user's next page load
+        (hub/spawner/stop_reasons.py ReasonFile); a server's entry is removed when it starts again.
+        Empty: none.""")
     profiles_file = Unicode("", config=True, help="""YAML file of server profiles users choose
         from (hub/spawner/profiles.py explains the format). Empty: no choice, every server gets
         this spawner's image and limits.""")
@@ -138,6 +166,11 @@ class GPUDockerSpawner(DockerSpawner):
     assignment: Assignment | None = None  # the GPU of the start under way
     profile_slug = None
     _image_ready = None  # the image this start has pulled or found already
+    _waiter: Waiter | None = None  # this start's place in the line for a GPU
+
+    @default("gpu_when_full")
+    def _default_gpu_when_full(self):
+        return "cpu" if self.gpu_cpu_fallback else "refuse"
 
     @default("concurrent_starts")
     def _default_concurrent_starts(self):
@@ -304,19 +337,78 @@ class GPUDockerSpawner(DockerSpawner):
         return self.progress_log.stream()
 
     async def start(self):
+        if self.stop_reasons_file:  # a reason for the last stop is stale now
+            ReasonFile(self.stop_reasons_file).pop(self._server_key)
         image_option = self.user_options.get("image")
         if image_option:  # as DockerSpawner.start does: never pull an image that is not allowed
             self.image = await self.check_allowed(image_option)
         await self.pull_image(self.image)  # before taking a turn: a pull may take minutes
         self._image_ready = self.image
         try:
+            if self.gpu_enabled and self.gpu_when_full == "queue":
+                await self.wait_for_gpu()  # before a turn: waiting in line takes no start slot
             async with PROCESS.turns.turn(self.concurrent_starts, self._told_to_wait):
                 ip, port = await super().start()
                 self.emit_progress(90, "Container started; waiting for JupyterLab to answer")
                 await self.wait_for_port(ip, port)
         finally:
             self._image_ready = None
+            if self._waiter is not None:  # cancelled, failed: out of the line
+                PROCESS.gpu_queue.leave(self._waiter)
+                self._waiter = None
         return ip, port
+
+    async def wait_for_gpu(self) -> None:
+        """Wait in line (hub/gpus/queue.py) until a GPU this server may take is free and nobody
+        earlier in the line could take it; the progress stream shows the place in line. A
+        cancelled start (the user's Cancel, or a stop) leaves the line."""
+        manager = await self.gpu_manager()
+        if not manager.inventory:
+            return
+        try:
+            await self._wait_in_line(manager)
+        except BaseException:  # cancelled (the user's Cancel, a stop), gave up: out of the line
+            if self._waiter is not None:
+                PROCESS.gpu_queue.leave(self._waiter)
+                self._waiter = None
+            raise
+
+    async def _wait_in_line(self, manager: GPUManager) -> None:
+        queue, user, server = PROCESS.gpu_queue, self.user.name, self.name or ""
+        groups, told, started = frozenset(self.user_groups()), None, time.monotonic()
+        while True:
+            async with manager.lock:
+                await manager.reconcile(self.engine)
+                alloc, now = manager.allocator, time.time()
+                if not alloc.intent.allows(user, groups) or alloc.gpu_of(user, server) is not None:
+                    return  # assign_gpu refuses it, starts it without a GPU, or it holds one already
+
+                def may_take(name: str, their_groups: frozenset[str]) -> bool:
+                    return alloc.could_allocate(name, their_groups, now)
+                if may_take(user, groups) and not queue.blocked(user, server, may_take):
+                    return  # in line or not: it stays there until its container exists
+                self._waiter = self._waiter or queue.join(user, server, groups)
+                self._waiter.event.clear()
+                position = queue.position(self._waiter)
+            if position != told:
+                told = position
+                self.log.info("%s waits for a GPU: number %d in line", self._log_name, position)
+                self.emit_progress(8, self.queue_message(position, queue.estimate(position)))
+            if time.monotonic() - started > self.gpu_queue_max_wait:
+                raise GPUUnavailable(f"No GPU became free for you within {self.gpu_queue_max_wait // 60} minutes "
+                                     "in line; press Start to try again later.")
+            try:
+                await asyncio.wait_for(self._waiter.event.wait(), 5)
+            except asyncio.TimeoutError:
+                pass
+
+    @staticmethod
+    def queue_message(position: int, estimate: float | None) -> str:
+        ahead = ("You are next in line for a GPU" if position == 1
+                 else f"You are number {position} in line for a GPU")
+        about = f" (about {max(1, round(estimate / 60))} min, at the recent pace)" if estimate else ""
+        return (f"All GPUs are in use. {ahead}{about}; your server starts by itself when one is free. "
+                "Keep this page open or come back later; Cancel leaves the line.")
 
     def _told_to_wait(self, ahead: int) -> None:
         self.log.info("Start of %s waits its turn (%d ahead)", self._log_name, ahead)
@@ -400,10 +492,14 @@ class GPUDockerSpawner(DockerSpawner):
                 return await super().create_object()
             self.gpu_uuid = self.assignment.gpu.uuid
             try:
-                return await super().create_object()
+                created = await super().create_object()
             except BaseException:
                 self.assignment = self.gpu_uuid = None  # no container: the engine shows the GPU free
                 raise
+            if self._waiter is not None:  # the engine shows it holding its GPU: out of the line
+                PROCESS.gpu_queue.done(self._waiter)
+                self._waiter = None
+            return created
 
     async def image_cuda(self) -> str | None:
         """The CUDA version the image's PyTorch needs (its label, written at build time)."""
@@ -473,10 +569,15 @@ class GPUDockerSpawner(DockerSpawner):
             self.emit_progress(70, "Your account may not use GPUs here: starting without one")
             return None
         try:
-            assignment = manager.assign(self.user.name, self.name or "", groups, time.time())
+            now = time.time()
+            if PROCESS.gpu_queue.blocked(self.user.name, self.name or "",
+                                         lambda u, g: manager.allocator.could_allocate(u, g, now)):
+                raise NoGPUAvailable(f"{len(PROCESS.gpu_queue.waiters)} earlier starts wait in line for one",
+                                     total=len(manager.inventory))
+            assignment = manager.assign(self.user.name, self.name or "", groups, now)
         except NoGPUAvailable as exc:
             self.executor.submit(usage_gate.count_refusal, self.usage_db, "no_gpu_free")
-            if not self.gpu_cpu_fallback:
+            if self.gpu_when_full != "cpu":
                 raise self.gpu_refusal(exc) from None
             self.log.info("No GPU for %s (%s): starting without one", self._log_name, exc.reason)
             self.emit_progress(70, f"No GPU is free ({exc.reason}): starting without one")
@@ -560,6 +661,7 @@ class GPUDockerSpawner(DockerSpawner):
             message = await self.stop_reason(container_id)
             self.log.warning("Server of %s stopped on its own: %s", self._log_name, message)
             PROCESS.stop_reasons.noticed(self._server_key, message)
+            PROCESS.gpu_queue.wake()
         return status
 
     async def get_url(self):
@@ -575,7 +677,10 @@ class GPUDockerSpawner(DockerSpawner):
 
     async def stop(self, now=False):
         PROCESS.stop_reasons.stopping(self._server_key)
-        return await super().stop(now=now)
+        try:
+            return await super().stop(now=now)
+        finally:
+            PROCESS.gpu_queue.wake()  # its GPU may be free now: the line checks again
 
     def _list_running(self):
         return self.engine("containers", filters={"status": "running",
@@ -592,6 +697,7 @@ class GPUDockerSpawner(DockerSpawner):
         return reason_from_events(found, self.mem_limit)
 
     @staticmethod
-    def stop_reason_for(user) -> str:
-        """For the hub's pages (template_vars): why the user's default server stopped on its own."""
-        return PROCESS.stop_reasons.for_user(user)
+    def stop_reason_for(user, file: str = "") -> str:
+        """For the hub's pages (template_vars): why the user's default server stopped on its own
+        or was stopped by a hub service (``file``: the ``stop_reasons_file``)."""
+        return PROCESS.stop_reasons.for_user(user, ReasonFile(file) if file else None)

@@ -1,8 +1,12 @@
-"""Why a server stopped on its own (out of memory, crashed), kept for the user's next page
-load (the hub's "not running" page reads it through ``template_vars``)."""
+"""Why a server stopped on its own (out of memory, crashed), or was stopped by a hub service
+(its GPU reclaimed for being idle), kept for the user's next page load (the hub's "not running"
+page reads it through ``template_vars``)."""
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 KEEP = "Your files in work/ are kept; press Start to start it again."
@@ -30,6 +34,41 @@ def container_events(client: Any, container_id: str) -> list[dict]:
                               filters={"container": container_id, "event": ["oom", "die"]}))
 
 
+class ReasonFile:
+    """Reasons written by another process (a hub service stops a server through the REST API,
+    which the spawner cannot tell from the user's own stop): a small JSON file on the state
+    volume, ``{"user\\nserver": {"message", "time"}}``, written before the stop is asked for and
+    removed when that server starts again."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, data: dict[str, dict]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.path)
+
+    def put(self, key: tuple[str, str], message: str, now: float | None = None) -> None:
+        data = self._read()
+        data["\n".join(key)] = {"message": message, "time": time.time() if now is None else now}
+        self._write(data)
+
+    def get(self, key: tuple[str, str]) -> str:
+        return str(self._read().get("\n".join(key), {}).get("message", ""))
+
+    def pop(self, key: tuple[str, str]) -> None:
+        data = self._read()
+        if data.pop("\n".join(key), None) is not None:
+            self._write(data)
+
+
 class StopReasons:
     """(user, server) -> the reason, set by the poll that noticed the stop and kept through
     the stop that the poll triggers; a stop someone asked for clears it."""
@@ -53,12 +92,15 @@ class StopReasons:
         else:
             self._reasons.pop(key, None)  # a stop asked for: nothing to explain
 
-    def for_user(self, user) -> str:
-        """For the hub's pages: why the user's default server stopped on its own ("" if not)."""
+    def for_user(self, user, file: ReasonFile | None = None) -> str:
+        """For the hub's pages: why the user's default server stopped on its own, or (from
+        ``file``) was stopped by a hub service ("" if neither)."""
         if user is None:
             return ""
         spawner = user.spawners.get("")  # .get: does not create a spawner
         if spawner is not None and spawner.active:
             return ""
         reason = self._reasons.get((user.name, ""))
-        return reason[0] if reason else ""
+        if reason:
+            return reason[0]
+        return file.get((user.name, "")) if file is not None else ""

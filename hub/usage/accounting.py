@@ -32,7 +32,7 @@ SHARE_ENV = "GPUHUB_GPU_SHARED_BY"
 
 
 class UtilisationSource(Protocol):
-    """What the accounting needs of a GPU activity sampler (hub.console.usage.UsageSampler now)."""
+    """What the accounting needs of a GPU activity sampler (hub.gpus.activity.ActivitySampler)."""
 
     def now(self, uuid: str) -> Any:
         """The latest reading of this device (with ``utilization_pct``, None when unknown), or

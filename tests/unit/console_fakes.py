@@ -5,7 +5,7 @@ from hub.console.app import make_app
 from hub.console.audit import AuditLog
 from hub.console.hubapi import HubAPI
 from hub.console.state import Console
-from hub.console.usage import UsageSampler
+from hub.gpus.activity import ActivitySampler
 from hub.gpus.claim import device_request
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import GPU
@@ -155,7 +155,7 @@ def make_console(tmp_path, nvml: FakeNVML | None = None):
     engine = FakeEngine()
     hub = FakeHub(engine)
     manager = GPUManager(GPUS, "cdi", "cdi", str(tmp_path / "gpu-intent.json"), "gpuhub")
-    sampler = UsageSampler(reader=nvml or FakeNVML(available=False), interval=10)
+    sampler = ActivitySampler(reader=nvml or FakeNVML(available=False), interval=10)
     console = Console(manager, engine, hub, sampler, AuditLog(tmp_path / "gpu-audit.jsonl"),
                       instance="gpuhubtest", base_url="/", cache_seconds=0)
     return console, engine, hub

@@ -171,11 +171,11 @@ def test_console_scopes_are_real_jupyterhub_scopes():
 def test_sampler_keeps_an_hour_and_says_n_a_without_nvml():
     from console_fakes import GPUS, FakeNVML
 
-    from hub.console.usage import UsageSampler
+    from hub.gpus.activity import ActivitySampler
 
     now = [1000.0]
     nvml = FakeNVML()
-    sampler = UsageSampler(reader=nvml, interval=10, window=3600, clock=lambda: now[0])
+    sampler = ActivitySampler(reader=nvml, interval=10, window=3600, clock=lambda: now[0])
     for _ in range(400):
         sampler.sample()
         now[0] += 10

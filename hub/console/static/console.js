@@ -346,6 +346,19 @@
     document.querySelector("#reservations tbody").replaceChildren(...rows);
   }
 
+  // ---- the line for GPUs (GPU_WHEN_FULL=queue) -----------------------------------------------
+  function renderQueue(s) {
+    const waiting = s.queue || [];
+    document.getElementById("queue-card").classList.toggle("d-none", !waiting.length);
+    const rows = waiting.map((w) => el("tr", { dataset: { user: w.user } },
+      el("td", {}, String(w.position)),
+      el("td", {}, w.user + (w.server ? ` (${w.server})` : "")),
+      el("td", {}, `${clock(w.since)} (${ago(w.since)})`),
+      el("td", { class: "text-end" }, el("button", { class: "btn btn-sm btn-outline-secondary", type: "button",
+        onclick: () => act("DELETE", `queue/${encodeURIComponent(w.user)}`) }, "Remove"))));
+    document.querySelector("#queue tbody").replaceChildren(...rows);
+  }
+
   function renderShared(s) {
     const rows = s.gpus.filter((g) => g.shared).map((g) => el("tr", { dataset: { uuid: g.uuid } },
       el("td", {}, gpuLabel(g)),
@@ -373,6 +386,7 @@
       renderStatus(state);
       renderReservations(state);
       renderShared(state);
+      renderQueue(state);
       await refreshCourses();
       await refreshAudit();
       document.getElementById("conn-problem").classList.add("d-none");

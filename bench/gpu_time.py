@@ -1,0 +1,199 @@
+"""`make bench` (GPU time, issue 15): the line for GPUs and idle-GPU reclaim on this machine's
+engine with its GPUs (fake ones here: readings fed from a file, tests/e2e/fake_gpu/), in one run.
+
+  single    single spawns of a GPU server on an idle host: from the start request until the
+            server answers through the proxy (p50: the yardstick for the hand-over)
+  queue     GPU_WHEN_FULL=queue, USERS ask at once for the host's GPUs: as many start as there
+            are GPUs, the rest wait with their places; then the earliest holder stops, again and
+            again: hand-over = from the stop request's answer until the first waiter's server
+            answers through the proxy. Checked: FIFO (waiters start in the order of their
+            places), 0 failed, 0 lost, no GPU held twice at any point.
+  reclaim   GPU_IDLE_TIMEOUT=T, GPU_IDLE_GRACE=G, GPU_SAMPLE_INTERVAL=I shortened: an idle-held
+            GPU (0 %) is stopped within T + G + 2 I (+ the hub's stop); a busy one (90 %) and an
+            exempt user's never are (watched for 2 (T + G)).
+
+Prints one JSON object and writes bench/results/gpu-time-latest.json. Options: --users N (20),
+--single N (5).
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests/e2e"))
+
+from consoleclient import user_token  # noqa: E402
+from hubclient import Hub, Stack  # noqa: E402
+from storm import gpu_holdings  # noqa: E402
+
+from hub.gpus.inventory import discover  # noqa: E402
+
+FAKE = {"COMPOSE_FILE": "docker-compose.yml:tests/e2e/fake_gpu/compose.yml"}
+READINGS = "/srv/jupyterhub/state/fake-gpu-readings.json"
+
+
+def answers(stack: Stack, server_url: str, token: str) -> bool:
+    try:
+        return requests.get(f"{stack.url}{server_url}api/status", headers={"Authorization": f"token {token}"},
+                            timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(what)
+
+
+def spawn_and_answer(stack: Stack, hub: Hub, name: str, token: str) -> float:
+    t0 = time.monotonic()
+    r = hub.api("POST", f"/users/{name}/server", json={"profile": "gpu"})
+    assert r.status_code in (201, 202), r.text
+    server = until(lambda: (hub.user(name)["servers"].get("") or {}).get("ready") and hub.user(name)["servers"][""],
+                   180, f"{name} ready")
+    until(lambda: answers(stack, server["url"], token), 60, f"{name} answering")
+    return time.monotonic() - t0
+
+
+def line(stack: Stack) -> list[dict]:
+    out = stack.compose("exec", "-T", "hub", "cat", "/srv/jupyterhub/state/gpu-queue.json", check=False).stdout
+    try:
+        return json.loads(out)["waiting"]
+    except ValueError:
+        return []
+
+
+def single(stack: Stack, hub: Hub, runs: int) -> dict:
+    name = "bench-single"
+    token = user_token(hub, name)
+    times = []
+    for _ in range(runs):
+        times.append(spawn_and_answer(stack, hub, name, token))
+        hub.stop(name)
+    return {"runs": runs, "p50_s": round(statistics.median(times), 2), "all_s": [round(t, 2) for t in times]}
+
+
+def queue(stack: Stack, hub: Hub, users: int, gpus: int) -> dict:
+    names = [f"bq{i:02d}" for i in range(users)]
+    tokens = {n: user_token(hub, n) for n in names}
+    double_booked = []
+    stop_watch = threading.Event()
+
+    def watch():  # no GPU held twice, checked all along
+        while not stop_watch.is_set():
+            held = list(gpu_holdings(stack).values())
+            if len(held) != len(set(held)):
+                double_booked.append(held)
+            time.sleep(0.5)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    with ThreadPoolExecutor(users) as pool:
+        codes = list(pool.map(lambda n: hub.api("POST", f"/users/{n}/server", json={"profile": "gpu"}).status_code, names))
+    assert all(c in (201, 202) for c in codes), codes
+    until(lambda: sum(1 for n in names if (hub.user(n)["servers"].get("") or {}).get("ready")) == gpus,
+          180, "the first servers ready")
+    until(lambda: len(line(stack)) == users - gpus, 30, "everyone else in line")
+    waiting = line(stack)
+    places = [w["user"] for w in waiting]
+    running = [n for n in names if n not in places]
+    started_order, handovers, failed = [], [], []
+    while places:
+        holder = running.pop(0)
+        t0 = time.monotonic()
+        r = hub.api("DELETE", f"/users/{holder}/server")
+        assert r.status_code in (202, 204), r.text
+        nxt = places.pop(0)
+        try:
+            server = until(lambda: (hub.user(nxt)["servers"].get("") or {}).get("ready") and hub.user(nxt)["servers"][""],
+                           120, f"{nxt} ready")
+            until(lambda: answers(stack, server["url"], tokens[nxt]), 60, f"{nxt} answering")
+        except TimeoutError as exc:
+            failed.append(str(exc))
+            break
+        handovers.append(time.monotonic() - t0)
+        others_ready = [n for n in places if (hub.user(n)["servers"].get("") or {}).get("ready")]
+        started_order.append(nxt if not others_ready else f"{nxt} (+{others_ready} overtook)")
+        running.append(nxt)
+    stop_watch.set()
+    for n in names:
+        hub.api("DELETE", f"/users/{n}/server")
+    for n in names:
+        hub.wait(n, ready=False, timeout=120)
+    return {"users": users, "gpus": gpus, "started_at_once": users - len(waiting), "waited": len(waiting),
+            "places_shown": [w["position"] for w in waiting],
+            "fifo": started_order == [w["user"] for w in waiting], "failed": len(failed), "failures": failed,
+            "lost": len(waiting) - len(started_order) - len(failed), "double_booked": len(double_booked),
+            "handover_p50_s": round(statistics.median(handovers), 2) if handovers else None,
+            "handover_max_s": round(max(handovers), 2) if handovers else None}
+
+
+def reclaim(stack: Stack, hub: Hub, t: int, grace: int, interval: int) -> dict:
+    stack.up(**FAKE, GPU_IDLE_TIMEOUT=str(t), GPU_IDLE_GRACE=str(grace), GPU_SAMPLE_INTERVAL=str(interval),
+             GPU_IDLE_EXEMPT_USERS="br-exempt")
+    names = ["br-idle", "br-busy", "br-exempt"]
+    for n in names:
+        hub.create_user(n)
+        hub.start(n, options={"profile": "gpu"})
+    gpu = {n: gpu_holdings(stack)[stack.container_of(n)] for n in names}
+    readings = {gpu["br-idle"]: {"util": 0, "mem": 4000}, gpu["br-busy"]: {"util": 90, "mem": 9000},
+                gpu["br-exempt"]: {"util": 0, "mem": 100}}
+    subprocess.run(["docker", "exec", "-i", f"{stack.prefix}-hub-1", "sh", "-c", f"cat > {READINGS}"],
+                   input=json.dumps(readings), text=True, check=True)
+    t0 = time.monotonic()
+    until(lambda: not hub.user("br-idle")["servers"], t + 2 * grace + 60, "idle server reclaimed")
+    reclaimed = time.monotonic() - t0
+    watch_until = t0 + 2 * (t + grace)
+    while time.monotonic() < watch_until:
+        time.sleep(1)
+    kept = {n: bool(hub.user(n)["servers"]) for n in ("br-busy", "br-exempt")}
+    for n in names:
+        hub.api("DELETE", f"/users/{n}/server")
+    return {"timeout_s": t, "grace_s": grace, "interval_s": interval, "reclaimed_after_s": round(reclaimed, 1),
+            "bound_s": t + grace + 2 * interval, "within_bound": reclaimed <= t + grace + 2 * interval,
+            "busy_kept": kept["br-busy"], "exempt_kept": kept["br-exempt"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--single", type=int, default=5)
+    args = parser.parse_args()
+    gpus = len((discover() or [[]])[0] or [])
+    if not gpus:
+        print(json.dumps({"skipped": "the engine has no GPUs"}))
+        return 0
+    stack = Stack()
+    stack.down()
+    result = {"gpus": gpus}
+    try:
+        stack.up(GPU_WHEN_FULL="queue")
+        hub = Hub(stack.url, stack.admin_token())
+        result["single"] = single(stack, hub, args.single)
+        result["queue"] = queue(stack, hub, args.users, gpus)
+        q = result["queue"]
+        if q["handover_p50_s"] is not None:
+            q["handover_p50_minus_single_p50_s"] = round(q["handover_p50_s"] - result["single"]["p50_s"], 2)
+        result["reclaim"] = reclaim(stack, hub, 10, 10, 2)
+    finally:
+        stack.down()
+    out = ROOT / "bench/results/gpu-time-latest.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""gpu-reclaim: the hub-managed service that samples every GPU, attributes each reading to the
+server holding it, and reclaims idle GPUs (hub/reclaim/policy.py decides; this module acts).
+
+JupyterHub starts it (``python -m hub.reclaim.service``, configure_reclaim) beside
+jupyterhub-idle-culler, with a role that may only list users and their groups, read servers
+and stop them. Every ``GPU_SAMPLE_INTERVAL`` seconds it:
+
+1. lists this hub's live containers (their GPU labels: ``hub.gpus.claim``), i.e. who holds what;
+2. reads every GPU (``hub.gpus.activity.ActivitySampler``, NVML or ``GPU_USAGE_READER``) and
+   stores each reading with its holder in ``gpu-activity.sqlite`` on the state volume;
+3. judges each holder idle or not (``ActivityStore.idle_since``), decides (``policy.decide``)
+   and acts: a warning (shown in the user's JupyterLab, audited), or the stop: the reason is
+   written for the user's next page load (``hub.spawner.stop_reasons.ReasonFile``), the audit
+   log records it, and the server is stopped through the hub's REST API (files kept, GPU freed).
+
+Its decisions' memory (warnings, admins' extensions) is kept in ``gpu-reclaim.json``, so a
+restart of the hub loses neither the idle history nor a warning under way.
+
+API (JSON; ``Authorization: token <token>``; errors ``{"status", "message"}``):
+    GET  api/me                       the caller's servers with a GPU: usage, idle for, warning
+    POST api/me/still-working {"server"}   the caller answers a warning (once per warning)
+    GET  api/holders                  (admins) every holder with its activity and warning
+    POST api/extend {"user", "server", "seconds"}   (admins) exempt one server until then
+Any user's token may call ``api/me`` (it answers for the token's owner only; a server's own
+token included, which is how JupyterLab's GPU item asks); ``api/holders`` and ``api/extend``
+need the service's access scope (``access:services!service=gpu-reclaim``: hub admins).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from tornado import web
+
+from hub.config import STATE_DIR
+from hub.config.table import read
+from hub.console.audit import AuditLog
+from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
+from hub.gpus.claim import LIVE_STATES, Labels, holders_from_containers
+from hub.gpus.model import Holder
+from hub.reclaim.policy import Candidate, Decision, ReclaimPolicy, ReclaimState, decide, stop_message
+from hub.spawner.stop_reasons import ReasonFile
+
+NAME = "gpu-reclaim"
+log = logging.getLogger(NAME)
+
+
+def policy_from_env(env: Mapping[str, str]) -> ReclaimPolicy:
+    return ReclaimPolicy(threshold_pct=read(env, "GPU_IDLE_THRESHOLD"), timeout=read(env, "GPU_IDLE_TIMEOUT"),
+                         grace=read(env, "GPU_IDLE_GRACE"),
+                         exempt_users=frozenset(read(env, "GPU_IDLE_EXEMPT_USERS")),
+                         exempt_groups=frozenset(read(env, "GPU_IDLE_EXEMPT_GROUPS")))
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+class Reclaimer:
+    """One round at a time: who holds what, one reading, decisions, actions."""
+
+    def __init__(self, policy: ReclaimPolicy, sampler: ActivitySampler, docker: Callable, hub: Any,
+                 audit: AuditLog, reasons: ReasonFile, state_file: str | Path, instance: str,
+                 label_prefix: str = "gpuhub", clock: Callable[[], float] = time.time):
+        self.policy, self.sampler, self.docker, self.hub = policy, sampler, docker, hub
+        self.audit, self.reasons, self.instance, self.clock = audit, reasons, instance, clock
+        self.labels = Labels(label_prefix)
+        self.state_file = Path(state_file)
+        self.state = self._load_state()
+        self.holders: dict[str, list[Holder]] = {}
+        self.lock = asyncio.Lock()
+        self.last_round: float | None = None
+
+    def _load_state(self) -> ReclaimState:
+        try:
+            return ReclaimState.from_json(json.loads(self.state_file.read_text()))
+        except FileNotFoundError:
+            return ReclaimState()
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("%s is not readable (%s): starting without warnings", self.state_file, exc)
+            return ReclaimState()
+
+    def save_state(self) -> None:
+        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
+        tmp.write_text(json.dumps(self.state.to_json(), indent=1))
+        os.replace(tmp, self.state_file)
+
+    async def read_holders(self) -> dict[str, list[Holder]]:
+        """uuid -> holders, from this hub's live containers (the engine is the source of truth)."""
+        containers = await self.docker("containers", all=True, filters={
+            "label": f"{self.labels.instance}={self.instance}", "status": list(LIVE_STATES)})
+        return holders_from_containers(containers, self.labels.prefix)
+
+    async def round(self) -> list[Decision]:
+        async with self.lock:
+            self.holders = await self.read_holders()
+            await asyncio.to_thread(self.sampler.sample, self.holders)
+            now = self.clock()
+            candidates = []
+            for uuid, holders in self.holders.items():
+                for h in holders:
+                    idle = None
+                    if self.sampler.store is not None and self.sampler.source == "nvml":
+                        idle = await asyncio.to_thread(self.sampler.store.idle_since, h, uuid,
+                                                       self.policy.threshold_pct)
+                    groups = frozenset()
+                    if idle is not None and now - idle >= self.policy.timeout and self.policy.exempt_groups:
+                        groups = await self._groups(h.user)
+                    candidates.append(Candidate(h.user, h.server, uuid, idle, groups))
+            decisions = decide(self.policy, candidates, self.state, now)
+            for d in decisions:
+                await self._act(d, now)
+            if decisions:
+                await asyncio.to_thread(self.save_state)
+            self.last_round = now
+            return decisions
+
+    async def _groups(self, user: str) -> frozenset[str]:
+        model = await self.hub.user(user)
+        return frozenset((model or {}).get("groups") or [])
+
+    async def _act(self, d: Decision, now: float) -> None:
+        user, server, uuid = d.key
+        reading = self.sampler.now(uuid)
+        gpu_name = f"{reading.name if reading else 'GPU'} {uuid}"
+        if d.action == "warn":
+            log.info("%s's server %r: GPU %s idle since %s; stop at %s unless it is busy again",
+                     user, server, uuid, _iso(d.idle_since), _iso(d.deadline))
+            await self._audit("reclaim-warn", user, server, uuid, now,
+                              f"warned {user}'s server: its GPU idle since {_iso(d.idle_since)}, "
+                              f"reclaimed at {_iso(d.deadline)} unless busy again")
+        elif d.action == "clear":
+            log.info("%s's server %r: reclaim warning withdrawn (%s)", user, server, d.why)
+        elif d.action == "stop":
+            message = stop_message(gpu_name, self.policy, d.idle_since, now)
+            await asyncio.to_thread(self.reasons.put, (user, server), message, now)
+            code, answer = await self.hub.stop_server(user, server)
+            log.info("%s's server %r stopped: GPU %s idle since %s (hub: %s %s)", user, server, uuid,
+                     _iso(d.idle_since), code, answer)
+            await self._audit("reclaim", user, server, uuid, now,
+                              f"stopped {user}'s server to reclaim GPU {uuid}: under "
+                              f"{self.policy.threshold_pct:g} % since {_iso(d.idle_since)}, warned, "
+                              f"grace over at {_iso(d.deadline)}")
+
+    async def _audit(self, action: str, user: str, server: str, uuid: str, now: float, detail: str,
+                     who: str = NAME, via: str = "service") -> dict:
+        entry = {"time": _iso(now), "epoch": round(now, 3), "who": who, "via": via, "action": action,
+                 "user": user, "server": server, "gpu": uuid, "note": "", "detail": detail}
+        await asyncio.to_thread(self.audit.append, entry)
+        return entry
+
+    # -- what the API shows ---------------------------------------------------------------
+
+    def holder_json(self, uuid: str, h: Holder, now: float) -> dict[str, Any]:
+        reading = self.sampler.now(uuid)
+        store = self.sampler.store
+        idle = store.idle_since(h, uuid, self.policy.threshold_pct) if store and reading else None
+        warned = self.state.warned.get((h.user, h.server, uuid))
+        extended = self.state.extended.get((h.user, h.server), 0.0)
+        return {
+            "user": h.user, "server": h.server, "since": h.since,
+            "gpu": {"uuid": uuid, "name": reading.name if reading else None,
+                    "utilization_pct": reading.utilization_pct if reading else None,
+                    "memory_used_mib": reading.memory_used_mib if reading else None,
+                    "memory_total_mib": reading.memory_total_mib if reading else None},
+            "usage_source": self.sampler.source, "usage_reason": self.sampler.reason,
+            "idle_since": idle, "idle_seconds": round(now - idle) if idle is not None else 0,
+            "warning": None if warned is None else {
+                "deadline": warned.deadline, "deadline_iso": _iso(warned.deadline),
+                "seconds_left": max(0, round(warned.deadline - now)), "still_working": warned.still_working},
+            "extended_until": extended if extended > now else None,
+        }
+
+    def holdings(self, user: str | None = None) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [self.holder_json(uuid, h, now) for uuid, hs in sorted(self.holders.items())
+                for h in hs if user is None or h.user == user]
+
+    def find(self, user: str, server: str) -> str | None:
+        """The GPU this server holds, from the last round."""
+        return next((u for u, hs in self.holders.items() for h in hs if (h.user, h.server) == (user, server)), None)
+
+    async def still_working(self, user: str, server: str) -> dict:
+        uuid = self.find(user, server)
+        key = (user, server, uuid or "")
+        async with self.lock:
+            try:
+                warned = self.state.still_working(key, self.policy.grace)
+            except ValueError as exc:
+                raise ApiError(409, str(exc)) from None
+            if warned is None:
+                raise ApiError(404, f"your server {server!r} has no reclaim warning" if server
+                               else "your server has no reclaim warning")
+            await asyncio.to_thread(self.save_state)
+        log.info("%s's server %r: still working; deadline now %s", user, server, _iso(warned.deadline))
+        return {"message": f"The GPU stays yours until {_iso(warned.deadline)}; use it before then "
+                           "and the warning goes away.", "deadline": warned.deadline}
+
+    async def extend(self, user: str, server: str, seconds: float, who: str) -> dict:
+        if self.find(user, server) is None:
+            raise ApiError(404, f"{user}'s server {server!r} holds no GPU")
+        now = self.clock()
+        async with self.lock:
+            self.state.extended[(user, server)] = now + seconds
+            self.state.warned = {k: w for k, w in self.state.warned.items() if k[:2] != (user, server)}
+            await asyncio.to_thread(self.save_state)
+            entry = await self._audit("reclaim-extend", user, server, self.find(user, server) or "", now,
+                                      f"exempted {user}'s server from GPU reclaim until {_iso(now + seconds)}",
+                                      who=who, via="token")
+        return {"message": entry["detail"][0].upper() + entry["detail"][1:], "entry": entry}
+
+
+class ApiError(web.HTTPError):
+    def __init__(self, status: int, message: str):
+        super().__init__(status, message.replace("%", "%%"))
+        self.message = message
+
+
+class Handler(web.RequestHandler):
+    @property
+    def reclaimer(self) -> Reclaimer:
+        return self.settings["reclaimer"]
+
+    async def caller(self) -> dict:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() not in ("token", "bearer") or not token.strip():
+            raise ApiError(401, "send an API token: 'Authorization: token <token>'")
+        model = await self.settings["identify"](token.strip())
+        if not model or model.get("kind", "user") != "user":
+            raise ApiError(403, "this token is not a user's (or the hub did not accept it)")
+        return model
+
+    async def admin(self) -> dict:
+        from jupyterhub.services.auth import check_scopes
+
+        model = await self.caller()
+        if not check_scopes({f"access:services!service={NAME}"}, set(model.get("scopes") or [])):
+            raise ApiError(403, "only hub admins may do this (it needs the scope "
+                                f"access:services!service={NAME})")
+        return model
+
+    def body(self) -> dict:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise ApiError(400, "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return data
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = getattr(exc, "message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def reply(self, data: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+def _server_of(body: dict) -> str:
+    server = body.get("server", "")
+    if not isinstance(server, str) or len(server) > 255:
+        raise ApiError(400, "'server' must be a server's name ('' for the default server)")
+    return server
+
+
+class MeHandler(Handler):
+    async def get(self) -> None:
+        model = await self.caller()
+        r = self.reclaimer
+        self.reply({"user": model["name"], "policy": r.policy.to_json(), "enabled": r.policy.enabled,
+                    "exempt": r.policy.exempt(model["name"], model.get("groups") or []),
+                    "servers": r.holdings(model["name"])})
+
+
+class StillWorkingHandler(Handler):
+    async def post(self) -> None:
+        model = await self.caller()
+        body = self.body()
+        unknown = set(body) - {"server"}
+        if unknown:
+            raise ApiError(400, f"unknown field {sorted(unknown)[0]!r}; this request takes only 'server' "
+                                "(your own server; a user cannot answer for another)")
+        self.reply(await self.reclaimer.still_working(model["name"], _server_of(body)))
+
+
+class HoldersHandler(Handler):
+    async def get(self) -> None:
+        await self.admin()
+        r = self.reclaimer
+        self.reply({"policy": r.policy.to_json(), "enabled": r.policy.enabled, "last_round": r.last_round,
+                    "usage": {"source": r.sampler.source, "reason": r.sampler.reason,
+                              "interval_s": r.sampler.interval},
+                    "holders": r.holdings()})
+
+
+class ExtendHandler(Handler):
+    async def post(self) -> None:
+        model = await self.admin()
+        body = self.body()
+        unknown = set(body) - {"user", "server", "seconds"}
+        if unknown:
+            raise ApiError(400, f"unknown field {sorted(unknown)[0]!r}; this request takes 'user', 'server', 'seconds'")
+        user, seconds = body.get("user"), body.get("seconds", 3600)
+        if not isinstance(user, str) or not user:
+            raise ApiError(400, "'user' must name the user whose server to extend")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 30 * 86400:
+            raise ApiError(400, "'seconds' must be a number of seconds from 1 to 2592000 (30 days)")
+        self.reply(await self.reclaimer.extend(user, _server_of(body), float(seconds), model["name"]))
+
+
+def make_app(reclaimer: Reclaimer, identify: Callable, prefix: str = f"/services/{NAME}/") -> web.Application:
+    return web.Application([
+        (f"{prefix}api/me", MeHandler),
+        (f"{prefix}api/me/still-working", StillWorkingHandler),
+        (f"{prefix}api/holders", HoldersHandler),
+        (f"{prefix}api/extend", ExtendHandler),
+    ], reclaimer=reclaimer, identify=identify)
+
+
+def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclaimer:
+    from hub.console.engine import DockerCaller
+    from hub.console.hubapi import HubClient
+
+    state = Path(env.get("GPUHUB_STATE_DIR", STATE_DIR))
+    interval = read(env, "GPU_SAMPLE_INTERVAL")
+    store = ActivityStore(state / "gpu-activity.sqlite")
+    sampler = ActivitySampler(load_reader(read(env, "GPU_USAGE_READER")), interval=interval, store=store)
+    hub = hub or HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
+    return Reclaimer(policy_from_env(env), sampler, docker or DockerCaller(), hub,
+                     AuditLog(state / "gpu-audit.jsonl"), ReasonFile(state / "stop-reasons.json"),
+                     state / "gpu-reclaim.json", instance=read(env, "HUB_NAME_PREFIX"),
+                     label_prefix=env.get("GPUHUB_LABEL_PREFIX", "gpuhub"))
+
+
+def main() -> None:
+    from jupyterhub.services.auth import HubAuth
+    from tornado.ioloop import PeriodicCallback
+
+    env = dict(os.environ)
+    logging.basicConfig(level=env.get("HUB_LOG_LEVEL", "INFO").upper(),
+                        format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
+    reclaimer = build(env)
+    auth = HubAuth(access_scopes=set())  # api/me: any user's token, for its owner only
+
+    async def identify(token: str) -> dict | None:
+        return await auth.user_for_token(token, sync=False)
+
+    async def run() -> None:
+        url = urlsplit(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10102"))
+        make_app(reclaimer, identify, env.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{NAME}/")).listen(
+            url.port or 80, address="0.0.0.0")
+        log.info("GPU reclaim at %s: %s; a reading every %gs", url.geturl(),
+                 json.dumps(reclaimer.policy.to_json()) if reclaimer.policy.enabled else "off (sampling only)",
+                 reclaimer.sampler.interval)
+
+        async def tick() -> None:
+            try:
+                await reclaimer.round()
+            except Exception:  # noqa: BLE001 - the engine or the hub may be restarting: next round
+                log.exception("reclaim round")
+            if reclaimer.sampler.source != "nvml" and reclaimer.last_round and not getattr(tick, "told", False):
+                log.info("GPU usage: n/a (%s): nothing is judged idle", reclaimer.sampler.reason)
+                tick.told = True
+
+        await tick()
+        PeriodicCallback(tick, reclaimer.sampler.interval * 1000).start()
+        await asyncio.Event().wait()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

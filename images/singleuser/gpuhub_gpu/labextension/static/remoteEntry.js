@@ -1,0 +1,128 @@
+// gpuhub-gpu: this server's GPU in JupyterLab's status bar, and the idle-GPU warning.
+// Hand-written in the form of a webpack module-federation container (what JupyterLab loads
+// for a prebuilt extension: init(shareScope), get(module) -> factory), so the image needs no
+// Node build. It takes JupyterLab's own shared modules (status bar, notifications, server
+// connection) from the share scope. It asks <base>/gpuhub/gpu (the server extension in
+// gpuhub_gpu/__init__.py) every 15 s while the page is visible (every 5 s while warned).
+var _JUPYTERLAB;
+(function () {
+  'use strict';
+  var scope = null;
+
+  function shared(name) {
+    var versions = scope && scope[name];
+    if (!versions) { return Promise.resolve(null); }
+    var keys = Object.keys(versions);
+    var pick = keys.filter(function (k) { return versions[k].loaded; })[0] || keys[keys.length - 1];
+    return Promise.resolve(versions[pick].get()).then(function (factory) { return factory(); });
+  }
+
+  function gib(mib) { return (mib / 1024).toFixed(1); }
+
+  function minutes(seconds) {
+    var m = Math.floor(seconds / 60), s = Math.floor(seconds % 60);
+    return m + ':' + (s < 10 ? '0' : '') + s;
+  }
+
+  function plugin(apputils, statusbar, services, coreutils, widgets) {
+    var Notification = apputils.Notification;
+    return {
+      id: 'gpuhub-gpu:status',
+      description: "This server's GPU and the idle-GPU warning",
+      autoStart: true,
+      optional: [statusbar.IStatusBar],
+      activate: function (app, statusBar) {
+        var settings = services.ServerConnection.makeSettings();
+        var url = coreutils.URLExt.join(settings.baseUrl, 'gpuhub/gpu');
+        var item = new widgets.Widget();
+        item.addClass('jp-StatusBar-TextItem');
+        item.addClass('gpuhub-gpu-item');
+        item.node.textContent = '';
+        if (statusBar) {
+          statusBar.registerStatusItem('gpuhub-gpu:status', { item: item, align: 'left', rank: 4 });
+        }
+        var noteId = null, timer = null, answered = false;
+
+        function stillWorking() {
+          services.ServerConnection.makeRequest(url + '/still-working', { method: 'POST' }, settings)
+            .then(function (r) { return r.json(); })
+            .then(function (d) { answered = true; Notification.info(d.message || 'Noted.', { autoClose: 8000 }); })
+            .catch(function () {});
+        }
+
+        function warn(gpu) {
+          var left = gpu.warning.seconds_left;
+          var idle = gpu.idle_seconds < 120 ? gpu.idle_seconds + ' seconds' : Math.round(gpu.idle_seconds / 60) + ' minutes';
+          var message = 'Your GPU has been idle for ' + idle + '. This server stops in ' + minutes(left) +
+            ' to give the GPU to others, unless the GPU is busy again. Your files are kept.';
+          var actions = (gpu.warning.still_working || answered) ? [] :
+            [{ label: 'Still working', caption: 'One more grace period; only GPU work keeps the server', callback: stillWorking }];
+          if (noteId === null) {
+            noteId = Notification.warning(message, { autoClose: false, actions: actions });
+          } else {
+            Notification.update({ id: noteId, message: message, type: 'warning', autoClose: false, actions: actions });
+          }
+        }
+
+        function show(data) {
+          var gpu = data.gpu;
+          if (!gpu) { item.node.textContent = ''; item.node.title = ''; return; }
+          var g = gpu.gpu, parts = [];
+          parts.push(g.utilization_pct === null ? 'n/a' : g.utilization_pct + '%');
+          if (g.memory_used_mib !== null && g.memory_total_mib) {
+            parts.push(gib(g.memory_used_mib) + ' / ' + gib(g.memory_total_mib) + ' GiB');
+          }
+          if (gpu.idle_seconds >= 60) { parts.push('idle ' + Math.round(gpu.idle_seconds / 60) + ' min'); }
+          item.node.textContent = 'GPU: ' + parts.join(' · ') + (gpu.warning ? ' ⚠' : '');
+          item.node.title = (g.name || 'GPU') + ' ' + g.uuid + (gpu.warning ? ' (idle: stops in ' + minutes(gpu.warning.seconds_left) + ')' : '');
+          if (gpu.warning) {
+            warn(gpu);
+          } else if (noteId !== null) {
+            Notification.dismiss(noteId);
+            noteId = null;
+            answered = false;
+          }
+        }
+
+        // Every 15 s; every 5 s while warned; sooner when a warning is due before then.
+        function nextPoll(d) {
+          var gpu = d.gpu;
+          if (!gpu) { return 15000; }
+          if (gpu.warning) { return 5000; }
+          var timeout = d.enabled && !d.exempt && d.policy ? d.policy.timeout_s : 0;
+          if (timeout && gpu.idle_since !== null) {
+            return Math.min(15000, Math.max(2000, (timeout - gpu.idle_seconds) * 1000));
+          }
+          return 15000;
+        }
+
+        function poll() {
+          clearTimeout(timer);
+          if (document.hidden) { timer = setTimeout(poll, 15000); return; }
+          services.ServerConnection.makeRequest(url, {}, settings)
+            .then(function (r) { return r.ok ? r.json() : { gpu: null }; })
+            .then(function (d) { show(d); return d; }, function () { return { gpu: null }; })
+            .then(function (d) { timer = setTimeout(poll, nextPoll(d)); });
+        }
+        document.addEventListener('visibilitychange', function () { if (!document.hidden) { poll(); } });
+        app.restored.then(poll);
+      }
+    };
+  }
+
+  _JUPYTERLAB = window._JUPYTERLAB = window._JUPYTERLAB || {};
+  _JUPYTERLAB['gpuhub-gpu'] = {
+    init: function (shareScope) { scope = shareScope; return Promise.resolve(); },
+    get: function (module) {
+      if (module !== './extension') {
+        return Promise.reject(new Error('Module "' + module + '" does not exist in container.'));
+      }
+      return Promise.all(['@jupyterlab/apputils', '@jupyterlab/statusbar', '@jupyterlab/services',
+                          '@jupyterlab/coreutils', '@lumino/widgets'].map(shared))
+        .then(function (m) {
+          var p = plugin(m[0], m[1], m[2], m[3], m[4]);
+          return function () { return { __esModule: true, default: [p] }; };
+        });
+    }
+  };
+})();

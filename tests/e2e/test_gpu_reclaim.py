@@ -1,0 +1,139 @@
+"""Idle-GPU reclaim on the real engine (fake GPUs, readings fed from a file: fake_gpu/): an
+idle-held GPU is warned and then reclaimed within T + grace + 2 sampling intervals, the user's
+next page load says why and the audit log records it; a busy GPU and an exempt user's are never
+reclaimed; the warning's "still working" counts once; a forged answer for another user is a 4xx."""
+import json
+import subprocess
+import time
+
+import pytest
+import requests
+from playwright.sync_api import expect
+
+from conftest import ARTIFACTS
+from consoleclient import user_token, wait_for
+from storm import gpu_holdings
+
+T, GRACE, INTERVAL = 6, 10, 1
+READINGS = "/srv/jupyterhub/state/fake-gpu-readings.json"
+SETTINGS = {"COMPOSE_FILE": "docker-compose.yml:tests/e2e/fake_gpu/compose.yml", "GPU_IDLE_TIMEOUT": str(T),
+            "GPU_IDLE_GRACE": str(GRACE), "GPU_SAMPLE_INTERVAL": str(INTERVAL), "GPU_IDLE_EXEMPT_USERS": "rc-exempt"}
+
+
+@pytest.fixture(scope="module")
+def reclaiming(stack):
+    stack.up(**SETTINGS)
+    try:
+        yield stack
+    finally:
+        stack.up()  # the stack as the other tests expect it
+
+
+def feed(stack, readings: dict) -> None:
+    """Write the readings the hub's sampler reads next (fake_gpu/fake_readings.py)."""
+    subprocess.run(["docker", "exec", "-i", f"{stack.prefix}-hub-1", "sh", "-c", f"cat > {READINGS}.tmp && "
+                    f"mv {READINGS}.tmp {READINGS}"], input=json.dumps(readings), text=True, check=True, timeout=30)
+
+
+def me(stack, token: str) -> dict:
+    r = requests.get(f"{stack.url}/services/gpu-reclaim/api/me", headers={"Authorization": f"token {token}"},
+                     timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_idle_gpu_is_warned_then_reclaimed_busy_and_exempt_are_not(reclaiming, hub):
+    stack = reclaiming
+    names = ["rc-idle", "rc-busy", "rc-exempt"]
+    tokens = {n: user_token(hub, n) for n in names}
+    for n in names:
+        hub.start(n, options={"profile": "gpu"})
+    gpu = {n: gpu_holdings(stack)[stack.container_of(n)] for n in names}
+    assert len(set(gpu.values())) == 3
+    feed(stack, {gpu["rc-idle"]: {"util": 0, "mem": 3000}, gpu["rc-busy"]: {"util": 85, "mem": 9000},
+                 gpu["rc-exempt"]: {"util": 0, "mem": 100}})
+    fed = time.monotonic()
+
+    # the warning, with the time left, within T + 2 intervals (+ the poll's own slack)
+    warned = wait_for(lambda: me(stack, tokens["rc-idle"])["servers"][0]["warning"], timeout=T + 2 * INTERVAL + 10,
+                      what="the reclaim warning")
+    warned_after = time.monotonic() - fed
+    assert 0 < warned["seconds_left"] <= GRACE
+    server = me(stack, tokens["rc-idle"])["servers"][0]
+    assert server["gpu"]["uuid"] == gpu["rc-idle"] and server["gpu"]["memory_used_mib"] == 3000
+    assert server["idle_seconds"] >= T
+
+    # a forged answer for another user changes nothing; the user's own counts once
+    forged = requests.post(f"{stack.url}/services/gpu-reclaim/api/me/still-working",
+                           headers={"Authorization": f"token {tokens['rc-busy']}"},
+                           json={"user": "rc-idle", "server": ""}, timeout=10)
+    assert forged.status_code == 400, forged.text
+    not_warned = requests.post(f"{stack.url}/services/gpu-reclaim/api/me/still-working",
+                               headers={"Authorization": f"token {tokens['rc-busy']}"}, json={"server": ""}, timeout=10)
+    assert not_warned.status_code == 404, not_warned.text
+    answer = requests.post(f"{stack.url}/services/gpu-reclaim/api/me/still-working",
+                           headers={"Authorization": f"token {tokens['rc-idle']}"}, json={"server": ""}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert me(stack, tokens["rc-idle"])["servers"][0]["warning"]["still_working"] is True
+
+    # the stop: within T + 2 * grace (one answer) + 2 intervals, with slack for the hub's stop
+    wait_for(lambda: not hub.user("rc-idle")["servers"], timeout=T + 2 * GRACE + 2 * INTERVAL + 20,
+             what="the idle server stopped")
+    reclaimed_after = time.monotonic() - fed
+    assert reclaimed_after >= T + 2 * GRACE - 1  # not before the answered grace ran out
+    assert gpu["rc-idle"] not in gpu_holdings(stack).values()
+    for n in ("rc-busy", "rc-exempt"):
+        assert hub.user(n)["servers"][""]["ready"], f"{n}'s server must keep running"
+    assert me(stack, tokens["rc-exempt"])["exempt"] is True
+
+    # the next page load says why; the audit log says so too
+    r = requests.get(f"{stack.url}/user/rc-idle/lab", timeout=10,
+                     headers={"Authorization": f"token {tokens['rc-idle']}", "Accept": "text/html"})
+    assert r.status_code == 424 and "give its GPU" in r.text, (r.status_code, r.text[:2000])
+    audit = requests.get(f"{stack.url}/services/gpu-console/api/audit?limit=20", headers=hub.s.headers, timeout=10)
+    actions = [(e["action"], e.get("user")) for e in audit.json()["entries"]]
+    assert ("reclaim", "rc-idle") in actions and ("reclaim-warn", "rc-idle") in actions
+    print(json.dumps({"warned_after_s": round(warned_after, 1), "reclaimed_after_s": round(reclaimed_after, 1),
+                      "bound_s": T + 2 * GRACE + 2 * INTERVAL}))
+    # a new start clears the reason
+    hub.start("rc-idle", options={"profile": "gpu"})
+    hub.stop("rc-idle")
+    r = requests.get(f"{stack.url}/user/rc-idle/lab", timeout=10,
+                     headers={"Authorization": f"token {tokens['rc-idle']}", "Accept": "text/html"})
+    assert "give its GPU" not in r.text
+    for n in ("rc-busy", "rc-exempt"):
+        hub.stop(n)
+
+
+@pytest.mark.browser
+def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(reclaiming, hub, page):
+    stack = reclaiming
+    admin = stack.env["HUB_ADMIN_USER"]
+    page.goto(f"{stack.url}/hub/login")
+    page.fill("input[name=username]", admin)
+    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/hub/**", timeout=15_000)
+    hub.start(admin, options={"profile": "gpu"})
+    uuid = gpu_holdings(stack)[stack.container_of(admin)]
+    feed(stack, {uuid: {"util": 40, "mem": 2048}})
+    page.goto(f"{stack.url}/user/{admin}/lab")
+    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
+    item = page.locator(".gpuhub-gpu-item")
+    expect(item).to_contain_text("GPU: 40%", timeout=30_000)
+    expect(item).to_contain_text("2.0 / 80.0 GiB")
+    page.screenshot(path=ARTIFACTS / "reclaim-1-my-gpu.png")
+
+    feed(stack, {uuid: {"util": 0, "mem": 2048}})  # idle from now on
+    toast = page.locator(".Toastify__toast", has_text="Your GPU has been idle")
+    expect(toast).to_be_visible(timeout=(T + 5 * INTERVAL + 15) * 1000)
+    expect(toast).to_contain_text("stops in")
+    page.screenshot(path=ARTIFACTS / "reclaim-2-warning.png")
+    toast.get_by_role("button", name="Still working").click()
+    expect(page.locator(".Toastify__toast", has_text="stays yours")).to_be_visible(timeout=10_000)
+
+    wait_for(lambda: not hub.user(admin)["servers"], timeout=T + 2 * GRACE + 2 * INTERVAL + 30,
+             what="the idle server stopped")
+    page.goto(f"{stack.url}/user/{admin}/lab")
+    expect(page.locator("#gpuhub-stop-reason")).to_contain_text("give its GPU", timeout=15_000)
+    page.screenshot(path=ARTIFACTS / "reclaim-3-reason.png")

@@ -1,0 +1,147 @@
+"""GPU activity per holder (hub/gpus/activity.py) and the idle-reclaim decisions (hub/reclaim/policy.py)."""
+import pytest
+
+from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
+from hub.gpus.model import Holder
+from hub.gpus.nvml import NVMLReader, Reading, Unavailable
+from hub.reclaim.policy import Candidate, ReclaimPolicy, ReclaimState, decide, stop_message
+
+
+class Feed:
+    """A reader whose next readings the test sets: uuid -> utilisation %."""
+
+    def __init__(self, **utils):
+        self.utils = utils
+        self.available = True
+
+    def read(self):
+        if not self.available:
+            raise Unavailable("no NVML in this test")
+        return [Reading(uuid, i, "Fake GPU", util, 1000 + i, 81920)
+                for i, (uuid, util) in enumerate(sorted(self.utils.items()))]
+
+
+def sampler_at(tmp_path, feed, clock):
+    return ActivitySampler(feed, interval=10, clock=lambda: clock[0], store=ActivityStore(tmp_path / "a.sqlite"))
+
+
+def test_readings_are_attributed_to_the_holder_and_idle_time_survives_a_restart(tmp_path):
+    clock = [1000.0]
+    feed = Feed(**{"GPU-a": 50, "GPU-b": 0, "GPU-c": 0})
+    alice, bob = Holder("alice", "", 990.0), Holder("bob", "big", 990.0)
+    holders = {"GPU-a": [alice], "GPU-b": [bob]}  # GPU-c is free
+    sampler = sampler_at(tmp_path, feed, clock)
+    got = sampler.sample(holders)
+    assert {(r.uuid, r.user, r.server, r.utilization_pct) for r in got} == {("GPU-a", "alice", "", 50),
+                                                                           ("GPU-b", "bob", "big", 0)}
+    for _ in range(6):  # a minute: alice busy, then idle; bob idle throughout
+        clock[0] += 10
+        feed.utils["GPU-a"] = 3 if clock[0] >= 1030 else 60
+        sampler.sample(holders)
+    store = sampler.store
+    assert store.idle_since(bob, "GPU-b", 5) == 1000.0
+    assert store.idle_since(alice, "GPU-a", 5) == 1030.0
+    assert store.idle_since(alice, "GPU-a", 2) is None  # 3 % is busy for a 2 % threshold
+    store.close()
+    # a restart: a new sampler on the same file knows since when both were idle
+    again = sampler_at(tmp_path, feed, clock)
+    assert again.store.idle_since(bob, "GPU-b", 5) == 1000.0
+    feed.utils["GPU-b"] = 90  # busy again: not idle any more
+    clock[0] += 10
+    again.sample(holders)
+    assert again.store.idle_since(bob, "GPU-b", 5) is None
+    # a new holding of the same GPU by the same user does not inherit the old history
+    clock[0] += 10
+    feed.utils["GPU-b"] = 0
+    later = Holder("bob", "big", clock[0])
+    again.sample({"GPU-b": [later]})
+    assert again.store.idle_since(later, "GPU-b", 5) == clock[0]
+
+
+def test_no_utilisation_or_no_nvml_is_never_idle(tmp_path):
+    clock = [1000.0]
+    feed = Feed(**{"MIG-a": None})  # MIG instances give no utilisation
+    h = Holder("alice", "", 0.0)
+    sampler = sampler_at(tmp_path, feed, clock)
+    sampler.sample({"MIG-a": [h]})
+    assert sampler.store.idle_since(h, "MIG-a", 5) is None
+    feed.available = False
+    assert sampler.sample({"MIG-a": [h]}) == [] and sampler.source == "n/a" and "NVML" in sampler.reason
+
+
+def test_old_readings_are_pruned(tmp_path):
+    clock = [1000.0]
+    feed = Feed(**{"GPU-a": 0})
+    h = Holder("alice", "", 0.0)
+    sampler = ActivitySampler(feed, interval=10, clock=lambda: clock[0],
+                              store=ActivityStore(tmp_path / "a.sqlite", keep=100))
+    sampler.sample({"GPU-a": [h]})
+    clock[0] += 200
+    sampler.sample({"GPU-a": [h]})
+    assert sampler.store.idle_since(h, "GPU-a", 5) == 1200.0  # the first reading is gone
+
+
+def test_load_reader():
+    assert isinstance(load_reader("nvml"), NVMLReader)
+    assert isinstance(load_reader("test_gpu_activity:Feed"), Feed)
+    with pytest.raises(ValueError, match="module:attribute"):
+        load_reader("nonsense")
+
+
+# ---- decisions ------------------------------------------------------------------------------
+POLICY = ReclaimPolicy(threshold_pct=5, timeout=1800, grace=600, exempt_users=frozenset({"root"}),
+                       exempt_groups=frozenset({"long-jobs"}))
+
+
+def c(user, idle_since, groups=(), uuid="GPU-a"):
+    return Candidate(user, "", uuid, idle_since, frozenset(groups))
+
+
+def test_idle_server_is_warned_then_stopped_after_the_grace():
+    state = ReclaimState()
+    assert decide(POLICY, [c("alice", 0.0)], state, 1799.0) == []
+    [warn] = decide(POLICY, [c("alice", 0.0)], state, 1800.0)
+    assert (warn.action, warn.deadline) == ("warn", 2400.0)
+    assert decide(POLICY, [c("alice", 0.0)], state, 2399.0) == []
+    [stop] = decide(POLICY, [c("alice", 0.0)], state, 2400.0)
+    assert stop.action == "stop" and stop.key == ("alice", "", "GPU-a") and not state.warned
+
+
+def test_busy_again_clears_the_warning_and_still_working_counts_once():
+    state = ReclaimState()
+    decide(POLICY, [c("alice", 0.0)], state, 1800.0)
+    key = ("alice", "", "GPU-a")
+    assert state.still_working(key, POLICY.grace).deadline == 3000.0
+    with pytest.raises(ValueError, match="busy again"):
+        state.still_working(key, POLICY.grace)
+    assert decide(POLICY, [c("alice", 0.0)], state, 2500.0) == []  # the answer moved the deadline
+    [clear] = decide(POLICY, [c("alice", None)], state, 2600.0)  # GPU work resumed
+    assert clear.action == "clear" and clear.why == "busy again" and not state.warned
+    assert state.still_working(key, POLICY.grace) is None  # no warning: nothing to answer
+
+
+def test_exempt_users_groups_extensions_and_off_are_never_reclaimed():
+    state = ReclaimState()
+    assert decide(POLICY, [c("root", 0.0), c("carol", 0.0, ["long-jobs"])], state, 99999.0) == []
+    state.extended[("alice", "")] = 5000.0
+    assert decide(POLICY, [c("alice", 0.0)], state, 4000.0) == []
+    [warn] = decide(POLICY, [c("alice", 0.0)], state, 5000.0)  # the extension ran out
+    assert warn.action == "warn" and ("alice", "") not in state.extended
+    off = ReclaimPolicy(timeout=0)
+    [clear] = decide(off, [c("alice", 0.0)], state, 6000.0)
+    assert clear.why == "reclaim is off" and decide(off, [c("bob", 0.0)], state, 9e9) == []
+
+
+def test_a_server_gone_loses_its_warning_and_state_round_trips():
+    state = ReclaimState()
+    decide(POLICY, [c("alice", 0.0), c("bob", 100.0, uuid="GPU-b")], state, 2000.0)
+    state.extended[("carol", "x")] = 9000.0
+    again = ReclaimState.from_json(state.to_json())
+    assert again.warned == state.warned and again.extended == state.extended
+    [clear] = decide(POLICY, [c("alice", 0.0)], again, 2100.0)
+    assert clear.key == ("bob", "", "GPU-b") and clear.why == "no longer holds the GPU"
+
+
+def test_stop_message_says_why_and_that_files_are_kept():
+    text = stop_message("H200 GPU-a", POLICY, 0.0, 2400.0)
+    assert "H200 GPU-a" in text and "40 minutes" in text and "5 %" in text and "files" in text

@@ -1,0 +1,109 @@
+"""The line for GPUs (hub/gpus/queue.py): order, who may overtake whom, the file on the state
+volume, the old places after a hub restart, and the estimate."""
+import asyncio
+
+import pytest
+
+from hub.gpus.queue import GPUQueue, read_line
+
+
+def test_fifo_and_only_a_waiter_the_gpu_suits_holds_others_up(tmp_path):
+    clock = [100.0]
+    q = GPUQueue(tmp_path / "q.json", clock=lambda: clock[0])
+    a = q.join("a", "")
+    clock[0] += 1
+    b = q.join("b", "", frozenset({"course-x"}))
+    assert q.join("a", "") is a and [q.position(a), q.position(b)] == [1, 2]
+    anyone = lambda user, groups: True  # noqa: E731
+    assert not q.blocked("a", "", anyone) and q.blocked("b", "", anyone) and q.blocked("newcomer", "", anyone)
+    only_course_x = lambda user, groups: "course-x" in groups  # noqa: E731 - a GPU reserved for course-x
+    assert not q.blocked("b", "", only_course_x)  # a cannot take it, so b is not held up
+    assert [e["user"] for e in read_line(tmp_path / "q.json")] == ["a", "b"]
+    q.done(a)
+    assert q.position(a) == 0 and q.position(b) == 1 and [e["user"] for e in read_line(tmp_path / "q.json")] == ["b"]
+
+
+def test_wake_sets_every_waiters_event():
+    async def run():
+        q = GPUQueue()
+        a, b = q.join("a", ""), q.join("b", "")
+        q.wake()
+        return a.event.is_set() and b.event.is_set()
+    assert asyncio.run(run())
+
+
+def test_a_restarted_hub_gives_old_places_back_to_those_who_rejoin_soon(tmp_path):
+    clock = [100.0]
+    old = GPUQueue(tmp_path / "q.json", clock=lambda: clock[0])
+    old.join("a", "")
+    clock[0] += 10
+    old.join("b", "")
+    clock[0] += 100  # the hub restarts
+    new = GPUQueue(tmp_path / "q.json", clock=lambda: clock[0], rejoin_window=60)
+    assert [(e["user"], e["position"]) for e in new.recover()] == [("a", 1), ("b", 2)]
+    assert read_line(tmp_path / "q.json") == []  # those starts are gone
+    c = new.join("c", "")
+    clock[0] += 5
+    b = new.join("b", "")  # back within the window: before c, who joined after the restart
+    assert new.position(b) == 1 and new.position(c) == 2
+    clock[0] += 100
+    a = new.join("a", "")  # too late: at the end
+    assert new.position(a) == 3
+
+
+def test_estimate_from_the_pace_of_hand_overs():
+    clock = [0.0]
+    q = GPUQueue(clock=lambda: clock[0])
+    assert q.estimate(1) is None
+    for t in (0.0, 60.0, 120.0):
+        clock[0] = t
+        q.done(q.join(f"u{t}", ""))
+    assert q.estimate(3) == 180.0
+
+
+# ---- the spawner in line ------------------------------------------------------------------------
+def test_spawners_wait_in_line_in_order_and_a_cancel_leaves_it(monkeypatch, tmp_path):
+    from console_fakes import FakeEngine, container
+    from test_spawner import make_spawner
+
+    from hub.gpus.manager import GPUManager
+    from hub.gpus.model import GPU
+    from hub.spawner.spawner import PROCESS
+
+    engine = FakeEngine()
+    engine.containers = [container("c-alice", "GPU-0", "alice"), container("c-bob", "GPU-1", "bob")]
+    manager = GPUManager([GPU("GPU-0", 0), GPU("GPU-1", 1)], "static", "cdi", str(tmp_path / "intent.json"), "gpuhub")
+    monkeypatch.setattr(PROCESS, "gpu_manager", manager)
+    monkeypatch.setattr(PROCESS, "gpu_queue", GPUQueue(tmp_path / "q.json"))
+    spawners = {n: make_spawner(n, gpu_when_full="queue") for n in ("w1", "w2", "w3")}
+    for s in spawners.values():
+        s.engine = engine
+
+    def told(name):
+        return [e["message"] for e in spawners[name].progress_log.events]
+
+    async def scenario():
+        tasks = {}
+        for name in ("w1", "w2", "w3"):
+            tasks[name] = asyncio.create_task(spawners[name].wait_for_gpu())
+            await asyncio.sleep(0.01)
+        assert [w["user"] for w in read_line(tmp_path / "q.json")] == ["w1", "w2", "w3"]
+        assert "You are next in line" in told("w1")[-1] and "number 3 in line" in told("w3")[-1]
+        engine.containers.pop(0)  # alice's server stops: GPU-0 is free
+        PROCESS.gpu_queue.wake()
+        await asyncio.wait_for(tasks["w1"], 2)  # the first in line may take it
+        await asyncio.sleep(0.05)
+        assert not tasks["w2"].done()  # w1 keeps its place until its container exists
+        engine.containers.append(container("c-w1", "GPU-0", "w1"))
+        PROCESS.gpu_queue.done(spawners["w1"]._waiter)
+        await asyncio.sleep(0.05)
+        assert "You are next in line" in told("w2")[-1] and not tasks["w2"].done()
+        tasks["w3"].cancel()  # Cancel on the spawn page
+        with pytest.raises(asyncio.CancelledError):
+            await tasks["w3"]
+        assert [w["user"] for w in read_line(tmp_path / "q.json")] == ["w2"]
+        tasks["w2"].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tasks["w2"]
+    asyncio.run(asyncio.wait_for(scenario(), 10))  # bounded: a start stuck in line fails the test
+    assert read_line(tmp_path / "q.json") == []

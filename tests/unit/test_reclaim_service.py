@@ -1,0 +1,210 @@
+"""The gpu-reclaim service (hub/reclaim/service.py) against a stand-in engine, hub and GPU
+readings: warn, then stop with the reason left for the page and the audit; its REST API, and bad
+input answered with a 4xx and nothing changed."""
+import asyncio
+import json
+
+import pytest
+import requests
+from console_fakes import ServedApp
+from test_gpu_activity import Feed
+
+from hub.console.audit import AuditLog
+from hub.gpus.activity import ActivitySampler, ActivityStore
+from hub.reclaim.policy import ReclaimPolicy
+from hub.reclaim.service import Reclaimer, make_app
+from hub.spawner.stop_reasons import ReasonFile
+
+API = "/services/gpu-reclaim/api/"
+TOKENS = {"alice-token": {"kind": "user", "name": "alice", "groups": [], "scopes": ["self"]},
+          "bob-token": {"kind": "user", "name": "bob", "groups": ["long-jobs"], "scopes": ["self"]},
+          "admin-token": {"kind": "user", "name": "admin", "groups": [],
+                          "scopes": ["admin:users", "access:services"]},
+          "service-token": {"kind": "service", "name": "other", "scopes": ["access:services"]}}
+
+
+def running(user, uuid, server="", since=1000.0, instance="gpuhubtest"):
+    """A container as the engine's container list shows it."""
+    return {"Id": f"c-{user}-{server}", "Names": [f"/gpuhubtest-{user}"], "State": "running",
+            "Labels": {"gpuhub.user": user, "gpuhub.server": server, "gpuhub.instance": instance,
+                       "gpuhub.gpu.uuid": uuid, "gpuhub.gpu.since": str(since)}}
+
+
+class Engine:
+    def __init__(self, containers):
+        self.containers, self.filters = containers, None
+
+    async def __call__(self, method, *args, **kwargs):
+        assert method == "containers", f"the reclaim service must not call {method}"
+        self.filters = kwargs["filters"]
+        return [c for c in self.containers if c["Labels"]["gpuhub.instance"] == "gpuhubtest"]
+
+
+class Hub:
+    def __init__(self, engine):
+        self.engine, self.stopped = engine, []
+
+    async def user(self, name):
+        return {"name": name, "groups": TOKENS.get(f"{name}-token", {}).get("groups", [])}
+
+    async def stop_server(self, user, server):
+        self.stopped.append((user, server))
+        self.engine.containers = [c for c in self.engine.containers if c["Labels"]["gpuhub.user"] != user]
+        return 204, ""
+
+
+@pytest.fixture
+def world(tmp_path):
+    clock = [2000.0]
+    feed = Feed(**{"GPU-a": 0, "GPU-b": 80, "GPU-c": 0, "GPU-d": 0})
+    engine = Engine([running("alice", "GPU-a"), running("carol", "GPU-b"), running("bob", "GPU-c"),
+                     running("eve", "GPU-d", instance="another-hub")])
+    hub = Hub(engine)
+    policy = ReclaimPolicy(threshold_pct=5, timeout=60, grace=30, exempt_groups=frozenset({"long-jobs"}))
+    sampler = ActivitySampler(feed, interval=10, clock=lambda: clock[0], store=ActivityStore(tmp_path / "a.sqlite"))
+    r = Reclaimer(policy, sampler, engine, hub, AuditLog(tmp_path / "audit.jsonl"),
+                  ReasonFile(tmp_path / "stop-reasons.json"), tmp_path / "reclaim.json", instance="gpuhubtest",
+                  clock=lambda: clock[0])
+    return r, clock, feed, hub, tmp_path
+
+
+def rounds(r, clock, n, loop=None):
+    out = []
+    for _ in range(n):
+        coro = r.round()
+        out += asyncio.run_coroutine_threadsafe(coro, loop).result(10) if loop else asyncio.run(coro)
+        clock[0] += 10
+    return out
+
+
+def test_idle_holder_is_warned_then_stopped_busy_and_exempt_are_not(world):
+    r, clock, feed, hub, tmp = world
+    decisions = rounds(r, clock, 7)  # 0..60 s idle
+    assert [(d.action, d.key[0]) for d in decisions] == [("warn", "alice")]
+    assert r.docker.filters["label"] == "gpuhub.instance=gpuhubtest"  # this hub's containers only
+    assert json.loads((tmp / "reclaim.json").read_text())["warned"][0]["user"] == "alice"
+    decisions = rounds(r, clock, 3)  # the grace (30 s) runs out
+    assert [(d.action, d.key[0]) for d in decisions] == [("stop", "alice")]
+    assert hub.stopped == [("alice", "")]  # carol busy, bob exempt (group), eve another hub's
+    reason = ReasonFile(tmp / "stop-reasons.json").get(("alice", ""))
+    assert "idle" in reason and "files" in reason
+    actions = [(e["action"], e["user"]) for e in AuditLog(tmp / "audit.jsonl").tail()]
+    assert actions == [("reclaim", "alice"), ("reclaim-warn", "alice")]
+
+
+def test_a_restart_keeps_the_warning_and_the_idle_history(world, tmp_path):
+    r, clock, feed, hub, tmp = world
+    rounds(r, clock, 7)
+    again = Reclaimer(r.policy, ActivitySampler(feed, interval=10, clock=lambda: clock[0],
+                                                store=ActivityStore(tmp / "a.sqlite")),
+                      r.docker, hub, r.audit, r.reasons, tmp / "reclaim.json", instance="gpuhubtest",
+                      clock=lambda: clock[0])
+    assert ("alice", "", "GPU-a") in again.state.warned
+    assert [d.action for d in rounds(again, clock, 3)] == ["stop"]
+
+
+@pytest.fixture
+def api(world):
+    r, clock, feed, hub, tmp = world
+
+    async def identify(token):
+        return TOKENS.get(token)
+
+    with ServedApp(make_app(r, identify)) as served:
+        def call(method, path, body=None, token="alice-token", raw=None):
+            headers = {"Authorization": f"token {token}"} if token else {}
+            data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+            return requests.request(method, served.url + API + path, data=data, headers=headers, timeout=10)
+        yield call, served, world
+
+
+def test_me_shows_only_the_callers_gpu_and_the_warning(api):
+    call, served, (r, clock, feed, hub, tmp) = api
+    rounds(r, clock, 7, served._loop)
+    me = call("GET", "me").json()
+    assert me["user"] == "alice" and [s["gpu"]["uuid"] for s in me["servers"]] == ["GPU-a"]
+    [server] = me["servers"]
+    assert server["idle_since"] == 2000.0 and server["gpu"]["utilization_pct"] == 0
+    assert server["warning"]["seconds_left"] == 20 and not server["warning"]["still_working"]
+    assert call("GET", "me", token="bob-token").json()["exempt"] is True
+    r1 = call("POST", "me/still-working", {"server": ""})
+    assert r1.status_code == 200 and "stays yours" in r1.json()["message"]
+    r2 = call("POST", "me/still-working", {"server": ""})
+    assert r2.status_code == 409 and "busy again" in r2.json()["message"]
+
+
+def test_bad_input_and_strangers_change_nothing(api):
+    call, served, (r, clock, feed, hub, tmp) = api
+    rounds(r, clock, 7, served._loop)
+    before = ((tmp / "reclaim.json").read_bytes(), (tmp / "audit.jsonl").read_bytes())
+    cases = [
+        ("GET", "me", None, None, 401),  # no token
+        ("GET", "me", None, "service-token", 403),  # not a user
+        ("POST", "me/still-working", {"user": "carol", "server": ""}, "alice-token", 400),  # forged
+        ("POST", "me/still-working", {"server": ""}, "bob-token", 404),  # no warning
+        ("POST", "me/still-working", {"server": 3}, "alice-token", 400),
+        ("GET", "holders", None, "alice-token", 403),
+        ("POST", "extend", {"user": "alice", "server": ""}, "alice-token", 403),
+        ("POST", "extend", {"user": "alice", "seconds": -1}, "admin-token", 400),
+        ("POST", "extend", {"user": "alice", "seconds": True}, "admin-token", 400),
+        ("POST", "extend", {"user": "nobody"}, "admin-token", 404),
+        ("POST", "extend", {"user": "alice", "when": 1}, "admin-token", 400),
+    ]
+    for method, path, body, token, status in cases:
+        resp = call(method, path, body, token)
+        assert resp.status_code == status, (method, path, body, token, resp.text)
+        assert resp.json()["status"] == status and resp.json()["message"]
+    assert call("POST", "extend", raw="{not json", token="admin-token").status_code == 400
+    assert ((tmp / "reclaim.json").read_bytes(), (tmp / "audit.jsonl").read_bytes()) == before
+
+
+def test_admin_sees_holders_and_extends_one_server(api):
+    call, served, (r, clock, feed, hub, tmp) = api
+    rounds(r, clock, 7, served._loop)
+    holders = call("GET", "holders", token="admin-token").json()["holders"]
+    assert sorted(h["user"] for h in holders) == ["alice", "bob", "carol"]
+    resp = call("POST", "extend", {"user": "alice", "server": "", "seconds": 3600}, token="admin-token")
+    assert resp.status_code == 200 and "alice" in resp.json()["message"]
+    assert AuditLog(tmp / "audit.jsonl").tail(1)[0]["action"] == "reclaim-extend"
+    assert rounds(r, clock, 10, served._loop) == [] and hub.stopped == []
+
+
+# ---- configuration and the reason on the next page load ----------------------------------------
+def test_configure_reclaim_runs_a_least_privilege_service():
+    from jupyterhub.scopes import scope_definitions
+    from traitlets.config import Config
+    from traitlets.config.loader import ConfigError
+
+    from hub.config.configure import configure_reclaim
+
+    c = Config()
+    configure_reclaim(c, {"GPU_IDLE_TIMEOUT": "60", "GPU_IDLE_EXEMPT_GROUPS": "long-jobs", "OTHER": "x"})
+    (service,) = c.JupyterHub.services
+    assert service["name"] == "gpu-reclaim" and service["command"][-1] == "hub.reclaim.service"
+    assert service["environment"] == {"GPU_IDLE_TIMEOUT": "60", "GPU_IDLE_EXEMPT_GROUPS": "long-jobs"}
+    (role,) = c.JupyterHub.load_roles
+    assert all(s in scope_definitions for s in role["scopes"]) and "admin:users" not in role["scopes"]
+    assert c.GPUDockerSpawner.environment["GPUHUB_GPU_SERVICE_URL"].endswith("/services/gpu-reclaim/")
+    with pytest.raises(ConfigError, match="GPU_IDLE_THRESHOLD"):
+        configure_reclaim(Config(), {"GPU_IDLE_THRESHOLD": "five"})
+
+
+def test_service_reason_is_shown_until_the_server_starts_again(tmp_path):
+    from hub.spawner import GPUDockerSpawner
+
+    class Spawner:
+        active = False
+
+    class User:
+        name = "alice"
+        spawners = {"": Spawner()}
+
+    path = tmp_path / "stop-reasons.json"
+    ReasonFile(path).put(("alice", ""), "Your server was stopped to give its GPU to others")
+    assert "give its GPU" in GPUDockerSpawner.stop_reason_for(User(), file=str(path))
+    assert GPUDockerSpawner.stop_reason_for(User()) == ""  # no file configured
+    User.spawners[""].active = True
+    assert GPUDockerSpawner.stop_reason_for(User(), file=str(path)) == ""
+    ReasonFile(path).pop(("alice", ""))  # what the next start does
+    User.spawners[""].active = False
+    assert GPUDockerSpawner.stop_reason_for(User(), file=str(path)) == ""
