@@ -69,7 +69,8 @@ class Stack:
         containers = self.user_containers()
         if containers:
             self.docker("rm", "-f", *containers, check=False)
-        self.compose("--profile", "monitoring", "down", "--volumes", "--remove-orphans", check=False)
+        # every profile: a service of an inactive profile (tls's caddy, monitoring's prometheus) is not an orphan
+        self.compose("--profile", "*", "down", "--volumes", "--remove-orphans", check=False)
         volumes = self.user_volumes()
         if volumes:
             self.docker("volume", "rm", "-f", *volumes, check=False)
