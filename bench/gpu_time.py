@@ -94,7 +94,10 @@ def queue(stack: Stack, hub: Hub, users: int, gpus: int) -> dict:
 
     def watch():  # no GPU held twice, checked all along
         while not stop_watch.is_set():
-            held = list(gpu_holdings(stack).values())
+            try:
+                held = list(gpu_holdings(stack).values())
+            except subprocess.CalledProcessError:  # a container removed while listed
+                continue
             if len(held) != len(set(held)):
                 double_booked.append(held)
             time.sleep(0.5)

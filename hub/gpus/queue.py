@@ -34,6 +34,7 @@ class Waiter:
     groups: frozenset[str]
     since: float
     event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    passed: bool = False  # may take a GPU; starting (its container does not exist yet)
 
     @property
     def key(self) -> Key:
@@ -84,15 +85,21 @@ class GPUQueue:
         """1 for the first in line; 0 if not in it."""
         return self.waiters.index(waiter) + 1 if waiter in self.waiters else 0
 
-    def blocked(self, user: str, server: str, may_take: Callable[[str, frozenset[str]], bool]) -> bool:
+    def blocked(self, user: str, server: str, may_take: Callable[[str, frozenset[str]], bool],
+                free: int | None = None) -> bool:
         """Whether someone earlier in the line (everyone, for a start not in it) could take a
-        GPU free now: then this start must wait, however free that GPU looks to it."""
+        GPU free now, or the earlier starts already let through (``passed``, their containers
+        not created yet) will take all ``free`` GPUs this start could have: then it must wait,
+        however free a GPU looks to it."""
+        claimed = 0
         for w in self.waiters:
             if w.key == (user, server):
-                return False
-            if may_take(w.user, w.groups):
+                break
+            if w.passed:
+                claimed += 1
+            elif may_take(w.user, w.groups):
                 return True
-        return False
+        return free is not None and claimed >= free
 
     def wake(self) -> None:
         """A GPU may have become free: every waiter checks again."""
@@ -110,7 +117,7 @@ class GPUQueue:
     # -- the file on the state volume ---------------------------------------------------------
 
     def to_json(self) -> list[dict]:
-        return [{"user": w.user, "server": w.server, "since": w.since, "position": i + 1}
+        return [{"user": w.user, "server": w.server, "since": w.since, "position": i + 1, "starting": w.passed}
                 for i, w in enumerate(self.waiters)]
 
     def save(self) -> None:

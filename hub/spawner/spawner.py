@@ -56,6 +56,13 @@ class HubProcess:
 PROCESS = HubProcess()
 
 
+def free_gpus(alloc, user: str = "", groups=(), now: float | None = None) -> int:
+    """How many GPUs (or shared seats' GPUs) this user could be given now; at least 1 if a pin
+    gives them one."""
+    now = time.time() if now is None else now
+    return max(len(alloc.candidates(user, groups, now)), int(alloc.could_allocate(user, groups, now)))
+
+
 def recover_gpu_queue(queue_file: str, stop_reasons_file: str = "") -> list[dict]:
     """At hub start: the line is kept in ``queue_file``; the starts that waited in it when the
     last hub process ended are gone with it, so each of their users reads why on their next page
@@ -385,9 +392,12 @@ class GPUDockerSpawner(DockerSpawner):
 
                 def may_take(name: str, their_groups: frozenset[str]) -> bool:
                     return alloc.could_allocate(name, their_groups, now)
-                if may_take(user, groups) and not queue.blocked(user, server, may_take):
-                    return  # in line or not: it stays there until its container exists
+                # In line from the first look: a start let through keeps its place (passed) until
+                # its container exists, so a burst never lets more through than GPUs are free.
                 self._waiter = self._waiter or queue.join(user, server, groups)
+                if may_take(user, groups) and not queue.blocked(user, server, may_take, free_gpus(alloc, user, groups, now)):
+                    self._waiter.passed = True
+                    return
                 self._waiter.event.clear()
                 position = queue.position(self._waiter)
             if position != told:
@@ -570,8 +580,10 @@ class GPUDockerSpawner(DockerSpawner):
             return None
         try:
             now = time.time()
+            alloc = manager.allocator
             if PROCESS.gpu_queue.blocked(self.user.name, self.name or "",
-                                         lambda u, g: manager.allocator.could_allocate(u, g, now)):
+                                         lambda u, g: alloc.could_allocate(u, g, now),
+                                         free_gpus(alloc, self.user.name, groups, now)):
                 raise NoGPUAvailable(f"{len(PROCESS.gpu_queue.waiters)} earlier starts wait in line for one",
                                      total=len(manager.inventory))
             assignment = manager.assign(self.user.name, self.name or "", groups, now)

@@ -107,3 +107,16 @@ def test_spawners_wait_in_line_in_order_and_a_cancel_leaves_it(monkeypatch, tmp_
             await tasks["w2"]
     asyncio.run(asyncio.wait_for(scenario(), 10))  # bounded: a start stuck in line fails the test
     assert read_line(tmp_path / "q.json") == []
+
+
+def test_a_burst_lets_through_no_more_starts_than_gpus_are_free():
+    q = GPUQueue()
+    anyone = lambda user, groups: True  # noqa: E731
+    let_through = []
+    for name in ("a", "b", "c", "d"):
+        w = q.join(name, "")
+        if not q.blocked(name, "", anyone, free=2):
+            w.passed = True  # starting: its container is not there yet
+            let_through.append(name)
+    assert let_through == ["a", "b"]  # two GPUs free: the third waits, however free they look
+    assert not q.blocked("a", "", anyone, free=2)  # a passed start is never held up by the others
