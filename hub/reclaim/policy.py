@@ -134,8 +134,11 @@ def decide(policy: ReclaimPolicy, candidates: Iterable[Candidate], state: Reclai
 
 def stop_message(gpu_name: str, policy: ReclaimPolicy, idle_since: float, now: float) -> str:
     """What the user reads on their next page load."""
-    minutes = max(1, round((now - idle_since) / 60))
+    seconds = max(0, round(now - idle_since))
+    minutes = round(seconds / 60)
+    idle = (f"{seconds} second{'s' if seconds != 1 else ''}" if seconds < 60
+            else f"{minutes} minute{'s' if minutes != 1 else ''}")
     return (f"Your server was stopped to give its GPU ({gpu_name}) to others: the GPU had been idle "
-            f"(under {policy.threshold_pct:g} % utilisation) for {minutes} minute{'s' if minutes != 1 else ''}, "
+            f"(under {policy.threshold_pct:g} % utilisation) for {idle}, "
             "and the warning in JupyterLab ran out. Your files in work/ are kept; press Start to "
             "start it again (with a GPU when one is free).")
