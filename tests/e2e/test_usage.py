@@ -160,8 +160,11 @@ def test_quota_stop_refusal_and_a_real_prometheus(console, stack, hub):
             return result and float(result[0]["value"][1])
         seconds = wait_for(scraped, timeout=90, what="Prometheus has scraped the user's GPU-seconds")
         assert 9 <= seconds <= 40, seconds
-        targets = requests.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
-        assert {t["labels"]["job"]: t["health"] for t in targets} == {"gpuhub-gpus": "up", "jupyterhub": "up"}
+        def health():  # both targets scraped with the least-privilege token (the hub's may come later)
+            targets = requests.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+            found = {t["labels"]["job"]: t["health"] for t in targets}
+            return found if "unknown" not in found.values() else None
+        assert wait_for(health, timeout=60, what="both targets scraped") == {"gpuhub-gpus": "up", "jupyterhub": "up"}
     finally:
         console.call("DELETE", f"quotas/user/{user}")
 
