@@ -131,14 +131,16 @@ def _share_weight(labels: Mapping[str, str], env: Iterable[str], keys: Labels) -
 
 
 def seats_of_container(d: Mapping[str, Any], inventory: Iterable[GPU], label_prefix: str = "gpuhub",
-                       node: str = "") -> list[Seat]:
+                       node: str = "", start: float | None = None) -> list[Seat]:
     """The seats a live container (``docker inspect``) holds: every GPU its label or device
-    requests name (hub.gpus.claim decodes both), from its ``State.StartedAt``."""
+    requests name (hub.gpus.claim decodes both), from ``start`` if given, else its
+    ``State.StartedAt`` (else its ``gpu.since`` label)."""
     gpus = {g.uuid: g for g in inventory}
     keys = Labels(label_prefix)
     labels = (d.get("Config") or {}).get("Labels") or {}
     env = (d.get("Config") or {}).get("Env") or []
-    start = docker_time((d.get("State") or {}).get("StartedAt"))
+    if start is None:
+        start = docker_time((d.get("State") or {}).get("StartedAt"))
     if start is None:
         try:
             start = float(labels[keys.gpu_since])
@@ -162,7 +164,7 @@ def seats_of_event(event: Mapping[str, Any], inventory: Iterable[GPU], label_pre
     when = event_time(event)
     fake = {"Id": cid, "Name": attrs.get("name", ""), "State": {"Status": "running"},
             "Config": {"Labels": attrs, "Env": []}}
-    return [replace(s, start=when) for s in seats_of_container(fake, inventory, label_prefix)]
+    return seats_of_container(fake, inventory, label_prefix, start=when)
 
 
 def event_time(event: Mapping[str, Any]) -> float:

@@ -101,8 +101,27 @@ def test_accounting_matches_the_engines_lifetimes_across_a_hub_restart(console, 
     assert max(errors.values()) <= 0.01, (truth, stored)
 
 
+def logged_in(stack, user: str) -> requests.Session:
+    """A browser-like session of a user with a password (signed up, approved by the admin):
+    the hub's pages take no API token."""
+    password = "Usage-e2e-Pass-42"
+    s = requests.Session()
+    s.get(f"{stack.url}/hub/signup", timeout=10).raise_for_status()
+    r = s.post(f"{stack.url}/hub/signup", timeout=10, data={
+        "username": user, "signup_password": password, "signup_password_confirmation": password,
+        "_xsrf": s.cookies.get("_xsrf")})
+    assert r.status_code == 200, r.text[:300]
+    stack.admin_session().get(f"{stack.url}/hub/authorize/{user}", timeout=10).raise_for_status()
+    s.get(f"{stack.url}/hub/login", timeout=10)
+    r = s.post(f"{stack.url}/hub/login?next=", timeout=10, allow_redirects=False,
+               data={"username": user, "password": password, "_xsrf": s.cookies.get("_xsrf")})
+    assert r.status_code == 302, r.text[:300]
+    return s
+
+
 def test_quota_stop_refusal_and_a_real_prometheus(console, stack, hub):
     user = "quota-e2e"
+    browser_session = logged_in(stack, user)
     token = user_token(hub, user)
     before = console.ok("GET", "quotas")
     for body, fragment in (({"scope": "user", "name": user, "hours": -1, "window_days": 1}, "'hours'"),
@@ -120,7 +139,7 @@ def test_quota_stop_refusal_and_a_real_prometheus(console, stack, hub):
         hub.start(user)
         hub.wait(user, ready=False, timeout=60)  # stopped by the console's next sync after 10.8 s
         assert any(e.get("action") == "quota-stop" and e.get("user") == user for e in console.audit())
-        page = requests.get(f"{stack.url}/hub/home", headers={"Authorization": f"token {token}"}, timeout=10)
+        page = browser_session.get(f"{stack.url}/hub/home", timeout=10)
         assert 'id="gpuhub-quota-stop"' in page.text and "is used up" in page.text, page.text[:2000]
         r = hub.api("POST", f"/users/{user}/server")
         assert r.status_code == 403, r.text
@@ -141,8 +160,11 @@ def test_quota_stop_refusal_and_a_real_prometheus(console, stack, hub):
             return result and float(result[0]["value"][1])
         seconds = wait_for(scraped, timeout=90, what="Prometheus has scraped the user's GPU-seconds")
         assert 9 <= seconds <= 40, seconds
-        targets = requests.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
-        assert {t["labels"]["job"]: t["health"] for t in targets} == {"gpuhub-gpus": "up", "jupyterhub": "up"}
+        def health():  # both targets scraped with the least-privilege token (the hub's may come later)
+            targets = requests.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+            found = {t["labels"]["job"]: t["health"] for t in targets}
+            return found if "unknown" not in found.values() else None
+        assert wait_for(health, timeout=60, what="both targets scraped") == {"gpuhub-gpus": "up", "jupyterhub": "up"}
     finally:
         console.call("DELETE", f"quotas/user/{user}")
 

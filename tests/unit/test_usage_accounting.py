@@ -54,6 +54,10 @@ def test_a_start_event_names_the_same_seat_and_the_shared_label():
     assert labels["gpuhub.gpu.shared_by"] == "2"
     seat, = seats_of_event({"Action": "start", "timeNano": 7_500_000_000, "Actor": {"ID": "c9", "Attributes": labels}}, GPUS)
     assert (seat.container_id, seat.gpu_uuid, seat.user, seat.start, seat.weight) == ("c9", "GPU-b", "bob", 7.5, 0.5)
+    # a container that this hub did not start (no gpu.since label): the event's time is its start
+    del labels["gpuhub.gpu.since"]
+    seat, = seats_of_event({"Action": "start", "timeNano": 8_000_000_000, "Actor": {"ID": "c8", "Attributes": labels}}, GPUS)
+    assert (seat.container_id, seat.start) == ("c8", 8.0)
 
 
 class Util:
