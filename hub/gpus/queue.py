@@ -99,7 +99,8 @@ class GPUQueue:
                 claimed += 1
             elif may_take(w.user, w.groups):
                 return True
-        return free is not None and claimed >= free
+        # Nobody let through: the allocator itself says why nothing is free (a reservation, all in use).
+        return free is not None and claimed > 0 and claimed >= free
 
     def wake(self) -> None:
         """A GPU may have become free: every waiter checks again."""

@@ -16,6 +16,21 @@ class Console:
         self.stack, self.token = stack, token
         self.base = f"{stack.url}/services/gpu-console/api/"
         self.hub_container = f"{stack.prefix}-hub-1"
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the proxy routes to the console: a hub recreated by an earlier test (the TLS
+        test brings the stack back to plain HTTP) answers before its service's route is back."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.call("GET", "gpus").status_code != 404:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                return  # the test's own first call says what is wrong
+            time.sleep(0.5)
 
     def call(self, method, path, body=None, raw=None, token="admin"):
         token = self.token if token == "admin" else token

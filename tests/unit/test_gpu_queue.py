@@ -120,3 +120,11 @@ def test_a_burst_lets_through_no_more_starts_than_gpus_are_free():
             let_through.append(name)
     assert let_through == ["a", "b"]  # two GPUs free: the third waits, however free they look
     assert not q.blocked("a", "", anyone, free=2)  # a passed start is never held up by the others
+
+
+def test_an_empty_line_blocks_nobody_so_the_allocator_says_why_no_gpu_is_free():
+    from hub.gpus.queue import GPUQueue
+
+    queue = GPUQueue()
+    assert not queue.blocked("amy", "", lambda user, groups: True, free=0)  # all GPUs in use, nobody waiting
+    assert not queue.blocked("amy", "", lambda user, groups: True, free=2)
