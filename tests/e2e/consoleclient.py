@@ -63,8 +63,12 @@ class Console:
         return [] if text.startswith("(absent)") else [json.loads(line) for line in text.splitlines()]
 
     def reset(self):
-        """No pins, no drains, no reservations, no shared GPUs, everyone may use GPUs (through
-        the API, so it is audited too)."""
+        """No pins, no drains, no reservations, no shared GPUs, no GPU quotas, everyone may use
+        GPUs (through the API, so it is audited too). Earlier modules (the reliability suite's
+        schemathesis run sets random valid quotas) leave their intent on the shared stack."""
+        for quota in self.ok("GET", "quotas").get("quotas", []):
+            name = quota.get("name") or "all"
+            self.ok("DELETE", f"quotas/{quote(quota['scope'], safe='')}/{quote(name, safe='')}")
         state = self.state()
         for reservation in state.get("reservations", []):
             self.ok("DELETE", f"reservations/{quote(reservation['id'], safe='')}")
