@@ -63,6 +63,9 @@ class Allocator:
         self.inventory: tuple[GPU, ...] = tuple(sorted(self._gpus.values(), key=_order))
         self.intent, self.policy = intent if intent is not None else Intent(), policy
         self._held: dict[str, list[Holder]] = {}  # uuid -> its holders (several if shared)
+        # uuid -> why its host takes no new servers now (a Swarm node drained or down): not
+        # the admin's intent but the engine's, so it is given with each reconcile, not saved
+        self.unavailable: Mapping[str, str] = {}
 
     def reconcile(self, held: Mapping[str, Holder | Iterable[Holder]]) -> None:
         """Replace the holders with the engine's (uuid -> holder, or holders of a shared GPU);
@@ -131,7 +134,7 @@ class Allocator:
         reserved = self.intent.reserved_for(now)
         pinned = set(self.intent.pins.values())
         return [g for g in self.inventory
-                if g.uuid not in pinned and g.uuid not in self.intent.drained
+                if g.uuid not in pinned and g.uuid not in self.intent.drained and g.uuid not in self.unavailable
                 and reserved.get(g.uuid, "") in ("", *groups)
                 and len(self._held.get(g.uuid, ())) < self.capacity(g.uuid)]
 
@@ -162,6 +165,7 @@ class Allocator:
                          "holder": asdict(holders[0]) if holders else None,
                          "holders": [asdict(h) for h in holders],
                          "capacity": self.capacity(gpu.uuid), "shared": gpu.uuid in self.intent.shared,
+                         "unavailable": self.unavailable.get(gpu.uuid),
                          "reserved_for": reserved.get(gpu.uuid), "pinned_to": pinned_to})
         return rows
 
@@ -184,6 +188,8 @@ class Allocator:
             raise self._error(f"your pinned GPU {uuid} is not on this host")
         if uuid in self.intent.drained:
             raise self._error(f"your pinned GPU {uuid} is drained")
+        if uuid in self.unavailable:
+            raise self._error(f"your pinned GPU {uuid} takes no new servers: {self.unavailable[uuid]}")
         holders = self._held.get(uuid, [])
         if len(holders) >= self.capacity(uuid):
             holder = holders[0]
@@ -200,7 +206,8 @@ class Allocator:
             return self._error("this host has no GPUs")
         reserved = self.intent.reserved_for(now)
         pinned = set(self.intent.pins.values())
-        counts = {"in use": 0, "drained": 0, "reserved for pinned users": 0}
+        counts = {"in use": 0, "drained": 0, "on nodes that take no new servers": 0,
+                  "reserved for pinned users": 0}
         courses: dict[str, int] = {}
         full_shared = []
         for uuid in self._gpus:
@@ -211,11 +218,13 @@ class Allocator:
                 counts["in use"] += 1
             elif uuid in self.intent.drained:
                 counts["drained"] += 1
+            elif uuid in self.unavailable:
+                counts["on nodes that take no new servers"] += 1
             elif uuid in pinned:
                 counts["reserved for pinned users"] += 1
             elif reserved.get(uuid, "") not in ("", *groups):
                 courses[reserved[uuid]] = courses.get(reserved[uuid], 0) + 1
-        for what in ("in use", "drained"):
+        for what in ("in use", "drained", "on nodes that take no new servers"):
             if counts[what] == total:
                 return self._error(f"{_all(total)} {what}")
         parts = [f"{n} {what}" for what, n in counts.items() if n]

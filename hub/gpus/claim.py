@@ -18,7 +18,7 @@ from hub.gpus.model import GPU, Holder
 LIVE_STATES = ("created", "running", "restarting", "paused")  # exited, dead, removing: free
 CDI_KIND = "nvidia.com/gpu"
 CDI_PREFIX = f"{CDI_KIND}="
-STYLES = ("cdi", "nvidia")
+STYLES = ("cdi", "nvidia")  # on a Swarm: "swarm", generic resources (hub/gpus/swarm.py)
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ class Assignment:
     style: str
     shared_by: int = 1  # how many servers may share this GPU (1: exclusive)
     since: float = field(default_factory=time.time)
+    kind: str = ""  # Swarm: the GPU's generic-resource kind (hub/gpus/swarm.py)
+    node_id: str = ""  # Swarm: the node the GPU is on
 
     def labels(self, keys: Labels) -> dict[str, str]:
         shared = {f"{keys.prefix}.gpu.shared_by": str(self.shared_by)} if self.shared_by > 1 else {}

@@ -19,6 +19,7 @@ from hub.gpus.allocator import Allocator, Policy, first_free
 from hub.gpus.claim import LIVE_STATES, Assignment, choose_style, holders_from_containers
 from hub.gpus.inventory import discover, from_cdi
 from hub.gpus.model import GPU, Intent
+from hub.gpus.swarm import SwarmInventory, holders_from_tasks, inventory_from_nodes, nodes_from_engine
 
 DockerCall = Callable[..., Awaitable]
 
@@ -84,3 +85,30 @@ def load_intent(path: Path) -> Intent:
         return Intent.from_json(text)
     except ValueError as exc:
         raise ValueError(f"{path} is not valid GPU intent ({exc}); fix or remove it") from exc
+
+
+class SwarmGPUManager(GPUManager):
+    """The GPU manager of a hub over a Docker Swarm (hub/gpus/swarm.py): the inventory is
+    re-read from the nodes at every reconcile (a node that joins brings its GPUs, one that
+    is drained or down takes no new servers), the holders from the tasks' assigned units."""
+
+    def __init__(self, intent_file: str, label_prefix: str, policy: Policy = first_free):
+        super().__init__([], "swarm", "swarm", intent_file, label_prefix, policy)
+        self.swarm = SwarmInventory()
+
+    async def reconcile(self, docker: DockerCall) -> None:
+        nodes_json, services, tasks = await asyncio.gather(
+            docker("nodes"), docker("services"), docker("tasks", filters={"desired-state": "running"}))
+        nodes = nodes_from_engine(nodes_json)
+        self.swarm = inventory_from_nodes(nodes)
+        intent = load_intent(self.intent_file)
+        if [g for g in self.allocator.inventory] != self.swarm.gpus:
+            self.allocator = Allocator(self.swarm.gpus, intent, self.allocator.policy)
+        self.allocator.intent = intent
+        self.allocator.unavailable = dict(self.swarm.unavailable)
+        self.allocator.reconcile(holders_from_tasks(tasks, services, nodes, self.label_prefix))
+
+    def assign(self, user: str, server: str, groups: set[str], now: float) -> Assignment:
+        gpu = self.allocator.allocate(user, server, since=now, groups=groups, now=now)
+        kind, node_id = self.swarm.request(gpu.uuid)
+        return Assignment(gpu, "swarm", self.allocator.capacity(gpu.uuid), now, kind=kind, node_id=node_id)

@@ -149,7 +149,7 @@
 
   // ---- rendering -------------------------------------------------------------------------
   function gpuLabel(gpu) {
-    return `#${gpu.index} ${gpu.name}` + (gpu.parent_uuid ? " (MIG)" : "");
+    return `#${gpu.index} ${gpu.name}` + (gpu.parent_uuid ? " (MIG)" : "") + (gpu.node ? ` on ${gpu.node}` : "");
   }
 
   function stateBadges(gpu) {
@@ -162,6 +162,7 @@
     }
     if (gpu.reserved_for) badges.push(el("span", { class: "badge text-bg-secondary" }, `reserved for ${gpu.reserved_for}`));
     if (gpu.drained) badges.push(el("span", { class: "badge text-bg-warning" }, "drained"));
+    if (gpu.unavailable) badges.push(el("span", { class: "badge text-bg-warning", title: gpu.unavailable }, "node takes no new servers"));
     if (gpu.pinned_to.length) {
       badges.push(el("span", { class: "badge text-bg-info" }, `pinned to ${gpu.pinned_to.join(", ")}`));
     }

@@ -1,0 +1,189 @@
+"""GPUs on a Docker Swarm (hub.gpus.swarm, SwarmGPUManager): inventory, holders and node
+states decoded from engine answers, and the allocator's policy on top."""
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from hub.gpus import swarm
+from hub.gpus.allocator import Allocator
+from hub.gpus.manager import SwarmGPUManager
+from hub.gpus.model import GPU, Holder, Intent, NoGPUAvailable
+
+ENGINE = json.loads((Path(__file__).parent / "recorded" / "swarm-four-nodes.json").read_text())
+
+
+def uuid(node: int, i: int) -> str:
+    return f"GPU-5a{node}00000-0000-4000-8000-{i:012d}"
+
+
+def nodes():
+    return swarm.nodes_from_engine(ENGINE["nodes"])
+
+
+def test_kind_is_a_shell_name_made_from_the_uuid():
+    kind = swarm.kind_for("GPU-45cbf7b3-f919-7228-7a26-b06628ebefa1")
+    assert kind == "gpu_45cbf7b3_f919_7228_7a26_b06628ebefa1"
+    assert swarm.env_name(kind) == "DOCKER_RESOURCE_GPU_45CBF7B3_F919_7228_7A26_B06628EBEFA1"
+    assert swarm.kind_for("MIG-1a2b3c4d-0000-5000-8000-00000000beef").startswith("mig_1a2b3c4d")
+
+
+def test_node_config_is_what_an_admin_writes():
+    gpus = [GPU(uuid(1, 0), 0), GPU(uuid(1, 1), 1)]
+    config = swarm.node_config(gpus)
+    assert config["node-generic-resources"] == [f"{swarm.kind_for(g.uuid)}={g.uuid}" for g in gpus]
+    assert config["swarm-resource"].split(",") == [swarm.env_name(swarm.kind_for(g.uuid)) for g in gpus]
+
+
+def test_nodes_decoded_with_their_gpus_and_states():
+    by_name = {n.hostname: n for n in nodes()}
+    assert [n.hostname for n in nodes()] == ["gpu-a", "gpu-b", "gpu-c", "mgr"]
+    assert by_name["mgr"].gpus == () and by_name["mgr"].takes_servers
+    assert [u for _, u in by_name["gpu-a"].gpus] == [uuid(1, 0), uuid(1, 1)]
+    assert by_name["gpu-b"].ready and not by_name["gpu-b"].takes_servers
+    assert by_name["gpu-b"].why_not == "node gpu-b is drained"
+    assert not by_name["gpu-c"].ready and by_name["gpu-c"].why_not == "node gpu-c is down"
+
+
+def test_inventory_names_each_gpus_node_and_numbers_across_the_swarm():
+    inv = swarm.inventory_from_nodes(nodes())
+    assert [(g.index, g.node, g.uuid) for g in inv.gpus] == [
+        (0, "gpu-a", uuid(1, 0)), (1, "gpu-a", uuid(1, 1)), (2, "gpu-b", uuid(2, 0)),
+        (3, "gpu-b", uuid(2, 1)), (4, "gpu-c", uuid(3, 0)), (5, "gpu-c", uuid(3, 1))]
+    assert inv.gpus[0].ref == f"gpu-a/{uuid(1, 0)}"
+    assert inv.request(uuid(2, 1)) == (swarm.kind_for(uuid(2, 1)), "p7bb00000000000000000000b2")
+    assert inv.unavailable == {uuid(2, 0): "node gpu-b is drained", uuid(2, 1): "node gpu-b is drained",
+                               uuid(3, 0): "node gpu-c is down", uuid(3, 1): "node gpu-c is down"}
+    assert inv.shared_kinds == []
+
+
+def test_a_gpu_listed_on_two_nodes_is_kept_once_and_a_shared_kind_is_reported():
+    a = swarm.SwarmNode("1", "a", gpus=(("gpu", uuid(1, 0)), ("gpu", uuid(1, 1))))
+    b = swarm.SwarmNode("2", "b", gpus=(("gpu_x", uuid(1, 0)),))
+    inv = swarm.inventory_from_nodes([a, b])
+    assert [(g.uuid, g.node) for g in inv.gpus] == [(uuid(1, 0), "a"), (uuid(1, 1), "a")]
+    assert inv.shared_kinds == ["gpu"]
+
+
+def test_holders_from_live_tasks_on_ready_nodes():
+    held = swarm.holders_from_tasks(ENGINE["tasks"], ENGINE["services"], nodes())
+    assert held == {
+        uuid(1, 0): [Holder("alice", "", 1796010000.0)],
+        uuid(2, 0): [Holder("bob", "", 1796010000.0)],  # a drained node's servers keep running
+        uuid(1, 1): [Holder("render_worker", "", None)],  # another stack's service blocks its GPU
+    }  # carol: node down; dave: task ended; eve: pending, nothing assigned
+
+
+def test_a_task_swarm_shuts_down_holds_nothing_though_its_container_still_runs():
+    task = {**ENGINE["tasks"][0], "DesiredState": "shutdown"}
+    assert not swarm.task_is_live(task, {n.id: n for n in nodes()})
+    assert swarm.task_is_live(ENGINE["tasks"][0], {n.id: n for n in nodes()})
+
+
+def test_service_state_says_why_a_server_is_gone():
+    tasks = {t["ServiceID"]: t for t in ENGINE["tasks"]}
+    assert swarm.service_state([tasks["svcalice"]], nodes()) == (True, "")
+    assert swarm.service_state([tasks["svceve"]], nodes()) == (True, "")  # pending: still starting
+    running, why = swarm.service_state([tasks["svccarol"]], nodes())
+    assert not running and "gpu-c" in why and "down" in why
+    running, why = swarm.service_state([tasks["svcdave"]], nodes())
+    assert not running and "non-zero exit (137)" in why
+    gone = {**tasks["svcalice"], "NodeID": "not-a-node-any-more"}
+    assert swarm.service_state([gone], nodes())[1].startswith("The node your server ran on left")
+    assert swarm.service_state([], nodes()) == (False, "")
+
+
+def test_service_claim_asks_for_one_unit_on_the_gpus_node():
+    claim = swarm.service_claim("gpu_x", "node1")
+    assert claim == {"generic_resources": [{"DiscreteResourceSpec": {"Kind": "gpu_x", "Value": 1}}],
+                     "constraints": ["node.id==node1"]}
+
+
+# -- the allocator's policy over a swarm ---------------------------------------------------
+
+def test_allocator_places_no_new_server_on_a_drained_or_down_node():
+    inv = swarm.inventory_from_nodes(nodes())
+    alloc = Allocator(inv.gpus)
+    alloc.unavailable = inv.unavailable
+    alloc.reconcile(swarm.holders_from_tasks(ENGINE["tasks"], ENGINE["services"], nodes()))
+    assert [g.uuid for g in alloc.free()] == []  # gpu-a: both held; gpu-b drained; gpu-c down
+    with pytest.raises(NoGPUAvailable, match="3 in use, 3 on nodes that take no new servers"):
+        alloc.allocate("zoe", now=1)
+    row = {r["uuid"]: r for r in alloc.snapshot()}
+    assert row[uuid(3, 0)]["unavailable"] == "node gpu-c is down" and row[uuid(3, 0)]["node"] == "gpu-c"
+
+
+def test_a_pin_to_a_gpu_on_a_drained_node_is_refused_with_the_reason():
+    inv = swarm.inventory_from_nodes(nodes())
+    alloc = Allocator(inv.gpus, Intent(pins={"zoe": uuid(2, 1)}))
+    alloc.unavailable = inv.unavailable
+    with pytest.raises(NoGPUAvailable, match="node gpu-b is drained"):
+        alloc.allocate("zoe", now=1)
+    alloc.unavailable = {}
+    assert alloc.allocate("zoe", now=1).uuid == uuid(2, 1)
+
+
+def test_all_nodes_out_says_so():
+    inv = swarm.inventory_from_nodes([swarm.SwarmNode("1", "a", "drain", gpus=(("k", uuid(1, 0)),))])
+    alloc = Allocator(inv.gpus)
+    alloc.unavailable = inv.unavailable
+    with pytest.raises(NoGPUAvailable, match="the only GPU is on nodes that take no new servers"):
+        alloc.allocate("zoe", now=1)
+
+
+# -- SwarmGPUManager: the engine as the truth ----------------------------------------------
+
+class FakeSwarmEngine:
+    """The three calls the manager makes, answered from the recorded JSON (changeable)."""
+
+    def __init__(self):
+        self.nodes, self.services, self.tasks = ENGINE["nodes"], ENGINE["services"], ENGINE["tasks"]
+        self.calls = []
+
+    async def __call__(self, method, *args, **kwargs):
+        self.calls.append((method, kwargs))
+        return {"nodes": self.nodes, "services": self.services, "tasks": self.tasks}[method]
+
+
+def test_manager_reconciles_inventory_holders_and_node_states(tmp_path):
+    manager = SwarmGPUManager(str(tmp_path / "intent.json"), "gpuhub")
+    engine = FakeSwarmEngine()
+    asyncio.run(manager.reconcile(engine))
+    assert manager.source == "swarm" and len(manager.inventory) == 6
+    assert ("tasks", {"filters": {"desired-state": "running"}}) in engine.calls
+    assert manager.allocator.holder_of(uuid(1, 0)).user == "alice"
+    with pytest.raises(NoGPUAvailable):
+        manager.assign("zoe", "", set(), now=1)
+    # gpu-c comes back: its GPUs are free again (carol's task on it was shut down meanwhile)
+    engine.nodes = [{**n, "Status": {**n["Status"], "State": "ready"}} for n in ENGINE["nodes"]]
+    engine.tasks = [t for t in ENGINE["tasks"] if t["ServiceID"] != "svccarol"]
+    asyncio.run(manager.reconcile(engine))
+    assignment = manager.assign("zoe", "", set(), now=1)
+    assert (assignment.gpu.uuid, assignment.gpu.node) == (uuid(3, 0), "gpu-c")
+    assert (assignment.kind, assignment.node_id, assignment.style) == (
+        swarm.kind_for(uuid(3, 0)), "p7cc00000000000000000000c3", "swarm")
+
+
+def test_manager_sees_a_node_join(tmp_path):
+    manager = SwarmGPUManager(str(tmp_path / "intent.json"), "gpuhub")
+    engine = FakeSwarmEngine()
+    engine.nodes = [n for n in ENGINE["nodes"] if n["Description"]["Hostname"] == "mgr"]
+    engine.tasks = []
+    asyncio.run(manager.reconcile(engine))
+    assert manager.inventory == ()
+    engine.nodes = ENGINE["nodes"]
+    asyncio.run(manager.reconcile(engine))
+    assert {g.node for g in manager.inventory} == {"gpu-a", "gpu-b", "gpu-c"}
+
+
+def test_manager_rereads_intent(tmp_path):
+    intent_file = tmp_path / "intent.json"
+    manager = SwarmGPUManager(str(intent_file), "gpuhub")
+    engine = FakeSwarmEngine()
+    engine.tasks = []
+    engine.nodes = [{**n, "Spec": {**n["Spec"], "Availability": "active"}, "Status": {**n["Status"], "State": "ready"}}
+                    for n in ENGINE["nodes"]]
+    intent_file.write_text(json.dumps({"pins": {}, "drained": [uuid(1, 0), uuid(1, 1)]}))
+    asyncio.run(manager.reconcile(engine))
+    assert manager.assign("zoe", "", set(), now=1).gpu.node == "gpu-b"
