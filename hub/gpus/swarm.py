@@ -174,8 +174,9 @@ def assigned_uuids(task: Mapping[str, Any]) -> list[str]:
 
 def holders_from_tasks(tasks: Iterable[Mapping[str, Any]], services: Iterable[Mapping[str, Any]],
                        nodes: Iterable[SwarmNode], label_prefix: str = "gpuhub") -> dict[str, list[Holder]]:
-    """uuid -> Holders, from the live tasks' assigned units; whose server it is from the
-    service's labels (a service without them is named by its name: it blocks its GPU too)."""
+    """uuid -> Holders, from the live tasks' assigned units (a task not scheduled yet: its
+    service's ``gpu.uuid`` label); whose server it is from the service's labels (a service
+    without them is named by its name: it blocks its GPU too)."""
     by_id = {n.id: n for n in nodes}
     specs = {s.get("ID"): s for s in services}
     keys = Labels(label_prefix)
@@ -192,7 +193,10 @@ def holders_from_tasks(tasks: Iterable[Mapping[str, Any]], services: Iterable[Ma
             since = None
         holder = Holder(labels.get(keys.user) or spec.get("Name") or str(task.get("ServiceID") or ""),
                         labels.get(keys.server) or "", since)
-        for uuid in assigned_uuids(task):
+        # Until Swarm schedules it, a task has no unit yet: its service's label claims the GPU
+        # the hub chose, so that the next decision cannot hand that GPU out again.
+        claimed = [u for u in (labels.get(keys.gpu_uuid) or "").split(",") if u.startswith(_UUID_PREFIXES)]
+        for uuid in assigned_uuids(task) or claimed:
             held.setdefault(uuid, []).append(holder)
     return held
 

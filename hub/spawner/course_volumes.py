@@ -32,15 +32,17 @@ def volume_name(prefix: str, course: str) -> str:
     return f"{prefix}-course-{course}"
 
 
+def mounts(mine: dict[str, courses.Course], username: str, prefix: str, mount_dir: str) -> list[tuple[str, str, bool]]:
+    """(volume, target, read-only) of the materials of these courses (course names are
+    checked: safe in paths and names)."""
+    return [(volume_name(prefix, name), f"{mount_dir}/{name}", username not in course.staff)
+            for name, course in sorted(mine.items()) if course.materials]
+
+
 def binds(mine: dict[str, courses.Course], username: str, prefix: str, mount_dir: str) -> list[str]:
-    """Docker binds of the materials of these courses (course names are checked: safe in
-    paths and names)."""
-    found = []
-    for name, course in sorted(mine.items()):
-        if course.materials:
-            mode = "rw" if username in course.staff else "ro"
-            found.append(f"{volume_name(prefix, name)}:{mount_dir}/{name}:{mode}")
-    return found
+    """Docker binds of the materials of these courses."""
+    return [f"{volume}:{target}:{'ro' if read_only else 'rw'}"
+            for volume, target, read_only in mounts(mine, username, prefix, mount_dir)]
 
 
 async def ensure_volumes(mine: dict[str, courses.Course], *, prefix: str, labels: Labels, image: str,

@@ -484,10 +484,7 @@ class GPUDockerSpawner(DockerSpawner):
     async def create_object(self):
         self.assignment = self.gpu_uuid = None
         await self.warn_of_stock_volumes()
-        courses = course_volumes.user_courses(self.user)
-        await course_volumes.ensure_volumes(courses, prefix=self.prefix, labels=self.labels, image=self.image,
-                                            engine=self.engine, host_config=self.client.create_host_config,
-                                            emit=self.emit_progress)
+        await self.prepare_volumes(course_volumes.user_courses(self.user))
         manager = await self.gpu_manager() if self.gpu_enabled else None
         if manager is None or not manager.inventory or not await self.within_gpu_quota():
             return await super().create_object()
@@ -510,6 +507,12 @@ class GPUDockerSpawner(DockerSpawner):
                 PROCESS.gpu_queue.done(self._waiter)
                 self._waiter = None
             return created
+
+    async def prepare_volumes(self, courses: dict) -> None:
+        """Course materials volumes, created once, owned by the notebook user."""
+        await course_volumes.ensure_volumes(courses, prefix=self.prefix, labels=self.labels, image=self.image,
+                                            engine=self.engine, host_config=self.client.create_host_config,
+                                            emit=self.emit_progress)
 
     async def image_cuda(self) -> str | None:
         """The CUDA version the image's PyTorch needs (its label, written at build time)."""

@@ -71,8 +71,10 @@ def test_holders_from_live_tasks_on_ready_nodes():
     assert held == {
         uuid(1, 0): [Holder("alice", "", 1796010000.0)],
         uuid(2, 0): [Holder("bob", "", 1796010000.0)],  # a drained node's servers keep running
-        uuid(1, 1): [Holder("render_worker", "", None)],  # another stack's service blocks its GPU
-    }  # carol: node down; dave: task ended; eve: pending, nothing assigned
+        # another stack's service blocks its GPU; eve's task waits for it (not scheduled yet: her
+        # service's label claims it, so the hub's next decision does not hand it out again)
+        uuid(1, 1): [Holder("render_worker", "", None), Holder("eve", "", 1796010000.0)],
+    }  # carol: node down; dave: task ended
 
 
 def test_a_task_swarm_shuts_down_holds_nothing_though_its_container_still_runs():

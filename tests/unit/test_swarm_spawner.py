@@ -1,0 +1,171 @@
+"""GPUSwarmSpawner (hub/spawner/swarm.py): the service it creates, from a GPU decision on the
+swarm's nodes and tasks (recorded JSON) down to the spec Swarm gets; poll after a node died."""
+import asyncio
+import copy
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from traitlets.config import Config
+
+from hub.gpus import swarm
+from hub.spawner.spawner import PROCESS
+from hub.spawner.swarm import GPUSwarmSpawner, nfs_driver
+
+ENGINE = json.loads((Path(__file__).parent / "recorded" / "swarm-four-nodes.json").read_text())
+GPU_C0 = "GPU-5a300000-0000-4000-8000-000000000000"
+
+
+class FakeEngine:
+    """docker-py's APIClient as the spawner calls it, answering from the recorded swarm."""
+
+    def __init__(self):
+        self.nodes = copy.deepcopy(ENGINE["nodes"])
+        for n in self.nodes:  # all nodes up and active: gpu-a is full, gpu-b and gpu-c are free
+            n["Spec"]["Availability"], n["Status"]["State"] = "active", "ready"
+        self.services = [s for s in ENGINE["services"] if s["ID"] in ("svcalice", "svcrender")]
+        self.tasks = [t for t in ENGINE["tasks"] if t["ServiceID"] in ("svcalice", "svcrender")]
+        self.created = []
+
+    def __call__(self, method, *args, **kwargs):
+        if method == "nodes":
+            return self.nodes
+        if method == "services":
+            return self.services
+        if method == "tasks":
+            service = (kwargs.get("filters") or {}).get("service")
+            names = {s["ID"]: s["Spec"]["Name"] for s in self.services}
+            return [t for t in self.tasks if service in (None, names.get(t["ServiceID"]))]
+        if method == "inspect_image":
+            return {"Config": {"Cmd": ["jupyterhub-singleuser"], "Labels": {}}}
+        if method == "inspect_service":
+            found = [s for s in self.services if s["ID"] == args[0] or s["Spec"]["Name"] == args[0]]
+            if not found:
+                import docker.errors
+                raise docker.errors.NotFound("no such service")
+            return found[0]
+        if method == "inspect_volume":
+            import docker.errors
+            raise docker.errors.NotFound("no such volume")
+        if method == "create_service":
+            self.created.append(kwargs)
+            sid = f"svc{len(self.created)}"
+            gpu = (kwargs["labels"] or {}).get("gpuhub.gpu.uuid")
+            node = next((c.split("==")[1] for c in kwargs["task_template"]["Placement"]["Constraints"]
+                         if c.startswith("node.id==")), None)
+            self.services.append({"ID": sid, "Spec": {"Name": kwargs["name"], "Labels": kwargs["labels"]}})
+            task = {"ID": f"t{sid}", "ServiceID": sid, "NodeID": node, "DesiredState": "running",
+                    "Status": {"State": "running", "Timestamp": "2026-11-30T04:00:00Z"}}
+            if gpu:
+                task["AssignedGenericResources"] = [{"NamedResourceSpec": {"Kind": swarm.kind_for(gpu), "Value": gpu}}]
+            self.tasks.append(task)
+            return {"ID": sid}
+        raise AssertionError(f"unexpected engine call {method}")
+
+
+@pytest.fixture
+def engine(monkeypatch, tmp_path):
+    fake = FakeEngine()
+    saved = (PROCESS.gpu_manager, PROCESS.executor)
+    PROCESS.gpu_manager = PROCESS.executor = None
+    monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {"JUPYTERHUB_API_TOKEN": "t"})
+    monkeypatch.setattr("dockerspawner.DockerSpawner.get_args", lambda self: ["--ip=0.0.0.0"])
+    yield fake
+    PROCESS.gpu_manager, PROCESS.executor = saved
+
+
+def make_spawner(engine, tmp_path, name="zoe", **config):
+    c = Config()
+    c.GPUSwarmSpawner.gpu_intent_file = str(tmp_path / "intent.json")
+    c.GPUSwarmSpawner.usage_db = str(tmp_path / "usage.sqlite")
+    c.GPUSwarmSpawner.network_name = "gpuhub-net"
+    c.GPUSwarmSpawner.use_internal_ip = True
+    c.GPUSwarmSpawner.volumes = {"gpuhub-user-{username}": "/home/jovyan/work"}
+    c.GPUSwarmSpawner.prefix = "gpuhub"
+    for key, value in config.items():
+        setattr(c.GPUSwarmSpawner, key, value)
+    user = SimpleNamespace(name=name, id=1, url=f"/user/{name}/", server=None, groups=[])
+    s = GPUSwarmSpawner(config=c, user=user)
+    s._docker = engine
+    return s
+
+
+def test_a_gpu_server_is_a_service_holding_one_unit_of_its_gpu_on_its_node(engine, tmp_path):
+    s = make_spawner(engine, tmp_path, swarm_nfs_server="nfs.lab", swarm_nfs_export="/export/hub/",
+                     swarm_constraints=["node.role==worker"], pids_limit=500)
+    asyncio.run(s.create_object())
+    [created] = engine.created
+    task = created["task_template"]
+    gpu = s.assignment.gpu
+    assert gpu.node == "gpu-b" and s.gpu_uuid == gpu.uuid  # gpu-a's two GPUs are held
+    assert task["Resources"]["Reservations"]["GenericResources"] == [
+        {"DiscreteResourceSpec": {"Kind": swarm.kind_for(gpu.uuid), "Value": 1}}]
+    assert task["Placement"]["Constraints"] == ["node.role==worker", "node.id==p7bb00000000000000000000b2"]
+    assert task["RestartPolicy"]["Condition"] == "none"
+    assert task["Resources"]["Limits"]["Pids"] == 500
+    spec = task["ContainerSpec"]
+    assert spec["CapabilityDrop"] == ["ALL"] and spec["Healthcheck"] == {"Test": ["NONE"]}
+    assert spec["Labels"]["gpuhub.user"] == "zoe" and spec["Labels"]["gpuhub.gpu.uuid"] == gpu.uuid
+    assert created["labels"]["gpuhub.gpu.uuid"] == gpu.uuid
+    assert "NVIDIA_VISIBLE_DEVICES" not in spec["Env"]  # the runtime maps DOCKER_RESOURCE_* instead
+    assert created["endpoint_spec"] == {"Mode": "dnsrr"}
+    [work, shm] = spec["Mounts"]
+    assert work["Type"] == "volume" and work["Source"] == "gpuhub-user-zoe" and work["Target"] == "/home/jovyan/work"
+    assert work["VolumeOptions"]["DriverConfig"] == {"Name": "local", "Options": {
+        "type": "nfs", "o": "addr=nfs.lab,rw,nfsvers=4.1,hard", "device": ":/export/hub/gpuhub-user-zoe"}}
+    assert shm == {"Target": "/dev/shm", "Source": None, "Type": "tmpfs", "ReadOnly": False,
+                   "TmpfsOptions": {"SizeBytes": 1024**3}}
+
+    # the next start sees zoe's GPU held (the engine's task), and gets the other one of gpu-b
+    other = make_spawner(engine, tmp_path, name="yan")
+    asyncio.run(other.create_object())
+    assert other.assignment.gpu.node == "gpu-b" and other.assignment.gpu.uuid != gpu.uuid
+
+
+def test_a_cpu_server_reserves_no_gpu_and_sees_none(engine, tmp_path):
+    s = make_spawner(engine, tmp_path)
+    s.gpu_enabled = False
+    asyncio.run(s.create_object())
+    [created] = engine.created
+    task = created["task_template"]
+    assert "GenericResources" not in (task["Resources"].get("Reservations") or {})
+    assert task["Placement"]["Constraints"] == []
+    assert "NVIDIA_VISIBLE_DEVICES=void" in task["ContainerSpec"]["Env"]
+    assert "gpuhub.gpu.uuid" not in created["labels"]
+    work = task["ContainerSpec"]["Mounts"][0]
+    assert work["Type"] == "volume" and "VolumeOptions" not in work  # no NFS configured: node-local volume
+
+
+def test_poll_a_server_whose_node_died_is_stopped_and_says_why(engine, tmp_path):
+    s = make_spawner(engine, tmp_path)
+    asyncio.run(s.create_object())
+    s.object_id = engine.created and engine.services[-1]["ID"]
+    assert asyncio.run(s.poll()) is None
+    for n in engine.nodes:
+        if n["Description"]["Hostname"] == s.assignment.gpu.node:
+            n["Status"]["State"] = "down"
+    assert asyncio.run(s.poll()) == 1
+    assert "gpu-b your server ran on went down" in PROCESS.stop_reasons._reasons[("zoe", "")][0]
+    PROCESS.stop_reasons.running(("zoe", ""))
+    # and its GPU no longer counts as held
+    manager = asyncio.run(s.gpu_manager())
+    asyncio.run(manager.reconcile(s.engine))
+    assert manager.allocator.holder_of(s.gpu_uuid) is None
+
+
+def test_nfs_driver_options():
+    assert nfs_driver("", "/x", "rw", "v") is None
+    assert nfs_driver("10.0.0.5", "/srv/gpuhub", "", "v").get("Options") == {
+        "type": "nfs", "o": "addr=10.0.0.5", "device": ":/srv/gpuhub/v"}
+
+
+def test_nfs_directories_are_made_for_the_users_volumes(engine, tmp_path, monkeypatch):
+    chowned = []
+    monkeypatch.setattr("os.chown", lambda path, uid, gid: chowned.append((Path(path).name, uid, gid)))
+    root = tmp_path / "nfs"
+    s = make_spawner(engine, tmp_path, swarm_nfs_server="nfs.lab", swarm_nfs_root=str(root))
+    asyncio.run(s.prepare_volumes({}))
+    assert (root / "gpuhub-user-zoe").is_dir() and chowned == [("gpuhub-user-zoe", 1000, 100)]
+    asyncio.run(s.prepare_volumes({}))
+    assert len(chowned) == 1  # made once: its owner and files stay
