@@ -19,7 +19,7 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
-.PHONY: up check down restart-hub images test test-images unit e2e storm bench reliability config-docs
+.PHONY: up check down restart-hub swarm-up swarm-down images test test-images unit e2e storm bench reliability config-docs
 
 # HTTPS (HUB_DOMAIN), live GPU data on an NVIDIA host, checked settings: exports for compose,
 # and compose.host.yml, from hub/config/host_setup.py (the host's python3, standard library only).
@@ -48,6 +48,17 @@ down:
 # Only the hub, e.g. after editing .env: users' servers, open notebooks and the proxy keep running.
 restart-hub:
 	@$(HOST_SETUP) && $(COMPOSE) up -d --no-deps --force-recreate --wait hub
+
+# One hub over several GPU servers (docs/swarm.md): the hub and proxy as a Swarm stack on this
+# manager, with .env's variables (docker stack deploy reads no env file). Users' servers stay up
+# across a redeploy; swarm-down removes the stack (servers are Swarm services of their own).
+swarm-up: check .env images
+	@eval "$$($(PYTHON) -m hub.config.host_setup --env-file $(ENV_FILE) --swarm)" && \
+	  docker stack deploy --detach=true -c swarm/stack.yml "$${HUB_NAME_PREFIX:-gpuhub}"
+
+swarm-down:
+	@eval "$$($(PYTHON) -m hub.config.host_setup --env-file $(ENV_FILE) --swarm)" && \
+	  docker stack rm "$${HUB_NAME_PREFIX:-gpuhub}"
 
 .env:
 	cp .env.example $@

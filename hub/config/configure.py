@@ -64,6 +64,8 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     """One container per user from the single-user image, with limits and a work volume."""
     prefix = read(env, "HUB_NAME_PREFIX")
     c.JupyterHub.spawner_class = "hub.spawner.GPUDockerSpawner"
+    if read(env, "HUB_BACKEND") == "swarm":
+        configure_swarm(c, env)
     c.DockerSpawner.image = read(env, "SINGLEUSER_IMAGE")
     c.DockerSpawner.prefix = prefix
     c.GPUDockerSpawner.name_scheme = read(env, "HUB_NAME_SCHEME")
@@ -94,6 +96,17 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     concurrency = read(env, "SPAWN_CONCURRENCY")
     if concurrency is not None:  # unset: the number of CPUs (the traitlet's default)
         c.GPUDockerSpawner.concurrent_starts = concurrency
+
+
+def configure_swarm(c, env: Mapping[str, str]) -> None:
+    """Users' servers as Swarm services (hub/spawner/swarm.py); the GPUDockerSpawner settings
+    apply to it too (it is one). Volumes on NFS when a server is named."""
+    c.JupyterHub.spawner_class = "hub.spawner.GPUSwarmSpawner"
+    spawner = c.GPUSwarmSpawner
+    spawner.swarm_nfs_server = read(env, "SWARM_NFS_SERVER")
+    spawner.swarm_nfs_export = read(env, "SWARM_NFS_EXPORT")
+    spawner.swarm_nfs_options = read(env, "SWARM_NFS_OPTIONS")
+    spawner.swarm_constraints = read(env, "SWARM_CONSTRAINTS")
 
 
 def configure_profiles(c, path: str) -> None:
@@ -193,6 +206,7 @@ def configure_console(c, env: Mapping[str, str]) -> None:
     gpu = GPUSettings(
         name_prefix=read(env, "HUB_NAME_PREFIX"),
         log_level=read(env, "HUB_LOG_LEVEL").upper(),
+        backend=read(env, "HUB_BACKEND"),
         **{field: spawner[trait] for field, trait in traits.items() if trait in spawner})
     environment = gpu.to_env()
     # The console's "Host health" card runs the same checks (hub/gpus/doctor.py)

@@ -3,6 +3,7 @@
   .env.example           every variable, by section, with its help as comments
   docs/configuration.md  the configuration reference: a table per section
   docker-compose.yml     the hub service's environment list, between two marker comments
+  swarm/stack.yml        the same list for the Swarm stack (HUB_BACKEND fixed to swarm)
 
     python -m hub.config.generate --write   # or: make config-docs
     python -m hub.config.generate           # exit 1, naming the stale files (what the unit test checks)
@@ -20,8 +21,10 @@ from hub.config.table import SECTIONS, SETTINGS, Section, Setting
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = "make config-docs"
 FULL_COMMAND = "python -m hub.config.generate --write"
-ENV_EXAMPLE, DOCS, COMPOSE = ".env.example", "docs/configuration.md", "docker-compose.yml"
-FILES = (ENV_EXAMPLE, DOCS, COMPOSE)
+ENV_EXAMPLE, DOCS, COMPOSE, STACK = ".env.example", "docs/configuration.md", "docker-compose.yml", "swarm/stack.yml"
+FILES = (ENV_EXAMPLE, DOCS, COMPOSE, STACK)
+# What each file sets whatever .env says: the compose stack runs servers on its host, the Swarm stack on the swarm
+COMPOSE_FIXED, STACK_FIXED = {"HUB_BACKEND": "docker"}, {"HUB_BACKEND": "swarm"}
 WIDTH = 96
 COMPOSE_INDENT = " " * 6
 COMPOSE_BEGIN = f"{COMPOSE_INDENT}# Generated from hub/config/table.py by `{COMMAND}`: edit the table, not this list."
@@ -93,7 +96,8 @@ def docs() -> str:
     return "\n".join(out) + "\n"
 
 
-def compose_environment() -> list[str]:
+def compose_environment(fixed: dict[str, str] | None = None) -> list[str]:
+    fixed = fixed or {}
     lines = []
     for section in SECTIONS:
         hub = [s for s in settings_of(section) if s.to_hub]
@@ -102,24 +106,26 @@ def compose_environment() -> list[str]:
         for s in hub:
             if any(bad in s.value for bad in ("$", "}", " #")):
                 raise ValueError(f"{s.name}: {s.value!r} cannot be a compose fallback value")
-            lines.append(f"{COMPOSE_INDENT}{s.name}: ${{{s.name}:-{s.value}}}")
+            value = fixed.get(s.name, f"${{{s.name}:-{s.value}}}")
+            lines.append(f"{COMPOSE_INDENT}{s.name}: {value}")
     return lines
 
 
-def compose(current: str) -> str:
-    """``current`` (docker-compose.yml) with the lines between the markers regenerated."""
+def compose(current: str, name: str = COMPOSE, fixed: dict[str, str] | None = None) -> str:
+    """``current`` (docker-compose.yml, or ``name``) with the lines between the markers regenerated."""
     lines = current.split("\n")
     try:
         begin, end = lines.index(COMPOSE_BEGIN), lines.index(COMPOSE_END)
     except ValueError:
-        raise ValueError(f"{COMPOSE} lacks the marker lines of the hub's environment list:\n"
+        raise ValueError(f"{name} lacks the marker lines of the hub's environment list:\n"
                          f"{COMPOSE_BEGIN}\n{COMPOSE_END}") from None
-    return "\n".join([*lines[:begin + 1], *compose_environment(), *lines[end:]])
+    return "\n".join([*lines[:begin + 1], *compose_environment(fixed), *lines[end:]])
 
 
 def outputs(root: Path = ROOT) -> dict[str, str]:
     """Each generated file's path (relative to ``root``) and the content it should have."""
-    return {ENV_EXAMPLE: env_example(), DOCS: docs(), COMPOSE: compose((root / COMPOSE).read_text())}
+    return {ENV_EXAMPLE: env_example(), DOCS: docs(), COMPOSE: compose((root / COMPOSE).read_text(), COMPOSE, COMPOSE_FIXED),
+            STACK: compose((root / STACK).read_text(), STACK, STACK_FIXED)}
 
 
 def stale(root: Path = ROOT) -> list[str]:

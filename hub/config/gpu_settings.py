@@ -51,6 +51,8 @@ class GPUSettings:
     """Every user's GPU quota (GPU_QUOTA_DEFAULT, e.g. 20h/7d; "" for none)."""
     usage_sync_interval: float = 15.0
     """Seconds between two syncs of the usage store with the engine (and quota checks)."""
+    backend: str = SETTINGS["HUB_BACKEND"].default
+    """Where servers run (HUB_BACKEND): "docker" (this host) or "swarm" (the swarm's nodes)."""
 
     def __post_init__(self):
         # Lists from a traitlets config become tuples, so the object stays hashable and frozen.
@@ -73,6 +75,7 @@ class GPUSettings:
             "usage_db": self.usage_db,
             "quota_default": self.quota_default,
             "usage_sync_interval": f"{self.usage_sync_interval:g}",
+            "backend": self.backend,
         }
         return {ENV[field]: value for field, value in values.items()}
 
@@ -101,6 +104,7 @@ class GPUSettings:
             usage_db=get("usage_db", d.usage_db),
             quota_default=readers.gpu_quota(env, ENV["quota_default"], d.quota_default),
             usage_sync_interval=_seconds(env, ENV["usage_sync_interval"], d.usage_sync_interval),
+            backend=readers.choice(env, ENV["backend"], d.backend, SETTINGS["HUB_BACKEND"].choices),
         )
 
     def configure_logging(self) -> None:
@@ -124,6 +128,7 @@ ENV = {
     "usage_db": "GPUHUB_USAGE_DB",
     "quota_default": "GPUHUB_GPU_QUOTA_DEFAULT",
     "usage_sync_interval": "GPUHUB_USAGE_SYNC_INTERVAL",
+    "backend": "HUB_BACKEND",
 }
 assert set(ENV) == {f.name for f in fields(GPUSettings)}
 

@@ -22,10 +22,12 @@ that maps its devices onto ``/dev/null``, as the fake GPUs of a test machine do,
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -239,12 +241,34 @@ def plan(env: dict[str, str], out: Path, cdi_dirs=CDI_DIRS) -> tuple[dict[str, s
     return exports, notes
 
 
+def swarm_exports(env: dict[str, str], root: Path = ROOT) -> dict[str, str]:
+    """What ``make swarm-up`` exports for ``docker stack deploy``, which reads no env file: every
+    variable of the env file (the shell's win), the proxy's port alone (the stack publishes
+    it on the hub's node), and a version of the hub's config files (Swarm configs cannot
+    change: a changed file deploys as a new config)."""
+    exports = {**env, **{k: os.environ[k] for k in env if k in os.environ}}
+    publish = exports.get("HUB_PUBLISH") or "8000"
+    exports["HUB_PUBLISH_PORT"] = publish.rsplit(":", 1)[-1]
+    profiles = exports.get("HUB_PROFILES") or "profiles.yaml"
+    exports["HUB_PROFILES_FILE"] = str((root / profiles).resolve())
+    digest = hashlib.sha256()
+    for path in (root / "jupyterhub_config.py", root / profiles):
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    exports["HUB_CONFIG_VERSION"] = digest.hexdigest()[:12]
+    return exports
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m hub.config.host_setup")
     parser.add_argument("--env-file", default=".env")
     parser.add_argument("--out", default=str(ROOT / "compose.host.yml"))
+    parser.add_argument("--swarm", action="store_true", help="print the exports of `make swarm-up`")
     args = parser.parse_args(argv)
     env = read_env_file(Path(args.env_file))
+    if args.swarm:
+        for key, value in swarm_exports(env).items():
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
     names = ("HUB_DOMAIN", "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_ISSUER", "HUB_NVML", "NVIDIA_CTK_VERSION")
     env.update({k: os.environ[k] for k in names if k in os.environ})
     try:

@@ -106,6 +106,10 @@ IDLE_GPUS = Section("Idle GPUs", (
     "A server whose GPU stays nearly unused is warned in JupyterLab and then stopped (files kept), so "
     "its GPU goes to someone else, even while its browser tab is open. The `gpu-reclaim` service samples "
     "every GPU; see [Idle GPUs](gpus.md#idle-gpus)."))
+SWARM = Section("Docker Swarm", (
+    "One hub over several GPU servers: `make swarm-up` deploys the hub and proxy as a Swarm stack "
+    "(`swarm/stack.yml`) and every user server is a Swarm service on a node with a free GPU. The single-host "
+    "compose stack ignores these. See [One hub over several GPU servers](swarm.md)."))
 IMAGES = Section("Images", (
     "Read by docker compose and `make` when they build the images, not by the hub; see "
     "[The images](images.md)."))
@@ -305,6 +309,22 @@ _TABLE = [
             help="Host `[address:]port` for HTTPS."),
     Setting("HTTP_PUBLISH", HTTPS, "compose", default="80", example="0.0.0.0:80", used_by=COMPOSE,
             help="Host `[address:]port` for HTTP (redirects to HTTPS; ACME's HTTP challenge)."),
+    Setting("HUB_BACKEND", SWARM, "choice", default="docker", example="swarm", choices=("docker", "swarm"),
+            help="Where users' servers run: `docker` (containers on this host's engine) or `swarm` (Swarm services "
+                 "across the swarm's nodes). Set by the stack files, not in `.env`: `docker-compose.yml` sets "
+                 "`docker`, `swarm/stack.yml` (`make swarm-up`) sets `swarm`."),
+    Setting("SWARM_NFS_SERVER", SWARM, "text", default="", example="nfs.example.org",
+            help="NFS server of users' and courses' volumes, as every node reaches it: each volume is the directory "
+                 "`SWARM_NFS_EXPORT/<volume>` there, mounted on whichever node a server runs, so files follow their "
+                 "user. Empty: volumes are local to each node (files stay on the node a server ran on)."),
+    Setting("SWARM_NFS_EXPORT", SWARM, "text", default="/srv/gpuhub", example="/export/gpuhub",
+            help="The directory exported by `SWARM_NFS_SERVER` under which each volume is a subdirectory "
+                 "(the hub creates them, owned by uid 1000, gid 100)."),
+    Setting("SWARM_NFS_OPTIONS", SWARM, "text", default="rw,nfsvers=4.1,hard", example="rw,nfsvers=3,nolock",
+            help="NFS mount options of the volumes (the `local` driver's `o`; `addr=` is added)."),
+    Setting("SWARM_CONSTRAINTS", SWARM, "name_list", default="", example="node.role==worker",
+            help="Placement constraints for every user server, comma-separated (Swarm's syntax), e.g. to keep "
+                 "servers off the managers; a GPU server is also constrained to its GPU's node."),
     Setting("HUB_IMAGE", IMAGES, "compose", default="gpuhub/hub:0.1.0", used_by=COMPOSE,
             example="registry.example.org/lab/hub:0.1.0", help="Tag of the hub image (built by `make up`)."),
     Setting("PROXY_IMAGE", IMAGES, "compose", default="gpuhub/proxy:0.1.0", used_by=COMPOSE,

@@ -98,13 +98,16 @@ def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = 
                   sampler: ActivitySampler | None = None, events: Any = None) -> Console:
     """The console as the service runs it, from the environment configure_console sets."""
     from hub.gpus.inventory import discover
-    from hub.gpus.manager import GPUManager
+    from hub.gpus.manager import GPUManager, SwarmGPUManager
 
     settings = GPUSettings.from_env(env)
-    static = Path(settings.inventory_file).read_text() if settings.inventory_file else None
-    gpus, source = discover(static, list(settings.cdi_dirs))
-    # the console never creates containers: the request style is the spawner's business
-    manager = GPUManager(gpus, source, settings.request_style, settings.intent_file, settings.label_prefix)
+    if settings.backend == "swarm":  # the swarm's GPUs, re-read from its nodes at each view
+        manager = SwarmGPUManager(settings.intent_file, settings.label_prefix)
+    else:
+        static = Path(settings.inventory_file).read_text() if settings.inventory_file else None
+        gpus, source = discover(static, list(settings.cdi_dirs))
+        # the console never creates containers: the request style is the spawner's business
+        manager = GPUManager(gpus, source, settings.request_style, settings.intent_file, settings.label_prefix)
     hub = hub or HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
     docker = docker or DockerCaller()
     console = Console(manager, docker, hub, sampler or ActivitySampler(interval=settings.usage_interval),

@@ -64,15 +64,25 @@ async def ensure_volumes(mine: dict[str, courses.Course], *, prefix: str, labels
             pass
         emit(65, f"Creating the materials volume of course {name}")
         await engine("create_volume", volume, labels={labels.course: name, labels.instance: prefix})
-        config = host_config(binds=[f"{volume}:/materials"], network_mode="none", cap_drop=["ALL"],
-                             cap_add=["CHOWN"], security_opt=["no-new-privileges=true"])
-        created = await engine("create_container", image, command=["chown", OWNER, "/materials"],
-                               user="root", entrypoint=[], host_config=config,
-                               labels={labels.instance: prefix})
-        try:
-            await engine("start", created["Id"])
-            result = await engine("wait", created["Id"], timeout=60)
-            if result.get("StatusCode"):
-                raise RuntimeError(f"could not prepare the materials volume {volume} (exit {result['StatusCode']})")
-        finally:
-            await engine("remove_container", created["Id"], force=True)
+        await as_root(engine, image, ["chown", OWNER, "/materials"],
+                      host_config(binds=[f"{volume}:/materials"], **AS_ROOT_HOST_CONFIG),
+                      {labels.instance: prefix}, f"prepare the materials volume {volume}")
+
+
+# A root container that may change owners and nothing else, without a network
+AS_ROOT_HOST_CONFIG = {"network_mode": "none", "cap_drop": ["ALL"], "cap_add": ["CHOWN"],
+                       "security_opt": ["no-new-privileges=true"]}
+
+
+async def as_root(engine: DockerCall, image: str, command: list[str], host_config: dict,
+                  labels: dict[str, str], what: str) -> None:
+    """Run `command` as root in a one-off container of `image` (a volume's owner), and wait."""
+    created = await engine("create_container", image, command=command, user="root", entrypoint=[],
+                           host_config=host_config, labels=labels)
+    try:
+        await engine("start", created["Id"])
+        result = await engine("wait", created["Id"], timeout=60)
+        if result.get("StatusCode"):
+            raise RuntimeError(f"could not {what} (exit {result['StatusCode']})")
+    finally:
+        await engine("remove_container", created["Id"], force=True)

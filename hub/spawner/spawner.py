@@ -51,6 +51,7 @@ class HubProcess:
     stop_reasons: StopReasons = field(default_factory=StopReasons)
     running: RunningContainers = field(default_factory=RunningContainers)  # shared by all polls
     gpu_queue: GPUQueue = field(default_factory=GPUQueue)  # the line for GPUs (GPU_WHEN_FULL=queue)
+    nfs_dirs: set[str] = field(default_factory=set)  # Swarm: volumes whose NFS folder exists
 
 
 PROCESS = HubProcess()

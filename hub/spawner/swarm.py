@@ -14,8 +14,6 @@ bind mounts: dockerspawner#536).
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 
 from docker.types import DriverConfig, EndpointSpec, Mount
 from dockerspawner import SwarmSpawner
@@ -26,16 +24,14 @@ from hub.gpus.swarm import nodes_from_engine, service_claim, service_state
 from hub.spawner import course_volumes, port_probe
 from hub.spawner.spawner import PROCESS, GPUDockerSpawner
 
-NOTEBOOK_UID, NOTEBOOK_GID = 1000, 100  # jovyan, as course_volumes.OWNER
-
-
-def nfs_driver(server: str, export: str, options: str, volume: str) -> DriverConfig | None:
-    """The ``local`` driver's options that put a volume on ``server:export/volume``; None
-    without a server (plain node-local volumes)."""
+def nfs_driver(server: str, export: str, options: str, volume: str = "") -> DriverConfig | None:
+    """The ``local`` driver's options that put a volume on ``server:export/volume`` (the
+    export itself without a volume); None without a server (plain node-local volumes)."""
     if not server:
         return None
     opts = ",".join(o for o in (f"addr={server}", options) if o)
-    return DriverConfig("local", {"type": "nfs", "o": opts, "device": f":{export.rstrip('/')}/{volume}"})
+    path = "/".join(p for p in (export.rstrip("/"), volume) if p)
+    return DriverConfig("local", {"type": "nfs", "o": opts, "device": f":{path}"})
 
 
 def volume_mount(source: str, target: str, read_only: bool, driver: DriverConfig | None) -> Mount:
@@ -54,10 +50,6 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         swarm_nfs_server under which each volume is a subdirectory.""")
     swarm_nfs_options = Unicode("rw,nfsvers=4.1,hard", config=True, help="""NFS mount options of
         the volumes (the `o` option of the local driver; addr= is added).""")
-    swarm_nfs_root = Unicode("", config=True, help="""Where the hub's own container sees
-        swarm_nfs_export (mounted there by the stack file); the hub creates each volume's
-        directory there, owned by the notebook user, before its first server starts (an NFS
-        mount of a missing directory fails). Empty: the directories must exist already.""")
     swarm_constraints = List(Unicode(), config=True, help="""Placement constraints for every
         user server, e.g. ["node.role==worker"] to keep them off the managers; a GPU server is
         also constrained to its GPU's node.""")
@@ -131,14 +123,26 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         return kwargs
 
     async def prepare_volumes(self, courses: dict) -> None:
-        """On a swarm, volumes are made by the driver on the node the server lands on: here
-        only their directories on the NFS export (when the hub sees it)."""
-        if not (self.swarm_nfs_server and self.swarm_nfs_root):
+        """On a swarm, a volume is made by its driver on the node the server lands on; with NFS
+        its directory must exist on the export first (an NFS mount of a missing directory
+        fails), owned by the notebook user: a one-off root container on the hub's node makes
+        the missing ones (the export must let this node's root chown: docs/swarm.md)."""
+        if not self.swarm_nfs_server:
             return
-        names = [*self.volume_binds, *(v for v, _, _ in course_volumes.mounts(
+        names = [n for n in [*self.volume_binds, *(v for v, _, _ in course_volumes.mounts(
             courses, self.user.name, self.prefix, self.course_materials_dir))]
-        await asyncio.get_running_loop().run_in_executor(
-            self.executor, make_dirs, self.swarm_nfs_root, [n for n in names if not n.startswith("/")])
+            if not n.startswith("/") and n not in PROCESS.nfs_dirs]
+        if not names:
+            return
+        self.emit_progress(65, "Preparing your folders on the file server")
+        export = Mount("/nfs", f"{self.prefix}-nfs-export", type="volume",
+                       driver_config=nfs_driver(self.swarm_nfs_server, self.swarm_nfs_export, self.swarm_nfs_options))
+        script = 'for d; do [ -d "/nfs/$d" ] || install -d -o 1000 -g 100 "/nfs/$d" || exit 1; done'
+        await course_volumes.as_root(
+            self.engine, self.image, ["sh", "-c", script, "sh", *names],
+            self.client.create_host_config(mounts=[export], **course_volumes.AS_ROOT_HOST_CONFIG),
+            {self.labels.instance: self.prefix}, f"make the folders {', '.join(names)} on the file server")
+        PROCESS.nfs_dirs.update(names)
 
     # ---- is it running? ---------------------------------------------------------------------
 
@@ -167,13 +171,3 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             return (await self.service_running())[0]
         await port_probe.wait_for_port(ip, port, self.http_timeout, still_running)
 
-
-def make_dirs(root: str, names: list[str]) -> None:
-    """Each volume's directory under the hub's view of the NFS export, owned by the notebook
-    user (a directory made once keeps its owner and files)."""
-    for name in names:
-        path = Path(root) / name
-        if path.is_dir():
-            continue
-        path.mkdir(parents=True, exist_ok=True)
-        os.chown(path, NOTEBOOK_UID, NOTEBOOK_GID)

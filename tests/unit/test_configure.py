@@ -80,6 +80,21 @@ def test_spawner_from_env():
         configure_spawner(Config(), {"SPAWN_CONCURRENCY": "0"})
 
 
+def test_swarm_backend_selects_the_swarm_spawner_with_its_settings():
+    c = Config()
+    configure_spawner(c, {"HUB_BACKEND": "swarm", "SWARM_NFS_SERVER": "nfs.lab",
+                          "SWARM_CONSTRAINTS": "node.role==worker, node.labels.gpu==true"}, profiles_file="/nonexistent")
+    assert c.JupyterHub.spawner_class == "hub.spawner.GPUSwarmSpawner"
+    assert c.GPUSwarmSpawner.swarm_nfs_server == "nfs.lab" and c.GPUSwarmSpawner.swarm_nfs_export == "/srv/gpuhub"
+    assert c.GPUSwarmSpawner.swarm_constraints == ["node.role==worker", "node.labels.gpu==true"]
+    assert c.DockerSpawner.network_name == "gpuhub-net"  # the stack's attachable overlay network
+    c = Config()
+    configure_spawner(c, {}, profiles_file="/nonexistent")
+    assert c.JupyterHub.spawner_class == "hub.spawner.GPUDockerSpawner" and "GPUSwarmSpawner" not in c
+    with pytest.raises(ConfigError, match="HUB_BACKEND"):
+        configure_spawner(Config(), {"HUB_BACKEND": "kubernetes"}, profiles_file="/nonexistent")
+
+
 def test_bad_spawner_setting_stops_with_the_variable_named():
     with pytest.raises(ConfigError, match="USER_MEM_LIMIT='eight'"):
         configure_spawner(Config(), {"USER_MEM_LIMIT": "eight"})
@@ -96,11 +111,13 @@ def test_generated_file_is_fresh(name):
 
 def test_stale_files_are_named_with_the_command_that_fixes_them(tmp_path, capsys):
     (tmp_path / "docker-compose.yml").write_text((ROOT / "docker-compose.yml").read_text())
+    (tmp_path / "swarm").mkdir()
+    (tmp_path / "swarm" / "stack.yml").write_text((ROOT / "swarm" / "stack.yml").read_text())
     (tmp_path / ".env.example").write_text("HUB_PUBLISH=8000\n")
     assert generate.main(["--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert ".env.example is stale: run `make config-docs`" in err and "docs/configuration.md is stale" in err
-    assert "docker-compose.yml" not in err
+    assert "docker-compose.yml" not in err and "stack.yml" not in err
     assert generate.main(["--root", str(tmp_path), "--write"]) == 0
     assert generate.main(["--root", str(tmp_path)]) == 0
 
@@ -110,7 +127,8 @@ def test_compose_reads_exactly_the_tables_variables_with_its_defaults():
     the hub gets every variable the hub reads."""
     compose_text = (ROOT / "docker-compose.yml").read_text()
     compose = re.findall(r"\$\{([A-Z_]+)(?::-([^}]*))?\}", compose_text)
-    in_compose = {name for name, s in SETTINGS.items() if s.used_by != "make"}  # make's: compose.host.yml
+    in_compose = {name for name, s in SETTINGS.items()  # make's: compose.host.yml; the fixed: set, not read
+                  if s.used_by != "make" and name not in generate.COMPOSE_FIXED}
     assert {name for name, _ in compose} == in_compose, ({name for name, _ in compose} ^ in_compose)
     for name, fallback in compose:
         assert fallback == SETTINGS[name].value, (name, fallback)

@@ -134,3 +134,18 @@ def test_main_prints_exports_or_the_error(tmp_path, capsys, monkeypatch):
     env_file.write_text("HUB_DOMAIN=hub.example.org\n")
     assert host_setup.main(["--env-file", str(env_file), "--out", str(tmp_path / "o.yml")]) == 0
     assert "export COMPOSE_PROFILES='tls'" in capsys.readouterr().out
+
+
+def test_swarm_exports_every_variable_quoted_the_port_and_a_config_version(tmp_path, monkeypatch):
+    (tmp_path / "jupyterhub_config.py").write_text("c = 1\n")
+    (tmp_path / "profiles.yaml").write_text("profiles: []\n")
+    env = {"HUB_PUBLISH": "127.0.0.1:8443", "TORCH_PACKAGES": "torch==2 torchvision==0"}
+    monkeypatch.delenv("HUB_PUBLISH", raising=False)
+    exports = host_setup.swarm_exports(env, tmp_path)
+    assert exports["HUB_PUBLISH_PORT"] == "8443" and exports["TORCH_PACKAGES"] == "torch==2 torchvision==0"
+    assert exports["HUB_PROFILES_FILE"] == str(tmp_path / "profiles.yaml")
+    version = exports["HUB_CONFIG_VERSION"]
+    (tmp_path / "jupyterhub_config.py").write_text("c = 2\n")
+    assert host_setup.swarm_exports(env, tmp_path)["HUB_CONFIG_VERSION"] != version
+    monkeypatch.setenv("HUB_PUBLISH", "9000")  # the shell wins, as for compose
+    assert host_setup.swarm_exports(env, tmp_path)["HUB_PUBLISH_PORT"] == "9000"

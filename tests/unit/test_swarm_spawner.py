@@ -92,6 +92,7 @@ def make_spawner(engine, tmp_path, name="zoe", **config):
 
 
 def test_a_gpu_server_is_a_service_holding_one_unit_of_its_gpu_on_its_node(engine, tmp_path):
+    PROCESS.nfs_dirs.add("gpuhub-user-zoe")  # made already (the next test makes them)
     s = make_spawner(engine, tmp_path, swarm_nfs_server="nfs.lab", swarm_nfs_export="/export/hub/",
                      swarm_constraints=["node.role==worker"], pids_limit=500)
     asyncio.run(s.create_object())
@@ -160,12 +161,33 @@ def test_nfs_driver_options():
         "type": "nfs", "o": "addr=10.0.0.5", "device": ":/srv/gpuhub/v"}
 
 
-def test_nfs_directories_are_made_for_the_users_volumes(engine, tmp_path, monkeypatch):
-    chowned = []
-    monkeypatch.setattr("os.chown", lambda path, uid, gid: chowned.append((Path(path).name, uid, gid)))
-    root = tmp_path / "nfs"
-    s = make_spawner(engine, tmp_path, swarm_nfs_server="nfs.lab", swarm_nfs_root=str(root))
+def test_nfs_folders_are_made_once_by_a_root_container_that_may_only_chown(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(GPUSwarmSpawner, "client", property(lambda self: SimpleNamespace(
+        create_host_config=lambda **kw: kw)))
+    PROCESS.nfs_dirs.clear()
+    runs = []
+
+    def fake(method, *args, **kwargs):
+        if method == "create_container":
+            runs.append(kwargs)
+            return {"Id": "c1"}
+        if method == "wait":
+            return {"StatusCode": 0}
+        if method in ("start", "remove_container"):
+            return None
+        return engine(method, *args, **kwargs)
+    s = make_spawner(fake, tmp_path, swarm_nfs_server="nfs.lab", swarm_nfs_export="/export")
     asyncio.run(s.prepare_volumes({}))
-    assert (root / "gpuhub-user-zoe").is_dir() and chowned == [("gpuhub-user-zoe", 1000, 100)]
+    [run] = runs
+    assert run["user"] == "root" and run["command"][-1] == "gpuhub-user-zoe"
+    assert "install -d -o 1000 -g 100" in run["command"][2]
+    host = run["host_config"]
+    assert host["cap_drop"] == ["ALL"] and host["cap_add"] == ["CHOWN"] and host["network_mode"] == "none"
+    [export] = host["mounts"]
+    assert export["VolumeOptions"]["DriverConfig"]["Options"]["device"] == ":/export"
     asyncio.run(s.prepare_volumes({}))
-    assert len(chowned) == 1  # made once: its owner and files stay
+    assert len(runs) == 1  # once per volume and hub process
+    PROCESS.nfs_dirs.clear()
+    # without NFS: nothing to prepare
+    asyncio.run(make_spawner(fake, tmp_path).prepare_volumes({}))
+    assert len(runs) == 1
