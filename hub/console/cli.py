@@ -11,6 +11,7 @@ prefer a terminal. Standard library only, so it runs with any Python 3.11 on the
     gpuhub-gpus access --users alice,bob --groups ml     # who may use GPUs; --everyone
     gpuhub-gpus audit -n 20
     gpuhub-gpus doctor [--json] [--strict]  # this host: engine, toolkit CVEs, driver vs CUDA, GPU health
+    gpuhub-gpus swarm-node-config [--input FILE|-] [--json]  # this node's daemon.json lines (docs/swarm.md)
   teaching labs (docs/teaching.md):
     gpuhub-gpus roster roster.csv [--dry-run] [--skip-bad-rows]   # import: users, courses, roles
     gpuhub-gpus courses                  # courses, their people and reservations
@@ -370,6 +371,10 @@ def parser() -> argparse.ArgumentParser:
     from hub.gpus import doctor
     doctor.add_arguments(sub.add_parser("doctor", help="check this host (no token needed): engine, CDI, "
                                         "live-restore, toolkit CVEs, driver vs the image's CUDA, GPU health"))
+    s = sub.add_parser("swarm-node-config", help="this node's GPUs as Swarm generic resources (no token "
+                       "needed): the daemon.json and NVIDIA runtime lines to add (docs/swarm.md)")
+    s.add_argument("--input", metavar="FILE", help="`nvidia-smi -L` output to read ('-': stdin) instead of "
+                                                   "running nvidia-smi -L here")
     s = sub.add_parser("pin", help="pin a user to a GPU")
     s.add_argument("user")
     s.add_argument("gpu", help="index (0, #0) or UUID")
@@ -439,11 +444,34 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _swarm_node_config(args) -> int:
+    import subprocess
+
+    from hub.gpus.swarm import gpus_from_smi_list, node_config, node_config_text
+    if args.input:
+        text = sys.stdin.read() if args.input == "-" else open(args.input, encoding="utf-8").read()
+    else:
+        try:
+            text = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"gpuhub-gpus: cannot run nvidia-smi -L ({exc}); run it where it works and pass its "
+                  "output with --input FILE (or -)", file=sys.stderr)
+            return 1
+    gpus = gpus_from_smi_list(text)
+    if not gpus:
+        print("gpuhub-gpus: no GPU in the nvidia-smi -L output", file=sys.stderr)
+        return 1
+    print(json.dumps(node_config(gpus), indent=2) if args.json else node_config_text(gpus), end="\n" if args.json else "")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "doctor":  # local checks: no hub, no token (exit 1: a check failed)
         from hub.gpus import doctor
         return doctor.run(args)
+    if args.command == "swarm-node-config":  # local: no hub, no token
+        return _swarm_node_config(args)
     token = args.token or os.environ.get("GPUHUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
     if not token:
         return _usage("no token: set GPUHUB_TOKEN to an admin's API token (the hub's Token page, "

@@ -18,6 +18,7 @@ GPU, ours or not), and which nodes take no new servers (drained, paused, down).
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -225,3 +226,37 @@ def service_state(tasks: Iterable[Mapping[str, Any]], nodes: Iterable[SwarmNode]
 def service_claim(kind: str, node_id: str) -> dict[str, Any]:
     """What a service carries to hold one GPU: one unit of the GPU's kind, on its node."""
     return {"generic_resources": reservation(kind), "constraints": [placement(node_id)]}
+
+
+_SMI_GPU = re.compile(r"^GPU (\d+): (.*?) \(UUID: (GPU-[0-9a-fA-F-]+)\)\s*$")
+_SMI_MIG = re.compile(r"^\s+MIG (\S+)\s+Device\s+\d+: \(UUID: (MIG-[0-9a-fA-F-]+)\)\s*$")
+
+
+def gpus_from_smi_list(text: str) -> list[GPU]:
+    """The GPUs of ``nvidia-smi -L`` output; a GPU split into MIG instances is listed as its
+    instances (what a server can be given), as NVML discovery does."""
+    gpus: list[GPU] = []
+    parent: GPU | None = None
+    split: set[str] = set()
+    for line in text.splitlines():
+        if m := _SMI_GPU.match(line):
+            parent = GPU(uuid=m.group(3), index=int(m.group(1)), name=m.group(2))
+            gpus.append(parent)
+        elif (m := _SMI_MIG.match(line)) and parent is not None:
+            gpus.append(GPU(uuid=m.group(2), index=parent.index, name=f"{parent.name} MIG {m.group(1)}",
+                            parent_uuid=parent.uuid))
+            split.add(parent.uuid)
+    return [g for g in gpus if g.uuid not in split]
+
+
+def node_config_text(gpus: list[GPU]) -> str:
+    """What `gpuhub-gpus swarm-node-config` prints: the lines to add on this node, and where."""
+    config = node_config(gpus)
+    daemon = json.dumps({"node-generic-resources": config["node-generic-resources"],
+                         "default-runtime": "nvidia"}, indent=2)
+    listed = "\n".join(f"#   {g.index}: {g.name} {g.uuid}" for g in gpus)
+    return (f"# This node's GPUs, one Swarm generic-resource kind each (docs/swarm.md):\n{listed}\n"
+            f"# 1. Merge into /etc/docker/daemon.json (keep its other keys and the \"runtimes\" entry\n"
+            f"#    `nvidia-ctk runtime configure --runtime=docker` wrote), then restart Docker:\n{daemon}\n"
+            f"# 2. In /etc/nvidia-container-runtime/config.toml, at the top level (toolkit >= 1.19.0):\n"
+            f"swarm-resource = \"{config['swarm-resource']}\"\n")

@@ -189,3 +189,44 @@ def test_manager_rereads_intent(tmp_path):
     intent_file.write_text(json.dumps({"pins": {}, "drained": [uuid(1, 0), uuid(1, 1)]}))
     asyncio.run(manager.reconcile(engine))
     assert manager.assign("zoe", "", set(), now=1).gpu.node == "gpu-b"
+
+
+# -- gpuhub-gpus swarm-node-config: what an admin writes on each node -----------------------
+
+SMI_LIST = """GPU 0: NVIDIA H200 (UUID: GPU-0a1b2c3d-0000-4000-8000-000000000001)
+GPU 1: NVIDIA H200 (UUID: GPU-0a1b2c3d-0000-4000-8000-000000000002)
+  MIG 3g.71gb     Device  0: (UUID: MIG-11112222-3333-5444-8555-666677778888)
+  MIG 3g.71gb     Device  1: (UUID: MIG-11112222-3333-5444-8555-666677779999)
+"""
+
+
+def test_nvidia_smi_list_gives_whole_gpus_and_mig_instances_instead_of_their_parent():
+    gpus = swarm.gpus_from_smi_list(SMI_LIST)
+    assert [(g.index, g.uuid, g.parent_uuid) for g in gpus] == [
+        (0, "GPU-0a1b2c3d-0000-4000-8000-000000000001", None),
+        (1, "MIG-11112222-3333-5444-8555-666677778888", "GPU-0a1b2c3d-0000-4000-8000-000000000002"),
+        (1, "MIG-11112222-3333-5444-8555-666677779999", "GPU-0a1b2c3d-0000-4000-8000-000000000002")]
+    assert gpus[0].name == "NVIDIA H200" and swarm.gpus_from_smi_list("No devices were found\n") == []
+
+
+def test_swarm_node_config_command(tmp_path, capsys):
+    from hub.console import cli
+
+    listing = tmp_path / "smi.txt"
+    listing.write_text(SMI_LIST)
+    assert cli.main(["--json", "swarm-node-config", "--input", str(listing)]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert config["node-generic-resources"][0] == (
+        "gpu_0a1b2c3d_0000_4000_8000_000000000001=GPU-0a1b2c3d-0000-4000-8000-000000000001")
+    assert config["swarm-resource"].split(",")[2] == "DOCKER_RESOURCE_MIG_11112222_3333_5444_8555_666677779999"
+    assert cli.main(["swarm-node-config", "--input", str(listing)]) == 0
+    text = capsys.readouterr().out
+    assert '"default-runtime": "nvidia"' in text and 'swarm-resource = "DOCKER_RESOURCE_GPU_0A1B2C3D' in text
+    # what it prints decodes back to the same GPUs once a node advertises it
+    node = {"ID": "n1", "Description": {"Hostname": "gpu1", "Resources": {"GenericResources": [
+        {"NamedResourceSpec": dict(zip(("Kind", "Value"), line.split("=", 1)))}
+        for line in config["node-generic-resources"]]}}, "Spec": {"Availability": "active"}, "Status": {"State": "ready"}}
+    inv = swarm.inventory_from_nodes(swarm.nodes_from_engine([node]))
+    assert [g.uuid for g in inv.gpus] == [g.uuid for g in swarm.gpus_from_smi_list(SMI_LIST)]
+    listing.write_text("")
+    assert cli.main(["swarm-node-config", "--input", str(listing)]) == 1
