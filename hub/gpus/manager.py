@@ -87,6 +87,14 @@ def load_intent(path: Path) -> Intent:
         raise ValueError(f"{path} is not valid GPU intent ({exc}); fix or remove it") from exc
 
 
+class ExclusiveAllocator(Allocator):
+    """On a swarm every GPU is one generic-resource unit, which Swarm gives one task at a time:
+    a GPU the admin marked shared is handed out whole there (docs/swarm.md)."""
+
+    def capacity(self, uuid: str) -> int:
+        return 1
+
+
 class SwarmGPUManager(GPUManager):
     """The GPU manager of a hub over a Docker Swarm (hub/gpus/swarm.py): the inventory is
     re-read from the nodes at every reconcile (a node that joins brings its GPUs, one that
@@ -94,6 +102,7 @@ class SwarmGPUManager(GPUManager):
 
     def __init__(self, intent_file: str, label_prefix: str, policy: Policy = first_free):
         super().__init__([], "swarm", "swarm", intent_file, label_prefix, policy)
+        self.allocator = ExclusiveAllocator([], self.allocator.intent, policy)
         self.swarm = SwarmInventory()
 
     async def reconcile(self, docker: DockerCall) -> None:
@@ -103,7 +112,7 @@ class SwarmGPUManager(GPUManager):
         self.swarm = inventory_from_nodes(nodes)
         intent = load_intent(self.intent_file)
         if [g for g in self.allocator.inventory] != self.swarm.gpus:
-            self.allocator = Allocator(self.swarm.gpus, intent, self.allocator.policy)
+            self.allocator = ExclusiveAllocator(self.swarm.gpus, intent, self.allocator.policy)
         self.allocator.intent = intent
         self.allocator.unavailable = dict(self.swarm.unavailable)
         self.allocator.reconcile(holders_from_tasks(tasks, services, nodes, self.label_prefix))

@@ -152,15 +152,17 @@ def inventory_from_nodes(nodes: Iterable[SwarmNode]) -> SwarmInventory:
 
 
 def task_is_live(task: Mapping[str, Any], nodes: Mapping[str, SwarmNode]) -> bool:
-    """Whether a task runs or is about to, on a node that is up: Swarm still wants it running,
-    it has not ended, and its node (once it has one) is ready. A task of a node that went down
-    holds nothing, even though its last reported state was "running"."""
+    """Whether a task runs or is about to: Swarm still wants it running, it has not ended, and
+    its node (once it has one) is in the swarm and not down. A task of a node that went down
+    holds nothing, even though its last reported state was "running". A node the manager has
+    not heard from yet ("unknown", e.g. just after a manager restart) is given the benefit of
+    the doubt: its servers are not stopped and its GPUs stay held (never booked twice)."""
     if str(task.get("DesiredState") or "").lower() not in LIVE_DESIRED:
         return False
     if str((task.get("Status") or {}).get("State") or "").lower() not in LIVE_OBSERVED:
         return False
     node_id = task.get("NodeID")
-    return not node_id or (node_id in nodes and nodes[node_id].ready)
+    return not node_id or (node_id in nodes and nodes[node_id].state != "down")
 
 
 def assigned_uuids(task: Mapping[str, Any]) -> list[str]:
@@ -203,19 +205,18 @@ def holders_from_tasks(tasks: Iterable[Mapping[str, Any]], services: Iterable[Ma
 
 
 def service_state(tasks: Iterable[Mapping[str, Any]], nodes: Iterable[SwarmNode]) -> tuple[bool, str]:
-    """(running, why not) for one service's tasks: running while one task is live; else the
-    latest task's end, in words for the user ("" when there is no task at all)."""
+    """(running, why not) for one service's tasks: running while one task is live, or while
+    it has none yet (Swarm makes it right after the service); else the latest task's end, in
+    words for the user."""
     by_id = {n.id: n for n in nodes}
     tasks = sorted(tasks, key=lambda t: str((t.get("Status") or {}).get("Timestamp") or t.get("UpdatedAt") or ""))
-    if any(task_is_live(t, by_id) for t in tasks):
+    if not tasks or any(task_is_live(t, by_id) for t in tasks):
         return True, ""
-    if not tasks:
-        return False, ""
     last = tasks[-1]
     node = by_id.get(last.get("NodeID") or "")
     status = last.get("Status") or {}
     state = str(status.get("State") or "").lower()
-    if node is not None and not node.ready and state in LIVE_OBSERVED:
+    if node is not None and node.state == "down" and state in LIVE_OBSERVED:
         return False, f"The node {node.hostname} your server ran on went {node.state}; start it again to run elsewhere."
     if node is None and last.get("NodeID") and state in LIVE_OBSERVED:
         return False, "The node your server ran on left the swarm; start it again to run elsewhere."

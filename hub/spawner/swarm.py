@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 
+import docker.errors
+
 from docker.types import DriverConfig, EndpointSpec, Mount
 from dockerspawner import SwarmSpawner
 from traitlets import List, Unicode
@@ -143,6 +145,12 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             self.client.create_host_config(mounts=[export], **course_volumes.AS_ROOT_HOST_CONFIG),
             {self.labels.instance: self.prefix}, f"make the folders {', '.join(names)} on the file server")
         PROCESS.nfs_dirs.update(names)
+
+    async def remove_object(self):
+        try:
+            await super().remove_object()
+        except docker.errors.NotFound:  # removed already: done
+            self.log.info("Service %s was gone already", self.service_name)
 
     # ---- is it running? ---------------------------------------------------------------------
 

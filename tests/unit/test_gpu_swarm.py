@@ -93,7 +93,18 @@ def test_service_state_says_why_a_server_is_gone():
     assert not running and "non-zero exit (137)" in why
     gone = {**tasks["svcalice"], "NodeID": "not-a-node-any-more"}
     assert swarm.service_state([gone], nodes())[1].startswith("The node your server ran on left")
-    assert swarm.service_state([], nodes()) == (False, "")
+    assert swarm.service_state([], nodes()) == (True, "")  # a service's first task comes right after it
+
+
+def test_a_node_not_heard_from_yet_keeps_its_servers_and_gpus_but_gets_no_new_ones():
+    unknown = [swarm.SwarmNode(n.id, n.hostname, n.availability, "unknown" if n.hostname == "gpu-a" else n.state, n.gpus)
+               for n in nodes()]
+    alice = next(t for t in ENGINE["tasks"] if t["ServiceID"] == "svcalice")
+    assert swarm.service_state([alice], unknown) == (True, "")
+    assert "alice" in [h.user for hs in swarm.holders_from_tasks(ENGINE["tasks"], ENGINE["services"], unknown).values()
+                       for h in hs]
+    assert swarm.inventory_from_nodes(unknown).unavailable["GPU-5a100000-0000-4000-8000-000000000000"] == \
+        "node gpu-a is unknown"
 
 
 def test_service_claim_asks_for_one_unit_on_the_gpus_node():
@@ -230,3 +241,17 @@ def test_swarm_node_config_command(tmp_path, capsys):
     assert [g.uuid for g in inv.gpus] == [g.uuid for g in swarm.gpus_from_smi_list(SMI_LIST)]
     listing.write_text("")
     assert cli.main(["swarm-node-config", "--input", str(listing)]) == 1
+
+
+def test_a_gpu_marked_shared_is_handed_out_whole_on_a_swarm(tmp_path):
+    intent_file = tmp_path / "intent.json"
+    intent_file.write_text(json.dumps({"shared": {uuid(1, 0): 4}}))
+    manager = SwarmGPUManager(str(intent_file), "gpuhub")
+    engine = FakeSwarmEngine()
+    engine.nodes = [n for n in ENGINE["nodes"] if n["Description"]["Hostname"] in ("mgr", "gpu-a")]
+    engine.tasks = []
+    asyncio.run(manager.reconcile(engine))
+    assert manager.assign("a", "", set(), now=1).shared_by == 1
+    manager.assign("b", "", set(), now=1)
+    with pytest.raises(NoGPUAvailable):  # one unit each: Swarm would leave a third start pending
+        manager.assign("c", "", set(), now=1)

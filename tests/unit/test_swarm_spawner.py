@@ -191,3 +191,18 @@ def test_nfs_folders_are_made_once_by_a_root_container_that_may_only_chown(engin
     # without NFS: nothing to prepare
     asyncio.run(make_spawner(fake, tmp_path).prepare_volumes({}))
     assert len(runs) == 1
+
+
+def test_a_service_removed_behind_the_hubs_back_is_stopped_and_removing_it_again_is_done(engine, tmp_path):
+    s = make_spawner(engine, tmp_path)
+    s.object_id = "gone"
+    assert asyncio.run(s.poll()) == 0
+    calls = []
+
+    def fake(method, *args, **kwargs):
+        calls.append(method)
+        import docker.errors
+        raise docker.errors.NotFound("no such service")
+    s._docker = fake
+    asyncio.run(s.remove_object())
+    assert calls == ["remove_service"]
