@@ -43,7 +43,7 @@ class FakeEngine:
             found = [s for s in self.services if s["ID"] == args[0] or s["Spec"]["Name"] == args[0]]
             if not found:
                 import docker.errors
-                raise docker.errors.NotFound("no such service")
+                raise docker.errors.NotFound("no such service", response=SimpleNamespace(status_code=404))
             return found[0]
         if method == "inspect_volume":
             import docker.errors
