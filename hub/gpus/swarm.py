@@ -218,6 +218,9 @@ def service_state(tasks: Iterable[Mapping[str, Any]], nodes: Iterable[SwarmNode]
     state = str(status.get("State") or "").lower()
     if node is not None and node.state == "down" and state in LIVE_OBSERVED:
         return False, f"The node {node.hostname} your server ran on went {node.state}; start it again to run elsewhere."
+    if node is not None and node.availability == "drain":
+        return False, (f"The node {node.hostname} your server ran on was drained by an administrator; "
+                       "start it again to run elsewhere.")
     if node is None and last.get("NodeID") and state in LIVE_OBSERVED:
         return False, "The node your server ran on left the swarm; start it again to run elsewhere."
     detail = status.get("Err") or status.get("Message") or state or "ended"

@@ -105,6 +105,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         spec = task["ContainerSpec"]
         spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
         spec["CapabilityDrop"] = ["ALL"]
+        # Engine API 1.44 (Docker 25, which this deployment needs) and newer; older ignore it
+        spec["Privileges"] = {**(spec.get("Privileges") or {}), "NoNewPrivileges": True}
         if not self.image_healthcheck:
             spec["Healthcheck"] = {"Test": ["NONE"]}
         resources = task.setdefault("Resources", {})

@@ -42,7 +42,7 @@ def test_nodes_decoded_with_their_gpus_and_states():
     assert by_name["mgr"].gpus == () and by_name["mgr"].takes_servers
     assert [u for _, u in by_name["gpu-a"].gpus] == [uuid(1, 0), uuid(1, 1)]
     assert by_name["gpu-b"].ready and not by_name["gpu-b"].takes_servers
-    assert by_name["gpu-b"].why_not == "node gpu-b is drained"
+    assert by_name["gpu-b"].why_not == "node gpu-b is paused"
     assert not by_name["gpu-c"].ready and by_name["gpu-c"].why_not == "node gpu-c is down"
 
 
@@ -53,7 +53,7 @@ def test_inventory_names_each_gpus_node_and_numbers_across_the_swarm():
         (3, "gpu-b", uuid(2, 1)), (4, "gpu-c", uuid(3, 0)), (5, "gpu-c", uuid(3, 1))]
     assert inv.gpus[0].ref == f"gpu-a/{uuid(1, 0)}"
     assert inv.request(uuid(2, 1)) == (swarm.kind_for(uuid(2, 1)), "p7bb00000000000000000000b2")
-    assert inv.unavailable == {uuid(2, 0): "node gpu-b is drained", uuid(2, 1): "node gpu-b is drained",
+    assert inv.unavailable == {uuid(2, 0): "node gpu-b is paused", uuid(2, 1): "node gpu-b is paused",
                                uuid(3, 0): "node gpu-c is down", uuid(3, 1): "node gpu-c is down"}
     assert inv.shared_kinds == []
 
@@ -70,7 +70,7 @@ def test_holders_from_live_tasks_on_ready_nodes():
     held = swarm.holders_from_tasks(ENGINE["tasks"], ENGINE["services"], nodes())
     assert held == {
         uuid(1, 0): [Holder("alice", "", 1796010000.0)],
-        uuid(2, 0): [Holder("bob", "", 1796010000.0)],  # a drained node's servers keep running
+        uuid(2, 0): [Holder("bob", "", 1796010000.0)],  # a paused node's servers keep running
         # another stack's service blocks its GPU; eve's task waits for it (not scheduled yet: her
         # service's label claims it, so the hub's next decision does not hand it out again)
         uuid(1, 1): [Holder("render_worker", "", None), Holder("eve", "", 1796010000.0)],
@@ -91,6 +91,12 @@ def test_service_state_says_why_a_server_is_gone():
     assert not running and "gpu-c" in why and "down" in why
     running, why = swarm.service_state([tasks["svcdave"]], nodes())
     assert not running and "non-zero exit (137)" in why
+    # Swarm shuts down the tasks of a node drained with `docker node update --availability drain`
+    drained = [swarm.SwarmNode(n.id, n.hostname, "drain" if n.hostname == "gpu-a" else n.availability, n.state, n.gpus)
+               for n in nodes()]
+    shut = {**tasks["svcalice"], "DesiredState": "shutdown", "Status": {"State": "shutdown", "Message": "shutdown"}}
+    running, why = swarm.service_state([shut], drained)
+    assert not running and why.startswith("The node gpu-a your server ran on was drained")
     gone = {**tasks["svcalice"], "NodeID": "not-a-node-any-more"}
     assert swarm.service_state([gone], nodes())[1].startswith("The node your server ran on left")
     assert swarm.service_state([], nodes()) == (True, "")  # a service's first task comes right after it
@@ -120,18 +126,18 @@ def test_allocator_places_no_new_server_on_a_drained_or_down_node():
     alloc = Allocator(inv.gpus)
     alloc.unavailable = inv.unavailable
     alloc.reconcile(swarm.holders_from_tasks(ENGINE["tasks"], ENGINE["services"], nodes()))
-    assert [g.uuid for g in alloc.free()] == []  # gpu-a: both held; gpu-b drained; gpu-c down
+    assert [g.uuid for g in alloc.free()] == []  # gpu-a: both held; gpu-b paused; gpu-c down
     with pytest.raises(NoGPUAvailable, match="3 in use, 3 on nodes that take no new servers"):
         alloc.allocate("zoe", now=1)
     row = {r["uuid"]: r for r in alloc.snapshot()}
     assert row[uuid(3, 0)]["unavailable"] == "node gpu-c is down" and row[uuid(3, 0)]["node"] == "gpu-c"
 
 
-def test_a_pin_to_a_gpu_on_a_drained_node_is_refused_with_the_reason():
+def test_a_pin_to_a_gpu_on_a_paused_node_is_refused_with_the_reason():
     inv = swarm.inventory_from_nodes(nodes())
     alloc = Allocator(inv.gpus, Intent(pins={"zoe": uuid(2, 1)}))
     alloc.unavailable = inv.unavailable
-    with pytest.raises(NoGPUAvailable, match="node gpu-b is drained"):
+    with pytest.raises(NoGPUAvailable, match="node gpu-b is paused"):
         alloc.allocate("zoe", now=1)
     alloc.unavailable = {}
     assert alloc.allocate("zoe", now=1).uuid == uuid(2, 1)

@@ -107,6 +107,7 @@ def test_a_gpu_server_is_a_service_holding_one_unit_of_its_gpu_on_its_node(engin
     assert task["Resources"]["Limits"]["Pids"] == 500
     spec = task["ContainerSpec"]
     assert spec["CapabilityDrop"] == ["ALL"] and spec["Healthcheck"] == {"Test": ["NONE"]}
+    assert spec["Privileges"]["NoNewPrivileges"] is True
     assert spec["Labels"]["gpuhub.user"] == "zoe" and spec["Labels"]["gpuhub.gpu.uuid"] == gpu.uuid
     assert created["labels"]["gpuhub.gpu.uuid"] == gpu.uuid
     assert "NVIDIA_VISIBLE_DEVICES" not in spec["Env"]  # the runtime maps DOCKER_RESOURCE_* instead
