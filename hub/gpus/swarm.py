@@ -264,3 +264,22 @@ def node_config_text(gpus: list[GPU]) -> str:
             f"#    `nvidia-ctk runtime configure --runtime=docker` wrote), then restart Docker:\n{daemon}\n"
             f"# 2. In /etc/nvidia-container-runtime/config.toml, at the top level (toolkit >= 1.19.0):\n"
             f"swarm-resource = \"{config['swarm-resource']}\"\n")
+
+
+ENDED = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")
+
+
+def start_state(tasks: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
+    """("running" | "waiting" | "ended", what Swarm says) for a starting service, from its
+    latest task: its state and message, or why it ended (Swarm's error)."""
+    tasks = sorted(tasks, key=lambda t: str((t.get("Status") or {}).get("Timestamp") or t.get("UpdatedAt") or ""))
+    if not tasks:
+        return "waiting", "new"
+    status = tasks[-1].get("Status") or {}
+    state = str(status.get("State") or "new").lower()
+    said = status.get("Err") or status.get("Message") or state
+    if state == "running":
+        return "running", said
+    if state in ENDED or str(tasks[-1].get("DesiredState") or "").lower() in ENDED:
+        return "ended", f"{state}: {said}"
+    return "waiting", f"{state}: {said}" if said != state else state

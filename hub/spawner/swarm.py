@@ -22,7 +22,7 @@ from dockerspawner import SwarmSpawner
 from traitlets import List, Unicode
 
 from hub.gpus.manager import GPUManager, SwarmGPUManager
-from hub.gpus.swarm import nodes_from_engine, service_claim, service_state
+from hub.gpus.swarm import nodes_from_engine, service_claim, service_state, start_state
 from hub.spawner import course_volumes, port_probe
 from hub.spawner.spawner import PROCESS, GPUDockerSpawner
 
@@ -175,6 +175,24 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             PROCESS.stop_reasons.noticed(self._server_key, message)
             PROCESS.gpu_queue.wake()
         return 1
+
+    async def start_object(self) -> None:
+        """Until the service's task runs; what Swarm says while it waits (scheduling, pulling,
+        a GPU unit still held by a stopping task) goes to the progress stream, and a task that
+        ends (rejected: no such image on the node, an NFS mount that failed) fails the start
+        with Swarm's error at once, not at the start timeout."""
+        told, delay = "", 0.5
+        while True:
+            state, said = start_state(await self.engine("tasks", filters={"service": self.service_name}))
+            if state == "running":
+                return
+            if state == "ended":
+                raise RuntimeError(f"Your server's service did not start on the swarm ({said}).")
+            if said != told:
+                told = said
+                self.emit_progress(80, f"Swarm: {said}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 5.0)
 
     async def wait_for_port(self, ip: str, port: int) -> None:
         async def still_running() -> bool:

@@ -207,3 +207,31 @@ def test_a_service_removed_behind_the_hubs_back_is_stopped_and_removing_it_again
     s._docker = fake
     asyncio.run(s.remove_object())
     assert calls == ["remove_service"]
+
+
+def test_start_waits_for_the_task_telling_what_swarm_says_and_fails_at_once_when_it_ends(engine, tmp_path):
+    s = make_spawner(engine, tmp_path)
+    s.object_id = "svc-new"
+    states = iter([
+        [],
+        [{"DesiredState": "running", "Status": {"State": "pending", "Timestamp": "1",
+                                                 "Err": "no suitable node (insufficient resources on 3 nodes)"}}],
+        [{"DesiredState": "running", "Status": {"State": "preparing", "Timestamp": "2", "Message": "preparing"}}],
+        [{"DesiredState": "running", "Status": {"State": "running", "Timestamp": "3", "Message": "started"}}],
+    ])
+
+    async def fake(method, *args, **kwargs):
+        assert method == "tasks" and kwargs["filters"] == {"service": s.service_name}
+        return next(states)
+    s.engine = fake
+    asyncio.run(asyncio.wait_for(s.start_object(), 20))
+    told = [e["message"] for e in s.progress_log.events]
+    assert told == ["Swarm: new", "Swarm: pending: no suitable node (insufficient resources on 3 nodes)",
+                    "Swarm: preparing"]
+
+    async def rejected(method, *args, **kwargs):
+        return [{"DesiredState": "shutdown", "Status": {"State": "rejected", "Timestamp": "4",
+                                                         "Err": "No such image: gpuhub/pytorch-notebook:0.1.0"}}]
+    s.engine = rejected
+    with pytest.raises(RuntimeError, match="rejected: No such image"):
+        asyncio.run(asyncio.wait_for(s.start_object(), 5))
