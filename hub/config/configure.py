@@ -107,6 +107,13 @@ def configure_swarm(c, env: Mapping[str, str]) -> None:
     spawner.swarm_nfs_export = read(env, "SWARM_NFS_EXPORT")
     spawner.swarm_nfs_options = read(env, "SWARM_NFS_OPTIONS")
     spawner.swarm_constraints = read(env, "SWARM_CONSTRAINTS")
+    spawner.swarm_volume_root = read(env, "SWARM_VOLUME_ROOT")
+    if spawner.swarm_volume_root and spawner.swarm_nfs_server:
+        raise ConfigError("SWARM_NFS_SERVER and SWARM_VOLUME_ROOT are both set: set one of the two "
+                          "(Docker mounts NFS itself, or the nodes have the files at one path)")
+    if spawner.swarm_volume_root and not spawner.swarm_volume_root.startswith("/"):
+        raise ConfigError(f"SWARM_VOLUME_ROOT={spawner.swarm_volume_root!r} is not an absolute path, "
+                          "e.g. SWARM_VOLUME_ROOT=/mnt/gpuhub")
 
 
 def configure_profiles(c, path: str) -> None:

@@ -322,6 +322,10 @@ _TABLE = [
                  "(the hub creates them, owned by uid 1000, gid 100)."),
     Setting("SWARM_NFS_OPTIONS", SWARM, "text", default="rw,nfsvers=4.1,hard", example="rw,nfsvers=3,nolock",
             help="NFS mount options of the volumes (the `local` driver's `o`; `addr=` is added)."),
+    Setting("SWARM_VOLUME_ROOT", SWARM, "text", default="", example="/mnt/gpuhub",
+            help="Instead of `SWARM_NFS_SERVER`: a directory every node has at this path with the same contents "
+                 "(a file server the admin mounts on each node). Each volume is then the bind mount "
+                 "`SWARM_VOLUME_ROOT/<volume>`, made by the hub before its first use. Set one of the two."),
     Setting("SWARM_CONSTRAINTS", SWARM, "name_list", default="", example="node.role==worker",
             help="Placement constraints for every user server, comma-separated (Swarm's syntax), e.g. to keep "
                  "servers off the managers; a GPU server is also constrained to its GPU's node."),

@@ -52,6 +52,11 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         swarm_nfs_server under which each volume is a subdirectory.""")
     swarm_nfs_options = Unicode("rw,nfsvers=4.1,hard", config=True, help="""NFS mount options of
         the volumes (the `o` option of the local driver; addr= is added).""")
+    swarm_volume_root = Unicode("", config=True, help="""A directory present on every node at
+        the same path with the same contents (a file server the admin mounts on each node, e.g.
+        at /mnt/gpuhub): each volume is then the bind mount <this>/<volume name>, made by the hub
+        before its first use. The alternative to swarm_nfs_server (Docker mounts NFS itself);
+        set one of the two. Empty: not used.""")
     swarm_constraints = List(Unicode(), config=True, help="""Placement constraints for every
         user server, e.g. ["node.role==worker"] to keep them off the managers; a GPU server is
         also constrained to its GPU's node.""")
@@ -84,15 +89,20 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
     def nfs(self, volume: str) -> DriverConfig | None:
         return nfs_driver(self.swarm_nfs_server, self.swarm_nfs_export, self.swarm_nfs_options, volume)
 
+    def volume_mount(self, source: str, target: str, read_only: bool) -> Mount:
+        """A user's or course's volume: under swarm_volume_root, on NFS, or node-local."""
+        if self.swarm_volume_root and not source.startswith("/"):
+            source = f"{self.swarm_volume_root.rstrip('/')}/{source}"
+        return volume_mount(source, target, read_only, self.nfs(source))
+
     @property
     def mounts(self) -> list[Mount]:
         """The user's volumes and their courses' materials, as Mount objects (NFS when
         configured), and /dev/shm of shm_size."""
-        found = [volume_mount(source, vol["bind"], vol["mode"] == "ro", self.nfs(source))
-                 for source, vol in self.volume_binds.items()]
+        found = [self.volume_mount(source, vol["bind"], vol["mode"] == "ro") for source, vol in self.volume_binds.items()]
         for volume, target, read_only in course_volumes.mounts(
                 course_volumes.user_courses(self.user), self.user.name, self.prefix, self.course_materials_dir):
-            found.append(volume_mount(volume, target, read_only, self.nfs(volume)))
+            found.append(self.volume_mount(volume, target, read_only))
         found.append(Mount("/dev/shm", None, type="tmpfs", tmpfs_size=int(self.shm_size)))
         return found
 
@@ -127,11 +137,11 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         return kwargs
 
     async def prepare_volumes(self, courses: dict) -> None:
-        """On a swarm, a volume is made by its driver on the node the server lands on; with NFS
-        its directory must exist on the export first (an NFS mount of a missing directory
-        fails), owned by the notebook user: a one-off root container on the hub's node makes
-        the missing ones (the export must let this node's root chown: docs/swarm.md)."""
-        if not self.swarm_nfs_server:
+        """On a swarm, a volume is made by its driver on the node the server lands on; on NFS
+        (or under swarm_volume_root) its directory must exist first (a mount of a missing
+        directory fails), owned by the notebook user: a one-off root container on the hub's node
+        makes the missing ones (the file server must let this node's root chown: docs/swarm.md)."""
+        if not (self.swarm_nfs_server or self.swarm_volume_root):
             return
         names = [n for n in [*self.volume_binds, *(v for v, _, _ in course_volumes.mounts(
             courses, self.user.name, self.prefix, self.course_materials_dir))]
@@ -139,8 +149,11 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         if not names:
             return
         self.emit_progress(65, "Preparing your folders on the file server")
-        export = Mount("/nfs", f"{self.prefix}-nfs-export", type="volume",
-                       driver_config=nfs_driver(self.swarm_nfs_server, self.swarm_nfs_export, self.swarm_nfs_options))
+        if self.swarm_volume_root:
+            export = Mount("/nfs", self.swarm_volume_root, type="bind")
+        else:
+            export = Mount("/nfs", f"{self.prefix}-nfs-export", type="volume",
+                           driver_config=nfs_driver(self.swarm_nfs_server, self.swarm_nfs_export, self.swarm_nfs_options))
         script = 'for d; do [ -d "/nfs/$d" ] || install -d -o 1000 -g 100 "/nfs/$d" || exit 1; done'
         await course_volumes.as_root(
             self.engine, self.image, ["sh", "-c", script, "sh", *names],

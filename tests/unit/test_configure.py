@@ -197,3 +197,14 @@ def test_culler_off():
     assert "services" not in c.JupyterHub
     with pytest.raises(ConfigError, match="CULL_IDLE_TIMEOUT"):
         configure_culler(Config(), {"CULL_IDLE_TIMEOUT": "-1"})
+
+
+def test_swarm_volumes_come_from_one_place():
+    with pytest.raises(ConfigError, match="set one of the two"):
+        configure_spawner(Config(), {"HUB_BACKEND": "swarm", "SWARM_NFS_SERVER": "nfs", "SWARM_VOLUME_ROOT": "/mnt/x"},
+                          profiles_file="/nonexistent")
+    with pytest.raises(ConfigError, match="absolute path"):
+        configure_spawner(Config(), {"HUB_BACKEND": "swarm", "SWARM_VOLUME_ROOT": "mnt"}, profiles_file="/nonexistent")
+    c = Config()
+    configure_spawner(c, {"HUB_BACKEND": "swarm", "SWARM_VOLUME_ROOT": "/mnt/gpuhub"}, profiles_file="/nonexistent")
+    assert c.GPUSwarmSpawner.swarm_volume_root == "/mnt/gpuhub"

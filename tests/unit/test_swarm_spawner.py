@@ -235,3 +235,27 @@ def test_start_waits_for_the_task_telling_what_swarm_says_and_fails_at_once_when
     s.engine = rejected
     with pytest.raises(RuntimeError, match="rejected: No such image"):
         asyncio.run(asyncio.wait_for(s.start_object(), 5))
+
+
+def test_a_volume_root_on_every_node_gives_bind_mounts_made_by_the_hub(engine, tmp_path, monkeypatch):
+    monkeypatch.setattr(GPUSwarmSpawner, "client", property(lambda self: SimpleNamespace(
+        create_host_config=lambda **kw: kw)))
+    PROCESS.nfs_dirs.clear()
+    runs = []
+
+    def fake(method, *args, **kwargs):
+        if method == "create_container":
+            runs.append(kwargs)
+            return {"Id": "c1"}
+        if method == "wait":
+            return {"StatusCode": 0}
+        if method in ("start", "remove_container"):
+            return None
+        return engine(method, *args, **kwargs)
+    s = make_spawner(fake, tmp_path, swarm_volume_root="/srv/shared/")
+    asyncio.run(s.create_object())
+    [export] = runs[0]["host_config"]["mounts"]
+    assert (export["Type"], export["Source"], export["Target"]) == ("bind", "/srv/shared/", "/nfs")
+    work = engine.created[0]["task_template"]["ContainerSpec"]["Mounts"][0]
+    assert (work["Type"], work["Source"], work["Target"]) == ("bind", "/srv/shared/gpuhub-user-zoe", "/home/jovyan/work")
+    PROCESS.nfs_dirs.clear()
