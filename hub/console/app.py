@@ -121,7 +121,7 @@ def usage_keeper(console: Console, settings: GPUSettings, events: Any = None) ->
     """The usage store and its sync (hub/usage/): held time from the engine, used time from the
     console's sampler; quota stops audited like any admin action."""
     from hub.usage import quota
-    from hub.usage.reconcile import docker_events
+    from hub.usage.reconcile import SwarmUsageKeeper, docker_events
     from hub.usage.store import UsageStore
 
     async def audit(record: dict) -> None:
@@ -129,12 +129,15 @@ def usage_keeper(console: Console, settings: GPUSettings, events: Any = None) ->
         await console.commit(None, record, "", detail, "gpu-console", "quota")
 
     default = quota.parse_spec(settings.quota_default) if settings.quota_default else None
-    if events is None:
+    keeper = UsageKeeper
+    if settings.backend == "swarm":  # users' services on the swarm's nodes: their tasks, no container events
+        keeper, events = SwarmUsageKeeper, _no_events
+    elif events is None:
         client = getattr(console.docker, "client", None)
         events = docker_events(client) if client is not None else _no_events
-    return UsageKeeper(UsageStore(settings.usage_db), lambda: console.manager.inventory, console.docker,
-                       events, console.hub, settings.name_prefix,
-                       settings.label_prefix, util=console.sampler, default_quota=default, audit=audit)
+    return keeper(UsageStore(settings.usage_db), lambda: console.manager.inventory, console.docker,
+                  events, console.hub, settings.name_prefix,
+                  settings.label_prefix, util=console.sampler, default_quota=default, audit=audit)
 
 
 async def _no_events(since: float, until: float, filters: dict) -> list:

@@ -155,6 +155,34 @@ def seats_of_container(d: Mapping[str, Any], inventory: Iterable[GPU], label_pre
     return seats
 
 
+def seats_of_tasks(tasks: Iterable[Mapping[str, Any]], services: Iterable[Mapping[str, Any]],
+                   nodes: Iterable[Any], inventory: Iterable[GPU], label_prefix: str = "gpuhub") -> list[Seat]:
+    """On a swarm (hub.gpus.swarm): the seats of the tasks that run, each task a run (its ID in
+    place of a container's), from when it started running (its status time), on the GPUs
+    Swarm assigned it. Its end is when a sync last saw it live: Swarm's events are not at hand."""
+    from hub.gpus.swarm import assigned_uuids, task_is_live
+    gpus = {g.uuid: g for g in inventory}
+    by_node = {n.id: n for n in nodes}
+    specs = {s.get("ID"): s.get("Spec") or {} for s in services}
+    keys = Labels(label_prefix)
+    seats = []
+    for task in tasks:
+        status = task.get("Status") or {}
+        if str(status.get("State") or "").lower() != "running" or not task_is_live(task, by_node):
+            continue
+        labels = specs.get(task.get("ServiceID"), {}).get("Labels") or {}
+        start = docker_time(status.get("Timestamp"))
+        if start is None:
+            continue
+        user = labels.get(keys.user) or specs.get(task.get("ServiceID"), {}).get("Name") or ""
+        for uuid in assigned_uuids(task):
+            gpu = gpus.get(uuid)
+            weight = mig_fraction(gpu, gpus.values()) if gpu else 1.0
+            seats.append(Seat(str(task.get("ID")), uuid, user, labels.get(keys.server) or "", start, weight,
+                              gpu.name if gpu else "", gpu.node if gpu else ""))
+    return seats
+
+
 def seats_of_event(event: Mapping[str, Any], inventory: Iterable[GPU], label_prefix: str = "gpuhub") -> list[Seat]:
     """The seats a container's ``start`` event names (its labels are the event's attributes)."""
     attrs = (event.get("Actor") or {}).get("Attributes") or {}

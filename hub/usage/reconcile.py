@@ -30,7 +30,7 @@ from hub.gpus.claim import LIVE_STATES, Labels
 from hub.gpus.model import GPU
 from hub.usage import quota as quotas
 from hub.usage.accounting import (Interval, UtilisationSource, advance, docker_time, event_time,
-                                  seats_of_container, seats_of_event)
+                                  seats_of_container, seats_of_event, seats_of_tasks)
 from hub.usage.store import UsageStore
 
 log = logging.getLogger("gpu-console.usage")
@@ -204,3 +204,20 @@ def docker_events(client: Any) -> EventsCall:
             return list(client.events(since=int(since), until=f"{until:.3f}", filters=filters, decode=True))
         return await asyncio.to_thread(read)
     return events
+
+
+class SwarmUsageKeeper(UsageKeeper):
+    """The usage sync of a hub over a swarm: the seats of this hub's services' running tasks
+    (hub.usage.accounting.seats_of_tasks). Swarm's task events are not read: a run's interval
+    ends where a sync last saw it live (under-counted by up to one sync interval, never counted
+    twice)."""
+
+    async def live_seats(self) -> list:
+        from hub.gpus.swarm import nodes_from_engine
+        nodes, services, tasks = await asyncio.gather(
+            self.docker("nodes"), self.docker("services", filters=self.instance_filter),
+            self.docker("tasks", filters={"desired-state": "running"}))
+        return seats_of_tasks(tasks, services, nodes_from_engine(nodes), list(self.inventory()), self.labels.prefix)
+
+    async def _finished_times(self, known, live, ended) -> None:
+        """No containers to inspect on the hub's engine: runs end where last seen."""

@@ -261,3 +261,49 @@ def test_a_gpu_marked_shared_is_handed_out_whole_on_a_swarm(tmp_path):
     manager.assign("b", "", set(), now=1)
     with pytest.raises(NoGPUAvailable):  # one unit each: Swarm would leave a third start pending
         manager.assign("c", "", set(), now=1)
+
+
+# -- GPU-hours on a swarm: the running tasks' seats ------------------------------------------
+
+def test_seats_of_running_tasks_with_their_node_and_start():
+    from hub.usage.accounting import docker_time, seats_of_tasks
+
+    inv = swarm.inventory_from_nodes(nodes())
+    seats = seats_of_tasks(ENGINE["tasks"], ENGINE["services"], nodes(), inv.gpus)
+    by_user = {s.user: s for s in seats}
+    assert set(by_user) == {"alice", "bob", "render_worker"}  # carol: node down; dave ended; eve pending
+    alice = by_user["alice"]
+    assert (alice.container_id, alice.gpu_uuid, alice.node) == ("talice1", uuid(1, 0), "gpu-a")
+    assert alice.start == docker_time("2026-11-30T03:41:00.000Z")
+
+
+def test_swarm_usage_sync_counts_a_run_until_last_seen(tmp_path):
+    from hub.usage.reconcile import SwarmUsageKeeper
+    from hub.usage.store import UsageStore
+
+    class Hub:
+        async def group_models(self):
+            return []
+
+    engine = FakeSwarmEngine()
+    engine.tasks = [t for t in ENGINE["tasks"] if t["ServiceID"] == "svcalice"]
+    inv = swarm.inventory_from_nodes(nodes())
+    now = [1796010000.0]
+
+    async def no_events(since, until, filters):
+        return []
+    store = UsageStore(tmp_path / "u.sqlite")
+    keeper = SwarmUsageKeeper(store, lambda: inv.gpus, engine, no_events, Hub(), "gpuhub", clock=lambda: now[0])
+    from hub.usage.accounting import docker_time
+    swarm_start = docker_time("2026-11-30T03:41:00.000Z")  # alice's task: running since then
+    now[0] = swarm_start + 60
+    asyncio.run(keeper.sync())
+    now[0] = swarm_start + 120
+    asyncio.run(keeper.sync())
+    engine.tasks = []  # the node died or the server stopped
+    now[0] = swarm_start + 180
+    asyncio.run(keeper.sync())
+    [iv] = store.of_containers(["talice1"])
+    assert (iv.user, iv.node, iv.open, iv.held_s) == ("alice", "gpu-a", False, 120.0)
+    assert ("services", {"filters": {"label": ["gpuhub.instance=gpuhub"]}}) in engine.calls
+    store.close()
