@@ -1,0 +1,254 @@
+"""The Swarm storm: one hub over 3 docker-in-docker GPU servers with 2 fake GPUs each.
+
+    make swarm-storm    # prints one JSON line; writes bench/results/swarm-storm-latest.json
+
+In one run, against the engine's own records (Swarm's tasks, the fake runtime's view):
+  1. spawn p50 on the swarm: 5 GPU servers started one after another (start -> ready);
+  2. 8 users press Start at once: 6 GPU servers on 6 distinct (node, GPU), 2 refused with the
+     hub's message;
+  3. two servers on one node stop (freeing GPUs elsewhere), then a worker node holding servers
+     is killed: its servers leave the hub's view, their users start again on another node and
+     find the file they wrote;
+  4. the hub restarts: every server keeps its node and GPU;
+  5. duplicates (a GPU unit held by two running tasks) at every step: 0;
+  6. a burst of 30 CPU servers at once across the 3 nodes: how many failed;
+  7. the single-host reference: the compose stack on this machine's engine (its fake CDI GPUs),
+     same hub and single-user images and limits, 5 GPU servers one after another; the ratio of
+     the two p50s.
+Exit status 1 when an expectation fails.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from cluster import ROOT, Cluster, SwarmStack, duplicates, read_env_file  # noqa: E402
+from consoleclient import user_token  # noqa: E402
+from hubclient import Hub, Stack, UserServer  # noqa: E402
+from storm import start_outcome  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+LOCK = "/tmp/gpuhub-docker.lock"
+SPAWNS = 5
+STORM_USERS = 8
+BURST = 30
+
+
+def log(msg: str) -> None:
+    print(f"[swarm-storm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def spawn_times(hub: Hub, prefix: str, runs: int = SPAWNS) -> list[float]:
+    """Start -> ready of a GPU server, one user after another (each stopped before the next)."""
+    times = []
+    for i in range(runs):
+        name = f"{prefix}{i}"
+        hub.create_user(name)
+        t0 = time.monotonic()
+        hub.start(name, options={"profile": "gpu"}, timeout=240)
+        times.append(time.monotonic() - t0)
+        hub.stop(name)
+    return times
+
+
+def single_host_reference(env: dict[str, str]) -> list[float]:
+    """The compose stack on this machine's engine with the swarm's images and limits, under the
+    engine's lock (other work on the shared engine would skew both)."""
+    base = read_env_file(ROOT / "tests" / "e2e" / "stack.env")
+    base.update({k: env[k] for k in ("HUB_IMAGE", "SINGLEUSER_IMAGE", "USER_MEM_LIMIT", "USER_CPU_LIMIT",
+                                     "USER_SHM_SIZE", "USER_PIDS_LIMIT", "HUB_PROFILES")})
+    base.update({"HUB_NAME_PREFIX": "gpuhubswarmref", "HUB_PUBLISH": "127.0.0.1:18100"})
+    with tempfile.NamedTemporaryFile("w", suffix=".env", dir=HERE, delete=False) as f:
+        f.write("".join(f"{k}={v}\n" for k, v in base.items()))
+    env_file = Path(f.name)
+    stack = Stack(env_file)
+    try:
+        with open(LOCK) as lock:
+            log("single-host reference: waiting for the engine's lock")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stack.down()
+            try:
+                stack.up()
+                return spawn_times(Hub(stack.url, stack.admin_token()), "ref")
+            finally:
+                stack.down()
+    finally:
+        env_file.unlink()
+
+
+def main() -> int:
+    cluster = Cluster()
+    t0 = time.monotonic()
+    cluster.up()
+    stack = SwarmStack(cluster)
+    loaded = stack.images()
+    stack.down()
+    stack.up()
+    log(f"swarm and hub up in {time.monotonic() - t0:.0f}s (images loaded: {loaded})")
+    hub = Hub(stack.url, stack.admin_token())
+    dup_max = 0
+
+    def check_duplicates() -> None:
+        nonlocal dup_max
+        dup_max = max(dup_max, duplicates(stack.holdings()))
+
+    result: dict = {"nodes": len(cluster.nodes), "gpus_per_node": len(cluster.manager.gpus)}
+    failures: list[str] = []
+    try:
+        # 1. spawn p50 on the swarm
+        swarm_times = spawn_times(hub, "p")
+        result["swarm_spawn_p50_s"] = round(statistics.median(swarm_times), 2)
+        result["swarm_spawn_all_s"] = [round(t, 2) for t in swarm_times]
+        log(f"swarm spawn p50 {result['swarm_spawn_p50_s']}s")
+
+        # 2. the storm
+        names = [f"storm{i}" for i in range(STORM_USERS)]
+        with ThreadPoolExecutor(STORM_USERS) as pool:
+            outcomes = dict(zip(names, pool.map(lambda n: start_outcome(hub, n, timeout=240), names)))
+        held = {h.user: h for h in stack.holdings()}
+        ready = [n for n, (kind, _) in outcomes.items() if kind == "ready"]
+        refused = [m for kind, m in outcomes.values() if kind == "refused"]
+        places = {(held[n].node, held[n].gpus) for n in ready if n in held}
+        check_duplicates()
+        all_gpus = {g for n in cluster.nodes for g in n.gpus}
+        sees_only_own = all(stack.sees(held[n])[0] == list(held[n].gpus) for n in ready if n in held)
+        result.update({
+            "storm_users": STORM_USERS,
+            "gpu_servers": len(ready),
+            "distinct_node_gpu": len(places),
+            "nodes_used": dict(Counter(held[n].node for n in ready if n in held)),
+            "each_sees_only_its_gpu": sees_only_own,
+            "refused_with_message": sum(1 for m in refused if "No GPU" in m),
+            "refusal_example": refused[0] if refused else None,
+        })
+        if not (len(ready) == len(places) == len(all_gpus) and result["refused_with_message"] == STORM_USERS - len(all_gpus)
+                and sees_only_own):
+            failures.append("storm")
+        log(f"storm: {len(ready)} ready on {len(places)} distinct GPUs, {len(refused)} refused")
+
+        # 3. a node dies
+        workers = [n for n in cluster.nodes if not n.manager]
+        by_node = Counter(held[n].node for n in ready)
+        victim = max(workers, key=lambda n: by_node.get(n.name, 0))
+        victims = sorted(n for n in ready if held[n].node == victim.name)
+        # free as many GPUs on the other nodes, so that the victims have somewhere to go
+        others = sorted(n for n in ready if held[n].node != victim.name)[:len(victims)]
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(hub.stop, others))
+        notes = {}
+        for name in victims:
+            server = UserServer(stack.url, hub.user(name)["servers"][""]["url"], user_token(hub, name))
+            notes[name] = f"{name} was on {victim.name}"
+            server.put_text("note.txt", notes[name])
+        cluster.kill(victim)
+        t_kill = time.monotonic()
+        for name in victims:
+            hub.wait(name, ready=False, timeout=150)
+        gone_s = time.monotonic() - t_kill
+        still_held = [h for h in stack.holdings() if h.node == victim.name]
+        files_ok = 0
+        for name in victims:
+            server = UserServer(stack.url, hub.start(name, options={"profile": "gpu"}, timeout=240)["url"],
+                                user_token(hub, name))
+            files_ok += server.read_text("note.txt") == notes[name]
+        held = {h.user: h for h in stack.holdings()}
+        moved = {n: held[n].node for n in victims if n in held}
+        check_duplicates()
+        result.update({
+            "node_killed": victim.name,
+            "servers_on_killed_node": len(victims),
+            "stopped_in_hub_view_after_s": round(gone_s, 1),
+            "gpus_still_held_on_dead_node": len(still_held),
+            "restarted_elsewhere": sum(1 for node in moved.values() if node != victim.name),
+            "files_followed": files_ok,
+        })
+        if still_held or result["restarted_elsewhere"] != len(victims) or files_ok != len(victims):
+            failures.append("node death")
+        log(f"node {victim.name} killed: {len(victims)} servers stopped after {gone_s:.1f}s, restarted on {moved}")
+
+        # 4. hub restart
+        before = {h.user: (h.node, h.gpus) for h in stack.holdings()}
+        result["hub_restart_s"] = round(stack.restart_hub(), 1)
+        time.sleep(12)  # a poll of every server by the new hub
+        after = {h.user: (h.node, h.gpus) for h in stack.holdings()}
+        hub = Hub(stack.url, stack.admin_token())
+        still_ready = sum(1 for u in before if (hub.user(u)["servers"].get("") or {}).get("ready"))
+        result["same_assignments_after_hub_restart"] = after == before and still_ready == len(before)
+        check_duplicates()
+        if not result["same_assignments_after_hub_restart"]:
+            failures.append("hub restart")
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(hub.stop, list(before)))
+        cluster.revive(victim)
+        Cluster._wait(cluster.healthy, "the revived node Ready", 90)
+
+        # 6. a burst of CPU servers
+        burst = [f"burst{i:02d}" for i in range(BURST)]
+        t_burst = time.monotonic()
+        for n in burst:
+            hub.create_user(n)
+        with ThreadPoolExecutor(BURST) as pool:
+            burst_outcomes = list(pool.map(lambda n: _start_cpu(hub, n), burst))
+        burst_s = time.monotonic() - t_burst
+        held = {h.user: h for h in stack.holdings()}
+        check_duplicates()
+        result.update({
+            "burst": BURST,
+            "burst_failed": sum(1 for ok, _ in burst_outcomes if not ok),
+            "burst_failure_example": next((m for ok, m in burst_outcomes if not ok), None),
+            "burst_wall_s": round(burst_s, 1),
+            "burst_nodes": dict(Counter(h.node for n, h in held.items() if n.startswith("burst"))),
+        })
+        if result["burst_failed"]:
+            failures.append("burst")
+        with ThreadPoolExecutor(10) as pool:
+            list(pool.map(lambda n: hub.stop(n, timeout=120), [n for n in burst if n in held]))
+        log(f"burst: {result['burst_failed']} of {BURST} failed in {burst_s:.0f}s")
+    except Exception as exc:  # the JSON line still comes out, with what failed
+        failures.append(f"error: {exc!r}"[:500])
+        log(stack.logs()[-20000:])
+    finally:
+        result["duplicates"] = dup_max
+        stack.down()
+        cluster.down()
+
+    # 7. the single-host reference
+    try:
+        ref = single_host_reference(stack.env)
+        result["single_host_spawn_p50_s"] = round(statistics.median(ref), 2)
+        result["single_host_spawn_all_s"] = [round(t, 2) for t in ref]
+        if "swarm_spawn_p50_s" in result:
+            result["swarm_over_single_host_p50"] = round(result["swarm_spawn_p50_s"] / result["single_host_spawn_p50_s"], 2)
+    except Exception as exc:
+        failures.append(f"single-host reference: {exc!r}"[:500])
+    if dup_max:
+        failures.append("duplicates")
+    result["failures"] = failures
+    result["measured_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(result)
+    (RESULTS / "swarm-storm-latest.json").write_text(line + "\n")
+    print(line)
+    return 1 if failures else 0
+
+
+def _start_cpu(hub: Hub, name: str) -> tuple[bool, str]:
+    try:
+        hub.start(name, options={"profile": "cpu"}, timeout=300)
+        return True, ""
+    except (AssertionError, TimeoutError) as exc:
+        return False, str(exc)[:300]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
