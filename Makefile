@@ -19,7 +19,7 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
-.PHONY: up check down restart-hub swarm-up swarm-down images test test-images swarm-images unit e2e storm swarm-storm bench reliability config-docs
+.PHONY: up check down restart-hub swarm-up swarm-down images test test-images unit e2e storm swarm-storm bench reliability config-docs
 
 # HTTPS (HUB_DOMAIN), live GPU data on an NVIDIA host, checked settings: exports for compose,
 # and compose.host.yml, from hub/config/host_setup.py (the host's python3, standard library only).
@@ -97,7 +97,7 @@ config-docs: $(VENV)/.installed
 e2e: $(VENV)/.installed test-images
 	$(VENV)/bin/python -m pytest tests/e2e -q
 
-test: $(VENV)/.installed test-images swarm-images
+test: $(VENV)/.installed test-images
 	@command -v chromium >/dev/null || { echo "make test needs Chromium for the browser test (Debian: apt-get install chromium)"; exit 1; }
 	$(VENV)/bin/python -m pytest tests -q -rA
 
@@ -105,14 +105,10 @@ test: $(VENV)/.installed test-images swarm-images
 storm: $(VENV)/.installed test-images
 	$(VENV)/bin/python tests/e2e/storm.py
 
-# The multi-node tests (tests/swarm/, tests/e2e/test_swarm.py) run three docker-in-docker Swarm
-# nodes with fake GPUs: this checkout's hub image, and the test single-user image without PyTorch.
-swarm-images: $(VENV)/.installed test-images
-	$(VENV)/bin/python tests/swarm/cluster.py images
-
-# One hub over 3 nodes x 2 fake GPUs: storm, node death, hub restart, burst, spawn p50 vs one host;
+# One hub over 3 docker-in-docker Swarm nodes x 2 fake GPUs (tests/swarm/; the nodes' engines build
+# the hub image and a single-user image without PyTorch from test-images' ones): storm, node death, hub restart, burst, spawn p50 vs one host;
 # prints one JSON line (bench/results/swarm-storm-latest.json), exits 1 if an expectation failed.
-swarm-storm: $(VENV)/.installed swarm-images
+swarm-storm: $(VENV)/.installed
 	$(VENV)/bin/python tests/swarm/swarmstorm.py
 
 # Floor vs. stock DockerSpawner vs. ours, one run, side by side: bench/results/latest.{json,png};

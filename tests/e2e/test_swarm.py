@@ -8,12 +8,11 @@ swarm/stack.yml and tests/swarm/stack.env; users' files live in a directory all 
 tasks say which node and GPU unit each server holds, the fake runtime says what each container
 was given.
 
-Needs the images of `make swarm-images`. The nodes are reused when already up and removed at
+Needs the images of `make test-images` (the manager node builds the rest itself). The nodes are reused when already up and removed at
 the end (GPUHUB_SWARM_KEEP=1 keeps them for the next run). `make swarm-storm` is the long
 version (tests/swarm/swarmstorm.py).
 """
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,13 +29,6 @@ GPU_USERS = ["sw-ada", "sw-bob", "sw-cyd", "sw-dan"]
 CPU_USER = "sw-cpu"
 
 
-def require_images(stack: SwarmStack) -> None:
-    missing = [stack.env[k] for k in ("HUB_IMAGE", "PROXY_IMAGE", "SINGLEUSER_IMAGE")
-               if subprocess.run(["docker", "image", "inspect", stack.env[k]], capture_output=True).returncode]
-    if missing:
-        pytest.fail(f"images {missing} are missing: build them with `make swarm-images`")
-
-
 @pytest.fixture(scope="module")
 def cluster():
     c = Cluster()
@@ -51,7 +43,6 @@ def stack(cluster):
     """Named `stack` so that the e2e conftest writes its logs (nodes, services, hub, proxy) to
     tests/artifacts/ when a test fails."""
     s = SwarmStack(cluster)
-    require_images(s)
     s.images()
     s.down()  # leftovers of an interrupted run
     s.up()

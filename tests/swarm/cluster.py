@@ -10,7 +10,7 @@ runtime, so that `DOCKER_RESOURCE_<KIND>` decides what a container sees, as with
 Images reach the nodes without a registry: `docker save | docker exec -i node docker load`,
 skipped when the node already holds the same image id.
 
-    python tests/swarm/cluster.py images|up|deploy|logs|down|status   # by hand; the tests use these classes
+    python tests/swarm/cluster.py up|deploy|logs|down|status   # by hand; the tests use these classes
 
 Everything it creates is named gpuhubswarm-*: the network, the node containers and their
 volumes (each node's /var/lib/docker, and one volume all nodes mount at /srv/shared: the test
@@ -143,29 +143,23 @@ class Node:
 SLIM_NOTEBOOK = f"{PREFIX}/notebook-slim:test"
 # What the slim image drops: PyTorch (CPU build) and what only it needs; ~1.3 GB of 1.8 GB.
 SLIM_DROPS = ("torch", "sympy", "mpmath", "networkx")
+PYTHON_BASE = "local/python:3.11-bookworm"
+SLIM_SOURCE = "gpuhub/pytorch-notebook:test"  # `make test-images`
 
 
-def build_slim_notebook(source: str, tag: str = SLIM_NOTEBOOK) -> str:
-    """The single-user test image without PyTorch, for loading into three nodes quickly.
-
-    Its files are the source image's minus SLIM_DROPS, squashed into one layer; its settings
-    (environment, labels, user, entrypoint, command) are copied from the source image's own,
-    so the spawner starts it exactly as the full one. Rebuilt when the source changes (the
-    source's id is a label of the slim image)."""
-    source_id = docker("image", "inspect", "-f", "{{.Id}}", source).stdout.strip()
-    have = docker("image", "inspect", "-f", '{{index .Config.Labels "gpuhubswarm.source"}}', tag, check=False)
-    if have.returncode == 0 and have.stdout.strip() == source_id:
-        return tag
-    config = json.loads(docker("image", "inspect", "-f", "{{json .Config}}", source).stdout)
+def slim_dockerfile(source: str, config: dict, source_id: str) -> str:
+    """The single-user test image without PyTorch, for three nodes to load quickly: the
+    source image's files minus SLIM_DROPS, squashed into one layer, and its own settings
+    (environment, labels, user, entrypoint, command), so the spawner starts it exactly as the
+    full one."""
     lines = [f"FROM {source} AS full", "USER root",
              f"RUN pip uninstall -y -q {' '.join(SLIM_DROPS)} && rm -rf /root/.cache",
              "FROM scratch", "COPY --from=full / /"]
     lines += [f"ENV {json.dumps(k)}={json.dumps(v)}" for k, v in
               (e.split("=", 1) for e in config.get("Env") or [])]
-    labels = {**(config.get("Labels") or {}), "gpuhubswarm.source": source_id}
+    labels = {**(config.get("Labels") or {}), f"{PREFIX}.source": source_id}
     lines += [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in labels.items()]
-    for port in config.get("ExposedPorts") or {}:
-        lines.append(f"EXPOSE {port}")
+    lines += [f"EXPOSE {port}" for port in config.get("ExposedPorts") or {}]
     if config.get("WorkingDir"):
         lines.append(f"WORKDIR {config['WorkingDir']}")
     if config.get("User"):
@@ -174,20 +168,7 @@ def build_slim_notebook(source: str, tag: str = SLIM_NOTEBOOK) -> str:
         lines.append(f"ENTRYPOINT {json.dumps(config['Entrypoint'])}")
     if config.get("Cmd"):
         lines.append(f"CMD {json.dumps(config['Cmd'])}")
-    run("docker", "build", "-q", "-t", tag, "-", input="\n".join(lines) + "\n", timeout=900)
-    return tag
-
-
-HUB_IMAGE = f"{PREFIX}/hub:test"
-
-
-def build_images(env: dict[str, str]) -> None:
-    """This checkout's hub image (the Swarm spawner is in it) and the slim single-user image.
-    Run under the host engine's build lock (the Makefile's swarm targets take it)."""
-    base = "local/python:3.11-bookworm"
-    args = ["--build-arg", f"BASE_IMAGE={base}"] if docker("image", "inspect", base, check=False).returncode == 0 else []
-    docker("build", "-q", "-t", env["HUB_IMAGE"], "-f", "images/hub/Dockerfile", *args, ".", cwd=ROOT, timeout=900)
-    build_slim_notebook(env.get("SLIM_SOURCE_IMAGE", "gpuhub/pytorch-notebook:test"), env["SINGLEUSER_IMAGE"])
+    return "\n".join(lines) + "\n"
 
 
 class Cluster:
@@ -262,12 +243,14 @@ class Cluster:
 
     # ---- images ----------------------------------------------------------------------------
 
-    def load(self, image: str, nodes: list[Node] | None = None) -> list[str]:
-        """Copy an image of the host's engine to the nodes that lack it; returns their names."""
-        want = docker("image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
+    def load(self, image: str, nodes: list[Node] | None = None, source: Node | None = None) -> list[str]:
+        """Copy an image to the nodes that lack it (from this machine's engine, or from another
+        node); returns their names."""
+        read = ["docker", "exec", source.name, "docker"] if source else ["docker"]
+        want = run(*read, "image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
         todo = [n for n in (nodes or self.nodes) if n.image_id(image) != want]
         for n in todo:
-            with subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE) as save:
+            with subprocess.Popen([*read, "save", image], stdout=subprocess.PIPE) as save:
                 subprocess.run(["docker", "exec", "-i", n.name, "docker", "load", "-q"], stdin=save.stdout,
                                check=True, capture_output=True, timeout=600)
             if n.image_id(image) != want:
@@ -290,6 +273,7 @@ class Cluster:
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from hubclient import Stack, read_env_file  # noqa: E402  (tests/e2e's client: login, tokens)
+
 
 STACK_ENV = HERE / "stack.env"
 
@@ -319,9 +303,10 @@ class SwarmStack(Stack):
         self.engine_url = f"tcp://{self.manager_ip}:2375"
 
     # the manager's engine, from this machine's docker CLI and docker-py
-    def docker(self, *args: str, check: bool = True, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    def docker(self, *args: str, check: bool = True, timeout: float = 120, env: dict | None = None,
+               **kwargs) -> subprocess.CompletedProcess:
         return run("docker", "-H", self.engine_url, *args, check=check, timeout=timeout,
-                   env={**os.environ, **(env or {})})
+                   env={**os.environ, **(env or {})}, **kwargs)
 
     @property
     def api(self):
@@ -331,11 +316,25 @@ class SwarmStack(Stack):
         return self._api
 
     def images(self) -> dict[str, list[str]]:
-        """The hub's images onto the manager, the single-user image onto every node."""
-        loaded = {}
-        for key in ("HUB_IMAGE", "PROXY_IMAGE"):
-            loaded[self.env[key]] = self.cluster.load(self.env[key], [self.cluster.manager])
-        loaded[self.env["SINGLEUSER_IMAGE"]] = self.cluster.load(self.env["SINGLEUSER_IMAGE"])
+        """The stack's images on the nodes, built by the manager's own engine rather than this
+        machine's (shared by several users, its builds queue behind one lock): the hub image
+        from this checkout (the build cache makes an unchanged checkout quick); the proxy image
+        and the full single-user test image copied from this machine (`make test-images`); the
+        slim single-user image made from that on the manager and copied node to node."""
+        m = self.cluster.manager
+        missing = [i for i in (PYTHON_BASE, self.env["PROXY_IMAGE"], SLIM_SOURCE)
+                   if docker("image", "inspect", i, check=False).returncode]
+        if missing:
+            raise RuntimeError(f"images {missing} are missing on this machine: build them with `make test-images`")
+        loaded = {i: self.cluster.load(i, [m]) for i in (PYTHON_BASE, self.env["PROXY_IMAGE"], SLIM_SOURCE)}
+        self.docker("build", "-q", "-t", self.env["HUB_IMAGE"], "-f", "images/hub/Dockerfile",
+                    "--build-arg", f"BASE_IMAGE={PYTHON_BASE}", ".", cwd=ROOT, timeout=900)
+        slim, source_id = self.env["SINGLEUSER_IMAGE"], m.image_id(SLIM_SOURCE)
+        have = m.docker("image", "inspect", "-f", f'{{{{index .Config.Labels "{PREFIX}.source"}}}}', slim, check=False)
+        if have.returncode or have.stdout.strip() != source_id:
+            config = json.loads(m.docker("image", "inspect", "-f", "{{json .Config}}", SLIM_SOURCE).stdout)
+            self.docker("build", "-q", "-t", slim, "-", input=slim_dockerfile(SLIM_SOURCE, config, source_id), timeout=900)
+        loaded[slim] = self.cluster.load(slim, self.cluster.nodes[1:], source=m)
         return loaded
 
     def exports(self) -> dict[str, str]:
@@ -450,8 +449,6 @@ def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
     if command == "up":
         cluster.up()
-    elif command == "images":
-        build_images(read_env_file(STACK_ENV))
     elif command == "deploy":  # nodes, images and the hub: then http://<manager>:8000/
         cluster.up()
         stack = SwarmStack(cluster)
