@@ -10,11 +10,12 @@ runtime, so that `DOCKER_RESOURCE_<KIND>` decides what a container sees, as with
 Images reach the nodes without a registry: `docker save | docker exec -i node docker load`,
 skipped when the node already holds the same image id.
 
-    python tests/swarm/cluster.py up|deploy|logs|down|status   # by hand; the tests use these classes
+    python tests/swarm/cluster.py up|deploy|logs|down|purge|status   # by hand; the tests use these classes
 
 Everything it creates is named gpuhubswarm-*: the network, the node containers and their
-volumes (each node's /var/lib/docker, and one volume all nodes mount at /srv/shared: the test
-stand-in for an NFS export every GPU server mounts; this sandbox's kernel has no NFS).
+volumes (each node's /var/lib/docker, kept by `down` as an image cache, removed by `purge`; and
+one volume all nodes mount at /srv/shared: the test stand-in for an NFS export every GPU server
+mounts, as SWARM_VOLUME_ROOT; this sandbox's kernel has no NFS).
 """
 from __future__ import annotations
 
@@ -219,10 +220,15 @@ class Cluster:
             n.docker("swarm", "join", "--token", token, f"{mip}:2377", timeout=60)
         self._wait(self.healthy, "every node Ready", 60)
 
-    def down(self) -> None:
-        names = [n.name for n in self.nodes]
-        docker("rm", "-f", "-v", *names, check=False)
-        docker("volume", "rm", "-f", *[n.volume for n in self.nodes], SHARED_VOLUME, check=False)
+    def down(self, purge: bool = False) -> None:
+        """Remove the nodes and their network. Each node's /var/lib/docker volume stays (after
+        the node leaves the swarm), as a cache of images and build layers for the next run,
+        unless purge; the shared directory's volume goes."""
+        for n in self.nodes:
+            if n.running():
+                n.docker("swarm", "leave", "--force", check=False, timeout=60)
+        docker("rm", "-f", "-v", *[n.name for n in self.nodes], check=False)
+        docker("volume", "rm", "-f", SHARED_VOLUME, *([n.volume for n in self.nodes] if purge else []), check=False)
         docker("network", "rm", NETWORK, check=False)
 
     def kill(self, node: Node) -> None:
@@ -284,7 +290,7 @@ class Holding:
     user: str
     service: str
     node: str  # hostname
-    gpus: tuple[str, ...]  # the units Swarm assigned (AssignedGenericResources)
+    gpus: tuple[str, ...]  # the units Swarm assigned
     container: str
     label_gpu: str  # the service's gpuhub.gpu.uuid label
 
@@ -393,8 +399,13 @@ class SwarmStack(Stack):
             node.sh(f"docker ps -aq --filter label=com.docker.swarm.service.name | xargs -r docker rm -f >/dev/null;"
                     f" docker volume ls -q | grep '^{self.prefix}' | xargs -r docker volume rm -f >/dev/null;"
                     f" rm -rf {SHARED_MOUNT}/*", check=False)
-        self.docker("network", "rm", f"{self.prefix}-net", check=False)
-        self.docker("config", "ls", "-q", check=False)
+        # `stack rm` returns before its network is gone; a deploy meanwhile would find it dying
+        deadline = time.monotonic() + 60
+        while self.docker("network", "inspect", f"{self.prefix}-net", check=False).returncode == 0:
+            self.docker("network", "rm", f"{self.prefix}-net", check=False)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"network {self.prefix}-net still there after 60s")
+            time.sleep(1)
         configs = self.docker("config", "ls", "-q", "--filter", f"name={self.prefix}-", check=False).stdout.split()
         if configs:
             self.docker("config", "rm", *configs, check=False)
@@ -421,7 +432,8 @@ class SwarmStack(Stack):
             if service is None or task["Status"]["State"] != "running":
                 continue
             labels = service["Spec"].get("Labels") or {}
-            units = tuple(r["NamedResourceSpec"]["Value"] for r in task.get("AssignedGenericResources") or []
+            # the engine's key; the API reference calls it AssignedGenericResources
+            units = tuple(r["NamedResourceSpec"]["Value"] for r in task.get("GenericResources") or []
                           if "NamedResourceSpec" in r)
             held.append(Holding(user=labels.get("gpuhub.user", ""), service=service["Spec"]["Name"],
                                 node=names.get(task.get("NodeID"), task.get("NodeID")), gpus=units,
@@ -455,8 +467,8 @@ def main(argv: list[str]) -> int:
         stack.images()
         stack.up()
         print(f"hub: {stack.url}/ (admin / {stack.env['HUB_ADMIN_PASSWORD']})")
-    elif command == "down":
-        cluster.down()
+    elif command in ("down", "purge"):
+        cluster.down(purge=command == "purge")
         return 0
     elif command == "logs":
         print(SwarmStack(cluster).logs() if cluster.manager.running() else "not up")
