@@ -442,12 +442,15 @@ class SwarmStack(Stack):
         return held
 
     def sees(self, holding: Holding) -> tuple[list[str], str]:
-        """(the GPUs the fake runtime gave the container, its NVIDIA_VISIBLE_DEVICES)."""
+        """(the GPUs the fake runtime gave the container, NVIDIA_VISIBLE_DEVICES of its main
+        process: the runtime sets it in the OCI spec, which `docker exec` does not inherit)."""
         node = self.cluster.node(holding.node)
         out = node.sh(f"docker exec {holding.container} sh -c 'cat /run/fake-nvidia/visible-gpus;"
-                      f" echo \"--- $NVIDIA_VISIBLE_DEVICES\"'")
-        lines = out.stdout.splitlines()
-        return [line for line in lines[:-1] if line], lines[-1].removeprefix("--- ")
+                      " echo ---; tr \"\\\\0\" \"\\\\n\" < /proc/1/environ'")
+        files, _, environ = out.stdout.partition("---\n")
+        env = next((line.split("=", 1)[1] for line in environ.splitlines()
+                    if line.startswith("NVIDIA_VISIBLE_DEVICES=")), "")
+        return [line for line in files.splitlines() if line], env
 
 
 def duplicates(holdings: list[Holding]) -> int:
