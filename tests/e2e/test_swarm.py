@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "swarm"))
 from cluster import Cluster, SwarmStack, duplicates  # noqa: E402
+from conftest import ARTIFACTS  # noqa: E402
 from consoleclient import user_token  # noqa: E402
 from hubclient import Hub, UserServer  # noqa: E402
 
@@ -138,3 +140,38 @@ def test_hub_restart_keeps_every_assignment(stack, hub):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(hub2.stop, list(before)))
     assert not stack.holdings()
+
+
+@pytest.mark.browser
+def test_browser_login_and_start_lands_on_a_worker(stack, hub, page):
+    """A person's path on the swarm: log in, press Start, pick the GPU profile, get JupyterLab,
+    from a server on a worker node (the manager's two GPUs are taken first, by API users)."""
+    manager = stack.cluster.manager
+    fillers = []
+    while not set(manager.gpus) <= {g for h in stack.holdings() for g in h.gpus}:
+        assert len(fillers) < 6, stack.holdings()
+        fillers.append(f"sw-fill{len(fillers)}")
+        hub.create_user(fillers[-1])
+        hub.start(fillers[-1], options={"profile": "gpu"}, timeout=240)
+    admin = stack.env["HUB_ADMIN_USER"]
+    page.goto(f"{stack.url}/hub/login")
+    page.fill("input[name=username]", admin)
+    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
+    page.click("input[type=submit], button[type=submit]")
+    page.goto(f"{stack.url}/hub/home")
+    start = page.locator("#start")
+    expect(start).to_be_visible(timeout=15_000)
+    start.click()
+    expect(page.locator("#spawn_form")).to_be_visible(timeout=15_000)
+    expect(page.locator(".gpuhub-gpus")).to_contain_text("free right now")
+    page.check("#profile-gpu")
+    page.click("#spawn_form [type=submit]")
+    page.wait_for_url(f"**/user/{admin}/lab**", timeout=180_000)
+    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
+    expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=60_000)
+    page.screenshot(path=ARTIFACTS / "swarm-browser-jupyterlab.png")
+    mine = by_user(stack)[admin]
+    assert mine.node != manager.name and len(mine.gpus) == 1, mine
+    assert stack.sees(mine) == (list(mine.gpus), mine.gpus[0])
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(hub.stop, [admin, *fillers]))

@@ -179,6 +179,7 @@ def main() -> int:
         log(f"node {victim.name} killed: {len(victims)} servers stopped after {gone_s:.1f}s, restarted on {moved}")
 
         # 4. hub restart
+        log("hub restart")
         before = {h.user: (h.node, h.gpus) for h in stack.holdings()}
         result["hub_restart_s"] = round(stack.restart_hub(), 1)
         time.sleep(12)  # a poll of every server by the new hub
@@ -195,6 +196,7 @@ def main() -> int:
         Cluster._wait(cluster.healthy, "the revived node Ready", 90)
 
         # 6. a burst of CPU servers
+        log(f"burst of {BURST} CPU servers")
         burst = [f"burst{i:02d}" for i in range(BURST)]
         t_burst = time.monotonic()
         for n in burst:
@@ -246,7 +248,8 @@ def main() -> int:
 
 def _start_cpu(hub: Hub, name: str) -> tuple[bool, str]:
     try:
-        hub.start(name, options={"profile": "cpu"}, timeout=300)
+        # the hub lets starts take turns (SPAWN_CONCURRENCY); waiting is not failing
+        hub.start(name, options={"profile": "cpu"}, timeout=1200)
         return True, ""
     except (AssertionError, TimeoutError) as exc:
         return False, str(exc)[:300]
