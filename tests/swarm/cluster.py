@@ -126,6 +126,9 @@ class Node:
                "-v", f"{self.volume}:/var/lib/docker",
                "-v", f"{ENGINE_BUNDLE}:{ENGINE_BUNDLE}:ro",
                "-v", f"{SHARED_VOLUME}:{SHARED_MOUNT}",
+               # the checkout at its own path, read-only: compose run against a node's engine
+               # (swarm-storm's single-host reference) bind-mounts the hub's config from it
+               "-v", f"{ROOT}:{ROOT}:ro",
                "-e", f"NODE_DAEMON_JSON={json.dumps(config)}",
                "-e", f"NODE_FAKE_GPUS={','.join(self.gpus)}",
                "-e", f"NODE_SWARM_RESOURCE={swarm_resource}",
@@ -368,10 +371,16 @@ class SwarmStack(Stack):
 
     def restart_hub(self, timeout: float = 180) -> float:
         """The hub's task replaced (what a redeploy or a crash does); seconds until healthy."""
+        service = f"{self.prefix}_hub"
+
+        def running_tasks() -> set[str]:
+            return {t["ID"] for t in self.api.tasks(filters={"service": service, "desired-state": "running"})
+                    if t["Status"]["State"] == "running"}
+        old = running_tasks()
         t0 = time.monotonic()
-        self.docker("service", "update", "--force", "--detach=true", f"{self.prefix}_hub")
-        time.sleep(2)
-        self.wait_healthy(timeout)
+        self.docker("service", "update", "--force", "--detach=true", service)
+        # the old task answers /hub/health until it is replaced: wait for the new one
+        Cluster._wait(lambda: bool(running_tasks() - old) and self.healthy(), "the new hub task, healthy", timeout)
         return time.monotonic() - t0
 
     def user_services(self) -> list[dict]:

@@ -12,14 +12,13 @@ In one run, against the engine's own records (Swarm's tasks, the fake runtime's 
   4. the hub restarts: every server keeps its node and GPU;
   5. duplicates (a GPU unit held by two running tasks) at every step: 0;
   6. a burst of 30 CPU servers at once across the 3 nodes: how many failed;
-  7. the single-host reference: the compose stack on this machine's engine (its fake CDI GPUs),
-     same hub and single-user images and limits, 5 GPU servers one after another; the ratio of
-     the two p50s.
+  7. the single-host reference: the compose stack (HUB_BACKEND=docker) on the manager node's
+     engine after the swarm stack is gone: same nested engine, images and limits; 5 CPU servers
+     one after another on each side (that engine has no GPUs), and the ratio of the p50s.
 Exit status 1 when an expectation fails.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import statistics
@@ -39,7 +38,6 @@ from hubclient import Hub, Stack, UserServer  # noqa: E402
 from storm import start_outcome  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-LOCK = "/tmp/gpuhub-docker.lock"
 SPAWNS = 5
 STORM_USERS = 8
 BURST = 30
@@ -49,43 +47,49 @@ def log(msg: str) -> None:
     print(f"[swarm-storm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def spawn_times(hub: Hub, prefix: str, runs: int = SPAWNS) -> list[float]:
-    """Start -> ready of a GPU server, one user after another (each stopped before the next)."""
+def spawn_times(hub: Hub, prefix: str, runs: int = SPAWNS, profile: str = "gpu") -> list[float]:
+    """Start -> ready of a server, one user after another (each stopped before the next)."""
     times = []
     for i in range(runs):
         name = f"{prefix}{i}"
         hub.create_user(name)
         t0 = time.monotonic()
-        hub.start(name, options={"profile": "gpu"}, timeout=240)
+        hub.start(name, options={"profile": profile}, timeout=240)
         times.append(time.monotonic() - t0)
         hub.stop(name)
     return times
 
 
-def single_host_reference(env: dict[str, str]) -> list[float]:
-    """The compose stack on this machine's engine with the swarm's images and limits, under the
-    engine's lock (other work on the shared engine would skew both)."""
+def single_host_reference(cluster: Cluster, env: dict[str, str], profile: str) -> list[float]:
+    """The single-host compose stack (docker-compose.yml, HUB_BACKEND=docker) on the manager
+    node's engine, with the swarm stack's images and limits: the same nested engine and load
+    as the swarm's spawns, so the ratio compares the two backends and nothing else. (That
+    engine has no GPUs: both sides are measured with the CPU profile.)"""
     base = read_env_file(ROOT / "tests" / "e2e" / "stack.env")
-    base.update({k: env[k] for k in ("HUB_IMAGE", "SINGLEUSER_IMAGE", "USER_MEM_LIMIT", "USER_CPU_LIMIT",
-                                     "USER_SHM_SIZE", "USER_PIDS_LIMIT", "HUB_PROFILES")})
-    base.update({"HUB_NAME_PREFIX": "gpuhubswarmref", "HUB_PUBLISH": "127.0.0.1:18100"})
+    base.update({k: env[k] for k in ("HUB_IMAGE", "PROXY_IMAGE", "SINGLEUSER_IMAGE", "USER_MEM_LIMIT",
+                                     "USER_CPU_LIMIT", "USER_SHM_SIZE", "USER_PIDS_LIMIT", "HUB_PROFILES")})
+    base.update({"HUB_NAME_PREFIX": "gpuhubswarmref", "HUB_PUBLISH": "0.0.0.0:18100"})
     with tempfile.NamedTemporaryFile("w", suffix=".env", dir=HERE, delete=False) as f:
         f.write("".join(f"{k}={v}\n" for k, v in base.items()))
     env_file = Path(f.name)
-    stack = Stack(env_file)
+    ip = cluster.manager.ip()
+    saved = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = f"tcp://{ip}:2375"  # compose and docker of Stack: the node's engine
     try:
-        with open(LOCK) as lock:
-            if not os.environ.get("GPUHUB_LOCK_HELD"):  # set it when running under flock already
-                log("single-host reference: waiting for the engine's lock")
-                fcntl.flock(lock, fcntl.LOCK_EX)
+        stack = Stack(env_file)
+        stack.url = f"http://{ip}:18100"
+        stack.down()
+        try:
+            stack.up()
+            return spawn_times(Hub(stack.url, stack.admin_token()), "ref", profile=profile)
+        finally:
             stack.down()
-            try:
-                stack.up()
-                return spawn_times(Hub(stack.url, stack.admin_token()), "ref")
-            finally:
-                stack.down()
     finally:
         env_file.unlink()
+        if saved is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = saved
 
 
 def main() -> int:
@@ -109,9 +113,12 @@ def main() -> int:
     try:
         # 1. spawn p50 on the swarm
         swarm_times = spawn_times(hub, "p")
-        result["swarm_spawn_p50_s"] = round(statistics.median(swarm_times), 2)
-        result["swarm_spawn_all_s"] = [round(t, 2) for t in swarm_times]
-        log(f"swarm spawn p50 {result['swarm_spawn_p50_s']}s")
+        result["swarm_gpu_spawn_p50_s"] = round(statistics.median(swarm_times), 2)
+        result["swarm_gpu_spawn_all_s"] = [round(t, 2) for t in swarm_times]
+        cpu_times = spawn_times(hub, "c", profile="cpu")
+        result["swarm_cpu_spawn_p50_s"] = round(statistics.median(cpu_times), 2)
+        result["swarm_cpu_spawn_all_s"] = [round(t, 2) for t in cpu_times]
+        log(f"swarm spawn p50: GPU {result['swarm_gpu_spawn_p50_s']}s, CPU {result['swarm_cpu_spawn_p50_s']}s")
 
         # 2. the storm
         names = [f"storm{i}" for i in range(STORM_USERS)]
@@ -224,17 +231,21 @@ def main() -> int:
     finally:
         result["duplicates"] = dup_max
         stack.down()
-        cluster.down()
 
-    # 7. the single-host reference
+    # 7. the single-host reference, on the manager node's engine
     try:
-        ref = single_host_reference(stack.env)
-        result["single_host_spawn_p50_s"] = round(statistics.median(ref), 2)
-        result["single_host_spawn_all_s"] = [round(t, 2) for t in ref]
-        if "swarm_spawn_p50_s" in result:
-            result["swarm_over_single_host_p50"] = round(result["swarm_spawn_p50_s"] / result["single_host_spawn_p50_s"], 2)
+        ref = single_host_reference(cluster, stack.env, "cpu")
+        result["single_host_cpu_spawn_p50_s"] = round(statistics.median(ref), 2)
+        result["single_host_cpu_spawn_all_s"] = [round(t, 2) for t in ref]
+        if "swarm_cpu_spawn_p50_s" in result:
+            result["swarm_over_single_host_cpu_p50"] = round(
+                result["swarm_cpu_spawn_p50_s"] / result["single_host_cpu_spawn_p50_s"], 2)
+        log(f"single host: CPU spawn p50 {result['single_host_cpu_spawn_p50_s']}s")
     except Exception as exc:
         failures.append(f"single-host reference: {exc!r}"[:500])
+    finally:
+        if not os.environ.get("GPUHUB_SWARM_KEEP"):
+            cluster.down()
     if dup_max:
         failures.append("duplicates")
     result["failures"] = failures
