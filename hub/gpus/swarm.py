@@ -166,9 +166,11 @@ def task_is_live(task: Mapping[str, Any], nodes: Mapping[str, SwarmNode]) -> boo
 
 
 def assigned_uuids(task: Mapping[str, Any]) -> list[str]:
-    """The GPU UUIDs Swarm assigned to a task (its named generic resources)."""
+    """The GPU UUIDs Swarm assigned to a task (its named generic resources). The engine's
+    task JSON calls them ``GenericResources`` (moby's types.swarm.Task; seen on Docker 26),
+    where the API reference says ``AssignedGenericResources``: both are read."""
     uuids = []
-    for res in task.get("AssignedGenericResources") or []:
+    for res in task.get("GenericResources") or task.get("AssignedGenericResources") or []:
         value = str((res.get("NamedResourceSpec") or {}).get("Value") or "")
         if value.startswith(_UUID_PREFIXES):
             uuids.append(value)

@@ -77,6 +77,15 @@ def test_holders_from_live_tasks_on_ready_nodes():
     }  # carol: node down; dave: task ended
 
 
+def test_assigned_units_read_under_the_engines_own_key():
+    # Docker 26 names a task's assigned units "GenericResources" (the API reference:
+    # "AssignedGenericResources"); the multi-node test found the hub reading neither
+    unit = [{"NamedResourceSpec": {"Kind": swarm.kind_for(uuid(2, 1)), "Value": uuid(2, 1)}}]
+    assert swarm.assigned_uuids({"GenericResources": unit}) == [uuid(2, 1)]
+    assert swarm.assigned_uuids({"AssignedGenericResources": unit}) == [uuid(2, 1)]
+    assert swarm.assigned_uuids({}) == []
+
+
 def test_a_task_swarm_shuts_down_holds_nothing_though_its_container_still_runs():
     task = {**ENGINE["tasks"][0], "DesiredState": "shutdown"}
     assert not swarm.task_is_live(task, {n.id: n for n in nodes()})

@@ -58,7 +58,7 @@ class FakeEngine:
             task = {"ID": f"t{sid}", "ServiceID": sid, "NodeID": node, "DesiredState": "running",
                     "Status": {"State": "running", "Timestamp": "2026-11-30T04:00:00Z"}}
             if gpu:
-                task["AssignedGenericResources"] = [{"NamedResourceSpec": {"Kind": swarm.kind_for(gpu), "Value": gpu}}]
+                task["GenericResources"] = [{"NamedResourceSpec": {"Kind": swarm.kind_for(gpu), "Value": gpu}}]
             self.tasks.append(task)
             return {"ID": sid}
         raise AssertionError(f"unexpected engine call {method}")
@@ -181,7 +181,7 @@ def test_nfs_folders_are_made_once_by_a_root_container_that_may_only_chown(engin
     asyncio.run(s.prepare_volumes({}))
     [run] = runs
     assert run["user"] == "root" and run["command"][-1] == "gpuhub-user-zoe"
-    assert "install -d -o 1000 -g 100" in run["command"][2]
+    assert 'mkdir -m 0755 "/nfs/$d" && chown 1000:100 "/nfs/$d"' in run["command"][2]
     host = run["host_config"]
     assert host["cap_drop"] == ["ALL"] and host["cap_add"] == ["CHOWN"] and host["network_mode"] == "none"
     [export] = host["mounts"]
