@@ -154,8 +154,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         else:
             export = Mount("/nfs", f"{self.prefix}-nfs-export", type="volume",
                            driver_config=nfs_driver(self.swarm_nfs_server, self.swarm_nfs_export, self.swarm_nfs_options))
-        # mkdir -m then chown: changing the mode after the owner would need CAP_FOWNER
-        script = 'for d; do [ -d "/nfs/$d" ] || { mkdir -m 0755 "/nfs/$d" && chown 1000:100 "/nfs/$d"; } || exit 1; done'
+        # mkdir then chown: `install -d -o` chmods after the chown, which needs CAP_FOWNER
+        script = 'for d; do [ -d "/nfs/$d" ] || { mkdir "/nfs/$d" && chown 1000:100 "/nfs/$d"; } || exit 1; done'
         await course_volumes.as_root(
             self.engine, self.image, ["sh", "-c", script, "sh", *names],
             self.client.create_host_config(mounts=[export], **course_volumes.AS_ROOT_HOST_CONFIG),
