@@ -316,3 +316,17 @@ def test_swarm_usage_sync_counts_a_run_until_last_seen(tmp_path):
     assert (iv.user, iv.node, iv.open, iv.held_s) == ("alice", "gpu-a", False, 120.0)
     assert ("services", {"filters": {"label": ["gpuhub.instance=gpuhub"]}}) in engine.calls
     store.close()
+
+
+def test_nodes_left_out_by_the_placement_constraints_take_no_new_servers():
+    live = [swarm.SwarmNode(n.id, n.hostname, "active", "ready", n.gpus, n.role, n.labels) for n in nodes()]
+    assert {n.hostname: n.role for n in live}["mgr"] == "manager"
+    assert swarm.node_matches(live[0], ["node.role==worker", "engine.labels.x==y"])  # the engine's: Swarm's to judge
+    inv = swarm.inventory_from_nodes(live, ["node.hostname!=gpu-a"])
+    assert set(inv.unavailable) == {uuid(1, 0), uuid(1, 1)}
+    assert inv.unavailable[uuid(1, 0)] == "node gpu-a is left out by the placement constraints"
+    labelled = swarm.SwarmNode("9", "gpu-z", labels=(("gpu", "h200"),), gpus=(("k", uuid(9, 0)),))
+    assert swarm.node_matches(labelled, ["node.labels.gpu == h200"])
+    assert not swarm.node_matches(labelled, ["node.labels.gpu==a100"])
+    assert not swarm.node_matches(labelled, ["node.labels.missing==x"])
+    assert swarm.node_matches(labelled, ["node.labels.missing!=x"])
