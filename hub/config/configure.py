@@ -214,6 +214,7 @@ def configure_console(c, env: Mapping[str, str]) -> None:
         name_prefix=read(env, "HUB_NAME_PREFIX"),
         log_level=read(env, "HUB_LOG_LEVEL").upper(),
         backend=read(env, "HUB_BACKEND"),
+        swarm_constraints=tuple(read(env, "SWARM_CONSTRAINTS")),
         **{field: spawner[trait] for field, trait in traits.items() if trait in spawner})
     environment = gpu.to_env()
     # The console's "Host health" card runs the same checks (hub/gpus/doctor.py)

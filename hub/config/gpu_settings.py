@@ -53,10 +53,13 @@ class GPUSettings:
     """Seconds between two syncs of the usage store with the engine (and quota checks)."""
     backend: str = SETTINGS["HUB_BACKEND"].default
     """Where servers run (HUB_BACKEND): "docker" (this host) or "swarm" (the swarm's nodes)."""
+    swarm_constraints: tuple[str, ...] = ()
+    """Every user server's placement constraints on a swarm (SWARM_CONSTRAINTS)."""
 
     def __post_init__(self):
         # Lists from a traitlets config become tuples, so the object stays hashable and frozen.
         object.__setattr__(self, "cdi_dirs", tuple(self.cdi_dirs))
+        object.__setattr__(self, "swarm_constraints", tuple(self.swarm_constraints))
 
     def to_env(self) -> dict[str, str]:
         """The console service's environment: one string per field (see ENV)."""
@@ -76,6 +79,7 @@ class GPUSettings:
             "quota_default": self.quota_default,
             "usage_sync_interval": f"{self.usage_sync_interval:g}",
             "backend": self.backend,
+            "swarm_constraints": ",".join(self.swarm_constraints),
         }
         return {ENV[field]: value for field, value in values.items()}
 
@@ -105,6 +109,7 @@ class GPUSettings:
             quota_default=readers.gpu_quota(env, ENV["quota_default"], d.quota_default),
             usage_sync_interval=_seconds(env, ENV["usage_sync_interval"], d.usage_sync_interval),
             backend=readers.choice(env, ENV["backend"], d.backend, SETTINGS["HUB_BACKEND"].choices),
+            swarm_constraints=tuple(readers.name_list(env, ENV["swarm_constraints"])),
         )
 
     def configure_logging(self) -> None:
@@ -129,6 +134,7 @@ ENV = {
     "quota_default": "GPUHUB_GPU_QUOTA_DEFAULT",
     "usage_sync_interval": "GPUHUB_USAGE_SYNC_INTERVAL",
     "backend": "HUB_BACKEND",
+    "swarm_constraints": "SWARM_CONSTRAINTS",
 }
 assert set(ENV) == {f.name for f in fields(GPUSettings)}
 

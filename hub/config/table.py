@@ -328,7 +328,8 @@ _TABLE = [
                  "`SWARM_VOLUME_ROOT/<volume>`, made by the hub before its first use. Set one of the two."),
     Setting("SWARM_CONSTRAINTS", SWARM, "name_list", default="", example="node.role==worker",
             help="Placement constraints for every user server, comma-separated (Swarm's syntax), e.g. to keep "
-                 "servers off the managers; a GPU server is also constrained to its GPU's node."),
+                 "servers off the managers; a GPU server is also constrained to its GPU's node. GPUs of nodes that "
+                 "`node.id`, `node.hostname`, `node.role` or `node.labels.*` constraints leave out are not handed out."),
     Setting("HUB_IMAGE", IMAGES, "compose", default="gpuhub/hub:0.1.0", used_by=COMPOSE,
             example="registry.example.org/lab/hub:0.1.0", help="Tag of the hub image (built by `make up`)."),
     Setting("PROXY_IMAGE", IMAGES, "compose", default="gpuhub/proxy:0.1.0", used_by=COMPOSE,

@@ -102,7 +102,7 @@ def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = 
 
     settings = GPUSettings.from_env(env)
     if settings.backend == "swarm":  # the swarm's GPUs, re-read from its nodes at each view
-        manager = SwarmGPUManager(settings.intent_file, settings.label_prefix)
+        manager = SwarmGPUManager(settings.intent_file, settings.label_prefix, constraints=settings.swarm_constraints)
     else:
         static = Path(settings.inventory_file).read_text() if settings.inventory_file else None
         gpus, source = discover(static, list(settings.cdi_dirs))

@@ -100,8 +100,10 @@ class SwarmGPUManager(GPUManager):
     re-read from the nodes at every reconcile (a node that joins brings its GPUs, one that
     is drained or down takes no new servers), the holders from the tasks' assigned units."""
 
-    def __init__(self, intent_file: str, label_prefix: str, policy: Policy = first_free):
+    def __init__(self, intent_file: str, label_prefix: str, policy: Policy = first_free,
+                 constraints: tuple[str, ...] = ()):
         super().__init__([], "swarm", "swarm", intent_file, label_prefix, policy)
+        self.constraints = tuple(constraints)  # every user server's placement constraints
         self.allocator = ExclusiveAllocator([], self.allocator.intent, policy)
         self.swarm = SwarmInventory()
 
@@ -109,7 +111,7 @@ class SwarmGPUManager(GPUManager):
         nodes_json, services, tasks = await asyncio.gather(
             docker("nodes"), docker("services"), docker("tasks", filters={"desired-state": "running"}))
         nodes = nodes_from_engine(nodes_json)
-        self.swarm = inventory_from_nodes(nodes)
+        self.swarm = inventory_from_nodes(nodes, self.constraints)
         intent = load_intent(self.intent_file)
         if [g for g in self.allocator.inventory] != self.swarm.gpus:
             self.allocator = ExclusiveAllocator(self.swarm.gpus, intent, self.allocator.policy)

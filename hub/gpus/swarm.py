@@ -75,6 +75,8 @@ class SwarmNode:
     availability: str = "active"  # active, pause, drain (the admin's `docker node update`)
     state: str = "ready"  # ready, down, unknown, disconnected (the manager's view)
     gpus: tuple[tuple[str, str], ...] = ()  # (kind, uuid), in the node's order
+    role: str = "worker"
+    labels: tuple[tuple[str, str], ...] = ()  # the node's labels (Spec.Labels), sorted
 
     @property
     def ready(self) -> bool:
@@ -108,7 +110,9 @@ def nodes_from_engine(nodes: Iterable[Mapping[str, Any]]) -> list[SwarmNode]:
                 gpus.append((str(named["Kind"]), value))
         found.append(SwarmNode(id=n.get("ID", ""), hostname=desc.get("Hostname") or n.get("ID", ""),
                                availability=str(spec.get("Availability") or "active").lower(),
-                               state=str(status.get("State") or "unknown").lower(), gpus=tuple(gpus)))
+                               state=str(status.get("State") or "unknown").lower(), gpus=tuple(gpus),
+                               role=str(spec.get("Role") or "worker").lower(),
+                               labels=tuple(sorted((spec.get("Labels") or {}).items()))))
     return sorted(found, key=lambda node: (node.hostname, node.id))
 
 
@@ -127,13 +131,37 @@ class SwarmInventory:
         return self.kinds[uuid], self.node_ids[uuid]
 
 
-def inventory_from_nodes(nodes: Iterable[SwarmNode]) -> SwarmInventory:
+_CONSTRAINT = re.compile(r"^\s*(node\.(?:id|hostname|role|labels\.[^=!\s]+))\s*(==|!=)\s*(.+?)\s*$")
+
+
+def node_matches(node: SwarmNode, constraints: Iterable[str]) -> bool:
+    """Whether the node meets the placement constraints every user server gets (Swarm's
+    syntax). Only node.id, node.hostname, node.role and node.labels.* are judged here; others
+    (engine labels, platform) are left to Swarm."""
+    for constraint in constraints:
+        m = _CONSTRAINT.match(constraint)
+        if not m:
+            continue
+        key, op, want = m.groups()
+        if key.startswith("node.labels."):
+            have = dict(node.labels).get(key[len("node.labels."):])
+        else:
+            have = {"node.id": node.id, "node.hostname": node.hostname, "node.role": node.role}[key]
+        if (have == want) != (op == "=="):
+            return False
+    return True
+
+
+def inventory_from_nodes(nodes: Iterable[SwarmNode], constraints: Iterable[str] = ()) -> SwarmInventory:
     """Every GPU of every node, ``GPU.node`` its hostname, indexes numbered across the swarm
     (nodes by hostname, each node's GPUs in its daemon.json order), so "GPU #3" names one GPU.
 
     A GPU listed on two nodes is kept on the first (a copied daemon.json): the other node's
     line is a mistake the admin must fix, and two GPUs of one UUID would break exclusivity.
+    GPUs of nodes the placement ``constraints`` leave out take no new servers (a server placed
+    on one would wait for ever).
     """
+    constraints = list(constraints)
     inv = SwarmInventory()
     for node in nodes:
         inv.node_states[node.id] = node
@@ -148,6 +176,8 @@ def inventory_from_nodes(nodes: Iterable[SwarmNode]) -> SwarmInventory:
             inv.kinds[uuid], inv.node_ids[uuid] = kind, node.id
             if not node.takes_servers:
                 inv.unavailable[uuid] = node.why_not
+            elif not node_matches(node, constraints):
+                inv.unavailable[uuid] = f"node {node.hostname} is left out by the placement constraints"
     return inv
 
 

@@ -65,7 +65,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
 
     async def gpu_manager(self) -> GPUManager:
         if PROCESS.gpu_manager is None:
-            manager = SwarmGPUManager(self.gpu_intent_file, self.label_prefix, self.gpu_policy)
+            manager = SwarmGPUManager(self.gpu_intent_file, self.label_prefix, self.gpu_policy,
+                                      tuple(self.swarm_constraints))
             async with manager.lock:  # read the nodes once: "no GPUs" is decided before the lock
                 await manager.reconcile(self.engine)
             if PROCESS.gpu_manager is None:  # another spawn may have won the await

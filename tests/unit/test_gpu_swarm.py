@@ -316,3 +316,42 @@ def test_swarm_usage_sync_counts_a_run_until_last_seen(tmp_path):
     assert (iv.user, iv.node, iv.open, iv.held_s) == ("alice", "gpu-a", False, 120.0)
     assert ("services", {"filters": {"label": ["gpuhub.instance=gpuhub"]}}) in engine.calls
     store.close()
+
+
+def test_nodes_left_out_by_the_placement_constraints_take_no_new_servers():
+    live = [swarm.SwarmNode(n.id, n.hostname, "active", "ready", n.gpus, n.role, n.labels) for n in nodes()]
+    assert {n.hostname: n.role for n in live}["mgr"] == "manager"
+    assert swarm.node_matches(live[0], ["node.role==worker", "engine.labels.x==y"])  # the engine's: Swarm's to judge
+    inv = swarm.inventory_from_nodes(live, ["node.hostname!=gpu-a"])
+    assert set(inv.unavailable) == {uuid(1, 0), uuid(1, 1)}
+    assert inv.unavailable[uuid(1, 0)] == "node gpu-a is left out by the placement constraints"
+    labelled = swarm.SwarmNode("9", "gpu-z", labels=(("gpu", "h200"),), gpus=(("k", uuid(9, 0)),))
+    assert swarm.node_matches(labelled, ["node.labels.gpu == h200"])
+    assert not swarm.node_matches(labelled, ["node.labels.gpu==a100"])
+    assert not swarm.node_matches(labelled, ["node.labels.missing==x"])
+    assert swarm.node_matches(labelled, ["node.labels.missing!=x"])
+
+
+def test_the_console_of_a_swarm_hub_reads_the_swarm(tmp_path):
+    from console_fakes import FakeEngine, FakeHub
+
+    from hub.config.gpu_settings import GPUSettings
+    from hub.console.app import build_console
+    from hub.usage.reconcile import SwarmUsageKeeper
+
+    settings = GPUSettings(intent_file=str(tmp_path / "intent.json"), audit_file=str(tmp_path / "audit.jsonl"),
+                           usage_db=str(tmp_path / "usage.sqlite"), backend="swarm",
+                           swarm_constraints=("node.role==worker",))
+    assert GPUSettings.from_env(settings.to_env()) == settings
+    engine = FakeEngine()
+    console = build_console({**settings.to_env(), "JUPYTERHUB_BASE_URL": "/"}, hub=FakeHub(engine), docker=engine)
+    assert isinstance(console.manager, SwarmGPUManager) and console.manager.constraints == ("node.role==worker",)
+    assert isinstance(console.usage, SwarmUsageKeeper)
+    swarm_engine = FakeSwarmEngine()
+    asyncio.run(console.manager.reconcile(swarm_engine))
+    rows = {r["uuid"]: r for r in console.manager.allocator.snapshot()}
+    assert rows[uuid(1, 0)]["node"] == "gpu-a" and rows[uuid(1, 0)]["holder"]["user"] == "alice"
+    assert rows[uuid(2, 1)]["unavailable"] == "node gpu-b is paused"
+    from hub.usage.metrics import exposition
+    text = exposition(console.usage, console.manager.inventory, console.sampler).decode()
+    assert f'gpuhub_gpu_info{{index="0",model="GPU",node="gpu-a",uuid="{uuid(1, 0)}"}} 1.0' in text

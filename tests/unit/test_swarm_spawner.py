@@ -58,7 +58,7 @@ class FakeEngine:
             task = {"ID": f"t{sid}", "ServiceID": sid, "NodeID": node, "DesiredState": "running",
                     "Status": {"State": "running", "Timestamp": "2026-11-30T04:00:00Z"}}
             if gpu:
-                task["AssignedGenericResources"] = [{"NamedResourceSpec": {"Kind": swarm.kind_for(gpu), "Value": gpu}}]
+                task["GenericResources"] = [{"NamedResourceSpec": {"Kind": swarm.kind_for(gpu), "Value": gpu}}]
             self.tasks.append(task)
             return {"ID": sid}
         raise AssertionError(f"unexpected engine call {method}")
