@@ -347,7 +347,7 @@ def plot(r: dict, path: Path) -> None:
     setups = ["floor", "stock", "ours"]
     curves = {s: r[s]["scale"] for s in ("stock", "ours") if s in r and r[s].get("scale")}
     if "floor" not in r:  # the scale curve alone
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        fig, axes = plt.subplots(1, 4, figsize=(18, 4))
         plot_scale(curves, axes)
         fig.suptitle(f"gpuhub bench, scale curve, {r['when']} ({r['machine']})")
         fig.tight_layout()
@@ -357,7 +357,6 @@ def plot(r: dict, path: Path) -> None:
     axes = grid[0]
     if curves:
         plot_scale(curves, grid[1])
-        grid[1][3].axis("off")
     p50 = [r[s]["single_spawn"]["p50_s"] for s in setups]
     p95 = [r[s]["single_spawn"]["p95_s"] for s in setups]
     axes[0].bar([x - 0.2 for x in range(3)], p50, 0.4, label="p50")
@@ -399,13 +398,20 @@ def plot(r: dict, path: Path) -> None:
 def plot_scale(curves: dict, axes) -> None:
     """Spawn p50, idle CPU per server and hub latency against the idle servers running."""
     for label, points in curves.items():
+        color = {"stock": "tab:blue", "ours": "tab:orange"}.get(label)
         xs = [p["idle_servers"] for p in points]
-        axes[0].plot(xs, [p["spawn_p50_s"] for p in points], marker="o", label=label)
+        axes[0].plot(xs, [p["spawn_p50_s"] for p in points], marker="o", color=color, label=label)
         per = [(p["idle_servers"], p["idle_cpu"]["per_server_pct_of_core"]) for p in points if p["idle_servers"]]
-        axes[1].plot([x for x, _ in per], [y for _, y in per], marker="o", label=label)
-        axes[2].plot(xs, [p["latency_ms_p50"]["hub_api_users"] or 0 for p in points], marker="o", label=f"{label}: /hub/api/users")
+        axes[1].plot([x for x, _ in per], [y for _, y in per], marker="o", color=color, label=f"{label}: total / N")
+        base = next((p["idle_cpu"]["all_pct_of_core"] for p in points if p["idle_servers"] == 0), None)
+        if base is not None:
+            axes[1].plot([x for x, _ in per], [(p["idle_cpu"]["all_pct_of_core"] - base) / p["idle_servers"]
+                                               for p in points if p["idle_servers"]],
+                         marker="x", color=color, linestyle="--", label=f"{label}: (all(N) - all(0)) / N")
+        axes[3].plot(xs, [p["hub_and_proxy_mb"] for p in points], marker="o", color=color, label=label)
+        axes[2].plot(xs, [p["latency_ms_p50"]["hub_api_users"] or 0 for p in points], marker="o", color=color, label=f"{label}: /hub/api/users")
         if any(p["latency_ms_p50"]["console_api_gpus"] for p in points):
-            axes[2].plot(xs, [p["latency_ms_p50"]["console_api_gpus"] or 0 for p in points], marker="s",
+            axes[2].plot(xs, [p["latency_ms_p50"]["console_api_gpus"] or 0 for p in points], marker="s", color=color,
                          label=f"{label}: console /api/gpus")
     axes[0].set_title("Single spawn p50 with N idle servers")
     axes[0].set_ylabel("seconds")
@@ -414,7 +420,9 @@ def plot_scale(curves: dict, axes) -> None:
     axes[1].axhline(0.1, color="grey", linestyle=":", label="goal 0.1 %")
     axes[2].set_title("Hub latency p50")
     axes[2].set_ylabel("ms")
-    for ax in axes[:3]:
+    axes[3].set_title("Hub side memory (hub container with its\nservices, + proxy; stock: hub with its proxy)")
+    axes[3].set_ylabel("MB")
+    for ax in axes[:4]:
         ax.set_xlabel("idle servers running")
         ax.legend(fontsize=7)
 

@@ -83,6 +83,23 @@ def idle_cpu(ids: dict[str, str], own: list[str], quiet: float) -> dict:
             "all_pct_of_core": round(total * 100, 3)}
 
 
+def processes_rss_mb(container: str, sh) -> dict[str, float]:
+    """Resident memory (VmRSS) of each process in a container, by its command line: which of the
+    hub's processes (the hub, the GPU console, gpu-reclaim, the culler) uses what."""
+    out = {}
+    for line in sh("docker", "top", container, "-eo", "pid,args").splitlines()[1:]:
+        pid, args = line.split(None, 1)
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        kb = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
+        if kb > 2048:  # tini and the like
+            name = " ".join(a for a in args.split() if not a.startswith("/srv/") and a != "-f")[:60]
+            out[name] = round(out.get(name, 0) + kb / 1024, 1)
+    return out
+
+
 def latency_p50(url: str, headers: dict, n: int = 20) -> float | None:
     times = []
     with requests.Session() as s:
@@ -141,6 +158,7 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
         settle()
         ids = dict(zip(running + hut.containers, sh("docker", "inspect", "-f", "{{.Id}}", *running, *hut.containers).split()))
         point["idle_cpu"] = idle_cpu(ids, hut.containers, quiet)
+        point["hub_processes_mb"] = {c: processes_rss_mb(c, sh) for c in hut.containers}
         mem = memory_mb(running + hut.containers)
         users = [v for k, v in mem.items() if k not in hut.containers]
         point["hub_and_proxy_mb"] = round(sum(mem.get(c, 0) for c in hut.containers), 1)
@@ -169,8 +187,19 @@ def hut_log(hut, point: dict) -> None:
 
 
 def ratios(points: list[dict]) -> dict:
-    """Spawn p50 at each step over the same with 0 idle servers; idle CPU per server."""
-    base = next((p["spawn_p50_s"] for p in points if p["idle_servers"] == 0), None)
-    return {str(p["idle_servers"]): {
-        "spawn_p50_over_empty": round(p["spawn_p50_s"] / base, 3) if base else None,
-        "idle_pct_of_core_per_server": p["idle_cpu"]["per_server_pct_of_core"]} for p in points}
+    """Spawn p50 at each step over the same with 0 idle servers; idle CPU per server, two ways:
+
+    - ``idle_pct_of_core_per_server``: everything counted (the servers' containers, hub, proxy,
+      engine) over the quiet minute, divided by the servers running: total / N, which charges
+      the hub's and engine's fixed cost (what they use with no server at all) to the servers;
+    - ``idle_pct_of_core_per_server_marginal``: (all(N) - all(0)) / N, what each server adds."""
+    base = next((p for p in points if p["idle_servers"] == 0), None)
+    out = {}
+    for p in points:
+        n = p["idle_servers"]
+        out[str(n)] = {
+            "spawn_p50_over_empty": round(p["spawn_p50_s"] / base["spawn_p50_s"], 3) if base else None,
+            "idle_pct_of_core_per_server": p["idle_cpu"]["per_server_pct_of_core"],
+            "idle_pct_of_core_per_server_marginal": round(
+                (p["idle_cpu"]["all_pct_of_core"] - base["idle_cpu"]["all_pct_of_core"]) / n, 4) if base and n else None}
+    return out
