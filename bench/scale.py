@@ -39,9 +39,10 @@ def container_cpu_s(container_id: str) -> float | None:
     return None
 
 
-def engine_cpu_s() -> float:
-    """CPU seconds of the engine's processes so far (dockerd, containerd, containerd-shim*)."""
-    total = 0
+def engine_cpu_s() -> dict[str, float]:
+    """CPU seconds of the engine's processes so far: dockerd, containerd, the containerd shims
+    (one per container)."""
+    parts = {"dockerd": 0, "containerd": 0, "shims": 0}
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             text = Path(stat).read_text()
@@ -50,8 +51,29 @@ def engine_cpu_s() -> float:
         comm = text[text.index("(") + 1:text.rindex(")")]
         if comm in ENGINE or comm.startswith("containerd-shim"):
             fields = text[text.rindex(")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICK
+            parts[comm if comm in ENGINE else "shims"] += int(fields[11]) + int(fields[12])  # utime, stime
+    return {k: v / TICK for k, v in parts.items()}
+
+
+def process_cpu_s(pid: int) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def own_processes(containers: list[str], sh) -> dict[int, str]:
+    """pid -> short command line of each process in the hub's own containers (the hub, the GPU
+    console, gpu-reclaim, the culler, the proxy)."""
+    out = {}
+    for container in containers:
+        for line in sh("docker", "top", container, "-eo", "pid,args").splitlines()[1:]:
+            pid, args = line.split(None, 1)
+            if not args.startswith(("tini", "/sbin/docker-init")):
+                out[int(pid)] = " ".join(a for a in args.split() if not a.startswith("/srv/") and a != "-f")[:60]
+    return out
 
 
 def host_cpu() -> tuple[int, int]:
@@ -59,25 +81,34 @@ def host_cpu() -> tuple[int, int]:
     return sum(values), values[3] + values[4]
 
 
-def idle_cpu(ids: dict[str, str], own: list[str], quiet: float) -> dict:
-    """Cores used over `quiet` seconds: each user container, the hub's own containers (`own`),
-    the engine, the host. `ids`: container name -> id."""
+def idle_cpu(ids: dict[str, str], own: list[str], quiet: float, processes: dict[int, str] | None = None) -> dict:
+    """Cores used over `quiet` seconds: each user container, the hub's own containers (`own`)
+    and their `processes` (pid -> name), the engine, the host. `ids`: container name -> id."""
+    processes = processes or {}
     before = {n: container_cpu_s(i) for n, i in ids.items()}
+    procs0 = {pid: process_cpu_s(pid) for pid in processes}
     engine0, host0, t0 = engine_cpu_s(), host_cpu(), time.monotonic()
     time.sleep(quiet)
     after = {n: container_cpu_s(i) for n, i in ids.items()}
+    procs1 = {pid: process_cpu_s(pid) for pid in processes}
     engine1, host1, wall = engine_cpu_s(), host_cpu(), time.monotonic() - t0
     cores = {n: (after[n] - before[n]) / wall for n in ids if before[n] is not None and after[n] is not None}
     users = [v for n, v in cores.items() if n not in own]
     hub = {n: round(cores.get(n, 0) * 100, 3) for n in own}
-    engine = (engine1 - engine0) / wall
+    by_process: dict[str, float] = {}
+    for pid, name in processes.items():
+        if procs0[pid] is not None and procs1[pid] is not None:
+            by_process[name] = round(by_process.get(name, 0) + (procs1[pid] - procs0[pid]) / wall * 100, 3)
+    engine_parts = {k: round((engine1[k] - engine0[k]) / wall * 100, 3) for k in engine0}
+    engine = sum(engine1.values()) / wall - sum(engine0.values()) / wall
     host = (1 - (host1[1] - host0[1]) / max(1, host1[0] - host0[0])) * os.cpu_count()
     n = len(users)
     total = sum(users) + sum(cores.get(x, 0) for x in own) + engine
     return {"quiet_s": round(wall, 1), "servers": n,
             "server_pct_of_core_median": round(statistics.median(users) * 100, 3) if users else None,
             "server_pct_of_core_max": round(max(users) * 100, 3) if users else None,
-            "hub_pct_of_core": hub, "engine_pct_of_core": round(engine * 100, 3),
+            "hub_pct_of_core": hub, "hub_processes_pct_of_core": by_process,
+            "engine_pct_of_core": round(engine * 100, 3), "engine_parts_pct_of_core": engine_parts,
             "host_busy_cores": round(host, 3),
             "per_server_pct_of_core": round(total / n * 100, 4) if n else None,
             "all_pct_of_core": round(total * 100, 3)}
@@ -157,7 +188,7 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
         time.sleep(10)  # the last starts' after-work (first requests, JupyterLab's build check)
         settle()
         ids = dict(zip(running + hut.containers, sh("docker", "inspect", "-f", "{{.Id}}", *running, *hut.containers).split()))
-        point["idle_cpu"] = idle_cpu(ids, hut.containers, quiet)
+        point["idle_cpu"] = idle_cpu(ids, hut.containers, quiet, own_processes(hut.containers, sh))
         point["hub_processes_mb"] = {c: processes_rss_mb(c, sh) for c in hut.containers}
         mem = memory_mb(running + hut.containers)
         users = [v for k, v in mem.items() if k not in hut.containers]
