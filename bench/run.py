@@ -85,10 +85,15 @@ def busy_fraction(seconds: float = 1.0) -> float:
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-def settle(limit: float = 0.15, timeout: float = 60) -> None:
+SETTLE_TIMEOUT = 60.0  # --settle-timeout
+
+
+def settle(limit: float = 0.15, timeout: float | None = None) -> None:
     """Wait until the machine is quiet (the engine finishes removing the last setup's
-    containers in the background, for one), so that no measurement starts on a busy machine."""
-    deadline = time.monotonic() + timeout
+    containers in the background, for one), so that no measurement starts on a busy machine;
+    at most `timeout` seconds (--settle-timeout: on a machine that others keep busy, waiting
+    longer only makes the run longer)."""
+    deadline = time.monotonic() + (SETTLE_TIMEOUT if timeout is None else timeout)
     while time.monotonic() < deadline and busy_fraction() > limit:  # each check takes a second
         continue
 
@@ -283,7 +288,7 @@ def run_setup(hut: HubUnderTest, runs: int, bursts: list[int], curve: dict | Non
     result = hut.run(runs, bursts) if bursts else {}
     if curve:
         result["scale"] = scale.curve(hut, curve["steps"], curve["runs"], curve["quiet"], console,
-                                      settle, memory_mb, sh)
+                                      settle, memory_mb, sh, deadline=curve.get("deadline", {}).get(hut.label))
         result["scale_ratios"] = scale.ratios(result["scale"])
     return result
 
@@ -345,7 +350,7 @@ def plot(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     setups = ["floor", "stock", "ours"]
-    curves = {s: r[s]["scale"] for s in ("stock", "ours") if s in r and r[s].get("scale")}
+    curves = {s: [p for p in r[s]["scale"] if "skipped" not in p] for s in ("stock", "ours") if s in r and r[s].get("scale")}
     if "floor" not in r:  # the scale curve alone
         fig, axes = plt.subplots(1, 4, figsize=(18, 4))
         plot_scale(curves, axes)
@@ -436,12 +441,22 @@ def main() -> int:
     parser.add_argument("--scale-runs", type=int, default=5)
     parser.add_argument("--only", choices=["scale"])
     parser.add_argument("--setups", default="ours,stock")
+    parser.add_argument("--settle-timeout", type=float, default=60,
+                        help="seconds to wait at most for a quiet machine before each measurement")
+    parser.add_argument("--budget", type=float, default=0,
+                        help="seconds for the scale curve of all setups (0: no limit); each setup gets "
+                             "its share, and a step that would start after it is skipped (said in the JSON)")
     args = parser.parse_args()
+    global SETTLE_TIMEOUT
+    SETTLE_TIMEOUT = args.settle_timeout
     bursts = [int(x) for x in args.bursts.split(",")] if args.only != "scale" else []
     steps = [int(x) for x in args.scale.split(",") if x.strip()]
     curve = {"steps": steps, "runs": args.scale_runs, "quiet": args.quiet} if steps else None
     setups = args.setups.split(",")
     t0 = time.monotonic()
+    if curve and args.budget:
+        # the curve alone runs ours first (its targets), then stock in the time left
+        curve["deadline"] = {"ours": t0 + args.budget * 0.5, "stock": t0 + args.budget}
     result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "machine": f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
               "image": IMAGE, "runs": args.runs}
@@ -450,19 +465,24 @@ def main() -> int:
         result["server_start"] = bench_server_start(args.runs)
         log("floor")
         result["floor"] = bench_floor(args.runs, max(bursts))
-    if "stock" in setups or args.only != "scale":
-        log("stock")
-        result["stock"] = bench_stock(args.runs, bursts, curve if "stock" in setups else None)
-    if "ours" in setups or args.only != "scale":
-        log("ours")
-        result["ours"] = bench_ours(args.runs, bursts, curve if "ours" in setups else None)
+    kind = "scale-" if args.only == "scale" else ""  # the curve alone keeps its own latest
+    RESULTS.mkdir(exist_ok=True)
+
+    def save() -> str:  # after each setup too: a run cut short keeps what it measured
+        result["bench_wall_s"] = round(time.monotonic() - t0, 1)
+        text = json.dumps(result, indent=1)
+        (RESULTS / f"{kind}{result['when'].replace(':', '')}.json").write_text(text)
+        return text
+    order = ["ours", "stock"] if args.only == "scale" else ["stock", "ours"]
+    for setup in order:
+        if setup in setups or args.only != "scale":
+            log(setup)
+            bench = bench_stock if setup == "stock" else bench_ours
+            result[setup] = bench(args.runs, bursts, curve if setup in setups else None)
+            save()
     if args.only != "scale":
         result["ratios"] = ratios(result)
-    result["bench_wall_s"] = round(time.monotonic() - t0, 1)
-    RESULTS.mkdir(exist_ok=True)
-    text = json.dumps(result, indent=1)
-    kind = "scale-" if args.only == "scale" else ""  # the curve alone keeps its own latest
-    (RESULTS / f"{kind}{result['when'].replace(':', '')}.json").write_text(text)
+    text = save()
     (RESULTS / f"{kind}latest.json").write_text(text)
     plot(result, RESULTS / f"{kind}latest.png")
     print(json.dumps(result))

@@ -172,12 +172,22 @@ def fill(hut, names: list[str], wave: int = 10, timeout: float = 300) -> dict:
     return {"started": len(names) - len(failed), "failed": len(failed), "wall_s": round(time.monotonic() - t0, 1)}
 
 
-def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle, memory_mb, sh) -> list[dict]:
+def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle, memory_mb, sh,
+          deadline: float | None = None) -> list[dict]:
     """The scale curve of one hub (a bench.run.HubUnderTest); `settle`, `memory_mb` and `sh`
-    are bench/run.py's helpers."""
+    are bench/run.py's helpers. Past `deadline` (time.monotonic()) no further step starts."""
     headers = {"Authorization": f"token {hut.token}"}
     points, idle_names = [], []
+    took: list[tuple[int, float]] = []  # (servers added, seconds) of each step so far
     for n in steps:
+        added = n - len(idle_names)
+        # a step takes about as long per server added as the last one did
+        guess = took[-1][1] * max(1, added) / max(1, took[-1][0]) if took else 0
+        if deadline is not None and time.monotonic() + guess > deadline:
+            points.append({"idle_servers": n, "skipped": "out of time (--budget)"})
+            hut_log(hut, points[-1])
+            continue
+        step_start = time.monotonic()
         point = {"idle_servers": n}
         new = [f"idle{i:03d}" for i in range(len(idle_names), n)]
         if new:
@@ -208,6 +218,7 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
         point["spawn_p50_s"] = round(statistics.median(times), 3)
         point["spawn_max_s"] = round(max(times), 3)
         points.append(point)
+        took.append((added, time.monotonic() - step_start))
         hut_log(hut, point)
     return points
 
@@ -224,6 +235,7 @@ def ratios(points: list[dict]) -> dict:
       engine) over the quiet minute, divided by the servers running: total / N, which charges
       the hub's and engine's fixed cost (what they use with no server at all) to the servers;
     - ``idle_pct_of_core_per_server_marginal``: (all(N) - all(0)) / N, what each server adds."""
+    points = [p for p in points if "skipped" not in p]
     base = next((p for p in points if p["idle_servers"] == 0), None)
     out = {}
     for p in points:
