@@ -181,8 +181,9 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
     took: list[tuple[int, float]] = []  # (servers added, seconds) of each step so far
     for n in steps:
         added = n - len(idle_names)
-        # a step takes about as long per server added as the last one did
-        guess = took[-1][1] * max(1, added) / max(1, took[-1][0]) if took else 0
+        # a step takes about as long per server added as the last one that added servers did
+        grew = [(k, t) for k, t in took if k > 0]
+        guess = grew[-1][1] * added / grew[-1][0] if grew and added > 0 else 0
         if deadline is not None and time.monotonic() + guess > deadline:
             points.append({"idle_servers": n, "skipped": "out of time (--budget)"})
             hut_log(hut, points[-1])
