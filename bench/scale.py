@@ -39,16 +39,22 @@ def container_cpu_s(container_id: str) -> float | None:
     return None
 
 
-def engine_cpu_s() -> dict[str, float]:
+def engine_cpu_s(containers: set[str] | None = None) -> dict[str, float]:
     """CPU seconds of the engine's processes so far: dockerd, containerd, the containerd shims
-    (one per container)."""
+    (one per container; only those of `containers`, full ids, where given: other sessions'
+    containers on a shared engine have shims too). dockerd and containerd serve every client."""
     parts = {"dockerd": 0, "containerd": 0, "shims": 0}
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             text = Path(stat).read_text()
-        except OSError:
+            comm = text[text.index("(") + 1:text.rindex(")")]
+            if comm.startswith("containerd-shim") and containers is not None:
+                args = Path(stat).with_name("cmdline").read_bytes().split(b"\0")
+                cid = args[args.index(b"-id") + 1].decode() if b"-id" in args else ""
+                if cid not in containers:
+                    continue
+        except (OSError, ValueError):
             continue
-        comm = text[text.index("(") + 1:text.rindex(")")]
         if comm in ENGINE or comm.startswith("containerd-shim"):
             fields = text[text.rindex(")") + 2:].split()
             parts[comm if comm in ENGINE else "shims"] += int(fields[11]) + int(fields[12])  # utime, stime
@@ -87,11 +93,12 @@ def idle_cpu(ids: dict[str, str], own: list[str], quiet: float, processes: dict[
     processes = processes or {}
     before = {n: container_cpu_s(i) for n, i in ids.items()}
     procs0 = {pid: process_cpu_s(pid) for pid in processes}
-    engine0, host0, t0 = engine_cpu_s(), host_cpu(), time.monotonic()
+    mine = set(ids.values())
+    engine0, host0, t0 = engine_cpu_s(mine), host_cpu(), time.monotonic()
     time.sleep(quiet)
     after = {n: container_cpu_s(i) for n, i in ids.items()}
     procs1 = {pid: process_cpu_s(pid) for pid in processes}
-    engine1, host1, wall = engine_cpu_s(), host_cpu(), time.monotonic() - t0
+    engine1, host1, wall = engine_cpu_s(mine), host_cpu(), time.monotonic() - t0
     cores = {n: (after[n] - before[n]) / wall for n in ids if before[n] is not None and after[n] is not None}
     users = [v for n, v in cores.items() if n not in own]
     hub = {n: round(cores.get(n, 0) * 100, 3) for n in own}
