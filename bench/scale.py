@@ -185,12 +185,13 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
     are bench/run.py's helpers. Past `deadline` (time.monotonic()) no further step starts."""
     headers = {"Authorization": f"token {hut.token}"}
     points, idle_names = [], []
-    took: list[tuple[int, float]] = []  # (servers added, seconds) of each step so far
+    took: list[tuple[int, float, float]] = []  # (servers added, fill s, step s) of each step so far
     for n in steps:
         added = n - len(idle_names)
-        # a step takes about as long per server added as the last one that added servers did
-        grew = [(k, t) for k, t in took if k > 0]
-        guess = grew[-1][1] * added / grew[-1][0] if grew and added > 0 else 0
+        # the last step's fixed part (quiet minute, spawns), and its fill time per server added
+        grew = [(k, f, t) for k, f, t in took if k > 0]
+        guess = took[-1][2] - took[-1][1] if took else 0
+        guess += grew[-1][1] * added / grew[-1][0] if grew and added > 0 else 0
         if deadline is not None and time.monotonic() + guess > deadline:
             points.append({"idle_servers": n, "skipped": "out of time (--budget)"})
             hut_log(hut, points[-1])
@@ -226,7 +227,7 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
         point["spawn_p50_s"] = round(statistics.median(times), 3)
         point["spawn_max_s"] = round(max(times), 3)
         points.append(point)
-        took.append((added, time.monotonic() - step_start))
+        took.append((added, point.get("fill", {}).get("wall_s", 0), time.monotonic() - step_start))
         hut_log(hut, point)
     return points
 
