@@ -16,15 +16,17 @@ answers through the proxy.
 First, in one container of the image, each setup's server command alone (bench/server_start.py):
 time and CPU from process start until it answers.
 
-Then the scale curve of each hub (bench/scale.py): with 0, 50, 100 idle servers running, idle CPU
-(per server, hub, proxy, engine, host) over a quiet minute, memory, hub/console/proxy latency and
-single spawn p50.
+Then the scale curve of each hub (bench/scale.py): with 0, 50, 100 (--scale) idle servers
+running, idle CPU (per server, total / N and marginal; hub and each of its processes, proxy,
+engine, host) over a quiet minute, memory, hub/console/proxy latency and single spawn p50.
 
 Writes bench/results/<UTC time>.json, bench/results/latest.json and bench/results/latest.png.
 Options: --runs N (single spawns per setup, default 9: stock's times fall into two groups, see the
 README), --bursts 10,30, --scale 0,50,100 (idle servers at each step of the curve; "" for none),
 --quiet 60 (seconds of idle CPU measured at each step), --only scale (the scale curve alone, for
-ours and stock), --setups ours,stock (which hubs the curve runs for).
+ours and stock), --setups ours,stock (which hubs the curve runs for), --settle-timeout 60 (seconds
+to wait at most for a quiet machine), --budget S (seconds for the curve alone: ours first, then
+stock; a step that would not fit is skipped and said so in the JSON).
 """
 import argparse
 import json
