@@ -166,7 +166,8 @@ def fill(hut, names: list[str], wave: int = 10, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         waiting = set(batch) - set(failed)
         while waiting and time.monotonic() < deadline:
-            users = {u["name"]: u for u in hut.hub.api("GET", "/users").json()}
+            # each user of the wave on its own: /users is paged (200 a page), and fills go past 200
+            users = {name: hut.hub.api("GET", f"/users/{name}").json() for name in waiting}
             for name in list(waiting):
                 server = users.get(name, {}).get("servers", {}).get("")
                 if server and server.get("ready"):
