@@ -42,12 +42,18 @@ def container_cpu_s(container_id: str) -> float | None:
 def engine_cpu_s(containers: set[str] | None = None) -> dict[str, float]:
     """CPU seconds of the engine's processes so far: dockerd, containerd, the containerd shims
     (one per container; only those of `containers`, full ids, where given: other sessions'
-    containers on a shared engine have shims too). dockerd and containerd serve every client."""
+    containers on a shared engine have shims too). dockerd and containerd serve every client.
+    Only processes in this PID namespace count: a docker-in-docker container's own engine
+    (another session's test host) is a `dockerd` too."""
     parts = {"dockerd": 0, "containerd": 0, "shims": 0}
+    here = os.readlink("/proc/self/ns/pid")
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             text = Path(stat).read_text()
             comm = text[text.index("(") + 1:text.rindex(")")]
+            if (comm in ENGINE or comm.startswith("containerd-shim")) and \
+                    os.readlink(Path(stat).with_name("ns") / "pid") != here:
+                continue
             if comm.startswith("containerd-shim") and containers is not None:
                 args = Path(stat).with_name("cmdline").read_bytes().split(b"\0")
                 cid = args[args.index(b"-id") + 1].decode() if b"-id" in args else ""
