@@ -16,15 +16,17 @@ answers through the proxy.
 First, in one container of the image, each setup's server command alone (bench/server_start.py):
 time and CPU from process start until it answers.
 
-Then the scale curve of each hub (bench/scale.py): with 0, 50, 100 idle servers running, idle CPU
-(per server, hub, proxy, engine, host) over a quiet minute, memory, hub/console/proxy latency and
-single spawn p50.
+Then the scale curve of each hub (bench/scale.py): with 0, 50, 100 (--scale) idle servers
+running, idle CPU (per server, total / N and marginal; hub and each of its processes, proxy,
+engine, host) over a quiet minute, memory, hub/console/proxy latency and single spawn p50.
 
 Writes bench/results/<UTC time>.json, bench/results/latest.json and bench/results/latest.png.
 Options: --runs N (single spawns per setup, default 9: stock's times fall into two groups, see the
 README), --bursts 10,30, --scale 0,50,100 (idle servers at each step of the curve; "" for none),
 --quiet 60 (seconds of idle CPU measured at each step), --only scale (the scale curve alone, for
-ours and stock), --setups ours,stock (which hubs the curve runs for).
+ours and stock), --setups ours,stock (which hubs the curve runs for), --settle-timeout 60 (seconds
+to wait at most for a quiet machine), --budget S (seconds for the curve alone: ours first, then
+stock; a step that would not fit is skipped and said so in the JSON).
 """
 import argparse
 import json
@@ -85,10 +87,15 @@ def busy_fraction(seconds: float = 1.0) -> float:
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-def settle(limit: float = 0.15, timeout: float = 60) -> None:
+SETTLE_TIMEOUT = 60.0  # --settle-timeout
+
+
+def settle(limit: float = 0.15, timeout: float | None = None) -> None:
     """Wait until the machine is quiet (the engine finishes removing the last setup's
-    containers in the background, for one), so that no measurement starts on a busy machine."""
-    deadline = time.monotonic() + timeout
+    containers in the background, for one), so that no measurement starts on a busy machine;
+    at most `timeout` seconds (--settle-timeout: on a machine that others keep busy, waiting
+    longer only makes the run longer)."""
+    deadline = time.monotonic() + (SETTLE_TIMEOUT if timeout is None else timeout)
     while time.monotonic() < deadline and busy_fraction() > limit:  # each check takes a second
         continue
 
@@ -283,7 +290,7 @@ def run_setup(hut: HubUnderTest, runs: int, bursts: list[int], curve: dict | Non
     result = hut.run(runs, bursts) if bursts else {}
     if curve:
         result["scale"] = scale.curve(hut, curve["steps"], curve["runs"], curve["quiet"], console,
-                                      settle, memory_mb, sh)
+                                      settle, memory_mb, sh, deadline=curve.get("deadline", {}).get(hut.label))
         result["scale_ratios"] = scale.ratios(result["scale"])
     return result
 
@@ -345,9 +352,9 @@ def plot(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     setups = ["floor", "stock", "ours"]
-    curves = {s: r[s]["scale"] for s in ("stock", "ours") if s in r and r[s].get("scale")}
+    curves = {s: [p for p in r[s]["scale"] if "skipped" not in p] for s in ("stock", "ours") if s in r and r[s].get("scale")}
     if "floor" not in r:  # the scale curve alone
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+        fig, axes = plt.subplots(1, 4, figsize=(18, 4))
         plot_scale(curves, axes)
         fig.suptitle(f"gpuhub bench, scale curve, {r['when']} ({r['machine']})")
         fig.tight_layout()
@@ -357,7 +364,6 @@ def plot(r: dict, path: Path) -> None:
     axes = grid[0]
     if curves:
         plot_scale(curves, grid[1])
-        grid[1][3].axis("off")
     p50 = [r[s]["single_spawn"]["p50_s"] for s in setups]
     p95 = [r[s]["single_spawn"]["p95_s"] for s in setups]
     axes[0].bar([x - 0.2 for x in range(3)], p50, 0.4, label="p50")
@@ -399,13 +405,20 @@ def plot(r: dict, path: Path) -> None:
 def plot_scale(curves: dict, axes) -> None:
     """Spawn p50, idle CPU per server and hub latency against the idle servers running."""
     for label, points in curves.items():
+        color = {"stock": "tab:blue", "ours": "tab:orange"}.get(label)
         xs = [p["idle_servers"] for p in points]
-        axes[0].plot(xs, [p["spawn_p50_s"] for p in points], marker="o", label=label)
+        axes[0].plot(xs, [p["spawn_p50_s"] for p in points], marker="o", color=color, label=label)
         per = [(p["idle_servers"], p["idle_cpu"]["per_server_pct_of_core"]) for p in points if p["idle_servers"]]
-        axes[1].plot([x for x, _ in per], [y for _, y in per], marker="o", label=label)
-        axes[2].plot(xs, [p["latency_ms_p50"]["hub_api_users"] or 0 for p in points], marker="o", label=f"{label}: /hub/api/users")
+        axes[1].plot([x for x, _ in per], [y for _, y in per], marker="o", color=color, label=f"{label}: total / N")
+        base = next((p["idle_cpu"]["all_pct_of_core"] for p in points if p["idle_servers"] == 0), None)
+        if base is not None:
+            axes[1].plot([x for x, _ in per], [(p["idle_cpu"]["all_pct_of_core"] - base) / p["idle_servers"]
+                                               for p in points if p["idle_servers"]],
+                         marker="x", color=color, linestyle="--", label=f"{label}: (all(N) - all(0)) / N")
+        axes[3].plot(xs, [p["hub_and_proxy_mb"] for p in points], marker="o", color=color, label=label)
+        axes[2].plot(xs, [p["latency_ms_p50"]["hub_api_users"] or 0 for p in points], marker="o", color=color, label=f"{label}: /hub/api/users")
         if any(p["latency_ms_p50"]["console_api_gpus"] for p in points):
-            axes[2].plot(xs, [p["latency_ms_p50"]["console_api_gpus"] or 0 for p in points], marker="s",
+            axes[2].plot(xs, [p["latency_ms_p50"]["console_api_gpus"] or 0 for p in points], marker="s", color=color,
                          label=f"{label}: console /api/gpus")
     axes[0].set_title("Single spawn p50 with N idle servers")
     axes[0].set_ylabel("seconds")
@@ -414,7 +427,9 @@ def plot_scale(curves: dict, axes) -> None:
     axes[1].axhline(0.1, color="grey", linestyle=":", label="goal 0.1 %")
     axes[2].set_title("Hub latency p50")
     axes[2].set_ylabel("ms")
-    for ax in axes[:3]:
+    axes[3].set_title("Hub side memory (hub container with its\nservices, + proxy; stock: hub with its proxy)")
+    axes[3].set_ylabel("MB")
+    for ax in axes[:4]:
         ax.set_xlabel("idle servers running")
         ax.legend(fontsize=7)
 
@@ -428,12 +443,22 @@ def main() -> int:
     parser.add_argument("--scale-runs", type=int, default=5)
     parser.add_argument("--only", choices=["scale"])
     parser.add_argument("--setups", default="ours,stock")
+    parser.add_argument("--settle-timeout", type=float, default=60,
+                        help="seconds to wait at most for a quiet machine before each measurement")
+    parser.add_argument("--budget", type=float, default=0,
+                        help="seconds for the scale curve of all setups (0: no limit); each setup gets "
+                             "its share, and a step that would start after it is skipped (said in the JSON)")
     args = parser.parse_args()
+    global SETTLE_TIMEOUT
+    SETTLE_TIMEOUT = args.settle_timeout
     bursts = [int(x) for x in args.bursts.split(",")] if args.only != "scale" else []
     steps = [int(x) for x in args.scale.split(",") if x.strip()]
     curve = {"steps": steps, "runs": args.scale_runs, "quiet": args.quiet} if steps else None
     setups = args.setups.split(",")
     t0 = time.monotonic()
+    if curve and args.budget:
+        # the curve alone runs ours first (its targets), then stock in the time left
+        curve["deadline"] = {"ours": t0 + args.budget * 0.6, "stock": t0 + args.budget}
     result = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "machine": f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
               "image": IMAGE, "runs": args.runs}
@@ -442,19 +467,24 @@ def main() -> int:
         result["server_start"] = bench_server_start(args.runs)
         log("floor")
         result["floor"] = bench_floor(args.runs, max(bursts))
-    if "stock" in setups or args.only != "scale":
-        log("stock")
-        result["stock"] = bench_stock(args.runs, bursts, curve if "stock" in setups else None)
-    if "ours" in setups or args.only != "scale":
-        log("ours")
-        result["ours"] = bench_ours(args.runs, bursts, curve if "ours" in setups else None)
+    kind = "scale-" if args.only == "scale" else ""  # the curve alone keeps its own latest
+    RESULTS.mkdir(exist_ok=True)
+
+    def save() -> str:  # after each setup too: a run cut short keeps what it measured
+        result["bench_wall_s"] = round(time.monotonic() - t0, 1)
+        text = json.dumps(result, indent=1)
+        (RESULTS / f"{kind}{result['when'].replace(':', '')}.json").write_text(text)
+        return text
+    order = ["ours", "stock"] if args.only == "scale" else ["stock", "ours"]
+    for setup in order:
+        if setup in setups or args.only != "scale":
+            log(setup)
+            bench = bench_stock if setup == "stock" else bench_ours
+            result[setup] = bench(args.runs, bursts, curve if setup in setups else None)
+            save()
     if args.only != "scale":
         result["ratios"] = ratios(result)
-    result["bench_wall_s"] = round(time.monotonic() - t0, 1)
-    RESULTS.mkdir(exist_ok=True)
-    text = json.dumps(result, indent=1)
-    kind = "scale-" if args.only == "scale" else ""  # the curve alone keeps its own latest
-    (RESULTS / f"{kind}{result['when'].replace(':', '')}.json").write_text(text)
+    text = save()
     (RESULTS / f"{kind}latest.json").write_text(text)
     plot(result, RESULTS / f"{kind}latest.png")
     print(json.dumps(result))

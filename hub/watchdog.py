@@ -15,6 +15,12 @@
   ``engine_check_interval`` seconds and, after ``engine_failures`` failures in a row, stops
   the hub (SIGTERM: JupyterHub shuts down cleanly and leaves servers running) so that Docker's
   restart policy starts it again with the new socket mounted.
+- **Proxy restarted**: a new proxy has no routes, so every user's server is unreachable until
+  the hub adds them again. JupyterHub does that after its activity update, every
+  ``last_activity_interval`` (300 s), which costs a database query per route; the route guard
+  asks the proxy for its routes every ``route_check_interval`` seconds and lets JupyterHub's
+  own ``Proxy.check_routes`` (in memory: the hub's running servers and services) add what is
+  missing.
 
 ``jupyterhub_config.py`` calls ``install(c)``: a traitlets ``Configurable``, so each knob can
 be set like any other (``c.HubGuards.engine_check_interval = 10``). The state guard refuses
@@ -144,15 +150,41 @@ class HubGuards(Configurable):
         with the engine's new socket (after a daemon restart the mounted one is dead).""",
     )
 
+    route_check_interval = Float(
+        10,
+        config=True,
+        help="""Seconds between two comparisons of the proxy's routes with the hub's running
+        servers; a restarted proxy gets its routes back within one (0: only JupyterHub's own
+        check, every last_activity_interval).""",
+    )
+
     def install(self) -> None:
         self.state = StateGuard(self.state_dir, self.state_db_hold)
         install_state_guard(self.state)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not in the hub (e.g. a unit test loading the config)
+            return
         if self.engine_check_interval > 0:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not in the hub (e.g. a unit test loading the config)
-                return
             loop.create_task(self.watch_engine())
+        if self.route_check_interval > 0:
+            loop.create_task(self.watch_routes())
+
+    async def watch_routes(self, app=None) -> None:
+        """Every ``route_check_interval`` s, once the hub has started: JupyterHub's own check of
+        the proxy's routes (one request to the proxy; missing routes added, stale ones removed)."""
+        if app is None:
+            from jupyterhub.app import JupyterHub
+            app = JupyterHub.instance()
+        while True:
+            await asyncio.sleep(self.route_check_interval)
+            # JupyterHub.start() registers its periodic callbacks after its own first check
+            if not getattr(app, "_periodic_callbacks", None):
+                continue
+            try:
+                await app.proxy.check_routes(app.users, app._service_map)
+            except Exception as exc:  # noqa: BLE001 - the proxy may be restarting: next time
+                log.warning("Checking the proxy's routes failed: %s", exc)
 
     async def watch_engine(self, stop=lambda: os.kill(os.getpid(), signal.SIGTERM)) -> None:
         if not os.path.exists(self.docker_socket):

@@ -283,13 +283,16 @@ def configure_recovery(c, env: Mapping[str, str]) -> None:
     """How fast the hub notices and repairs what changed behind its back (README, "Faults").
 
     - A restarted proxy starts with no routes; JupyterHub re-adds the missing ones when it
-      updates activity (every 300 s by default): every 10 s here.
+      updates activity (every 300 s, its default, kept: that update costs a database query
+      per route): the route guard (hub/watchdog.py, ``HubGuards.route_check_interval``)
+      compares the proxy's routes with the running servers every 10 s instead, in memory.
     - A server that stopped on its own (out of memory, crashed) is noticed by the poll (every
-      30 s by default): every 10 s here; the "not running" page then says why
-      (hub/templates/not_running.html, GPUDockerSpawner.stop_reason).
+      30 s, JupyterHub's default), at once when its user opens the hub's home page (JupyterHub
+      polls then), and the proxy's page for a dead server sends the user there; the "not
+      running" page then says why (hub/templates/not_running.html, GPUDockerSpawner.stop_reason).
     - The state volume and the Docker engine are watched (hub/watchdog.py)."""
-    c.JupyterHub.last_activity_interval = 10
-    c.Spawner.poll_interval = 10
+    c.JupyterHub.last_activity_interval = 300
+    c.Spawner.poll_interval = 30
     c.JupyterHub.template_paths = [*c.JupyterHub.get("template_paths", []), TEMPLATES_DIR]
     from hub.spawner import GPUDockerSpawner
 

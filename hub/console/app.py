@@ -31,6 +31,10 @@ API (JSON in and out, errors ``{"status", "message"}``; hub/console/openapi.yaml
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # the service's own process: before handlers.py imports HubOAuth
+    from hub.lean_imports import defer_hub_database
+    defer_hub_database()
+
 import asyncio
 import logging
 import os

@@ -93,9 +93,13 @@ class Reclaimer:
         os.replace(tmp, self.state_file)
 
     async def read_holders(self) -> dict[str, list[Holder]]:
-        """uuid -> holders, from this hub's live containers (the engine is the source of truth)."""
+        """uuid -> holders, from this hub's live containers that carry a GPU label (the engine
+        is the source of truth). Listed holders come from their labels alone (a listing has no
+        device requests), so the engine is asked for those only: a listing costs it per
+        container listed, and a host full of idle CPU-only servers lists none."""
         containers = await self.docker("containers", all=True, filters={
-            "label": f"{self.labels.instance}={self.instance}", "status": list(LIVE_STATES)})
+            "label": [f"{self.labels.instance}={self.instance}", self.labels.gpu_uuid],
+            "status": list(LIVE_STATES)})
         return holders_from_containers(containers, self.labels.prefix)
 
     async def round(self) -> list[Decision]:
@@ -344,6 +348,9 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
 
 
 def main() -> None:
+    from hub.lean_imports import defer_hub_database
+
+    defer_hub_database()  # before jupyterhub.services.auth: no hub database layer in this process
     from jupyterhub.services.auth import HubAuth
     from tornado.ioloop import PeriodicCallback
 

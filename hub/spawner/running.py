@@ -4,7 +4,9 @@ JupyterHub polls every server every ``poll_interval`` seconds; DockerSpawner's p
 ``docker inspect`` of that server's container, so 100 servers polled every 10 s were 10 engine
 calls a second (0.13 % of a core in the hub and as much in the engine per idle server, measured:
 docs/performance.md, "Idle servers"). Here one ``docker ps`` of this hub's running containers
-answers every poll for ``max_age`` seconds. Only "running" is answered from it: a container it
+answers every poll for ``max_age`` seconds (15: half the poll interval of 30 s, so a server
+that died is noticed within 45 s by the polls alone; and a listing costs the engine per
+container listed). Only "running" is answered from it: a container it
 does not list is inspected as before, so a server that stopped is reported exactly as it was.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ ListRunning = Callable[[], Awaitable[list[dict]]]  # docker-py's containers(): [
 
 
 class RunningContainers:
-    def __init__(self, max_age: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, max_age: float = 15.0, clock: Callable[[], float] = time.monotonic):
         self.max_age, self.clock = max_age, clock
         self._names: frozenset[str] = frozenset()
         self._at: float | None = None

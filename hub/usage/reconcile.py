@@ -1,8 +1,8 @@
 """The console's periodic usage sync: the store made to agree with the engine, then quotas
 enforced on running servers.
 
-Each ``sync``: list this hub's live containers (``<prefix>.instance`` label) and inspect them
-(seats from ``State.StartedAt``), read the engine's ``start`` and ``die`` events since the
+Each ``sync``: list this hub's live containers (``<prefix>.instance`` label) and inspect those
+not seen before or started again (seats from ``State.StartedAt``), read the engine's ``start`` and ``die`` events since the
 previous sync (a few seconds of overlap: replays change nothing), and ``advance`` the store's
 intervals (hub.usage.accounting). After downtime of the console, the hub or the Docker daemon
 (live-restore keeps containers and their StartedAt), the first sync closes what died meanwhile
@@ -35,6 +35,7 @@ from hub.usage.store import UsageStore
 
 log = logging.getLogger("gpu-console.usage")
 EVENT_OVERLAP = 5.0  # seconds of events read twice across two syncs
+INSPECT_MAX_AGE = 300.0  # seconds a live container's inspect is reused (see live_seats)
 DockerCall = Callable[..., Awaitable]
 EventsCall = Callable[[float, float, dict], Awaitable[list]]
 
@@ -60,17 +61,29 @@ class UsageKeeper:
         self.default_quota, self.audit = default_quota, audit
         self.lock = asyncio.Lock()
         self.last: SyncResult | None = None
+        self._inspected: dict[str, tuple[float, dict | None]] = {}  # id -> (monotonic time, inspect)
 
     @property
     def instance_filter(self) -> dict:
         return {"label": [f"{self.labels.instance}={self.instance}"]}
 
-    async def live_seats(self) -> list:
+    async def live_seats(self, restarted: Iterable[str] = ()) -> list:
+        """Seats of this hub's live containers. A container's labels, environment and device
+        requests never change, and its ``StartedAt`` only with a ``start`` event: so each is
+        inspected once, again after a start event (``restarted``: their ids) and at least every
+        ``INSPECT_MAX_AGE`` seconds, not at every sync (an inspect per idle server every 15 s
+        was most of the engine's work for an idle host)."""
         summaries = await self.docker("containers", all=True,
                                       filters={"status": list(LIVE_STATES), **self.instance_filter})
-        details = await asyncio.gather(*(self._inspect(c["Id"]) for c in summaries))
+        now, restarted = time.monotonic(), set(restarted)
+        cached = {c["Id"]: self._inspected.get(c["Id"]) for c in summaries}
+        stale = [cid for cid, hit in cached.items()
+                 if hit is None or cid in restarted or now - hit[0] > INSPECT_MAX_AGE]
+        for cid, d in zip(stale, await asyncio.gather(*(self._inspect(cid) for cid in stale))):
+            cached[cid] = (now, d)
+        self._inspected = {cid: hit for cid, hit in cached.items() if hit[1]}
         inventory = list(self.inventory())
-        return [s for d in details if d for s in seats_of_container(d, inventory, self.labels.prefix)]
+        return [s for _, d in self._inspected.values() for s in seats_of_container(d, inventory, self.labels.prefix)]
 
     async def _inspect(self, cid: str) -> dict | None:
         try:
@@ -83,11 +96,12 @@ class UsageKeeper:
         async with self.lock:
             now = self.clock()
             last = await asyncio.to_thread(self.store.last_sync)
-            live = await self.live_seats()
             events: list[dict] = []
             if last is not None and last < now:
                 events = await self.events(last - EVENT_OVERLAP, now,
                                            {"type": "container", "event": ["start", "die"], **self.instance_filter})
+            live = await self.live_seats(restarted={(e.get("Actor") or {}).get("ID") or e.get("id") for e in events
+                                                    if (e.get("Action") or e.get("status")) == "start"})
             inventory = list(self.inventory())
             started = [s for e in events if (e.get("Action") or e.get("status")) == "start"
                        for s in seats_of_event(e, inventory, self.labels.prefix)]

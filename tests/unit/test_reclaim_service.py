@@ -81,7 +81,8 @@ def test_idle_holder_is_warned_then_stopped_busy_and_exempt_are_not(world):
     r, clock, feed, hub, tmp = world
     decisions = rounds(r, clock, 7)  # 0..60 s idle
     assert [(d.action, d.key[0]) for d in decisions] == [("warn", "alice")]
-    assert r.docker.filters["label"] == "gpuhub.instance=gpuhubtest"  # this hub's containers only
+    # this hub's containers that hold a GPU only
+    assert r.docker.filters["label"] == ["gpuhub.instance=gpuhubtest", "gpuhub.gpu.uuid"]
     assert json.loads((tmp / "reclaim.json").read_text())["warned"][0]["user"] == "alice"
     decisions = rounds(r, clock, 3)  # the grace (30 s) runs out
     assert [(d.action, d.key[0]) for d in decisions] == [("stop", "alice")]

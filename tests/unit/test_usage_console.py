@@ -87,6 +87,37 @@ def test_sync_counts_live_servers_and_what_happened_while_the_console_was_down(s
     assert sum(iv.held_s for iv in keeper.store.between(0, T0 + 9999)) == 700 + 300
 
 
+def test_sync_inspects_a_live_container_once_and_again_after_a_start_event(setup, monkeypatch):
+    from hub.usage import reconcile
+    console, engine, hub, keeper, events = setup
+    c1, _ = labelled("c1", GPUS[0].uuid, "alice", T0 - 100)
+    c2, _ = labelled("c2", GPUS[1].uuid, "bob", T0 - 50)
+    engine.containers = [c1, c2]
+    inspected = []
+    listing = keeper.docker
+
+    async def counting(method, *args, **kwargs):
+        if method == "inspect_container":
+            inspected.append(args[0])
+        return await listing(method, *args, **kwargs)
+    keeper.docker = counting
+    run(keeper.sync())
+    assert sorted(inspected) == ["c1", "c2"]
+    keeper.clock.t = T0 + 15
+    run(keeper.sync())
+    assert sorted(inspected) == ["c1", "c2"]  # nothing changed: no inspect
+    # bob's container was restarted: its StartedAt moved, so it is read again
+    c2["State"] = {**c2["State"], "StartedAt": "2023-11-14T22:13:30Z"}  # T0 + 10
+    events.add("start", "c2", T0 + 10)
+    keeper.clock.t = T0 + 30
+    run(keeper.sync())
+    assert sorted(inspected) == ["c1", "c2", "c2"]
+    monkeypatch.setattr(reconcile, "INSPECT_MAX_AGE", -1)  # and every one after a while
+    run(keeper.sync())
+    assert sorted(inspected) == ["c1", "c1", "c2", "c2", "c2"]
+    assert {iv.user for iv in keeper.store.open_intervals()} == {"alice", "bob"}
+
+
 def test_without_events_an_exited_containers_finished_at_closes_its_interval(setup):
     console, engine, hub, keeper, events = setup
     c = container("c1", GPUS[0].uuid, "alice", since=T0)

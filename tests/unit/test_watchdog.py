@@ -79,7 +79,7 @@ def test_watchdog_stops_the_hub_after_the_failures_in_a_row(tmp_path):
 def test_recovery_settings():
     c = Config()
     configure_recovery(c, {})
-    assert c.JupyterHub.last_activity_interval == 10 and c.Spawner.poll_interval == 10
+    assert c.JupyterHub.last_activity_interval == 300 and c.Spawner.poll_interval == 30
     assert any(os.path.isfile(os.path.join(p, "not_running.html")) for p in c.JupyterHub.template_paths)
     assert callable(c.JupyterHub.template_vars["gpuhub_stop_reason"])
     assert c.HubGuards.state_dir == "/srv/jupyterhub/state"
@@ -107,3 +107,32 @@ def test_stop_reason_shown_only_while_not_running(active, expected):
         assert GPUDockerSpawner.stop_reason_for(None) == ""
     finally:
         reasons.running(("oomer", ""))
+
+
+def test_route_guard_asks_jupyterhubs_check_once_the_hub_has_started():
+    calls = []
+
+    class FakeProxy:
+        async def check_routes(self, users, services):
+            calls.append((users, services))
+            if len(calls) == 2:
+                raise ConnectionRefusedError("the proxy is restarting")  # logged, next time
+            if len(calls) == 3:
+                raise asyncio.CancelledError
+
+    class FakeApp:
+        proxy, users, _service_map = FakeProxy(), {"u": "user"}, {"s": "service"}
+        _periodic_callbacks = {}
+
+    app = FakeApp()
+    guards = HubGuards(config=Config({"HubGuards": {"route_check_interval": 0.01}}))
+
+    async def main():
+        task = asyncio.ensure_future(guards.watch_routes(app))
+        await asyncio.sleep(0.05)
+        assert calls == []  # not before JupyterHub.start() finished its own check
+        app._periodic_callbacks = {"last_activity": object()}
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+    asyncio.run(main())
+    assert calls == [({"u": "user"}, {"s": "service"})] * 3
