@@ -226,7 +226,8 @@ class SwarmUsageKeeper(UsageKeeper):
     ends where a sync last saw it live (under-counted by up to one sync interval, never counted
     twice)."""
 
-    async def live_seats(self) -> list:
+    async def live_seats(self, restarted: Iterable[str] = ()) -> list:
+        """Tasks are read whole at each sync: there is no per-container inspect to cache."""
         from hub.gpus.swarm import nodes_from_engine
         nodes, services, tasks = await asyncio.gather(
             self.docker("nodes"), self.docker("services", filters=self.instance_filter),
