@@ -36,8 +36,9 @@ import logging
 import os
 import secrets
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from tornado import web
@@ -138,6 +139,42 @@ async def _no_events(since: float, until: float, filters: dict) -> list:
     return []
 
 
+EVENT_SYNC_DELAY = 1.0  # seconds from a server's start or die event to the sync it brings
+
+
+def watch_engine_events(console: Console, usage_sync: Callable[[], Awaitable[None]]) -> threading.Event | None:
+    """A sync ``EVENT_SYNC_DELAY`` after this hub's containers start or die (one for a burst),
+    from a thread that streams the engine's events (hub.usage.reconcile.watch_events) on a
+    docker-py client of its own. Returns the thread's stop flag (None without an engine client)."""
+    from hub.usage.reconcile import watch_events
+
+    client = getattr(console.docker, "client", None)
+    if client is None:
+        return None
+    import docker
+
+    loop = asyncio.get_running_loop()
+    scheduled: list = []  # the sync due soon (one for a burst of events)
+    running: set = set()  # syncs under way (UsageKeeper.sync serialises them)
+
+    def sync() -> None:
+        scheduled.clear()
+        task = loop.create_task(usage_sync())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    def soon() -> None:  # on the event loop
+        if not scheduled:
+            scheduled.append(loop.call_later(EVENT_SYNC_DELAY, sync))
+
+    stop = threading.Event()
+    connect = lambda: docker.APIClient(base_url=client.base_url, version="auto", timeout=30)  # noqa: E731
+    threading.Thread(target=watch_events, args=(connect, console.usage.event_filter,
+                                                lambda _event: loop.call_soon_threadsafe(soon), stop),
+                     name="usage-events", daemon=True).start()
+    return stop
+
+
 def main() -> None:
     env = dict(os.environ)
     settings = GPUSettings.from_env(env)
@@ -185,6 +222,7 @@ def main() -> None:
 
         await usage_sync()
         PeriodicCallback(usage_sync, settings.usage_sync_interval * 1000).start()
+        watch_engine_events(console, usage_sync)
         await asyncio.Event().wait()
 
     try:

@@ -9,11 +9,11 @@
    token and a PromQL query returns the user's GPU-seconds.
 """
 import json
-import subprocess
 import time
 
 import pytest
 import requests
+import engine
 from consoleclient import Console, user_token, wait_for
 
 from hub.gpus.inventory import discover
@@ -38,23 +38,7 @@ def console(stack, hub):
 
 def engine_lifetimes(stack, since: float) -> dict[str, float]:
     """user -> seconds their GPU containers ran, from the engine's start and die events."""
-    out = subprocess.run(["docker", "events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
-                          "--filter", f"label=gpuhub.instance={stack.prefix}", "--filter", "type=container",
-                          "--filter", "event=start", "--filter", "event=die", "--format", "{{json .}}"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    starts, total = {}, {}
-    for line in out.splitlines():
-        e = json.loads(line)
-        attrs, t = e["Actor"]["Attributes"], e["timeNano"] / 1e9
-        if not attrs.get("gpuhub.gpu.uuid"):
-            continue
-        if e["Action"] == "start":
-            starts[e["Actor"]["ID"]] = (attrs["gpuhub.user"], t)
-        elif e["Action"] == "die" and e["Actor"]["ID"] in starts:
-            user, began = starts.pop(e["Actor"]["ID"])
-            total[user] = total.get(user, 0.0) + t - began
-    assert not starts, f"containers still running: {starts}"
-    return total
+    return engine.gpu_lifetimes(engine.container_events(stack.prefix, since))
 
 
 def synced_after(console, t: float) -> bool:
