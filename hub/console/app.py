@@ -48,7 +48,7 @@ from hub.config.gpu_settings import GPUSettings
 from hub.console.audit import AuditLog
 from hub.console.auth import HubAuthenticator
 from hub.console.course_actions import CourseDesk
-from hub.console.engine import DockerCaller
+from hub.console.engine import DockerCaller, engine_client
 from hub.console.gpu_actions import GPUDesk
 from hub.console.handlers import MetricsHandler, PageHandler, api_routes
 from hub.console.hubapi import HubAPI, HubClient
@@ -148,28 +148,29 @@ def watch_engine_events(console: Console, usage_sync: Callable[[], Awaitable[Non
     docker-py client of its own. Returns the thread's stop flag (None without an engine client)."""
     from hub.usage.reconcile import watch_events
 
-    client = getattr(console.docker, "client", None)
-    if client is None:
+    if getattr(console.docker, "client", None) is None:  # a stand-in engine (tests)
         return None
-    import docker
-
     loop = asyncio.get_running_loop()
-    scheduled: list = []  # the sync due soon (one for a burst of events)
+    scheduled: list[int] = []  # events waiting for the sync due soon (one sync for a burst)
     running: set = set()  # syncs under way (UsageKeeper.sync serialises them)
 
     def sync() -> None:
+        log.info("usage: sync after %d engine event(s) of this hub's containers", scheduled[0])
         scheduled.clear()
         task = loop.create_task(usage_sync())
         running.add(task)
         task.add_done_callback(running.discard)
 
     def soon() -> None:  # on the event loop
-        if not scheduled:
-            scheduled.append(loop.call_later(EVENT_SYNC_DELAY, sync))
+        if scheduled:
+            scheduled[0] += 1
+        else:
+            scheduled.append(1)
+            loop.call_later(EVENT_SYNC_DELAY, sync)
 
     stop = threading.Event()
-    connect = lambda: docker.APIClient(base_url=client.base_url, version="auto", timeout=30)  # noqa: E731
-    threading.Thread(target=watch_events, args=(connect, console.usage.event_filter,
+    # A client of its own: its stream holds a connection for as long as it runs.
+    threading.Thread(target=watch_events, args=(engine_client, console.usage.event_filter,
                                                 lambda _event: loop.call_soon_threadsafe(soon), stop),
                      name="usage-events", daemon=True).start()
     return stop

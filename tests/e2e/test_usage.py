@@ -85,6 +85,27 @@ def test_accounting_matches_the_engines_lifetimes_across_a_hub_restart(console, 
     assert max(errors.values()) <= 0.01, (truth, stored)
 
 
+def test_the_console_syncs_right_after_a_server_stops(console, stack, hub):
+    """The console reads a server's start and die from the engine's event stream and syncs a
+    second later, not only on its timer (15 s): the engine keeps events in memory only, and a
+    Docker daemon restart before the next timed sync would lose a server that started and died
+    meanwhile (tests/e2e/test_reliability_accounting.py, docs/usage.md)."""
+    user = "acct-event"
+    hub.create_user(user)
+    hub.start(user)
+    t = time.time()
+    hub.stop(user)
+    hub_container = f"{stack.prefix}-hub-1"
+
+    def synced_by_event() -> bool:
+        logs = stack.docker("logs", "--since", f"{t:.3f}", hub_container)
+        return "usage: sync after" in logs.stdout + logs.stderr
+
+    wait_for(synced_by_event, timeout=10, what="the console's sync after the server's die event")
+    rows = [r for r in console.ok("GET", "usage?since=1h&by=user")["rows"] if r["user"] == user]
+    assert rows and rows[0]["gpu_hours"] > 0, rows
+
+
 def logged_in(stack, user: str) -> requests.Session:
     """A browser-like session of a user with a password (signed up, approved by the admin):
     the hub's pages take no API token."""

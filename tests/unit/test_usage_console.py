@@ -416,15 +416,13 @@ def test_watch_events_notifies_each_event_and_connects_again_after_a_daemon_rest
 def test_a_burst_of_engine_events_brings_one_sync_a_second_later(setup, monkeypatch):
     import threading
 
-    import docker
-
     from hub.console import app as console_app
     console, _engine, _hub, keeper, _events = setup
     stop = threading.Event()
     engine = StreamingEngine([[{"Action": "start", "id": str(i)} for i in range(5)]], stop)
-    monkeypatch.setattr(docker, "APIClient", lambda **kwargs: engine.connect())
+    monkeypatch.setattr(console_app, "engine_client", engine.connect)
     monkeypatch.setattr(console_app, "EVENT_SYNC_DELAY", 0.05)
-    console.docker.client = type("Client", (), {"base_url": "http+docker://localhost"})()
+    console.docker.client = object()  # a real engine's client (the stand-in has none)
     syncs = []
 
     async def usage_sync():
