@@ -40,8 +40,9 @@ import logging
 import os
 import secrets
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from tornado import web
@@ -51,7 +52,7 @@ from hub.config.gpu_settings import GPUSettings
 from hub.console.audit import AuditLog
 from hub.console.auth import HubAuthenticator
 from hub.console.course_actions import CourseDesk
-from hub.console.engine import DockerCaller
+from hub.console.engine import DockerCaller, engine_client
 from hub.console.gpu_actions import GPUDesk
 from hub.console.handlers import MetricsHandler, PageHandler, api_routes
 from hub.console.hubapi import HubAPI, HubClient
@@ -148,6 +149,43 @@ async def _no_events(since: float, until: float, filters: dict) -> list:
     return []
 
 
+EVENT_SYNC_DELAY = 1.0  # seconds from a server's start or die event to the sync it brings
+
+
+def watch_engine_events(console: Console, usage_sync: Callable[[], Awaitable[None]]) -> threading.Event | None:
+    """A sync ``EVENT_SYNC_DELAY`` after this hub's containers start or die (one for a burst),
+    from a thread that streams the engine's events (hub.usage.reconcile.watch_events) on a
+    docker-py client of its own. Returns the thread's stop flag (None without an engine client)."""
+    from hub.usage.reconcile import watch_events
+
+    if getattr(console.docker, "client", None) is None:  # a stand-in engine (tests)
+        return None
+    loop = asyncio.get_running_loop()
+    scheduled: list[int] = []  # events waiting for the sync due soon (one sync for a burst)
+    running: set = set()  # syncs under way (UsageKeeper.sync serialises them)
+
+    def sync() -> None:
+        log.info("usage: sync after %d engine event(s) of this hub's containers", scheduled[0])
+        scheduled.clear()
+        task = loop.create_task(usage_sync())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    def soon() -> None:  # on the event loop
+        if scheduled:
+            scheduled[0] += 1
+        else:
+            scheduled.append(1)
+            loop.call_later(EVENT_SYNC_DELAY, sync)
+
+    stop = threading.Event()
+    # A client of its own: its stream holds a connection for as long as it runs.
+    threading.Thread(target=watch_events, args=(engine_client, console.usage.event_filter,
+                                                lambda _event: loop.call_soon_threadsafe(soon), stop),
+                     name="usage-events", daemon=True).start()
+    return stop
+
+
 def main() -> None:
     env = dict(os.environ)
     settings = GPUSettings.from_env(env)
@@ -195,6 +233,7 @@ def main() -> None:
 
         await usage_sync()
         PeriodicCallback(usage_sync, settings.usage_sync_interval * 1000).start()
+        watch_engine_events(console, usage_sync)
         await asyncio.Event().wait()
 
     try:

@@ -40,12 +40,13 @@ def image_cuda(client: Any, image: str) -> str | None:
     return labels.get(TORCH_CUDA_LABEL) or None
 
 
-def nvml_facts(reader: Any = None) -> tuple[list[dict] | None, dict | None]:
+def nvml_facts(reader: Any = None, xid_wait: float = 0.01) -> tuple[list[dict] | None, dict | None]:
+    """Each GPU's health (listening ``xid_wait`` seconds for Xid errors) and the driver."""
     from hub.gpus.nvml import NVMLReader, Unavailable
 
     reader = reader or NVMLReader()
     try:
-        return reader.health(), reader.driver()
+        return reader.health(xid_wait), reader.driver()
     except Unavailable:
         return None, None
     finally:
@@ -61,11 +62,12 @@ def host_toolkit_version() -> str:
 
 
 def diagnose(image: str = "", minimum: str = DEFAULT_TOOLKIT_MIN, override: bool = False,
-             client: Any = None, reader: Any = None, toolkit: str | None = None) -> Report:
+             client: Any = None, reader: Any = None, toolkit: str | None = None, xid_wait: float = 0.01) -> Report:
     version, info, engine_error = engine_facts(client)
-    health, driver = nvml_facts(reader)
+    health, driver = nvml_facts(reader, xid_wait)
     result = report(version, info, toolkit if toolkit is not None else host_toolkit_version(), minimum, override,
-                    health, driver, image, image_cuda(client, image) if client is not None or not engine_error else None)
+                    health, driver, image, image_cuda(client, image) if client is not None or not engine_error else None,
+                    xid_listened=xid_wait)
     if engine_error:
         result.checks = [c for c in result.checks if not c.name.startswith("engine.")]
         result.checks.insert(0, Check("engine", UNKNOWN, f"the Docker engine cannot be read here ({engine_error})",
@@ -83,11 +85,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--override", action="store_true",
                    default=os.environ.get("GPU_TOOLKIT_OVERRIDE", "").lower() in ("1", "true", "yes"),
                    help="accept a toolkit below the minimum (as GPU_TOOLKIT_OVERRIDE=true)")
+    p.add_argument("--xid-seconds", type=float, default=2.0,
+                   help="listen this long for Xid errors from NVML (default 2; the hub listens all the time, "
+                        "earlier Xids are in the kernel log)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 healthy (warnings allowed), 1 a check failed (or warned, with --strict)."""
-    result = diagnose(args.image, args.min_toolkit, args.override)
+    result = diagnose(args.image, args.min_toolkit, args.override, xid_wait=max(args.xid_seconds, 0.0))
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:

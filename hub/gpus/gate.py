@@ -6,7 +6,9 @@ log line per check) and before a GPU is handed out, under the GPU manager's lock
 - the host's driver too old for the image's PyTorch (its ``gpuhub.torch.cuda`` label): the
   start is refused up front with the reason and the fix;
 - an unhealthy GPU (NVML: lost, uncorrected ECC, pending page retirement or row remapping, a
-  pending MIG change, MIG without instances): drained in the admin intent, with an audit entry
+  pending MIG change, MIG without instances, a critical Xid error received since the last
+  check: the reader keeps its NVML event registration, so no Xid between two checks is
+  missed): drained in the admin intent, with an audit entry
   (who: "hub", via: "health check"), so the allocator never hands it out; undrained by an admin.
 
 Blocking calls only (NVML, files): the spawner runs ``before_gpu`` on its thread pool.
@@ -22,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from hub.gpus.health import FAIL, UNKNOWN, Check, cuda_check, gpu_check, toolkit_check
+from hub.gpus.health import CRITICAL_XIDS, FAIL, UNKNOWN, Check, cuda_check, gpu_check, toolkit_check
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,12 @@ class HostGate:
             for target in new:
                 intent = intent.with_drained(target)
             manager.save_intent(intent)
-            self.audit({"action": "drain", "gpu": uuid, "index": check.data.get("index"),
-                        "note": check.message, "detail": f"drained {check.message} (automatic: {check.fix})"})
+            record = {"action": "drain", "gpu": uuid, "index": check.data.get("index"),
+                      "note": check.message, "detail": f"drained {check.message} (automatic: {check.fix})"}
+            xids = sorted({int(e["xid"]) for e in check.data.get("xids") or [] if int(e["xid"]) in CRITICAL_XIDS})
+            if xids:
+                record["xid"] = xids
+            self.audit(record)
             log.warning("Drained unhealthy %s", check.message)
             drained.append(check.message)
         return drained

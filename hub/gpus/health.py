@@ -148,11 +148,47 @@ def cuda_check(driver_cuda: str | None, image_cuda: str | None, image: str = "th
 
 # ---- each GPU, from NVML ------------------------------------------------------------------
 
+# Xid errors that make a GPU unfit for the next user: NVIDIA's Xid catalogue
+# (https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html, "Resolution Bucket":
+# these need a GPU reset, a node reboot or service, not just a restarted application) and its
+# page-retirement notes (https://docs.nvidia.com/deploy/dynamic-page-retirement/visibility.html).
+CRITICAL_XIDS: dict[int, str] = {
+    48: "double-bit (uncorrectable) ECC error",
+    63: "ECC page retirement or row remapping recorded (a reset is needed to apply it)",
+    64: "ECC page retirement or row remapping failed",
+    74: "NVLink error",
+    79: "GPU has fallen off the bus",
+    92: "high single-bit ECC error rate",
+    94: "contained ECC error (the GPU needs a reset)",
+    95: "uncontained ECC error",
+    119: "GSP RPC timeout",
+    120: "GSP error",
+}
+# Xids a user's program causes (illegal address, exceptions, preemption...): the catalogue's
+# RESTART_APP bucket. Reported, never a drain.
+APPLICATION_XIDS: dict[int, str] = {
+    13: "graphics engine exception (a program's fault)",
+    31: "GPU memory page fault (a program's fault)",
+    43: "GPU stopped processing (a program's fault)",
+    45: "preemptive cleanup (a program was stopped)",
+    68: "video processor exception",
+    109: "context switch timeout",
+}
+
+
+def xid_text(xid: int) -> str:
+    """'Xid 79 (GPU has fallen off the bus)'; unknown Xids by number."""
+    what = CRITICAL_XIDS.get(xid) or APPLICATION_XIDS.get(xid)
+    return f"Xid {xid} ({what})" if what else f"Xid {xid}"
+
+
 def gpu_check(health: dict[str, Any]) -> Check:
     """One GPU's NVML health reading (hub/gpus/nvml.py ``NVMLReader.health``): unhealthy GPUs
     are drained. Fields: uuid, index, name, lost, ecc_uncorrected (volatile), retired_pending,
-    remap_failure, remap_pending, mig (current, pending), mig_instances. (Xid errors are
-    not read: NVML reports them only as events to a registered listener.)"""
+    remap_failure, remap_pending, mig (current, pending), mig_instances, xids (the Xid
+    events received since the last reading: ``[{"xid": 79, "time": epoch}, ...]``). A
+    critical Xid (``CRITICAL_XIDS``) fails the GPU; an application's Xid is reported (ok);
+    any other Xid is a warning."""
     uuid, index = health["uuid"], health.get("index")
     name = f"gpu.{uuid}"
     problems, warnings = [], []
@@ -171,6 +207,13 @@ def gpu_check(health: dict[str, Any]) -> Check:
         problems.append("a MIG mode change is pending (a reset is needed)")
     elif mig and mig[0] and not health.get("mig_instances"):
         problems.append("MIG is on but it has no MIG instances (nothing can run on it)")
+    xids = sorted({int(e["xid"]) for e in health.get("xids") or []})
+    critical = [x for x in xids if x in CRITICAL_XIDS]
+    if critical:
+        problems.append(", ".join(xid_text(x) for x in critical))
+    other = [x for x in xids if x not in CRITICAL_XIDS and x not in APPLICATION_XIDS]
+    if other:
+        warnings.append(", ".join(xid_text(x) for x in other) + " (see NVIDIA's Xid catalogue)")
     if health.get("ecc_corrected"):
         warnings.append(f"{health['ecc_corrected']} corrected ECC errors")
     label = f"GPU {index} ({uuid})" if index is not None else f"GPU {uuid}"
@@ -180,7 +223,28 @@ def gpu_check(health: dict[str, Any]) -> Check:
                      refuses=f"gpu:{uuid}", data=health)
     if warnings:
         return Check(name, WARN, f"{label}: " + "; ".join(warnings), data=health)
-    return Check(name, OK, f"{label}: healthy", data=health)
+    seen = [x for x in xids if x in APPLICATION_XIDS]
+    return Check(name, OK, f"{label}: healthy" + (f" ({', '.join(xid_text(x) for x in seen)} seen)" if seen else ""),
+                 data=health)
+
+
+def xid_check(gpu_health: list[dict[str, Any]], listened: float | None = None) -> Check:
+    """Whether Xid errors can be received at all (the per-GPU checks judge those received)."""
+    watched = [h for h in gpu_health if h.get("xid_watch")]
+    window = f" for {listened:g} s" if listened else ""
+    data = {"watched": [h["uuid"] for h in watched], "listened_s": listened}
+    if not gpu_health:
+        return Check("gpus.xid", UNKNOWN, "no GPU to listen to for Xid errors", data=data)
+    if not watched:
+        return Check("gpus.xid", UNKNOWN, "Xid errors cannot be received from NVML here (no event support)",
+                     "read them in the kernel log: journalctl -k | grep -i xid", data=data)
+    seen = sum(len(h.get("xids") or []) for h in gpu_health)
+    missing = [str(h.get("index", h["uuid"])) for h in gpu_health if not h.get("xid_watch")]
+    return Check("gpus.xid", WARN if missing else OK,
+                 f"listened{window} for Xid errors on {len(watched)} of {len(gpu_health)} GPUs: "
+                 f"{seen or 'none'} received" + (f"; GPU {', '.join(missing)} cannot report them" if missing else "")
+                 + " (earlier ones are in the kernel log: journalctl -k | grep -i xid)",
+                 "" if not missing else "read those GPUs' Xids in the kernel log", data=data)
 
 
 # ---- the report -----------------------------------------------------------------------------
@@ -219,7 +283,8 @@ class Report:
 
 
 def report(version: dict, info: dict, toolkit: str | None, minimum: str, override: bool,
-           gpu_health: Iterable[dict] | None, driver: dict | None, image: str = "", image_cuda: str | None = None) -> Report:
+           gpu_health: Iterable[dict] | None, driver: dict | None, image: str = "", image_cuda: str | None = None,
+           xid_listened: float | None = None) -> Report:
     """Every check from recorded inputs (None: not readable here)."""
     checks = engine_checks(version, info)
     checks.append(toolkit_check(toolkit, minimum, override))
@@ -228,5 +293,7 @@ def report(version: dict, info: dict, toolkit: str | None, minimum: str, overrid
     if gpu_health is None:
         checks.append(Check("gpus", UNKNOWN, "GPU health not readable here (no NVML)"))
     else:
+        gpu_health = list(gpu_health)
         checks += [gpu_check(h) for h in gpu_health]
+        checks.append(xid_check(gpu_health, xid_listened))
     return Report(checks)

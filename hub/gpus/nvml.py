@@ -10,6 +10,7 @@ Runs on its own on a GPU host (it needs only ``pynvml``)::
 
     python -m hub.gpus.nvml --json                   # one reading, JSON
     python -m hub.gpus.nvml --repeat 10 --interval 1 # ten readings, a table each
+    python -m hub.gpus.nvml --xids 30                # critical Xid events for 30 s, JSON lines
 """
 from __future__ import annotations
 
@@ -51,13 +52,40 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@dataclass(frozen=True)
+class XidEvent:
+    """One Xid error NVML delivered to a registered event set: which GPU, which Xid (the
+    driver's error number, docs.nvidia.com/deploy/xid-errors), when this process received it,
+    and the MIG GPU instance if the driver names one."""
+    uuid: str
+    index: int | None
+    xid: int
+    time: float
+    gpu_instance: int | None = None
+
+
+# nvmlEventData_t's instance ids when the event is not about a MIG instance
+_NO_INSTANCE = 0xFFFFFFFF
+# One poll takes at most this many events (a GPU in an error storm must not hold the lock).
+_MAX_EVENTS = 256
+
+
 class NVMLReader:
     """NVML is initialised once and kept (re-initialised after an error), since ``nvmlInit``
-    costs more than a reading. Thread-safe: samplers call it from a worker thread."""
+    costs more than a reading. Thread-safe: samplers call it from a worker thread.
 
-    def __init__(self, nvml: Any = None):
+    Xid errors exist in NVML only as events: ``xid_events`` registers an event set for
+    critical Xids on every GPU at its first call and keeps it, so each later call returns
+    the Xids that arrived since the one before (queued by the driver meanwhile). Xids from
+    before the registration (or while NVML was re-initialised) are not seen: they are in the
+    kernel log (``journalctl -k | grep Xid``)."""
+
+    def __init__(self, nvml: Any = None, clock: Callable[[], float] = time.time):
         self._nv, self._ready = nvml, False
         self._lock = threading.Lock()
+        self._clock = clock
+        self._events: Any = None  # the registered event set, while NVML is initialised
+        self._watched: dict[str, bool] = {}  # uuid -> Xid events registered for it
 
     def _init(self) -> Any:
         if self._nv is None:
@@ -169,16 +197,106 @@ class NVMLReader:
                 self.close_locked()
                 raise Unavailable(f"NVML failed: {exc}") from None
 
-    def health(self) -> list[dict[str, Any]]:
+    def health(self, xid_wait: float = 0.01) -> list[dict[str, Any]]:
         """Each whole GPU's health, for hub/gpus/health.py ``gpu_check``: lost, ECC errors
-        (volatile: since the last reset), pending retired pages, row remapping, MIG layout.
-        None where the GPU does not support a reading."""
+        (volatile: since the last reset), retired pages (count, pending), row remapping, MIG
+        layout, and the Xid errors received since the last call (``xids``; waiting up to
+        ``xid_wait`` seconds for the first; ``xid_watch``: whether Xids can be received for
+        it at all). None where the GPU does not support a reading."""
+        events = self.xid_events(xid_wait)
         with self._lock:
             nv = self._init()
             found = []
             for index in range(nv.nvmlDeviceGetCount()):
-                found.append(self._health(nv, index))
+                reading = self._health(nv, index)
+                reading["xid_watch"] = (self._watched.get(reading["uuid"], False)
+                                         if self._events is not None else None)
+                reading["xids"] = [{"xid": e.xid, "time": round(e.time, 3), "gpu_instance": e.gpu_instance}
+                                   for e in events if e.uuid == reading["uuid"]]
+                found.append(reading)
             return found
+
+    def xid_events(self, wait: float = 0.0) -> list[XidEvent]:
+        """The critical-Xid events received since the last call, waiting up to ``wait``
+        seconds for the first (0: only those already queued; the wait holds this reader's
+        lock, so keep it short where others share the reader). Registers at the first call."""
+        with self._lock:
+            nv = self._init()
+            if self._events is None and not self._register_locked(nv):
+                return []
+            found: list[XidEvent] = []
+            timeout_ms = max(int(round(wait * 1000)), 0)
+            for _ in range(_MAX_EVENTS):
+                try:
+                    data = nv.nvmlEventSetWait_v2(self._events, timeout_ms)
+                except nv.NVMLError as exc:
+                    if getattr(exc, "value", None) == nv.NVML_ERROR_TIMEOUT:
+                        break
+                    log.warning("NVML Xid events: waiting failed (%s); registering again next time", exc)
+                    self._free_events_locked()
+                    break
+                timeout_ms = 0  # after the first event, take only what is queued already
+                if not int(data.eventType) & nv.nvmlEventTypeXidCriticalError:
+                    continue
+                found.append(self._xid_event(nv, data))
+            return found
+
+    @property
+    def xid_watched(self) -> dict[str, bool]:
+        """uuid -> whether Xid events are registered for that GPU (empty before the first
+        ``xid_events``, or where NVML has no events)."""
+        return dict(self._watched)
+
+    def _register_locked(self, nv: Any) -> bool:
+        """Register every whole GPU that supports them for critical-Xid events; False where
+        this NVML (or pynvml) has no events at all."""
+        if not hasattr(nv, "nvmlEventSetCreate"):
+            return False
+        try:
+            events = nv.nvmlEventSetCreate()
+        except nv.NVMLError as exc:
+            log.warning("NVML Xid events not available: %s", exc)
+            return False
+        watched: dict[str, bool] = {}
+        for index in range(nv.nvmlDeviceGetCount()):
+            try:
+                handle = nv.nvmlDeviceGetHandleByIndex(index)
+                uuid = _text(nv.nvmlDeviceGetUUID(handle))
+            except nv.NVMLError:
+                continue  # a lost GPU: health() says so
+            try:
+                supported = int(nv.nvmlDeviceGetSupportedEventTypes(handle))
+                if supported & nv.nvmlEventTypeXidCriticalError:
+                    nv.nvmlDeviceRegisterEvents(handle, nv.nvmlEventTypeXidCriticalError, events)
+                    watched[uuid] = True
+                else:
+                    watched[uuid] = False
+            except nv.NVMLError as exc:  # NotSupported on some GPUs/platforms
+                log.warning("GPU %d (%s): no Xid events from NVML (%s)", index, uuid, exc)
+                watched[uuid] = False
+        self._events, self._watched = events, watched
+        return True
+
+    def _xid_event(self, nv: Any, data: Any) -> XidEvent:
+        try:
+            uuid = _text(nv.nvmlDeviceGetUUID(data.device))
+        except nv.NVMLError:
+            uuid = "unknown"
+        try:
+            index = int(nv.nvmlDeviceGetIndex(data.device))
+        except (nv.NVMLError, AttributeError):
+            index = None
+        instance = int(getattr(data, "gpuInstanceId", _NO_INSTANCE))
+        return XidEvent(uuid=uuid, index=index, xid=int(data.eventData), time=self._clock(),
+                        gpu_instance=None if instance == _NO_INSTANCE else instance)
+
+    def _free_events_locked(self) -> None:
+        if self._events is not None:
+            try:
+                self._nv.nvmlEventSetFree(self._events)
+            except Exception:  # noqa: BLE001 - freeing after an error
+                pass
+        self._events, self._watched = None, {}
 
     @staticmethod
     def _health(nv: Any, index: int) -> dict[str, Any]:
@@ -202,6 +320,10 @@ class NVMLReader:
             handle, kind, nv.NVML_VOLATILE_ECC)))
         remap = optional(lambda: nv.nvmlDeviceGetRemappedRows(handle))  # (corr, unc, pending, failure)
         retired = optional(lambda: nv.nvmlDeviceGetRetiredPagesPendingStatus(handle))
+        # Retired pages (Volta and older retire pages; Ampere and newer remap rows instead)
+        retired_pages = [optional(lambda: len(nv.nvmlDeviceGetRetiredPages(handle, cause)))
+                         for cause in (nv.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR,
+                                       nv.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS)]
         mig = optional(lambda: tuple(nv.nvmlDeviceGetMigMode(handle)))
         instances = 0
         if mig and mig[0] == nv.NVML_DEVICE_MIG_ENABLE:
@@ -213,6 +335,7 @@ class NVMLReader:
                 "ecc_uncorrected": ecc(nv.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
                 "ecc_corrected": ecc(nv.NVML_MEMORY_ERROR_TYPE_CORRECTED),
                 "retired_pending": bool(retired) if retired is not None else None,
+                "retired_pages": None if None in retired_pages else sum(retired_pages),
                 "remap_pending": bool(remap[2]) if remap else None,
                 "remap_failure": bool(remap[3]) if remap else None,
                 "mig": [int(mig[0]), int(mig[1])] if mig else None,
@@ -224,6 +347,7 @@ class NVMLReader:
 
     def close_locked(self) -> None:
         if self._ready:
+            self._free_events_locked()
             self._ready = False
             try:
                 self._nv.nvmlShutdown()
@@ -275,9 +399,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per reading")
     parser.add_argument("--repeat", type=int, default=1, help="readings to take (default 1)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between readings")
+    parser.add_argument("--xids", type=float, metavar="SECONDS",
+                        help="instead: listen this long for critical-Xid events, one JSON line each")
     args = parser.parse_args(argv)
     reader = NVMLReader()
     usage: dict[str, Any] = {}
+    if args.xids is not None:
+        try:
+            events = reader.xid_events(args.xids)
+            for event in events:
+                print(json.dumps(asdict(event)), flush=True)
+            print(json.dumps({"listened_s": args.xids, "events": len(events),
+                              "watched": reader.xid_watched}), flush=True)
+            return 0
+        except Unavailable as exc:
+            print(f"n/a: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            reader.close()
     try:
         for i in range(max(args.repeat, 1)):
             if i:

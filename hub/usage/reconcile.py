@@ -11,6 +11,11 @@ has the events (its buffer holds the last 256, and a daemon restart empties it),
 container that still exists gives its ``State.FinishedAt``; else its interval ends where it was
 last seen live: under-counted, never counted twice.
 
+``watch_events`` (a thread) has the console sync about a second after each of those events, so
+the events are read while the engine still has them: only a server that starts and dies within
+that second before a daemon restart, or while the console is down and the daemon then restarts,
+goes uncounted.
+
 ``enforce``: for each user holding a GPU, the tightest quota (hub.usage.quota): at 90 % a
 warning the user reads on their next page load, at 100 % their GPU servers are stopped through
 the hub's API (files kept), with the reason kept for their next page load and an audit line.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
@@ -67,6 +73,11 @@ class UsageKeeper:
     def instance_filter(self) -> dict:
         return {"label": [f"{self.labels.instance}={self.instance}"]}
 
+    @property
+    def event_filter(self) -> dict:
+        """The engine events a sync reads: this hub's containers starting and dying."""
+        return {"type": "container", "event": ["start", "die"], **self.instance_filter}
+
     async def live_seats(self, restarted: Iterable[str] = ()) -> list:
         """Seats of this hub's live containers. A container's labels, environment and device
         requests never change, and its ``StartedAt`` only with a ``start`` event: so each is
@@ -98,8 +109,7 @@ class UsageKeeper:
             last = await asyncio.to_thread(self.store.last_sync)
             events: list[dict] = []
             if last is not None and last < now:
-                events = await self.events(last - EVENT_OVERLAP, now,
-                                           {"type": "container", "event": ["start", "die"], **self.instance_filter})
+                events = await self.events(last - EVENT_OVERLAP, now, self.event_filter)
             live = await self.live_seats(restarted={(e.get("Actor") or {}).get("ID") or e.get("id") for e in events
                                                     if (e.get("Action") or e.get("status")) == "start"})
             inventory = list(self.inventory())
@@ -208,6 +218,24 @@ class UsageKeeper:
                 else:
                     log.warning("usage: could not stop %s's server %r (%s %s)", user, server, code, why)
         return result
+
+
+def watch_events(connect: Callable[[], Any], filters: dict, notify: Callable[[dict], None],
+                 stop: threading.Event, retry: float = 1.0) -> None:
+    """Blocking (a thread of its own): ``notify`` of each engine event as it happens, so the
+    console syncs right after a server starts or dies. The engine keeps events in memory only:
+    a sync every few seconds alone would lose a server that started and died shortly before a
+    daemon restart. The stream breaks when the daemon restarts: ``connect`` again (a new
+    docker-py client) after ``retry`` seconds, until ``stop``."""
+    while not stop.is_set():
+        try:
+            for event in connect().events(filters=filters, decode=True):
+                notify(event)
+                if stop.is_set():
+                    return
+        except Exception as exc:  # noqa: BLE001 - the daemon restarting or gone: connect again
+            log.info("usage: engine events interrupted (%s); connecting again", exc)
+        stop.wait(retry)
 
 
 def docker_events(client: Any) -> EventsCall:

@@ -1,4 +1,5 @@
-"""The Docker daemon itself, for the fault tests: enable live-restore and restart dockerd.
+"""The Docker daemon itself, for the fault tests: enable live-restore and restart dockerd; the
+engine's container events (the truth GPU accounting is measured against).
 
 Restarting the daemon is what an admin's `systemctl restart docker` (or an engine upgrade)
 does. Where dockerd runs under systemd this uses systemctl; elsewhere (this project's test
@@ -14,6 +15,33 @@ from pathlib import Path
 
 DAEMON_JSON = Path("/etc/docker/daemon.json")
 PID_FILE = Path("/var/run/docker.pid")
+
+
+def container_events(prefix: str, since: float, until: float | None = None) -> list[dict]:
+    """The engine's start and die events of a stack's containers (label gpuhub.instance), oldest
+    first. The engine keeps them in memory only: a daemon restart empties them, so read them
+    before one."""
+    out = subprocess.run(["docker", "events", "--since", f"{since:.3f}", "--until", f"{until or time.time():.3f}",
+                          "--filter", f"label=gpuhub.instance={prefix}", "--filter", "type=container",
+                          "--filter", "event=start", "--filter", "event=die", "--format", "{{json .}}"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def gpu_lifetimes(events: list[dict]) -> dict[str, float]:
+    """user -> seconds their GPU containers ran (label gpuhub.gpu.uuid), from start to die."""
+    starts, total = {}, {}
+    for e in events:
+        attrs, t = e["Actor"]["Attributes"], e["timeNano"] / 1e9
+        if not attrs.get("gpuhub.gpu.uuid"):
+            continue
+        if e["Action"] == "start":
+            starts[e["Actor"]["ID"]] = (attrs["gpuhub.user"], t)
+        elif e["Action"] == "die" and e["Actor"]["ID"] in starts:
+            user, began = starts.pop(e["Actor"]["ID"])
+            total[user] = total.get(user, 0.0) + t - began
+    assert not starts, f"containers still running: {starts}"
+    return total
 
 
 def docker_ok() -> bool:

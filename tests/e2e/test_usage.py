@@ -9,11 +9,11 @@
    token and a PromQL query returns the user's GPU-seconds.
 """
 import json
-import subprocess
 import time
 
 import pytest
 import requests
+import engine
 from consoleclient import Console, user_token, wait_for
 
 from hub.gpus.inventory import discover
@@ -38,23 +38,7 @@ def console(stack, hub):
 
 def engine_lifetimes(stack, since: float) -> dict[str, float]:
     """user -> seconds their GPU containers ran, from the engine's start and die events."""
-    out = subprocess.run(["docker", "events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}",
-                          "--filter", f"label=gpuhub.instance={stack.prefix}", "--filter", "type=container",
-                          "--filter", "event=start", "--filter", "event=die", "--format", "{{json .}}"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
-    starts, total = {}, {}
-    for line in out.splitlines():
-        e = json.loads(line)
-        attrs, t = e["Actor"]["Attributes"], e["timeNano"] / 1e9
-        if not attrs.get("gpuhub.gpu.uuid"):
-            continue
-        if e["Action"] == "start":
-            starts[e["Actor"]["ID"]] = (attrs["gpuhub.user"], t)
-        elif e["Action"] == "die" and e["Actor"]["ID"] in starts:
-            user, began = starts.pop(e["Actor"]["ID"])
-            total[user] = total.get(user, 0.0) + t - began
-    assert not starts, f"containers still running: {starts}"
-    return total
+    return engine.gpu_lifetimes(engine.container_events(stack.prefix, since))
 
 
 def synced_after(console, t: float) -> bool:
@@ -99,6 +83,27 @@ def test_accounting_matches_the_engines_lifetimes_across_a_hub_restart(console, 
     print("accounting:", json.dumps(figures))
     assert set(truth) == {*users, "acct-ghost"}
     assert max(errors.values()) <= 0.01, (truth, stored)
+
+
+def test_the_console_syncs_right_after_a_server_stops(console, stack, hub):
+    """The console reads a server's start and die from the engine's event stream and syncs a
+    second later, not only on its timer (15 s): the engine keeps events in memory only, and a
+    Docker daemon restart before the next timed sync would lose a server that started and died
+    meanwhile (tests/e2e/test_reliability_accounting.py, docs/usage.md)."""
+    user = "acct-event"
+    hub.create_user(user)
+    hub.start(user)
+    t = time.time()
+    hub.stop(user)
+    hub_container = f"{stack.prefix}-hub-1"
+
+    def synced_by_event() -> bool:
+        logs = stack.docker("logs", "--since", f"{t:.3f}", hub_container)
+        return "usage: sync after" in logs.stdout + logs.stderr
+
+    wait_for(synced_by_event, timeout=10, what="the console's sync after the server's die event")
+    rows = [r for r in console.ok("GET", "usage?since=1h&by=user")["rows"] if r["user"] == user]
+    assert rows and rows[0]["gpu_hours"] > 0, rows
 
 
 def logged_in(stack, user: str) -> requests.Session:

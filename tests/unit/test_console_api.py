@@ -338,7 +338,7 @@ def test_host_health_card_runs_the_doctors_checks(api, monkeypatch):
 
     monkeypatch.setattr(doctor, "engine_facts", lambda client=None: (
         {"Version": "27.5.1"}, {"CDISpecDirs": ["/etc/cdi"], "LiveRestoreEnabled": True}, ""))
-    monkeypatch.setattr(doctor, "nvml_facts", lambda reader=None: (
+    monkeypatch.setattr(doctor, "nvml_facts", lambda reader=None, xid_wait=0: (
         [{"uuid": GPUS[0].uuid, "index": 0, "ecc_uncorrected": 2}], {"version": "580.65.06", "cuda": "13.0"}))
     monkeypatch.setenv("NVIDIA_CTK_VERSION", "1.17.8")
     r = api.call("GET", "health")

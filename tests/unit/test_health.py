@@ -124,14 +124,49 @@ def test_report_status_json_and_exit_codes():
 # ---- NVML readings ----------------------------------------------------------------------------
 
 class HealthNVML(SimpleNamespace):
+    """pynvml's calls for health readings and Xid events, over a list of devices (dicts; a
+    missing key: NotSupported) and a queue of events (``feed``) that nvmlEventSetWait_v2
+    delivers one by one, then times out as NVML does."""
     NVMLError = pynvml.NVMLError
     NVML_DEVICE_MIG_ENABLE = 1
     NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
     NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
     NVML_MEMORY_ERROR_TYPE_CORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
+    NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR = pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR
+    NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS = \
+        pynvml.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS
+    NVML_ERROR_TIMEOUT = pynvml.NVML_ERROR_TIMEOUT
+    nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
 
     def __init__(self, devices):
-        super().__init__(devices=devices)
+        super().__init__(devices=devices, queue=[], waits=[], registered=[], freed=0, sets=0)
+
+    def feed(self, events):
+        """Events as NVML delivers them: {"gpu": index, "type": event type, "xid": Xid}."""
+        self.queue += [SimpleNamespace(device=self.devices[e["gpu"]], eventType=e["type"], eventData=e["xid"],
+                                       gpuInstanceId=e.get("instance", 0xFFFFFFFF), computeInstanceId=0xFFFFFFFF)
+                       for e in events]
+
+    def nvmlEventSetCreate(self):
+        self.sets += 1
+        return f"set-{self.sets}"
+
+    def nvmlDeviceGetSupportedEventTypes(self, h): return self._get(h, "events")
+
+    def nvmlDeviceRegisterEvents(self, h, types, event_set):
+        self.registered.append((h["uuid"], types, event_set))
+
+    def nvmlEventSetWait_v2(self, event_set, timeout_ms):
+        self.waits.append(timeout_ms)
+        if not self.queue:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+        return self.queue.pop(0)
+
+    def nvmlEventSetFree(self, event_set): self.freed += 1
+    def nvmlDeviceGetIndex(self, h): return self.devices.index(h)
+
+    def nvmlDeviceGetRetiredPages(self, h, cause):
+        return self._get(h, "pages")[0 if cause == pynvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR else 1]
 
     def nvmlInit(self): pass
     def nvmlShutdown(self): pass
@@ -182,6 +217,77 @@ def test_nvml_health_and_driver_readings():
     assert readings[1]["mig_instances"] == 3 and readings[1]["remap_pending"] is True
     assert readings[2]["ecc_uncorrected"] is None and readings[2]["mig"] is None
     assert readings[3]["lost"] is True
+    assert [r.get("xid_watch") for r in readings[:3]] == [False, False, False]  # no event support in these
+
+
+XID_FEED = json.loads((Path(__file__).parent / "recorded" / "nvml-xid-events.json").read_text())
+
+
+def test_xid_events_registered_once_and_read_without_blocking():
+    nv = HealthNVML(XID_FEED["devices"] + [{"uuid": "GPU-consumer"}])  # a GPU without events
+    reader = NVMLReader(nv, clock=lambda: 1_700_000_000.0)
+    assert reader.xid_events(0.02) == []
+    assert [r[0] for r in nv.registered] == [d["uuid"] for d in XID_FEED["devices"]]
+    assert {r[1] for r in nv.registered} == {pynvml.nvmlEventTypeXidCriticalError}
+    assert reader.xid_watched == {**{d["uuid"]: True for d in XID_FEED["devices"]}, "GPU-consumer": False}
+    assert nv.waits == [20]  # one short wait, then NVML's timeout ends the poll
+    nv.feed(XID_FEED["polls"][3])
+    events = reader.xid_events(0.02)
+    assert [(e.index, e.xid) for e in events] == [(0, 94), (0, 94), (1, 48)]
+    assert events[0].uuid == XID_FEED["devices"][0]["uuid"] and events[0].gpu_instance is None
+    assert nv.waits[-4:] == [20, 0, 0, 0]  # after the first event only what is queued already
+    nv.feed([{"gpu": 0, "type": pynvml.nvmlEventTypeXidCriticalError, "xid": 79, "instance": 3},
+             {"gpu": 0, "type": 1, "xid": 0}])  # another event type is skipped
+    assert [(e.xid, e.gpu_instance) for e in reader.xid_events()] == [(79, 3)]
+    assert nv.sets == 1  # registered once
+    reader.close()
+    assert nv.freed == 1 and reader.xid_watched == {}
+
+
+def test_xid_events_where_nvml_has_none():
+    nv = HealthNVML([{"uuid": "GPU-0"}])
+    del HealthNVML.nvmlEventSetCreate  # an old pynvml: the class attribute goes for this test only
+    try:
+        reader = NVMLReader(nv)
+        assert reader.xid_events(0.5) == [] and nv.waits == []
+        assert reader.health()[0]["xid_watch"] is None
+    finally:
+        HealthNVML.nvmlEventSetCreate = _event_set_create
+
+
+_event_set_create = HealthNVML.nvmlEventSetCreate
+
+
+def test_health_readings_carry_the_xids_received_since_the_last_one():
+    nv = HealthNVML(XID_FEED["devices"])
+    reader = NVMLReader(nv, clock=lambda: 1_700_000_000.0)
+    judged = []
+    for poll in XID_FEED["polls"]:
+        nv.feed(poll)
+        judged.append([(c.status, c.message) for c in map(health.gpu_check, reader.health(0.01))])
+    statuses = [[s for s, _ in gpus] for gpus in judged]
+    assert statuses == [["ok", "ok"], ["ok", "fail"], ["ok", "ok"], ["fail", "fail"], ["warn", "ok"], ["ok", "ok"]]
+    assert judged[0][0][1].endswith("healthy")  # the first poll registers; nothing yet
+    assert "Xid 79 (GPU has fallen off the bus)" in judged[1][1][1]
+    assert "Xid 13 (graphics engine exception" in judged[2][0][1] and "Xid 31" in judged[2][0][1]
+    assert "Xid 94 (contained ECC error" in judged[3][0][1] and judged[3][0][1].count("Xid 94") == 1
+    assert "Xid 48 (double-bit (uncorrectable) ECC error)" in judged[3][1][1]
+    assert "Xid 150 (see NVIDIA's Xid catalogue)" in judged[4][0][1]
+
+
+@pytest.mark.parametrize("xid", sorted(health.CRITICAL_XIDS))
+def test_every_critical_xid_fails_the_gpu_and_names_it(xid):
+    check = health.gpu_check({**HEALTHY, "xids": [{"xid": xid, "time": 1.0}]})
+    assert check.status == "fail" and check.refuses == "gpu:GPU-0" and f"Xid {xid} (" in check.message
+
+
+def test_xid_check_says_whether_xids_can_be_received():
+    watched = [{**HEALTHY, "xid_watch": True, "xids": []}, {**HEALTHY, "uuid": "GPU-1", "index": 1, "xid_watch": True}]
+    ok = health.xid_check(watched, 2.0)
+    assert ok.status == "ok" and "listened for 2 s for Xid errors on 2 of 2 GPUs: none received" in ok.message
+    partly = health.xid_check([watched[0], {**watched[1], "xid_watch": False}], 2.0)
+    assert partly.status == "warn" and "GPU 1 cannot report them" in partly.message
+    assert health.xid_check([{**HEALTHY, "xid_watch": None}]).status == "unknown"
 
 
 # ---- the gate: refusals and automatic drains -----------------------------------------------------
@@ -226,6 +332,27 @@ def test_gate_drains_an_unhealthy_gpu_once_with_an_audit_entry(tmp_path):
     assert len((tmp_path / "audit.jsonl").read_text().splitlines()) == 1
 
 
+def test_gate_drains_a_gpu_on_a_critical_xid_with_an_audit_entry_naming_it(tmp_path):
+    nv = HealthNVML(XID_FEED["devices"])
+    uuids = [d["uuid"] for d in XID_FEED["devices"]]
+    gate = HostGate("1.19.1", "1.19.1", False, str(tmp_path / "audit.jsonl"), reader=NVMLReader(nv),
+                    clock=lambda: 1_700_000_000.0)
+    manager = manager_with(tmp_path, uuids)
+    assert gate.before_gpu(manager, "img", None) == []  # registers; no Xid yet
+    nv.feed(XID_FEED["polls"][2])  # a program's Xids 13 and 31: no drain
+    assert gate.before_gpu(manager, "img", None) == [] and manager.allocator.intent.drained == set()
+    nv.feed(XID_FEED["polls"][1])  # Xid 79 on GPU 1, between two starts
+    drained = gate.before_gpu(manager, "img", None)
+    assert len(drained) == 1 and "Xid 79 (GPU has fallen off the bus)" in drained[0]
+    assert manager.allocator.intent.drained == {uuids[1]}
+    entry = json.loads((tmp_path / "audit.jsonl").read_text())
+    assert entry["action"] == "drain" and entry["gpu"] == uuids[1] and entry["xid"] == [79]
+    assert entry["who"] == "hub" and "Xid 79" in entry["detail"]
+    # The Xid was an event: once an admin undrains the reset GPU, the next start may use it
+    manager.save_intent(manager.allocator.intent.without_drained(uuids[1]))
+    assert gate.before_gpu(manager, "img", None) == [] and manager.allocator.intent.drained == set()
+
+
 def test_gate_without_nvml_hands_out_and_retries_later(tmp_path):
     class NoNVML:
         def health(self):
@@ -253,7 +380,7 @@ class FakeEngine:
 
 
 def test_doctor_json_and_exit_code(capsys, monkeypatch):
-    monkeypatch.setattr(doctor, "nvml_facts", lambda reader=None: (
+    monkeypatch.setattr(doctor, "nvml_facts", lambda reader=None, xid_wait=0: (
         [HEALTHY, {**HEALTHY, "uuid": "GPU-1", "index": 1, "retired_pending": True}], {"version": "580.65", "cuda": "13.0"}))
     monkeypatch.setattr(doctor, "engine_facts", lambda client=None: (RECORDED["version"], RECORDED["info"], ""))
     result = doctor.diagnose("img", client=FakeEngine(), toolkit="1.18.0")
@@ -265,7 +392,7 @@ def test_doctor_json_and_exit_code(capsys, monkeypatch):
 
 def test_doctor_without_engine_or_nvml_says_unknown(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "engine_facts", lambda client=None: ({}, {}, "DockerException: no socket"))
-    monkeypatch.setattr(doctor, "nvml_facts", lambda reader=None: (None, None))
+    monkeypatch.setattr(doctor, "nvml_facts", lambda reader=None, xid_wait=0: (None, None))
     monkeypatch.setenv("NVIDIA_CTK_VERSION", "1.19.1")
     from hub.console import cli
     code = cli.main(["doctor", "--json", "--image", ""])

@@ -402,3 +402,71 @@ def test_spawner_without_a_store_yet_starts_and_creates_nothing(manager, tmp_pat
     assert manager.created == [("amy", "GPU-0")] and not (tmp_path / "absent.sqlite").exists()
     with pytest.raises(Exception, match="gpu_quota_default"):
         spawner.gpu_quota_default = "lots"
+
+
+# ---- syncing right after a server starts or dies (the engine's event stream) ------------------
+
+class StreamingEngine:
+    """docker-py's ``events(filters=..., decode=True)``: each connection streams its share of
+    ``streams`` then breaks as a daemon restart breaks it (or, the last one, ends)."""
+
+    def __init__(self, streams, stop):
+        self.streams, self.stop, self.connections, self.filters = list(streams), stop, 0, []
+
+    def connect(self):
+        self.connections += 1
+        if not self.streams:
+            self.stop.set()
+            raise ConnectionError("no daemon")
+        return self
+
+    def events(self, filters, decode):
+        assert decode is True
+        self.filters.append(filters)
+        events = self.streams.pop(0)
+
+        def stream():
+            yield from events
+            raise ConnectionError("daemon restarted")
+        return stream()
+
+
+def test_watch_events_notifies_each_event_and_connects_again_after_a_daemon_restart():
+    import threading
+
+    from hub.usage.reconcile import watch_events
+    stop = threading.Event()
+    engine = StreamingEngine([[{"Action": "start", "id": "a"}, {"Action": "die", "id": "a"}],
+                              [{"Action": "start", "id": "b"}]], stop)
+    seen = []
+    watch_events(engine.connect, {"type": "container"}, seen.append, stop, retry=0.01)
+    assert [(e["Action"], e["id"]) for e in seen] == [("start", "a"), ("die", "a"), ("start", "b")]
+    assert engine.connections == 3 and engine.filters == [{"type": "container"}] * 2
+
+
+def test_a_burst_of_engine_events_brings_one_sync_a_second_later(setup, monkeypatch):
+    import threading
+
+    from hub.console import app as console_app
+    console, _engine, _hub, keeper, _events = setup
+    stop = threading.Event()
+    engine = StreamingEngine([[{"Action": "start", "id": str(i)} for i in range(5)]], stop)
+    monkeypatch.setattr(console_app, "engine_client", engine.connect)
+    monkeypatch.setattr(console_app, "EVENT_SYNC_DELAY", 0.05)
+    console.docker.client = object()  # a real engine's client (the stand-in has none)
+    syncs = []
+
+    async def usage_sync():
+        syncs.append(asyncio.get_running_loop().time())
+
+    async def main():
+        flag = console_app.watch_engine_events(console, usage_sync)
+        assert flag is not None
+        await asyncio.sleep(0.5)
+        flag.set()
+        return flag
+
+    run(main())
+    assert len(syncs) == 1  # five events, one sync
+    assert engine.filters[0] == keeper.event_filter == {
+        "type": "container", "event": ["start", "die"], "label": ["gpuhub.instance=gpuhubtest"]}
