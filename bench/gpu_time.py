@@ -12,7 +12,7 @@ engine with its GPUs (fake ones here: readings fed from a file, tests/e2e/fake_g
             GPU (0 %) is stopped within T + G + 2 I (+ the hub's stop); a busy one (90 %) and an
             exempt user's never are (watched for 2 (T + G)).
 
-Prints one JSON object and writes bench/results/gpu-time-latest.json. Options: --users N (20),
+Prints one JSON object and writes bench/results/gpu-time-<time>.json and gpu-time-latest.json. Options: --users N (20),
 --single N (5).
 """
 import argparse
@@ -143,30 +143,60 @@ def queue(stack: Stack, hub: Hub, users: int, gpus: int) -> dict:
             "handover_max_s": round(max(handovers), 2) if handovers else None}
 
 
+def feed(stack: Stack, readings: dict) -> None:
+    """The readings the hub's sampler reads next (tests/e2e/fake_gpu/), written whole."""
+    subprocess.run(["docker", "exec", "-i", f"{stack.prefix}-hub-1", "sh", "-c",
+                    f"cat > {READINGS}.tmp && mv {READINGS}.tmp {READINGS}"],
+                   input=json.dumps(readings), text=True, check=True, timeout=30)
+
+
 def reclaim(stack: Stack, hub: Hub, t: int, grace: int, interval: int) -> dict:
     stack.up(**FAKE, GPU_IDLE_TIMEOUT=str(t), GPU_IDLE_GRACE=str(grace), GPU_SAMPLE_INTERVAL=str(interval),
              GPU_IDLE_EXEMPT_USERS="br-exempt")
     names = ["br-idle", "br-busy", "br-exempt"]
+    tokens = {n: user_token(hub, n) for n in names}
     for n in names:
-        hub.create_user(n)
         hub.start(n, options={"profile": "gpu"})
     gpu = {n: gpu_holdings(stack)[stack.container_of(n)] for n in names}
-    readings = {gpu["br-idle"]: {"util": 0, "mem": 4000}, gpu["br-busy"]: {"util": 90, "mem": 9000},
-                gpu["br-exempt"]: {"util": 0, "mem": 100}}
-    subprocess.run(["docker", "exec", "-i", f"{stack.prefix}-hub-1", "sh", "-c", f"cat > {READINGS}"],
-                   input=json.dumps(readings), text=True, check=True)
-    t0 = time.monotonic()
+    fed = time.time()
+    feed(stack, {gpu["br-idle"]: {"util": 0, "mem": 4000}, gpu["br-busy"]: {"util": 90, "mem": 9000},
+                 gpu["br-exempt"]: {"util": 0, "mem": 100}})
+
+    def me(name: str) -> dict:
+        r = requests.get(f"{stack.url}/services/gpu-reclaim/api/me",
+                         headers={"Authorization": f"token {tokens[name]}"}, timeout=10)
+        return r.json() if r.status_code == 200 else {}
+
+    def warning() -> dict | None:
+        servers = me("br-idle").get("servers") or []
+        return servers[0]["warning"] if servers and servers[0].get("warning") else None
+
+    until(warning, t + grace + 60, "the idle server warned")
+    warned = time.time() - fed
     until(lambda: not hub.user("br-idle")["servers"], t + 2 * grace + 60, "idle server reclaimed")
-    reclaimed = time.monotonic() - t0
-    watch_until = t0 + 2 * (t + grace)
-    while time.monotonic() < watch_until:
+    gone = time.time() - fed
+    # when the service decided the stop (its audit entry), apart from the hub's stop that follows
+    audit = requests.get(f"{stack.url}/services/gpu-console/api/audit?limit=50", headers=hub.s.headers,
+                         timeout=10).json()["entries"]
+    epochs = {e["action"]: e["epoch"] for e in audit if e.get("user") == "br-idle"}
+    watch_until = fed + 2 * (t + grace)
+    warned_others = False
+    while time.time() < watch_until:
+        warned_others |= any((me(n).get("servers") or [{}])[0].get("warning") for n in ("br-busy", "br-exempt"))
         time.sleep(1)
-    kept = {n: bool(hub.user(n)["servers"]) for n in ("br-busy", "br-exempt")}
+    kept = {n: bool((hub.user(n)["servers"].get("") or {}).get("ready")) for n in ("br-busy", "br-exempt")}
     for n in names:
         hub.api("DELETE", f"/users/{n}/server")
-    return {"timeout_s": t, "grace_s": grace, "interval_s": interval, "reclaimed_after_s": round(reclaimed, 1),
-            "bound_s": t + grace + 2 * interval, "within_bound": reclaimed <= t + grace + 2 * interval,
-            "busy_kept": kept["br-busy"], "exempt_kept": kept["br-exempt"]}
+    bound = t + grace + 2 * interval
+    decided = round(epochs["reclaim"] - fed, 1) if "reclaim" in epochs else None
+    return {"timeout_s": t, "grace_s": grace, "interval_s": interval, "bound_s": bound,
+            "warned_after_s": round(warned, 1),
+            "warn_audited_after_s": round(epochs["reclaim-warn"] - fed, 1) if "reclaim-warn" in epochs else None,
+            "stop_decided_after_s": decided, "server_gone_after_s": round(gone, 1),
+            "within_bound": decided is not None and decided <= bound,
+            "gone_within_bound": gone <= bound,
+            "busy_kept": kept["br-busy"], "exempt_kept": kept["br-exempt"], "busy_or_exempt_warned": warned_others,
+            "watched_s": 2 * (t + grace)}
 
 
 def main() -> int:
@@ -178,24 +208,45 @@ def main() -> int:
     if not gpus:
         print(json.dumps({"skipped": "the engine has no GPUs"}))
         return 0
+    started = time.time()
     stack = Stack()
     stack.down()
     result = {"gpus": gpus}
+    failed = False
     try:
         stack.up(GPU_WHEN_FULL="queue")
         hub = Hub(stack.url, stack.admin_token())
-        result["single"] = single(stack, hub, args.single)
-        result["queue"] = queue(stack, hub, args.users, gpus)
+        # each part on its own: one that fails is reported in the JSON, the others still measure
+        for part, run in (("single", lambda: single(stack, hub, args.single)),
+                          ("queue", lambda: queue(stack, hub, args.users, gpus)),
+                          ("reclaim", lambda: reclaim(stack, hub, 10, 10, 2))):
+            t0 = time.monotonic()
+            try:
+                result[part] = run()
+            except Exception as exc:  # noqa: BLE001 - recorded, the logs dumped
+                failed = True
+                result[part] = {"error": f"{type(exc).__name__}: {exc}"}
+                log = ROOT / f"bench/results/gpu-time-{part}-failure.log"
+                log.write_text(stack.logs())
+                print(f"{part} failed: {exc} (logs: {log})", file=sys.stderr)
+                stack.down()  # a clean stack for the next part
+                stack.up(GPU_WHEN_FULL="queue")
+                hub = Hub(stack.url, stack.admin_token())
+            result[part]["took_s"] = round(time.monotonic() - t0, 1)
+            print(part, json.dumps(result[part]), file=sys.stderr, flush=True)
         q = result["queue"]
-        if q["handover_p50_s"] is not None:
+        if q.get("handover_p50_s") is not None and "p50_s" in result["single"]:
             q["handover_p50_minus_single_p50_s"] = round(q["handover_p50_s"] - result["single"]["p50_s"], 2)
-        result["reclaim"] = reclaim(stack, hub, 10, 10, 2)
+            q["handover_target_met"] = q["handover_p50_minus_single_p50_s"] <= 0.5
     finally:
         stack.down()
-    out = ROOT / "bench/results/gpu-time-latest.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    result["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+    text = json.dumps(result, indent=1) + "\n"
+    results = ROOT / "bench/results"
+    (results / f"gpu-time-{time.strftime('%Y-%m-%dT%H%M%SZ', time.gmtime(started))}.json").write_text(text)
+    (results / "gpu-time-latest.json").write_text(text)
     print(json.dumps(result))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
