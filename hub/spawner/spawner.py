@@ -635,6 +635,7 @@ class GPUDockerSpawner(DockerSpawner):
             kwargs["healthcheck"] = {"test": ["NONE"]}
         kwargs["labels"] = {**(kwargs.get("labels") or {}),
                             **self.labels.owner(self.user.name, self.name or "", self.prefix),
+                            **({self.labels.profile: self.profile_slug} if self.profile_slug else {}),
                             **(self.assignment.labels(self.labels) if self.assignment else {})}
         host_config["Binds"] = [*(host_config.get("Binds") or []),
                                 *course_volumes.binds(course_volumes.user_courses(self.user), self.user.name,

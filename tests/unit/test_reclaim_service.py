@@ -23,11 +23,12 @@ TOKENS = {"alice-token": {"kind": "user", "name": "alice", "groups": [], "scopes
           "service-token": {"kind": "service", "name": "other", "scopes": ["access:services"]}}
 
 
-def running(user, uuid, server="", since=1000.0, instance="gpuhubtest"):
+def running(user, uuid, server="", since=1000.0, instance="gpuhubtest", profile=None):
     """A container as the engine's container list shows it."""
+    labels = {"gpuhub.user": user, "gpuhub.server": server, "gpuhub.instance": instance,
+              "gpuhub.gpu.uuid": uuid, "gpuhub.gpu.since": str(since)}
     return {"Id": f"c-{user}-{server}", "Names": [f"/gpuhubtest-{user}"], "State": "running",
-            "Labels": {"gpuhub.user": user, "gpuhub.server": server, "gpuhub.instance": instance,
-                       "gpuhub.gpu.uuid": uuid, "gpuhub.gpu.since": str(since)}}
+            "Labels": {**labels, **({"gpuhub.profile": profile} if profile else {})}}
 
 
 class Engine:
@@ -101,6 +102,30 @@ def test_a_restart_keeps_the_warning_and_the_idle_history(world, tmp_path):
                       clock=lambda: clock[0])
     assert ("alice", "", "GPU-a") in again.state.warned
     assert [d.action for d in rounds(again, clock, 3)] == ["stop"]
+
+
+def test_each_server_is_judged_by_the_policy_of_its_profile(world):
+    r, clock, feed, hub, tmp = world
+    profiles = tmp / "profiles.yaml"
+    profiles.write_text("profiles:\n  - {slug: gpu, name: GPU}\n"
+                        "  - {slug: long, name: Long, reclaim: {timeout: 600, grace: 30}}\n"
+                        "  - {slug: demo, name: Demo, reclaim: 'off'}\n")
+    r.profiles_file = profiles
+    feed.utils.update({"GPU-e": 0, "GPU-f": 0})
+    hub.engine.containers += [running("frank", "GPU-e", profile="long"), running("gina", "GPU-f", profile="demo")]
+    decisions = rounds(r, clock, 10)  # 90 s idle: the settings' timeout (60 s) and grace (30 s) ran out
+    assert hub.stopped == [("alice", "")]  # frank's profile allows 600 s, gina's is never reclaimed
+    holders = {h["user"]: h for h in r.holdings()}
+    assert holders["frank"]["profile"] == "long" and holders["frank"]["policy"]["timeout_s"] == 600
+    assert holders["gina"]["policy"]["timeout_s"] == 0 and holders["alice"]["profile"] is None
+    rounds(r, clock, 55)  # frank: idle 600 s, then the profile's grace
+    assert hub.stopped == [("alice", ""), ("frank", "")] and "gina" in {h["user"] for h in r.holdings()}
+    assert [d.action for d in decisions].count("stop") == 1
+
+    # a broken edit of the file keeps the last good policies
+    profiles.write_text("profiles:\n  - {slug: demo, name: Demo, reclaim: {timeout: -5}}\n")
+    rounds(r, clock, 1)
+    assert r.policies.of("demo").timeout == 0
 
 
 @pytest.fixture
