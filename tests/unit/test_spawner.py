@@ -79,6 +79,9 @@ def test_gpu_container_carries_its_uuid_in_label_and_request(monkeypatch):
     kwargs = s.harden_create_kwargs({"host_config": {}})
     assert kwargs["host_config"]["DeviceRequests"] == [{"Driver": "cdi", "DeviceIDs": ["nvidia.com/gpu=GPU-7"]}]
     assert kwargs["labels"]["gpuhub.gpu.uuid"] == "GPU-7" and float(kwargs["labels"]["gpuhub.gpu.since"]) > 0
+    assert "gpuhub.profile" not in kwargs["labels"]  # no profiles file: no profile
+    s.profile_slug = "gpu-long"  # gpu-reclaim judges the server by its profile's policy
+    assert s.harden_create_kwargs({"host_config": {}})["labels"]["gpuhub.profile"] == "gpu-long"
     monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {})
     assert "NVIDIA_VISIBLE_DEVICES" not in s.get_env()  # the engine/CDI sets it, not us
     assert s.get_state()["gpu_uuid"] == "GPU-7"
