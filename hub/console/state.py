@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
+from pathlib import Path
 from urllib.parse import quote
 
 from hub.console.audit import AuditLog
@@ -209,9 +210,14 @@ class Console:
                 "container": container["name"], "this_hub": container["this_hub"],
                 "ready": bool(server and server.get("ready"))}
 
+    @property
+    def queue_file(self) -> Path:
+        """The line's file, which the hub writes beside the intent file."""
+        return Path(self.manager.intent_file).parent / "gpu-queue.json"
+
     def queue(self) -> list[dict[str, Any]]:
-        """The line of starts waiting for a GPU, as the hub last wrote it beside the intent file."""
-        return read_line(self.manager.intent_file.parent / "gpu-queue.json")
+        """The line of starts waiting for a GPU, as the hub last wrote it."""
+        return read_line(self.queue_file)
 
     async def names(self) -> dict[str, list[str]]:
         return {"users": await self.hub.user_names(), "groups": await self.hub.group_names()}

@@ -395,6 +395,7 @@ class GPUDockerSpawner(DockerSpawner):
                 # In line from the first look: a start let through keeps its place (passed) until
                 # its container exists, so a burst never lets more through than GPUs are free.
                 self._waiter = self._waiter or queue.join(user, server, groups)
+                queue.apply_moves()  # an admin's moves from the GPU console, before anyone is let through
                 if may_take(user, groups) and not queue.blocked(user, server, may_take, free_gpus(alloc, user, groups, now)):
                     self._waiter.passed = True
                     return

@@ -181,7 +181,7 @@ def test_openapi_file_is_served_and_lists_every_route(api):
                                   "/courses", "/courses/roster", "/courses/{course}", "/courses/{course}/stop",
                                   "/courses/{course}/reset", "/reservations", "/reservations/{id}",
                                   "/shared", "/shared/{uuid}", "/usage", "/usage/users/{user}", "/quotas",
-                                  "/quotas/{scope}/{name}", "/queue", "/queue/{user}"}
+                                  "/quotas/{scope}/{name}", "/queue", "/queue/{user}", "/queue/{user}/move"}
 
 
 def test_every_path_of_the_spec_has_its_handler_and_request_schemas():

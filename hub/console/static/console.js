@@ -350,13 +350,35 @@
   function renderQueue(s) {
     const waiting = s.queue || [];
     document.getElementById("queue-card").classList.toggle("d-none", !waiting.length);
-    const rows = waiting.map((w) => el("tr", { dataset: { user: w.user } },
-      el("td", {}, String(w.position)),
-      el("td", {}, w.user + (w.server ? ` (${w.server})` : "")),
-      el("td", {}, `${clock(w.since)} (${ago(w.since)})`),
-      el("td", { class: "text-end" }, el("button", { class: "btn btn-sm btn-outline-secondary", type: "button",
-        onclick: () => act("DELETE", `queue/${encodeURIComponent(w.user)}`) }, "Remove"))));
-    document.querySelector("#queue tbody").replaceChildren(...rows);
+    const tbody = document.querySelector("#queue tbody");
+    if (tbody.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return; // typing a place
+    const move = (w, position) => act("POST", `queue/${encodeURIComponent(w.user)}/move`, { position, server: w.server || "" });
+    const rows = waiting.map((w) => {
+      const place = el("input", { type: "number", min: "1", max: String(waiting.length), value: String(w.position),
+        class: "form-control form-control-sm d-inline-block ms-1 queue-position",
+        "aria-label": `new place for ${w.user}` });
+      const moveTo = () => {
+        const position = Number(place.value);
+        if (Number.isInteger(position) && position !== w.position) move(w, position);
+      };
+      place.addEventListener("keydown", (e) => { if (e.key === "Enter") moveTo(); });
+      const starting = Boolean(w.starting);
+      return el("tr", { dataset: { user: w.user, server: w.server || "" } },
+        el("td", {}, String(w.position)),
+        el("td", {}, w.user + (w.server ? ` (${w.server})` : "") + (starting ? " — starting" : "")),
+        el("td", {}, `${clock(w.since)} (${ago(w.since)})`),
+        el("td", { class: "text-end text-nowrap" },
+          el("button", { class: "btn btn-sm btn-outline-secondary btn-queue-up", type: "button", title: "one place earlier",
+            disabled: starting || w.position === 1 ? "" : null, onclick: () => move(w, w.position - 1) }, "↑"),
+          el("button", { class: "btn btn-sm btn-outline-secondary btn-queue-down ms-1", type: "button", title: "one place later",
+            disabled: starting || w.position === waiting.length ? "" : null, onclick: () => move(w, w.position + 1) }, "↓"),
+          place,
+          el("button", { class: "btn btn-sm btn-outline-secondary btn-queue-move ms-1", type: "button",
+            disabled: starting ? "" : null, onclick: moveTo }, "Move"),
+          el("button", { class: "btn btn-sm btn-outline-secondary ms-1", type: "button",
+            onclick: () => act("DELETE", `queue/${encodeURIComponent(w.user)}`) }, "Remove")));
+    });
+    tbody.replaceChildren(...rows);
   }
 
   function renderShared(s) {
