@@ -13,6 +13,10 @@ and stop them. Every ``GPU_SAMPLE_INTERVAL`` seconds it:
    written for the user's next page load (``hub.spawner.stop_reasons.ReasonFile``), the audit
    log records it, and the server is stopped through the hub's REST API (files kept, GPU freed).
 
+After each round it writes what it saw per holder (the ``api/holders`` list: utilisation, memory,
+idle since, warning, policy) to ``gpu-holders.json`` on the state volume, which the GPU console
+shows per holder (``holders_snapshot``) instead of judging idleness a second time.
+
 Its decisions' memory (warnings, admins' extensions) is kept in ``gpu-reclaim.json``, so a
 restart of the hub loses neither the idle history nor a warning under way.
 
@@ -55,6 +59,7 @@ from hub.reclaim.policy import (Candidate, Decision, PolicyTable, ReclaimOverrid
 from hub.spawner.stop_reasons import ReasonFile
 
 NAME = "gpu-reclaim"
+HOLDERS_FILE = "gpu-holders.json"  # each round's holders with their activity, for the GPU console
 log = logging.getLogger(NAME)
 
 
@@ -88,12 +93,13 @@ class Reclaimer:
     def __init__(self, policy: ReclaimPolicy | PolicyTable, sampler: ActivitySampler, docker: Callable, hub: Any,
                  audit: AuditLog, reasons: ReasonFile, state_file: str | Path, instance: str,
                  label_prefix: str = "gpuhub", clock: Callable[[], float] = time.time,
-                 profiles_file: str | Path | None = None):
+                 profiles_file: str | Path | None = None, holders_file: str | Path | None = None):
         self.policies = policy if isinstance(policy, PolicyTable) else PolicyTable(policy)
         self.policy = self.policies.default  # the settings' policy
         self.sampler, self.docker, self.hub = sampler, docker, hub
         self.profiles_file, self._profiles_mtime = Path(profiles_file) if profiles_file else None, None
         self.profile_of: dict[tuple[str, str], str] = {}  # (user, server) -> profile, from the labels
+        self.holders_file = Path(holders_file) if holders_file else None
         self.audit, self.reasons, self.instance, self.clock = audit, reasons, instance, clock
         self.labels = Labels(label_prefix)
         self.state_file = Path(state_file)
@@ -176,7 +182,17 @@ class Reclaimer:
             if decisions:
                 await asyncio.to_thread(self.save_state)
             self.last_round = now
+            if self.holders_file is not None:
+                await asyncio.to_thread(self.save_holders)
             return decisions
+
+    def save_holders(self) -> None:
+        """What this round saw per holder, for the GPU console (``holders_snapshot``)."""
+        data = {"time": self.clock(), "interval_s": self.sampler.interval, "source": self.sampler.source,
+                "reason": self.sampler.reason, "holders": self.holdings()}
+        tmp = self.holders_file.with_name(f".{self.holders_file.name}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.holders_file)
 
     async def _groups(self, user: str) -> frozenset[str]:
         model = await self.hub.user(user)
@@ -275,6 +291,29 @@ class Reclaimer:
                                       f"exempted {user}'s server from GPU reclaim until {_iso(now + seconds)}",
                                       who=who, via="token")
         return {"message": entry["detail"][0].upper() + entry["detail"][1:], "entry": entry}
+
+
+def holders_snapshot(path: str | Path, now: float) -> dict[tuple[str, str, str], dict]:
+    """(user, server, uuid) -> what gpu-reclaim's last round saw of that holder (see
+    ``Reclaimer.holder_json``; ``idle_seconds`` brought up to ``now``); empty if the file is
+    missing, unreadable or older than three sampling intervals (the service is not running)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        interval, taken = float(data.get("interval_s") or 10), float(data["time"])
+        holders = data.get("holders") or []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    if now - taken > 3 * interval + 5:
+        return {}
+    out = {}
+    for h in holders:
+        try:
+            key = (h["user"], h["server"], h["gpu"]["uuid"])
+        except (KeyError, TypeError):
+            continue
+        idle = h.get("idle_since")
+        out[key] = {**h, "idle_seconds": max(0, round(now - idle)) if idle is not None else 0, "sampled_at": taken}
+    return out
 
 
 class ApiError(web.HTTPError):
@@ -401,7 +440,8 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
                      AuditLog(state / "gpu-audit.jsonl"), ReasonFile(state / "stop-reasons.json"),
                      state / "gpu-reclaim.json", instance=read(env, "HUB_NAME_PREFIX"),
                      label_prefix=env.get("GPUHUB_LABEL_PREFIX", "gpuhub"),
-                     profiles_file=env.get("GPUHUB_PROFILES_FILE", PROFILES_FILE))
+                     profiles_file=env.get("GPUHUB_PROFILES_FILE", PROFILES_FILE),
+                     holders_file=state / HOLDERS_FILE)
 
 
 def main() -> None:

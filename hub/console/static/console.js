@@ -81,7 +81,11 @@
   }
 
   function ago(epoch) {
-    const s = Math.max(0, Date.now() / 1000 - epoch);
+    return duration(Date.now() / 1000 - epoch);
+  }
+
+  function duration(seconds) {
+    const s = Math.max(0, seconds);
     if (s < 90) return `${Math.round(s)} s`;
     if (s < 5400) return `${Math.round(s / 60)} min`;
     if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
@@ -171,12 +175,29 @@
     return badges;
   }
 
+  // What gpu-reclaim last saw of a holder: utilisation now, memory held, idle for how long, its warning.
+  function activityLine(a) {
+    if (!a) return null;
+    const parts = [`${a.utilization_pct === null ? "n/a" : `${a.utilization_pct}%`} now`];
+    if (a.memory_used_mib !== null && a.memory_used_mib !== undefined) parts.push(`${gib(a.memory_used_mib)} GiB held`);
+    parts.push(a.idle_since ? `idle ${ago(a.idle_since)}` : "busy");
+    const line = el("div", { class: "small holder-activity", title: a.policy
+      ? `idle: under ${a.policy.threshold_pct}% (profile ${a.profile || "—"}; warned after ${Math.round(a.policy.timeout_s / 60)} min, stopped ${Math.round(a.policy.grace_s / 60)} min later${a.policy.timeout_s ? "" : ": reclaim off"})`
+      : "" }, parts.join(" · "));
+    if (a.warning_deadline) {
+      line.append(" ", el("span", { class: "badge text-bg-warning" },
+        `reclaim in ${duration(a.warning_deadline - Date.now() / 1000)}`));
+    }
+    if (a.extended_until) line.append(" ", el("span", { class: "badge text-bg-secondary" }, `extended until ${clock(a.extended_until)}`));
+    return line;
+  }
+
   function holderCell(gpu) {
     const h = gpu.holder;
     if (!h) return el("span", { class: "text-body-secondary" }, "—");
     if (gpu.shared && gpu.holders.length > 1) {
       return gpu.holders.map((x) => el("div", {}, x.user + (x.server ? `/${x.server}` : ""),
-        x.since ? el("span", { class: "small text-body-secondary" }, ` (${ago(x.since)})`) : null));
+        x.since ? el("span", { class: "small text-body-secondary" }, ` (${ago(x.since)})`) : null, activityLine(x.activity)));
     }
     const who = h.server_url
       ? el("a", { href: h.server_url, class: "holder-link", title: "open this server (as admin)" },
@@ -186,7 +207,7 @@
     const other = !h.this_hub
       ? el("div", { class: "small text-warning" }, `container ${h.container || "?"} (not started by this hub)`)
       : null;
-    return [who, since, other];
+    return [who, since, activityLine(h.activity), other];
   }
 
   function actionsCell(gpu) {
