@@ -367,7 +367,7 @@ class MetricsHandler(BaseHandler):
         if keeper is None:
             raise web.HTTPError(503, "GPU usage is not recorded by this console")
         console = self.console
-        body = await asyncio.to_thread(exposition, keeper, console.manager.inventory, console.sampler)
+        body = await asyncio.to_thread(exposition, keeper, console.manager.inventory, console.sampler, console.queue)
         self.set_header("Content-Type", CONTENT_TYPE)
         self.set_header("Cache-Control", "no-store")
         self.finish(body)
