@@ -2,7 +2,8 @@
 
 A server whose GPU read under ``threshold_pct`` for ``timeout`` seconds is idle, whatever its
 browser tab or kernels do. It is first warned (its user sees the time left in JupyterLab);
-``grace`` seconds later, still idle, it is stopped and its GPU freed. GPU work resuming
+``grace`` seconds after the warning was due (``idle_since + timeout``; at least half the grace
+after a late warning), still idle, it is stopped and its GPU freed. GPU work resuming
 (a reading at or over the threshold) cancels the warning. The user's "still working" answer
 moves the deadline back by one grace period, once per warning; only GPU work clears it.
 Exempt users and groups are never reclaimed; an admin may extend one server until a time.
@@ -195,7 +196,12 @@ def decide(policies: ReclaimPolicy | PolicyTable, candidates: Iterable[Candidate
             continue
         if warned is None:
             if now - c.idle_since >= policy.timeout:
-                warned = Warned(at=now, deadline=now + policy.grace, idle_since=c.idle_since)
+                # The grace runs from when the warning was due, not from the round that noticed
+                # it (up to one sampling interval later); a warning much later than due (the
+                # service was down) still leaves the user half the grace.
+                due = c.idle_since + policy.timeout
+                deadline = max(due + policy.grace, now + policy.grace / 2)
+                warned = Warned(at=now, deadline=deadline, idle_since=c.idle_since)
                 state.warned[c.key] = warned
                 decisions.append(Decision("warn", c.key, c.idle_since, warned.deadline))
         elif now >= warned.deadline:

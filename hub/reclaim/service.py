@@ -25,7 +25,8 @@ Each server is judged by the policy of the profile it was started with (the cont
 changes), else by the settings.
 
 API (JSON; ``Authorization: token <token>``; errors ``{"status", "message"}``):
-    GET  api/me                       the caller's servers with a GPU: usage, idle for, warning
+    GET  api/me                       the caller's servers with a GPU: usage, idle for, warning;
+                                      and the caller's GPU-hours and tightest quota ("usage")
     POST api/me/still-working {"server"}   the caller answers a warning (once per warning)
     GET  api/holders                  (admins) every holder with its activity and warning
     POST api/extend {"user", "server", "seconds"}   (admins) exempt one server until then
@@ -93,13 +94,15 @@ class Reclaimer:
     def __init__(self, policy: ReclaimPolicy | PolicyTable, sampler: ActivitySampler, docker: Callable, hub: Any,
                  audit: AuditLog, reasons: ReasonFile, state_file: str | Path, instance: str,
                  label_prefix: str = "gpuhub", clock: Callable[[], float] = time.time,
-                 profiles_file: str | Path | None = None, holders_file: str | Path | None = None):
+                 profiles_file: str | Path | None = None, holders_file: str | Path | None = None,
+                 usage: Callable[[str, list[str]], dict] | None = None):
         self.policies = policy if isinstance(policy, PolicyTable) else PolicyTable(policy)
         self.policy = self.policies.default  # the settings' policy
         self.sampler, self.docker, self.hub = sampler, docker, hub
         self.profiles_file, self._profiles_mtime = Path(profiles_file) if profiles_file else None, None
         self.profile_of: dict[tuple[str, str], str] = {}  # (user, server) -> profile, from the labels
         self.holders_file = Path(holders_file) if holders_file else None
+        self.usage = usage  # (user, groups) -> their GPU-hours and tightest quota (blocking: SQLite)
         self.audit, self.reasons, self.instance, self.clock = audit, reasons, instance, clock
         self.labels = Labels(label_prefix)
         self.state_file = Path(state_file)
@@ -377,9 +380,11 @@ class MeHandler(Handler):
     async def get(self) -> None:
         model = await self.caller()
         r = self.reclaimer
+        groups = list(model.get("groups") or [])
+        usage = await asyncio.to_thread(r.usage, model["name"], groups) if r.usage else None
         self.reply({"user": model["name"], "policy": r.policy.to_json(), "enabled": r.policies.enabled,
-                    "exempt": r.policy.exempt(model["name"], model.get("groups") or []),
-                    "servers": r.holdings(model["name"])})
+                    "exempt": r.policy.exempt(model["name"], groups),
+                    "servers": r.holdings(model["name"]), "usage": usage or None})
 
 
 class StillWorkingHandler(Handler):
@@ -436,12 +441,20 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
     store = ActivityStore(state / "gpu-activity.sqlite")
     sampler = ActivitySampler(load_reader(read(env, "GPU_USAGE_READER")), interval=interval, store=store)
     hub = hub or HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
+    usage_db, default_quota = env.get("GPUHUB_USAGE_DB", str(state / "gpu-usage.sqlite")), read(env, "GPU_QUOTA_DEFAULT")
+
+    def usage(user: str, groups: list[str]) -> dict:
+        from hub.usage import gate
+
+        # A course is a group of the same name, and only a course can carry a course quota: the
+        # groups serve as the courses too (the token's model has group names, not properties).
+        return gate.summary(usage_db, user, groups, groups, default_quota)
     return Reclaimer(policy_from_env(env), sampler, docker or DockerCaller(), hub,
                      AuditLog(state / "gpu-audit.jsonl"), ReasonFile(state / "stop-reasons.json"),
                      state / "gpu-reclaim.json", instance=read(env, "HUB_NAME_PREFIX"),
                      label_prefix=env.get("GPUHUB_LABEL_PREFIX", "gpuhub"),
                      profiles_file=env.get("GPUHUB_PROFILES_FILE", PROFILES_FILE),
-                     holders_file=state / HOLDERS_FILE)
+                     holders_file=state / HOLDERS_FILE, usage=usage)
 
 
 def main() -> None:

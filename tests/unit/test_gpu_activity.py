@@ -186,3 +186,12 @@ def test_a_profiles_reclaim_setting_is_parsed(value, expected):
 def test_a_bad_reclaim_setting_says_what_is_wrong(value, message):
     with pytest.raises(ValueError, match=message):
         parse_override(value, "profiles[0] (gpu)")
+
+
+def test_the_grace_runs_from_when_the_warning_was_due():
+    state = ReclaimState()
+    [warn] = decide(POLICY, [c("alice", 0.0)], state, 1807.0)  # noticed one round late
+    assert warn.deadline == 2400.0  # idle_since + timeout + grace, not 1807 + grace
+    state = ReclaimState()
+    [late] = decide(POLICY, [c("alice", 0.0)], state, 9000.0)  # the service was down for hours
+    assert late.deadline == 9300.0  # half the grace left to answer the warning

@@ -233,3 +233,41 @@ def test_service_reason_is_shown_until_the_server_starts_again(tmp_path):
     ReasonFile(path).pop(("alice", ""))  # what the next start does
     User.spawners[""].active = False
     assert GPUDockerSpawner.stop_reason_for(User(), file=str(path)) == ""
+
+
+def test_me_tells_the_caller_their_own_gpu_hours_and_quota(tmp_path):
+    """JupyterLab's GPU item shows the user's GPU-hours against their tightest quota: api/me
+    reads them from the usage store, for the token's owner only (a course quota through the
+    user's groups)."""
+    import time
+
+    from hub.reclaim.service import build
+    from hub.usage.accounting import Interval
+    from hub.usage.store import UsageStore
+
+    now = time.time()
+    store = UsageStore(tmp_path / "gpu-usage.sqlite")
+    store.save([Interval("c1", "GPU-a", now - 3 * 3600, now - 3600, False, "bob", model="Fake GPU",
+                         groups=("long-jobs",), courses=("long-jobs",)),
+                Interval("c2", "GPU-b", now - 600, now, True, "carol", model="Fake GPU")], now)
+    store.set_quota("course", "long-jobs", 10, 7 * 86400, "admin")
+    engine = Engine([running("bob", "GPU-c")])
+    r = build({"GPUHUB_STATE_DIR": str(tmp_path), "HUB_NAME_PREFIX": "gpuhubtest", "GPU_QUOTA_DEFAULT": "20h/7d",
+               "GPUHUB_PROFILES_FILE": str(tmp_path / "absent.yaml")}, docker=engine, hub=Hub(engine))
+
+    async def identify(token):
+        return TOKENS.get(token)
+
+    with ServedApp(make_app(r, identify)) as served:
+        def me(token):
+            resp = requests.get(served.url + API + "me", headers={"Authorization": f"token {token}"}, timeout=10)
+            assert resp.status_code == 200, resp.text
+            return resp.json()["usage"]
+        bob = me("bob-token")
+        assert bob["hours"]["week"] == pytest.approx(2.0, abs=0.01)
+        quota = bob["quota"]
+        assert (quota["scope"], quota["name"], quota["hours"]) == ("course", "long-jobs", 10)  # the tightest
+        assert quota["used_hours"] == pytest.approx(2.0, abs=0.01)
+        alice = me("alice-token")  # nothing used: the default quota, untouched; nobody else's hours
+        assert alice["hours"]["week"] == 0 and alice["quota"]["scope"] == "default"
+        assert alice["quota"]["used_hours"] == 0
