@@ -6,8 +6,9 @@ engine with its GPUs (fake ones here: readings fed from a file, tests/e2e/fake_g
   queue     GPU_WHEN_FULL=queue, USERS ask at once for the host's GPUs: as many start as there
             are GPUs, the rest wait with their places; then the earliest holder stops, again and
             again: hand-over = from the stop request's answer until the first waiter's server
-            answers through the proxy. Checked: FIFO (waiters start in the order of their
-            places), 0 failed, 0 lost, no GPU held twice at any point.
+            answers through the proxy. Checked: each waiter's progress stream (its spawn page)
+            tells it its place, FIFO (waiters start in the order of their places), 0 failed,
+            0 lost, no GPU held twice at any point.
   reclaim   GPU_IDLE_TIMEOUT=T, GPU_IDLE_GRACE=G, GPU_SAMPLE_INTERVAL=I shortened: an idle-held
             GPU (0 %) is stopped within T + G + 2 I (+ the hub's stop); a busy one (90 %) and an
             exempt user's never are (watched for 2 (T + G)).
@@ -76,6 +77,20 @@ def line(stack: Stack) -> list[dict]:
         return []
 
 
+def place_shown(hub: Hub, name: str, position: int) -> bool:
+    """Whether this waiter's progress stream (what its spawn page shows; it replays every event
+    of the start) tells it its place. Places only fall while nobody is moved, so the message with
+    the place it has now is its latest."""
+    wanted = "next in line" if position == 1 else f"number {position} in line"
+    try:
+        for event in hub.progress(name, timeout=5):
+            if wanted in event.get("message", ""):
+                return True
+    except requests.RequestException:  # the replay ended without it (the read timed out)
+        pass
+    return False
+
+
 def single(stack: Stack, hub: Hub, runs: int) -> dict:
     name = "bench-single"
     token = user_token(hub, name)
@@ -110,6 +125,7 @@ def queue(stack: Stack, hub: Hub, users: int, gpus: int) -> dict:
           180, "the first servers ready")
     until(lambda: len(line(stack)) == users - gpus, 30, "everyone else in line")
     waiting = line(stack)
+    shown = [w["user"] for w in waiting if place_shown(hub, w["user"], w["position"])]
     places = [w["user"] for w in waiting]
     running = [n for n in names if n not in places]
     started_order, handovers, failed = [], [], []
@@ -136,7 +152,7 @@ def queue(stack: Stack, hub: Hub, users: int, gpus: int) -> dict:
     for n in names:
         hub.wait(n, ready=False, timeout=120)
     return {"users": users, "gpus": gpus, "started_at_once": users - len(waiting), "waited": len(waiting),
-            "places_shown": [w["position"] for w in waiting],
+            "places": [w["position"] for w in waiting], "places_shown_on_progress": len(shown),
             "fifo": started_order == [w["user"] for w in waiting], "failed": len(failed), "failures": failed,
             "lost": len(waiting) - len(started_order) - len(failed), "double_booked": len(double_booked),
             "handover_p50_s": round(statistics.median(handovers), 2) if handovers else None,
