@@ -128,12 +128,13 @@ def queue(stack: Stack, hub: Hub, users: int, gpus: int) -> dict:
     shown = [w["user"] for w in waiting if place_shown(hub, w["user"], w["position"])]
     places = [w["user"] for w in waiting]
     running = [n for n in names if n not in places]
-    started_order, handovers, failed = [], [], []
+    started_order, handovers, stops, failed = [], [], [], []
     while places:
         holder = running.pop(0)
         t0 = time.monotonic()
         r = hub.api("DELETE", f"/users/{holder}/server")
         assert r.status_code in (202, 204), r.text
+        stops.append(time.monotonic() - t0)  # 204: the hub's whole stop (the container exited and removed)
         nxt = places.pop(0)
         try:
             server = until(lambda: (hub.user(nxt)["servers"].get("") or {}).get("ready") and hub.user(nxt)["servers"][""],
@@ -156,7 +157,8 @@ def queue(stack: Stack, hub: Hub, users: int, gpus: int) -> dict:
             "fifo": started_order == [w["user"] for w in waiting], "failed": len(failed), "failures": failed,
             "lost": len(waiting) - len(started_order) - len(failed), "double_booked": len(double_booked),
             "handover_p50_s": round(statistics.median(handovers), 2) if handovers else None,
-            "handover_max_s": round(max(handovers), 2) if handovers else None}
+            "handover_max_s": round(max(handovers), 2) if handovers else None,
+            "holder_stop_request_p50_s": round(statistics.median(stops), 2) if stops else None}
 
 
 def feed(stack: Stack, readings: dict) -> None:

@@ -696,6 +696,12 @@ class GPUDockerSpawner(DockerSpawner):
         finally:
             PROCESS.gpu_queue.wake()  # its GPU may be free now: the line checks again
 
+    async def stop_object(self):
+        await super().stop_object()
+        # The container has exited, so the engine shows its GPU free: the first in line may take
+        # it while this container is being removed (the hand-over waits for the stop, not the removal).
+        PROCESS.gpu_queue.wake()
+
     def _list_running(self):
         return self.engine("containers", filters={"status": "running",
                                                   "label": f"{self.label_prefix}.instance={self.prefix}"})

@@ -332,7 +332,7 @@ def test_a_hub_moved_from_stock_dockerspawner_keeps_its_names_or_is_told_of_them
 def test_the_url_at_a_restart_check_comes_from_the_container(monkeypatch):
     # A start the hub was killed in the middle of left no address in the database
     from jupyterhub.objects import Server
-    s = make_spawner("dora")
+    s = make_spawner("dora", remove=True)
     s.server = Server(base_url="/user/dora/")
 
     async def address():
@@ -368,3 +368,23 @@ def test_a_poll_of_a_running_server_is_answered_from_one_shared_list(monkeypatch
     monkeypatch.setattr(other, "_list_running", engine_containers)
     monkeypatch.setattr(other, "stop_reason", lambda cid: asyncio.sleep(0, "stopped"))
     assert asyncio.run(other.poll()) == 0 and inspected == [1]  # not listed: inspected as before
+
+
+def test_the_line_is_woken_once_the_container_has_exited_before_its_removal(monkeypatch):
+    import asyncio
+
+    order = []
+
+    async def stop_object(self):
+        order.append("stopped")
+
+    async def remove_object(self):
+        order.append("removed")
+    monkeypatch.setattr("dockerspawner.DockerSpawner.stop_object", stop_object)
+    monkeypatch.setattr("dockerspawner.DockerSpawner.remove_object", remove_object)
+    monkeypatch.setattr(PROCESS.gpu_queue, "wake", lambda: order.append("woken"))
+    s = make_spawner("dora", remove=True)
+    s.object_id = "c1"
+    monkeypatch.setattr(type(s), "clear_state", lambda self: None)
+    asyncio.run(s.stop())
+    assert order[:2] == ["stopped", "woken"] and order.index("removed") > 1
