@@ -178,6 +178,9 @@
   // What gpu-reclaim last saw of a holder: utilisation now, memory held, idle for how long, its warning.
   function activityLine(a) {
     if (!a) return null;
+    if (a.utilization_pct === null && a.memory_used_mib === null) {
+      return el("div", { class: "small text-body-secondary holder-activity" }, "usage n/a (no readings of this GPU)");
+    }
     const parts = [`${a.utilization_pct === null ? "n/a" : `${a.utilization_pct}%`} now`];
     if (a.memory_used_mib !== null && a.memory_used_mib !== undefined) parts.push(`${gib(a.memory_used_mib)} GiB held`);
     parts.push(a.idle_since ? `idle ${ago(a.idle_since)}` : "busy");
