@@ -43,6 +43,7 @@ class Waiter:
     event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     passed: bool = False  # may take a GPU; starting (its container does not exist yet)
     rank: float = -1.0  # the line's order: ``since`` unless an admin moved it
+    woken_at: float = 0.0  # time.monotonic() of the last wake (the waiter reads the engine only if nobody has since)
 
     def __post_init__(self) -> None:
         if self.rank < 0:
@@ -166,7 +167,9 @@ class GPUQueue:
 
     def wake(self) -> None:
         """A GPU may have become free: every waiter checks again."""
+        now = time.monotonic()
         for w in self.waiters:
+            w.woken_at = now
             w.event.set()
 
     def estimate(self, position: int) -> float | None:

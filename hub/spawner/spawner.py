@@ -383,9 +383,15 @@ class GPUDockerSpawner(DockerSpawner):
     async def _wait_in_line(self, manager: GPUManager) -> None:
         queue, user, server = PROCESS.gpu_queue, self.user.name, self.name or ""
         groups, told, started = frozenset(self.user_groups()), None, time.monotonic()
+        woken = started
         while True:
             async with manager.lock:
-                await manager.reconcile(self.engine)
+                # One engine read serves every waiter woken by the same stop: the waiters queue
+                # on this lock, and the allocator (reconciled, then kept by each allocation under
+                # the lock) is as fresh as a read of their own. The start itself reads the
+                # engine again before it takes a GPU (create_object).
+                if manager.reconciled_at <= woken:
+                    await manager.reconcile(self.engine)
                 alloc, now = manager.allocator, time.time()
                 if not alloc.intent.allows(user, groups) or alloc.gpu_of(user, server) is not None:
                     return  # assign_gpu refuses it, starts it without a GPU, or it holds one already
@@ -410,8 +416,9 @@ class GPUDockerSpawner(DockerSpawner):
                                      "in line; press Start to try again later.")
             try:
                 await asyncio.wait_for(self._waiter.event.wait(), 5)
+                woken = self._waiter.woken_at  # when the stop happened, not when this task resumed
             except asyncio.TimeoutError:
-                pass
+                woken = time.monotonic()
 
     @staticmethod
     def queue_message(position: int, estimate: float | None) -> str:

@@ -388,3 +388,46 @@ def test_the_line_is_woken_once_the_container_has_exited_before_its_removal(monk
     monkeypatch.setattr(type(s), "clear_state", lambda self: None)
     asyncio.run(s.stop())
     assert order[:2] == ["stopped", "woken"] and order.index("removed") > 1
+
+
+def test_waiters_woken_by_one_stop_read_the_engine_once_and_the_first_passes(tmp_path, monkeypatch):
+    from hub.gpus.manager import GPUManager
+    from hub.gpus.model import GPU
+    from hub.gpus.queue import GPUQueue
+
+    monkeypatch.setattr(PROCESS, "gpu_queue", GPUQueue())
+    manager = GPUManager([GPU("GPU-0", 0)], "static", "cdi", str(tmp_path / "intent.json"), "gpuhub")
+    holder = {"Id": "c-holder", "State": {"Status": "running"},
+              "Config": {"Labels": {"gpuhub.user": "holder", "gpuhub.gpu.uuid": "GPU-0"}}, "HostConfig": {}}
+    containers, reads = [holder], []
+
+    async def engine(method, *args, **kwargs):
+        if method == "containers":
+            reads.append(method)
+            await asyncio.sleep(0.01)  # an engine call takes a while; the other waiters queue on the lock
+            return [{"Id": c["Id"]} for c in containers]
+        return next(c for c in containers if c["Id"] == args[0])
+
+    waiters = [make_spawner(f"w{i}") for i in range(6)]
+    for s in waiters:
+        s.user.groups = []
+        s.engine = engine
+
+    async def run():
+        tasks = [asyncio.create_task(s._wait_in_line(manager)) for s in waiters]
+        await asyncio.sleep(0.3)
+        assert [PROCESS.gpu_queue.position(s._waiter) for s in waiters] == [1, 2, 3, 4, 5, 6]
+        assert not any(t.done() for t in tasks)
+        reads.clear()
+        containers.clear()  # the holder's container exited
+        PROCESS.gpu_queue.wake()
+        await asyncio.wait_for(tasks[0], 2)  # the first in line may take the GPU
+        await asyncio.sleep(0.3)
+        done = [t.done() for t in tasks]
+        for t in tasks:
+            t.cancel()
+        return done
+
+    done = asyncio.run(run())
+    assert done == [True, False, False, False, False, False]  # one GPU: the others wait on
+    assert reads == ["containers"]  # one engine read for the six woken waiters
