@@ -153,7 +153,8 @@ def configure_culler(c, env: Mapping[str, str]) -> None:
 RECLAIM_NAME = "gpu-reclaim"
 RECLAIM_URL = "http://hub:10102"
 RECLAIM_SETTINGS = ("HUB_NAME_PREFIX", "HUB_LOG_LEVEL", "GPU_IDLE_TIMEOUT", "GPU_IDLE_THRESHOLD", "GPU_IDLE_GRACE",
-                    "GPU_IDLE_EXEMPT_USERS", "GPU_IDLE_EXEMPT_GROUPS", "GPU_SAMPLE_INTERVAL", "GPU_USAGE_READER")
+                    "GPU_IDLE_EXEMPT_USERS", "GPU_IDLE_EXEMPT_GROUPS", "GPU_SAMPLE_INTERVAL", "GPU_USAGE_READER",
+                    "GPU_QUOTA_DEFAULT")  # the last for the user's GPU-hours in JupyterLab's GPU item
 
 
 def configure_reclaim(c, env: Mapping[str, str]) -> None:

@@ -277,7 +277,8 @@ _TABLE = [
     Setting("GPU_IDLE_THRESHOLD", IDLE_GPUS, "positive_int", default="5", example="10",
             help="Utilisation (percent) under which a GPU counts as idle."),
     Setting("GPU_IDLE_GRACE", IDLE_GPUS, "positive_int", default="600", example="900",
-            help="Seconds from the warning to the stop; GPU work resuming cancels it, and the user's "
+            help="Seconds from the warning (due `GPU_IDLE_TIMEOUT` after the GPU went idle) to the stop; "
+                 "GPU work resuming cancels it, and the user's "
                  "\"still working\" adds this once."),
     Setting("GPU_IDLE_EXEMPT_USERS", IDLE_GPUS, "name_list", example="alice,bob",
             help="Users whose servers are never reclaimed (comma-separated)."),

@@ -10,6 +10,9 @@ prefer a terminal. Standard library only, so it runs with any Python 3.11 on the
     gpuhub-gpus free --user alice --yes
     gpuhub-gpus access --users alice,bob --groups ml     # who may use GPUs; --everyone
     gpuhub-gpus audit -n 20
+    gpuhub-gpus queue                    # the line for GPUs (GPU_WHEN_FULL=queue)
+    gpuhub-gpus queue move alice 1       # alice to the front (--server NAME for a named server)
+    gpuhub-gpus queue remove alice       # cancel alice's waiting start
     gpuhub-gpus doctor [--json] [--strict]  # this host: engine, toolkit CVEs, driver vs CUDA, GPU health
     gpuhub-gpus swarm-node-config [--input FILE|-] [--json]  # this node's daemon.json lines (docs/swarm.md)
   teaching labs (docs/teaching.md):
@@ -211,7 +214,36 @@ def run(args: argparse.Namespace, client: Client) -> Any:
     if args.command == "audit":
         data = client.call("GET", f"audit?limit={args.n}")
         return data if args.json else format_audit(data["entries"])
+    if args.command == "queue":
+        return run_queue_command(args, client, note)
     return run_course_command(args, client, note)
+
+
+def format_queue(waiting: list[dict]) -> str:
+    if not waiting:
+        return "nobody is waiting for a GPU"
+    now = time.time()
+    lines = []
+    for e in waiting:
+        server = f" (server {e['server']!r})" if e.get("server") else ""
+        state = "starting" if e.get("starting") else f"waiting {max(0, round((now - e['since']) / 60))} min"
+        lines.append(f"{e['position']:>3}  {e['user']}{server}  {state}")
+    return "\n".join(lines)
+
+
+def run_queue_command(args: argparse.Namespace, client: Client, note: dict) -> Any:
+    user = quote(args.user or "", safe="")
+    if args.action != "list" and not args.user:
+        raise SystemExit(_usage(f"queue {args.action}: name the user"))
+    if args.action == "move":
+        if args.position is None:
+            raise SystemExit(_usage("queue move USER POSITION: give the new place (1 is first)"))
+        body = {"position": args.position, **({"server": args.server} if args.server is not None else {}), **note}
+        return client.call("POST", f"queue/{user}/move", body)
+    if args.action == "remove":
+        return client.call("DELETE", f"queue/{user}", note or None)
+    data = client.call("GET", "queue")
+    return data if args.json else format_queue(data["waiting"])
 
 
 def _confirm(yes: bool, question: str) -> bool:
@@ -358,7 +390,7 @@ def run_usage_command(args: argparse.Namespace, client: Client, note: dict) -> A
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpuhub-gpus", description="The hub's GPU console from a shell: "
-                                "list GPUs, pin, unpin, drain, undrain, free, access, audit; "
+                                "list GPUs, pin, unpin, drain, undrain, free, access, audit, queue; "
                                 "courses: roster, courses, course, stop-course, reset, reserve, "
                                 "unreserve, share, unshare; usage, quota.")
     p.add_argument("--url", default=os.environ.get("GPUHUB_URL", "http://localhost:8000"),
@@ -394,6 +426,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--everyone", action="store_true", help="no restriction")
     s = sub.add_parser("audit", help="the audit log, newest first")
     s.add_argument("-n", type=int, default=20, help="entries (1-1000, default 20)")
+    s = sub.add_parser("queue", help="the line for GPUs: list, move USER POSITION, remove USER")
+    s.add_argument("action", nargs="?", default="list", choices=("list", "move", "remove"))
+    s.add_argument("user", nargs="?")
+    s.add_argument("position", nargs="?", type=int, help="move: the new place, 1 for first")
+    s.add_argument("--server", help="a named server's start (default: the user's only one)")
     s = sub.add_parser("roster", help="import a course roster (CSV or YAML)")
     s.add_argument("file", help="username or email, course, role (student, ta, teacher) per row")
     s.add_argument("--format", choices=("csv", "yaml"), help="default: from the file's name, else guessed")

@@ -6,14 +6,19 @@ then commits through the Console: the intent, then one audit line.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from hub.console.errors import ConsoleError
 from hub.console.state import Console, gpu_label
 from hub.gpus.model import GPU, Access
+from hub.gpus.queue import move_outcome, request_move, withdraw_move
 
 
 class GPUDesk:
+    move_timeout = 12.0  # seconds for the hub to apply a move (its waiters look every 5 s)
+
     def __init__(self, console: Console):
         self.console = console
 
@@ -159,3 +164,51 @@ class GPUDesk:
             return await self.console.commit(
                 None, {"action": "unqueue", "user": user, "servers": [e.get("server", "") for e in entries]},
                 body.get("note", ""), detail, who, via)
+
+    async def move_in_line(self, user: str, body: dict[str, Any], who: str, via: str) -> dict:
+        """Put a user's waiting start at another place in the line. The hub holds the line: the
+        move is asked of it through a file on the state volume (hub/gpus/queue.py) and this
+        answers once the hub has applied it (or says why not)."""
+        position = body["position"]
+        async with self.console.lock:
+            line = self.console.queue()
+            entries = [e for e in line if e.get("user") == user]
+            if "server" in body:
+                entries = [e for e in entries if e.get("server", "") == body["server"]]
+            if not entries:
+                await self.console.known_user(user)
+                raise ConsoleError(404, f"{user} is not waiting in line for a GPU"
+                                   + (f" with server {body['server']!r}" if body.get("server") else ""))
+            if len(entries) > 1:
+                raise ConsoleError(400, f"{user} waits with {len(entries)} servers: name one with 'server' "
+                                        f"({', '.join(repr(e.get('server', '')) for e in entries)})")
+            entry = entries[0]
+            if position > len(line):
+                raise ConsoleError(400, f"the line has {len(line)} place{'s' if len(line) != 1 else ''}: "
+                                        f"'position' must be from 1 to {len(line)}")
+            if entry.get("starting"):
+                raise ConsoleError(409, f"{user}'s server is starting already: it has its GPU")
+            if entry.get("position") == position:
+                raise ConsoleError(409, f"{user} is number {position} in line already")
+            server = entry.get("server", "")
+            path = self.console.queue_file
+            move_id = await asyncio.to_thread(request_move, path, user, server, position, time.time())
+            outcome = None
+            deadline = time.monotonic() + self.move_timeout
+            while outcome is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                outcome = await asyncio.to_thread(move_outcome, path, move_id)
+            if outcome is None:
+                await asyncio.to_thread(withdraw_move, path, move_id)
+                outcome = await asyncio.to_thread(move_outcome, path, move_id)  # applied meanwhile?
+            if outcome is None:
+                raise ConsoleError(503, f"the hub did not apply the move within {self.move_timeout:g} s "
+                                        "(is it running?); nothing changed")
+            if outcome != "moved":
+                raise ConsoleError(409, f"{user} could not be moved: {outcome} any more")
+            name = f"{user}'s server {server!r}" if server else user
+            detail = f"moved {name} in the line for a GPU from place {entry.get('position')} to {position}"
+            reply = await self.console.commit(
+                None, {"action": "queue-move", "user": user, "server": server, "from": entry.get("position"),
+                       "to": position}, body.get("note", ""), detail, who, via)
+        return {**reply, "waiting": self.console.queue()}

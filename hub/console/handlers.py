@@ -367,7 +367,7 @@ class MetricsHandler(BaseHandler):
         if keeper is None:
             raise web.HTTPError(503, "GPU usage is not recorded by this console")
         console = self.console
-        body = await asyncio.to_thread(exposition, keeper, console.manager.inventory, console.sampler)
+        body = await asyncio.to_thread(exposition, keeper, console.manager.inventory, console.sampler, console.queue)
         self.set_header("Content-Type", CONTENT_TYPE)
         self.set_header("Cache-Control", "no-store")
         self.finish(body)
@@ -394,6 +394,13 @@ class QueueEntryHandler(APIHandler):
         self.reply(await self.gpu_desk.unqueue(user, self.body(), self.who, self.via))
 
 
+class QueueMoveHandler(APIHandler):
+    spec_path = "/queue/{user}/move"
+
+    async def post(self, user: str):
+        self.reply(await self.gpu_desk.move_in_line(user, self.body(), self.who, self.via))
+
+
 class OpenAPIHandler(web.RequestHandler):
     """The spec itself, for anyone (no login): it holds no data."""
     spec_path = "/openapi.yaml"
@@ -414,7 +421,7 @@ API_HANDLERS = (GPUsHandler, PinsHandler, PinHandler, DrainedHandler, DrainHandl
                 AuditHandler, HealthHandler, NamesHandler, CoursesHandler, RosterHandler, CourseHandler, CourseStopHandler,
                 CourseResetHandler, ReservationsHandler, ReservationHandler, SharedHandler, ShareHandler,
                 UsageHandler, UserUsageHandler, QuotasHandler, QuotaHandler,
-                QueueHandler, QueueEntryHandler, OpenAPIHandler)
+                QueueHandler, QueueEntryHandler, QueueMoveHandler, OpenAPIHandler)
 
 
 def api_routes(api_prefix: str) -> list[tuple[str, type]]:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
+from pathlib import Path
 from urllib.parse import quote
 
 from hub.console.audit import AuditLog
@@ -25,11 +26,25 @@ from hub.gpus.claim import Labels, held_from_containers
 from hub.gpus.manager import GPUManager, load_intent
 from hub.gpus.model import GPU, Holder, Intent
 from hub.gpus.queue import read_line
+from hub.reclaim.service import HOLDERS_FILE, holders_snapshot
 
 
 def gpu_label(gpu: GPU) -> str:
     """How messages name a GPU: "GPU #2 (GPU-…)"."""
     return f"GPU #{gpu.index} ({gpu.uuid})"
+
+
+def _activity(seen: dict | None) -> dict[str, Any] | None:
+    """What gpu-reclaim last saw of one holder: utilisation now, memory held, idle for how long
+    (by its profile's threshold), its warning; None when the service has no fresh round."""
+    if not seen:
+        return None
+    gpu, warning = seen.get("gpu") or {}, seen.get("warning")
+    return {"utilization_pct": gpu.get("utilization_pct"), "memory_used_mib": gpu.get("memory_used_mib"),
+            "idle_since": seen.get("idle_since"), "idle_seconds": seen.get("idle_seconds", 0),
+            "warning_deadline": warning.get("deadline") if warning else None,
+            "extended_until": seen.get("extended_until"), "profile": seen.get("profile"),
+            "policy": seen.get("policy"), "sampled_at": seen.get("sampled_at")}
 
 
 def _iso(epoch: float) -> str:
@@ -148,7 +163,8 @@ class Console:
             servers = await self.hub.active_servers()
         except ConsoleError:
             servers = None
-        gpus = [self._gpu_json(view, row, servers) for row in view.rows]
+        activity = await asyncio.to_thread(holders_snapshot, Path(self.manager.intent_file).parent / HOLDERS_FILE, now)
+        gpus = [self._gpu_json(view, row, servers, activity) for row in view.rows]
         unknown = [{"uuid": u, "holder": {"user": h.user, "server": h.server, "since": h.since},
                     "container": self.container(view, u)}
                    for u, h in sorted(view.holders.items()) if u not in view.gpus]
@@ -167,11 +183,13 @@ class Console:
             "access": {**view.intent.access.to_json(), "everyone": view.intent.access.everyone},
             "hub_reachable": servers is not None,
             "queue": self.queue(),
+            "holder_activity": bool(activity),  # gpu-reclaim's last round is fresh
         }
         self._cached = (now, state)
         return state
 
-    def _gpu_json(self, view: View, row: dict[str, Any], servers: dict | None) -> dict[str, Any]:
+    def _gpu_json(self, view: View, row: dict[str, Any], servers: dict | None,
+                  activity: dict | None = None) -> dict[str, Any]:
         uuid = row["uuid"]
         reading = self.sampler.now(uuid)
         holder = None
@@ -184,7 +202,8 @@ class Console:
                       "instance": container["instance"],
                       "server_url": self.server_url(h["user"], h["server"]) if container["this_hub"] else None,
                       "ready": bool(server and server.get("ready")),
-                      "last_activity": (server or {}).get("last_activity")}
+                      "last_activity": (server or {}).get("last_activity"),
+                      "activity": _activity((activity or {}).get((h["user"], h["server"], uuid)))}
         total = row["memory_total_mib"]
         if reading is not None and reading.memory_total_mib is not None:
             total = reading.memory_total_mib
@@ -197,21 +216,28 @@ class Console:
             "state": row["state"], "drained": row["drained"], "pinned_to": row["pinned_to"],
             "holder": holder,
             "shared": row["shared"], "capacity": row["capacity"], "reserved_for": row["reserved_for"],
-            "holders": [self._holder_json(view, uuid, h, servers) for h in view.all_holders.get(uuid, [])],
+            "holders": [self._holder_json(view, uuid, h, servers, activity) for h in view.all_holders.get(uuid, [])],
             "history": self.sampler.history(uuid),
         }
 
-    def _holder_json(self, view: View, uuid: str, h: Holder, servers: dict | None) -> dict[str, Any]:
+    def _holder_json(self, view: View, uuid: str, h: Holder, servers: dict | None,
+                     activity: dict | None = None) -> dict[str, Any]:
         container = self._describe(view.by_holder.get((uuid, h.user, h.server)))
         server = (servers or {}).get((h.user, h.server)) if container["this_hub"] else None
         return {"user": h.user, "server": h.server, "since": h.since,
                 "since_iso": _iso(h.since) if h.since else None,
                 "container": container["name"], "this_hub": container["this_hub"],
-                "ready": bool(server and server.get("ready"))}
+                "ready": bool(server and server.get("ready")),
+                "activity": _activity((activity or {}).get((h.user, h.server, uuid)))}
+
+    @property
+    def queue_file(self) -> Path:
+        """The line's file, which the hub writes beside the intent file."""
+        return Path(self.manager.intent_file).parent / "gpu-queue.json"
 
     def queue(self) -> list[dict[str, Any]]:
-        """The line of starts waiting for a GPU, as the hub last wrote it beside the intent file."""
-        return read_line(self.manager.intent_file.parent / "gpu-queue.json")
+        """The line of starts waiting for a GPU, as the hub last wrote it."""
+        return read_line(self.queue_file)
 
     async def names(self) -> dict[str, list[str]]:
         return {"users": await self.hub.user_names(), "groups": await self.hub.group_names()}

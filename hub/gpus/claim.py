@@ -50,6 +50,11 @@ class Labels:
     def course(self) -> str:
         return f"{self.prefix}.course"
 
+    @property
+    def profile(self) -> str:
+        """The profile the server was started with (its reclaim policy: hub/reclaim/policy.py)."""
+        return f"{self.prefix}.profile"
+
     def owner(self, user: str, server: str, instance: str) -> dict[str, str]:
         """Whose container this is, for anyone (and for the hub after a restart)."""
         return {self.user: user, self.server: server, self.instance: instance}

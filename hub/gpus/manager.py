@@ -10,6 +10,7 @@ no in-memory pool to go stale.
 import asyncio
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class GPUManager:
         self.intent_file = Path(intent_file)
         self.allocator = Allocator(inventory, load_intent(self.intent_file), policy)
         self.lock = asyncio.Lock()
+        self.reconciled_at = 0.0  # time.monotonic() when the last reconcile began reading the engine
 
     @classmethod
     def discover(cls, static_yaml: str | None, cdi_dirs: list[str], request_style: str, engine_info: dict,
@@ -49,11 +51,13 @@ class GPUManager:
     async def reconcile(self, docker: DockerCall) -> None:
         """Rebuild who holds which GPU from the engine's live containers, and re-read the
         admin's intent, so that a pin or drain applies from the next decision on."""
+        began = time.monotonic()
         self.allocator.intent = load_intent(self.intent_file)
         summaries = await docker("containers", all=True, filters={"status": list(LIVE_STATES)})
         details = await asyncio.gather(*(self._inspect(docker, c["Id"]) for c in summaries))
         held = holders_from_containers([d for d in details if d], self.label_prefix, inventory=self.inventory)
         self.allocator.reconcile(held)
+        self.reconciled_at = began
 
     @staticmethod
     async def _inspect(docker: DockerCall, container_id: str) -> dict | None:

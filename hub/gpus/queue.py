@@ -12,6 +12,12 @@ Waiters are woken (``wake``) whenever a server stops, and re-check every few sec
 file on the state volume at every change: the GPU console shows it, and after a hub restart
 (which ends every pending start) each waiter is told why on their next page load and, joining
 again within ``rejoin_window`` seconds, gets their old place.
+
+Admins move waiters from the GPU console, another process: it appends a move to
+``gpu-queue-moves.json`` beside the line (``request_move``) and the hub applies it at the next
+look of any waiter (``apply_moves``, within a few seconds), recording the outcome by id in the
+line's file for the console to read back. The line is ordered by ``rank`` (the time a waiter
+joined, unless an admin moved it), so a later arrival still goes to the end.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +42,12 @@ class Waiter:
     since: float
     event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     passed: bool = False  # may take a GPU; starting (its container does not exist yet)
+    rank: float = -1.0  # the line's order: ``since`` unless an admin moved it
+    woken_at: float = 0.0  # time.monotonic() of the last wake (the waiter reads the engine only if nobody has since)
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            self.rank = self.since
 
     @property
     def key(self) -> Key:
@@ -48,8 +61,11 @@ class GPUQueue:
         self.clock, self.rejoin_window = clock, rejoin_window
         self.waiters: list[Waiter] = []
         self.handovers: deque[float] = deque(maxlen=20)  # when waiters got their GPU
-        self.previous: dict[Key, tuple[float, int]] = {}  # left by the last hub process: since, position
+        self.previous: dict[Key, tuple[float, int, float]] = {}  # left by the last hub process: since, position, rank
         self.recovered_at = 0.0
+        self.started = clock()  # moves requested before this process are not its own
+        self.moves: dict[str, str] = {}  # move id -> outcome ("moved", "not in line", "starting")
+        self._moves_seen: float | None = None  # the moves file's mtime last read
 
     # -- the line ---------------------------------------------------------------------------
 
@@ -63,10 +79,10 @@ class GPUQueue:
             return found
         now = self.clock()
         old = self.previous.pop((user, server), None)
-        since = old[0] if old and now - self.recovered_at <= self.rejoin_window else now
-        waiter = Waiter(user, server, frozenset(groups), since)
+        back = old and now - self.recovered_at <= self.rejoin_window
+        waiter = Waiter(user, server, frozenset(groups), old[0] if back else now, rank=old[2] if back else now)
         self.waiters.append(waiter)
-        self.waiters.sort(key=lambda w: w.since)
+        self.waiters.sort(key=lambda w: w.rank)
         self.save()
         return waiter
 
@@ -102,9 +118,58 @@ class GPUQueue:
         # Nobody let through: the allocator itself says why nothing is free (a reservation, all in use).
         return free is not None and claimed > 0 and claimed >= free
 
+    def move(self, user: str, server: str, position: int) -> str:
+        """Put a waiter at ``position`` (1: first; past the end: last); the outcome in words."""
+        waiter = self.find(user, server)
+        if waiter is None:
+            return "not in line"
+        if waiter.passed:
+            return "starting"
+        others = [w for w in self.waiters if w is not waiter]
+        at = min(max(position, 1), len(others) + 1) - 1
+        before = others[at - 1].rank if at > 0 else None
+        after = others[at].rank if at < len(others) else None
+        if before is None and after is None:
+            rank = waiter.rank
+        elif before is None:
+            rank = after - 1.0
+        elif after is None:
+            rank = before + 1e-3  # still before anyone joining from now on
+        else:
+            rank = (before + after) / 2
+        waiter.rank = rank
+        self.waiters = [*others[:at], waiter, *others[at:]]
+        return "moved"
+
+    def apply_moves(self) -> bool:
+        """Apply the moves the console asked for since the last look (once each); True if any
+        was. Cheap when nothing changed: one stat."""
+        path = moves_file(self.path) if self.path else None
+        try:
+            mtime = path.stat().st_mtime if path else None
+        except OSError:
+            mtime = None
+        if mtime is None or mtime == self._moves_seen:
+            return False
+        self._moves_seen = mtime
+        applied = False
+        for m in read_moves(path):
+            if m["id"] in self.moves or m["at"] < self.started:
+                continue
+            self.moves[m["id"]] = self.move(m["user"], m["server"], m["position"])
+            applied = True
+        if applied:
+            while len(self.moves) > 100:
+                self.moves.pop(next(iter(self.moves)))
+            self.save()
+            self.wake()  # everyone behind or before the moved waiter: a new place to show
+        return applied
+
     def wake(self) -> None:
         """A GPU may have become free: every waiter checks again."""
+        now = time.monotonic()
         for w in self.waiters:
+            w.woken_at = now
             w.event.set()
 
     def estimate(self, position: int) -> float | None:
@@ -118,14 +183,14 @@ class GPUQueue:
     # -- the file on the state volume ---------------------------------------------------------
 
     def to_json(self) -> list[dict]:
-        return [{"user": w.user, "server": w.server, "since": w.since, "position": i + 1, "starting": w.passed}
-                for i, w in enumerate(self.waiters)]
+        return [{"user": w.user, "server": w.server, "since": w.since, "position": i + 1, "starting": w.passed,
+                 "rank": w.rank} for i, w in enumerate(self.waiters)]
 
     def save(self) -> None:
         if self.path is None:
             return
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"time": self.clock(), "waiting": self.to_json()}, indent=1))
+        tmp.write_text(json.dumps({"time": self.clock(), "waiting": self.to_json(), "moves": self.moves}, indent=1))
         os.replace(tmp, self.path)
 
     def recover(self) -> list[dict]:
@@ -139,7 +204,8 @@ class GPUQueue:
             return []
         now = self.recovered_at = self.clock()
         recovered = [e for e in left if isinstance(e, dict) and now - float(e.get("since", 0)) < 7 * 86400]
-        self.previous = {(e["user"], e.get("server", "")): (float(e["since"]), int(e.get("position", 0)))
+        self.previous = {(e["user"], e.get("server", "")): (float(e["since"]), int(e.get("position", 0)),
+                                                             float(e.get("rank", e["since"])))
                          for e in recovered}
         self.save()  # the line is empty now
         return recovered
@@ -151,3 +217,50 @@ def read_line(path: str | Path) -> list[dict]:
         return json.loads(Path(path).read_text()).get("waiting") or []
     except (OSError, ValueError, AttributeError):
         return []
+
+
+def moves_file(line_path: str | Path) -> Path:
+    """Where the console asks the hub to move waiters: beside the line's file."""
+    return Path(line_path).with_name("gpu-queue-moves.json")
+
+
+def read_moves(path: str | Path) -> list[dict]:
+    """The moves asked for, well-formed ones only (the file is the console's)."""
+    try:
+        moves = json.loads(Path(path).read_text()).get("moves") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [m for m in moves if isinstance(m, dict) and isinstance(m.get("id"), str)
+            and isinstance(m.get("user"), str) and isinstance(m.get("server"), str)
+            and isinstance(m.get("position"), int) and isinstance(m.get("at"), (int, float))]
+
+
+def request_move(line_path: str | Path, user: str, server: str, position: int, now: float,
+                 keep: float = 3600.0) -> str:
+    """(The console) ask the hub to move a waiter; returns the move's id, whose outcome the
+    hub writes into the line's file (``move_outcome``). Moves older than ``keep`` are dropped."""
+    path = moves_file(line_path)
+    move_id = uuid.uuid4().hex[:12]
+    moves = [m for m in read_moves(path) if now - m["at"] < keep][-99:]
+    moves.append({"id": move_id, "user": user, "server": server, "position": position, "at": now})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"moves": moves}, indent=1))
+    os.replace(tmp, path)
+    return move_id
+
+
+def withdraw_move(line_path: str | Path, move_id: str) -> None:
+    """(The console) take back a move the hub has not applied."""
+    path = moves_file(line_path)
+    moves = [m for m in read_moves(path) if m["id"] != move_id]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"moves": moves}, indent=1))
+    os.replace(tmp, path)
+
+
+def move_outcome(line_path: str | Path, move_id: str) -> str | None:
+    """What the hub did with a move: "moved", "not in line", "starting"; None: not yet."""
+    try:
+        return (json.loads(Path(line_path).read_text()).get("moves") or {}).get(move_id)
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -2,16 +2,21 @@
 
 A server whose GPU read under ``threshold_pct`` for ``timeout`` seconds is idle, whatever its
 browser tab or kernels do. It is first warned (its user sees the time left in JupyterLab);
-``grace`` seconds later, still idle, it is stopped and its GPU freed. GPU work resuming
+``grace`` seconds after the warning was due (``idle_since + timeout``; at least half the grace
+after a late warning), still idle, it is stopped and its GPU freed. GPU work resuming
 (a reading at or over the threshold) cancels the warning. The user's "still working" answer
 moves the deadline back by one grace period, once per warning; only GPU work clears it.
 Exempt users and groups are never reclaimed; an admin may extend one server until a time.
 Servers without a GPU hold none and are never judged.
+
+A profile may carry its own threshold, timeout and grace, or switch reclaim off
+(``ReclaimOverride``, from the profiles file); ``PolicyTable`` gives each server the policy of
+the profile it was started with. Exemptions stay global.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 Key = tuple[str, str, str]  # (user, server, gpu uuid)
 
@@ -34,6 +39,72 @@ class ReclaimPolicy:
     def to_json(self) -> dict[str, Any]:
         return {"threshold_pct": self.threshold_pct, "timeout_s": self.timeout, "grace_s": self.grace,
                 "exempt_users": sorted(self.exempt_users), "exempt_groups": sorted(self.exempt_groups)}
+
+
+@dataclass(frozen=True)
+class ReclaimOverride:
+    """What one profile changes of the hub's policy (None: the setting's value); ``off``: its
+    servers are never reclaimed."""
+    off: bool = False
+    threshold_pct: float | None = None
+    timeout: float | None = None
+    grace: float | None = None
+
+    def apply(self, policy: ReclaimPolicy) -> ReclaimPolicy:
+        if self.off:
+            return replace(policy, timeout=0.0)
+        changes = {k: v for k in ("threshold_pct", "timeout", "grace") if (v := getattr(self, k)) is not None}
+        return replace(policy, **changes)
+
+    def to_json(self) -> Any:
+        return "off" if self.off else {k: v for k, v in asdict(self).items() if k != "off" and v is not None}
+
+
+OVERRIDE_KEYS = {"threshold": "threshold_pct", "timeout": "timeout", "grace": "grace"}
+
+
+def parse_override(value: Any, where: str) -> ReclaimOverride:
+    """A profile's ``reclaim:``: ``off`` (YAML's off/false too), or a mapping of ``threshold``
+    (percent, 1-100), ``timeout`` (seconds, 0: off) and ``grace`` (seconds, > 0). A ValueError
+    says what is wrong."""
+    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return ReclaimOverride(off=True)
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"{where}: reclaim must be 'off' or a mapping of {sorted(OVERRIDE_KEYS)}, "
+                         "e.g. {timeout: 3600, grace: 900}")
+    unknown = set(value) - set(OVERRIDE_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: reclaim: unknown key(s) {sorted(unknown)}; allowed: {sorted(OVERRIDE_KEYS)}")
+    numbers = {}
+    for key, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ValueError(f"{where}: reclaim.{key} must be a number, got {number!r}")
+        numbers[OVERRIDE_KEYS[key]] = float(number)
+    if "threshold_pct" in numbers and not 0 < numbers["threshold_pct"] <= 100:
+        raise ValueError(f"{where}: reclaim.threshold is a utilisation in percent, from 1 to 100")
+    if "timeout" in numbers and not 0 <= numbers["timeout"] <= 30 * 86400:
+        raise ValueError(f"{where}: reclaim.timeout is seconds from 0 (never reclaim) to 2592000 (30 days)")
+    if "grace" in numbers and not 0 < numbers["grace"] <= 30 * 86400:
+        raise ValueError(f"{where}: reclaim.grace is seconds from 1 to 2592000 (30 days)")
+    return ReclaimOverride(**numbers)
+
+
+@dataclass(frozen=True)
+class PolicyTable:
+    """The hub's policy (the settings) and each profile's own where it has one."""
+    default: ReclaimPolicy
+    profiles: Mapping[str, ReclaimOverride] = field(default_factory=dict)
+
+    def of(self, profile: str | None) -> ReclaimPolicy:
+        override = self.profiles.get(profile or "")
+        return override.apply(self.default) if override else self.default
+
+    @property
+    def enabled(self) -> bool:
+        return self.default.enabled or any(self.of(p).enabled for p in self.profiles)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.default.to_json(), "profiles": {p: o.to_json() for p, o in sorted(self.profiles.items())}}
 
 
 @dataclass(frozen=True)
@@ -85,6 +156,7 @@ class Candidate:
     uuid: str
     idle_since: float | None  # None: busy now, or nothing to judge by
     groups: frozenset[str] = frozenset()
+    profile: str = ""  # the profile it was started with (its policy: PolicyTable)
 
     @property
     def key(self) -> Key:
@@ -100,12 +172,16 @@ class Decision:
     why: str = ""
 
 
-def decide(policy: ReclaimPolicy, candidates: Iterable[Candidate], state: ReclaimState, now: float) -> list[Decision]:
-    """This round's decisions; ``state`` is updated to match them."""
+def decide(policies: ReclaimPolicy | PolicyTable, candidates: Iterable[Candidate], state: ReclaimState,
+           now: float) -> list[Decision]:
+    """This round's decisions, each server by its profile's policy; ``state`` is updated to
+    match them."""
+    table = policies if isinstance(policies, PolicyTable) else PolicyTable(policies)
     decisions: list[Decision] = []
     seen: set[Key] = set()
     for c in candidates:
         seen.add(c.key)
+        policy = table.of(c.profile)
         warned = state.warned.get(c.key)
         until = state.extended.get((c.user, c.server), 0.0)
         if until and until <= now:
@@ -120,7 +196,12 @@ def decide(policy: ReclaimPolicy, candidates: Iterable[Candidate], state: Reclai
             continue
         if warned is None:
             if now - c.idle_since >= policy.timeout:
-                warned = Warned(at=now, deadline=now + policy.grace, idle_since=c.idle_since)
+                # The grace runs from when the warning was due, not from the round that noticed
+                # it (up to one sampling interval later); a warning much later than due (the
+                # service was down) still leaves the user half the grace.
+                due = c.idle_since + policy.timeout
+                deadline = max(due + policy.grace, now + policy.grace / 2)
+                warned = Warned(at=now, deadline=deadline, idle_since=c.idle_since)
                 state.warned[c.key] = warned
                 decisions.append(Decision("warn", c.key, c.idle_since, warned.deadline))
         elif now >= warned.deadline:

@@ -13,11 +13,20 @@ and stop them. Every ``GPU_SAMPLE_INTERVAL`` seconds it:
    written for the user's next page load (``hub.spawner.stop_reasons.ReasonFile``), the audit
    log records it, and the server is stopped through the hub's REST API (files kept, GPU freed).
 
+After each round it writes what it saw per holder (the ``api/holders`` list: utilisation, memory,
+idle since, warning, policy) to ``gpu-holders.json`` on the state volume, which the GPU console
+shows per holder (``holders_snapshot``) instead of judging idleness a second time.
+
 Its decisions' memory (warnings, admins' extensions) is kept in ``gpu-reclaim.json``, so a
 restart of the hub loses neither the idle history nor a warning under way.
 
+Each server is judged by the policy of the profile it was started with (the container's
+``gpuhub.profile`` label; a profile's ``reclaim:`` in the profiles file, re-read when it
+changes), else by the settings.
+
 API (JSON; ``Authorization: token <token>``; errors ``{"status", "message"}``):
-    GET  api/me                       the caller's servers with a GPU: usage, idle for, warning
+    GET  api/me                       the caller's servers with a GPU: usage, idle for, warning;
+                                      and the caller's GPU-hours and tightest quota ("usage")
     POST api/me/still-working {"server"}   the caller answers a warning (once per warning)
     GET  api/holders                  (admins) every holder with its activity and warning
     POST api/extend {"user", "server", "seconds"}   (admins) exempt one server until then
@@ -40,15 +49,18 @@ from urllib.parse import urlsplit
 from tornado import web
 
 from hub.config import STATE_DIR
+from hub.config.configure import PROFILES_FILE
 from hub.config.table import read
 from hub.console.audit import AuditLog
 from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
 from hub.gpus.claim import LIVE_STATES, Labels, holders_from_containers
 from hub.gpus.model import Holder
-from hub.reclaim.policy import Candidate, Decision, ReclaimPolicy, ReclaimState, decide, stop_message
+from hub.reclaim.policy import (Candidate, Decision, PolicyTable, ReclaimOverride, ReclaimPolicy, ReclaimState,
+                                decide, stop_message)
 from hub.spawner.stop_reasons import ReasonFile
 
 NAME = "gpu-reclaim"
+HOLDERS_FILE = "gpu-holders.json"  # each round's holders with their activity, for the GPU console
 log = logging.getLogger(NAME)
 
 
@@ -59,6 +71,19 @@ def policy_from_env(env: Mapping[str, str]) -> ReclaimPolicy:
                          exempt_groups=frozenset(read(env, "GPU_IDLE_EXEMPT_GROUPS")))
 
 
+def overrides_from_profiles(path: str | Path) -> dict[str, ReclaimOverride]:
+    """Each profile's own reclaim policy from the profiles file (none: no file, or no profile
+    has one). Raises ValueError for a file the hub would refuse too."""
+    from hub.spawner.profiles import load_profiles
+
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return {}
+    # images and limits do not matter here; placeholders satisfy the parser
+    return {p.slug: p.reclaim for p in load_profiles(text, "unused", 0, 0.0) if p.reclaim is not None}
+
+
 def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
@@ -66,10 +91,18 @@ def _iso(epoch: float) -> str:
 class Reclaimer:
     """One round at a time: who holds what, one reading, decisions, actions."""
 
-    def __init__(self, policy: ReclaimPolicy, sampler: ActivitySampler, docker: Callable, hub: Any,
+    def __init__(self, policy: ReclaimPolicy | PolicyTable, sampler: ActivitySampler, docker: Callable, hub: Any,
                  audit: AuditLog, reasons: ReasonFile, state_file: str | Path, instance: str,
-                 label_prefix: str = "gpuhub", clock: Callable[[], float] = time.time):
-        self.policy, self.sampler, self.docker, self.hub = policy, sampler, docker, hub
+                 label_prefix: str = "gpuhub", clock: Callable[[], float] = time.time,
+                 profiles_file: str | Path | None = None, holders_file: str | Path | None = None,
+                 usage: Callable[[str, list[str]], dict] | None = None):
+        self.policies = policy if isinstance(policy, PolicyTable) else PolicyTable(policy)
+        self.policy = self.policies.default  # the settings' policy
+        self.sampler, self.docker, self.hub = sampler, docker, hub
+        self.profiles_file, self._profiles_mtime = Path(profiles_file) if profiles_file else None, None
+        self.profile_of: dict[tuple[str, str], str] = {}  # (user, server) -> profile, from the labels
+        self.holders_file = Path(holders_file) if holders_file else None
+        self.usage = usage  # (user, groups) -> their GPU-hours and tightest quota (blocking: SQLite)
         self.audit, self.reasons, self.instance, self.clock = audit, reasons, instance, clock
         self.labels = Labels(label_prefix)
         self.state_file = Path(state_file)
@@ -100,31 +133,73 @@ class Reclaimer:
         containers = await self.docker("containers", all=True, filters={
             "label": [f"{self.labels.instance}={self.instance}", self.labels.gpu_uuid],
             "status": list(LIVE_STATES)})
+        profiles = {}
+        for c in containers:
+            labels = (c.get("Config") or {}).get("Labels") or c.get("Labels") or {}
+            if labels.get(self.labels.profile):
+                profiles[(labels.get(self.labels.user, ""), labels.get(self.labels.server, ""))] = \
+                    labels[self.labels.profile]
+        self.profile_of = profiles
         return holders_from_containers(containers, self.labels.prefix)
+
+    def reload_profiles(self) -> None:
+        """The profiles' own policies, re-read when the file changed (an admin's edit applies at
+        the next round); a file the hub would refuse keeps the last good policies."""
+        if self.profiles_file is None:
+            return
+        try:
+            mtime = self.profiles_file.stat().st_mtime
+        except OSError:
+            mtime = None
+        if mtime == self._profiles_mtime:
+            return
+        self._profiles_mtime = mtime
+        try:
+            overrides = overrides_from_profiles(self.profiles_file) if mtime is not None else {}
+        except ValueError as exc:
+            log.warning("%s: %s; keeping the last reclaim policies", self.profiles_file, exc)
+            return
+        self.policies = PolicyTable(self.policies.default, overrides)
+        if overrides:
+            log.info("reclaim policies of profiles: %s", json.dumps(self.policies.to_json()["profiles"]))
+
+    def policy_of(self, user: str, server: str) -> ReclaimPolicy:
+        return self.policies.of(self.profile_of.get((user, server)))
 
     async def round(self) -> list[Decision]:
         async with self.lock:
             self.holders = await self.read_holders()
+            await asyncio.to_thread(self.reload_profiles)
             await asyncio.to_thread(self.sampler.sample, self.holders)
             now = self.clock()
             candidates = []
             for uuid, holders in self.holders.items():
                 for h in holders:
-                    idle = None
+                    policy, idle = self.policy_of(h.user, h.server), None
                     if self.sampler.store is not None and self.sampler.source == "nvml":
-                        idle = await asyncio.to_thread(self.sampler.store.idle_since, h, uuid,
-                                                       self.policy.threshold_pct)
+                        idle = await asyncio.to_thread(self.sampler.store.idle_since, h, uuid, policy.threshold_pct)
                     groups = frozenset()
-                    if idle is not None and now - idle >= self.policy.timeout and self.policy.exempt_groups:
+                    if idle is not None and now - idle >= policy.timeout and policy.exempt_groups:
                         groups = await self._groups(h.user)
-                    candidates.append(Candidate(h.user, h.server, uuid, idle, groups))
-            decisions = decide(self.policy, candidates, self.state, now)
+                    candidates.append(Candidate(h.user, h.server, uuid, idle, groups,
+                                                self.profile_of.get((h.user, h.server), "")))
+            decisions = decide(self.policies, candidates, self.state, now)
             for d in decisions:
                 await self._act(d, now)
             if decisions:
                 await asyncio.to_thread(self.save_state)
             self.last_round = now
+            if self.holders_file is not None:
+                await asyncio.to_thread(self.save_holders)
             return decisions
+
+    def save_holders(self) -> None:
+        """What this round saw per holder, for the GPU console (``holders_snapshot``)."""
+        data = {"time": self.clock(), "interval_s": self.sampler.interval, "source": self.sampler.source,
+                "reason": self.sampler.reason, "holders": self.holdings()}
+        tmp = self.holders_file.with_name(f".{self.holders_file.name}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.holders_file)
 
     async def _groups(self, user: str) -> frozenset[str]:
         model = await self.hub.user(user)
@@ -143,14 +218,15 @@ class Reclaimer:
         elif d.action == "clear":
             log.info("%s's server %r: reclaim warning withdrawn (%s)", user, server, d.why)
         elif d.action == "stop":
-            message = stop_message(gpu_name, self.policy, d.idle_since, now)
+            policy = self.policy_of(user, server)
+            message = stop_message(gpu_name, policy, d.idle_since, now)
             await asyncio.to_thread(self.reasons.put, (user, server), message, now)
             code, answer = await self.hub.stop_server(user, server)
             log.info("%s's server %r stopped: GPU %s idle since %s (hub: %s %s)", user, server, uuid,
                      _iso(d.idle_since), code, answer)
             await self._audit("reclaim", user, server, uuid, now,
                               f"stopped {user}'s server to reclaim GPU {uuid}: under "
-                              f"{self.policy.threshold_pct:g} % since {_iso(d.idle_since)}, warned, "
+                              f"{policy.threshold_pct:g} % since {_iso(d.idle_since)}, warned, "
                               f"grace over at {_iso(d.deadline)}")
 
     async def _audit(self, action: str, user: str, server: str, uuid: str, now: float, detail: str,
@@ -165,7 +241,8 @@ class Reclaimer:
     def holder_json(self, uuid: str, h: Holder, now: float) -> dict[str, Any]:
         reading = self.sampler.now(uuid)
         store = self.sampler.store
-        idle = store.idle_since(h, uuid, self.policy.threshold_pct) if store and reading else None
+        policy = self.policy_of(h.user, h.server)
+        idle = store.idle_since(h, uuid, policy.threshold_pct) if store and reading else None
         warned = self.state.warned.get((h.user, h.server, uuid))
         extended = self.state.extended.get((h.user, h.server), 0.0)
         return {
@@ -180,6 +257,8 @@ class Reclaimer:
                 "deadline": warned.deadline, "deadline_iso": _iso(warned.deadline),
                 "seconds_left": max(0, round(warned.deadline - now)), "still_working": warned.still_working},
             "extended_until": extended if extended > now else None,
+            "profile": self.profile_of.get((h.user, h.server)),
+            "policy": {k: v for k, v in policy.to_json().items() if not k.startswith("exempt")},
         }
 
     def holdings(self, user: str | None = None) -> list[dict[str, Any]]:
@@ -196,7 +275,7 @@ class Reclaimer:
         key = (user, server, uuid or "")
         async with self.lock:
             try:
-                warned = self.state.still_working(key, self.policy.grace)
+                warned = self.state.still_working(key, self.policy_of(user, server).grace)
             except ValueError as exc:
                 raise ApiError(409, str(exc)) from None
             if warned is None:
@@ -219,6 +298,29 @@ class Reclaimer:
                                       f"exempted {user}'s server from GPU reclaim until {_iso(now + seconds)}",
                                       who=who, via="token")
         return {"message": entry["detail"][0].upper() + entry["detail"][1:], "entry": entry}
+
+
+def holders_snapshot(path: str | Path, now: float) -> dict[tuple[str, str, str], dict]:
+    """(user, server, uuid) -> what gpu-reclaim's last round saw of that holder (see
+    ``Reclaimer.holder_json``; ``idle_seconds`` brought up to ``now``); empty if the file is
+    missing, unreadable or older than three sampling intervals (the service is not running)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        interval, taken = float(data.get("interval_s") or 10), float(data["time"])
+        holders = data.get("holders") or []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    if now - taken > 3 * interval + 5:
+        return {}
+    out = {}
+    for h in holders:
+        try:
+            key = (h["user"], h["server"], h["gpu"]["uuid"])
+        except (KeyError, TypeError):
+            continue
+        idle = h.get("idle_since")
+        out[key] = {**h, "idle_seconds": max(0, round(now - idle)) if idle is not None else 0, "sampled_at": taken}
+    return out
 
 
 class ApiError(web.HTTPError):
@@ -282,9 +384,11 @@ class MeHandler(Handler):
     async def get(self) -> None:
         model = await self.caller()
         r = self.reclaimer
-        self.reply({"user": model["name"], "policy": r.policy.to_json(), "enabled": r.policy.enabled,
-                    "exempt": r.policy.exempt(model["name"], model.get("groups") or []),
-                    "servers": r.holdings(model["name"])})
+        groups = list(model.get("groups") or [])
+        usage = await asyncio.to_thread(r.usage, model["name"], groups) if r.usage else None
+        self.reply({"user": model["name"], "policy": r.policy.to_json(), "enabled": r.policies.enabled,
+                    "exempt": r.policy.exempt(model["name"], groups),
+                    "servers": r.holdings(model["name"]), "usage": usage or None})
 
 
 class StillWorkingHandler(Handler):
@@ -302,7 +406,7 @@ class HoldersHandler(Handler):
     async def get(self) -> None:
         await self.admin()
         r = self.reclaimer
-        self.reply({"policy": r.policy.to_json(), "enabled": r.policy.enabled, "last_round": r.last_round,
+        self.reply({"policy": r.policies.to_json(), "enabled": r.policies.enabled, "last_round": r.last_round,
                     "usage": {"source": r.sampler.source, "reason": r.sampler.reason,
                               "interval_s": r.sampler.interval},
                     "holders": r.holdings()})
@@ -341,10 +445,20 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
     store = ActivityStore(state / "gpu-activity.sqlite")
     sampler = ActivitySampler(load_reader(read(env, "GPU_USAGE_READER")), interval=interval, store=store)
     hub = hub or HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
+    usage_db, default_quota = env.get("GPUHUB_USAGE_DB", str(state / "gpu-usage.sqlite")), read(env, "GPU_QUOTA_DEFAULT")
+
+    def usage(user: str, groups: list[str]) -> dict:
+        from hub.usage import gate
+
+        # A course is a group of the same name, and only a course can carry a course quota: the
+        # groups serve as the courses too (the token's model has group names, not properties).
+        return gate.summary(usage_db, user, groups, groups, default_quota)
     return Reclaimer(policy_from_env(env), sampler, docker or DockerCaller(), hub,
                      AuditLog(state / "gpu-audit.jsonl"), ReasonFile(state / "stop-reasons.json"),
                      state / "gpu-reclaim.json", instance=read(env, "HUB_NAME_PREFIX"),
-                     label_prefix=env.get("GPUHUB_LABEL_PREFIX", "gpuhub"))
+                     label_prefix=env.get("GPUHUB_LABEL_PREFIX", "gpuhub"),
+                     profiles_file=env.get("GPUHUB_PROFILES_FILE", PROFILES_FILE),
+                     holders_file=state / HOLDERS_FILE, usage=usage)
 
 
 def main() -> None:
@@ -368,7 +482,7 @@ def main() -> None:
         make_app(reclaimer, identify, env.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{NAME}/")).listen(
             url.port or 80, address="0.0.0.0")
         log.info("GPU reclaim at %s: %s; a reading every %gs", url.geturl(),
-                 json.dumps(reclaimer.policy.to_json()) if reclaimer.policy.enabled else "off (sampling only)",
+                 json.dumps(reclaimer.policies.to_json()) if reclaimer.policies.enabled else "off (sampling only)",
                  reclaimer.sampler.interval)
 
         async def tick() -> None:

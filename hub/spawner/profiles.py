@@ -10,6 +10,8 @@
         images: [gpuhub/pytorch-notebook:0.1.0]   # the allowlist; the first is the default
         groups: [staff]                # only members of these groups see it (absent: everyone)
         default: true
+        reclaim: {timeout: 7200, grace: 900}   # its own idle-GPU reclaim (or: reclaim: off);
+                                       # left out: GPU_IDLE_TIMEOUT/THRESHOLD/GRACE (docs/gpus.md)
 
 Users choose a profile (and an image from its list); everything else comes from the file.
 Anything else in the user's options, or a profile or image not offered to them, is refused
@@ -22,10 +24,11 @@ from dataclasses import dataclass
 import yaml
 from tornado import web
 
+from hub.reclaim.policy import ReclaimOverride, parse_override
 from hub.units import parse_cpus, parse_size
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-_KEYS = {"slug", "name", "description", "gpu", "mem_limit", "cpu_limit", "images", "groups", "default"}
+_KEYS = {"slug", "name", "description", "gpu", "mem_limit", "cpu_limit", "images", "groups", "default", "reclaim"}
 OPTION_KEYS = {"profile", "image"}
 
 
@@ -40,6 +43,7 @@ class Profile:
     images: tuple[str, ...]
     groups: frozenset[str]
     default: bool = False
+    reclaim: ReclaimOverride | None = None  # None: the hub's reclaim settings
 
     def visible_to(self, groups: set[str], admin: bool) -> bool:
         return admin or not self.groups or bool(self.groups & groups)
@@ -92,8 +96,13 @@ def _profile(i: int, entry, image: str, mem: int, cpu: float) -> Profile:
     for key in ("gpu", "default"):
         if key in entry and not isinstance(entry[key], bool):
             raise ValueError(f"{where}: {key} must be true or false")
+    reclaim = None
+    if "reclaim" in entry:
+        if not entry.get("gpu", True):
+            raise ValueError(f"{where}: reclaim is about idle GPUs; a profile with gpu: false holds none")
+        reclaim = parse_override(entry["reclaim"], where)
     return Profile(slug, str(entry["name"]), str(entry.get("description", "")), entry.get("gpu", True),
-                   mem_limit, cpu_limit, tuple(images), frozenset(groups), entry.get("default", False))
+                   mem_limit, cpu_limit, tuple(images), frozenset(groups), entry.get("default", False), reclaim)
 
 
 def choose(profiles: list[Profile], user_options: dict, groups: set[str], admin: bool) -> tuple[Profile, str]:

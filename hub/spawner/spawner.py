@@ -384,9 +384,15 @@ class GPUDockerSpawner(DockerSpawner):
     async def _wait_in_line(self, manager: GPUManager) -> None:
         queue, user, server = PROCESS.gpu_queue, self.user.name, self.name or ""
         groups, told, started = frozenset(self.user_groups()), None, time.monotonic()
+        woken = started
         while True:
             async with manager.lock:
-                await manager.reconcile(self.engine)
+                # One engine read serves every waiter woken by the same stop: the waiters queue
+                # on this lock, and the allocator (reconciled, then kept by each allocation under
+                # the lock) is as fresh as a read of their own. The start itself reads the
+                # engine again before it takes a GPU (create_object).
+                if manager.reconciled_at <= woken:
+                    await manager.reconcile(self.engine)
                 alloc, now = manager.allocator, time.time()
                 if not alloc.intent.allows(user, groups) or alloc.gpu_of(user, server) is not None:
                     return  # assign_gpu refuses it, starts it without a GPU, or it holds one already
@@ -396,6 +402,7 @@ class GPUDockerSpawner(DockerSpawner):
                 # In line from the first look: a start let through keeps its place (passed) until
                 # its container exists, so a burst never lets more through than GPUs are free.
                 self._waiter = self._waiter or queue.join(user, server, groups)
+                queue.apply_moves()  # an admin's moves from the GPU console, before anyone is let through
                 if may_take(user, groups) and not queue.blocked(user, server, may_take, free_gpus(alloc, user, groups, now)):
                     self._waiter.passed = True
                     return
@@ -410,8 +417,9 @@ class GPUDockerSpawner(DockerSpawner):
                                      "in line; press Start to try again later.")
             try:
                 await asyncio.wait_for(self._waiter.event.wait(), 5)
+                woken = self._waiter.woken_at  # when the stop happened, not when this task resumed
             except asyncio.TimeoutError:
-                pass
+                woken = time.monotonic()
 
     @staticmethod
     def queue_message(position: int, estimate: float | None) -> str:
@@ -639,6 +647,7 @@ class GPUDockerSpawner(DockerSpawner):
             kwargs["healthcheck"] = {"test": ["NONE"]}
         kwargs["labels"] = {**(kwargs.get("labels") or {}),
                             **self.labels.owner(self.user.name, self.name or "", self.prefix),
+                            **({self.labels.profile: self.profile_slug} if self.profile_slug else {}),
                             **(self.assignment.labels(self.labels) if self.assignment else {})}
         host_config["Binds"] = [*(host_config.get("Binds") or []),
                                 *course_volumes.binds(course_volumes.user_courses(self.user), self.user.name,
@@ -697,6 +706,12 @@ class GPUDockerSpawner(DockerSpawner):
             return await super().stop(now=now)
         finally:
             PROCESS.gpu_queue.wake()  # its GPU may be free now: the line checks again
+
+    async def stop_object(self):
+        await super().stop_object()
+        # The container has exited, so the engine shows its GPU free: the first in line may take
+        # it while this container is being removed (the hand-over waits for the stop, not the removal).
+        PROCESS.gpu_queue.wake()
 
     def _list_running(self):
         return self.engine("containers", filters={"status": "running",

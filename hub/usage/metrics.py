@@ -3,12 +3,14 @@ console already has in memory and the usage store: no engine call per scrape.
 
 Names follow Prometheus' conventions (base units, ``_total`` for counters, ``_ratio`` for
 0..1, ``_info`` for labels only). Labels: ``uuid``, ``index``, ``model``, ``node`` for a
-device; ``user`` (comma-separated for a shared GPU's holders), ``group``, ``course``.
+device; ``user`` (comma-separated for a shared GPU's holders), ``group``, ``course``. The
+line for GPUs: ``gpuhub_queue_length``, ``gpuhub_queue_oldest_wait_seconds``,
+``gpuhub_queue_wait_seconds{user, server}`` (read from the hub's ``gpu-queue.json``).
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -23,8 +25,10 @@ MIB = 1024 * 1024
 
 
 class UsageCollector:
-    def __init__(self, keeper: UsageKeeper, inventory: Iterable[GPU], sampler: Any):
+    def __init__(self, keeper: UsageKeeper, inventory: Iterable[GPU], sampler: Any,
+                 queue: Callable[[], list[dict]] | None = None):
         self.keeper, self.inventory, self.sampler = keeper, list(inventory), sampler
+        self.queue = queue  # the line for GPUs as the hub last wrote it (hub.gpus.queue.read_line)
 
     def collect(self):
         now = self.keeper.clock()
@@ -76,6 +80,8 @@ class UsageCollector:
         if last is not None:
             synced.add_metric([], last.time)
         yield synced
+        if self.queue is not None:
+            yield from queue_families(self.queue(), now)
 
     def store_families(self, now: float) -> list:
         """Counters and quota gauges from the store: they change only at a sync or a quota change,
@@ -143,8 +149,28 @@ def warm(keeper: UsageKeeper) -> None:
     UsageCollector(keeper, [], None).store_families(keeper.clock())
 
 
-def exposition(keeper: UsageKeeper, inventory: Iterable[GPU], sampler: Any) -> bytes:
+def queue_families(waiting: list[dict], now: float) -> list:
+    """The line for GPUs (GPU_WHEN_FULL=queue): how many wait, and for how long."""
+    length = GaugeMetricFamily("gpuhub_queue_length", "Starts waiting in line for a GPU (not yet let through)")
+    oldest = GaugeMetricFamily("gpuhub_queue_oldest_wait_seconds", "How long the longest waiter has waited "
+                               "(0: nobody waits)")
+    each = GaugeMetricFamily("gpuhub_queue_wait_seconds", "How long each waiter has waited so far",
+                             labels=["user", "server"])
+    waits = []
+    for e in waiting:
+        if e.get("starting"):
+            continue
+        wait = max(0.0, now - float(e.get("since") or now))
+        waits.append(wait)
+        each.add_metric([str(e.get("user", "")), str(e.get("server", ""))], wait)
+    length.add_metric([], len(waits))
+    oldest.add_metric([], max(waits, default=0.0))
+    return [length, oldest, each]
+
+
+def exposition(keeper: UsageKeeper, inventory: Iterable[GPU], sampler: Any,
+               queue: Callable[[], list[dict]] | None = None) -> bytes:
     """The text format, for one scrape (blocking: SQLite)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(UsageCollector(keeper, inventory, sampler))
+    registry.register(UsageCollector(keeper, inventory, sampler, queue))
     return generate_latest(registry)

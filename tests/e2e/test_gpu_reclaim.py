@@ -122,6 +122,7 @@ def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(reclai
     item = page.locator(".gpuhub-gpu-item")
     expect(item).to_contain_text("GPU: 40%", timeout=30_000)
     expect(item).to_contain_text("2.0 / 80.0 GiB")
+    expect(item).to_contain_text("GPU-h")  # the user's own GPU-hours (the usage store)
     page.screenshot(path=ARTIFACTS / "reclaim-1-my-gpu.png")
 
     feed(stack, {uuid: {"util": 0, "mem": 2048}})  # idle from now on

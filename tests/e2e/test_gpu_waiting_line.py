@@ -96,3 +96,93 @@ def test_full_host_queues_in_order_and_hands_over_by_itself(queueing, hub):
     print(json.dumps({"queue_handover_s": round(handover, 2)}))
     for name in [*holders[1:], first]:
         hub.stop(name)
+
+
+def line_users(stack) -> list[str]:
+    text = stack.compose("exec", "-T", "hub", "cat", "/srv/jupyterhub/state/gpu-queue.json", check=False).stdout
+    try:
+        return [e["user"] for e in json.loads(text)["waiting"]]
+    except ValueError:
+        return []
+
+
+@pytest.mark.browser
+def test_admin_moves_waiters_from_the_console_and_they_start_in_the_new_order(queueing, hub, page):
+    """The console's API and page move waiters (audited), each waiter's progress shows its new
+    place, a non-admin's move is refused and changes nothing, and the line hands over in the
+    moved order."""
+    from playwright.sync_api import expect
+
+    from conftest import ARTIFACTS
+    from consoleclient import Console
+
+    stack = queueing
+    console = Console(stack, hub.s.headers["Authorization"].split()[1])
+    holders = [f"qm-hold{i}" for i in range(len(GPUS))]
+    for name in holders:
+        hub.create_user(name)
+        hub.start(name, options={"profile": "gpu"})
+    waiters = ["qm-w1", "qm-w2", "qm-w3"]
+    tokens = {n: user_token(hub, n) for n in waiters}
+    events = {n: [] for n in waiters}
+    for name in waiters:
+        post_start(hub, name)
+        follow(hub, name, events[name])
+        wait_for(lambda: line_users(stack)[-1:] == [name], timeout=30, what=f"{name} in line")
+    assert line_users(stack) == waiters
+
+    # a non-admin cannot move anyone (not even themselves); bad bodies are refused
+    r = console.call("POST", "queue/qm-w3/move", {"position": 1}, token=tokens["qm-w3"])
+    assert r.status_code == 403 and r.json()["message"], r.text
+    for body, status in (({"position": 0}, 400), ({"position": 9}, 400), ({"position": 3}, 409),
+                         ({"position": 1, "user": "qm-w1"}, 400)):
+        r = console.call("POST", "queue/qm-w3/move", body)
+        assert r.status_code == status, (body, r.text)
+    assert line_users(stack) == waiters
+
+    # the API: qm-w3 to the front; its progress says so, and qm-w1 is second now
+    r = console.call("POST", "queue/qm-w3/move", {"position": 1, "note": "e2e"})
+    assert r.status_code == 200, r.text
+    assert [e["user"] for e in r.json()["waiting"]] == ["qm-w3", "qm-w1", "qm-w2"]
+    wait_for(lambda: "next in line" in messages(events["qm-w3"]), timeout=30, what="qm-w3 told it is next")
+    wait_for(lambda: "number 2 in line" in messages(events["qm-w1"]), timeout=30, what="qm-w1 told it is 2nd")
+    entry = [e for e in console.audit() if e["action"] == "queue-move"][-1]
+    assert (entry["user"], entry["from"], entry["to"], entry["note"]) == ("qm-w3", 3, 1, "e2e")
+
+    # the page: qm-w2 (third) to place 1 with the place field, then qm-w1 one down with its button
+    admin = stack.env["HUB_ADMIN_USER"]
+    page.goto(f"{stack.url}/hub/login")
+    page.fill("input[name=username]", admin)
+    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/hub/**", timeout=30_000)
+    page.goto(f"{stack.url}/services/gpu-console/")
+    rows = page.locator("#queue tbody tr")
+    expect(rows).to_have_count(3, timeout=30_000)
+    expect(rows.nth(0)).to_contain_text("qm-w3")
+    page.screenshot(path=ARTIFACTS / "queue-move-1-line.png", full_page=True)
+    w2 = page.locator('#queue tbody tr[data-user="qm-w2"]')
+    w2.locator("input.queue-position").fill("1")
+    w2.locator("button.btn-queue-move").click()
+    expect(page.locator("#alerts")).to_contain_text("from place 3 to 1", timeout=30_000)
+    expect(rows.nth(0)).to_contain_text("qm-w2", timeout=15_000)
+    expect(page.locator('#queue tbody tr[data-user="qm-w2"] button.btn-queue-up')).to_be_disabled()
+    page.locator('#queue tbody tr[data-user="qm-w3"] button.btn-queue-down').click()
+    expect(page.locator("#alerts")).to_contain_text("from place 2 to 3", timeout=30_000)
+    expect(rows.nth(2)).to_contain_text("qm-w3", timeout=15_000)
+    page.screenshot(path=ARTIFACTS / "queue-move-2-moved.png", full_page=True)
+    assert line_users(stack) == ["qm-w2", "qm-w1", "qm-w3"]
+    wait_for(lambda: "next in line" in messages(events["qm-w2"]), timeout=30, what="qm-w2 told it is next")
+
+    # holders stop one by one: the waiters start in the moved order
+    started = []
+    for holder, expected in zip(holders, ["qm-w2", "qm-w1", "qm-w3"]):
+        hub.api("DELETE", f"/users/{holder}/server")
+        hub.wait(expected, ready=True, timeout=120)
+        started.append(expected)
+        assert all(hub.user(n)["servers"].get("", {}).get("pending") == "spawn"
+                   for n in waiters if n not in started), "a later waiter started first"
+    held = list(gpu_holdings(stack).values())
+    assert len(held) == len(set(held))
+    for name in [*holders[len(waiters):], *waiters]:
+        hub.stop(name)

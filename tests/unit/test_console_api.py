@@ -60,6 +60,48 @@ def test_gpu_table_shows_every_gpu_with_state_and_holder(api):
     assert state["access"] == {"users": [], "groups": [], "everyone": True}
 
 
+def test_each_holder_shows_what_gpu_reclaim_last_saw(api):
+    """Utilisation now, memory held and idle for how long, per holder, from gpu-reclaim's own
+    rounds (its gpu-holders.json on the state volume), not from a second judgement here."""
+    import asyncio
+    import time
+
+    from test_gpu_activity import Feed
+
+    from hub.console.audit import AuditLog
+    from hub.gpus.activity import ActivitySampler, ActivityStore
+    from hub.reclaim.policy import ReclaimPolicy
+    from hub.reclaim.service import Reclaimer
+    from hub.spawner.stop_reasons import ReasonFile
+
+    alice = container("gpuhubtest-alice", GPUS[1].uuid, "alice", since=time.time() - 100)
+    alice["Config"]["Labels"]["gpuhub.profile"] = "gpu"
+    api.engine.containers = [alice]
+
+    async def engine(method, *args, **kwargs):
+        return [alice]
+    clock = [time.time() - 30]
+    tmp = api.tmp_path
+    r = Reclaimer(ReclaimPolicy(timeout=20, grace=600), ActivitySampler(Feed(**{GPUS[1].uuid: 0}), interval=10,
+                  clock=lambda: clock[0], store=ActivityStore(tmp / "a.sqlite")), engine, None,
+                  AuditLog(tmp / "reclaim-audit.jsonl"), ReasonFile(tmp / "reasons.json"), tmp / "reclaim.json",
+                  instance="gpuhubtest", clock=lambda: clock[0], holders_file=tmp / "gpu-holders.json")
+    assert api.call("GET", "gpus?fresh=1").json()["gpus"][1]["holder"]["activity"] is None  # no round yet
+    for _ in range(4):  # idle for 30 s, warned at 20 s
+        asyncio.run(r.round())
+        clock[0] += 10
+    state = api.call("GET", "gpus?fresh=1").json()
+    activity = state["gpus"][1]["holder"]["activity"]
+    assert state["holder_activity"] and state["gpus"][1]["holders"][0]["activity"] == activity
+    assert activity["utilization_pct"] == 0 and activity["memory_used_mib"] == 1000
+    assert 29 <= activity["idle_seconds"] <= 40 and activity["profile"] == "gpu"
+    assert activity["warning_deadline"] == pytest.approx(clock[0] - 20 + 600, abs=0.1)  # warned in round 3
+    # a service that stopped sampling: nothing shown rather than old figures
+    (tmp / "gpu-holders.json").write_text(json.dumps({**json.loads((tmp / "gpu-holders.json").read_text()),
+                                                      "time": time.time() - 3600}))
+    assert api.call("GET", "gpus?fresh=1").json()["gpus"][1]["holder"]["activity"] is None
+
+
 def test_non_admins_get_403_json_and_strangers_401(api):
     for token, status in ((USER_TOKEN, 403), (None, 401)):
         for method, path, body in (("GET", "gpus", None), ("POST", "pins", {"user": "bob", "gpu": GPUS[0].uuid}),
@@ -181,7 +223,7 @@ def test_openapi_file_is_served_and_lists_every_route(api):
                                   "/courses", "/courses/roster", "/courses/{course}", "/courses/{course}/stop",
                                   "/courses/{course}/reset", "/reservations", "/reservations/{id}",
                                   "/shared", "/shared/{uuid}", "/usage", "/usage/users/{user}", "/quotas",
-                                  "/quotas/{scope}/{name}", "/queue", "/queue/{user}"}
+                                  "/quotas/{scope}/{name}", "/queue", "/queue/{user}", "/queue/{user}/move"}
 
 
 def test_every_path_of_the_spec_has_its_handler_and_request_schemas():

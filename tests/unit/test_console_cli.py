@@ -154,3 +154,32 @@ def test_roster_with_bad_rows_prints_them_and_exits_1(hub, capsys, tmp_path):
     err = capsys.readouterr().err
     assert "bad row, line 2: unknown role 'wizard'" in err and "nothing was changed" in err
     assert gpus(hub, "roster", str(tmp_path / "missing.csv")) == 2
+
+
+def test_queue_list_move_and_remove(hub, capsys):
+    import threading
+
+    from hub.gpus.queue import GPUQueue
+
+    line = GPUQueue(hub.tmp_path / "gpu-queue.json")
+    for name in ("alice", "carol", "dave"):
+        line.join(name, "")
+    stop = threading.Event()
+    threading.Thread(target=lambda: [line.apply_moves() for _ in iter(lambda: stop.wait(0.1), True)],
+                     daemon=True).start()  # the hub's waiters, looking for moves
+    try:
+        assert gpus(hub, "queue") == 0
+        assert [ln.split()[:2] for ln in capsys.readouterr().out.splitlines()] == [["1", "alice"], ["2", "carol"],
+                                                                                  ["3", "dave"]]
+        assert gpus(hub, "queue", "move", "dave", "1", "--note", "deadline") == 0
+        assert "Moved dave in the line for a GPU from place 3 to 1" in capsys.readouterr().out
+        assert [w.user for w in line.waiters] == ["dave", "alice", "carol"]
+        assert gpus(hub, "queue", "move", "dave", "9") == 1
+        assert "'position' must be from 1 to 3 (HTTP 400)" in capsys.readouterr().err
+        assert gpus(hub, "queue", "move", "dave") == 2 and gpus(hub, "queue", "move") == 2
+        assert gpus(hub, "queue", "move", "dave", "2", token=USER_TOKEN) == 1
+        assert "HTTP 403" in capsys.readouterr().err
+        assert gpus(hub, "queue", "remove", "carol") == 0
+        assert hub.hub.stopped == [("carol", "")]
+    finally:
+        stop.set()

@@ -4,7 +4,8 @@ import pytest
 from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
 from hub.gpus.model import Holder
 from hub.gpus.nvml import NVMLReader, Reading, Unavailable
-from hub.reclaim.policy import Candidate, ReclaimPolicy, ReclaimState, decide, stop_message
+from hub.reclaim.policy import (Candidate, PolicyTable, ReclaimOverride, ReclaimPolicy, ReclaimState, decide,
+                                parse_override, stop_message)
 
 
 class Feed:
@@ -145,3 +146,52 @@ def test_a_server_gone_loses_its_warning_and_state_round_trips():
 def test_stop_message_says_why_and_that_files_are_kept():
     text = stop_message("H200 GPU-a", POLICY, 0.0, 2400.0)
     assert "H200 GPU-a" in text and "40 minutes" in text and "5 %" in text and "files" in text
+
+
+def test_each_profile_is_judged_by_its_own_policy():
+    table = PolicyTable(POLICY, {"long": ReclaimOverride(timeout=7200.0, grace=60.0),
+                                 "interactive": ReclaimOverride(off=True)})
+    state = ReclaimState()
+    servers = [Candidate("alice", "", "GPU-a", 0.0, profile="gpu"),
+               Candidate("bob", "", "GPU-b", 0.0, profile="long"),
+               Candidate("carol", "", "GPU-c", 0.0, profile="interactive"),
+               Candidate("dave", "", "GPU-d", 0.0)]  # started before profiles had labels: the settings
+    warned = decide(table, servers, state, 1800.0)
+    assert sorted(d.key[0] for d in warned if d.action == "warn") == ["alice", "dave"]
+    state = ReclaimState()
+    [bob] = decide(table, servers[1:2], state, 7200.0)
+    assert (bob.action, bob.deadline) == ("warn", 7260.0)  # the profile's grace
+    assert decide(table, servers[2:3], ReclaimState(), 9e9) == []  # reclaim: off
+    assert table.of("long").threshold_pct == POLICY.threshold_pct  # what it leaves out: the settings
+    assert table.enabled and not PolicyTable(ReclaimPolicy(timeout=0)).enabled
+    assert PolicyTable(ReclaimPolicy(timeout=0), {"x": ReclaimOverride(timeout=60.0)}).enabled
+    assert table.to_json()["profiles"] == {"interactive": "off", "long": {"timeout": 7200.0, "grace": 60.0}}
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("off", ReclaimOverride(off=True)), (False, ReclaimOverride(off=True)),
+    ({"threshold": 10, "timeout": 3600, "grace": 900}, ReclaimOverride(False, 10.0, 3600.0, 900.0)),
+    ({"timeout": 0}, ReclaimOverride(timeout=0.0)),
+])
+def test_a_profiles_reclaim_setting_is_parsed(value, expected):
+    assert parse_override(value, "profiles[0] (gpu)") == expected
+
+
+@pytest.mark.parametrize("value,message", [
+    (True, "must be 'off' or a mapping"), ({}, "must be 'off' or a mapping"), ("later", "must be 'off'"),
+    ({"timout": 5}, "unknown key"), ({"timeout": "1h"}, "must be a number"), ({"grace": True}, "must be a number"),
+    ({"threshold": 0}, "from 1 to 100"), ({"threshold": 101}, "from 1 to 100"),
+    ({"timeout": -1}, "from 0"), ({"grace": 0}, "from 1"), ({"timeout": 10**9}, "30 days"),
+])
+def test_a_bad_reclaim_setting_says_what_is_wrong(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_override(value, "profiles[0] (gpu)")
+
+
+def test_the_grace_runs_from_when_the_warning_was_due():
+    state = ReclaimState()
+    [warn] = decide(POLICY, [c("alice", 0.0)], state, 1807.0)  # noticed one round late
+    assert warn.deadline == 2400.0  # idle_since + timeout + grace, not 1807 + grace
+    state = ReclaimState()
+    [late] = decide(POLICY, [c("alice", 0.0)], state, 9000.0)  # the service was down for hours
+    assert late.deadline == 9300.0  # half the grace left to answer the warning

@@ -128,3 +128,69 @@ def test_an_empty_line_blocks_nobody_so_the_allocator_says_why_no_gpu_is_free():
     queue = GPUQueue()
     assert not queue.blocked("amy", "", lambda user, groups: True, free=0)  # all GPUs in use, nobody waiting
     assert not queue.blocked("amy", "", lambda user, groups: True, free=2)
+
+
+def test_an_admins_move_reorders_the_line_once_and_later_arrivals_still_go_last(tmp_path):
+    from hub.gpus.queue import move_outcome, request_move, withdraw_move
+
+    clock = [1000.0]
+    q = GPUQueue(tmp_path / "gpu-queue.json", clock=lambda: clock[0])
+    for name in "abcd":
+        q.join(name, "")
+        clock[0] += 1
+    assert not q.apply_moves()  # no moves file: nothing to do
+    first = request_move(tmp_path / "gpu-queue.json", "d", "", 1, clock[0])
+    assert move_outcome(tmp_path / "gpu-queue.json", first) is None  # the hub has not looked yet
+    assert q.apply_moves() and move_outcome(tmp_path / "gpu-queue.json", first) == "moved"
+    assert [e["user"] for e in read_line(tmp_path / "gpu-queue.json")] == ["d", "a", "b", "c"]
+    assert all(w.event.is_set() for w in q.waiters)  # every waiter shows its new place
+    assert not q.apply_moves()  # applied once
+    second = request_move(tmp_path / "gpu-queue.json", "a", "", 3, clock[0])
+    gone = request_move(tmp_path / "gpu-queue.json", "zed", "", 1, clock[0])
+    q.find("b", "").passed = True  # b is starting: it cannot be moved
+    starting = request_move(tmp_path / "gpu-queue.json", "b", "", 4, clock[0])
+    q.apply_moves()
+    assert [w.user for w in q.waiters] == ["d", "b", "a", "c"]
+    assert [move_outcome(tmp_path / "gpu-queue.json", m) for m in (second, gone, starting)] == \
+        ["moved", "not in line", "starting"]
+    clock[0] += 1
+    q.join("e", "")  # a later arrival: the end of the line, whatever the moves
+    assert [w.user for w in q.waiters] == ["d", "b", "a", "c", "e"]
+    last = request_move(tmp_path / "gpu-queue.json", "d", "", 99, clock[0])  # past the end: last
+    withdrawn = request_move(tmp_path / "gpu-queue.json", "c", "", 1, clock[0])
+    withdraw_move(tmp_path / "gpu-queue.json", withdrawn)
+    q.apply_moves()
+    assert [w.user for w in q.waiters] == ["b", "a", "c", "e", "d"]
+    assert move_outcome(tmp_path / "gpu-queue.json", withdrawn) is None
+
+
+def test_moves_from_before_this_hub_process_and_malformed_ones_are_ignored(tmp_path):
+    import json
+
+    from hub.gpus.queue import moves_file, request_move
+
+    request_move(tmp_path / "gpu-queue.json", "b", "", 1, 500.0)  # asked of the previous hub process
+    moves_file(tmp_path / "gpu-queue.json").write_text(json.dumps({"moves": [
+        *json.loads(moves_file(tmp_path / "gpu-queue.json").read_text())["moves"],
+        {"id": "x", "user": "b", "server": "", "position": "1", "at": 2000.0}, "junk"]}))
+    q = GPUQueue(tmp_path / "gpu-queue.json", clock=lambda: 1000.0)
+    q.join("a", "")
+    q.join("b", "")
+    assert not q.apply_moves() and [w.user for w in q.waiters] == ["a", "b"]
+
+
+def test_a_moved_place_survives_a_hub_restart_for_who_rejoins(tmp_path):
+    from hub.gpus.queue import request_move
+
+    clock = [1000.0]
+    old = GPUQueue(tmp_path / "q.json", clock=lambda: clock[0])
+    old.join("a", "")
+    clock[0] += 1
+    old.join("b", "")
+    request_move(tmp_path / "q.json", "b", "", 1, clock[0])
+    old.apply_moves()
+    clock[0] += 10
+    new = GPUQueue(tmp_path / "q.json", clock=lambda: clock[0])
+    new.recover()
+    a, b = new.join("a", ""), new.join("b", "")
+    assert new.position(b) == 1 and new.position(a) == 2

@@ -115,3 +115,17 @@ def test_pull_summary_counts_layers_and_bytes():
     assert progress == 10 + int(50 * 350 / 1000)
     _, message = pull_summary("x:1", {"a": (10**8, 2 * 10**8)}, set())
     assert message.endswith("0 of 1 layers, 100 MB of 200 MB")
+
+
+def test_a_gpu_profile_may_carry_its_own_reclaim_policy():
+    from hub.reclaim.policy import ReclaimOverride
+
+    text = GOOD.replace("    default: true\n", "    default: true\n    reclaim: {timeout: 7200, grace: 900}\n", 1)
+    text += "  - slug: demo\n    name: Demo\n    reclaim: off\n"
+    gpu, cpu, course, demo = load_profiles(text, IMG, MEM, CPU)
+    assert gpu.reclaim == ReclaimOverride(timeout=7200.0, grace=900.0)
+    assert demo.reclaim == ReclaimOverride(off=True) and course.reclaim is None and cpu.reclaim is None
+    with pytest.raises(ValueError, match=r"profiles\[1\] \(cpu\): reclaim is about idle GPUs"):
+        load_profiles(GOOD.replace("    cpu_limit: 1\n", "    cpu_limit: 1\n    reclaim: off\n"), IMG, MEM, CPU)
+    with pytest.raises(ValueError, match=r"profiles\[0\] \(gpu\): reclaim: unknown key"):
+        load_profiles(GOOD.replace("    default: true\n", "    default: true\n    reclaim: {idle: 5}\n"), IMG, MEM, CPU)

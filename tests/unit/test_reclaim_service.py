@@ -23,11 +23,12 @@ TOKENS = {"alice-token": {"kind": "user", "name": "alice", "groups": [], "scopes
           "service-token": {"kind": "service", "name": "other", "scopes": ["access:services"]}}
 
 
-def running(user, uuid, server="", since=1000.0, instance="gpuhubtest"):
+def running(user, uuid, server="", since=1000.0, instance="gpuhubtest", profile=None):
     """A container as the engine's container list shows it."""
+    labels = {"gpuhub.user": user, "gpuhub.server": server, "gpuhub.instance": instance,
+              "gpuhub.gpu.uuid": uuid, "gpuhub.gpu.since": str(since)}
     return {"Id": f"c-{user}-{server}", "Names": [f"/gpuhubtest-{user}"], "State": "running",
-            "Labels": {"gpuhub.user": user, "gpuhub.server": server, "gpuhub.instance": instance,
-                       "gpuhub.gpu.uuid": uuid, "gpuhub.gpu.since": str(since)}}
+            "Labels": {**labels, **({"gpuhub.profile": profile} if profile else {})}}
 
 
 class Engine:
@@ -102,6 +103,30 @@ def test_a_restart_keeps_the_warning_and_the_idle_history(world, tmp_path):
                       clock=lambda: clock[0])
     assert ("alice", "", "GPU-a") in again.state.warned
     assert [d.action for d in rounds(again, clock, 3)] == ["stop"]
+
+
+def test_each_server_is_judged_by_the_policy_of_its_profile(world):
+    r, clock, feed, hub, tmp = world
+    profiles = tmp / "profiles.yaml"
+    profiles.write_text("profiles:\n  - {slug: gpu, name: GPU}\n"
+                        "  - {slug: long, name: Long, reclaim: {timeout: 600, grace: 30}}\n"
+                        "  - {slug: demo, name: Demo, reclaim: 'off'}\n")
+    r.profiles_file = profiles
+    feed.utils.update({"GPU-e": 0, "GPU-f": 0})
+    hub.engine.containers += [running("frank", "GPU-e", profile="long"), running("gina", "GPU-f", profile="demo")]
+    decisions = rounds(r, clock, 10)  # 90 s idle: the settings' timeout (60 s) and grace (30 s) ran out
+    assert hub.stopped == [("alice", "")]  # frank's profile allows 600 s, gina's is never reclaimed
+    holders = {h["user"]: h for h in r.holdings()}
+    assert holders["frank"]["profile"] == "long" and holders["frank"]["policy"]["timeout_s"] == 600
+    assert holders["gina"]["policy"]["timeout_s"] == 0 and holders["alice"]["profile"] is None
+    rounds(r, clock, 55)  # frank: idle 600 s, then the profile's grace
+    assert hub.stopped == [("alice", ""), ("frank", "")] and "gina" in {h["user"] for h in r.holdings()}
+    assert [d.action for d in decisions].count("stop") == 1
+
+    # a broken edit of the file keeps the last good policies
+    profiles.write_text("profiles:\n  - {slug: demo, name: Demo, reclaim: {timeout: -5}}\n")
+    rounds(r, clock, 1)
+    assert r.policies.of("demo").timeout == 0
 
 
 @pytest.fixture
@@ -209,3 +234,41 @@ def test_service_reason_is_shown_until_the_server_starts_again(tmp_path):
     ReasonFile(path).pop(("alice", ""))  # what the next start does
     User.spawners[""].active = False
     assert GPUDockerSpawner.stop_reason_for(User(), file=str(path)) == ""
+
+
+def test_me_tells_the_caller_their_own_gpu_hours_and_quota(tmp_path):
+    """JupyterLab's GPU item shows the user's GPU-hours against their tightest quota: api/me
+    reads them from the usage store, for the token's owner only (a course quota through the
+    user's groups)."""
+    import time
+
+    from hub.reclaim.service import build
+    from hub.usage.accounting import Interval
+    from hub.usage.store import UsageStore
+
+    now = time.time()
+    store = UsageStore(tmp_path / "gpu-usage.sqlite")
+    store.save([Interval("c1", "GPU-a", now - 3 * 3600, now - 3600, False, "bob", model="Fake GPU",
+                         groups=("long-jobs",), courses=("long-jobs",)),
+                Interval("c2", "GPU-b", now - 600, now, True, "carol", model="Fake GPU")], now)
+    store.set_quota("course", "long-jobs", 10, 7 * 86400, "admin")
+    engine = Engine([running("bob", "GPU-c")])
+    r = build({"GPUHUB_STATE_DIR": str(tmp_path), "HUB_NAME_PREFIX": "gpuhubtest", "GPU_QUOTA_DEFAULT": "20h/7d",
+               "GPUHUB_PROFILES_FILE": str(tmp_path / "absent.yaml")}, docker=engine, hub=Hub(engine))
+
+    async def identify(token):
+        return TOKENS.get(token)
+
+    with ServedApp(make_app(r, identify)) as served:
+        def me(token):
+            resp = requests.get(served.url + API + "me", headers={"Authorization": f"token {token}"}, timeout=10)
+            assert resp.status_code == 200, resp.text
+            return resp.json()["usage"]
+        bob = me("bob-token")
+        assert bob["hours"]["week"] == pytest.approx(2.0, abs=0.01)
+        quota = bob["quota"]
+        assert (quota["scope"], quota["name"], quota["hours"]) == ("course", "long-jobs", 10)  # the tightest
+        assert quota["used_hours"] == pytest.approx(2.0, abs=0.01)
+        alice = me("alice-token")  # nothing used: the default quota, untouched; nobody else's hours
+        assert alice["hours"]["week"] == 0 and alice["quota"]["scope"] == "default"
+        assert alice["quota"]["used_hours"] == 0

@@ -79,6 +79,9 @@ def test_gpu_container_carries_its_uuid_in_label_and_request(monkeypatch):
     kwargs = s.harden_create_kwargs({"host_config": {}})
     assert kwargs["host_config"]["DeviceRequests"] == [{"Driver": "cdi", "DeviceIDs": ["nvidia.com/gpu=GPU-7"]}]
     assert kwargs["labels"]["gpuhub.gpu.uuid"] == "GPU-7" and float(kwargs["labels"]["gpuhub.gpu.since"]) > 0
+    assert "gpuhub.profile" not in kwargs["labels"]  # no profiles file: no profile
+    s.profile_slug = "gpu-long"  # gpu-reclaim judges the server by its profile's policy
+    assert s.harden_create_kwargs({"host_config": {}})["labels"]["gpuhub.profile"] == "gpu-long"
     monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {})
     assert "NVIDIA_VISIBLE_DEVICES" not in s.get_env()  # the engine/CDI sets it, not us
     assert s.get_state()["gpu_uuid"] == "GPU-7"
@@ -329,7 +332,7 @@ def test_a_hub_moved_from_stock_dockerspawner_keeps_its_names_or_is_told_of_them
 def test_the_url_at_a_restart_check_comes_from_the_container(monkeypatch):
     # A start the hub was killed in the middle of left no address in the database
     from jupyterhub.objects import Server
-    s = make_spawner("dora")
+    s = make_spawner("dora", remove=True)
     s.server = Server(base_url="/user/dora/")
 
     async def address():
@@ -365,3 +368,66 @@ def test_a_poll_of_a_running_server_is_answered_from_one_shared_list(monkeypatch
     monkeypatch.setattr(other, "_list_running", engine_containers)
     monkeypatch.setattr(other, "stop_reason", lambda cid: asyncio.sleep(0, "stopped"))
     assert asyncio.run(other.poll()) == 0 and inspected == [1]  # not listed: inspected as before
+
+
+def test_the_line_is_woken_once_the_container_has_exited_before_its_removal(monkeypatch):
+    import asyncio
+
+    order = []
+
+    async def stop_object(self):
+        order.append("stopped")
+
+    async def remove_object(self):
+        order.append("removed")
+    monkeypatch.setattr("dockerspawner.DockerSpawner.stop_object", stop_object)
+    monkeypatch.setattr("dockerspawner.DockerSpawner.remove_object", remove_object)
+    monkeypatch.setattr(PROCESS.gpu_queue, "wake", lambda: order.append("woken"))
+    s = make_spawner("dora", remove=True)
+    s.object_id = "c1"
+    monkeypatch.setattr(type(s), "clear_state", lambda self: None)
+    asyncio.run(s.stop())
+    assert order[:2] == ["stopped", "woken"] and order.index("removed") > 1
+
+
+def test_waiters_woken_by_one_stop_read_the_engine_once_and_the_first_passes(tmp_path, monkeypatch):
+    from hub.gpus.manager import GPUManager
+    from hub.gpus.model import GPU
+    from hub.gpus.queue import GPUQueue
+
+    monkeypatch.setattr(PROCESS, "gpu_queue", GPUQueue())
+    manager = GPUManager([GPU("GPU-0", 0)], "static", "cdi", str(tmp_path / "intent.json"), "gpuhub")
+    holder = {"Id": "c-holder", "State": {"Status": "running"},
+              "Config": {"Labels": {"gpuhub.user": "holder", "gpuhub.gpu.uuid": "GPU-0"}}, "HostConfig": {}}
+    containers, reads = [holder], []
+
+    async def engine(method, *args, **kwargs):
+        if method == "containers":
+            reads.append(method)
+            await asyncio.sleep(0.01)  # an engine call takes a while; the other waiters queue on the lock
+            return [{"Id": c["Id"]} for c in containers]
+        return next(c for c in containers if c["Id"] == args[0])
+
+    waiters = [make_spawner(f"w{i}") for i in range(6)]
+    for s in waiters:
+        s.user.groups = []
+        s.engine = engine
+
+    async def run():
+        tasks = [asyncio.create_task(s._wait_in_line(manager)) for s in waiters]
+        await asyncio.sleep(0.3)
+        assert [PROCESS.gpu_queue.position(s._waiter) for s in waiters] == [1, 2, 3, 4, 5, 6]
+        assert not any(t.done() for t in tasks)
+        reads.clear()
+        containers.clear()  # the holder's container exited
+        PROCESS.gpu_queue.wake()
+        await asyncio.wait_for(tasks[0], 2)  # the first in line may take the GPU
+        await asyncio.sleep(0.3)
+        done = [t.done() for t in tasks]
+        for t in tasks:
+            t.cancel()
+        return done
+
+    done = asyncio.run(run())
+    assert done == [True, False, False, False, False, False]  # one GPU: the others wait on
+    assert reads == ["containers"]  # one engine read for the six woken waiters

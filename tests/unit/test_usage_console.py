@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 
 import pytest
@@ -306,6 +307,18 @@ def test_metrics_need_the_scope_and_name_gpu_seconds_per_user(api):
     text = requests.get(metrics, headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=10).text
     assert f'gpuhub_gpu_utilization_ratio{{index="1",model="Fake GPU",node="",user="bob",uuid="{GPUS[1].uuid}"}} 0.0' in text
     assert 'gpuhub_gpu_memory_total_bytes{index="0",model="Fake GPU",node="",uuid="GPU-0000"} 8.5520809984e+10' in text
+    assert "gpuhub_queue_length 0.0" in text and "gpuhub_queue_oldest_wait_seconds 0.0" in text
+
+    # the line for GPUs, as the hub writes it: who waits and for how long (not a start let through)
+    from hub.gpus.queue import GPUQueue
+    line = GPUQueue(console.queue_file, clock=lambda: keeper.clock() - 90)
+    line.join("carol", "")
+    line.join("dave", "big").passed = True  # starting: no longer waiting
+    line.save()
+    text = requests.get(metrics, headers={"Authorization": f"token {ADMIN_TOKEN}"}, timeout=10).text
+    assert "gpuhub_queue_length 1.0" in text and 'gpuhub_queue_wait_seconds{server="",user="carol"}' in text
+    oldest = float(re.search(r"^gpuhub_queue_oldest_wait_seconds (\S+)$", text, re.M).group(1))
+    assert 90 <= oldest < 120 and "dave" not in text
 
 
 def test_cli_usage_csv_and_quota(api, capsys):

@@ -81,7 +81,11 @@
   }
 
   function ago(epoch) {
-    const s = Math.max(0, Date.now() / 1000 - epoch);
+    return duration(Date.now() / 1000 - epoch);
+  }
+
+  function duration(seconds) {
+    const s = Math.max(0, seconds);
     if (s < 90) return `${Math.round(s)} s`;
     if (s < 5400) return `${Math.round(s / 60)} min`;
     if (s < 172800) return `${(s / 3600).toFixed(1)} h`;
@@ -172,12 +176,32 @@
     return badges;
   }
 
+  // What gpu-reclaim last saw of a holder: utilisation now, memory held, idle for how long, its warning.
+  function activityLine(a) {
+    if (!a) return null;
+    if (a.utilization_pct === null && a.memory_used_mib === null) {
+      return el("div", { class: "small text-body-secondary holder-activity" }, "usage n/a (no readings of this GPU)");
+    }
+    const parts = [`${a.utilization_pct === null ? "n/a" : `${a.utilization_pct}%`} now`];
+    if (a.memory_used_mib !== null && a.memory_used_mib !== undefined) parts.push(`${gib(a.memory_used_mib)} GiB held`);
+    parts.push(a.idle_since ? `idle ${ago(a.idle_since)}` : "busy");
+    const line = el("div", { class: "small holder-activity", title: a.policy
+      ? `idle: under ${a.policy.threshold_pct}% (profile ${a.profile || "—"}; warned after ${Math.round(a.policy.timeout_s / 60)} min, stopped ${Math.round(a.policy.grace_s / 60)} min later${a.policy.timeout_s ? "" : ": reclaim off"})`
+      : "" }, parts.join(" · "));
+    if (a.warning_deadline) {
+      line.append(" ", el("span", { class: "badge text-bg-warning" },
+        `reclaim in ${duration(a.warning_deadline - Date.now() / 1000)}`));
+    }
+    if (a.extended_until) line.append(" ", el("span", { class: "badge text-bg-secondary" }, `extended until ${clock(a.extended_until)}`));
+    return line;
+  }
+
   function holderCell(gpu) {
     const h = gpu.holder;
     if (!h) return el("span", { class: "text-body-secondary" }, "—");
     if (gpu.shared && gpu.holders.length > 1) {
       return gpu.holders.map((x) => el("div", {}, x.user + (x.server ? `/${x.server}` : ""),
-        x.since ? el("span", { class: "small text-body-secondary" }, ` (${ago(x.since)})`) : null));
+        x.since ? el("span", { class: "small text-body-secondary" }, ` (${ago(x.since)})`) : null, activityLine(x.activity)));
     }
     const who = h.server_url
       ? el("a", { href: h.server_url, class: "holder-link", title: "open this server (as admin)" },
@@ -187,7 +211,7 @@
     const other = !h.this_hub
       ? el("div", { class: "small text-warning" }, `container ${h.container || "?"} (not started by this hub)`)
       : null;
-    return [who, since, other];
+    return [who, since, activityLine(h.activity), other];
   }
 
   function actionsCell(gpu) {
@@ -351,13 +375,35 @@
   function renderQueue(s) {
     const waiting = s.queue || [];
     document.getElementById("queue-card").classList.toggle("d-none", !waiting.length);
-    const rows = waiting.map((w) => el("tr", { dataset: { user: w.user } },
-      el("td", {}, String(w.position)),
-      el("td", {}, w.user + (w.server ? ` (${w.server})` : "")),
-      el("td", {}, `${clock(w.since)} (${ago(w.since)})`),
-      el("td", { class: "text-end" }, el("button", { class: "btn btn-sm btn-outline-secondary", type: "button",
-        onclick: () => act("DELETE", `queue/${encodeURIComponent(w.user)}`) }, "Remove"))));
-    document.querySelector("#queue tbody").replaceChildren(...rows);
+    const tbody = document.querySelector("#queue tbody");
+    if (tbody.contains(document.activeElement) && document.activeElement.tagName === "INPUT") return; // typing a place
+    const move = (w, position) => act("POST", `queue/${encodeURIComponent(w.user)}/move`, { position, server: w.server || "" });
+    const rows = waiting.map((w) => {
+      const place = el("input", { type: "number", min: "1", max: String(waiting.length), value: String(w.position),
+        class: "form-control form-control-sm d-inline-block ms-1 queue-position",
+        "aria-label": `new place for ${w.user}` });
+      const moveTo = () => {
+        const position = Number(place.value);
+        if (Number.isInteger(position) && position !== w.position) move(w, position);
+      };
+      place.addEventListener("keydown", (e) => { if (e.key === "Enter") moveTo(); });
+      const starting = Boolean(w.starting);
+      return el("tr", { dataset: { user: w.user, server: w.server || "" } },
+        el("td", {}, String(w.position)),
+        el("td", {}, w.user + (w.server ? ` (${w.server})` : "") + (starting ? " — starting" : "")),
+        el("td", {}, `${clock(w.since)} (${ago(w.since)})`),
+        el("td", { class: "text-end text-nowrap" },
+          el("button", { class: "btn btn-sm btn-outline-secondary btn-queue-up", type: "button", title: "one place earlier",
+            disabled: starting || w.position === 1 ? "" : null, onclick: () => move(w, w.position - 1) }, "↑"),
+          el("button", { class: "btn btn-sm btn-outline-secondary btn-queue-down ms-1", type: "button", title: "one place later",
+            disabled: starting || w.position === waiting.length ? "" : null, onclick: () => move(w, w.position + 1) }, "↓"),
+          place,
+          el("button", { class: "btn btn-sm btn-outline-secondary btn-queue-move ms-1", type: "button",
+            disabled: starting ? "" : null, onclick: moveTo }, "Move"),
+          el("button", { class: "btn btn-sm btn-outline-secondary ms-1", type: "button",
+            onclick: () => act("DELETE", `queue/${encodeURIComponent(w.user)}`) }, "Remove")));
+    });
+    tbody.replaceChildren(...rows);
   }
 
   function renderShared(s) {

@@ -2,7 +2,7 @@
 JupyterLab extension (labextension/, plain JavaScript: no Node build).
 
 The server side answers ``GET <base>/gpuhub/gpu`` (this server's GPU: name, utilisation, memory,
-idle for how long, the reclaim warning) and ``POST <base>/gpuhub/gpu/still-working`` by asking
+idle for how long, the reclaim warning; and the user's GPU-hours against their quota) and ``POST <base>/gpuhub/gpu/still-working`` by asking
 the hub's gpu-reclaim service (``GPUHUB_GPU_SERVICE_URL``) with this server's own API token;
 the service answers for the token's owner only. Nothing runs unless JupyterLab's page asks:
 the page asks every 15 s while it is visible, to show the status-bar item and the warning.
@@ -25,7 +25,8 @@ def this_server(answer: dict[str, Any], server_name: str) -> dict[str, Any]:
     """The service's answer for the user, narrowed to this server."""
     mine = [s for s in answer.get("servers") or [] if s.get("server", "") == server_name]
     return {"gpu": mine[0] if mine else None, "policy": answer.get("policy"),
-            "enabled": bool(answer.get("enabled")), "exempt": bool(answer.get("exempt"))}
+            "enabled": bool(answer.get("enabled")), "exempt": bool(answer.get("exempt")),
+            "usage": answer.get("usage")}
 
 
 class ServiceHandler(APIHandler):

@@ -64,17 +64,37 @@ var _JUPYTERLAB;
           }
         }
 
+        // The user's own GPU-hours (the hub's usage store): against their tightest quota, or this week's.
+        function usageText(u) {
+          if (!u || !u.hours) { return ['', '']; }
+          var q = u.quota;
+          if (q) {
+            var days = q.window_days >= 1 ? Math.round(q.window_days * 10) / 10 + ' d' : Math.round(q.window_days * 24) + ' h';
+            return [q.used_hours.toFixed(1) + ' / ' + q.hours + ' GPU-h (' + days + ')',
+              'GPU-hours used: ' + q.used_hours.toFixed(2) + ' of ' + q.hours + ' per ' + q.text.split(' per ')[1] +
+              ' (' + q.scope + (q.name ? ' ' + q.name : '') + ' quota)' + (q.renews_at_iso ? '; renews ' + q.renews_at_iso : '')];
+          }
+          return [u.hours.week.toFixed(1) + ' GPU-h this week', 'GPU-hours used: ' + u.hours.day.toFixed(2) +
+            ' today, ' + u.hours.week.toFixed(2) + ' in 7 days, ' + u.hours.month.toFixed(2) + ' in 30 days (no quota)'];
+        }
+
         function show(data) {
-          var gpu = data.gpu;
-          if (!gpu) { item.node.textContent = ''; item.node.title = ''; return; }
+          var gpu = data.gpu, usage = usageText(data.usage);
+          if (!gpu) {
+            item.node.textContent = usage[0] ? 'GPU-hours: ' + usage[0] : '';
+            item.node.title = usage[1];
+            return;
+          }
           var g = gpu.gpu, parts = [];
           parts.push(g.utilization_pct === null ? 'n/a' : g.utilization_pct + '%');
           if (g.memory_used_mib !== null && g.memory_total_mib) {
             parts.push(gib(g.memory_used_mib) + ' / ' + gib(g.memory_total_mib) + ' GiB');
           }
           if (gpu.idle_seconds >= 60) { parts.push('idle ' + Math.round(gpu.idle_seconds / 60) + ' min'); }
+          if (usage[0]) { parts.push(usage[0]); }
           item.node.textContent = 'GPU: ' + parts.join(' · ') + (gpu.warning ? ' ⚠' : '');
-          item.node.title = (g.name || 'GPU') + ' ' + g.uuid + (gpu.warning ? ' (idle: stops in ' + minutes(gpu.warning.seconds_left) + ')' : '');
+          item.node.title = (g.name || 'GPU') + ' ' + g.uuid + (gpu.warning ? ' (idle: stops in ' + minutes(gpu.warning.seconds_left) + ')' : '') +
+            (usage[1] ? '\n' + usage[1] : '');
           if (gpu.warning) {
             warn(gpu);
           } else if (noteId !== null) {
@@ -89,7 +109,8 @@ var _JUPYTERLAB;
           var gpu = d.gpu;
           if (!gpu) { return 15000; }
           if (gpu.warning) { return 5000; }
-          var timeout = d.enabled && !d.exempt && d.policy ? d.policy.timeout_s : 0;
+          var policy = gpu.policy || d.policy;  // this server's profile's policy, if it has one
+          var timeout = d.enabled && !d.exempt && policy ? policy.timeout_s : 0;
           if (timeout && gpu.idle_since !== null) {
             return Math.min(15000, Math.max(2000, (timeout - gpu.idle_seconds) * 1000));
           }
