@@ -20,6 +20,6 @@ configure_usage(c, os.environ)
 configure_reclaim(c, os.environ)
 configure_recovery(c, os.environ)
 watchdog.install(c)  # state volume and Docker engine watchdogs
-api_body_500.install()  # JupyterHub 5.5: malformed API bodies are a 400, not a 500
-restart_check.install()  # JupyterHub 5.5: a hub killed mid-start recovers in seconds, Stop is never a 500
+api_body_500.install()  # JupyterHub 6.1: malformed usernames bodies are a 400, not a 500
+restart_check.install()  # JupyterHub 6.1: a hub killed mid-start recovers in seconds, Stop is never a 500
 doctor.log_at_start(os.environ)  # host health in the log: engine, toolkit CVEs, driver vs CUDA, GPUs

@@ -20,17 +20,21 @@ def test_each_patch_was_written_for_the_pinned_jupyterhub(module):
 
 
 def test_a_patch_refuses_a_jupyterhub_it_was_not_written_for(monkeypatch):
-    monkeypatch.setattr(jupyterhub, "__version__", "6.0.0")
-    with pytest.raises(PatchVersionError, match=r"hub.patches.api_body_500 works around JupyterHub >=5.5,<5.6.*this is JupyterHub 6.0.0.*WRITTEN_FOR"):
+    monkeypatch.setattr(jupyterhub, "__version__", "6.2.0")
+    with pytest.raises(PatchVersionError, match=r"hub.patches.api_body_500 works around JupyterHub >=6.1,<6.2.*this is JupyterHub 6.2.0.*WRITTEN_FOR"):
         require("hub.patches.api_body_500", api_body_500.WRITTEN_FOR, api_body_500.UPSTREAM)
 
 
 @pytest.mark.parametrize("method,path,body,refused", [
-    ("POST", "/hub/api/users/a/server", b"[]", True),
+    ("POST", "/hub/api/users/a/server", b"[]", True),  # JupyterHub 6 would start the server
     ("POST", "/hub/api/users/a/servers/named", b'"gpu"', True),
     ("POST", "/hub/api/users/a/server", b'{"profile": "gpu"}', False),
-    ("POST", "/hub/api/users/a/server", b"", False),
     ("POST", "/hub/api/users/a/server", b"not json", False),  # JupyterHub's own 400
+    ("PATCH", "/hub/api/users/a/server", b'{"profile": "gpu"}', True),
+    ("PATCH", "/hub/api/users/a/servers/x", b'"gpu"', True),
+    ("PATCH", "/hub/api/users/a/server", b'{"user_options": {"profile": "gpu"}}', False),
+    ("POST", "/hub/api/users", b"", False),
+    ("POST", "/hub/api/users", b"not json", False),  # JupyterHub's own 400
     ("POST", "/hub/api/users", b'{"usernames": [1, 2]}', True),
     ("POST", "/hub/api/users", b'{"usernames": "alice"}', True),
     ("POST", "/hub/api/users", b'{"usernames": ["alice", "bob"]}', False),
@@ -40,6 +44,22 @@ def test_a_patch_refuses_a_jupyterhub_it_was_not_written_for(monkeypatch):
 ])
 def test_api_bodies_jupyterhub_would_answer_with_500(method, path, body, refused):
     assert bool(api_body_500.malformed_api_body(method, path, body)) is refused
+
+
+def test_jupyterhub_takes_an_empty_list_as_no_server_options():
+    """Why api_body_500 still checks server starts on JupyterHub 6 (which refuses other
+    bodies that are not objects itself): when this fails, upstream fixed it."""
+    from types import SimpleNamespace
+
+    from jupyterhub.apihandlers.users import UserServerAPIHandler
+    from tornado import web
+
+    handler = UserServerAPIHandler.__new__(UserServerAPIHandler)
+    handler.request = SimpleNamespace(body=b"[]")
+    assert handler.get_server_json_body() == {"display_name": None, "user_options": None}
+    handler.request = SimpleNamespace(body=b'"gpu"')
+    with pytest.raises(web.HTTPError, match="400"):
+        handler.get_server_json_body()
 
 
 def test_wrapped_restart_methods_still_exist():
