@@ -11,6 +11,7 @@ from hub.patches import PatchVersionError, api_body_500, request_checks, require
 def test_wrapped_jupyterhub_method_still_exists():
     from jupyterhub.handlers.base import BaseHandler
     assert asyncio.iscoroutinefunction(BaseHandler.prepare)
+    assert callable(BaseHandler._resolve_roles_and_scopes)  # what a refusal calls before raising
 
 
 @pytest.mark.parametrize("module", [request_checks, api_body_500, restart_check])
