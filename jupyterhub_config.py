@@ -7,7 +7,7 @@ from hub.config.configure import configure_console, configure_queue, configure_r
 from hub.config.configure import configure_usage
 from hub import watchdog
 from hub.gpus import doctor
-from hub.patches import api_body_500, restart_check
+from hub.patches import api_body_500, error_reason, restart_check
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
@@ -20,6 +20,7 @@ configure_usage(c, os.environ)
 configure_reclaim(c, os.environ)
 configure_recovery(c, os.environ)
 watchdog.install(c)  # state volume and Docker engine watchdogs
-api_body_500.install()  # JupyterHub 5.5: malformed API bodies are a 400, not a 500
-restart_check.install()  # JupyterHub 5.5: a hub killed mid-start recovers in seconds, Stop is never a 500
+api_body_500.install()  # JupyterHub 6.1: malformed API bodies are a 400, not a 500
+error_reason.install()  # JupyterHub 6.1: an error without a message says its status, not null
+restart_check.install()  # JupyterHub 6.1: a hub killed mid-start recovers in seconds, Stop is never a 500
 doctor.log_at_start(os.environ)  # host health in the log: engine, toolkit CVEs, driver vs CUDA, GPUs

@@ -34,7 +34,7 @@ SETUPS = {
 class StandInHub(BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200)
-        self.send_header("X-JupyterHub-Version", os.environ.get("HUB_VERSION", "5.5.4"))
+        self.send_header("X-JupyterHub-Version", os.environ.get("HUB_VERSION", "6.1.1"))
         self.send_header("Content-Type", "application/json")
         self.end_headers()
         self.wfile.write(b"{}")

@@ -26,6 +26,10 @@ def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN
     """State on the volume, the external proxy, and how containers reach the hub."""
     c.JupyterHub.db_url = f"sqlite:///{STATE_DIR}/jupyterhub.sqlite"
     c.JupyterHub.cookie_secret_file = f"{STATE_DIR}/jupyterhub_cookie_secret"
+    # A newer JupyterHub upgrades the database's schema at start (5.5 -> 6 has one), having first
+    # copied the SQLite file to jupyterhub.sqlite.<date-time> beside it (docs/operations.md,
+    # "Upgrading JupyterHub"); without this the hub refuses to start on an older schema.
+    c.JupyterHub.upgrade_db = True
     # The proxy is its own service (so a hub restart keeps users' connections); its API token
     # is generated on first start by gpuhub-init and shared read-only.
     c.ConfigurableHTTPProxy.should_start = False

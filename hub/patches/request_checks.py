@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 from hub.patches import require
 
-WRITTEN_FOR = ">=5.3,<5.6"
+WRITTEN_FOR = ">=6.1,<6.2"  # re-checked against 6.1.1: BaseHandler.prepare is unchanged from 5.x
 UPSTREAM = "no hook before a request's authentication in JupyterHub (not reported upstream yet)"
 
 # check(handler) -> None, or (status, message) to refuse the request

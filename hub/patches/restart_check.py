@@ -1,4 +1,4 @@
-"""A hub killed while servers were starting: JupyterHub 5.5 leaves those users "pending" for
+"""A hub killed while servers were starting: JupyterHub (5.5, and still 6.1) leaves those users "pending" for
 up to ``Spawner.http_timeout`` (120 s here) after it is back, and their Stop is a 500.
 
 Why: at start, JupyterHub checks every server its database says exists (``init_spawners`` →
@@ -29,7 +29,10 @@ import time
 
 from hub.patches import require
 
-WRITTEN_FOR = ">=5.5,<5.6"
+# Written for 5.5; re-checked against 6.1.1: app.init_spawners' check_spawner still awaits
+# User._wait_up (bounded by spawner.http_timeout), and BaseHandler.stop_single_user still raises
+# KeyError for a removed spawner and RuntimeError for a pending one.
+WRITTEN_FOR = ">=6.1,<6.2"
 UPSTREAM = ("check_spawner waits http_timeout on an address never recorded, and stop_single_user "
             "raises RuntimeError while a server is pending (not reported upstream yet)")
 

@@ -41,7 +41,7 @@ import importlib.util
 import sys
 import types
 
-JUPYTERHUB_VERSION = "5.5.4"
+JUPYTERHUB_VERSION = "6.1.1"
 # Imported by `import name` at a server's start, used later if ever (tests/e2e/test_stack.py
 # checks, in the image, that each is still unloaded once the server answers).
 LAZY_MODULES = frozenset({

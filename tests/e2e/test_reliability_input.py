@@ -85,6 +85,7 @@ def test_malformed_api_bodies_get_4xx(stack, hub):
     hub_cases = [("POST", "/users/body-user/server", "not json"), ("POST", "/users/body-user/server", "{"),
                  ("POST", "/users/body-user/server", "[]"), ("POST", "/users/body-user/server", '{"profile": 5}'),
                  ("POST", "/users/body-user/server", '"gpu"'),
+                 ("PATCH", "/users/body-user/server", '{"profile": "gpu"}'), ("PATCH", "/users/body-user/server", '"gpu"'),
                  ("POST", "/users/body-user/server", json.dumps({"profile": "x" * 100000})),
                  ("POST", "/users", '{"usernames": "notalist"}'), ("POST", "/users", '{"usernames": [1, 2]}'),
                  ("POST", "/users", "\x00\xff"), ("PATCH", "/users/body-user", '{"admin": "yes"}'),

@@ -23,7 +23,9 @@ shared="${GPUHOST_SHARED:-$(cd .. && pwd)/shared}"
 # JupyterLab and nbconvert (the REST API and kernels need neither), debugpy and jedi (optional to
 # ipykernel and IPython), cryptography/certipy (internal SSL only), argon2 (password login only),
 # terminado (terminals).
-SITE_PACKAGES="jupyterhub==5.5.4 dockerspawner==14.0.0 docker==7.2.0 escapism==1.1.0
+SITE_PACKAGES="jupyterhub==6.1.1 dockerspawner==14.0.0 docker==7.2.0 escapism==1.1.0
+ aiohttp==3.14.5 aiohappyeyeballs==2.7.1 aiosignal==1.4.0 frozenlist==1.8.0 multidict==7.2.1
+ yarl==1.25.1 propcache==0.5.4 aiodns==4.0.4 pycares==5.2.1 cffi==2.1.1 pycparser==3.12
  sqlalchemy==2.1.9 alembic==1.20.1 mako==1.4.3 oauthlib==4.0.1 pamela==1.2.0
  pydantic==2.14.4 pydantic_core==2.50.5 annotated_types==0.8.0 typing_inspection==0.4.5
  typing_extensions==4.16.0 traitlets==5.16.1 tornado==6.6.1 jupyter_events==0.12.1

@@ -28,6 +28,7 @@ def test_hub_uses_external_proxy_state_volume_and_keeps_servers(token_file):
     assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
     assert c.JupyterHub.cleanup_servers is False
     assert c.JupyterHub.db_url.startswith("sqlite:////srv/jupyterhub/state/")
+    assert c.JupyterHub.upgrade_db is True  # SQLite: JupyterHub backs the file up first
     assert c.JupyterHub.cookie_secret_file.startswith("/srv/jupyterhub/state/")
 
 
