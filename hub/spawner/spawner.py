@@ -89,6 +89,8 @@ class GPUUnavailable(web.HTTPError):
 
 
 class GPUDockerSpawner(DockerSpawner):
+    # Where the GPUs are, as a refusal names it.
+    gpu_place = "This host"
     shm_size = ByteSpecification(1024**3, config=True, help="""Size of /dev/shm in the user's
         container (Docker's --shm-size). PyTorch's DataLoader workers pass batches through shared
         memory; Docker's default of 64M makes them fail with 'bus error' or 'No space left on device'.""")
@@ -618,7 +620,7 @@ class GPUDockerSpawner(DockerSpawner):
 
     def gpu_refusal(self, exc: NoGPUAvailable) -> Exception:
         """An error JupyterHub shows as it is on the spawn page and in the API (no traceback)."""
-        total = f"This host has {exc.total} GPU{'s' if exc.total != 1 else ''}"
+        total = f"{self.gpu_place} has {exc.total} GPU{'s' if exc.total != 1 else ''}"
         drained = f", {exc.drained} of them drained by an admin" if exc.drained else ""
         message = (f"{exc} {total}{drained}; one becomes free when its user's server stops "
                    "(or is stopped for being idle).")

@@ -44,6 +44,7 @@ def volume_mount(source: str, target: str, read_only: bool, driver: DriverConfig
 
 
 class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
+    gpu_place = "This swarm"
     swarm_nfs_server = Unicode("", config=True, help="""NFS server of users' and courses' volumes
         (host name or address, as every node reaches it). Each volume is the directory
         <swarm_nfs_export>/<volume name> there, mounted by the `local` driver on whichever node

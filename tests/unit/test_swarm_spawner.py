@@ -259,3 +259,10 @@ def test_a_volume_root_on_every_node_gives_bind_mounts_made_by_the_hub(engine, t
     work = engine.created[0]["task_template"]["ContainerSpec"]["Mounts"][0]
     assert (work["Type"], work["Source"], work["Target"]) == ("bind", "/srv/shared/gpuhub-user-zoe", "/home/jovyan/work")
     PROCESS.nfs_dirs.clear()
+
+
+def test_a_refusal_on_a_swarm_counts_the_swarms_gpus(engine, tmp_path):
+    from hub.gpus.model import NoGPUAvailable
+    error = make_spawner(engine, tmp_path).gpu_refusal(NoGPUAvailable("all 6 GPUs are in use", total=6))
+    assert "This swarm has 6 GPUs" in error.jupyterhub_message
+    assert "This host" not in error.jupyterhub_message
