@@ -61,6 +61,7 @@ c.GPUDockerSpawner.gpu_enabled = True
 c.GPUDockerSpawner.gpu_cpu_fallback = False
 c.GPUDockerSpawner.gpu_request_style = "auto"
 c.GPUDockerSpawner.gpu_intent_file = str(state / "gpu-intent.json")
+c.GPUDockerSpawner.usage_db = str(state / "gpu-usage.sqlite")
 # The test machine's settings that keep programs off NVLink multicast hold in users' containers too.
 c.DockerSpawner.environment = {k: env[k] for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
                                                    "NVSHMEM_DISABLE_NVLS") if k in env}
@@ -99,6 +100,7 @@ c.JupyterHub.services.append({
     # the console's settings as the hub hands them over (hub/config/gpu_settings.py)
     "environment": GPUSettings(name_prefix=prefix, intent_file=str(state / "gpu-intent.json"),
                                audit_file=str(state / "gpu-audit.jsonl"), usage_interval=1,
+                               usage_db=str(state / "gpu-usage.sqlite"),
                                bind="127.0.0.1").to_env(),
     "oauth_no_confirm": True,
 })

@@ -297,8 +297,12 @@ class HubAPI:
 
     def start(self, name: str) -> tuple[int, str]:
         r = self.api("POST", f"/users/{quote(name, safe='')}/server")
-        message = r.json().get("message", "") if r.status_code >= 400 and r.content else ""
-        return r.status_code, message
+        if r.status_code < 400 or not r.content:
+            return r.status_code, ""
+        try:
+            return r.status_code, r.json().get("message", "")
+        except ValueError:  # not the hub's JSON (e.g. the proxy's page while the hub is down)
+            return r.status_code, r.text[:300]
 
     def wait(self, name: str, ready: bool, timeout: float = 180) -> float:
         t0 = time.monotonic()
