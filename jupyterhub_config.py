@@ -7,7 +7,7 @@ from hub.config.configure import configure_console, configure_queue, configure_r
 from hub.config.configure import configure_usage
 from hub import watchdog
 from hub.gpus import doctor
-from hub.patches import api_body_500, error_reason, restart_check
+from hub.patches import api_body_500, error_reason, restart_check, system_resolver
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
@@ -23,4 +23,5 @@ watchdog.install(c)  # state volume and Docker engine watchdogs
 api_body_500.install()  # JupyterHub 6.1: malformed API bodies are a 400, not a 500
 error_reason.install()  # JupyterHub 6.1: an error without a message says its status, not null
 restart_check.install()  # JupyterHub 6.1: a hub killed mid-start recovers in seconds, Stop is never a 500
+system_resolver.install()  # JupyterHub 6.1: names resolved as the system does (c-ares failed on Swarm overlays)
 doctor.log_at_start(os.environ)  # host health in the log: engine, toolkit CVEs, driver vs CUDA, GPUs

@@ -5,7 +5,8 @@ import asyncio
 import jupyterhub
 import pytest
 
-from hub.patches import PatchVersionError, api_body_500, error_reason, request_checks, require, restart_check
+from hub.patches import (PatchVersionError, api_body_500, error_reason, request_checks, require, restart_check,
+                         system_resolver)
 
 
 def test_wrapped_jupyterhub_method_still_exists():
@@ -14,7 +15,7 @@ def test_wrapped_jupyterhub_method_still_exists():
     assert callable(BaseHandler._resolve_roles_and_scopes)  # what a refusal calls before raising
 
 
-@pytest.mark.parametrize("module", [request_checks, api_body_500, error_reason, restart_check])
+@pytest.mark.parametrize("module", [request_checks, api_body_500, error_reason, restart_check, system_resolver])
 def test_each_patch_was_written_for_the_pinned_jupyterhub(module):
     require(module.__name__, module.WRITTEN_FOR, module.UPSTREAM)  # raises if not
     assert module.UPSTREAM
@@ -149,3 +150,27 @@ def test_an_api_error_without_a_message_says_its_status(monkeypatch):
     # errors that say something keep it
     assert api_error(APIHandler, web.HTTPError(400, "Invalid JSON")) == {"status": 400, "message": "Invalid JSON"}
     assert api_error(APIHandler, web.HTTPError(409, reason="Busy"))["message"] == "Busy"
+
+
+def test_the_hubs_http_client_resolves_with_the_system_resolver(monkeypatch):
+    import asyncio
+
+    from aiohttp.resolver import DefaultResolver, ThreadedResolver
+    from jupyterhub.httpclient import JupyterHubHTTPClient
+
+    async def resolvers():
+        client = JupyterHubHTTPClient()
+        plain = JupyterHubHTTPClient._new_connector(client)._resolver
+        monkeypatch.setattr(system_resolver, "_installed", False)
+        monkeypatch.setattr(JupyterHubHTTPClient, "_new_connector", JupyterHubHTTPClient._new_connector)
+        system_resolver.install()
+        patched = client._new_connector()
+        admins = DefaultResolver()
+        client.connector_options = {"resolver": admins}  # an admin's choice is kept
+        kept = client._new_connector()._resolver is admins
+        return plain, patched._resolver, kept
+
+    plain, patched, kept = asyncio.run(resolvers())
+    assert kept
+    assert isinstance(plain, DefaultResolver)  # aiodns is installed: c-ares, which failed on Swarm overlays
+    assert isinstance(patched, ThreadedResolver)
