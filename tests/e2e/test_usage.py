@@ -102,8 +102,15 @@ def test_the_console_syncs_right_after_a_server_stops(console, stack, hub):
         return "usage: sync after" in logs.stdout + logs.stderr
 
     wait_for(synced_by_event, timeout=10, what="the console's sync after the server's die event")
-    rows = [r for r in console.ok("GET", "usage?since=1h&by=user")["rows"] if r["user"] == user]
-    assert rows and rows[0]["gpu_hours"] > 0, rows
+    scheduled = time.monotonic()
+
+    def counted() -> list:  # the log line comes as the sync begins: its result lands just after
+        return [r for r in console.ok("GET", "usage?since=1h&by=user")["rows"]
+                if r["user"] == user and r["gpu_hours"] > 0]
+
+    # well within the timed sync's 15 s, so it is the event's sync that counted the server
+    wait_for(counted, timeout=5, what=f"{user}'s GPU-hours after the event's sync")
+    assert time.monotonic() - scheduled < 5
 
 
 def logged_in(stack, user: str) -> requests.Session:
