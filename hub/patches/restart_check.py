@@ -89,7 +89,10 @@ def install() -> None:
             if still:
                 raise web.HTTPError(409, f"{user.name}'s server is busy ({still}); try the stop "
                                          "again in a few seconds")
-            if not spawner.active:  # the check (or the failed start) already stopped it
+            # The check gave up on the server and is stopping it, or already has: that stop
+            # stands (JupyterHub would raise RuntimeError "pending stop", a 500; its handler
+            # answers 202 while the stop is under way, 204 once done).
+            if spawner.pending == "stop" or not spawner.active:
                 return None
         return await original_stop(self, user, server_name)
 

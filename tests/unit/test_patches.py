@@ -117,6 +117,39 @@ def test_a_stop_after_the_restart_check_removed_the_server_is_a_204_not_a_keyerr
     assert calls == []  # JupyterHub's stop_single_user (KeyError: a 500) is not reached
 
 
+def test_a_stop_while_the_check_turns_into_a_stop_is_not_a_500(monkeypatch):
+    """Found by make test: the restart check gave up on a server during the Stop's wait and
+    began stopping it; JupyterHub's stop_single_user then raised RuntimeError 'pending stop'."""
+    import time
+    from types import SimpleNamespace
+
+    from jupyterhub.handlers.base import BaseHandler
+    from jupyterhub.user import User
+    monkeypatch.setattr(restart_check, "_installed", False)
+    monkeypatch.setattr(User, "_wait_up", User._wait_up)
+    calls = []
+
+    async def fake_original(self, user, server_name=""):
+        calls.append(server_name)
+        raise RuntimeError("hubkill0 pending stop")
+    monkeypatch.setattr(BaseHandler, "stop_single_user", fake_original)
+    restart_check.install()
+
+    class CheckThenStop:  # pending "check" for 0.2 s, then "stop" (still active)
+        def __init__(self):
+            self.turn = time.monotonic() + 0.2
+            self.active, self._log_name = True, "hubkill0"
+
+        @property
+        def pending(self):
+            return "check" if time.monotonic() < self.turn else "stop"
+
+    user = SimpleNamespace(name="hubkill0", spawners={"": CheckThenStop()})
+    handler = SimpleNamespace(log=SimpleNamespace(info=lambda *a: None))
+    assert asyncio.run(BaseHandler.stop_single_user(handler, user, "")) is None
+    assert calls == []
+
+
 def api_error(handler_class, exception):
     """What JupyterHub's APIHandler.write_error writes for this exception."""
     import json
