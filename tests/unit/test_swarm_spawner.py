@@ -162,7 +162,9 @@ def test_nfs_driver_options():
         "type": "nfs", "o": "addr=10.0.0.5", "device": ":/srv/gpuhub/v"}
 
 
-def test_nfs_folders_are_made_once_by_a_root_container_that_may_only_chown(engine, tmp_path, monkeypatch):
+def folder_making_engine(engine, monkeypatch):
+    """The engine as the hub's folder-making container sees it: each container it creates is
+    recorded (``runs``), starts, exits 0 and is removed; everything else goes to ``engine``."""
     monkeypatch.setattr(GPUSwarmSpawner, "client", property(lambda self: SimpleNamespace(
         create_host_config=lambda **kw: kw)))
     PROCESS.nfs_dirs.clear()
@@ -177,6 +179,11 @@ def test_nfs_folders_are_made_once_by_a_root_container_that_may_only_chown(engin
         if method in ("start", "remove_container"):
             return None
         return engine(method, *args, **kwargs)
+    return fake, runs
+
+
+def test_nfs_folders_are_made_once_by_a_root_container_that_may_only_chown(engine, tmp_path, monkeypatch):
+    fake, runs = folder_making_engine(engine, monkeypatch)
     s = make_spawner(fake, tmp_path, swarm_nfs_server="nfs.lab", swarm_nfs_export="/export")
     asyncio.run(s.prepare_volumes({}))
     [run] = runs
@@ -238,20 +245,7 @@ def test_start_waits_for_the_task_telling_what_swarm_says_and_fails_at_once_when
 
 
 def test_a_volume_root_on_every_node_gives_bind_mounts_made_by_the_hub(engine, tmp_path, monkeypatch):
-    monkeypatch.setattr(GPUSwarmSpawner, "client", property(lambda self: SimpleNamespace(
-        create_host_config=lambda **kw: kw)))
-    PROCESS.nfs_dirs.clear()
-    runs = []
-
-    def fake(method, *args, **kwargs):
-        if method == "create_container":
-            runs.append(kwargs)
-            return {"Id": "c1"}
-        if method == "wait":
-            return {"StatusCode": 0}
-        if method in ("start", "remove_container"):
-            return None
-        return engine(method, *args, **kwargs)
+    fake, runs = folder_making_engine(engine, monkeypatch)
     s = make_spawner(fake, tmp_path, swarm_volume_root="/srv/shared/")
     asyncio.run(s.create_object())
     [export] = runs[0]["host_config"]["mounts"]
