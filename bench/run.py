@@ -16,13 +16,13 @@ answers through the proxy.
 First, in one container of the image, each setup's server command alone (bench/server_start.py):
 time and CPU from process start until it answers.
 
-Then the scale curve of each hub (bench/scale.py): with 0, 50, 100 (--scale) idle servers
-running, idle CPU (per server, total / N and marginal; hub and each of its processes, proxy,
+Then the scale curve of each hub (bench/scale.py): with 0, 50, 100 and 200 (--scale) idle
+servers running (a step the host's available memory cannot hold is skipped, said in the JSON), idle CPU (per server, total / N and marginal; hub and each of its processes, proxy,
 engine, host) over a quiet minute, memory, hub/console/proxy latency and single spawn p50.
 
 Writes bench/results/<UTC time>.json, bench/results/latest.json and bench/results/latest.png.
 Options: --runs N (single spawns per setup, default 9: stock's times fall into two groups, see the
-README), --bursts 10,30, --scale 0,50,100 (idle servers at each step of the curve; "" for none),
+README), --bursts 10,30, --scale 0,50,100,200 (idle servers at each step of the curve; "" for none),
 --quiet 60 (seconds of idle CPU measured at each step), --only scale (the scale curve alone, for
 ours and stock), --setups ours,stock (which hubs the curve runs for), --settle-timeout 60 (seconds
 to wait at most for a quiet machine), --budget S (seconds for the curve alone: ours first, then
@@ -438,7 +438,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--bursts", default="10,30")
-    parser.add_argument("--scale", default="0,50,100")
+    parser.add_argument("--scale", default="0,50,100,200")
     parser.add_argument("--quiet", type=float, default=60)
     parser.add_argument("--scale-runs", type=int, default=5)
     parser.add_argument("--only", choices=["scale"])

@@ -186,6 +186,20 @@ def fill(hut, names: list[str], wave: int = 10, timeout: float = 300) -> dict:
     return {"started": len(names) - len(failed), "failed": len(failed), "wall_s": round(time.monotonic() - t0, 1)}
 
 
+SERVER_MB_GUESS = 100  # an idle server before the first step measured one (about 50 MB here)
+
+
+def mem_available_mb() -> float | None:
+    """The host's MemAvailable (Linux), so a step the machine cannot hold is skipped, not swapped."""
+    try:
+        for row in Path("/proc/meminfo").read_text().splitlines():
+            if row.startswith("MemAvailable:"):
+                return int(row.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle, memory_mb, sh,
           deadline: float | None = None) -> list[dict]:
     """The scale curve of one hub (a bench.run.HubUnderTest); `settle`, `memory_mb` and `sh`
@@ -201,6 +215,13 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
         guess += grew[-1][1] * added / grew[-1][0] if grew and added > 0 else 0
         if deadline is not None and time.monotonic() + guess > deadline:
             points.append({"idle_servers": n, "skipped": "out of time (--budget)"})
+            hut_log(hut, points[-1])
+            continue
+        per_server = points[-1].get("idle_server_mb_median") if points and "skipped" not in points[-1] else None
+        need, available = added * (per_server or SERVER_MB_GUESS) * 1.5, mem_available_mb()
+        if added > 0 and available is not None and need > available:
+            points.append({"idle_servers": n, "skipped": f"not enough memory: {added} more servers need about "
+                                                          f"{need:.0f} MB, {available:.0f} MB available"})
             hut_log(hut, points[-1])
             continue
         step_start = time.monotonic()
