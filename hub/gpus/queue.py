@@ -44,6 +44,7 @@ class Waiter:
     passed: bool = False  # may take a GPU; starting (its container does not exist yet)
     rank: float = -1.0  # the line's order: ``since`` unless an admin moved it
     woken_at: float = 0.0  # time.monotonic() of the last wake (the waiter reads the engine only if nobody has since)
+    waited: bool = False  # was told a place: a start let through at its first look is no hand-over
 
     def __post_init__(self) -> None:
         if self.rank < 0:
@@ -93,8 +94,11 @@ class GPUQueue:
         self.wake()
 
     def done(self, waiter: Waiter) -> None:
-        """The waiter's container exists now, with its GPU: out of the line."""
-        self.handovers.append(self.clock())
+        """The waiter's container exists now, with its GPU: out of the line. Only a start that
+        waited is a hand-over (the estimate's pace is how fast GPUs free up, not how fast a
+        burst on free GPUs started)."""
+        if waiter.waited:
+            self.handovers.append(self.clock())
         self.leave(waiter)
 
     def position(self, waiter: Waiter) -> int:

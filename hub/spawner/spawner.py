@@ -409,6 +409,7 @@ class GPUDockerSpawner(DockerSpawner):
                     self._waiter.passed = True
                     return
                 self._waiter.event.clear()
+                self._waiter.waited = True
                 position = queue.position(self._waiter)
             if position != told:
                 told = position

@@ -186,3 +186,49 @@ def test_admin_moves_waiters_from_the_console_and_they_start_in_the_new_order(qu
     assert len(held) == len(set(held))
     for name in [*holders[len(waiters):], *waiters]:
         hub.stop(name)
+
+
+@pytest.mark.browser
+def test_spawn_page_shows_the_place_in_line_then_jupyterlab_loads_by_itself(queueing, hub, page):
+    """What a waiting person sees: pressing Start with every GPU taken, the spawn page stays on
+    JupyterHub's progress with the place in line; when a holder stops, JupyterLab loads in the
+    same page without a click."""
+    from playwright.sync_api import expect
+
+    from conftest import ARTIFACTS
+
+    stack = queueing
+    holders = [f"qb-hold{i}" for i in range(len(GPUS))]
+    for name in holders:
+        hub.create_user(name)
+        hub.start(name, options={"profile": "gpu"})
+    admin = stack.env["HUB_ADMIN_USER"]
+    hub.stop(admin)
+    page.goto(f"{stack.url}/hub/login")
+    page.fill("input[name=username]", admin)
+    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/hub/**", timeout=30_000)
+    page.goto(f"{stack.url}/hub/spawn")
+    expect(page.locator("#spawn_form")).to_be_visible(timeout=15_000)
+    page.check("#profile-gpu")
+    page.click("#spawn_form [type=submit]")
+
+    # JupyterHub's pending page, its progress message telling the place (and that it starts by itself)
+    message = page.locator("#progress-message")
+    expect(message).to_contain_text("next in line for a GPU", timeout=60_000)
+    expect(message).to_contain_text("starts by itself")
+    page.screenshot(path=ARTIFACTS / "queue-browser-1-waiting.png", full_page=True)
+    assert "/lab" not in page.url
+    assert (hub.user(admin)["servers"].get("") or {}).get("pending") == "spawn"
+
+    r = hub.api("DELETE", f"/users/{holders[0]}/server")
+    assert r.status_code in (202, 204), r.text
+    page.wait_for_url(f"**/user/{admin}/lab**", timeout=120_000)
+    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
+    expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=60_000)
+    page.screenshot(path=ARTIFACTS / "queue-browser-2-jupyterlab.png", full_page=True)
+    held = list(gpu_holdings(stack).values())
+    assert len(held) == len(set(held)) == len(GPUS)
+    for name in [*holders[1:], admin]:
+        hub.stop(name)

@@ -55,9 +55,15 @@ def test_estimate_from_the_pace_of_hand_overs():
     clock = [0.0]
     q = GPUQueue(clock=lambda: clock[0])
     assert q.estimate(1) is None
-    for t in (0.0, 60.0, 120.0):
+    for t in (0.0, 1.0, 2.0):  # a burst let through on free GPUs: no hand-overs
         clock[0] = t
-        q.done(q.join(f"u{t}", ""))
+        q.done(q.join(f"burst{t}", ""))
+    assert q.estimate(1) is None
+    for t in (10.0, 70.0, 130.0):
+        clock[0] = t
+        w = q.join(f"u{t}", "")
+        w.waited = True
+        q.done(w)
     assert q.estimate(3) == 180.0
 
 
