@@ -213,6 +213,27 @@ def decide(policies: ReclaimPolicy | PolicyTable, candidates: Iterable[Candidate
     return decisions
 
 
+def next_due(policies: ReclaimPolicy | PolicyTable, candidates: Iterable[Candidate], state: ReclaimState,
+             now: float) -> float | None:
+    """The next moment, after ``now``, at which ``decide`` would warn or stop someone if the GPUs
+    stayed as idle as they are: a round then, not at the next sampling interval, keeps a
+    reclaim within T + grace + the first reading's delay (the hub's stop fits in the interval left)."""
+    table = policies if isinstance(policies, PolicyTable) else PolicyTable(policies)
+    due: list[float] = []
+    for c in candidates:
+        policy = table.of(c.profile)
+        if c.idle_since is None or not policy.enabled or policy.exempt(c.user, c.groups):
+            continue
+        until = state.extended.get((c.user, c.server), 0.0)
+        if until > now:  # an admin's extension: judged again when it runs out
+            due.append(until)
+            continue
+        warned = state.warned.get(c.key)
+        due.append(warned.deadline if warned else c.idle_since + policy.timeout)
+    later = [t for t in due if t > now]
+    return min(later) if later else None
+
+
 def stop_message(gpu_name: str, policy: ReclaimPolicy, idle_since: float, now: float) -> str:
     """What the user reads on their next page load."""
     seconds = max(0, round(now - idle_since))

@@ -5,7 +5,7 @@ from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
 from hub.gpus.model import Holder
 from hub.gpus.nvml import NVMLReader, Reading, Unavailable
 from hub.reclaim.policy import (Candidate, PolicyTable, ReclaimOverride, ReclaimPolicy, ReclaimState, decide,
-                                parse_override, stop_message)
+                                next_due, parse_override, stop_message)
 
 
 class Feed:
@@ -195,3 +195,15 @@ def test_the_grace_runs_from_when_the_warning_was_due():
     state = ReclaimState()
     [late] = decide(POLICY, [c("alice", 0.0)], state, 9000.0)  # the service was down for hours
     assert late.deadline == 9300.0  # half the grace left to answer the warning
+
+
+def test_the_next_round_is_due_when_a_warning_or_a_stop_is():
+    state = ReclaimState()
+    idle, busy, exempt = c("alice", 100.0), c("bob", None, uuid="GPU-b"), c("root", 0.0, uuid="GPU-c")
+    assert next_due(POLICY, [idle, busy, exempt], state, 500.0) == 1900.0  # idle_since + timeout
+    decide(POLICY, [idle], state, 1900.0)
+    assert next_due(POLICY, [idle], state, 1900.0) == 2500.0  # the warning's deadline
+    assert next_due(POLICY, [idle], state, 2500.0) is None  # due now: this round decides it
+    state.extended[("alice", "")] = 4000.0
+    assert next_due(POLICY, [idle], state, 3000.0) == 4000.0  # judged again when the extension ends
+    assert next_due(POLICY, [busy, exempt], ReclaimState(), 0.0) is None
