@@ -145,9 +145,10 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         makes the missing ones (the file server must let this node's root chown: docs/swarm.md)."""
         if not (self.swarm_nfs_server or self.swarm_volume_root):
             return
-        names = [n for n in [*self.volume_binds, *(v for v, _, _ in course_volumes.mounts(
-            courses, self.user.name, self.prefix, self.course_materials_dir))]
-            if not n.startswith("/") and n not in PROCESS.nfs_dirs]
+        targets = {**{n: vol["bind"] for n, vol in self.volume_binds.items()},
+                   **{v: target for v, target, _ in course_volumes.mounts(
+                       courses, self.user.name, self.prefix, self.course_materials_dir)}}
+        names = [n for n in targets if not n.startswith("/") and n not in PROCESS.nfs_dirs]
         if not names:
             return
         self.emit_progress(65, "Preparing your folders on the file server")
@@ -156,10 +157,14 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         else:
             export = Mount("/nfs", f"{self.prefix}-nfs-export", type="volume",
                            driver_config=nfs_driver(self.swarm_nfs_server, self.swarm_nfs_export, self.swarm_nfs_options))
-        # mkdir then chown: `install -d -o` chmods after the chown, which needs CAP_FOWNER
-        script = 'for d; do [ -d "/nfs/$d" ] || { mkdir "/nfs/$d" && chown 1000:100 "/nfs/$d"; } || exit 1; done'
+        # A new folder gets what the image has at its mount point, as Docker fills a new named
+        # volume (WELCOME.md in the work folder); a bind mount would start empty. mkdir, copy,
+        # then chown: `install -d -o` or `cp -a` chmod after the chown, which needs CAP_FOWNER.
+        script = ('for spec; do d=${spec%%:*}; from=${spec#*:}; [ -d "/nfs/$d" ] || { mkdir "/nfs/$d" && '
+                  '{ [ ! -d "$from" ] || cp -R "$from/." "/nfs/$d/"; } && chown -R 1000:100 "/nfs/$d"; } '
+                  '|| exit 1; done')
         await course_volumes.as_root(
-            self.engine, self.image, ["sh", "-c", script, "sh", *names],
+            self.engine, self.image, ["sh", "-c", script, "sh", *(f"{n}:{targets[n]}" for n in names)],
             self.client.create_host_config(mounts=[export], **course_volumes.AS_ROOT_HOST_CONFIG),
             {self.labels.instance: self.prefix}, f"make the folders {', '.join(names)} on the file server")
         PROCESS.nfs_dirs.update(names)

@@ -187,8 +187,8 @@ def test_nfs_folders_are_made_once_by_a_root_container_that_may_only_chown(engin
     s = make_spawner(fake, tmp_path, swarm_nfs_server="nfs.lab", swarm_nfs_export="/export")
     asyncio.run(s.prepare_volumes({}))
     [run] = runs
-    assert run["user"] == "root" and run["command"][-1] == "gpuhub-user-zoe"
-    assert "mkdir \"/nfs/$d\" && chown 1000:100" in run["command"][2]  # no chmod after chown: no CAP_FOWNER
+    assert run["user"] == "root" and run["command"][-1] == "gpuhub-user-zoe:/home/jovyan/work"
+    assert 'cp -R "$from/." "/nfs/$d/"; } && chown -R 1000:100' in run["command"][2]  # no chmod after chown: no CAP_FOWNER
     host = run["host_config"]
     assert host["cap_drop"] == ["ALL"] and host["cap_add"] == ["CHOWN"] and host["network_mode"] == "none"
     [export] = host["mounts"]
