@@ -116,6 +116,8 @@ def test_a_dead_nodes_servers_stop_and_start_elsewhere_with_their_files(stack, h
         for name in victims:
             server = UserServer(stack.url, hub.start(name, timeout=240)["url"], user_token(hub, name))
             assert server.read_text("note.txt") == notes[name]
+            # the folder the hub made on the shared root got the image's WELCOME.md, as a new named volume would
+            assert "work" in server.read_text("WELCOME.md")
         held = by_user(stack)
         for name in victims:
             assert held[name].node != victim_node, held[name]
