@@ -76,15 +76,29 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def process_name(pid: int | str, args: str) -> str:
+    """A process of the hub's containers by its command line (paths under /srv/ and `-f` left
+    out); the GPU console's process with gpu-reclaim in it (its environment has gpu-reclaim's
+    token: hub/config/configure.py, configure_reclaim) is named so."""
+    name = " ".join(a for a in args.split() if not a.startswith("/srv/") and a != "-f")[:60]
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return name
+    if any(v.startswith(b"GPUHUB_RECLAIM_API_TOKEN=") for v in environ.split(b"\0")):
+        name += " + gpu-reclaim"
+    return name
+
+
 def own_processes(containers: list[str], sh) -> dict[int, str]:
     """pid -> short command line of each process in the hub's own containers (the hub, the GPU
-    console, gpu-reclaim, the culler, the proxy)."""
+    console with gpu-reclaim, the culler, the proxy)."""
     out = {}
     for container in containers:
         for line in sh("docker", "top", container, "-eo", "pid,args").splitlines()[1:]:
             pid, args = line.split(None, 1)
             if not args.startswith(("tini", "/sbin/docker-init")):
-                out[int(pid)] = " ".join(a for a in args.split() if not a.startswith("/srv/") and a != "-f")[:60]
+                out[int(pid)] = process_name(pid, args)
     return out
 
 
@@ -129,7 +143,7 @@ def idle_cpu(ids: dict[str, str], own: list[str], quiet: float, processes: dict[
 
 def processes_rss_mb(container: str, sh) -> dict[str, float]:
     """Resident memory (VmRSS) of each process in a container, by its command line: which of the
-    hub's processes (the hub, the GPU console, gpu-reclaim, the culler) uses what."""
+    hub's processes (the hub, the GPU console with gpu-reclaim, the culler) uses what."""
     out = {}
     for line in sh("docker", "top", container, "-eo", "pid,args").splitlines()[1:]:
         pid, args = line.split(None, 1)
@@ -139,7 +153,7 @@ def processes_rss_mb(container: str, sh) -> dict[str, float]:
             continue
         kb = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
         if kb > 2048:  # tini and the like
-            name = " ".join(a for a in args.split() if not a.startswith("/srv/") and a != "-f")[:60]
+            name = process_name(pid, args)
             out[name] = round(out.get(name, 0) + kb / 1024, 1)
     return out
 
