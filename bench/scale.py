@@ -6,7 +6,8 @@ At each step (0, 50, 100 … idle servers, started through the hub's REST API an
   accounting: each container's cgroup (cpuacct.usage on cgroup v1, cpu.stat on v2), the engine
   (dockerd, containerd and the containerd shims, from /proc/<pid>/stat) and the whole host
   (/proc/stat); per server = (users' containers + hub + proxy + engine) / servers;
-- memory of the hub and proxy, and the median idle server (docker stats);
+- memory of the hub and proxy (docker stats, and their anonymous memory from the memory cgroup),
+  and the median idle server (docker stats);
 - latency p50 of the hub's /hub/api/users, the GPU console's /api/gpus (ours) and a request
   through the proxy to an idle server;
 - single spawn p50 (start → the server answers through the proxy), one at a time.
@@ -158,6 +159,21 @@ def processes_rss_mb(container: str, sh) -> dict[str, float]:
     return out
 
 
+def container_anon_mb(container_id: str) -> float | None:
+    """A container's anonymous memory (its processes' own), from its memory cgroup: what
+    `docker stats` counts less the page cache, which a container is charged for or not
+    depending on who read a shared file (an image's layer) first."""
+    for path, key in ((f"/sys/fs/cgroup/memory/docker/{container_id}/memory.stat", "total_rss"),
+                      (f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/memory.stat", "anon"),
+                      (f"/sys/fs/cgroup/docker/{container_id}/memory.stat", "anon")):
+        try:
+            fields = dict(line.split() for line in Path(path).read_text().splitlines())
+        except OSError:
+            continue
+        return round(int(fields[key]) / 2**20, 1)
+    return None
+
+
 def latency_p50(url: str, headers: dict, n: int = 20) -> float | None:
     times = []
     with requests.Session() as s:
@@ -233,6 +249,8 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
         mem = memory_mb(running + hut.containers)
         users = [v for k, v in mem.items() if k not in hut.containers]
         point["hub_and_proxy_mb"] = round(sum(mem.get(c, 0) for c in hut.containers), 1)
+        anon = [container_anon_mb(ids[c]) for c in hut.containers]
+        point["hub_and_proxy_anon_mb"] = round(sum(anon), 1) if None not in anon else None
         point["idle_server_mb_median"] = round(statistics.median(users), 1) if users else None
         point["latency_ms_p50"] = {
             "hub_api_users": latency_p50(f"{hut.url}/hub/api/users", headers),
