@@ -6,7 +6,8 @@ At each step (0, 50, 100 … idle servers, started through the hub's REST API an
   accounting: each container's cgroup (cpuacct.usage on cgroup v1, cpu.stat on v2), the engine
   (dockerd, containerd and the containerd shims, from /proc/<pid>/stat) and the whole host
   (/proc/stat); per server = (users' containers + hub + proxy + engine) / servers;
-- memory of the hub and proxy, and the median idle server (docker stats);
+- memory of the hub and proxy (docker stats, and their anonymous memory from the memory cgroup),
+  and the median idle server (docker stats);
 - latency p50 of the hub's /hub/api/users, the GPU console's /api/gpus (ours) and a request
   through the proxy to an idle server;
 - single spawn p50 (start → the server answers through the proxy), one at a time.
@@ -76,15 +77,29 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def process_name(pid: int | str, args: str) -> str:
+    """A process of the hub's containers by its command line (paths under /srv/ and `-f` left
+    out); the GPU console's process with gpu-reclaim in it (its environment has gpu-reclaim's
+    token: hub/config/configure.py, configure_reclaim) is named so."""
+    name = " ".join(a for a in args.split() if not a.startswith("/srv/") and a != "-f")[:60]
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return name
+    if any(v.startswith(b"GPUHUB_RECLAIM_API_TOKEN=") for v in environ.split(b"\0")):
+        name += " + gpu-reclaim"
+    return name
+
+
 def own_processes(containers: list[str], sh) -> dict[int, str]:
     """pid -> short command line of each process in the hub's own containers (the hub, the GPU
-    console, gpu-reclaim, the culler, the proxy)."""
+    console with gpu-reclaim, the culler, the proxy)."""
     out = {}
     for container in containers:
         for line in sh("docker", "top", container, "-eo", "pid,args").splitlines()[1:]:
             pid, args = line.split(None, 1)
             if not args.startswith(("tini", "/sbin/docker-init")):
-                out[int(pid)] = " ".join(a for a in args.split() if not a.startswith("/srv/") and a != "-f")[:60]
+                out[int(pid)] = process_name(pid, args)
     return out
 
 
@@ -129,7 +144,7 @@ def idle_cpu(ids: dict[str, str], own: list[str], quiet: float, processes: dict[
 
 def processes_rss_mb(container: str, sh) -> dict[str, float]:
     """Resident memory (VmRSS) of each process in a container, by its command line: which of the
-    hub's processes (the hub, the GPU console, gpu-reclaim, the culler) uses what."""
+    hub's processes (the hub, the GPU console with gpu-reclaim, the culler) uses what."""
     out = {}
     for line in sh("docker", "top", container, "-eo", "pid,args").splitlines()[1:]:
         pid, args = line.split(None, 1)
@@ -139,9 +154,24 @@ def processes_rss_mb(container: str, sh) -> dict[str, float]:
             continue
         kb = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0)
         if kb > 2048:  # tini and the like
-            name = " ".join(a for a in args.split() if not a.startswith("/srv/") and a != "-f")[:60]
+            name = process_name(pid, args)
             out[name] = round(out.get(name, 0) + kb / 1024, 1)
     return out
+
+
+def container_anon_mb(container_id: str) -> float | None:
+    """A container's anonymous memory (its processes' own), from its memory cgroup: what
+    `docker stats` counts less the page cache, which a container is charged for or not
+    depending on who read a shared file (an image's layer) first."""
+    for path, key in ((f"/sys/fs/cgroup/memory/docker/{container_id}/memory.stat", "total_rss"),
+                      (f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/memory.stat", "anon"),
+                      (f"/sys/fs/cgroup/docker/{container_id}/memory.stat", "anon")):
+        try:
+            fields = dict(line.split() for line in Path(path).read_text().splitlines())
+        except OSError:
+            continue
+        return round(int(fields[key]) / 2**20, 1)
+    return None
 
 
 def latency_p50(url: str, headers: dict, n: int = 20) -> float | None:
@@ -240,6 +270,8 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
         mem = memory_mb(running + hut.containers)
         users = [v for k, v in mem.items() if k not in hut.containers]
         point["hub_and_proxy_mb"] = round(sum(mem.get(c, 0) for c in hut.containers), 1)
+        anon = [container_anon_mb(ids[c]) for c in hut.containers]
+        point["hub_and_proxy_anon_mb"] = round(sum(anon), 1) if None not in anon else None
         point["idle_server_mb_median"] = round(statistics.median(users), 1) if users else None
         point["latency_ms_p50"] = {
             "hub_api_users": latency_p50(f"{hut.url}/hub/api/users", headers),

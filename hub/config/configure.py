@@ -3,6 +3,8 @@
 ``jupyterhub_config.py`` calls these in order; each takes a traitlets ``Config`` and a mapping
 of environment variables, so each can be tested against a bare ``Config()``.
 """
+import os
+import secrets
 import sys
 from collections.abc import Mapping
 from functools import partial
@@ -156,24 +158,40 @@ def configure_culler(c, env: Mapping[str, str]) -> None:
 
 RECLAIM_NAME = "gpu-reclaim"
 RECLAIM_URL = "http://hub:10102"
+RECLAIM_TOKEN_FILE = f"{STATE_DIR}/gpu-reclaim-token"
+RECLAIM_TOKEN_ENV = "GPUHUB_RECLAIM_API_TOKEN"  # gpu-reclaim's token, in the console's environment
+RECLAIM_URL_ENV = "GPUHUB_RECLAIM_URL"
 RECLAIM_SETTINGS = ("HUB_NAME_PREFIX", "HUB_LOG_LEVEL", "GPU_IDLE_TIMEOUT", "GPU_IDLE_THRESHOLD", "GPU_IDLE_GRACE",
                     "GPU_IDLE_EXEMPT_USERS", "GPU_IDLE_EXEMPT_GROUPS", "GPU_SAMPLE_INTERVAL", "GPU_USAGE_READER",
                     "GPU_QUOTA_DEFAULT")  # the last for the user's GPU-hours in JupyterLab's GPU item
 
 
-def configure_reclaim(c, env: Mapping[str, str]) -> None:
+def configure_reclaim(c, env: Mapping[str, str], token_file: str = RECLAIM_TOKEN_FILE) -> None:
     """gpu-reclaim (hub/reclaim/service.py): samples every GPU, attributes each reading to the
     server holding it, and stops servers whose GPU stayed idle (after a warning in JupyterLab).
-    Its token may only list users with their groups (exemptions), read servers and stop them.
-    Users' servers reach its ``api/me`` with their own token (JupyterLab's GPU item)."""
+    Users' servers reach its ``api/me`` with their own token (JupyterLab's GPU item).
+
+    It runs in the GPU console's process (call configure_console first), one Python process
+    fewer in the hub's container, yet stays a service of its own for JupyterHub: its own URL,
+    and its own token, whose role may only list users with their groups (exemptions), read
+    servers and stop them. JupyterHub knows it as an external service with that token: the
+    token is kept on the state volume (``state_secret``), as JupyterHub never removes a token
+    from the configuration that it once added."""
     for name in RECLAIM_SETTINGS:
         read(env, name)  # a bad value stops the hub at start, naming the variable
-    c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
+    services = c.JupyterHub.get("services", [])
+    console = next((s for s in services if s.get("name") == CONSOLE_NAME), None)
+    if console is None:
+        raise ConfigError(f"{RECLAIM_NAME} runs in the {CONSOLE_NAME} service's process: configure_console first")
+    token = state_secret(token_file)
+    environment = {**console.get("environment", {}), RECLAIM_TOKEN_ENV: token, RECLAIM_URL_ENV: RECLAIM_URL,
+                   **{name: env[name] for name in RECLAIM_SETTINGS if env.get(name, "").strip()}}
+    c.JupyterHub.services = [*({**s, "environment": environment} if s is console else s for s in services), {
         "name": RECLAIM_NAME,
         "url": RECLAIM_URL,
-        "command": [sys.executable, "-m", "hub.reclaim.service"],
-        "environment": {name: env[name] for name in RECLAIM_SETTINGS if env.get(name, "").strip()},
-        "info": {"description": "GPU activity per server; idle GPUs are reclaimed after a warning"},
+        "api_token": token,
+        "info": {"description": "GPU activity per server; idle GPUs are reclaimed after a warning "
+                                f"(runs in the {CONSOLE_NAME} service's process)"},
     }]
     c.JupyterHub.load_roles = [*c.JupyterHub.get("load_roles", []), {
         "name": RECLAIM_NAME,
@@ -306,6 +324,25 @@ def configure_recovery(c, env: Mapping[str, str]) -> None:
     c.JupyterHub.template_vars = {**c.JupyterHub.get("template_vars", {}),
                                   "gpuhub_stop_reason": partial(GPUDockerSpawner.stop_reason_for, file=reasons)}
     c.HubGuards.state_dir = STATE_DIR
+
+
+def state_secret(path: str) -> str:
+    """A secret the hub keeps on its state volume for itself (gpu-reclaim's API token): made on
+    the hub's first start with it, owned by the hub's user and readable by it only (0600),
+    never overwritten (gpuhub-init's ``ensure_secret``, the same way as the cookie secret), then
+    read. A clear error naming the file if it cannot be made or read, or is not a token."""
+    from hub.config.init_secrets import ensure_secret
+
+    try:
+        ensure_secret(Path(path), secrets.token_hex(32), os.getuid(), os.getgid(), 0o600)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot create or read the secret {path} ({getattr(exc, 'strerror', None) or exc}); the hub's "
+                          "user must own it (or delete it: the hub makes a new one at its next start)") from None
+    value = read_secret(path)
+    if len(value) < 8 or any(ch.isspace() for ch in value):  # 8: JupyterHub's shortest API token
+        raise ConfigError(f"the secret {path} is not a token (one word of at least 8 characters); delete it "
+                          "and the hub makes a new one at its next start")
+    return value
 
 
 def read_secret(path: str) -> str:

@@ -7,6 +7,9 @@ orders them). Secrets live only on the named volumes, never in an image or in gi
   proxy-token volume  token (hub reads it, the proxy reads it; nobody else mounts it)
   metrics-token volume  token (the hub's ``prometheus`` service: it may read the GPU console's
                       metrics and nothing else; the monitoring profile's Prometheus reads it)
+
+The hub makes one more itself, the same way (``ensure_secret``), on its first start with it:
+gpu-reclaim's API token, ``gpu-reclaim-token`` on the state volume (configure_reclaim).
 """
 import argparse
 import os

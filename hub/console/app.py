@@ -3,7 +3,8 @@
 The service is a web page and a JSON REST API for hub admins (docs/console.md).
 
 JupyterHub starts it (``python -m hub.console.app``, see hub/config/configure.py ``configure_console``)
-and routes ``/services/gpu-console/`` to it. Every request is authenticated with the hub
+and routes ``/services/gpu-console/`` to it. The same process runs the gpu-reclaim service
+(hub/reclaim/service.py) with gpu-reclaim's own token, URL and app (``main``). Every request is authenticated with the hub
 (HubOAuth: the browser's cookie, or ``Authorization: token <API token>``) and allowed only with
 the scope ``access:services!service=gpu-console``, which JupyterHub's admin role has and normal
 users do not: the API answers 403 with JSON, the page with a page saying so.
@@ -39,14 +40,12 @@ import asyncio
 import logging
 import os
 import secrets
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from tornado import web
-from tornado.ioloop import PeriodicCallback
 
 from hub.config.gpu_settings import GPUSettings
 from hub.console.audit import AuditLog
@@ -61,6 +60,7 @@ from hub.usage import metrics as usage_metrics
 from hub.usage.reconcile import UsageKeeper
 from hub.console.usage_api import UsageDesk
 from hub.gpus.activity import ActivitySampler
+from hub.services import every
 
 HERE = Path(__file__).parent
 log = logging.getLogger("gpu-console")
@@ -186,60 +186,63 @@ def watch_engine_events(console: Console, usage_sync: Callable[[], Awaitable[Non
     return stop
 
 
-def main() -> None:
-    env = dict(os.environ)
-    settings = GPUSettings.from_env(env)
-    settings.configure_logging()
-    console = build_console(env)
+async def start(console: Console, settings: GPUSettings, env: dict[str, str]) -> None:
+    """The console's component: its page and API, then its periodic work (each guarded:
+    hub.services.every)."""
     prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
     url = urlsplit(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
     sampler = console.sampler
+    app = make_app(console, prefix, env.get("JUPYTERHUB_BASE_URL", "/"))
+    # The proxy reaches the service by the hub's name on the compose network: listen on all
+    # of the container's addresses (every request is still authenticated with the hub).
+    app.listen(url.port or 80, address=settings.bind, xheaders=True)
+    log.info("GPU console at %s (%s), %d GPUs from %s; usage every %gs", prefix, url.geturl(),
+             len(console.manager.inventory), console.manager.source, sampler.interval)
 
     async def sample():
         await asyncio.to_thread(sampler.sample)
 
-    async def run():
-        app = make_app(console, prefix, env.get("JUPYTERHUB_BASE_URL", "/"))
-        # The proxy reaches the service by the hub's name on the compose network: listen on all
-        # of the container's addresses (every request is still authenticated with the hub).
-        app.listen(url.port or 80, address=settings.bind, xheaders=True)
-        log.info("GPU console at %s (%s), %d GPUs from %s; usage every %gs", prefix, url.geturl(),
-                 len(console.manager.inventory), console.manager.source, sampler.interval)
-        await sample()
-        if sampler.source != "nvml":
-            log.info("GPU usage: n/a (%s)", sampler.reason)
-        PeriodicCallback(sample, sampler.interval * 1000).start()
-        desk = app.settings["course_desk"]
+    await every(sampler.interval, sample, "GPU usage sample", log)
+    if sampler.source != "nvml":
+        log.info("GPU usage: n/a (%s)", sampler.reason)
+    desk = app.settings["course_desk"]
 
-        async def course_schedule():
-            # Courses' max session lengths; reservations long over are forgotten (audited).
-            try:
-                for stopped in await desk.enforce_session_limits():
-                    log.info("max session: stopped %(user)s's server (course %(course)s)", stopped)
-                await desk.prune_reservations()
-            except Exception:  # noqa: BLE001 - the hub may be restarting: try again next time
-                log.exception("course schedule")
+    async def course_schedule():
+        # Courses' max session lengths; reservations long over are forgotten (audited).
+        for stopped in await desk.enforce_session_limits():
+            log.info("max session: stopped %(user)s's server (course %(course)s)", stopped)
+        await desk.prune_reservations()
 
-        PeriodicCallback(course_schedule, settings.course_check_interval * 1000).start()
+    await every(settings.course_check_interval, course_schedule, "course schedule", log, now=False)
 
-        async def usage_sync():
-            # GPU-seconds from the engine into the store, then quotas on running servers.
-            try:
-                await console.usage.sync()
-                await console.usage.enforce()
-                await asyncio.to_thread(usage_metrics.warm, console.usage)  # scrapes find them ready
-            except Exception:  # noqa: BLE001 - the engine or the hub may be restarting: next time
-                log.exception("usage sync")
+    async def usage_sync():
+        # GPU-seconds from the engine into the store, then quotas on running servers.
+        await console.usage.sync()
+        await console.usage.enforce()
+        await asyncio.to_thread(usage_metrics.warm, console.usage)  # scrapes find them ready
 
-        await usage_sync()
-        PeriodicCallback(usage_sync, settings.usage_sync_interval * 1000).start()
-        watch_engine_events(console, usage_sync)
-        await asyncio.Event().wait()
+    watch_engine_events(console, await every(settings.usage_sync_interval, usage_sync, "usage sync", log))
 
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        sys.exit(0)
+
+def main() -> None:
+    """The service's process: the console, and gpu-reclaim beside it where configure_reclaim
+    handed the console gpu-reclaim's token (one process for both: docs/performance.md, "Memory
+    of the hub side"); each keeps its own HTTP app, hub token and role."""
+    from hub.config.configure import RECLAIM_TOKEN_ENV
+    from hub.services import serve
+
+    env = dict(os.environ)
+    settings = GPUSettings.from_env(env)
+    settings.configure_logging()
+    console = build_console(env)
+    starts = [lambda: start(console, settings, env)]
+    if env.get(RECLAIM_TOKEN_ENV, "").strip():
+        from hub.reclaim import service as reclaim
+
+        reclaim_env = reclaim.env_in_console(env)
+        reclaimer = reclaim.build(reclaim_env)
+        starts.append(lambda: reclaim.start(reclaimer, reclaim_env))
+    serve(*starts)
 
 
 if __name__ == "__main__":

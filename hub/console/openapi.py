@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from jsonschema import Draft4Validator
-from jsonschema.exceptions import ValidationError
 
 from hub.console.errors import ConsoleError
+
+if TYPE_CHECKING:  # jsonschema loads with the first checked request (see _validator)
+    from jsonschema import Draft4Validator
+    from jsonschema.exceptions import ValidationError
 
 SPEC_FILE = Path(__file__).with_name("openapi.yaml")
 
@@ -110,6 +112,10 @@ def operation(path: str, method: str) -> Operation:
 # ---- OpenAPI 3.0 schema -> JSON Schema draft 4 ------------------------------------------------
 
 def _validator(schema: dict[str, Any], spec: dict[str, Any]) -> Draft4Validator:
+    # Imported here: about 5 MB resident that the console's process holds only once a request
+    # is checked (docs/performance.md, "Memory of the hub side").
+    from jsonschema import Draft4Validator
+
     converted = _json_schema(schema, spec)
     Draft4Validator.check_schema(converted)
     return Draft4Validator(converted)

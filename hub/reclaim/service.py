@@ -1,9 +1,10 @@
-"""gpu-reclaim: the hub-managed service that samples every GPU, attributes each reading to the
-server holding it, and reclaims idle GPUs (hub/reclaim/policy.py decides; this module acts).
+"""gpu-reclaim: the hub service that samples every GPU, attributes each reading to the server
+holding it, and reclaims idle GPUs (hub/reclaim/policy.py decides; this module acts).
 
-JupyterHub starts it (``python -m hub.reclaim.service``, configure_reclaim) beside
-jupyterhub-idle-culler, with a role that may only list users and their groups, read servers
-and stop them. Every ``GPU_SAMPLE_INTERVAL`` seconds it:
+It runs in the GPU console's process (hub/console/app.py ``main``, ``start`` here), yet is a
+service of its own for JupyterHub (configure_reclaim): its own URL, and its own token, whose
+role may only list users and their groups, read servers and stop them. ``python -m
+hub.reclaim.service`` runs it alone. Every ``GPU_SAMPLE_INTERVAL`` seconds it:
 
 1. lists this hub's live containers (their GPU labels: ``hub.gpus.claim``), i.e. who holds what;
 2. reads every GPU (``hub.gpus.activity.ActivitySampler``, NVML or ``GPU_USAGE_READER``) and
@@ -40,7 +41,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 from tornado import web
 
 from hub.config import STATE_DIR
-from hub.config.configure import PROFILES_FILE
+from hub.config.configure import PROFILES_FILE, RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV
 from hub.config.table import read
 from hub.console.audit import AuditLog
 from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
@@ -461,47 +461,66 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
                      holders_file=state / HOLDERS_FILE, usage=usage)
 
 
+def env_in_console(env: Mapping[str, str]) -> dict[str, str]:
+    """gpu-reclaim's environment inside the GPU console's process (hub/console/app.py ``main``):
+    the console's, less the console's own JupyterHub identity, with gpu-reclaim's token, URL and
+    prefix, which configure_reclaim hands to the console. Raises ValueError naming what is missing."""
+    missing = [name for name in (RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, "JUPYTERHUB_API_URL") if not env.get(name)]
+    if missing:
+        raise ValueError(f"gpu-reclaim in the console's process needs {', '.join(missing)} (configure_reclaim)")
+    shared = {"JUPYTERHUB_API_URL", "JUPYTERHUB_BASE_URL"}
+    own = {k: v for k, v in env.items() if k in shared or not k.startswith("JUPYTERHUB_")}
+    own.pop(RECLAIM_TOKEN_ENV)
+    return {**own, "JUPYTERHUB_SERVICE_NAME": NAME, "JUPYTERHUB_API_TOKEN": env[RECLAIM_TOKEN_ENV].strip(),
+            "JUPYTERHUB_SERVICE_URL": env[RECLAIM_URL_ENV],
+            "JUPYTERHUB_SERVICE_PREFIX": f"{env.get('JUPYTERHUB_BASE_URL', '/')}services/{NAME}/"}
+
+
+async def start(reclaimer: Reclaimer, env: Mapping[str, str]) -> None:
+    """gpu-reclaim's component: its API at its own URL, authenticated with its own token, then a
+    round now and every ``GPU_SAMPLE_INTERVAL`` (guarded: hub.services.every)."""
+    from jupyterhub.services.auth import HubAuth
+
+    from hub.services import every
+
+    # A HubAuth of its own, made here: HubAuth.instance() in the console's process is the
+    # console's HubOAuth, with the console's token.
+    auth = HubAuth(api_token=env["JUPYTERHUB_API_TOKEN"], api_url=env["JUPYTERHUB_API_URL"],
+                   access_scopes=set())  # api/me: any user's token, for its owner only
+
+    async def identify(token: str) -> dict | None:
+        return await auth.user_for_token(token, sync=False)
+
+    url = urlsplit(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10102"))
+    make_app(reclaimer, identify, env.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{NAME}/")).listen(
+        url.port or 80, address="0.0.0.0")
+    log.info("GPU reclaim at %s: %s; a reading every %gs", url.geturl(),
+             json.dumps(reclaimer.policies.to_json()) if reclaimer.policies.enabled else "off (sampling only)",
+             reclaimer.sampler.interval)
+    told = []
+
+    async def round_() -> None:
+        await reclaimer.round()
+        if reclaimer.sampler.source != "nvml" and not told:
+            log.info("GPU usage: n/a (%s): nothing is judged idle", reclaimer.sampler.reason)
+            told.append(True)
+
+    await every(reclaimer.sampler.interval, round_, "reclaim round", log)
+
+
 def main() -> None:
+    """gpu-reclaim in a process of its own (tests, a GPU host's own setup); the deployment runs
+    it in the GPU console's process (hub/console/app.py)."""
     from hub.lean_imports import defer_hub_database
 
     defer_hub_database()  # before jupyterhub.services.auth: no hub database layer in this process
-    from jupyterhub.services.auth import HubAuth
-    from tornado.ioloop import PeriodicCallback
+    from hub.services import serve
 
     env = dict(os.environ)
     logging.basicConfig(level=env.get("HUB_LOG_LEVEL", "INFO").upper(),
                         format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     reclaimer = build(env)
-    auth = HubAuth(access_scopes=set())  # api/me: any user's token, for its owner only
-
-    async def identify(token: str) -> dict | None:
-        return await auth.user_for_token(token, sync=False)
-
-    async def run() -> None:
-        url = urlsplit(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10102"))
-        make_app(reclaimer, identify, env.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{NAME}/")).listen(
-            url.port or 80, address="0.0.0.0")
-        log.info("GPU reclaim at %s: %s; a reading every %gs", url.geturl(),
-                 json.dumps(reclaimer.policies.to_json()) if reclaimer.policies.enabled else "off (sampling only)",
-                 reclaimer.sampler.interval)
-
-        async def tick() -> None:
-            try:
-                await reclaimer.round()
-            except Exception:  # noqa: BLE001 - the engine or the hub may be restarting: next round
-                log.exception("reclaim round")
-            if reclaimer.sampler.source != "nvml" and reclaimer.last_round and not getattr(tick, "told", False):
-                log.info("GPU usage: n/a (%s): nothing is judged idle", reclaimer.sampler.reason)
-                tick.told = True
-
-        await tick()
-        PeriodicCallback(tick, reclaimer.sampler.interval * 1000).start()
-        await asyncio.Event().wait()
-
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    serve(lambda: start(reclaimer, env))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,29 @@ def me(stack, token: str) -> dict:
     return r.json()
 
 
+def test_reclaim_runs_in_the_consoles_process_with_its_own_identity(reclaiming, hub):
+    """Two Python processes in the hub's container: the hub, and the GPU console with gpu-reclaim
+    in it. For JupyterHub gpu-reclaim is still a service of its own: its URL, and the token on
+    the state volume (0600, the hub's), whose role is gpu-reclaim's alone."""
+    stack = reclaiming
+    container = f"{stack.prefix}-hub-1"
+    top = stack.docker("top", container, "-eo", "pid,args").stdout.splitlines()[1:]
+    pythons = [line.split(None, 1)[1] for line in top if "python" in line]
+    assert len(pythons) == 2, top
+    assert any("jupyterhub" in a for a in pythons) and any("hub.console.app" in a for a in pythons), top
+    service = hub.api("GET", "/services/gpu-reclaim").json()
+    # no command: JupyterHub starts no process for it
+    assert not service["command"] and not service["pid"] and service["url"] == "http://hub:10102", service
+    assert service["prefix"].endswith("/services/gpu-reclaim/") and service["roles"] == ["gpu-reclaim"]
+    token_file = "/srv/jupyterhub/state/gpu-reclaim-token"
+    assert stack.docker("exec", container, "stat", "-c", "%a %U", token_file).stdout.split() == ["600", "jupyterhub"]
+    token = stack.docker("exec", container, "cat", token_file).stdout.strip()
+    me = requests.get(f"{stack.url}/hub/api/user", headers={"Authorization": f"token {token}"}, timeout=10)
+    assert me.status_code == 200, me.text
+    assert (me.json()["kind"], me.json()["name"]) == ("service", "gpu-reclaim")
+    assert "admin:users" not in me.json()["scopes"] and "delete:servers" in me.json()["scopes"]
+
+
 def test_idle_gpu_is_warned_then_reclaimed_busy_and_exempt_are_not(reclaiming, hub):
     stack = reclaiming
     names = ["rc-idle", "rc-busy", "rc-exempt"]
@@ -138,3 +161,29 @@ def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(reclai
     page.goto(f"{stack.url}/user/{admin}/lab")
     expect(page.locator("#gpuhub-stop-reason")).to_contain_text("give its GPU", timeout=15_000)
     page.screenshot(path=ARTIFACTS / "reclaim-3-reason.png")
+
+
+def test_a_crash_of_the_consoles_process_stops_console_and_reclaim_until_the_hub_starts_it_again(reclaiming, hub):
+    """gpu-reclaim shares the GPU console's process: when that process dies, both are down (the
+    hub and users' servers are not) until JupyterHub, which polls its managed services, starts
+    the console again, with gpu-reclaim in it."""
+    stack = reclaiming
+    token = user_token(hub, "rc-crash")
+    kill = ("import os, signal\n"
+            "for p in filter(str.isdigit, os.listdir('/proc')):\n"
+            "    if int(p) != os.getpid() and b'hub.console.app' in open(f'/proc/{p}/cmdline', 'rb').read():\n"
+            "        os.kill(int(p), signal.SIGKILL)\n")
+    killed = time.monotonic()
+    stack.docker("exec", f"{stack.prefix}-hub-1", "python3", "-c", kill)
+
+    def answers(path, headers):
+        try:
+            return requests.get(f"{stack.url}{path}", headers=headers, timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+    reclaim_me = ("/services/gpu-reclaim/api/me", {"Authorization": f"token {token}"})
+    console_gpus = ("/services/gpu-console/api/gpus", hub.s.headers)
+    assert not answers(*reclaim_me) and not answers(*console_gpus)
+    assert hub.api("GET", "/").status_code == 200  # the hub itself goes on
+    wait_for(lambda: answers(*reclaim_me) and answers(*console_gpus), timeout=90, what="console and reclaim back")
+    print(json.dumps({"console_and_reclaim_back_after_s": round(time.monotonic() - killed, 1)}))

@@ -196,23 +196,104 @@ def test_admin_sees_holders_and_extends_one_server(api):
 
 
 # ---- configuration and the reason on the next page load ----------------------------------------
-def test_configure_reclaim_runs_a_least_privilege_service():
+def configured(tmp_path, env=None):
+    """configure_console then configure_reclaim, as jupyterhub_config.py calls them."""
+    from traitlets.config import Config
+
+    from hub.config.configure import configure_console, configure_reclaim
+
+    c = Config()
+    configure_console(c, {"HUB_NAME_PREFIX": "lab"})
+    configure_reclaim(c, env or {}, token_file=str(tmp_path / "gpu-reclaim-token"))
+    return c
+
+
+def test_configure_reclaim_runs_a_least_privilege_service_in_the_consoles_process(tmp_path):
+    """gpu-reclaim is a service of its own for JupyterHub (URL, token, least-privilege role) but no
+    process of its own: the console's environment carries its token, URL and settings."""
+    import stat
+
     from jupyterhub.scopes import scope_definitions
     from traitlets.config import Config
     from traitlets.config.loader import ConfigError
 
     from hub.config.configure import configure_reclaim
 
-    c = Config()
-    configure_reclaim(c, {"GPU_IDLE_TIMEOUT": "60", "GPU_IDLE_EXEMPT_GROUPS": "long-jobs", "OTHER": "x"})
-    (service,) = c.JupyterHub.services
-    assert service["name"] == "gpu-reclaim" and service["command"][-1] == "hub.reclaim.service"
-    assert service["environment"] == {"GPU_IDLE_TIMEOUT": "60", "GPU_IDLE_EXEMPT_GROUPS": "long-jobs"}
-    (role,) = c.JupyterHub.load_roles
-    assert all(s in scope_definitions for s in role["scopes"]) and "admin:users" not in role["scopes"]
-    assert c.GPUDockerSpawner.environment["GPUHUB_GPU_SERVICE_URL"].endswith("/services/gpu-reclaim/")
+    c = configured(tmp_path, {"GPU_IDLE_TIMEOUT": "60", "GPU_IDLE_EXEMPT_GROUPS": "long-jobs", "OTHER": "x"})
+    console, service = c.JupyterHub.services
+    token = (tmp_path / "gpu-reclaim-token").read_text().strip()
+    assert len(bytes.fromhex(token)) == 32 and stat.S_IMODE((tmp_path / "gpu-reclaim-token").stat().st_mode) == 0o600
+    # no command: JupyterHub starts no process for it; it takes the persistent token
+    assert service == {"name": "gpu-reclaim", "url": "http://hub:10102", "api_token": token,
+                       "info": service["info"]}
+    assert console["name"] == "gpu-console" and console["command"][-1] == "hub.console.app"
+    env = console["environment"]
+    assert env["GPUHUB_RECLAIM_API_TOKEN"] == token and env["GPUHUB_RECLAIM_URL"] == "http://hub:10102"
+    assert env["GPU_IDLE_TIMEOUT"] == "60" and env["GPU_IDLE_EXEMPT_GROUPS"] == "long-jobs" and "OTHER" not in env
+    assert env["GPUHUB_GPU_INTENT_FILE"].endswith("gpu-intent.json")  # the console's own settings kept
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    role = roles["gpu-reclaim"]
+    assert role["services"] == ["gpu-reclaim"]
+    assert set(role["scopes"]) == {"list:users", "read:users:name", "read:users:groups", "read:servers",
+                                   "delete:servers"}
+    assert all(s in scope_definitions for s in role["scopes"])
+    assert c.GPUDockerSpawner.environment["GPUHUB_GPU_SERVICE_URL"] == "http://hub:10102/services/gpu-reclaim/"
     with pytest.raises(ConfigError, match="GPU_IDLE_THRESHOLD"):
-        configure_reclaim(Config(), {"GPU_IDLE_THRESHOLD": "five"})
+        configured(tmp_path, {"GPU_IDLE_THRESHOLD": "five"})
+    with pytest.raises(ConfigError, match="configure_console first"):
+        configure_reclaim(Config(), {}, token_file=str(tmp_path / "gpu-reclaim-token"))
+
+
+def test_the_reclaim_token_is_made_once_and_kept(tmp_path):
+    """JupyterHub keeps every token the configuration ever gave it: a new one at each start would
+    leave the old ones valid. The token is made on the first start (0600) and read after that."""
+    import os
+    import stat
+
+    path = tmp_path / "gpu-reclaim-token"
+    first = configured(tmp_path).JupyterHub.services[1]["api_token"]
+    os.chmod(path, 0o644)  # a mode an admin's copy left: made private again
+    again = configured(tmp_path).JupyterHub.services[1]["api_token"]
+    assert again == first == path.read_text().strip()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("bad", ["short", "two words here", b"\xff\xfe binary", "a directory"])
+def test_a_bad_reclaim_token_file_stops_the_hub_naming_the_file(tmp_path, bad):
+    from traitlets.config.loader import ConfigError
+
+    path = tmp_path / "gpu-reclaim-token"
+    if bad == "a directory":
+        path.mkdir()
+    elif isinstance(bad, bytes):
+        path.write_bytes(bad)
+    else:
+        path.write_text(bad + "\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        configured(tmp_path)
+
+
+def test_reclaim_in_the_console_process_uses_its_own_identity(tmp_path):
+    """The environment gpu-reclaim runs with in the console's process: the token, URL and prefix
+    configure_reclaim gave it, none of the console's JupyterHub identity; build reads it."""
+    from hub.reclaim.service import build, env_in_console
+
+    c = configured(tmp_path, {"HUB_NAME_PREFIX": "lab", "GPU_IDLE_TIMEOUT": "60"})
+    console_env = {**c.JupyterHub.services[0]["environment"], "JUPYTERHUB_API_TOKEN": "the-consoles-token",
+                   "JUPYTERHUB_API_URL": "http://hub:8081/hub/api", "JUPYTERHUB_BASE_URL": "/base/",
+                   "JUPYTERHUB_SERVICE_NAME": "gpu-console", "JUPYTERHUB_CLIENT_ID": "service-gpu-console",
+                   "JUPYTERHUB_SERVICE_PREFIX": "/base/services/gpu-console/", "GPUHUB_STATE_DIR": str(tmp_path)}
+    env = env_in_console(console_env)
+    token = (tmp_path / "gpu-reclaim-token").read_text().strip()
+    assert env["JUPYTERHUB_API_TOKEN"] == token and "GPUHUB_RECLAIM_API_TOKEN" not in env
+    assert env["JUPYTERHUB_SERVICE_NAME"] == "gpu-reclaim" and "JUPYTERHUB_CLIENT_ID" not in env
+    assert env["JUPYTERHUB_SERVICE_PREFIX"] == "/base/services/gpu-reclaim/"
+    assert env["JUPYTERHUB_SERVICE_URL"] == "http://hub:10102"
+    assert env["JUPYTERHUB_API_URL"] == "http://hub:8081/hub/api"
+    r = build({**env, "GPUHUB_PROFILES_FILE": str(tmp_path / "absent.yaml")}, docker=Engine([]))
+    assert r.hub.token == token and r.policy.timeout == 60 and r.instance == "lab"
+    with pytest.raises(ValueError, match="GPUHUB_RECLAIM_API_TOKEN"):
+        env_in_console({"JUPYTERHUB_API_URL": "http://hub:8081/hub/api"})
 
 
 def test_service_reason_is_shown_until_the_server_starts_again(tmp_path):
