@@ -56,7 +56,7 @@ from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
 from hub.gpus.claim import LIVE_STATES, Labels, holders_from_containers
 from hub.gpus.model import Holder
 from hub.reclaim.policy import (Candidate, Decision, PolicyTable, ReclaimOverride, ReclaimPolicy, ReclaimState,
-                                decide, stop_message)
+                                decide, next_due, stop_message)
 from hub.spawner.stop_reasons import ReasonFile
 
 NAME = "gpu-reclaim"
@@ -110,6 +110,7 @@ class Reclaimer:
         self.holders: dict[str, list[Holder]] = {}
         self.lock = asyncio.Lock()
         self.last_round: float | None = None
+        self.next_due: float | None = None  # when the next warning or stop falls due (policy.next_due)
 
     def _load_state(self) -> ReclaimState:
         try:
@@ -184,6 +185,7 @@ class Reclaimer:
                     candidates.append(Candidate(h.user, h.server, uuid, idle, groups,
                                                 self.profile_of.get((h.user, h.server), "")))
             decisions = decide(self.policies, candidates, self.state, now)
+            self.next_due = next_due(self.policies, candidates, self.state, now)
             for d in decisions:
                 await self._act(d, now)
             if decisions:
@@ -481,7 +483,7 @@ async def start(reclaimer: Reclaimer, env: Mapping[str, str]) -> None:
     round now and every ``GPU_SAMPLE_INTERVAL`` (guarded: hub.services.every)."""
     from jupyterhub.services.auth import HubAuth
 
-    from hub.services import every
+    from hub.services import every, guarded
 
     # A HubAuth of its own, made here: HubAuth.instance() in the console's process is the
     # console's HubOAuth, with the console's token.
@@ -497,14 +499,24 @@ async def start(reclaimer: Reclaimer, env: Mapping[str, str]) -> None:
     log.info("GPU reclaim at %s: %s; a reading every %gs", url.geturl(),
              json.dumps(reclaimer.policies.to_json()) if reclaimer.policies.enabled else "off (sampling only)",
              reclaimer.sampler.interval)
-    told = []
+    told, due_round = [], []
 
     async def round_() -> None:
         await reclaimer.round()
         if reclaimer.sampler.source != "nvml" and not told:
             log.info("GPU usage: n/a (%s): nothing is judged idle", reclaimer.sampler.reason)
             told.append(True)
+        # A warning or stop due before the next interval gets a round of its own then, so a
+        # reclaim takes T + grace after the first idle reading, not up to one interval more.
+        while due_round:
+            due_round.pop().cancel()
+        if reclaimer.next_due is not None:
+            delay = reclaimer.next_due - reclaimer.clock()
+            if 0 < delay < reclaimer.sampler.interval:
+                due_round.append(asyncio.get_running_loop().call_later(
+                    delay, lambda: asyncio.ensure_future(guarded_round())))
 
+    guarded_round = guarded(round_, "reclaim round (due)", log)
     await every(reclaimer.sampler.interval, round_, "reclaim round", log)
 
 

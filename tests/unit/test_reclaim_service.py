@@ -80,8 +80,11 @@ def rounds(r, clock, n, loop=None):
 
 def test_idle_holder_is_warned_then_stopped_busy_and_exempt_are_not(world):
     r, clock, feed, hub, tmp = world
-    decisions = rounds(r, clock, 7)  # 0..60 s idle
+    rounds(r, clock, 1)
+    assert r.next_due == 2000.0 + 60  # alice's warning: her first idle reading + the timeout
+    decisions = rounds(r, clock, 6)  # 0..60 s idle
     assert [(d.action, d.key[0]) for d in decisions] == [("warn", "alice")]
+    assert r.next_due == 2060.0 + 30  # the stop: when the warning was due + the grace
     # this hub's containers that hold a GPU only
     assert r.docker.filters["label"] == ["gpuhub.instance=gpuhubtest", "gpuhub.gpu.uuid"]
     assert json.loads((tmp / "reclaim.json").read_text())["warned"][0]["user"] == "alice"
