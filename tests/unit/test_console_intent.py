@@ -248,3 +248,30 @@ def test_nvml_module_runs_standalone_and_says_n_a():
         assert r.returncode == 1 and data["reason"] and data["gpus"] == {}
     else:
         assert r.returncode == 0 and data["gpus"]
+
+
+def test_with_gpu_reclaim_in_its_process_the_console_reads_the_gpus_once(tmp_path, monkeypatch):
+    """gpu-reclaim beside the console (configure_reclaim handed it its token): one sampler for
+    both, sampled by gpu-reclaim's rounds only; each keeps its own token and URL."""
+    from console_fakes import FakeEngine, FakeHub
+
+    from hub.config.configure import RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV
+    from hub.config.gpu_settings import GPUSettings
+    from hub.console.app import components, start
+
+    monkeypatch.setattr("hub.gpus.inventory.discover_gpus", lambda: None)
+    static = tmp_path / "gpus.yaml"
+    static.write_text("gpus: [{uuid: GPU-a, index: 0}]\n")
+    settings = GPUSettings(name_prefix="lab", intent_file=str(tmp_path / "intent.json"),
+                           audit_file=str(tmp_path / "audit.jsonl"), cdi_dirs=(str(tmp_path / "no-cdi"),),
+                           inventory_file=str(static), usage_db=str(tmp_path / "usage.sqlite"))
+    engine = FakeEngine()
+    env = {**settings.to_env(), "JUPYTERHUB_BASE_URL": "/", "JUPYTERHUB_API_URL": "http://hub:8081/hub/api",
+           "JUPYTERHUB_API_TOKEN": "console-token", "GPUHUB_STATE_DIR": str(tmp_path), "HUB_NAME_PREFIX": "lab"}
+    console, reclaimer, starts = components(env, hub=FakeHub(engine), docker=engine, reclaim_hub=FakeHub(engine))
+    assert reclaimer is None and console.sampler is not None and starts[0].keywords == {}
+    env.update({RECLAIM_TOKEN_ENV: "reclaim-token", RECLAIM_URL_ENV: "http://hub:10102"})
+    console, reclaimer, starts = components(env, hub=FakeHub(engine), docker=engine, reclaim_hub=FakeHub(engine))
+    assert console.sampler is reclaimer.sampler  # one NVML reading for both
+    assert starts[0].func is start and starts[0].keywords == {"samples": False}  # gpu-reclaim's rounds sample
+    assert starts[1].args[1]["JUPYTERHUB_API_TOKEN"] == "reclaim-token"
