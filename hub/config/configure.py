@@ -336,8 +336,9 @@ def state_secret(path: str) -> str:
     try:
         ensure_secret(Path(path), secrets.token_hex(32), os.getuid(), os.getgid(), 0o600)
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot create or read the secret {path} ({getattr(exc, 'strerror', None) or exc}); the hub's "
-                          "user must own it (or delete it: the hub makes a new one at its next start)") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise ConfigError(f"cannot create or read the secret {path} ({reason}); the hub's user must own it "
+                          "(or delete it: the hub makes a new one at its next start)") from None
     value = read_secret(path)
     if len(value) < 8 or any(ch.isspace() for ch in value):  # 8: JupyterHub's shortest API token
         raise ConfigError(f"the secret {path} is not a token (one word of at least 8 characters); delete it "

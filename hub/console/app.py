@@ -4,10 +4,12 @@ The service is a web page and a JSON REST API for hub admins (docs/console.md).
 
 JupyterHub starts it (``python -m hub.console.app``, see hub/config/configure.py ``configure_console``)
 and routes ``/services/gpu-console/`` to it. The same process runs the gpu-reclaim service
-(hub/reclaim/service.py) with gpu-reclaim's own token, URL and app (``main``). Every request is authenticated with the hub
-(HubOAuth: the browser's cookie, or ``Authorization: token <API token>``) and allowed only with
-the scope ``access:services!service=gpu-console``, which JupyterHub's admin role has and normal
-users do not: the API answers 403 with JSON, the page with a page saying so.
+(hub/reclaim/service.py) with gpu-reclaim's own token, URL and app (``main``).
+
+Every request is authenticated with the hub (HubOAuth: the browser's cookie, or
+``Authorization: token <API token>``) and allowed only with the scope
+``access:services!service=gpu-console``, which JupyterHub's admin role has and normal users do
+not: the API answers 403 with JSON, the page with a page saying so.
 
 API (JSON in and out, errors ``{"status", "message"}``; hub/console/openapi.yaml):
     GET    api/gpus               the GPU table: state, holder, usage, last hour's samples
