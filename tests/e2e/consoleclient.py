@@ -19,12 +19,14 @@ class Console:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 60) -> None:
-        """Until the proxy routes to the console: a hub recreated by an earlier test (the TLS
-        test brings the stack back to plain HTTP) answers before its service's route is back."""
+        """Until the proxy routes to the console and it answers: a hub recreated by an earlier
+        test (the TLS test brings the stack back to plain HTTP, the reclaim tests to the default
+        settings) is healthy before its service's route is back (404) and before the service
+        answers (the hub's 503 page, or the proxy's 502/503)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self.call("GET", "gpus").status_code != 404:
+                if self.call("GET", "gpus").status_code not in (404, 502, 503):
                     return
             except requests.RequestException:
                 pass
