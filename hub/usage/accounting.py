@@ -246,9 +246,18 @@ def advance(known: Iterable[Interval], live: Iterable[Seat], now: float, *,
     for runs in by_run.values():
         for iv in runs:
             iv = changed.get(iv.key, iv)
-            if not iv.open or iv.key in live_keys:
+            if iv.key in live_keys:
                 continue
             died = ended.get(iv.container_id)
+            if not iv.open:
+                # Closed where it was last seen live because its die event was not at hand then
+                # (the container stopped just as a sync listed the engine, or the console went
+                # down before the sync its die brought): the die event read now gives the true
+                # end, unless that die belongs to a later run of the same container.
+                later = [r.start for r in runs if r.start > iv.start + START_TOLERANCE]
+                if died is not None and died > iv.end and not (later and died >= min(later)):
+                    changed[iv.key] = _extend(iv, min(died, now), None)
+                continue
             end = iv.end if died is None or died < iv.start else min(max(iv.end, died), now)
             changed[iv.key] = replace(_extend(iv, end, None), open=False)
     out = [iv for key, iv in changed.items() if iv != _original(by_run, key) or iv in created]

@@ -120,7 +120,7 @@ class UsageKeeper:
                 if (e.get("Action") or e.get("status")) == "die":
                     cid = (e.get("Actor") or {}).get("ID") or e.get("id")
                     ended[cid] = max(ended.get(cid, 0.0), event_time(e))
-            known = await asyncio.to_thread(self._known, [s.container_id for s in started])
+            known = await asyncio.to_thread(self._known, [*(s.container_id for s in started), *ended])
             await self._finished_times(known, live, ended)
             changed, created = advance(known, live, now, started=started, ended=ended, util=self.util)
             if created:

@@ -76,7 +76,7 @@ class Stack:
             self.docker("volume", "rm", "-f", *volumes, check=False)
 
     def logs(self) -> str:
-        parts = [self.compose("logs", "--no-color", "--tail", "200", check=False).stdout]
+        parts = [self.compose("logs", "--no-color", "--tail", "3000", check=False).stdout]
         for name in self.user_containers():
             parts.append(f"--- {name} ---\n" + self.docker("logs", "--tail", "100", name, check=False).stdout)
         return "\n".join(parts)

@@ -99,6 +99,22 @@ def test_without_a_die_event_the_interval_ends_where_it_was_last_seen():
     assert (changed[0].end, changed[0].open) == (50.0, False)
 
 
+def test_a_run_closed_where_last_seen_gets_its_true_end_from_a_later_die_event():
+    """The container stopped as a sync listed the engine (or the console went down before the
+    sync its die brought): closed where it was last seen; the next sync reads its die event."""
+    s = Seat("c1", "GPU-a", "alice", "", 100.0)
+    [iv], _ = advance([], [s], 101.0)
+    [iv], _ = advance([iv], [], 102.0)  # not live, no die event yet: closed at 101
+    assert (iv.open, iv.end) == (False, 101.0)
+    [iv], _ = advance([iv], [], 120.0, ended={"c1": 104.0})
+    assert (iv.open, iv.end, iv.held_s) == (False, 104.0, 4.0)
+    assert advance([iv], [], 130.0, ended={"c1": 104.0}) == ([], [])  # replay: nothing changes
+    # a die of a later run of the same container (started again) is not this run's
+    again = Seat("c1", "GPU-a", "alice", "", 200.0)
+    runs = [iv, Interval("c1", "GPU-a", 200.0, 210.0, False, "alice")]
+    assert [x.end for x in advance(runs, [], 300.0, started=[again], ended={"c1": 250.0})[0]] == [250.0]
+
+
 # ---- property: intervals never double count -----------------------------------------------
 
 containers_st = st.lists(st.tuples(st.floats(0, 1000), st.floats(0.5, 400), st.sampled_from([1.0, 0.5, 0.25])),
@@ -128,7 +144,7 @@ def test_property_syncs_never_count_a_second_twice(containers, syncs, overlap):
             ended = {c: e for c, (s, e, w) in truth.items() if since < e <= t} if events else {}
             all_events &= events
             for _ in range(2 if replay else 1):
-                known = store.open_intervals() + store.of_containers(x.container_id for x in started)
+                known = store.open_intervals() + store.of_containers([*(x.container_id for x in started), *ended])
                 changed, _ = advance(known, live, t, started=started, ended=ended)
                 store.save(changed, t)
             last = t
