@@ -23,6 +23,8 @@ from pathlib import Path
 
 import requests
 
+from hub.config.configure import RECLAIM_TOKEN_ENV
+
 TICK = os.sysconf("SC_CLK_TCK")
 ENGINE = ("dockerd", "containerd")
 
@@ -86,7 +88,7 @@ def process_name(pid: int | str, args: str) -> str:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return name
-    if any(v.startswith(b"GPUHUB_RECLAIM_API_TOKEN=") for v in environ.split(b"\0")):
+    if any(v.startswith(f"{RECLAIM_TOKEN_ENV}=".encode()) for v in environ.split(b"\0")):
         name += " + gpu-reclaim"
     return name
 

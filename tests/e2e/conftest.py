@@ -46,6 +46,15 @@ def hub(stack) -> Hub:
     return Hub(stack.url, stack.admin_token())
 
 
+def log_in(page, stack, username: str | None = None, password: str | None = None, timeout: int = 30_000) -> None:
+    """The hub's login form in a browser page (the admin by default), until a hub page is shown."""
+    page.goto(f"{stack.url}/hub/login")
+    page.fill("input[name=username]", username or stack.env["HUB_ADMIN_USER"])
+    page.fill("input[name=password]", password or stack.env["HUB_ADMIN_PASSWORD"])
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_url("**/hub/**", timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Debian's Chromium, headless, one per test module: closing it at the module's end closes

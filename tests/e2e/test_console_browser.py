@@ -11,7 +11,7 @@ import requests
 from consoleclient import Console, gpu_of, wait_for
 from playwright.sync_api import expect
 
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, log_in
 from hub.gpus.inventory import discover
 
 GPUS = discover()[0]
@@ -29,11 +29,7 @@ def console(stack, hub):
 
 def login(browser, stack, username, password):
     page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-    page.goto(f"{stack.url}/hub/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("input[type=submit], button[type=submit]")
-    page.wait_for_url("**/hub/**", timeout=30_000)
+    log_in(page, stack, username, password)
     return page
 
 

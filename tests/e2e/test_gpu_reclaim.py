@@ -10,7 +10,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, log_in
 from consoleclient import user_token, wait_for
 from storm import gpu_holdings
 
@@ -132,11 +132,7 @@ def test_idle_gpu_is_warned_then_reclaimed_busy_and_exempt_are_not(reclaiming, h
 def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(reclaiming, hub, page):
     stack = reclaiming
     admin = stack.env["HUB_ADMIN_USER"]
-    page.goto(f"{stack.url}/hub/login")
-    page.fill("input[name=username]", admin)
-    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
-    page.click("input[type=submit], button[type=submit]")
-    page.wait_for_url("**/hub/**", timeout=15_000)
+    log_in(page, stack, timeout=15_000)
     hub.start(admin, options={"profile": "gpu"})
     uuid = gpu_holdings(stack)[stack.container_of(admin)]
     feed(stack, {uuid: {"util": 40, "mem": 2048}})

@@ -113,7 +113,7 @@ def test_admin_moves_waiters_from_the_console_and_they_start_in_the_new_order(qu
     moved order."""
     from playwright.sync_api import expect
 
-    from conftest import ARTIFACTS
+    from conftest import ARTIFACTS, log_in
     from consoleclient import Console
 
     stack = queueing
@@ -150,12 +150,7 @@ def test_admin_moves_waiters_from_the_console_and_they_start_in_the_new_order(qu
     assert (entry["user"], entry["from"], entry["to"], entry["note"]) == ("qm-w3", 3, 1, "e2e")
 
     # the page: qm-w2 (third) to place 1 with the place field, then qm-w1 one down with its button
-    admin = stack.env["HUB_ADMIN_USER"]
-    page.goto(f"{stack.url}/hub/login")
-    page.fill("input[name=username]", admin)
-    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
-    page.click("input[type=submit], button[type=submit]")
-    page.wait_for_url("**/hub/**", timeout=30_000)
+    log_in(page, stack)
     page.goto(f"{stack.url}/services/gpu-console/")
     rows = page.locator("#queue tbody tr")
     expect(rows).to_have_count(3, timeout=30_000)
@@ -195,7 +190,7 @@ def test_spawn_page_shows_the_place_in_line_then_jupyterlab_loads_by_itself(queu
     same page without a click."""
     from playwright.sync_api import expect
 
-    from conftest import ARTIFACTS
+    from conftest import ARTIFACTS, log_in
 
     stack = queueing
     holders = [f"qb-hold{i}" for i in range(len(GPUS))]
@@ -204,11 +199,7 @@ def test_spawn_page_shows_the_place_in_line_then_jupyterlab_loads_by_itself(queu
         hub.start(name, options={"profile": "gpu"})
     admin = stack.env["HUB_ADMIN_USER"]
     hub.stop(admin)
-    page.goto(f"{stack.url}/hub/login")
-    page.fill("input[name=username]", admin)
-    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
-    page.click("input[type=submit], button[type=submit]")
-    page.wait_for_url("**/hub/**", timeout=30_000)
+    log_in(page, stack)
     page.goto(f"{stack.url}/hub/spawn")
     expect(page.locator("#spawn_form")).to_be_visible(timeout=15_000)
     page.check("#profile-gpu")

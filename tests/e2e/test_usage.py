@@ -14,6 +14,7 @@ import time
 import pytest
 import requests
 import engine
+from conftest import log_in
 from consoleclient import Console, user_token, wait_for
 
 from hub.gpus.inventory import discover
@@ -187,11 +188,7 @@ def test_console_page_shows_the_usage_chart_and_refuses_a_bad_quota(browser, sta
     from playwright.sync_api import expect
 
     page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    page.goto(f"{stack.url}/hub/login")
-    page.fill("input[name=username]", stack.env["HUB_ADMIN_USER"])
-    page.fill("input[name=password]", stack.env["HUB_ADMIN_PASSWORD"])
-    page.click("input[type=submit], button[type=submit]")
-    page.wait_for_url("**/hub/**", timeout=30_000)
+    log_in(page, stack)
     page.goto(f"{stack.url}/services/gpu-console/")
     chart = page.locator("#usage-svg")
     expect(chart.locator("rect.usage-bar").first).to_be_visible(timeout=20_000)
