@@ -158,6 +158,7 @@ def configure_culler(c, env: Mapping[str, str]) -> None:
 
 RECLAIM_NAME = "gpu-reclaim"
 RECLAIM_URL = "http://hub:10102"
+PROXY_PUBLIC_URL = "http://proxy:8000"  # the proxy's public port, as users' servers reach it
 RECLAIM_TOKEN_FILE = f"{STATE_DIR}/gpu-reclaim-token"
 RECLAIM_TOKEN_ENV = "GPUHUB_RECLAIM_API_TOKEN"  # gpu-reclaim's token, in the console's environment
 RECLAIM_URL_ENV = "GPUHUB_RECLAIM_URL"
@@ -199,8 +200,10 @@ def configure_reclaim(c, env: Mapping[str, str], token_file: str = RECLAIM_TOKEN
         "scopes": ["list:users", "read:users:name", "read:users:groups", "read:servers", "delete:servers"],
         "services": [RECLAIM_NAME],
     }]
+    # Through the proxy's public port: users' servers may not reach the services' own ports
+    # (hub/netguard.py), and JupyterHub routes /services/<name>/ to the service.
     c.GPUDockerSpawner.environment = {**c.GPUDockerSpawner.get("environment", {}),
-                                      "GPUHUB_GPU_SERVICE_URL": f"{RECLAIM_URL}/services/{RECLAIM_NAME}/"}
+                                      "GPUHUB_GPU_SERVICE_URL": f"{PROXY_PUBLIC_URL}/services/{RECLAIM_NAME}/"}
 
 
 def configure_queue(c, env: Mapping[str, str]) -> None:

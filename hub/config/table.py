@@ -212,6 +212,15 @@ _TABLE = [
                  "it."),
     Setting("USER_PIDS_LIMIT", SERVERS, "positive_int", default="1024", example="4096",
             help="Most processes/threads per user server."),
+    Setting("USER_NETWORK_ISOLATION", SERVERS, "boolean", default="true", example="false",
+            help="A user's server reaches only the hub's API and the proxy's public port on the deployment's "
+                 "network (not other users' servers, the proxy's API, the services or Prometheus), never "
+                 "link-local addresses (a cloud's metadata service), and no service of the host but DNS: "
+                 "rules in the host's `DOCKER-USER` chain kept by the `netguard` service; see "
+                 "[Security: network](security.md#network). Single host only (not Swarm)."),
+    Setting("USER_EGRESS", SERVERS, "choice", default="open", example="closed", choices=("open", "closed"),
+            help="`closed`: users' servers reach nothing outside the deployment's network either (no "
+                 "`pip install`, no downloads); needs `USER_NETWORK_ISOLATION=true`."),
     Setting("HUB_PROFILES", SERVERS, "compose", default="./profiles.yaml", example="/etc/gpuhub/profiles.yaml",
             used_by=COMPOSE,
             help="The server profiles users choose from: a file on this host, mounted read-only into the "

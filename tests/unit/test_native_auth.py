@@ -9,7 +9,8 @@ import nativeauthenticator.handlers as native_handlers
 import pytest
 from jupyterhub.handlers.base import BaseHandler
 
-from hub.config.native_auth import SeededNativeAuthenticator, StatsdFreeLoginHandler
+from hub.config.native_auth import (GuardedSignUpHandler, GuardedToggleAuthorizationHandler,
+                                    SeededNativeAuthenticator, StatsdFreeLoginHandler)
 
 
 def test_jupyterhub_has_no_statsd_any_more():
@@ -22,7 +23,11 @@ def test_the_login_route_is_served_by_the_statsd_free_handler():
     handlers = dict(authenticator.get_handlers(app=None))
     assert handlers[r"/login"] is StatsdFreeLoginHandler
     assert native_handlers.LoginHandler not in handlers.values()
-    assert handlers[r"/signup"] is native_handlers.SignUpHandler  # the others are NativeAuthenticator's
+    # sign-up and approval are guarded (names the hub knows); the others are NativeAuthenticator's
+    assert handlers[r"/signup"] is GuardedSignUpHandler
+    assert handlers[r"/authorize/([^/]*)"] is GuardedToggleAuthorizationHandler
+    assert handlers[r"/change-password"] is native_handlers.ChangePasswordHandler
+    assert {r"/invite", r"/set-password/([^/]+)"} <= set(handlers)
 
 
 def test_no_other_nativeauthenticator_handler_uses_statsd():
@@ -34,10 +39,12 @@ def test_no_other_nativeauthenticator_handler_uses_statsd():
 
 
 def login_handler(cls, login_user):
+    cls = type(cls.__name__, (cls,), {"authenticator": SimpleNamespace()})  # no back-off (stock has none)
     handler = cls.__new__(cls)
     form = {"username": "alice", "password": "secret"}
     handler.request = SimpleNamespace(arguments={k: [v.encode()] for k, v in form.items()})
     handler.get_argument = lambda name, default=None, strip=True: form.get(name, default)
+    handler.get_body_argument = handler.get_argument
     handler.login_user = login_user
     handler.get_next_url = lambda user: "/hub/spawn"
     handler.redirected = []

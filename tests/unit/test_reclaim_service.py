@@ -240,7 +240,7 @@ def test_configure_reclaim_runs_a_least_privilege_service_in_the_consoles_proces
     assert set(role["scopes"]) == {"list:users", "read:users:name", "read:users:groups", "read:servers",
                                    "delete:servers"}
     assert all(s in scope_definitions for s in role["scopes"])
-    assert c.GPUDockerSpawner.environment["GPUHUB_GPU_SERVICE_URL"] == "http://hub:10102/services/gpu-reclaim/"
+    assert c.GPUDockerSpawner.environment["GPUHUB_GPU_SERVICE_URL"] == "http://proxy:8000/services/gpu-reclaim/"
     with pytest.raises(ConfigError, match="GPU_IDLE_THRESHOLD"):
         configured(tmp_path, {"GPU_IDLE_THRESHOLD": "five"})
     with pytest.raises(ConfigError, match="configure_console first"):
