@@ -136,7 +136,7 @@ class Firewall:
                            "its iptables rules (\"iptables\": true, the default)?")
 
     def apply(self, chains: Mapping[str, list[str]]) -> None:
-        restore = self.binary.replace("iptables", "iptables-restore", 1)
+        restore = f"{self.binary}-restore"  # iptables-nft-restore, iptables-legacy-restore
         self.run([restore, "-w", "--noflush"], input=restore_text(chains).encode(), check=True,
                  capture_output=True)
         for parent, chain in (("DOCKER-USER", FORWARD_CHAIN), ("INPUT", INPUT_CHAIN)):
