@@ -147,6 +147,9 @@ class InviteHandler(LocalBase):
 
     @admin_users_scope
     async def post(self):
+        if self.get_body_argument("all", ""):  # a class: one link for everyone without a password
+            links = [(name, self.authenticator.set_password_link(self, name)) for name in self._without_password()]
+            return await self._page(all_links=links)
         username = self.authenticator.normalize_username(self.get_body_argument("username", "", strip=True))
         if not username or not hub_knows(self.db, username):
             self.set_status(404)
@@ -154,10 +157,13 @@ class InviteHandler(LocalBase):
         link = self.authenticator.set_password_link(self, username)
         await self._page(username=username, link=link)
 
-    async def _page(self, **extra):
+    def _without_password(self) -> list[str]:
         known = sorted(u.name for u in self.db.query(orm.User).all())
-        without = [name for name in known if self.authenticator.get_user(name) is None]
-        html = await self.render_template("gpuhub_invite.html", users_without_password=without, **extra)
+        return [name for name in known if self.authenticator.get_user(name) is None]
+
+    async def _page(self, **extra):
+        html = await self.render_template("gpuhub_invite.html", users_without_password=self._without_password(),
+                                          **extra)
         self.finish(html)
 
 
@@ -363,7 +369,10 @@ class SeededNativeAuthenticator(NativeAuthenticator):
         payload = json.dumps({"u": username, "e": int(time.time() + 3600 * self.set_password_link_hours),
                               "m": self._password_mark(username)}, separators=(",", ":")).encode()
         token = base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + self._link_mac(handler, payload)
-        return f"{handler.hub.base_url}set-password/{token}"
+        # absolute, to hand out; the scheme the browser used (the first of X-Forwarded-Proto's
+        # entries: the proxy appends its own "http" behind Caddy's "https")
+        scheme = (handler.request.headers.get("X-Forwarded-Proto") or handler.request.protocol).split(",")[0].strip()
+        return f"{scheme}://{handler.request.host}{handler.hub.base_url}set-password/{token}"
 
     def check_set_password_token(self, handler, token: str) -> str | None:
         try:
