@@ -13,6 +13,7 @@ import json
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -85,6 +86,21 @@ def python_in_container(stack, network: str, code: str, timeout=120) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+# A bare HTTP answer (http.server looks up its own address's name first, which waits on DNS in
+# a namespace without one).
+ANSWER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((sys.argv[1], int(sys.argv[2])))
+server.listen(16)
+while True:
+    conn = server.accept()[0]
+    conn.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
+    conn.close()
+"""
+
+
 @contextmanager
 def metadata_service():
     """169.254.169.254:80 answering HTTP, in a network namespace of this test's own, routed from the host."""
@@ -103,9 +119,18 @@ def metadata_service():
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
         sh("ip", "netns", "exec", ns, "ip", "route", "add", "169.254.169.253/32", "dev", ns_if)
         sh("ip", "netns", "exec", ns, "ip", "route", "add", "default", "via", "169.254.169.253", "dev", ns_if, "onlink")
-        server = subprocess.Popen(["ip", "netns", "exec", ns, "python3", "-m", "http.server", "80", "--bind", META_IP],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1)
+        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", ANSWER, META_IP, "80"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(100):  # answering from the host itself first
+            try:
+                socket.create_connection((META_IP, 80), 1).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the metadata stand-in did not start: {server.stderr.read()}")
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("the metadata stand-in does not answer on the host")
         yield META_IP
     finally:
         if server:
