@@ -19,7 +19,7 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
-.PHONY: up check down restart-hub swarm-up swarm-down images test test-images unit e2e storm swarm-storm bench reliability config-docs
+.PHONY: up check down restart-hub swarm-up swarm-down images test test-images unit e2e storm swarm-storm bench reliability security config-docs
 
 # HTTPS (HUB_DOMAIN), live GPU data on an NVIDIA host, checked settings: exports for compose,
 # and compose.host.yml, from hub/config/host_setup.py (the host's python3, standard library only).
@@ -99,7 +99,17 @@ e2e: $(VENV)/.installed test-images
 
 test: $(VENV)/.installed test-images
 	@command -v chromium >/dev/null || { echo "make test needs Chromium for the browser test (Debian: apt-get install chromium)"; exit 1; }
+	@rm -f tests/artifacts/security.json
 	$(VENV)/bin/python -m pytest tests -q -rA
+	@$(VENV)/bin/python tests/e2e/doors.py
+
+# A student (code in their own kernel) and a stranger (no account) try every door of
+# docs/security.md's threat model on the real stack (also part of `make test`); prints one JSON
+# line {"doors_tried", "open", ...} and exits 1 if a door is open.
+security: $(VENV)/.installed test-images
+	@rm -f tests/artifacts/security.json; \
+	 PYTHONPATH=tests/e2e $(VENV)/bin/python -m pytest tests/e2e/test_security.py tests/e2e/test_tls.py -q -rA; status=$$?; \
+	 $(VENV)/bin/python tests/e2e/doors.py || status=1; exit $$status
 
 # 12 users press Start at once on the engine's GPUs; prints one JSON line (README, "GPUs").
 storm: $(VENV)/.installed test-images

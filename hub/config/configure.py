@@ -42,6 +42,23 @@ def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN
     # User servers outlive the hub: a restart or upgrade of the hub leaves them running.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.log_level = read(env, "HUB_LOG_LEVEL").upper()
+    configure_origins(c, env)
+
+
+def configure_origins(c, env: Mapping[str, str]) -> None:
+    """Users' servers and services on hosts of their own (USER_SUBDOMAINS with HTTPS: `make up`
+    writes HUB_SUBDOMAIN_HOST), so a page a user serves runs in an origin that holds none of
+    the hub's credentials (docs/security.md#origins). The proxy then routes by host; what
+    reaches it by its internal name (users' servers asking gpu-reclaim for JupyterLab's GPU
+    item, gpuhub-gpus in the hub's container) gets routes of its own for that name."""
+    host = read(env, "HUB_SUBDOMAIN_HOST")
+    if not host:
+        return
+    c.JupyterHub.subdomain_host = host
+    internal = PROXY_PUBLIC_URL.split("://", 1)[1].split(":", 1)[0]
+    c.Proxy.extra_routes = {**c.Proxy.get("extra_routes", {}),
+                            f"{internal}/services/{CONSOLE_NAME}/": CONSOLE_URL,
+                            f"{internal}/services/{RECLAIM_NAME}/": RECLAIM_URL}
 
 
 def configure_auth(c, env: Mapping[str, str], fetch_json=None) -> None:

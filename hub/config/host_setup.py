@@ -124,6 +124,49 @@ def tls_plan(env: dict[str, str]) -> dict[str, str]:
     return {"domain": domain, "mode": issuer}
 
 
+def subdomain_host(env: dict[str, str], tls: dict[str, str], cert_names=None) -> str:
+    """JupyterHub's ``subdomain_host`` (``https://<domain>[:port]``) when users' servers get
+    origins of their own (USER_SUBDOMAINS), else ""."""
+    setting = (env.get("USER_SUBDOMAINS", "auto").strip().lower() or "auto")
+    if setting not in ("auto", "true", "false"):
+        raise SetupError(f"USER_SUBDOMAINS={setting!r}: use auto, true or false")
+    if not tls:
+        if setting == "true":
+            raise SetupError("USER_SUBDOMAINS=true needs HTTPS: set HUB_DOMAIN (per-user origins are "
+                             "https://<user>.HUB_DOMAIN)")
+        return ""
+    if setting == "false":
+        return ""
+    domain = tls["domain"]
+    if tls["mode"] == "files":
+        names = (cert_names or certificate_names)(tls["cert"])
+        wildcard = f"*.{domain}" in names
+        if setting == "true" and not wildcard:
+            raise SetupError(f"USER_SUBDOMAINS=true but TLS_CERT_FILE does not name *.{domain}: use a wildcard "
+                             "certificate, or USER_SUBDOMAINS=false")
+        if not wildcard:
+            return ""
+    elif tls["mode"] == "acme":
+        if setting == "true":
+            raise SetupError(f"USER_SUBDOMAINS=true with ACME: its HTTP challenge cannot certify *.{domain}; give "
+                             "a wildcard certificate (TLS_CERT_FILE, TLS_KEY_FILE), TLS_ISSUER=internal, or "
+                             "USER_SUBDOMAINS=false")
+        return ""
+    port = (env.get("HTTPS_PUBLISH", "443").strip() or "443").rsplit(":", 1)[-1]
+    return f"https://{domain}" + ("" if port == "443" else f":{port}")
+
+
+def certificate_names(path: str) -> set[str]:
+    """The DNS names a PEM certificate is for."""
+    import ssl
+
+    try:
+        decoded = ssl._ssl._test_decode_cert(path)  # the standard library's own PEM reader
+    except (ssl.SSLError, OSError, AttributeError):
+        return set()
+    return {value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS"}
+
+
 # ---- NVIDIA host ----------------------------------------------------------------------------
 
 def _is_nvidia_char_device(path: str) -> bool:
@@ -186,12 +229,20 @@ def toolkit_version(run=subprocess.run) -> str:
 
 # ---- the compose override and the exports ----------------------------------------------------
 
-def override(tls: dict[str, str], nvml: str) -> dict:
+def override(tls: dict[str, str], nvml: str, subdomains: str = "") -> dict:
     """The generated compose file (JSON is YAML): only what this host and configuration need."""
     services: dict = {}
+    if subdomains:
+        # users' servers (and services) on <name>.HUB_DOMAIN: the proxy routes by host, Caddy
+        # serves the wildcard, the hub knows its subdomain_host (docs/security.md#origins)
+        services["hub"] = {"environment": {"HUB_SUBDOMAIN_HOST": subdomains}}
     if tls:
-        services["proxy"] = {"ports": []}  # compose merges lists: see the !reset below
-        services["caddy"] = {"environment": {"CADDY_TLS": tls["mode"]}}
+        # compose merges lists: see the !reset below; the proxy leaves Caddy's X-Forwarded-*
+        # headers as they are (images/proxy/entrypoint.sh)
+        services["proxy"] = {"ports": [], "environment": {"PROXY_BEHIND_TLS": "1",
+                                                         **({"PROXY_HOST_ROUTING": "1"} if subdomains else {})}}
+        services["caddy"] = {"environment": {"CADDY_TLS": tls["mode"],
+                                             **({"CADDY_SUBDOMAINS": "1"} if subdomains else {})}}
         if tls["mode"] == "files":
             # Private keys are usually root's, mode 600: Caddy reads them as root then, with no
             # capability but DAC_OVERRIDE (its data volume belongs to the image's caddy user).
@@ -201,8 +252,9 @@ def override(tls: dict[str, str], nvml: str) -> dict:
     if nvml:
         device = ({"driver": "nvidia", "capabilities": ["utility"], "count": "all"} if nvml == "nvidia"
                   else {"driver": "cdi", "capabilities": ["gpu"], "device_ids": ["nvidia.com/gpu=all"]})
-        services["hub"] = {"deploy": {"resources": {"reservations": {"devices": [device]}}},
-                           "environment": {"NVIDIA_DRIVER_CAPABILITIES": "utility"}}
+        hub = services.setdefault("hub", {})
+        hub["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
+        hub.setdefault("environment", {})["NVIDIA_DRIVER_CAPABILITIES"] = "utility"
     return {"services": services}
 
 
@@ -228,7 +280,8 @@ def plan(env: dict[str, str], out: Path, cdi_dirs=CDI_DIRS) -> tuple[dict[str, s
         nvml = "nvidia" if shutil.which("nvidia-container-runtime-hook") else "cdi"
         notes.append(f"NVIDIA host ({why}): the hub reads live GPU data through NVML (utility capability)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(override(tls, nvml)))
+    subdomains = subdomain_host(env, tls)
+    out.write_text(render(override(tls, nvml, subdomains)))
     files = ["docker-compose.yml"]
     if (ROOT / "docker-compose.override.yml").exists():
         files.append("docker-compose.override.yml")
@@ -238,6 +291,9 @@ def plan(env: dict[str, str], out: Path, cdi_dirs=CDI_DIRS) -> tuple[dict[str, s
     if tls:
         how = {"acme": "a certificate by ACME", "internal": "Caddy's internal CA", "files": "your certificate"}
         notes.append(f"HTTPS for {tls['domain']} by Caddy ({how[tls['mode']]}); the proxy is not published")
+        notes.append(f"users' servers on <user>.{tls['domain']} (needs DNS for *.{tls['domain']})" if subdomains else
+                     "users' servers share the hub's origin (USER_SUBDOMAINS): a page a user serves can act as "
+                     "whoever opens it (docs/security.md#origins)")
     return exports, notes
 
 

@@ -132,6 +132,9 @@ _TABLE = [
                  "`dockerspawner` (a stock DockerSpawner's escaping: for a hub moved from one, so that its users' "
                  "volumes are found as they are; see [operations](operations.md#moving-from-a-stock-dockerspawner)). "
                  "Plain usernames (lowercase letters, digits, dashes) get the same names either way."),
+    Setting("HUB_SUBDOMAIN_HOST", HUB_SECTION, "text", default="", example="https://hub.example.org",
+            help="Written by `make up` from `HUB_DOMAIN` and `USER_SUBDOMAINS` (the hub's `subdomain_host`); "
+                 "not set by hand."),
     Setting("HUB_LOG_LEVEL", HUB_SECTION, "text", default="INFO", example="DEBUG",
             help="Log level of the hub and the GPU console (`DEBUG`, `INFO`, `WARNING`)."),
     # --- Embedded login
@@ -313,6 +316,14 @@ _TABLE = [
             help="Your own certificate (PEM, the chain included) instead of `TLS_ISSUER`; with `TLS_KEY_FILE`."),
     Setting("TLS_KEY_FILE", HTTPS, "compose", default="", example="/etc/ssl/hub/privkey.pem", used_by=MAKE,
             help="The private key of `TLS_CERT_FILE` (PEM)."),
+    Setting("USER_SUBDOMAINS", HTTPS, "compose", default="auto", example="false", used_by=MAKE,
+            choices=("auto", "true", "false"),
+            help="Each user's server on a host of its own, `<user>.HUB_DOMAIN` (and each service on "
+                 "`<service>.HUB_DOMAIN`), so that a page or JupyterLab extension served from a user's server "
+                 "cannot act with the credentials of an admin or teacher who opens it (JupyterHub's "
+                 "`subdomain_host`): needs a wildcard DNS record `*.HUB_DOMAIN` and a certificate for it. `auto`: "
+                 "on with Caddy's internal CA and with a `TLS_CERT_FILE` that names `*.HUB_DOMAIN`, off with ACME "
+                 "(whose HTTP challenge cannot certify a wildcard). See [Security: origins](security.md#origins)."),
     Setting("ACME_EMAIL", HTTPS, "compose", default="", example="admin@example.org", used_by=COMPOSE,
             help="Contact address given to the ACME CA (expiry warnings); optional."),
     Setting("HTTPS_PUBLISH", HTTPS, "compose", default="443", example="0.0.0.0:443", used_by=COMPOSE,

@@ -14,6 +14,10 @@ case "${CADDY_TLS:-acme}" in
 esac
 email=""
 [ -n "${ACME_EMAIL:-}" ] && email="email $ACME_EMAIL"
+# Users' servers on hosts of their own (USER_SUBDOMAINS, checked by `make up`: the internal CA or
+# a certificate that names the wildcard): one site for the hub's name and every name under it.
+sites="$HUB_DOMAIN"
+[ "${CADDY_SUBDOMAINS:-}" = 1 ] && sites="$HUB_DOMAIN, *.$HUB_DOMAIN"
 cat > /config/Caddyfile <<CADDY
 {
 	admin off
@@ -24,7 +28,7 @@ cat > /config/Caddyfile <<CADDY
 	}
 	$email
 }
-$HUB_DOMAIN {
+$sites {
 	$tls
 	# HSTS: browsers use HTTPS only for this name for a year (HTTP is redirected by Caddy).
 	header Strict-Transport-Security "max-age=31536000"

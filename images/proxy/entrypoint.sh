@@ -9,4 +9,15 @@ if [ ! -s "$token_file" ]; then
 fi
 CONFIGPROXY_AUTH_TOKEN="$(cat "$token_file")"
 export CONFIGPROXY_AUTH_TOKEN
+# Behind Caddy (the tls profile; `make up` sets PROXY_BEHIND_TLS=1): Caddy's X-Forwarded-Proto
+# (https) and X-Forwarded-For (the browser's address) reach the hub and the servers as Caddy
+# wrote them. Left on, the proxy appends its own ("https,http"), and the hub and the servers,
+# which read the last entry, would think the request came over HTTP: cookies without Secure.
+if [ "${PROXY_BEHIND_TLS:-}" = 1 ]; then
+  set -- "$@" --no-x-forward
+fi
+# Users' servers on hosts of their own (USER_SUBDOMAINS): routes are per host name.
+if [ "${PROXY_HOST_ROUTING:-}" = 1 ]; then
+  set -- "$@" --host-routing
+fi
 exec configurable-http-proxy "$@"

@@ -13,6 +13,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
+import doors
 from conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from hubclient import ROOT, STACK_ENV
 from netns_browser import IsolatedBrowserNetwork
@@ -157,6 +158,14 @@ def run_kernel_in_browser(stack) -> None:
                     continue
             expect(output).to_contain_text("42 over TLS", timeout=20_000)
             page.screenshot(path=ARTIFACTS / "tls-kernel.png")
+            # Behind Caddy the proxy leaves X-Forwarded-Proto as https: the hub's login cookie and
+            # the server's own are Secure, so a browser never sends them over plain HTTP.
+            cookies = {c["name"]: c["secure"] for c in context.cookies() if c["name"].startswith("jupyterhub")}
+            secure = bool(cookies) and all(cookies.values()) and "jupyterhub-hub-login" in cookies \
+                and any(name.startswith("jupyterhub-user-") for name in cookies)
+            doors.door("stranger on the network: read a login cookie sent over plain HTTP (no Secure behind Caddy)",
+                       secure, cookies)
+            assert secure, cookies
         except Exception as exc:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=ARTIFACTS / "tls-failure.png")

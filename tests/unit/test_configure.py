@@ -209,3 +209,18 @@ def test_swarm_volumes_come_from_one_place():
     c = Config()
     configure_spawner(c, {"HUB_BACKEND": "swarm", "SWARM_VOLUME_ROOT": "/mnt/gpuhub"}, profiles_file="/nonexistent")
     assert c.GPUSwarmSpawner.swarm_volume_root == "/mnt/gpuhub"
+
+
+def test_per_user_origins_route_by_host_and_keep_the_internal_names_working():
+    from traitlets.config import Config
+
+    from hub.config.configure import configure_origins
+
+    c = Config()
+    configure_origins(c, {})
+    assert "subdomain_host" not in c.JupyterHub  # plain HTTP: one origin
+    configure_origins(c, {"HUB_SUBDOMAIN_HOST": "https://hub.lan:18443"})
+    assert c.JupyterHub.subdomain_host == "https://hub.lan:18443"
+    # users' servers reach gpu-reclaim, and gpuhub-gpus the console, by the proxy's internal name
+    assert c.Proxy.extra_routes == {"proxy/services/gpu-console/": "http://hub:10101",
+                                    "proxy/services/gpu-reclaim/": "http://hub:10102"}

@@ -103,9 +103,13 @@ def test_generated_compose_file_and_exports(tmp_path, monkeypatch):
     exports, notes = plan({"HUB_DOMAIN": "gpu.lan", "NVIDIA_CTK_VERSION": "1.17.8"}, out)
     text = out.read_text()
     assert '"ports": !reset []' in text  # the proxy is no longer published
+    assert '"PROXY_BEHIND_TLS": "1"' in text  # Caddy's X-Forwarded-Proto reaches the hub unchanged
     compose = json.loads(text.split("\n", 1)[1].replace("!reset ", ""))
-    assert compose["services"]["caddy"]["environment"] == {"CADDY_TLS": "internal"}
+    # the internal CA certifies the wildcard: users' servers on <user>.gpu.lan
+    assert compose["services"]["caddy"]["environment"] == {"CADDY_TLS": "internal", "CADDY_SUBDOMAINS": "1"}
+    assert compose["services"]["proxy"]["environment"]["PROXY_HOST_ROUTING"] == "1"
     hub = compose["services"]["hub"]
+    assert hub["environment"]["HUB_SUBDOMAIN_HOST"] == "https://gpu.lan"
     device = hub["deploy"]["resources"]["reservations"]["devices"][0]
     assert device.get("capabilities") in (["utility"], ["gpu"]) and hub["environment"]["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
     assert exports["COMPOSE_PROFILES"] == "tls" and exports["NVIDIA_CTK_VERSION"] == "1.17.8"
@@ -118,6 +122,8 @@ def test_generated_compose_file_and_exports(tmp_path, monkeypatch):
     caddy = json.loads(out.read_text().split("\n", 1)[1].replace("!reset ", ""))["services"]["caddy"]
     assert caddy["environment"] == {"CADDY_TLS": "files"} and caddy["user"] == "0:0"
     assert caddy["volumes"] == [f"{cert}:/run/tls/cert.pem:ro", f"{key}:/run/tls/key.pem:ro"]
+
+    assert any("<user>.gpu.lan" in n for n in notes)
 
     exports, _ = plan({"HUB_NVML": "false"}, out)
     assert "hub" not in json.loads(out.read_text().split("\n", 1)[1])["services"]
@@ -149,3 +155,25 @@ def test_swarm_exports_every_variable_quoted_the_port_and_a_config_version(tmp_p
     assert host_setup.swarm_exports(env, tmp_path)["HUB_CONFIG_VERSION"] != version
     monkeypatch.setenv("HUB_PUBLISH", "9000")  # the shell wins, as for compose
     assert host_setup.swarm_exports(env, tmp_path)["HUB_PUBLISH_PORT"] == "9000"
+
+
+def test_per_user_origins_only_where_a_wildcard_can_be_certified():
+    internal = {"domain": "hub.lan", "mode": "internal"}
+    assert host_setup.subdomain_host({}, internal) == "https://hub.lan"
+    assert host_setup.subdomain_host({"HTTPS_PUBLISH": "127.0.0.1:18443"}, internal) == "https://hub.lan:18443"
+    assert host_setup.subdomain_host({"USER_SUBDOMAINS": "false"}, internal) == ""
+    acme = {"domain": "hub.example.org", "mode": "acme"}
+    assert host_setup.subdomain_host({}, acme) == ""  # auto: no wildcard by HTTP challenge
+    with pytest.raises(SetupError, match="USER_SUBDOMAINS=true with ACME"):
+        host_setup.subdomain_host({"USER_SUBDOMAINS": "true"}, acme)
+    files = {"domain": "hub.example.org", "mode": "files", "cert": "/c.pem"}
+    wildcard = lambda path: {"hub.example.org", "*.hub.example.org"}
+    plain = lambda path: {"hub.example.org"}
+    assert host_setup.subdomain_host({}, files, cert_names=wildcard) == "https://hub.example.org"
+    assert host_setup.subdomain_host({}, files, cert_names=plain) == ""
+    with pytest.raises(SetupError, match=r"does not name \*.hub.example.org"):
+        host_setup.subdomain_host({"USER_SUBDOMAINS": "true"}, files, cert_names=plain)
+    with pytest.raises(SetupError, match="needs HTTPS"):
+        host_setup.subdomain_host({"USER_SUBDOMAINS": "true"}, {})
+    with pytest.raises(SetupError, match="USER_SUBDOMAINS='maybe'"):
+        host_setup.subdomain_host({"USER_SUBDOMAINS": "maybe"}, internal)
