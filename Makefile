@@ -123,11 +123,13 @@ swarm-storm: $(VENV)/.installed
 
 # Floor vs. stock DockerSpawner vs. ours, one run, side by side: bench/results/latest.{json,png};
 # then the GPU console's metrics endpoint and usage sync with 200 servers: bench/results/usage-latest.json;
-# then GPU time (bench/gpu_time.py): queue hand-over, 20 users on the GPUs in FIFO, reclaim timing
+# then GPU time (bench/gpu_time.py): queue hand-over, 20 users on the GPUs in FIFO, reclaim timing;
+# then a class of 200 logging in at once and a login storm (bench/logins.py)
 bench: $(VENV)/.installed test-images
 	@$(export_local_bases); $(VENV)/bin/python bench/run.py
 	$(VENV)/bin/python bench/usage.py
 	$(VENV)/bin/python bench/gpu_time.py
+	$(VENV)/bin/python bench/logins.py
 
 # Load, faults (including a Docker daemon restart), data, bad input and isolation against the
 # real engine (README, "Reliability"); prints one JSON line, exits 1 if anything failed or was lost.

@@ -359,3 +359,26 @@ def test_a_login_storm_neither_freezes_the_hub_nor_locks_the_admin_out(stack):
     doors.door("stranger: lock the admin out with a login storm", during == 302 and after == 302,
                f"admin during: {during}, right password after the wait: {after}")
     assert doors.summary()["open"] == 0, doors.summary()["open_doors"]
+
+
+@pytest.mark.browser
+def test_without_https_a_users_page_shares_the_hubs_origin(stack, hub, browser):
+    """Evidence for docs/security.md#origins, not a door: over plain HTTP (no HUB_DOMAIN) there
+    is one origin, so a page served from a user's server can use the hub's credentials of
+    whoever opens it. The TLS test checks that per-user origins close this (test_tls.py)."""
+    from conftest import log_in as browser_log_in
+    from test_tls import ATTACK
+
+    admin = stack.env["HUB_ADMIN_USER"]
+    hub.start(admin, options={"profile": "cpu"})
+    page = browser.new_context().new_page()
+    try:
+        browser_log_in(page, stack)
+        page.goto(f"{stack.url}/user/{admin}/lab")
+        page.wait_for_url(f"**/user/{admin}/lab**", timeout=60_000)
+        seen = page.evaluate(ATTACK, stack.url)
+    finally:
+        page.context.close()
+        hub.stop(admin)
+    doors.figure("same_origin_without_https", seen)
+    assert seen["xsrf"] and seen["api_with_xsrf"] == 200, seen  # what USER_SUBDOMAINS exists for

@@ -53,7 +53,7 @@ def test_https_by_caddy_in_a_real_browser(stack, hub, tmp_path):
     image = stack.env["CADDY_IMAGE"]
     if stack.docker("image", "inspect", image, check=False).returncode:
         pytest.fail(f"image {image} is missing: build the test images with `make test-images`")
-    setup = host_setup(stack, tmp_path / "compose.host.yml", HUB_DOMAIN=DOMAIN)
+    setup = host_setup(stack, tmp_path / "compose.host.yml", HUB_DOMAIN=DOMAIN, HTTPS_PUBLISH=f"127.0.0.1:{HTTPS}")
     assert setup.returncode == 0, setup.stderr
     exports = dict(line.removeprefix("export ").replace("'", "").split("=", 1) for line in setup.stdout.splitlines())
     tls = dict(COMPOSE_FILE=exports["COMPOSE_FILE"], COMPOSE_PROFILES="tls", HUB_DOMAIN=DOMAIN,
@@ -117,7 +117,8 @@ def run_kernel_in_browser(stack) -> None:
     # (netns_browser.py says how that was found); a user's browser elsewhere never sees those.
     with IsolatedBrowserNetwork([HTTPS], CHROMIUM) as network, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=network.executable, headless=True,
-                                    args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {DOMAIN} 127.0.0.1"])
+                                    args=[*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {DOMAIN} 127.0.0.1, "
+                                                          f"MAP *.{DOMAIN} 127.0.0.1"])
         # The chain to Caddy's root is checked above with Python's ssl; Chromium's own store
         # would need NSS tools to add that root.
         context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 800})
@@ -137,7 +138,7 @@ def run_kernel_in_browser(stack) -> None:
             expect(page.locator("#spawn_form")).to_be_visible(timeout=15_000)
             page.check("#profile-cpu")
             page.click("#spawn_form [type=submit]")
-            page.wait_for_url(f"**/user/{admin}/lab**", timeout=180_000)
+            page.wait_for_url(f"https://{admin}.{DOMAIN}:{HTTPS}/user/{admin}/lab**", timeout=180_000)
             card = page.locator('.jp-LauncherCard[data-category="Notebook"]').first
             expect(card).to_be_visible(timeout=120_000)
             card.click()
@@ -166,10 +167,47 @@ def run_kernel_in_browser(stack) -> None:
             doors.door("stranger on the network: read a login cookie sent over plain HTTP (no Secure behind Caddy)",
                        secure, cookies)
             assert secure, cookies
+            # What a page or JupyterLab extension served from a user's server can do with the
+            # credentials of the person viewing it (here the admin): run in that server's origin.
+            seen = page.evaluate(ATTACK, f"{base}")
+            doors.door("student: a page from a user's server calls the hub's API as the admin viewing it",
+                       seen["api"] != 200 and seen["api_with_xsrf"] != 200, seen)
+            doors.door("student: a page from a user's server reads a hub page (its xsrf token) of the admin viewing it",
+                       not seen["xsrf"], seen)
+            doors.door("student: a page from a user's server frames the GPU console",
+                       seen["console_framed"] is not True, seen)
+            assert seen["api"] != 200 and seen["api_with_xsrf"] != 200 and not seen["xsrf"], seen
         except Exception as exc:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=ARTIFACTS / "tls-failure.png")
             raise AssertionError(f"{exc}\nfailed requests: {failed}\npage errors: {errors}") from exc
         finally:
             browser.close()
-    assert any(url.startswith(f"wss://{DOMAIN}:{HTTPS}/user/{admin}/api/kernels/") for url in sockets), sockets
+    assert any(url.startswith(f"wss://{admin}.{DOMAIN}:{HTTPS}/user/{admin}/api/kernels/") for url in sockets), sockets
+
+
+# Runs in a page of a user's server: try to use the hub's cookies (fetch with credentials), to
+# read a hub page through a frame (its _xsrf token would unlock the API), and to frame the console.
+ATTACK = """async (hub) => {
+  const out = {xsrf: null, api_with_xsrf: null, console_framed: null};
+  try { out.api = (await fetch(hub + '/hub/api/users', {credentials: 'include'})).status; }
+  catch (e) { out.api = 'blocked: ' + e.message; }
+  const frame = (url) => new Promise((resolve) => {
+    const f = document.createElement('iframe');
+    f.onload = () => { let d = null; try { d = f.contentDocument; } catch (e) {} resolve(d); };
+    setTimeout(() => resolve(undefined), 8000);
+    f.src = url; document.body.appendChild(f);
+  });
+  const home = await frame(hub + '/hub/home');
+  if (home) {
+    const input = home.querySelector('input[name=_xsrf]');
+    out.xsrf = (input && input.value) || ((home.cookie || '').match(/_xsrf=([^;]+)/) || [])[1] || null;
+  }
+  if (out.xsrf) {
+    out.api_with_xsrf = (await fetch(hub + '/hub/api/users', {credentials: 'include',
+                                                             headers: {'X-XSRFToken': out.xsrf}})).status;
+  }
+  const consolePage = await frame(hub + '/services/gpu-console/');
+  out.console_framed = !!(consolePage && consolePage.body && consolePage.body.innerHTML.length);
+  return out;
+}"""
