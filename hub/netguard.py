@@ -18,8 +18,9 @@ keeps two chains in step with the engine:
 - ``GPUHUB-IN`` (jumped to from INPUT): users' servers reach no service of the host itself
   (through the bridge's gateway address), except DNS.
 
-Containers are told apart by compose's labels, read from the engine every second; rules are
-replaced in one ``iptables-restore`` (no moment without them). They survive a hub restart (they
+Containers are told apart by compose's labels, read from the engine when one starts or joins a
+network (the engine's events) and every 5 seconds, when the kernel's rules are also checked
+(someone may have flushed them); rules are replaced in one ``iptables-restore`` (no moment without them). They survive a hub restart (they
 live in the kernel), a Docker daemon restart (the engine keeps DOCKER-USER; this service comes
 back with it and re-checks), and ``make down``/``make up`` (a new network, new rules). Rules
 are left in place when this process stops: closed rather than open.
@@ -161,6 +162,7 @@ def watch_events(client, wake) -> None:
     after a restart), instead of at the next interval. Runs in a thread; reconnects."""
     while True:
         try:
+            wake.set()  # (re)connected: whatever happened meanwhile is read now
             for _ in client.events(decode=True, filters={"type": ["container", "network"],
                                                          "event": ["start", "connect", "disconnect", "create"]}):
                 wake.set()
@@ -169,7 +171,7 @@ def watch_events(client, wake) -> None:
 
 
 def guard(client, firewall: Firewall, network: str, project: str, egress: str, ready: Path,
-          interval: float = 1.0, stop=lambda: False, wake=None) -> None:
+          interval: float = 5.0, stop=lambda: False, wake=None) -> None:
     applied: dict | None = None
     while not stop():
         try:
