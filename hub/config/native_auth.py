@@ -115,12 +115,20 @@ class GuardedSignUpHandler(SignUpHandler):
             self.set_status(409)
             return self.finish(html)
         password = self.get_body_argument("signup_password", "", strip=False)
-        hashed = await authenticator.hash_password(password)
-        authenticator._prehashed[password] = hashed
+        key = (username, password)
+        authenticator._prehashed[key] = await authenticator.hash_password(password)
         try:
             return await super().post()
         finally:
-            authenticator._prehashed.pop(password, None)
+            authenticator._prehashed.pop(key, None)
+
+
+def claimed_by_someone_else(db, username: str) -> bool:
+    """A hub user of this name who has never been active: made by an admin, a roster or the API
+    for a person who has not logged in yet. (One who has been active and whose sign-up an admin
+    un-authorized and now authorizes again is the same person.)"""
+    user = orm.User.find(db, username)
+    return user is not None and user.last_activity is None
 
 
 class GuardedToggleAuthorizationHandler(ToggleAuthorizationHandler):
@@ -130,7 +138,7 @@ class GuardedToggleAuthorizationHandler(ToggleAuthorizationHandler):
     @admin_users_scope
     async def get(self, slug):
         info = self.authenticator.get_user(slug)
-        if info is not None and not info.is_authorized and hub_knows(self.db, info.username):
+        if info is not None and not info.is_authorized and claimed_by_someone_else(self.db, info.username):
             raise web.HTTPError(409, (
                 f"A pending sign-up for {info.username}, a name the hub already knows (an admin, a roster or the "
                 f"API created it). Approving it would give that account to whoever signed up. Discard the "
@@ -264,7 +272,7 @@ class SeededNativeAuthenticator(NativeAuthenticator):
                                                   cap=self.login_max_wait))
         self._hash_pool = ThreadPoolExecutor(max(1, self.hash_threads), thread_name_prefix="bcrypt")
         self._trusted: tuple[float, frozenset[str]] = (0.0, frozenset())
-        self._prehashed: dict[str, bytes] = {}
+        self._prehashed: dict[tuple[str, str], bytes] = {}
         self.seed_admin_accounts()
 
     def get_handlers(self, app):
@@ -289,7 +297,7 @@ class SeededNativeAuthenticator(NativeAuthenticator):
         if (self.user_exists(username) or not self.validate_username(username)
                 or not self.is_password_strong(password) or not self.enable_signup):
             return None
-        hashed = self._prehashed.get(password) or bcrypt.hashpw(password.encode(), bcrypt.gensalt())
+        hashed = self._prehashed.get((username, password)) or bcrypt.hashpw(password.encode(), bcrypt.gensalt())
         infos = {"username": username, "password": hashed, **kwargs}
         if self.open_signup or username in self.get_authed_users():
             infos["is_authorized"] = True
