@@ -3,6 +3,11 @@
 The stack uses its own names (HUB_NAME_PREFIX=gpuhubtest) and port, so it never touches a
 deployment running on the same host; everything it creates is removed at the end. When a
 test fails, the stack's and the user containers' logs are written to tests/artifacts/.
+
+The hooks and the stack's clean-up run after failures, the Docker engine's own included (a
+daemon restart that did not come back): each asks the engine with a timeout first and, when it
+does not answer, says so and moves on. An exception in a report hook would be pytest's
+INTERNALERROR, which ends the run and hides the failure that caused it.
 """
 import subprocess
 from pathlib import Path
@@ -10,6 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
+import engine
 from hubclient import Hub, Stack
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -25,20 +31,37 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
+ENGINE_DOWN = "the Docker engine is not answering (`docker info` within 10 s)"
+
+
 @pytest.fixture(scope="session")
 def stack():
     s = Stack()
+    if not engine.docker_ok(timeout=10):
+        pytest.fail(ENGINE_DOWN)
     for key in ("HUB_IMAGE", "PROXY_IMAGE", "SINGLEUSER_IMAGE"):
         image = s.env[key]
-        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=30).returncode:
             pytest.fail(f"image {image} is missing: build the test images with `make test-images`")
     s.down()  # leftovers of an interrupted run
     try:
         s.up()
     except subprocess.CalledProcessError as exc:
-        pytest.fail(f"compose up failed:\n{exc.stderr}\n{s.logs()}")
+        pytest.fail(f"compose up failed:\n{exc.stderr}\n{logs_or_why_not(s)}")
     yield s
+    if not engine.docker_ok(timeout=10):  # the next run's set-up removes what is left
+        pytest.fail(f"{ENGINE_DOWN}: the test stack was not removed", pytrace=False)
     s.down()
+
+
+def logs_or_why_not(stack: Stack) -> str:
+    """The stack's and its users' logs; or why there are none (never raises)."""
+    if not engine.docker_ok(timeout=10):
+        return ENGINE_DOWN + ": no logs"
+    try:
+        return stack.logs()
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"the logs could not be read: {exc}"
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +101,12 @@ def page(browser):
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.when == "call" and report.failed and "stack" in item.fixturenames:
-        ARTIFACTS.mkdir(exist_ok=True)
-        stack = item.funcargs.get("stack") or Stack()
-        (ARTIFACTS / f"{item.name}.log").write_text(stack.logs())
+        logs = logs_or_why_not(item.funcargs.get("stack") or Stack())
+        if logs.startswith(ENGINE_DOWN):
+            report.sections.append(("Docker engine", logs))  # shown with the failure
+        try:
+            ARTIFACTS.mkdir(exist_ok=True)
+            (ARTIFACTS / f"{item.name}.log").write_text(logs)
+        except OSError as exc:
+            report.sections.append(("test logs", f"not written: {exc}"))
     return report

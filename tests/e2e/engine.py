@@ -46,8 +46,12 @@ def gpu_lifetimes(events: list[dict]) -> dict[str, float]:
     return total
 
 
-def docker_ok() -> bool:
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+def docker_ok(timeout: float = 30) -> bool:
+    """Whether the engine answers `docker info` within timeout seconds."""
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=timeout).returncode == 0
+    except (subprocess.TimeoutExpired, OSError):  # a daemon that hangs is as good as down; no docker CLI
+        return False
 
 
 def live_restore_enabled() -> bool:
