@@ -9,6 +9,7 @@ daemon restart that did not come back): each asks the engine with a timeout firs
 does not answer, says so and moves on. An exception in a report hook would be pytest's
 INTERNALERROR, which ends the run and hides the failure that caused it.
 """
+import functools
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 import engine
+from hub.gpus.inventory import discover
 from hubclient import Hub, Stack
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -25,10 +27,36 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_gpus(n): needs an engine with at least n GPUs (fake ones on a "
+                            "GPU-less host); fails, saying so, on an engine with fewer")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+
+
+@functools.cache
+def engine_gpus() -> int:
+    """How many GPUs the engine has, found the way the hub finds them (NVML, else CDI specs)."""
+    return len(discover()[0])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """@pytest.mark.needs_gpus(n): a test whose claims are about GPUs (or that starts a server of
+    the GPU profile) fails before its fixtures on an engine with fewer than n GPUs. It fails
+    rather than skips: CI and the test machines have 4 fake GPUs, and a skip would turn an engine
+    installed without them into a green run that tested no GPU at all (docs/development.md)."""
+    marker = item.get_closest_marker("needs_gpus")
+    if marker:
+        need = marker.args[0] if marker.args else 1
+        if engine_gpus() < need:
+            pytest.fail(f"needs an engine with {need} GPU{'s' * (need > 1)}, this one has {engine_gpus()}: "
+                        "fake ones on a GPU-less host with ../shared/engine/install-docker.sh --fake-gpus 4, "
+                        "or leave these tests out with -m 'not needs_gpus'", pytrace=False)
 
 
 ENGINE_DOWN = "the Docker engine is not answering (`docker info` within 10 s)"
