@@ -129,7 +129,8 @@ def pytest_runtest_logreport(report) -> None:
     with _results() as data:
         outcomes = data.setdefault("outcomes", {})
         if report.failed:
-            outcomes[report.nodeid] = "error" if report.when == "setup" else "failed"
+            body_ran = report.when != "setup" and outcomes.get(report.nodeid) != "error"
+            outcomes[report.nodeid] = "failed" if body_ran else "error"
         elif report.skipped:
             outcomes.setdefault(report.nodeid, "skipped")
         elif report.when == "call":
