@@ -19,10 +19,7 @@ GPUS = discover()[0]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def needs_gpus():
-    if len(GPUS) < 4:
-        pytest.fail("these tests need an engine with 4 GPUs (fake ones: install-docker.sh --fake-gpus 4)")
+pytestmark = pytest.mark.needs_gpus(4)
 
 
 @pytest.fixture

@@ -15,12 +15,11 @@ from conftest import ARTIFACTS, log_in
 from hub.gpus.inventory import discover
 
 GPUS = discover()[0]
+pytestmark = pytest.mark.needs_gpus(4)
 
 
 @pytest.fixture
 def console(stack, hub):
-    if len(GPUS) < 4:
-        pytest.fail("this test needs an engine with 4 GPUs (fake ones: install-docker.sh --fake-gpus 4)")
     c = Console(stack, hub.s.headers["Authorization"].split()[1])
     c.reset()
     yield c

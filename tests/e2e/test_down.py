@@ -2,6 +2,8 @@
 keeps their files."""
 import subprocess
 
+import pytest
+
 from hubclient import ROOT
 
 USER = "downtest"
@@ -12,6 +14,7 @@ def make(stack, target: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.needs_gpus(1)
 def test_restart_hub_keeps_servers_and_down_stops_them(stack, hub):
     hub.create_user(USER)
     hub.start(USER)

@@ -65,6 +65,7 @@ def test_reclaim_runs_in_the_consoles_process_with_its_own_identity(reclaiming, 
     assert "admin:users" not in me.json()["scopes"] and "delete:servers" in me.json()["scopes"]
 
 
+@pytest.mark.needs_gpus(3)
 def test_idle_gpu_is_warned_then_reclaimed_busy_and_exempt_are_not(reclaiming, hub):
     stack = reclaiming
     names = ["rc-idle", "rc-busy", "rc-exempt"]
@@ -129,6 +130,7 @@ def test_idle_gpu_is_warned_then_reclaimed_busy_and_exempt_are_not(reclaiming, h
 
 
 @pytest.mark.browser
+@pytest.mark.needs_gpus(1)
 def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(reclaiming, hub, page):
     stack = reclaiming
     admin = stack.env["HUB_ADMIN_USER"]

@@ -17,10 +17,7 @@ def requests_of(info: dict) -> list[tuple]:
             for r in info["HostConfig"].get("DeviceRequests") or []]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def needs_gpus():
-    if len(GPUS) < 2:
-        pytest.fail("these tests need an engine with GPUs (fake ones: install-docker.sh --fake-gpus 4)")
+pytestmark = pytest.mark.needs_gpus(2)
 
 
 def test_container_sees_exactly_its_gpu_cdi(stack, hub):

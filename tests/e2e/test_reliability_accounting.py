@@ -39,6 +39,7 @@ def short_round(hub, users, seconds: float = 2.0) -> None:
 
 
 @pytest.mark.skipif(not FULL, reason="restarts the Docker daemon: GPUHUB_RELIABILITY_FULL=1 (make reliability)")
+@pytest.mark.needs_gpus(4)  # two long and two short servers of the GPU profile at once
 def test_accounting_within_one_percent_across_hub_and_daemon_restarts(stack, hub):
     engine.enable_live_restore()
     console = Console(stack, hub.s.headers["Authorization"].split()[1])

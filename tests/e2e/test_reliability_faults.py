@@ -72,6 +72,7 @@ def answers(url: str, token: str) -> int | None:
         return None
 
 
+@pytest.mark.needs_gpus(1)
 def test_hub_restart_keeps_servers_sessions_and_gpus(stack, hub):
     a = started(stack, hub, "hubfault-a")
     kernel = Kernel(a)
@@ -111,6 +112,7 @@ def test_proxy_restart_restores_routes(stack, hub):
     hub.stop("proxyfault-a")
 
 
+@pytest.mark.needs_gpus(1)
 def test_oom_killed_server_says_why_frees_its_gpu_and_keeps_files(stack, hub):
     name = "oomer"
     a = started(stack, hub, name)
@@ -151,6 +153,7 @@ def state_writable(stack, writable: bool) -> None:
                  "/srv/jupyterhub/state")
 
 
+@pytest.mark.needs_gpus(2)
 def test_unwritable_state_volume_refuses_new_work_clearly_and_loses_nothing(stack, hub):
     a = started(stack, hub, "statefault-a")
     kernel = Kernel(a)
@@ -185,6 +188,7 @@ def test_unwritable_state_volume_refuses_new_work_clearly_and_loses_nothing(stac
 
 
 @pytest.mark.skipif(not FULL, reason="restarts the Docker daemon: GPUHUB_RELIABILITY_FULL=1 (make reliability)")
+@pytest.mark.needs_gpus(1)
 def test_docker_daemon_restart_with_live_restore(stack, hub):
     engine.enable_live_restore()
     a = started(stack, hub, "daemonfault-a")
@@ -235,6 +239,7 @@ def hub_answers(hub) -> int | None:
         return None
 
 
+@pytest.mark.needs_gpus(1)
 def test_hub_killed_mid_burst_recovers_in_seconds(stack, hub):
     """Users press Start at once (more than the GPUs: some get a GPU, some wait their turn,
     some are refused); the hub is killed (SIGKILL) while starts are in flight. Once it answers

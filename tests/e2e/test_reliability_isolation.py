@@ -3,6 +3,7 @@ at its privileges and tries to reach the engine, the hub's state, the proxy's AP
 user's server and a GPU it was not given. Each check counts as passed or failed."""
 import json
 
+import pytest
 import requests
 
 import reliability
@@ -58,6 +59,7 @@ def probe(server: UserServer, other_url: str) -> dict:
     return json.loads(server.execute(f"OTHER = {other_url!r}\n" + PROBE).strip().splitlines()[-1])
 
 
+@pytest.mark.needs_gpus(1)
 def test_user_containers_are_isolated(stack, hub):
     gpu_user, cpu_user = "iso-gpu", "iso-cpu"
     servers = {}

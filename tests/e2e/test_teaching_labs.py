@@ -20,10 +20,7 @@ ROSTER = ("username,course,role,student_id\nteach-a,ml101,teacher,\nta-b,nlp,TA,
           + "".join(f"{u},{B},student,{i}\n" for i, u in enumerate(STUDENTS_B)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def needs_gpus():
-    if len(GPUS) < 4:
-        pytest.fail("these tests need an engine with 4 GPUs (fake ones: install-docker.sh --fake-gpus 4)")
+pytestmark = pytest.mark.needs_gpus(4)
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,7 @@ GPUS = discover()[0]
 ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "artifacts"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def needs_gpus():
-    if len(GPUS) < 4:
-        pytest.fail("these tests need an engine with 4 GPUs (fake ones: install-docker.sh --fake-gpus 4)")
+pytestmark = pytest.mark.needs_gpus(4)
 
 
 @pytest.fixture

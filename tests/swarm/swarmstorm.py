@@ -69,9 +69,10 @@ def single_host_reference(cluster: Cluster, env: dict[str, str], profile: str) -
     base.update({k: env[k] for k in ("HUB_IMAGE", "PROXY_IMAGE", "SINGLEUSER_IMAGE", "USER_MEM_LIMIT",
                                      "USER_CPU_LIMIT", "USER_SHM_SIZE", "USER_PIDS_LIMIT", "HUB_PROFILES")})
     base.update({"HUB_NAME_PREFIX": "gpuhubswarmref", "HUB_PUBLISH": "0.0.0.0:18100"})
-    with tempfile.NamedTemporaryFile("w", suffix=".env", dir=HERE, delete=False) as f:
-        f.write("".join(f"{k}={v}\n" for k, v in base.items()))
-    env_file = Path(f.name)
+    # In a temporary directory, not the checkout: a run killed before its clean-up left one behind.
+    tmp = tempfile.TemporaryDirectory(prefix="gpuhub-swarmref-")
+    env_file = Path(tmp.name) / "stack.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in base.items()))
     ip = cluster.manager.ip()
     saved = os.environ.get("DOCKER_HOST")
     os.environ["DOCKER_HOST"] = f"tcp://{ip}:2375"  # compose and docker of Stack: the node's engine
@@ -85,7 +86,7 @@ def single_host_reference(cluster: Cluster, env: dict[str, str], profile: str) -
         finally:
             stack.down()
     finally:
-        env_file.unlink()
+        tmp.cleanup()
         if saved is None:
             os.environ.pop("DOCKER_HOST", None)
         else:
