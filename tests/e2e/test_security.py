@@ -370,10 +370,10 @@ def test_without_https_a_users_page_shares_the_hubs_origin(stack, hub, browser):
     from test_tls import ATTACK
 
     admin = stack.env["HUB_ADMIN_USER"]
-    hub.start(admin, options={"profile": "cpu"})
     page = browser.new_context().new_page()
     try:
-        browser_log_in(page, stack)
+        browser_log_in(page, stack)  # before the server runs: the login then stays on the hub's pages
+        hub.start(admin, options={"profile": "cpu"})
         page.goto(f"{stack.url}/user/{admin}/lab")
         page.wait_for_url(f"**/user/{admin}/lab**", timeout=60_000)
         seen = page.evaluate(ATTACK, stack.url)
