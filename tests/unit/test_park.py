@@ -384,3 +384,25 @@ def test_a_failed_restore_says_so(tmp_path):
     out = asyncio.run(p.resume("alice", ""))
     assert out.action == "resume-failed" and "OUT_OF_MEMORY" in out.detail
     assert not engine.c["c-alice"]["State"]["Paused"] and p.parked.all() == {}  # running, holding its GPU
+
+
+# -- the GPU host's proof script, in its fake mode (no GPU) -------------------------------------------
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_proof_script_runs_and_its_frozen_check_can_fail(tmp_path, freeze):
+    """tests/gpu_host/park_proof.py --fake: the worker's checksum and note survive a park; without
+    the freeze (SIGSTOP, as docker pause) the stand-in parks nothing for real, the worker goes on
+    ticking, and the script says not ok."""
+    out = tmp_path / "proof.json"
+    run = subprocess.run([sys.executable, str(TOOL_PATH.parents[2] / "tests/gpu_host/park_proof.py"), "--fake",
+                          "--sizes", "1,2,100000", "--hold-s", "0.6", "--out", str(out),
+                          *([] if freeze else ["--no-freeze"])], capture_output=True, text=True, timeout=60)
+    report = json.loads(out.read_text())
+    ran = [r for r in report["sizes"] if "skipped" not in r]
+    assert [r["gb"] for r in ran] == [1.0, 2.0] and "free on the GPU" in report["sizes"][2]["skipped"]
+    assert all(r["checksum_same"] and r["note_same"] and r["state_parked"] == "checkpointed" for r in ran)
+    assert all(r["mem_parked_mib"] == report["mem_rest_mib"] < r["mem_loaded_mib"] for r in ran)
+    if freeze:
+        assert run.returncode == 0 and report["ok"] and all(r["ticks_while_parked"] == 0 for r in ran)
+    else:
+        assert run.returncode == 1 and not report["ok"] and all(r["ticks_while_parked"] > 0 for r in ran)
