@@ -42,6 +42,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+for _p in (Path("/tmp/site"), ROOT):  # --container: the GPU kit's docker package, then hub/
+    if _p.is_dir() and str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 GIB = 2**30
 CHUNK = GIB  # A's tensors: one per GiB
 
@@ -55,14 +58,18 @@ def load_gpu_park():
 
 # -- user A: the worker ---------------------------------------------------------------------------
 
-def worker(gb: float, device: int, fake: bool) -> None:
-    """Allocate, checksum, tick; then answer "verify" and "exit" on stdin (one JSON line each)."""
+def worker(gb: float, device: int, fake: bool, io: str | None = None) -> None:
+    """Allocate, checksum, tick; then answer "verify" and "exit" (one JSON line each on stdin and
+    stdout, or with --io as files in that folder: ready.json, ask.json -> answer.json)."""
+    import glob
     import secrets
 
     note = secrets.token_hex(8)
     t0 = time.monotonic()
     if fake:
         import hashlib
+        # A CUDA process has its GPU's device node open; gpu-park finds processes by that.
+        nodes = [open(n, "rb") for n in sorted(glob.glob("/dev/nvidia[0-9]*"))[:1]]
         blocks = [bytearray(os.urandom(int(gb * 2**20)))]  # fake: MiB of host memory per "GB"
 
         def checksum() -> str:
@@ -104,18 +111,215 @@ def worker(gb: float, device: int, fake: bool) -> None:
             del ticks[:-100000]
             time.sleep(0.02)
 
+    def answer(ask: dict) -> dict:
+        t = time.monotonic()
+        again = checksum()
+        between = [x for x in ticks if ask["from"] < x < ask["to"]]
+        return {"checksum": again, "note": note, "verify_s": round(time.monotonic() - t, 3),
+                "ticks_while_parked": len(between), "ticks": len(ticks)}
+
     threading.Thread(target=tick, daemon=True).start()
-    print(json.dumps({"pid": os.getpid(), "checksum": first, "note": note, "alloc_s": alloc_s}), flush=True)
-    for line in sys.stdin:
-        ask = json.loads(line)
-        if ask["do"] == "verify":
-            t = time.monotonic()
-            again = checksum()
-            between = [x for x in ticks if ask["from"] < x < ask["to"]]
-            print(json.dumps({"checksum": again, "note": note, "verify_s": round(time.monotonic() - t, 3),
-                              "ticks_while_parked": len(between), "ticks": len(ticks)}), flush=True)
-        elif ask["do"] == "exit":
-            return
+    ready = {"pid": os.getpid(), "checksum": first, "note": note, "alloc_s": alloc_s}
+    if io is None:
+        print(json.dumps(ready), flush=True)
+        for line in sys.stdin:
+            ask = json.loads(line)
+            if ask["do"] == "exit":
+                return
+            print(json.dumps(answer(ask)), flush=True)
+        return
+    folder = Path(io)
+    _write(folder / "ready.json", ready)
+    while True:
+        ask_file = folder / "ask.json"
+        if ask_file.exists():
+            ask = json.loads(ask_file.read_text())
+            ask_file.unlink()
+            if ask["do"] == "exit":
+                return
+            _write(folder / "answer.json", answer(ask))
+        time.sleep(0.05)
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _read_when(path: Path, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            data = json.loads(path.read_text())
+            path.unlink()
+            return data
+        time.sleep(0.05)
+    raise TimeoutError(f"no {path.name} from the worker in {timeout:g} s")
+
+
+class ProcessA:
+    """User A as a process of this host, parked with gpu-park's functions by this process (the
+    same user), frozen with SIGSTOP as docker pause would."""
+
+    def __init__(self, args, gp, driver, memory, rest: int, fake_pids: dict | None):
+        self.args, self.gp, self.driver, self.fake_pids = args, gp, driver, fake_pids
+        self.memory, self.rest = memory, rest
+
+    def start(self, gb: float) -> dict:
+        self.p = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(gb), "--device", str(self.args.device),
+                                   *(["--fake"] if self.args.fake else [])], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, bufsize=1)
+        ready = json.loads(self.p.stdout.readline())
+        self.pid = ready["pid"]
+        if self.fake_pids is not None:
+            self.fake_pids[("process", self.pid)] = (gb, None, lambda p=self.p: p.poll() is None)
+        return ready
+
+    def host_rss(self) -> int:
+        return rss(self.pid)
+
+    def park(self) -> dict:
+        t = time.monotonic()
+        parked = self.gp.park(self.driver, [self.pid], self.args.lock_timeout_ms)
+        out = {"ok": parked["ok"], "error": parked["error"], "processes": parked["processes"],
+               "park_s": round(time.monotonic() - t, 3)}
+        if parked["ok"] and self.args.freeze:
+            os.kill(self.pid, signal.SIGSTOP)
+        if parked["ok"]:
+            out["to_rest_s"] = wait_for(lambda: self.memory.used() <= self.rest + self.args.rest_slack_mib, 30)
+            out["state_parked"] = self.gp.states(self.driver, [self.pid])["processes"][0]["state"]
+        return out
+
+    def resume(self) -> dict:
+        if self.args.freeze:
+            os.kill(self.pid, signal.SIGCONT)
+        t = time.monotonic()
+        resumed = self.gp.resume(self.driver, [self.pid])
+        return {"ok": resumed["ok"], "error": resumed["error"], "processes": resumed["processes"],
+                "resume_s": round(time.monotonic() - t, 3)}
+
+    def ask(self, ask: dict) -> dict | None:
+        self.p.stdin.write(json.dumps(ask) + "\n")
+        self.p.stdin.flush()
+        return None if ask["do"] == "exit" else json.loads(self.p.stdout.readline())
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            try:
+                self.p.wait(timeout=60)
+            except subprocess.TimeoutExpired:  # stuck: a stopped worker is woken to be killed
+                os.kill(self.p.pid, signal.SIGCONT)
+                self.p.kill()
+                self.p.wait()
+
+
+def _alive(container) -> bool:
+    try:
+        container.reload()
+    except Exception:  # noqa: BLE001 - removed
+        return False
+    return container.status in ("running", "paused")
+
+
+class ContainerA:
+    """User A as a container given the GPU by UUID through CDI and labelled as the spawner labels
+    it, parked and resumed by the hub's own state machine (hub/reclaim/park.py: gpu-park by
+    docker exec as the container's user, docker pause, the GPU's memory back at rest, the memory
+    limit raised for the checkpoint), with this script's GPU memory reading as its reader."""
+
+    def __init__(self, args, memory, rest: int, python: str):
+        import docker
+
+        from hub.console.engine import DockerCaller
+        from hub.gpus.parked import ParkedFile
+        from hub.reclaim.park import ExecCheckpointer, ParkSettings, Parker
+
+        self.args, self.memory, self.python = args, memory, python
+        self.client = docker.from_env()
+        self.work = Path(tempfile.mkdtemp(prefix="park-proof-"))
+        os.chmod(self.work, 0o777)
+        caller = DockerCaller()
+        self.parker = Parker(
+            caller, ExecCheckpointer(caller, command=(python, str(ROOT / "images/singleuser/gpu_park.py")),
+                                     fake=args.fake, timeout_ms=args.lock_timeout_ms),
+            ParkedFile(self.work / "gpu-parked.json"), lambda uuid: memory.used(), self._stop,
+            ParkSettings(host_reserve=args.host_reserve_gb * GIB, rest_mib=rest + args.rest_slack_mib, settle=30))
+        self.container = None
+        self.fake_pids: dict | None = None  # --fake: where the stand-in's states are (fake_used)
+
+    async def _stop(self, user: str, server: str) -> None:
+        self.container.stop(timeout=5)
+
+    def binds(self) -> dict:
+        binds = {}
+        if Path("/etc/gpukit-binds.json").is_file():  # the GPU machine's kit: the host's Python and torch
+            binds = json.loads(Path("/etc/gpukit-binds.json").read_text())
+        for path, mode in ((str(ROOT), "ro"), (str(self.work), "rw")):
+            binds[path] = {"bind": path, "mode": mode}
+        return binds
+
+    def start(self, gb: float) -> dict:
+        import docker
+
+        folder = self.work / f"{gb:g}"
+        folder.mkdir()
+        os.chmod(folder, 0o777)
+        env = {"PYTHONUNBUFFERED": "1", "GPU_PARK_FAKE_STATE": str(folder / "states.json")}
+        self.container = self.client.containers.run(
+            self.args.image, [self.python, str(Path(__file__).resolve()), "--worker", str(gb), "--device", "0", "--io", str(folder),
+                              *(["--fake"] if self.args.fake else [])],
+            detach=True, network_mode="none", user=self.args.container_user, environment=env, volumes=self.binds(),
+            mem_limit=f"{int(gb + 8)}g", name=f"park-proof-{os.getpid()}-{gb:g}",
+            labels={"gpuhub.user": "park-proof-a", "gpuhub.server": "", "gpuhub.instance": "park-proof",
+                    "gpuhub.gpu.uuid": self.memory.uuid, "gpuhub.gpu.since": f"{time.time():.0f}"},
+            device_requests=[docker.types.DeviceRequest(driver="cdi",
+                                                        device_ids=[f"nvidia.com/gpu={self.memory.uuid}"])])
+        self.folder = folder
+        try:
+            ready = _read_when(folder / "ready.json", 600)
+        except TimeoutError:
+            raise RuntimeError(f"user A's container did not start: {self.container.logs()[-2000:]!r}") from None
+        if self.fake_pids is not None:
+            self.fake_pids[(self.container.id, ready["pid"])] = (gb, str(folder / "states.json"),
+                                                                 lambda c=self.container: _alive(c))
+        return ready
+
+    def host_rss(self) -> int:
+        stats = self.client.api.stats(self.container.id, stream=False, one_shot=True)
+        return int((stats.get("memory_stats") or {}).get("usage") or 0) // 2**20
+
+    def park(self) -> dict:
+        import asyncio
+
+        out = asyncio.run(self.parker.park("park-proof-a", "", self.memory.uuid, self.container.id))
+        self.container.reload()
+        return {"ok": out.action == "parked", "error": None if out.action == "parked" else out.detail,
+                "outcome": out.action, "detail": out.detail, "timings": out.timings,
+                "processes": (out.tool or {}).get("processes"), "park_s": out.timings.get("park_s"),
+                "to_rest_s": out.timings.get("rest_s"), "container_status": self.container.status,
+                "mem_limit_parked": self.container.attrs["HostConfig"]["Memory"]}
+
+    def resume(self) -> dict:
+        import asyncio
+
+        out = asyncio.run(self.parker.resume("park-proof-a", ""))
+        self.container.reload()
+        return {"ok": out.action == "resumed", "error": None if out.action == "resumed" else out.detail,
+                "outcome": out.action, "processes": (out.tool or {}).get("processes"),
+                "resume_s": out.timings.get("resume_s"), "container_status": self.container.status,
+                "mem_limit_resumed": self.container.attrs["HostConfig"]["Memory"]}
+
+    def ask(self, ask: dict) -> dict | None:
+        _write(self.folder / "ask.json", ask)
+        return None if ask["do"] == "exit" else _read_when(self.folder / "answer.json", 600)
+
+    def close(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.remove(force=True)
+            except Exception:  # noqa: BLE001 - gone already
+                pass
 
 
 # -- user B, the GPU's memory, the host's ---------------------------------------------------------
@@ -194,7 +398,7 @@ def wait_for(predicate, timeout: float, step: float = 0.1) -> float | None:
     return None
 
 
-def one_size(gb: float, args, gp, driver, memory: GPUMemory, rest: int, fake_pids: dict | None) -> dict:
+def one_size(gb: float, args, a, memory: GPUMemory) -> dict:
     row: dict = {"gb": gb}
     free_mib = memory.total - memory.used()
     if gb * 1024 + 2048 > free_mib:
@@ -202,63 +406,39 @@ def one_size(gb: float, args, gp, driver, memory: GPUMemory, rest: int, fake_pid
     if not args.fake and gb * GIB * 1.2 > host_available():
         return {**row, "skipped": f"the checkpoint needs {gb:g} GB of host memory; "
                                   f"{host_available() / GIB:.1f} GB available"}
-    a = subprocess.Popen([sys.executable, __file__, "--worker", str(gb), "--device", str(args.device),
-                          *(["--fake"] if args.fake else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True, bufsize=1)
     try:
-        ready = json.loads(a.stdout.readline())
-        pid = ready["pid"]
-        if fake_pids is not None:
-            fake_pids[pid] = gb
+        ready = a.start(gb)
         row["alloc_s"] = ready["alloc_s"]
         time.sleep(0.5)  # the op thread runs
         row["mem_loaded_mib"] = memory.used()
-        row["host_rss_before_mib"] = rss(pid)
-
-        t = time.monotonic()
-        parked = gp.park(driver, [pid], args.lock_timeout_ms)
-        row["park_s"] = round(time.monotonic() - t, 3)
-        row["park"] = parked["processes"]
+        row["host_rss_before_mib"] = a.host_rss()
+        parked = row["park"] = a.park()
         if not parked["ok"]:
             return {**row, "error": f"park: {parked['error']}"}
-        if args.freeze:
-            os.kill(pid, signal.SIGSTOP)
         parked_at = time.time()
-        row["to_rest_s"] = wait_for(lambda: memory.used() <= rest + args.rest_slack_mib, 30)
         row["mem_parked_mib"] = memory.used()
-        row["host_rss_parked_mib"] = rss(pid)
-        row["state_parked"] = gp.states(driver, [pid])["processes"][0]["state"]
+        row["host_rss_parked_mib"] = a.host_rss()
 
         row["user_b"] = user_b(args.device, gb, args.fake)
         time.sleep(max(0.0, parked_at + args.hold_s - time.time()))  # a window long enough to judge
 
         resume_from = time.time()
-        if args.freeze:
-            os.kill(pid, signal.SIGCONT)
-        t = time.monotonic()
-        resumed = gp.resume(driver, [pid])
-        row["resume_s"] = round(time.monotonic() - t, 3)
-        row["resume"] = resumed["processes"]
+        resumed = row["resume"] = a.resume()
         if not resumed["ok"]:
             return {**row, "error": f"resume: {resumed['error']}"}
         row["mem_resumed_mib"] = memory.used()
-        a.stdin.write(json.dumps({"do": "verify", "from": parked_at + 0.1, "to": resume_from - 0.1}) + "\n")
-        a.stdin.flush()
-        verified = json.loads(a.stdout.readline())
+        verified = a.ask({"do": "verify", "from": parked_at + 0.1, "to": resume_from - 0.1})
         row.update(checksum_same=verified["checksum"] == ready["checksum"], note_same=verified["note"] == ready["note"],
                    ticks_while_parked=verified["ticks_while_parked"], verify_s=verified["verify_s"],
                    parked_for_s=round(resume_from - parked_at, 3))
         row["ok"] = bool(row["checksum_same"] and row["note_same"] and row["ticks_while_parked"] == 0
-                         and row["to_rest_s"] is not None)
-        a.stdin.write(json.dumps({"do": "exit"}) + "\n")
-        a.stdin.flush()
-        a.wait(timeout=60)
+                         and parked.get("to_rest_s") is not None)
+        a.ask({"do": "exit"})
         return row
+    except Exception as exc:  # noqa: BLE001 - the report says what broke, the other sizes still run
+        return {**row, "error": f"{type(exc).__name__}: {exc}"}
     finally:
-        if a.poll() is None:  # a failure on the way: a stopped worker is woken to be killed
-            os.kill(a.pid, signal.SIGCONT)
-            a.kill()
-            a.wait()
+        a.close()
 
 
 def main() -> int:
@@ -271,10 +451,18 @@ def main() -> int:
     parser.add_argument("--hold-s", type=float, default=2.0, help="parked at least this long")
     parser.add_argument("--rest-slack-mib", type=int, default=256, help="at rest: at most this over the first reading")
     parser.add_argument("--fake", action="store_true", help="no GPU: checks this script (see the doc)")
+    parser.add_argument("--container", action="store_true",
+                        help="user A in a container, parked by the hub's state machine (needs Docker)")
+    parser.add_argument("--image", default="gpukit/hostroot:1", help="--container: A's image")
+    parser.add_argument("--container-user", default="1000:100", help="--container: A's user (the hub's: 1000:100)")
+    parser.add_argument("--container-python", default=sys.executable, help="--container: the Python in A's image")
+    parser.add_argument("--host-reserve-gb", type=float, default=8.0, help="--container: host memory kept free")
+    parser.add_argument("--uuid", help="--fake --container: the (fake) GPU to give A through CDI")
     parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--io", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        worker(args.worker, args.device, args.fake)
+        worker(args.worker, args.device, args.fake, args.io)
         return 0
     gp = load_gpu_park()
     fake_pids: dict | None = None
@@ -282,12 +470,8 @@ def main() -> int:
         state = Path(tempfile.mkdtemp()) / "states.json"
         driver = gp.FakeDriver(str(state), fail="")
         fake_pids = {}
-
-        def used() -> int:  # 1024 MiB a "GB" while a worker is not checkpointed
-            states = json.loads(state.read_text()) if state.exists() else {}
-            return 300 + sum(int(gb * 1024) for pid, gb in fake_pids.items()
-                             if states.get(str(pid), 0) != gp.CHECKPOINTED and os.path.exists(f"/proc/{pid}"))
-        memory = GPUMemory(args.device, {"used": used})
+        memory = GPUMemory(args.device, {"used": lambda: fake_used(gp, state, fake_pids, args)})
+        memory.uuid = args.uuid or memory.uuid
     else:
         driver = gp.Driver()
         memory = GPUMemory(args.device)
@@ -295,14 +479,21 @@ def main() -> int:
     report = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
               "gpu": {"index": args.device, "uuid": memory.uuid, "name": memory.name, "memory_total_mib": memory.total,
                       "driver": memory.driver, "cuda_driver_api": driver.version},
-              "mode": "fake" if args.fake else "cuda", "freeze": args.freeze, "mem_rest_mib": rest,
+              "mode": "fake" if args.fake else "cuda", "a": "container" if args.container else "process",
+              "freeze": args.freeze or args.container, "mem_rest_mib": rest,
               "baseline": user_b(args.device, 0, args.fake), "sizes": []}
+    if args.container:
+        report["container"] = {"image": args.image, "user": args.container_user, "python": args.container_python}
     if not args.fake:
         import torch
         report["torch"] = torch.__version__
     for gb in [float(s) for s in args.sizes.split(",") if s.strip()]:
         print(f"[park_proof] {gb:g} GB ...", file=sys.stderr, flush=True)
-        report["sizes"].append(one_size(gb, args, gp, driver, memory, rest, fake_pids))
+        a = ContainerA(args, memory, rest, args.container_python) if args.container \
+            else ProcessA(args, gp, driver, memory, rest, fake_pids)
+        if args.container and fake_pids is not None:
+            a.fake_pids = fake_pids
+        report["sizes"].append(one_size(gb, args, a, memory))
         row = report["sizes"][-1]
         b = row.get("user_b") or {}
         if b.get("tflops") and report["baseline"].get("tflops"):
@@ -314,6 +505,18 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     return 0 if report["ok"] else 1
+
+
+def fake_used(gp, state: Path, fake_pids: dict, args) -> int:
+    """--fake: the GPU's used MiB, 1024 a "GB" for each worker not checkpointed (its stand-in's
+    state file: this process's, or in --container mode the one in the worker's folder)."""
+    used = 300
+    for key, (gb, states_file, alive) in list(fake_pids.items()):
+        path = Path(states_file) if states_file else state
+        states = json.loads(path.read_text()) if path.exists() else {}
+        if alive() and states.get(str(key[1]), 0) != gp.CHECKPOINTED:
+            used += int(gb * 1024)
+    return used
 
 
 if __name__ == "__main__":

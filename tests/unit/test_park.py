@@ -388,6 +388,12 @@ def test_a_failed_restore_says_so(tmp_path):
 
 # -- the GPU host's proof script, in its fake mode (no GPU) -------------------------------------------
 
+def test_proof_script_help_names_its_modes():
+    out = subprocess.run([sys.executable, str(TOOL_PATH.parents[2] / "tests/gpu_host/park_proof.py"), "--help"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "--container" in out.stdout and "--sizes" in out.stdout
+
+
 @pytest.mark.parametrize("freeze", [True, False])
 def test_the_proof_script_runs_and_its_frozen_check_can_fail(tmp_path, freeze):
     """tests/gpu_host/park_proof.py --fake: the worker's checksum and note survive a park; without
