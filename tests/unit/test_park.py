@@ -406,7 +406,7 @@ def test_the_proof_script_runs_and_its_frozen_check_can_fail(tmp_path, freeze):
     report = json.loads(out.read_text())
     ran = [r for r in report["sizes"] if "skipped" not in r]
     assert [r["gb"] for r in ran] == [1.0, 2.0] and "free on the GPU" in report["sizes"][2]["skipped"]
-    assert all(r["checksum_same"] and r["note_same"] and r["state_parked"] == "checkpointed" for r in ran)
+    assert all(r["checksum_same"] and r["note_same"] and r["park"]["state_parked"] == "checkpointed" for r in ran)
     assert all(r["mem_parked_mib"] == report["mem_rest_mib"] < r["mem_loaded_mib"] for r in ran)
     if freeze:
         assert run.returncode == 0 and report["ok"] and all(r["ticks_while_parked"] == 0 for r in ran)
