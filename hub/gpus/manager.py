@@ -34,6 +34,7 @@ class GPUManager:
         self.allocator = Allocator(inventory, load_intent(self.intent_file), policy)
         self.lock = asyncio.Lock()
         self.reconciled_at = 0.0  # time.monotonic() when the last reconcile began reading the engine
+        self.parked: frozenset[str] = frozenset()  # ids of the parked containers at the last reconcile
 
     @classmethod
     def discover(cls, static_yaml: str | None, cdi_dirs: list[str], request_style: str, engine_info: dict,
@@ -58,8 +59,8 @@ class GPUManager:
         details = await asyncio.gather(*(self._inspect(docker, c["Id"]) for c in summaries))
         live = [d for d in details if d]
         # a parked (paused, checkpointed) server gave its GPU back: hub.gpus.parked
-        parked = parked_ids(live, ParkedFile(self.intent_file.with_name(PARKED_FILE)).all().values())
-        held = holders_from_containers(live, self.label_prefix, inventory=self.inventory, parked=parked)
+        self.parked = parked_ids(live, ParkedFile(self.intent_file.with_name(PARKED_FILE)).all().values())
+        held = holders_from_containers(live, self.label_prefix, inventory=self.inventory, parked=self.parked)
         self.allocator.reconcile(held)
         self.reconciled_at = began
 

@@ -23,7 +23,7 @@ B's matmul against the baseline, and whether checksum, note and the frozen windo
 
 Sizes that do not fit (GPU memory free, host memory available) are skipped with the reason.
 --fake runs the same steps without a GPU (bytes in host memory, gpu-park's driver stand-in, no
-matmul): a check of this script itself (tests/unit/test_park.py runs it).
+matmul): a check of this script itself (tests/unit/test_park_core.py runs it).
 """
 from __future__ import annotations
 

@@ -412,3 +412,52 @@ def test_the_proof_script_runs_and_its_frozen_check_can_fail(tmp_path, freeze):
         assert run.returncode == 0 and report["ok"] and all(r["ticks_while_parked"] == 0 for r in ran)
     else:
         assert run.returncode == 1 and not report["ok"] and all(r["ticks_while_parked"] > 0 for r in ran)
+
+
+def test_gpu_reclaim_does_not_judge_a_parked_server(tmp_path):
+    """A parked server holds no GPU for gpu-reclaim either: no reading is pinned on it, no
+    warning, no stop; a paused container without a record is judged as before."""
+    from test_gpu_activity import Feed
+    from test_reclaim_service import Engine as ListingEngine, Hub, running
+
+    from hub.console.audit import AuditLog
+    from hub.gpus.activity import ActivitySampler, ActivityStore
+    from hub.reclaim.policy import ReclaimPolicy
+    from hub.reclaim.service import Reclaimer
+    from hub.spawner.stop_reasons import ReasonFile
+
+    clock = [2000.0]
+    alice, bob = running("alice", "GPU-a"), running("bob", "GPU-b")
+    alice["State"] = bob["State"] = "paused"
+    engine = ListingEngine([alice, bob])
+    hub = Hub(engine)
+    ParkedFile(tmp_path / "gpu-parked.json").put(record("alice", alice["Id"], "GPU-a"))
+    sampler = ActivitySampler(Feed(**{"GPU-a": 0, "GPU-b": 0}), interval=10, clock=lambda: clock[0],
+                              store=ActivityStore(tmp_path / "a.sqlite"))
+    r = Reclaimer(ReclaimPolicy(threshold_pct=5, timeout=60, grace=30), sampler, engine, hub,
+                  AuditLog(tmp_path / "audit.jsonl"), ReasonFile(tmp_path / "reasons.json"), tmp_path / "r.json",
+                  instance="gpuhubtest", clock=lambda: clock[0], parked_file=tmp_path / "gpu-parked.json")
+    decisions = []
+    for _ in range(10):
+        decisions += asyncio.run(r.round())
+        clock[0] += 10
+    assert set(r.holders) == {"GPU-b"}
+    assert [(d.action, d.key[0]) for d in decisions] == [("warn", "bob"), ("stop", "bob")]
+    assert hub.stopped == [("bob", "")]
+
+
+def test_the_console_shows_the_holders_container_not_the_parked_one(tmp_path):
+    """GPU-0 given to bob while alice is parked on it: the console's view names bob's container."""
+    from test_gpu_manager import fake_docker
+
+    from hub.console.state import Console
+
+    gpus = [GPU("GPU-0", 0)]
+    manager = GPUManager(gpus, "cdi", "cdi", str(tmp_path / "gpu-intent.json"), "gpuhub")
+    ParkedFile(tmp_path / "gpu-parked.json").put(record())
+    engine = [inspected("c-alice", "GPU-0", "alice", "paused"), inspected("c-bob", "GPU-0", "bob")]
+    console = Console(manager, fake_docker(engine), hub=None, sampler=None, audit=None, instance="gpuhubtest",
+                      clock=lambda: 5000.0)
+    view = asyncio.run(console.view())
+    assert view.holders["GPU-0"].user == "bob" and view.containers["GPU-0"]["Id"] == "c-bob"
+    assert [h.user for h in view.all_holders["GPU-0"]] == ["bob"]
