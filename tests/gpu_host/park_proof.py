@@ -22,8 +22,23 @@ B's matmul against the baseline, and whether checksum, note and the frozen windo
     python3 tests/gpu_host/park_proof.py --sizes 1,10,40 --device 0 --out $OUT/park.json
 
 Sizes that do not fit (GPU memory free, host memory available) are skipped with the reason.
+
+--container: user A runs in a container instead (the GPU kit's gpukit/hostroot:1 with the host's
+Python and torch bound in, as tests/gpu_host/reclaim_real.py does; user 1000:100 as the hub's
+servers; the GPU by UUID through CDI) and is parked and resumed by the hub's own state machine,
+hub/reclaim/park.py's Parker: gpu-park by `docker exec` as the container's user, `docker pause`,
+the GPU's memory back at rest (this script's reading), the memory limit raised for the
+checkpoint. With --from-host the checkpoint step runs on the host instead, on the container's
+processes' host pids (which of the two the driver accepts is one thing this run finds out).
+After .gpukit/start-docker.sh on the GPU machine:
+
+    PYTHONPATH=/tmp/site:. python3 tests/gpu_host/park_proof.py --container --sizes 1,10,40
+    PYTHONPATH=/tmp/site:. python3 tests/gpu_host/park_proof.py --container --from-host --sizes 1,10
+
 --fake runs the same steps without a GPU (bytes in host memory, gpu-park's driver stand-in, no
-matmul): a check of this script itself (tests/unit/test_park_core.py runs it).
+matmul): a check of this script itself (tests/unit/test_park_core.py runs it; with --container
+on the fake GPUs: --image gpuhub/pytorch-notebook:test --container-python /opt/venv/bin/python3
+--uuid GPU-fa4e0000-0000-4000-8000-000000000003).
 """
 from __future__ import annotations
 
@@ -214,6 +229,41 @@ class ProcessA:
                 self.p.wait()
 
 
+class HostCheckpointer:
+    """--from-host: the checkpoint step from the host instead of inside the container (NVIDIA's
+    cuda-checkpoint is mostly used that way; one report has it refuse inside a runc container,
+    NVIDIA/cuda-checkpoint#37): the container's CUDA processes by their host pids (its cgroup,
+    a GPU device node open), parked with gpu-park's functions by this process."""
+
+    def __init__(self, args, fake_states: Path):
+        self.gp, self.args = load_gpu_park(), args
+        self.driver = self.gp.FakeDriver(str(fake_states), fail="") if args.fake else self.gp.Driver()
+
+    def pids(self, container: dict) -> list[int]:
+        out = []
+        for p in self.gp.cuda_processes(uid=os.stat(f"/proc/{container['State']['Pid']}").st_uid,
+                                        exclude=os.getpid()):
+            try:
+                cgroup = Path(f"/proc/{p['pid']}/cgroup").read_text()
+            except OSError:
+                continue
+            if container["Id"] in cgroup:
+                out.append(p["pid"])
+        return out
+
+    async def park(self, container: dict) -> dict:
+        import asyncio
+        pids = self.pids(container)
+        answer = await asyncio.to_thread(self.gp.park, self.driver, pids, self.args.lock_timeout_ms)
+        return {**answer, "pids": pids, "from": "host"}
+
+    async def resume(self, container: dict) -> dict:
+        import asyncio
+        pids = self.pids(container)
+        answer = await asyncio.to_thread(self.gp.resume, self.driver, pids)
+        return {**answer, "pids": pids, "from": "host"}
+
+
 def _alive(container) -> bool:
     try:
         container.reload()
@@ -240,9 +290,12 @@ class ContainerA:
         self.work = Path(tempfile.mkdtemp(prefix="park-proof-"))
         os.chmod(self.work, 0o777)
         caller = DockerCaller()
+        checkpointer = HostCheckpointer(args, self.work / "host-states.json") if args.from_host else \
+            ExecCheckpointer(caller, command=(python, str(ROOT / "images/singleuser/gpu_park.py")),
+                             fake=args.fake, timeout_ms=args.lock_timeout_ms)
+        self.checkpointer = checkpointer
         self.parker = Parker(
-            caller, ExecCheckpointer(caller, command=(python, str(ROOT / "images/singleuser/gpu_park.py")),
-                                     fake=args.fake, timeout_ms=args.lock_timeout_ms),
+            caller, checkpointer,
             ParkedFile(self.work / "gpu-parked.json"), lambda uuid: memory.used(), self._stop,
             ParkSettings(host_reserve=args.host_reserve_gb * GIB, rest_mib=rest + args.rest_slack_mib, settle=30))
         self.container = None
@@ -280,9 +333,11 @@ class ContainerA:
             ready = _read_when(folder / "ready.json", 600)
         except TimeoutError:
             raise RuntimeError(f"user A's container did not start: {self.container.logs()[-2000:]!r}") from None
-        if self.fake_pids is not None:
-            self.fake_pids[(self.container.id, ready["pid"])] = (gb, str(folder / "states.json"),
-                                                                 lambda c=self.container: _alive(c))
+        if self.fake_pids is not None:  # where the stand-in keeps this worker's state, under which pid
+            self.container.reload()
+            pid, states = (self.checkpointer.pids(self.container.attrs)[0], self.work / "host-states.json") \
+                if self.args.from_host else (ready["pid"], folder / "states.json")
+            self.fake_pids[(self.container.id, pid)] = (gb, str(states), lambda c=self.container: _alive(c))
         return ready
 
     def host_rss(self) -> int:
@@ -457,6 +512,8 @@ def main() -> int:
     parser.add_argument("--container-user", default="1000:100", help="--container: A's user (the hub's: 1000:100)")
     parser.add_argument("--container-python", default=sys.executable, help="--container: the Python in A's image")
     parser.add_argument("--host-reserve-gb", type=float, default=8.0, help="--container: host memory kept free")
+    parser.add_argument("--from-host", action="store_true",
+                        help="--container: the checkpoint step from the host (host pids), not by docker exec")
     parser.add_argument("--uuid", help="--fake --container: the (fake) GPU to give A through CDI")
     parser.add_argument("--worker", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--io", help=argparse.SUPPRESS)
@@ -483,7 +540,8 @@ def main() -> int:
               "freeze": args.freeze or args.container, "mem_rest_mib": rest,
               "baseline": user_b(args.device, 0, args.fake), "sizes": []}
     if args.container:
-        report["container"] = {"image": args.image, "user": args.container_user, "python": args.container_python}
+        report["container"] = {"image": args.image, "user": args.container_user, "python": args.container_python,
+                               "checkpoint_step": "host" if args.from_host else "docker exec"}
     if not args.fake:
         import torch
         report["torch"] = torch.__version__
