@@ -109,7 +109,9 @@ class Outcome:
 class ExecCheckpointer:
     """The checkpoint step: ``gpu-park`` (images/singleuser/gpu_park.py) run inside the
     container by ``docker exec``, as the container's own user (the CUDA processes are its own;
-    root in the container is never needed). ``fake``: the tool's stand-in for the driver."""
+    root in the container is never needed). ``fake``: the tool's stand-in for the driver.
+    ``docker`` should wait longer than the checkpoint of a whole GPU takes (the exec's answer
+    comes only at its end): a DockerCaller over ``engine_client(timeout=...)`` of minutes."""
 
     def __init__(self, docker: DockerCall, command: tuple[str, ...] = ("gpu-park",), fake: bool = False,
                  timeout_ms: int = 10000):
@@ -125,6 +127,8 @@ class ExecCheckpointer:
             code = (await self.docker("exec_inspect", created["Id"])).get("ExitCode")
         except APIError as exc:
             return {"ok": False, "error": f"docker exec {self.command[0]} {operation}: {exc.explanation or exc}"}
+        except Exception as exc:  # noqa: BLE001 - e.g. the client's read timeout ran out first
+            return {"ok": False, "error": f"docker exec {self.command[0]} {operation}: {type(exc).__name__}: {exc}"}
         lines = (out or b"").decode(errors="replace").strip().splitlines()
         try:
             answer = json.loads(lines[-1])
@@ -201,7 +205,12 @@ class Parker:
             return await self._told(Outcome("failed", user, server, f"checkpoint failed: {answer.get('error')}",
                                             timings=timings, tool=answer), uuid)
         t1 = time.monotonic()
-        await self.docker("pause", c["Id"])
+        try:
+            await self.docker("pause", c["Id"])
+        except APIError as exc:  # NotFound included: then the undo finds nothing either
+            await self._undo(c, limit, swap, plan, paused=False)
+            return await self._told(Outcome("failed", user, server, f"docker pause failed: {exc.explanation or exc}",
+                                            timings=timings, tool=answer), uuid)
         timings["pause_s"] = round(time.monotonic() - t1, 3)
         t2 = time.monotonic()
         rest = await self._wait_at_rest(uuid)
@@ -277,7 +286,12 @@ class Parker:
             # from here on it holds its GPU again: the record goes before it runs
             await asyncio.to_thread(self.parked.pop, record.key)
             if is_paused(c):
-                await self.docker("unpause", c["Id"])
+                try:
+                    await self.docker("unpause", c["Id"])
+                except APIError as exc:  # paused without a record: it holds its GPU, nothing is lost
+                    return await self._told(Outcome("resume-failed", user, server,
+                                                    f"docker unpause failed: {exc.explanation or exc}", record),
+                                            record.uuid)
         answer = await self.checkpointer.resume(c)
         timings = {"resume_s": round(time.monotonic() - t0, 3)}
         if record.mem_limit_parked:

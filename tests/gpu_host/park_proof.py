@@ -281,7 +281,7 @@ class ContainerA:
     def __init__(self, args, memory, rest: int, python: str):
         import docker
 
-        from hub.console.engine import DockerCaller
+        from hub.console.engine import DockerCaller, engine_client
         from hub.gpus.parked import ParkedFile
         from hub.reclaim.park import ExecCheckpointer, ParkSettings, Parker
 
@@ -291,7 +291,8 @@ class ContainerA:
         os.chmod(self.work, 0o777)
         caller = DockerCaller()
         checkpointer = HostCheckpointer(args, self.work / "host-states.json") if args.from_host else \
-            ExecCheckpointer(caller, command=(python, str(ROOT / "images/singleuser/gpu_park.py")),
+            ExecCheckpointer(DockerCaller(engine_client(timeout=900)),  # a whole GPU's checkpoint in one exec
+                             command=(python, str(ROOT / "images/singleuser/gpu_park.py")),
                              fake=args.fake, timeout_ms=args.lock_timeout_ms)
         self.checkpointer = checkpointer
         self.parker = Parker(

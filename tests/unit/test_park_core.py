@@ -461,3 +461,59 @@ def test_the_console_shows_the_holders_container_not_the_parked_one(tmp_path):
     view = asyncio.run(console.view())
     assert view.holders["GPU-0"].user == "bob" and view.containers["GPU-0"]["Id"] == "c-bob"
     assert [h.user for h in view.all_holders["GPU-0"]] == ["bob"]
+
+
+def test_engine_failures_on_the_way(tmp_path):
+    """docker pause failing after the checkpoint: undone (resumed), not parked; docker unpause
+    failing on resume: resume-failed, the container keeps its GPU (paused, no record)."""
+    from docker.errors import APIError
+
+    gpu = {"used": 10240, "rest": 500}
+    engine, tool = Engine(inspected("c-alice", "GPU-0", "alice")), Tool(gpu)
+    real = engine.__call__
+    broken = set()
+
+    async def call(method, *args, **kwargs):
+        if method in broken:
+            raise APIError(f"{method} refused")
+        return await real(method, *args, **kwargs)
+    p = parker(tmp_path, engine, tool, gpu)
+    p.docker = call
+    broken.add("pause")
+    out = asyncio.run(p.park("alice", "", "GPU-0", "c-alice"))
+    assert out.action == "failed" and "pause refused" in out.detail and tool.calls[-1] == ("resume", "c-alice")
+    assert engine.c["c-alice"]["HostConfig"]["Memory"] == 4 * GIB and p.parked.all() == {}
+    broken.clear()
+    assert asyncio.run(p.park("alice", "", "GPU-0", "c-alice")).action == "parked"
+    broken.add("unpause")
+    out = asyncio.run(p.resume("alice", ""))
+    assert out.action == "resume-failed" and "unpause refused" in out.detail
+    assert engine.c["c-alice"]["State"]["Paused"] and p.parked.all() == {}  # held again: paused, no record
+
+
+def test_exec_checkpointer_reads_the_tools_answer():
+    from hub.reclaim.park import ExecCheckpointer
+
+    class Exec:
+        def __init__(self, out, code, fail=None):
+            self.out, self.code, self.fail, self.calls = out, code, fail, []
+
+        async def __call__(self, method, *args, **kwargs):
+            self.calls.append((method, args, kwargs))
+            if method == self.fail:
+                raise TimeoutError("read timed out")
+            return {"exec_create": {"Id": "e1"}, "exec_start": (self.out, b""),
+                    "exec_inspect": {"ExitCode": self.code}}[method]
+
+    container = {"Id": "c1", "Config": {"User": "1000:100"}}
+    ok = Exec(b'{"ok": true, "processes": [{"pid": 7}]}\n', 0)
+    answer = asyncio.run(ExecCheckpointer(ok, fake=True).park(container))
+    assert answer["ok"] and answer["processes"] == [{"pid": 7}]
+    method, args, kwargs = ok.calls[0]
+    assert args[1] == ["gpu-park", "park", "--timeout-ms", "10000"]
+    assert kwargs == {"user": "1000:100", "environment": {"GPU_PARK_FAKE": "1"}}
+    assert not asyncio.run(ExecCheckpointer(Exec(b'{"ok": true}', 1)).park(container))["ok"]  # exit code counts
+    missing = asyncio.run(ExecCheckpointer(Exec(b"exec: gpu-park: not found", 127)).resume(container))
+    assert not missing["ok"] and "gave no answer (exit 127)" in missing["error"]
+    late = asyncio.run(ExecCheckpointer(Exec(b"", 0, fail="exec_start")).park(container))
+    assert not late["ok"] and "TimeoutError" in late["error"]
