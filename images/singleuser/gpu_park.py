@@ -118,9 +118,9 @@ class Driver:
     """libcuda.so.1's checkpoint functions."""
     mode = "cuda"
 
-    def __init__(self, lib: str = "libcuda.so.1"):
+    def __init__(self, lib: str = "libcuda.so.1", cuda=None):
         try:
-            self.cuda = ctypes.CDLL(lib)
+            self.cuda = cuda if cuda is not None else ctypes.CDLL(lib)  # cuda: a stand-in (tests)
         except OSError as exc:
             raise ParkError(f"no CUDA driver library here ({exc}): is this container given a GPU?") from None
         for name in ("cuCheckpointProcessLock", "cuCheckpointProcessCheckpoint", "cuCheckpointProcessRestore",

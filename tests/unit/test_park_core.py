@@ -517,3 +517,64 @@ def test_exec_checkpointer_reads_the_tools_answer():
     assert not missing["ok"] and "gave no answer (exit 127)" in missing["error"]
     late = asyncio.run(ExecCheckpointer(Exec(b"", 0, fail="exec_start")).park(container))
     assert not late["ok"] and "TimeoutError" in late["error"]
+
+
+class LibCuda:
+    """libcuda.so.1's checkpoint functions as ctypes calls them: what each got, and CUresults."""
+
+    def __init__(self, fail=None):
+        self.calls, self.state, self.fail = [], gpu_park.RUNNING, fail or {}
+
+    def __getattr__(self, name):
+        if not name.startswith("cu"):
+            raise AttributeError(name)
+
+        def call(*args):
+            self.calls.append((name, args))
+            if name == "cuDriverGetVersion":
+                args[0]._obj.value = 13000
+            elif name == "cuGetErrorName":
+                args[1]._obj.value = b"CUDA_ERROR_OUT_OF_MEMORY"
+            elif name == "cuCheckpointProcessGetState":
+                args[1]._obj.value = self.state
+            elif name in self.fail:
+                return self.fail[name]
+            else:
+                self.state = {"cuCheckpointProcessLock": gpu_park.LOCKED, "cuCheckpointProcessCheckpoint":
+                              gpu_park.CHECKPOINTED, "cuCheckpointProcessRestore": gpu_park.LOCKED,
+                              "cuCheckpointProcessUnlock": gpu_park.RUNNING}.get(name, self.state)
+            return 0
+        return call
+
+
+def test_the_driver_path_calls_the_checkpoint_api_in_order():
+    lib = LibCuda()
+    driver = gpu_park.Driver(cuda=lib)
+    assert [n for n, _ in lib.calls] == ["cuDriverGetVersion", "cuInit"] and driver.version == 13000
+    assert gpu_park.park(driver, [41], timeout_ms=2500)["ok"]
+    lock = next(a for n, a in lib.calls if n == "cuCheckpointProcessLock")
+    assert lock[0] == 41 and lock[1]._obj.timeoutMs == 2500 and list(lock[1]._obj.reserved1) == [0] * 7
+    pair = ("GPU-fa4e0000-0000-4000-8000-000000000000", "GPU-fa4e0000-0000-4000-8000-000000000001")
+    assert gpu_park.resume(driver, [41], [pair])["ok"]
+    restore = next(a for n, a in lib.calls if n == "cuCheckpointProcessRestore")[1]._obj
+    assert restore.gpuPairsCount == 1 and bytes(restore.gpuPairs[0].newUuid).hex().endswith("0001")
+    assert [n for n, _ in lib.calls if "ProcessGetState" not in n][2:] == [
+        "cuCheckpointProcessLock", "cuCheckpointProcessCheckpoint", "cuCheckpointProcessRestore",
+        "cuCheckpointProcessUnlock"]
+
+
+def test_a_driver_error_is_named_and_rolled_back():
+    lib = LibCuda(fail={"cuCheckpointProcessCheckpoint": 2})
+    answer = gpu_park.park(gpu_park.Driver(cuda=lib), [41])
+    assert not answer["ok"] and answer["error"] == "checkpoint: CUDA_ERROR_OUT_OF_MEMORY"
+    assert answer["processes"][0]["state"] == "locked" and answer["rolled_back"][0]["state"] == "running"
+
+
+def test_an_old_driver_is_refused_by_name():
+    class Old(LibCuda):
+        def __getattr__(self, name):
+            if name.startswith("cuCheckpoint"):
+                raise AttributeError(name)
+            return super().__getattr__(name)
+    with pytest.raises(gpu_park.ParkError, match="driver 570 or newer"):
+        gpu_park.Driver(cuda=Old())
