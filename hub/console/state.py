@@ -116,8 +116,8 @@ class Console:
         containers: dict[str, dict] = {}  # uuid -> the first holder's container
         by_holder: dict[tuple[str, str, str], dict] = {}  # every holder's, for a shared GPU
         for d in details:
-            for uuid, h in held_from_containers([d], self.manager.label_prefix,
-                                                inventory=self.manager.inventory).items():
+            for uuid, h in held_from_containers([d], self.manager.label_prefix, inventory=self.manager.inventory,
+                                                parked=self.manager.parked).items():
                 containers.setdefault(uuid, d)
                 by_holder[(uuid, h.user, h.server)] = d
         return View(intent, rows, {g.uuid: g for g in self.manager.inventory}, holders, containers,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 from hub.gpus.model import GPU, Holder
 
@@ -106,26 +106,30 @@ NO_GPU_ENV = {"NVIDIA_VISIBLE_DEVICES": "void"}  # no runtime default may hand a
 
 
 def held_from_containers(containers: Iterable[Mapping[str, Any]], label_prefix: str = "gpuhub",
-                         *, inventory: Iterable[GPU] | None = None) -> dict[str, Holder]:
+                         *, inventory: Iterable[GPU] | None = None,
+                         parked: Collection[str] = ()) -> dict[str, Holder]:
     """uuid -> the first holder (see `holders_from_containers`)."""
-    held = holders_from_containers(containers, label_prefix, inventory=inventory)
+    held = holders_from_containers(containers, label_prefix, inventory=inventory, parked=parked)
     return {u: hs[0] for u, hs in held.items()}
 
 
 def holders_from_containers(containers: Iterable[Mapping[str, Any]], label_prefix: str = "gpuhub",
-                            *, inventory: Iterable[GPU] | None = None) -> dict[str, list[Holder]]:
+                            *, inventory: Iterable[GPU] | None = None,
+                            parked: Collection[str] = ()) -> dict[str, list[Holder]]:
     """uuid -> Holder from `docker inspect`-style dicts of live (not exited/dead) containers.
 
     A container holds the uuids in its ``{prefix}.gpu.uuid`` label (comma-separated) AND
     those its DeviceRequests name (CDI ``nvidia.com/gpu=<uuid>`` or nvidia driver ids), so
     a container without our labels still blocks its GPU. Index names, "all" and counts
     are resolved only when `inventory` is given. Every container that claims a uuid is listed
-    (several: a shared GPU, or a double booking the console shows).
+    (several: a shared GPU, or a double booking the console shows). The containers whose ids
+    are in `parked` hold nothing: their GPU state is in host memory (``hub.gpus.parked``:
+    only paused containers with a record are ever named there).
     """
     gpus = list(inventory or [])
     held: dict[str, list[Holder]] = {}
     for c in containers:
-        if not _is_live(c):
+        if not _is_live(c) or (parked and c.get("Id") in parked):
             continue
         labels = (c.get("Config") or {}).get("Labels") or c.get("Labels") or {}
         holder = _holder(c, labels, label_prefix)

@@ -20,6 +20,7 @@ from hub.gpus.allocator import Allocator, Policy, first_free
 from hub.gpus.claim import LIVE_STATES, Assignment, choose_style, holders_from_containers
 from hub.gpus.inventory import discover, from_cdi
 from hub.gpus.model import GPU, Intent
+from hub.gpus.parked import FILE as PARKED_FILE, ParkedFile, parked_ids
 from hub.gpus.swarm import SwarmInventory, holders_from_tasks, inventory_from_nodes, nodes_from_engine
 
 DockerCall = Callable[..., Awaitable]
@@ -33,6 +34,7 @@ class GPUManager:
         self.allocator = Allocator(inventory, load_intent(self.intent_file), policy)
         self.lock = asyncio.Lock()
         self.reconciled_at = 0.0  # time.monotonic() when the last reconcile began reading the engine
+        self.parked: frozenset[str] = frozenset()  # ids of the parked containers at the last reconcile
 
     @classmethod
     def discover(cls, static_yaml: str | None, cdi_dirs: list[str], request_style: str, engine_info: dict,
@@ -55,7 +57,10 @@ class GPUManager:
         self.allocator.intent = load_intent(self.intent_file)
         summaries = await docker("containers", all=True, filters={"status": list(LIVE_STATES)})
         details = await asyncio.gather(*(self._inspect(docker, c["Id"]) for c in summaries))
-        held = holders_from_containers([d for d in details if d], self.label_prefix, inventory=self.inventory)
+        live = [d for d in details if d]
+        # a parked (paused, checkpointed) server gave its GPU back: hub.gpus.parked
+        self.parked = parked_ids(live, ParkedFile(self.intent_file.with_name(PARKED_FILE)).all().values())
+        held = holders_from_containers(live, self.label_prefix, inventory=self.inventory, parked=self.parked)
         self.allocator.reconcile(held)
         self.reconciled_at = began
 

@@ -55,6 +55,7 @@ from hub.console.audit import AuditLog
 from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
 from hub.gpus.claim import LIVE_STATES, Labels, holders_from_containers
 from hub.gpus.model import Holder
+from hub.gpus.parked import FILE as PARKED_FILE, ParkedFile, parked_ids
 from hub.reclaim.policy import (Candidate, Decision, PolicyTable, ReclaimOverride, ReclaimPolicy, ReclaimState,
                                 decide, next_due, stop_message)
 from hub.spawner.stop_reasons import ReasonFile
@@ -95,7 +96,7 @@ class Reclaimer:
                  audit: AuditLog, reasons: ReasonFile, state_file: str | Path, instance: str,
                  label_prefix: str = "gpuhub", clock: Callable[[], float] = time.time,
                  profiles_file: str | Path | None = None, holders_file: str | Path | None = None,
-                 usage: Callable[[str, list[str]], dict] | None = None):
+                 usage: Callable[[str, list[str]], dict] | None = None, parked_file: str | Path | None = None):
         self.policies = policy if isinstance(policy, PolicyTable) else PolicyTable(policy)
         self.policy = self.policies.default  # the settings' policy
         self.sampler, self.docker, self.hub = sampler, docker, hub
@@ -103,6 +104,7 @@ class Reclaimer:
         self.profile_of: dict[tuple[str, str], str] = {}  # (user, server) -> profile, from the labels
         self.holders_file = Path(holders_file) if holders_file else None
         self.usage = usage  # (user, groups) -> their GPU-hours and tightest quota (blocking: SQLite)
+        self.parked = ParkedFile(parked_file) if parked_file else None  # parked servers hold no GPU
         self.audit, self.reasons, self.instance, self.clock = audit, reasons, instance, clock
         self.labels = Labels(label_prefix)
         self.state_file = Path(state_file)
@@ -141,7 +143,8 @@ class Reclaimer:
                 profiles[(labels.get(self.labels.user, ""), labels.get(self.labels.server, ""))] = \
                     labels[self.labels.profile]
         self.profile_of = profiles
-        return holders_from_containers(containers, self.labels.prefix)
+        records = (await asyncio.to_thread(self.parked.all)).values() if self.parked else ()
+        return holders_from_containers(containers, self.labels.prefix, parked=parked_ids(containers, records))
 
     def reload_profiles(self) -> None:
         """The profiles' own policies, re-read when the file changed (an admin's edit applies at
@@ -460,7 +463,7 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
                      state / "gpu-reclaim.json", instance=read(env, "HUB_NAME_PREFIX"),
                      label_prefix=env.get("GPUHUB_LABEL_PREFIX", "gpuhub"),
                      profiles_file=env.get("GPUHUB_PROFILES_FILE", PROFILES_FILE),
-                     holders_file=state / HOLDERS_FILE, usage=usage)
+                     holders_file=state / HOLDERS_FILE, usage=usage, parked_file=state / PARKED_FILE)
 
 
 def env_in_console(env: Mapping[str, str]) -> dict[str, str]:
