@@ -30,6 +30,12 @@ def _hub_oauthenticated():
 class BaseHandler(_hub_oauthenticated(), web.RequestHandler):
     """Every request is authenticated once, in ``prepare``, by the app's authenticator."""
 
+    def set_default_headers(self):
+        # No page may frame the console: without per-user origins a user's server shares its
+        # origin, and a frame would hand that page the admin's console (docs/security.md#origins).
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
+
     @property
     def console(self) -> Console:
         return self.settings["console"]
@@ -77,6 +83,7 @@ class APIHandler(BaseHandler):
     max_body = MAX_BODY
 
     def set_default_headers(self):
+        super().set_default_headers()
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
 

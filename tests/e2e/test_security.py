@@ -381,4 +381,6 @@ def test_without_https_a_users_page_shares_the_hubs_origin(stack, hub, browser):
         page.context.close()
         hub.stop(admin)
     doors.figure("same_origin_without_https", seen)
+    doors.door("student: a page from a user's server frames the GPU console (plain HTTP)",
+               seen["console_framed"] is not True, seen)
     assert seen["xsrf"] and seen["api_with_xsrf"] == 200, seen  # what USER_SUBDOMAINS exists for

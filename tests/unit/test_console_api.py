@@ -392,3 +392,17 @@ def test_host_health_card_runs_the_doctors_checks(api, monkeypatch):
     assert checks[f"gpu.{GPUS[0].uuid}"]["refuses"] == f"gpu:{GPUS[0].uuid}"
     assert checks["engine.live_restore"]["status"] == "ok"
     assert api.call("GET", "health", token=USER_TOKEN).status_code == 403
+
+
+def test_no_page_may_frame_the_console():
+    """A page served from a user's server shares the hub's origin without per-user origins:
+    the console's answers refuse framing (docs/security.md#origins)."""
+    from hub.console.handlers import APIHandler, PageHandler
+
+    for cls in (PageHandler, APIHandler):
+        headers = {}
+        handler = cls.__new__(cls)
+        handler.set_header = headers.__setitem__
+        handler.set_default_headers()
+        assert headers["X-Frame-Options"] == "DENY", cls
+        assert headers["Content-Security-Policy"] == "frame-ancestors 'none'", cls
