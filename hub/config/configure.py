@@ -238,6 +238,7 @@ def configure_console(c, env: Mapping[str, str]) -> None:
         log_level=read(env, "HUB_LOG_LEVEL").upper(),
         backend=read(env, "HUB_BACKEND"),
         swarm_constraints=tuple(read(env, "SWARM_CONSTRAINTS")),
+        roster_max_bytes=read(env, "CONSOLE_ROSTER_MAX_SIZE"),
         **{field: spawner[trait] for field, trait in traits.items() if trait in spawner})
     environment = gpu.to_env()
     # The console's "Host health" card runs the same checks (hub/gpus/doctor.py)
