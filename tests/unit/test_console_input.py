@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -27,16 +28,18 @@ PREFIX = "/services/gpu-console/api/"
 ADMIN = {"Authorization": f"token {ADMIN_TOKEN}"}
 
 
-def announce(base_url: str, path: str, length: int, token: str | None = None, method: str = "POST") -> bytes:
-    """Send only the head of a request that announces ``length`` bytes of body, and return what
-    the server answers without waiting for the body (b"" if it closed without a word)."""
+def announce(base_url: str, path: str, length: int, token: str | None = None, method: str = "POST",
+             first: bytes = b"") -> bytes:
+    """Send only the head of a request that announces ``length`` bytes of body (and ``first``,
+    the body's first bytes: a Node proxy forwards the head only with them), and return what the
+    server answers without waiting for the rest (b"" if it closed without a word)."""
     url = urlsplit(base_url)
     head = [f"{method} {path} HTTP/1.1", f"Host: {url.netloc}", "Content-Type: application/json",
             f"Content-Length: {length}"] + ([f"Authorization: token {token}"] if token else [])
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + first)
         answer = b""
-        while True:
+        while not _complete(answer):  # a proxy keeps the connection open after its answer
             try:
                 chunk = sock.recv(65536)
             except (ConnectionResetError, TimeoutError):
@@ -47,8 +50,28 @@ def announce(base_url: str, path: str, length: int, token: str | None = None, me
     return answer
 
 
+def _complete(answer: bytes) -> bool:
+    if b"\r\n\r\n" not in answer:
+        return False
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    if length:
+        return len(body) >= int(length.group(1))
+    return b"chunked" in head.lower() and body.endswith(b"0\r\n\r\n")
+
+
 def json_of(answer: bytes) -> dict:
-    return json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    """The JSON body of a raw HTTP answer (a proxy may relay it chunked)."""
+    head, body = answer.split(b"\r\n\r\n", 1)
+    if b"transfer-encoding: chunked" in head.lower():
+        out = b""
+        while True:
+            size, rest = body.split(b"\r\n", 1)
+            if int(size, 16) == 0:
+                break
+            out, body = out + rest[:int(size, 16)], rest[int(size, 16) + 2:]
+        body = out
+    return json.loads(body)
 
 
 @pytest.fixture
