@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -71,17 +72,23 @@ def parse_roster(text: str, fmt: str = "auto") -> Roster:
     """Rows and bad rows from CSV (a header row with ``username`` and/or ``email``, ``course``
     and optionally ``role``; other columns are ignored) or YAML (a list of such mappings, or
     ``{roster: [...]}``). ``fmt``: "csv", "yaml" or "auto" (YAML if it parses to a list or a
-    mapping with ``roster``, else CSV)."""
+    mapping with ``roster``, else CSV).
+
+    Linear in the text's size, so that the caller's bound on the size bounds the time: the CSV
+    delimiter is chosen by counting (csv.Sniffer is quadratic in the first line: 40 KB of
+    ``,'`` took it seconds), YAML is read with libyaml where PyYAML has it, and a bad row is
+    shown in at most 200 characters, however it nests."""
     if fmt not in ("auto", "csv", "yaml"):
         raise RosterError(f"unknown roster format {fmt!r}: use 'csv', 'yaml' or 'auto'")
     text = text.lstrip("\ufeff")  # spreadsheets write a byte-order mark
     if not text.strip():
         raise RosterError("the roster is empty")
     if fmt == "auto":
-        fmt = "yaml" if _looks_like_yaml(text) else "csv"
-    records = _yaml_records(text) if fmt == "yaml" else _csv_records(text)
-    if len(records[0]) > MAX_ROWS:
-        raise RosterError(f"the roster has more than {MAX_ROWS} rows; split it")
+        data = _yaml_data(text, quiet=True)
+        fmt = "yaml" if isinstance(data, list) or (isinstance(data, dict) and "roster" in data) else "csv"
+        records = _yaml_records(data) if fmt == "yaml" else _csv_records(text)
+    else:
+        records = _yaml_records(_yaml_data(text)) if fmt == "yaml" else _csv_records(text)
     roster = Roster(ignored_columns=records[1])
     seen: dict[tuple[str, str], Row] = {}
     for line, record, text_of_row in records[0]:
@@ -101,41 +108,73 @@ def parse_roster(text: str, fmt: str = "auto") -> Roster:
     return roster
 
 
-def _looks_like_yaml(text: str) -> bool:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return False
-    return isinstance(data, list) or (isinstance(data, dict) and "roster" in data)
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: about 5x faster
+MAX_YAML_DEPTH = 8  # {roster: [{username: …}]} is 3 deep
 
 
-def _yaml_records(text: str) -> tuple[list[tuple[int, Any, str]], list[str]]:
+class _TooDeep(Exception):
+    pass
+
+
+def _yaml_data(text: str, quiet: bool = False) -> Any:
+    """The YAML document; with ``quiet``, None for text that is not YAML (a CSV roster).
+
+    Its nesting is checked first, on the parser's events (libyaml's parser keeps its own stack,
+    and the events of 1 MiB take about 0.1 s): libyaml's composer recurses in C, and a roster of
+    ``[[[[…`` would crash the console's process, gpu-reclaim with it."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RosterError(f"the roster is not valid YAML: {exc}") from None
+        depth = 0
+        for event in yaml.parse(text, Loader=_YAML_LOADER):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise _TooDeep
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        return yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+    except (yaml.YAMLError, RecursionError, ValueError, _TooDeep) as exc:  # ValueError: a date such as 2026-02-30
+        if quiet:
+            return None
+        if isinstance(exc, (RecursionError, _TooDeep)):
+            raise RosterError(f"the YAML roster nests more than {MAX_YAML_DEPTH} levels deep: it is a list of "
+                              "{username or email, course, role} mappings") from None
+        raise RosterError(f"the roster is not valid YAML: {_bounded(exc)}") from None
+
+
+def _yaml_records(data: Any) -> tuple[list[tuple[int, Any, str]], list[str]]:
     if isinstance(data, dict) and set(data) == {"roster"}:
         data = data["roster"]
     if not isinstance(data, list):
         raise RosterError("a YAML roster is a list of {username or email, course, role} "
                           "mappings (or {roster: [...]})")
+    _check_rows(len(data))
     return [(i + 1, item, _short(item)) for i, item in enumerate(data)], []
 
 
+def _check_rows(count: int) -> None:
+    if count > MAX_ROWS:
+        raise RosterError(f"the roster has more than {MAX_ROWS} rows; split it")
+
+
+def _delimiter(header: str) -> str:
+    """The header line's delimiter: the most frequent of comma, semicolon and tab (comma when
+    none or tied), as spreadsheets write them."""
+    counts = {d: header.count(d) for d in ",;\t"}
+    best = max(counts, key=lambda d: (counts[d], d == ","))
+    return best if counts[best] else ","
+
+
 def _csv_records(text: str) -> tuple[list[tuple[int, Any, str]], list[str]]:
-    lines = text.splitlines()
-    try:
-        dialect = csv.Sniffer().sniff(lines[0], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text), dialect)
+    first = text.split("\n", 1)[0]
+    reader = csv.reader(io.StringIO(text), delimiter=_delimiter(first))
     try:
         header = [h.strip().lower() for h in next(reader)]
     except (StopIteration, csv.Error) as exc:
         raise RosterError(f"the roster's first line is not a CSV header ({exc})") from None
     if "course" not in header or not {"username", "email"} & set(header):
+        shown = _short(", ".join(header)) if header else "nothing"
         raise RosterError("the CSV roster needs a header row naming the columns 'course' and "
-                          f"'username' or 'email' (and optionally 'role'); got {', '.join(header) or 'nothing'}")
+                          f"'username' or 'email' (and optionally 'role'); got {shown}")
     if len(set(header)) < len(header):
         raise RosterError("the CSV header names a column twice")
     records = []
@@ -146,17 +185,34 @@ def _csv_records(text: str) -> tuple[list[tuple[int, Any, str]], list[str]]:
             line = reader.line_num
             if len(values) > len(header):
                 records.append((line, f"{len(values)} fields but the header has {len(header)}", _short(values)))
-                continue
-            record = {k: v for k, v in zip(header, values) if k in COLUMNS}  # others: ignored
-            records.append((line, record, _short(values)))
+            else:
+                record = {k: v for k, v in zip(header, values) if k in COLUMNS}  # others: ignored
+                records.append((line, record, _short(values)))
+            _check_rows(len(records))
     except csv.Error as exc:
-        raise RosterError(f"the CSV roster cannot be read at line {reader.line_num}: {exc}") from None
+        raise RosterError(f"the CSV roster cannot be read at line {reader.line_num}: {_bounded(exc)}") from None
     return records, [h for h in header if h not in COLUMNS]
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother = 3, 80, 80
+
+
 def _short(value: Any) -> str:
-    text = ",".join(value) if isinstance(value, list) else str(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+    """A row as the report shows it: at most 200 characters, whatever it holds (YAML can nest
+    lists in a row, or share one list many times over: str() of that could take hours)."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value[:50]):
+        text = ",".join(value[:50])
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = _SHOWN.repr(value)
+    return _bounded(text)
+
+
+def _bounded(text: Any, limit: int = 200) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _row(line: int, record: Any) -> Row:
@@ -164,9 +220,9 @@ def _row(line: int, record: Any) -> Row:
         raise ValueError(record)
     if not isinstance(record, dict):
         raise ValueError("a row must be a mapping with username or email, course and role")
-    unknown = sorted(str(k) for k in record if k not in COLUMNS)
+    unknown = sorted(_bounded(k, 100) for k in record if k not in COLUMNS)
     if unknown:
-        raise ValueError(f"unknown field {unknown[0]!r}; a row has username or email, course and role")
+        raise ValueError(f"unknown field {_bounded(unknown[0], 60)!r}; a row has username or email, course and role")
     values = {k: record.get(k) for k in COLUMNS}
     for key, value in values.items():
         if value is not None and not isinstance(value, str):
@@ -180,26 +236,26 @@ def _row(line: int, record: Any) -> Row:
         if not email:
             raise ValueError("no username and no email")
         if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
-            raise ValueError(f"{email!r} is not an email address")
+            raise ValueError(f"{_bounded(email, 80)!r} is not an email address")
         username = email
     username = username.lower()  # JupyterHub's default username normalisation
     if len(username) > MAX_USERNAME:
         raise ValueError(f"the username is longer than {MAX_USERNAME} characters")
     if _CONTROL.search(username) or "/" in username or username.strip(".") == "":
-        raise ValueError(f"{username!r} is not a valid username (no '/', control characters, or only dots)")
+        raise ValueError(f"{_bounded(username, 80)!r} is not a valid username (no '/', control characters, or only dots)")
     course = (values["course"] or "").strip().lower()
     if not course:
         raise ValueError("no course")
     check_course_name(course)
     role = (values["role"] or "student").strip().lower()
     if role not in _ROLE_ALIASES:
-        raise ValueError(f"unknown role {role!r}: use student, ta or teacher")
+        raise ValueError(f"unknown role {_bounded(role, 40)!r}: use student, ta or teacher")
     return Row(line, username, course, _ROLE_ALIASES[role])
 
 
 def check_course_name(name: str) -> str:
     if not isinstance(name, str) or not COURSE_NAME.match(name):
-        raise ValueError(f"{name!r} is not a course name: use 1-63 lowercase letters, digits, '-', '_' "
+        raise ValueError(f"{_bounded(name, 80)!r} is not a course name: use 1-63 lowercase letters, digits, '-', '_' "
                          "or '.', starting with a letter or digit")
     return name
 

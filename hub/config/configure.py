@@ -12,6 +12,7 @@ from pathlib import Path
 
 from traitlets.config.loader import ConfigError
 
+from hub import roster_api
 from hub.config import STATE_DIR, oauth
 from hub.config.gpu_settings import GPUSettings
 from hub.config.table import read
@@ -258,6 +259,7 @@ def configure_console(c, env: Mapping[str, str]) -> None:
         log_level=read(env, "HUB_LOG_LEVEL").upper(),
         backend=read(env, "HUB_BACKEND"),
         swarm_constraints=tuple(read(env, "SWARM_CONSTRAINTS")),
+        roster_max_bytes=read(env, "CONSOLE_ROSTER_MAX_SIZE"),
         **{field: spawner[trait] for field, trait in traits.items() if trait in spawner})
     environment = gpu.to_env()
     # The console's "Host health" card runs the same checks (hub/gpus/doctor.py)
@@ -276,13 +278,21 @@ def configure_console(c, env: Mapping[str, str]) -> None:
         "name": CONSOLE_NAME,
         "description": "GPU console: see users, groups and servers, stop servers; import course "
                        "rosters (create users and course groups, set their members and properties)",
-        "scopes": ["list:users", "read:users:name", "read:users:groups", "read:servers",
-                   "delete:servers", "list:groups", "read:groups:name",
-                   # rosters (hub/console/course_actions.py): create users, create course groups, set
-                   # their members and their gpuhub.course property; never delete either
-                   "admin:users", "admin:groups", "groups", "read:groups"],
+        "scopes": list(CONSOLE_SCOPES),
         "services": [CONSOLE_NAME],
     }]
+    roster_api.install(c)
+
+
+# The GPU console's token: each scope for the hub API calls of hub/console/hubapi.py; why each,
+# and where JupyterHub has no narrower one, in docs/security.md ("Console input and tokens").
+CONSOLE_SCOPES = (
+    "list:users", "read:users:groups",  # users and their groups (access lists, quotas, courses)
+    "read:servers", "delete:servers",  # running servers; Free, course stops, quotas, max sessions
+    "list:groups", "read:groups",  # groups with members and properties (courses)
+    "groups",  # a course's members and its gpuhub.course property (rosters, course settings)
+    roster_api.SCOPE,  # create a roster's users and course groups (not admin:users/admin:groups)
+)
 
 
 def configure_usage(c, env: Mapping[str, str], token_file: str = METRICS_TOKEN_FILE) -> None:

@@ -16,6 +16,7 @@ from traitlets.config.loader import ConfigError
 
 from hub.config import STATE_DIR, readers
 from hub.config.table import SETTINGS
+from hub.units import parse_size
 
 REQUEST_STYLES = SETTINGS["GPU_REQUEST_STYLE"].choices
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
@@ -55,6 +56,9 @@ class GPUSettings:
     """Where servers run (HUB_BACKEND): "docker" (this host) or "swarm" (the swarm's nodes)."""
     swarm_constraints: tuple[str, ...] = ()
     """Every user server's placement constraints on a swarm (SWARM_CONSTRAINTS)."""
+    roster_max_bytes: int = parse_size(SETTINGS["CONSOLE_ROSTER_MAX_SIZE"].default)
+    """The largest roster the console reads (CONSOLE_ROSTER_MAX_SIZE); its API's roster route
+    takes a body of twice that (JSON-escaped text), every other route 64 KiB."""
 
     def __post_init__(self):
         # Lists from a traitlets config become tuples, so the object stays hashable and frozen.
@@ -80,6 +84,7 @@ class GPUSettings:
             "usage_sync_interval": f"{self.usage_sync_interval:g}",
             "backend": self.backend,
             "swarm_constraints": ",".join(self.swarm_constraints),
+            "roster_max_bytes": str(self.roster_max_bytes),
         }
         return {ENV[field]: value for field, value in values.items()}
 
@@ -110,6 +115,7 @@ class GPUSettings:
             usage_sync_interval=_seconds(env, ENV["usage_sync_interval"], d.usage_sync_interval),
             backend=readers.choice(env, ENV["backend"], d.backend, SETTINGS["HUB_BACKEND"].choices),
             swarm_constraints=tuple(readers.name_list(env, ENV["swarm_constraints"])),
+            roster_max_bytes=roster_size(env, ENV["roster_max_bytes"]),
         )
 
     def configure_logging(self) -> None:
@@ -135,8 +141,22 @@ ENV = {
     "usage_sync_interval": "GPUHUB_USAGE_SYNC_INTERVAL",
     "backend": "HUB_BACKEND",
     "swarm_constraints": "SWARM_CONSTRAINTS",
+    "roster_max_bytes": "CONSOLE_ROSTER_MAX_SIZE",
 }
 assert set(ENV) == {f.name for f in fields(GPUSettings)}
+
+
+ROSTER_SIZE_RANGE = (4 * 2**10, 64 * 2**20)
+
+
+def roster_size(env: Mapping[str, str], name: str = "CONSOLE_ROSTER_MAX_SIZE") -> int:
+    """CONSOLE_ROSTER_MAX_SIZE in bytes, from 4K to 64M: the console parses a roster in memory,
+    and the bound keeps one upload from holding the process for long."""
+    value = readers.byte_size(env, name, SETTINGS["CONSOLE_ROSTER_MAX_SIZE"].default)
+    low, high = ROSTER_SIZE_RANGE
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={env.get(name)!r} is out of range: use a size from 4K to 64M, e.g. {name}=4M")
+    return value
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:

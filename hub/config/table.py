@@ -272,6 +272,10 @@ _TABLE = [
             help="When every GPU is taken: `refuse` the start with a message, `queue` (the user waits in line, "
                  "the spawn page shows the place in line, and the server starts by itself when a GPU frees; "
                  "Cancel leaves the line), or `cpu` (start without a GPU). See [The line](gpus.md#the-line)."),
+    Setting("CONSOLE_ROSTER_MAX_SIZE", GPUS, "byte_size", default="1M", example="4M",
+            help="The largest course roster (CSV or YAML) the GPU console imports, from 4K to 64M; a larger "
+                 "upload is refused with 413 before it is read. Other console requests are limited to 64 KiB; "
+                 "see [GPU console](console.md#limits)."),
     Setting("GPU_QUEUE_MAX_WAIT", GPUS, "positive_int", default="14400", example="3600",
             help="With `GPU_WHEN_FULL=queue`: seconds a start may wait in line before it gives up with a message "
                  "(JupyterHub's start timeout is set to this plus `SPAWN_TIMEOUT`)."),

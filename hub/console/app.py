@@ -56,7 +56,7 @@ from hub.console.auth import HubAuthenticator
 from hub.console.course_actions import CourseDesk
 from hub.console.engine import DockerCaller, engine_client
 from hub.console.gpu_actions import GPUDesk
-from hub.console.handlers import MetricsHandler, PageHandler, api_routes
+from hub.console.handlers import MetricsHandler, PageHandler, api_routes, server_limits
 from hub.console.hubapi import HubAPI, HubClient
 from hub.console.state import Console
 from hub.usage import metrics as usage_metrics
@@ -72,7 +72,10 @@ SERVICE_NAME = "gpu-console"
 
 
 def make_app(console: Console, service_prefix: str = "/services/gpu-console/", base_url: str = "/",
-             authenticator: Any = None, cookie_secret: bytes | None = None) -> web.Application:
+             authenticator: Any = None, cookie_secret: bytes | None = None,
+             roster_max_bytes: int = GPUSettings.roster_max_bytes) -> web.Application:
+    """The console's tornado app; serve it with ``app.settings["server_limits"]`` as the HTTP
+    server's options (its body limits)."""
     from jupyterhub.services.auth import HubOAuthCallbackHandler
 
     p = service_prefix
@@ -87,7 +90,9 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
         handlers,
         console=console,
         gpu_desk=GPUDesk(console),
-        course_desk=CourseDesk(console),
+        course_desk=CourseDesk(console, roster_max_bytes),
+        roster_max_bytes=roster_max_bytes,
+        server_limits=server_limits(roster_max_bytes),
         usage_keeper=keeper,
         usage_desk=UsageDesk(console, keeper) if keeper is not None else None,
         authenticator=authenticator or HubAuthenticator(),
@@ -196,10 +201,10 @@ async def start(console: Console, settings: GPUSettings, env: dict[str, str], sa
     prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
     url = urlsplit(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
     sampler = console.sampler
-    app = make_app(console, prefix, env.get("JUPYTERHUB_BASE_URL", "/"))
+    app = make_app(console, prefix, env.get("JUPYTERHUB_BASE_URL", "/"), roster_max_bytes=settings.roster_max_bytes)
     # The proxy reaches the service by the hub's name on the compose network: listen on all
     # of the container's addresses (every request is still authenticated with the hub).
-    app.listen(url.port or 80, address=settings.bind, xheaders=True)
+    app.listen(url.port or 80, address=settings.bind, xheaders=True, **app.settings["server_limits"])
     log.info("GPU console at %s (%s), %d GPUs from %s; usage every %gs", prefix, url.geturl(),
              len(console.manager.inventory), console.manager.source, sampler.interval)
 

@@ -14,12 +14,35 @@ from tornado import web
 
 from hub.console import openapi
 from hub.console.course_actions import CourseDesk
-from hub.console.errors import ConsoleError
+from hub.console.errors import ConsoleError, shown
 from hub.console.gpu_actions import GPUDesk
 from hub.console.state import Console
 
-MAX_BODY = 64 * 1024
-MAX_ROSTER_BODY = 2 * 1024 * 1024  # a roster of thousands of rows, JSON-escaped
+MAX_BODY = 64 * 1024  # every route but the roster's: the largest valid body is a few KiB
+
+
+def roster_body_limit(roster_max_bytes: int) -> int:
+    """The roster route's body limit: the roster's text JSON-escaped (quotes, and non-ASCII
+    as \\uXXXX, about doubles it) plus the other fields."""
+    return 2 * roster_max_bytes + MAX_BODY
+
+
+def server_limits(roster_max_bytes: int) -> dict[str, int]:
+    """The HTTP server's own limits (HTTPServer's max_body_size and max_buffer_size, 100 MB by
+    default): no body larger than the largest route's is read, on any route, authenticated or
+    not (tornado answers a bare 400 and closes). The API's routes refuse smaller ones
+    themselves, with a 413 in JSON, before authentication (APIHandler.prepare)."""
+    largest = roster_body_limit(roster_max_bytes)
+    return {"max_body_size": largest, "max_buffer_size": largest + MAX_BODY}
+
+
+def whole_number(raw: str, name: str, low: int, high: int) -> int:
+    """A query parameter as a whole number from low to high, or a 400 naming it. ASCII digits
+    only: str.isdigit() also accepts '²' and other digits int() refuses, and a number of
+    thousands of digits makes int() raise (Python's limit on integer strings)."""
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or not low <= int(raw) <= high:
+        raise ConsoleError(400, f"{name}={shown(raw)}: use a whole number from {low} to {high}")
+    return int(raw)
 
 
 def _hub_oauthenticated():
@@ -76,11 +99,52 @@ class BaseHandler(_hub_oauthenticated(), web.RequestHandler):
         raise NotImplementedError
 
 
+@web.stream_request_body
 class APIHandler(BaseHandler):
     """A path of the API: ``spec_path`` is its template in openapi.yaml, whose operations' schemas
-    check the request body and path parameters (``body()``)."""
+    check the request body and path parameters (``body()``).
+
+    The body is streamed (``data_received``) so that ``prepare`` runs before any of it is read:
+    a body over the route's limit (``body_limit``) is refused there with a 413, before
+    authentication. One announced with a Content-Length up to the server's own limit is read
+    and dropped first, so that the client, still sending it, reads the answer (a server that
+    closes on unread data makes the client's kernel drop it); a larger one is answered at once
+    and the connection closed. A chunked body is cut at the limit by the connection itself."""
     spec_path = ""
-    max_body = MAX_BODY
+    _refusal: ConsoleError | None = None  # a body too large, answered once it is drained
+
+    def body_limit(self) -> int:
+        return MAX_BODY
+
+    async def prepare(self):
+        self._chunks: list[bytes] = []
+        limit = self.body_limit()
+        self.request.connection.set_max_body_size(limit)
+        length = self.request.headers.get("Content-Length", "0").strip()
+        if re.fullmatch(r"[0-9]{1,18}", length) and int(length) > limit:
+            refusal = ConsoleError(413, f"the request body ({int(length)} bytes) is larger than this request's limit "
+                                        f"of {limit} bytes" + self.limit_hint())
+            if int(length) > self.settings["server_limits"]["max_body_size"]:
+                raise refusal
+            self.request.connection.set_max_body_size(int(length))
+            self._refusal = refusal
+
+            def refuse(*_args):  # in place of the method tornado calls once the body is in
+                raise refusal
+            setattr(self, self.request.method.lower(), refuse)
+            return
+        await super().prepare()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._refusal is None:
+            self._chunks.append(chunk)
+
+    def limit_hint(self) -> str:
+        return ""
+
+    @property
+    def request_body(self) -> bytes:
+        return b"".join(self._chunks)
 
     def set_default_headers(self):
         super().set_default_headers()
@@ -105,10 +169,11 @@ class APIHandler(BaseHandler):
     def body(self) -> dict[str, Any]:
         """The JSON body, then the path parameters, checked against this operation in the spec
         ({} for an optional body that was not sent); a 400 or 413 saying what is wrong."""
-        if len(self.request.body) > self.max_body:
-            raise ConsoleError(413, f"the request body is larger than {self.max_body} bytes")
+        raw = self.request_body
+        if len(raw) > self.body_limit():  # a chunked body the connection let through to the limit
+            raise ConsoleError(413, f"the request body is larger than this request's limit of {self.body_limit()} bytes")
         operation = openapi.operation(self.spec_path, self.request.method)
-        body = operation.check_body(self.request.body)
+        body = operation.check_body(raw)
         operation.check_params(dict(zip(re.findall(r"\{([^}]+)\}", self.spec_path), self.path_args)))
         return body
 
@@ -204,10 +269,8 @@ class AuditHandler(APIHandler):
     spec_path = "/audit"
 
     async def get(self):
-        raw = self.get_argument("limit", "50")
-        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-            raise ConsoleError(400, f"limit={raw!r}: use a whole number from 1 to 1000")
-        self.reply({"entries": self.console.audit_tail(int(raw))})
+        limit = whole_number(self.get_argument("limit", "50"), "limit", 1, 1000)
+        self.reply({"entries": self.console.audit_tail(limit)})
 
 
 class HealthHandler(APIHandler):
@@ -239,7 +302,13 @@ class CoursesHandler(APIHandler):
 
 class RosterHandler(APIHandler):
     spec_path = "/courses/roster"
-    max_body = MAX_ROSTER_BODY
+
+    def body_limit(self) -> int:
+        return roster_body_limit(self.settings["roster_max_bytes"])
+
+    def limit_hint(self) -> str:
+        return (f": a roster may be up to {self.settings['roster_max_bytes']} bytes (CONSOLE_ROSTER_MAX_SIZE); "
+                "split it by course")
 
     async def post(self):
         self.reply(await self.course_desk.import_roster(self.body(), self.who, self.via))
@@ -320,7 +389,7 @@ class UsageHandler(_UsageHandler):
                 if self.get_argument(k, None) is not None}
         fmt = args.pop("format", "json")
         if fmt not in ("json", "csv"):
-            raise ConsoleError(400, f"format={fmt!r}: use json or csv")
+            raise ConsoleError(400, f"format={shown(fmt)}: use json or csv")
         data = await self.usage_desk.report(args)
         if fmt == "csv":
             self.set_header("Content-Type", "text/csv; charset=utf-8")

@@ -112,13 +112,15 @@ class HubClient(HubAPI):
     async def group_models(self) -> list[dict]:
         return await self._all("/groups")
 
+    # Users and course groups are created through the hub's roster route (hub/roster_api.py),
+    # for which the console's token has a scope of its own instead of admin:users/admin:groups.
     async def create_users(self, names: list[str]) -> None:
-        for i in range(0, len(names), 200):  # the hub creates them in one transaction per call
-            await self._change("POST", "/users", {"usernames": names[i:i + 200]}, (201,),
+        for i in range(0, len(names), 200):  # the route's limit per request
+            await self._change("POST", "/gpuhub/roster", {"users": names[i:i + 200]}, (201,),
                                f"create users {', '.join(names[i:i + 3])}…")
 
     async def create_group(self, name: str) -> None:
-        await self._change("POST", f"/groups/{quote(name, safe='')}", {}, (201, 409), f"create group {name}")
+        await self._change("POST", "/gpuhub/roster", {"groups": [name]}, (201,), f"create group {name}")
 
     async def add_group_members(self, group: str, users: list[str]) -> None:
         await self._change("POST", f"/groups/{quote(group, safe='')}/users", {"users": users}, (200,),

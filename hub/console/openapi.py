@@ -46,6 +46,15 @@ def parse_object(body: bytes | str) -> dict[str, Any]:
                                 f"{exc.lineno} column {exc.colno})") from None
     except RecursionError:  # json gives up on deep nesting ([[[[…) with Python's stack
         raise ConsoleError(400, "the request body is nested too deeply: send a flat JSON object") from None
+    except ValueError:  # a number of more than 4300 digits: Python's limit on integer strings
+        raise ConsoleError(400, "the request body has a number too long to read: send numbers of at most a few "
+                                "digits") from None
+    if "\\u" in body:  # \ud800 alone is valid JSON but no text: writing it (audit, intent, hub) would fail
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConsoleError(400, "the request body has a lone UTF-16 surrogate escape (such as \\ud800): "
+                                    "send text as UTF-8 or as escaped pairs") from None
     if not isinstance(data, dict):
         raise ConsoleError(400, f"the request body must be a JSON object, not {_kind(data)}")
     return data

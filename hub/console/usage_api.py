@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hub import courses as course_model
-from hub.console.errors import ConsoleError
+from hub.console.errors import ConsoleError, shown
 from hub.usage import quota as quotas
 from hub.usage.accounting import BUCKETS, GROUPINGS, report
 from hub.usage.reconcile import UsageKeeper
@@ -40,11 +40,11 @@ def parse_when(raw: str, now: float, name: str) -> float:
         try:
             d = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
-            raise ConsoleError(400, f"{name}={raw!r}: use 7d, 24h or 2w (before now), an ISO 8601 date or "
+            raise ConsoleError(400, f"{name}={shown(raw)}: use 7d, 24h or 2w (before now), an ISO 8601 date or "
                                     "time (2026-11-23, 2026-11-23T09:00+01:00) or epoch seconds") from None
         value = (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
     if not math.isfinite(value) or not 0 <= value < 253402300800:
-        raise ConsoleError(400, f"{name}={raw!r} is not a time between 1970 and 9999")
+        raise ConsoleError(400, f"{name}={shown(raw)} is not a time between 1970 and 9999")
     return value
 
 
@@ -62,9 +62,9 @@ class UsageDesk:
         until = parse_when(args["until"], now, "until") if args.get("until") else now
         by, bucket = args.get("by", "user"), args.get("bucket") or None
         if by not in GROUPINGS:
-            raise ConsoleError(400, f"by={by!r}: use one of {', '.join(GROUPINGS)}")
+            raise ConsoleError(400, f"by={shown(by)}: use one of {', '.join(GROUPINGS)}")
         if bucket is not None and bucket not in BUCKETS:
-            raise ConsoleError(400, f"bucket={bucket!r}: use one of {', '.join(BUCKETS)} (or leave it out)")
+            raise ConsoleError(400, f"bucket={shown(bucket)}: use one of {', '.join(BUCKETS)} (or leave it out)")
         if until <= since or until - since > MAX_SPAN:
             raise ConsoleError(400, "since must be before until, and at most 400 days before it")
         user = args.get("user")
@@ -134,14 +134,28 @@ class UsageDesk:
             raise ConsoleError(400, f"no course {name!r} on this hub (import a roster that names it first)")
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """A text cell a spreadsheet will not run: one starting with = + - @ tab or CR (a user named
+    ``=HYPERLINK(...)``) gets a leading ' (OWASP's advice on CSV injection), which spreadsheets
+    show as text and do not display. Numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def to_csv(data: dict[str, Any]) -> str:
+    """The report as CSV for a spreadsheet: names (users, groups, courses, GPUs, nodes) escaped
+    by ``spreadsheet_cell``; the figures are written by this function and never start so."""
     out = io.StringIO()
     by = data["by"]
     writer = csv.writer(out)
     writer.writerow([by, "start", "gpu_hours", "used_gpu_hours", "sampled_hours", "servers"])
     for r in data["rows"]:
         start = datetime.fromtimestamp(r["start"], timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-        writer.writerow([r[by], start, f"{r['gpu_hours']:.4f}",
+        writer.writerow([spreadsheet_cell(r[by]), start, f"{r['gpu_hours']:.4f}",
                          "" if r["used_gpu_hours"] is None else f"{r['used_gpu_hours']:.4f}",
                          f"{r['sampled_hours']:.4f}", r["servers"]])
     return out.getvalue()

@@ -61,6 +61,9 @@ from hub.reclaim.policy import (Candidate, Decision, PolicyTable, ReclaimOverrid
 from hub.spawner.stop_reasons import ReasonFile
 
 NAME = "gpu-reclaim"
+# Its bodies are a few bytes ({"server": ...}): tornado reads none over 64 KiB (100 MB by default),
+# whoever sends it, and answers 400.
+SERVER_LIMITS = {"max_body_size": 64 * 1024, "max_buffer_size": 128 * 1024}
 HOLDERS_FILE = "gpu-holders.json"  # each round's holders with their activity, for the GPU console
 log = logging.getLogger(NAME)
 
@@ -263,7 +266,7 @@ class Reclaimer:
                 "seconds_left": max(0, round(warned.deadline - now)), "still_working": warned.still_working},
             "extended_until": extended if extended > now else None,
             "profile": self.profile_of.get((h.user, h.server)),
-            "policy": {k: v for k, v in policy.to_json().items() if not k.startswith("exempt")},
+            "policy": public_policy(policy),
         }
 
     def holdings(self, user: str | None = None) -> list[dict[str, Any]]:
@@ -334,6 +337,11 @@ class ApiError(web.HTTPError):
         self.message = message
 
 
+def public_policy(policy: ReclaimPolicy) -> dict[str, Any]:
+    """The policy as any user may see it: thresholds and times, not the exempt users and groups."""
+    return {k: v for k, v in policy.to_json().items() if not k.startswith("exempt")}
+
+
 class Handler(web.RequestHandler):
     @property
     def reclaimer(self) -> Reclaimer:
@@ -361,8 +369,8 @@ class Handler(web.RequestHandler):
     def body(self) -> dict:
         try:
             data = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise ApiError(400, "the body is not JSON") from None
+        except (ValueError, RecursionError):  # ValueError: not JSON, or a number of 4300+ digits
+            raise ApiError(400, "the body is not JSON (or nests too deeply, or has a number too long to read)") from None
         if not isinstance(data, dict):
             raise ApiError(400, "the body must be a JSON object")
         return data
@@ -391,7 +399,9 @@ class MeHandler(Handler):
         r = self.reclaimer
         groups = list(model.get("groups") or [])
         usage = await asyncio.to_thread(r.usage, model["name"], groups) if r.usage else None
-        self.reply({"user": model["name"], "policy": r.policy.to_json(), "enabled": r.policies.enabled,
+        # Only what concerns the caller: whether they are exempt, never who else is (the policy's
+        # exempt users and groups are the admins' business: api/holders).
+        self.reply({"user": model["name"], "policy": public_policy(r.policy), "enabled": r.policies.enabled,
                     "exempt": r.policy.exempt(model["name"], groups),
                     "servers": r.holdings(model["name"]), "usage": usage or None})
 
@@ -438,7 +448,7 @@ def make_app(reclaimer: Reclaimer, identify: Callable, prefix: str = f"/services
         (f"{prefix}api/me/still-working", StillWorkingHandler),
         (f"{prefix}api/holders", HoldersHandler),
         (f"{prefix}api/extend", ExtendHandler),
-    ], reclaimer=reclaimer, identify=identify)
+    ], reclaimer=reclaimer, identify=identify, server_limits=SERVER_LIMITS)
 
 
 def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclaimer:
@@ -498,7 +508,7 @@ async def start(reclaimer: Reclaimer, env: Mapping[str, str]) -> None:
 
     url = urlsplit(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10102"))
     make_app(reclaimer, identify, env.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{NAME}/")).listen(
-        url.port or 80, address="0.0.0.0")
+        url.port or 80, address="0.0.0.0", **SERVER_LIMITS)
     log.info("GPU reclaim at %s: %s; a reading every %gs", url.geturl(),
              json.dumps(reclaimer.policies.to_json()) if reclaimer.policies.enabled else "off (sampling only)",
              reclaimer.sampler.interval)

@@ -214,6 +214,26 @@ def test_non_admins_get_403(console, stack, hub):
     assert console.files() == before
 
 
+def test_a_100_mb_body_through_the_proxy_is_refused_before_it_is_read(console, stack, hub):
+    """The request's head, announcing 100 MB, and its first KiB (the proxy, Node, forwards a
+    head with the first body bytes): the console answers 413 in JSON through the proxy without
+    waiting for the rest, to a stranger (no token) as to an admin; a body a little over the
+    64 KiB limit, sent whole, gets the same 413 (issue 25)."""
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_console_input import announce, json_of
+
+    admin = hub.s.headers["Authorization"].split()[1]
+    for token in (None, admin):
+        started = time.monotonic()
+        answer = announce(stack.url, "/services/gpu-console/api/pins", 100_000_000, token=token, first=b"{" * 1024)
+        assert time.monotonic() - started < 10
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+        assert json_of(answer)["status"] == 413 and "limit of 65536 bytes" in json_of(answer)["message"]
+    r = console.call("PUT", "access", raw=json.dumps({"users": ["u" * 60] * 1500, "groups": []}))
+    assert r.status_code == 413 and r.json()["status"] == 413, r.text[:300]
+    assert console.call("GET", "access").status_code == 200
+
+
 def test_cli_from_the_host_and_in_the_hub_container(console, stack, hub):
     hub.create_user("con-cli")
     env = {"GPUHUB_TOKEN": console.token, "PATH": "/usr/bin:/bin"}

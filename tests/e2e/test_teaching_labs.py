@@ -6,6 +6,7 @@ import time
 from urllib.parse import quote
 
 import pytest
+import requests
 from consoleclient import Console, user_token
 from hubclient import UserServer
 
@@ -101,6 +102,37 @@ def test_roster_import_re_import_and_bad_rows(console, hub, course_stack):
     listing = {x["name"]: x for x in console.ok("GET", "courses")["courses"]}
     assert listing[A]["teachers"] == ["teach-a"] and len(listing[A]["students"]) == 20
     assert listing[B]["teachers"] == ["ta-b"]
+
+
+def test_the_consoles_token_creates_roster_users_and_cannot_delete_or_rename(stack, hub, course_stack):
+    """Least privilege (issue 25): the token JupyterHub hands the console's process has the
+    roster route's scope (hub/roster_api.py), which created the roster's users above, and not
+    admin:users or admin:groups: it cannot delete or rename a user, read auth state, or delete a
+    group. The roster route refuses every other token, an admin's included."""
+    container = f"{stack.prefix}-hub-1"
+    # as the hub's user: root in the container has no capabilities to read another user's /proc
+    environ = stack.docker("exec", "-u", "jupyterhub", container, "sh", "-c", "for p in /proc/[0-9]*; do "
+                           "grep -qa hub.console.app $p/cmdline 2>/dev/null && cat $p/environ; done; true").stdout
+    token = next(v.split("=", 1)[1] for v in environ.split("\0") if v.startswith("JUPYTERHUB_API_TOKEN="))
+    auth = {"Authorization": f"token {token}"}
+    me = requests.get(f"{stack.url}/hub/api/user", headers=auth, timeout=10).json()
+    assert (me["kind"], me["name"]) == ("service", "gpu-console"), me
+    assert "custom:gpuhub-roster:create" in me["scopes"] and "groups" in me["scopes"]
+    assert not {"admin:users", "admin:groups", "delete:users", "delete:groups", "admin:auth_state"} & set(me["scopes"])
+    victim = STUDENTS_A[0]
+    for method, path, body in (("DELETE", f"/users/{victim}", None), ("PATCH", f"/users/{victim}", {"name": "zz-renamed"}),
+                               ("GET", f"/users/{victim}?include_stopped_servers", None), ("DELETE", f"/groups/{A}", None),
+                               ("POST", "/users", {"usernames": ["zz-not-rostered"]})):
+        r = requests.request(method, f"{stack.url}/hub/api{path}", json=body, headers=auth, timeout=10)
+        assert r.status_code in (403, 200) and (r.status_code == 403 or method == "GET"), (method, path, r.text)
+        if method == "GET":
+            assert "auth_state" not in r.json()
+    assert hub.user(victim) and victim in members(hub, A)
+    # the route itself: the console's token only
+    assert hub.api("POST", "/gpuhub/roster", json={"users": ["zz-admin-made"]}).status_code == 403
+    r = requests.post(f"{stack.url}/hub/api/gpuhub/roster", json={"groups": ["Not A Course"]}, headers=auth, timeout=10)
+    assert r.status_code == 400 and "is not a course name" in r.json()["message"], r.text
+    assert hub.api("GET", "/users/zz-admin-made").status_code == 404
 
 
 def test_course_profile_materials_read_only_for_students_and_nbgitpuller(stack, hub, console, course_stack):

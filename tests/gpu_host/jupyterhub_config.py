@@ -104,13 +104,11 @@ c.JupyterHub.services.append({
                                bind="127.0.0.1").to_env(),
     "oauth_no_confirm": True,
 })
-c.JupyterHub.load_roles.append({
-    "name": "gpu-console",
-    "scopes": ["list:users", "read:users:name", "read:users:groups", "read:servers",
-               "delete:servers", "list:groups", "read:groups:name",
-               "admin:users", "admin:groups", "groups", "read:groups"],
-    "services": ["gpu-console"],
-})
+from hub import roster_api  # noqa: E402
+from hub.config.configure import CONSOLE_SCOPES  # noqa: E402
+
+c.JupyterHub.load_roles.append({"name": "gpu-console", "scopes": list(CONSOLE_SCOPES), "services": ["gpu-console"]})
+roster_api.install(c)
 
 # -- recovery (hub/config/configure.py configure_recovery) --
 c.JupyterHub.last_activity_interval = 10

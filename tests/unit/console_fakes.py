@@ -186,7 +186,7 @@ class ServedApp:
         from tornado.netutil import bind_sockets
 
         sockets = bind_sockets(0, "127.0.0.1")
-        server = HTTPServer(self.app)
+        server = HTTPServer(self.app, **self.app.settings.get("server_limits", {}))  # as app.start listens
         server.add_sockets(sockets)
         self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
         self._loop, self._stop = self._asyncio.get_running_loop(), self._asyncio.Event()

@@ -127,11 +127,16 @@ def test_console_is_an_admin_only_least_privilege_service():
     assert set(roles) == {"idle-culler", "gpu-console"}
     role = roles["gpu-console"]
     assert role["services"] == ["gpu-console"]
-    # may look up users, groups and servers, stop servers, create users and course groups and set
-    # their members; nothing else (no tokens, no starting servers, no access to users' servers)
-    assert set(role["scopes"]) == {"list:users", "read:users:name", "read:users:groups", "read:servers",
-                                   "delete:servers", "list:groups", "read:groups:name",
-                                   "admin:users", "admin:groups", "groups", "read:groups"}
+    # may look up users, groups and servers, stop servers, set course groups' members and
+    # properties, and create users and course groups through the roster route (hub/roster_api.py);
+    # nothing else: no admin:users (delete, rename, auth state), no admin:groups (delete), no
+    # tokens, no starting servers, no access to users' servers
+    assert set(role["scopes"]) == {"list:users", "read:users:groups", "read:servers", "delete:servers",
+                                   "list:groups", "read:groups", "groups", "custom:gpuhub-roster:create"}
+    assert "custom:gpuhub-roster:create" in c.JupyterHub.custom_scopes
+    [(path, handler)] = c.JupyterHub.extra_handlers
+    from jupyterhub.apihandlers.base import APIHandler
+    assert path == "/api/gpuhub/roster" and issubclass(handler, APIHandler)
 
 
 def test_the_console_reads_the_gpu_settings_the_hub_wrote(tmp_path, monkeypatch):
@@ -164,7 +169,9 @@ def test_console_scopes_are_real_jupyterhub_scopes():
     c = Config()
     configure_console(c, {})
     (role,) = c.JupyterHub.load_roles
-    assert all(s in scope_definitions for s in role["scopes"])
+    # JupyterHub's own scopes, and the custom ones the configuration defines
+    assert all(s in scope_definitions or s in c.JupyterHub.custom_scopes for s in role["scopes"])
+    assert [s for s in role["scopes"] if s not in scope_definitions] == ["custom:gpuhub-roster:create"]
 
 
 # ---- usage sampling -------------------------------------------------------------------------

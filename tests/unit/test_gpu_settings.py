@@ -34,10 +34,25 @@ def test_round_trip_through_the_environment():
     ("GPUHUB_USAGE_INTERVAL", "soon", r"GPUHUB_USAGE_INTERVAL='soon' is not a number of seconds.*=10"),
     ("GPUHUB_COURSE_CHECK_INTERVAL", "0", r"GPUHUB_COURSE_CHECK_INTERVAL='0' is not a number of seconds.*=60"),
     ("GPUHUB_CONSOLE_LOG_LEVEL", "chatty", r"GPUHUB_CONSOLE_LOG_LEVEL='CHATTY' is not a log level"),
+    ("CONSOLE_ROSTER_MAX_SIZE", "lots", r"CONSOLE_ROSTER_MAX_SIZE='lots' is not a size"),
+    ("CONSOLE_ROSTER_MAX_SIZE", "1G", r"CONSOLE_ROSTER_MAX_SIZE='1G' is out of range: use a size from 4K to 64M"),
+    ("CONSOLE_ROSTER_MAX_SIZE", "100", r"CONSOLE_ROSTER_MAX_SIZE='100' is out of range"),
 ])
 def test_bad_values_name_the_variable(name, raw, match):
     with pytest.raises(ConfigError, match=match):
         GPUSettings.from_env({name: raw})
+
+
+def test_the_roster_limit_reaches_the_console():
+    from traitlets.config import Config
+
+    from hub.config.configure import configure_console, configure_spawner
+    c = Config()
+    configure_spawner(c, {})
+    configure_console(c, {"CONSOLE_ROSTER_MAX_SIZE": "4M"})
+    (console,) = c.JupyterHub.services
+    assert GPUSettings.from_env(console["environment"]).roster_max_bytes == 4 * 2**20
+    assert GPUSettings().roster_max_bytes == 2**20
 
 
 def test_configure_console_writes_the_spawners_gpu_settings():

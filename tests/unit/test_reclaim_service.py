@@ -162,6 +162,31 @@ def test_me_shows_only_the_callers_gpu_and_the_warning(api):
     assert r2.status_code == 409 and "busy again" in r2.json()["message"]
 
 
+def test_me_tells_a_user_nothing_about_others(api):
+    """api/me says whether the caller is exempt, not who else is: the policy's exempt users and
+    groups (a group named for a project, a user's name) are for admins' eyes (api/holders)."""
+    call, served, (r, clock, feed, hub, tmp) = api
+    rounds(r, clock, 7, served._loop)
+    for token, exempt in (("alice-token", False), ("bob-token", True)):  # bob: in the exempt group long-jobs
+        reply = call("GET", "me", token=token)
+        assert reply.status_code == 200 and reply.json()["exempt"] is exempt
+        assert "long-jobs" not in reply.text and "exempt_" not in reply.text, reply.text
+        assert {"threshold_pct", "timeout_s", "grace_s"} <= set(reply.json()["policy"])
+        assert {s["user"] for s in reply.json()["servers"]} <= {token.split("-")[0]}
+    admin = call("GET", "holders", token="admin-token").json()
+    assert admin["policy"]["exempt_groups"] == ["long-jobs"]
+
+
+def test_bodies_over_64_kib_are_not_read(api):
+    from test_console_input import announce
+
+    call, served, world = api
+    # tornado's own refusal, from the headers alone (the body is never sent), whoever asks
+    assert announce(served.url, API + "me/still-working", 100_000_000).startswith(b"HTTP/1.1 400")
+    r = call("POST", "me/still-working", raw=b"[" * 60000)
+    assert r.status_code == 400 and r.json()["status"] == 400  # json's RecursionError: a 400, not a 500
+
+
 def test_bad_input_and_strangers_change_nothing(api):
     call, served, (r, clock, feed, hub, tmp) = api
     rounds(r, clock, 7, served._loop)
