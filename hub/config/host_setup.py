@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in swarm_exports(env).items():
             print(f"export {key}={shlex.quote(value)}")
         return 0
-    names = ("HUB_DOMAIN", "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_ISSUER", "HUB_NVML", "NVIDIA_CTK_VERSION")
+    names = ("HUB_DOMAIN", "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_ISSUER", "HUB_NVML", "NVIDIA_CTK_VERSION",
+             "USER_SUBDOMAINS", "HTTPS_PUBLISH")
     env.update({k: os.environ[k] for k in names if k in os.environ})
     try:
         exports, notes = plan(env, Path(args.out))

