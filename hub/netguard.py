@@ -144,6 +144,15 @@ class Firewall:
             if self.run([self.binary, "-w", "-C", parent, "-j", chain], capture_output=True).returncode != 0:
                 self.run([self.binary, "-w", "-I", parent, "1", "-j", chain], check=True, capture_output=True)
 
+    def remove(self) -> None:
+        """Take our chains out (USER_NETWORK_ISOLATION=false): the jumps, then the chains."""
+        for parent, chain in (("DOCKER-USER", FORWARD_CHAIN), ("INPUT", INPUT_CHAIN)):
+            for _ in range(16):  # each -D takes one jump out; there is one, unless someone doubled it
+                if self.run([self.binary, "-w", "-D", parent, "-j", chain], capture_output=True).returncode != 0:
+                    break
+            self.run([self.binary, "-w", "-F", chain], capture_output=True)
+            self.run([self.binary, "-w", "-X", chain], capture_output=True)
+
     def current(self) -> dict[str, list[str]]:
         """The chains as the kernel has them (to notice a flush), in -S form without '-A NAME'."""
         found = {}
@@ -222,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not read(env, "USER_NETWORK_ISOLATION"):
         log.warning("USER_NETWORK_ISOLATION=false: users' servers can reach each other and the services' ports")
+        try:
+            Firewall().remove()  # the rules an earlier start left
+        except RuntimeError as exc:
+            log.warning("%s", exc)
         Path(args.ready_file).write_text("off")
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
         return 0

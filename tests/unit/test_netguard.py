@@ -88,3 +88,22 @@ def test_layout_reads_compose_services_and_treats_anything_else_as_a_user():
                                                       container("singleuser", "172.30.0.9")])
     layout = layout_from_engine(SimpleNamespace(api=api), "gpuhub-net", "gpuhub")
     assert layout == Layout("br-0123456789ab", "172.30.0.0/16", {"hub": ("172.30.0.3",), "proxy": ("172.30.0.2",)})
+
+
+def test_turning_isolation_off_takes_every_jump_and_chain_out():
+    run = FakeIptables()
+    firewall = Firewall(run=run)
+    firewall.apply(rules(LAYOUT))
+    real = run.__call__
+
+    def deleting(argv, **kwargs):  # -D succeeds while the jump is there
+        if "-D" in argv:
+            found = (argv[3], argv[5]) in run.jumps
+            run.jumps.discard((argv[3], argv[5]))
+            run.calls.append(argv)
+            return SimpleNamespace(returncode=0 if found else 1, stdout="", stderr="")
+        return real(argv, **kwargs)
+    firewall.run = deleting
+    firewall.remove()
+    assert not run.jumps
+    assert ["iptables-nft", "-w", "-X", "GPUHUB-FWD"] in run.calls and ["iptables-nft", "-w", "-X", "GPUHUB-IN"] in run.calls
