@@ -12,6 +12,10 @@ TEST_TORCH := torch==2.13.0+cpu
 # Extra pip arguments to fetch it; elsewhere e.g. --extra-index-url https://download.pytorch.org/whl/cpu
 TEST_TORCH_PIP_ARGS ?=
 
+# The commit the images are built from: their org.opencontainers.image.revision label (the version
+# label comes from docker-compose.yml, stamped from hub/__init__.py by `make config-docs`).
+REVISION_ARG = --build-arg GPUHUB_REVISION=$$(git rev-parse HEAD 2>/dev/null)
+
 # Hosts without registry access build Debian-based bases locally; when `make` creates .env
 # (or builds test images) it uses them if they exist.
 LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=local/debian:bookworm
@@ -73,7 +77,7 @@ images: .env
 	 if $(PYTHON) -m pip --version >/dev/null 2>&1; then \
 	   $(PYTHON) -m pip download -q --disable-pip-version-check -d $(WHEELHOUSE) $$TORCH_PACKAGES \
 	     || echo "(pip could not prefetch torch; the image build will download it)"; fi
-	@$(HOST_SETUP) && $(COMPOSE) --profile images $${COMPOSE_PROFILES:+--profile $$COMPOSE_PROFILES} build
+	@$(HOST_SETUP) && $(COMPOSE) --profile images $${COMPOSE_PROFILES:+--profile $$COMPOSE_PROFILES} build $(REVISION_ARG)
 
 # ---- tests -----------------------------------------------------------------------------------
 
@@ -85,7 +89,7 @@ $(VENV)/.installed: requirements-dev.txt images/hub/requirements.txt
 test-images:
 	@ls $(WHEELHOUSE)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || \
 	  $(PYTHON) -m pip download -q --disable-pip-version-check --no-deps -d $(WHEELHOUSE) $(TEST_TORCH) $(TEST_TORCH_PIP_ARGS)
-	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images --profile tls --profile monitoring build
+	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images --profile tls --profile monitoring build $(REVISION_ARG)
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit -q
