@@ -78,3 +78,14 @@ def test_hub_pages_get_the_version_and_the_footer_template(tmp_path):
     assert TEMPLATES_DIR in c.JupyterHub.template_paths
     page = (Path(TEMPLATES_DIR) / "page.html").read_text()
     assert '{% extends "templates/page.html" %}' in page and "{{ gpuhub_version }}" in page
+
+
+def test_changelog_has_an_unreleased_section_then_this_release_newest_first():
+    text = (ROOT / "CHANGELOG.md").read_text()
+    headings = re.findall(r"^## (.+)$", text, re.MULTILINE)
+    assert headings[0] == "Unreleased"
+    releases = [re.match(r"\[([^]]+)\]", h).group(1) for h in headings[1:]]
+    assert releases[0] == __version__, "the newest release in CHANGELOG.md is not hub/__init__.py's"
+    assert all(SEMVER.match(v) for v in releases)
+    as_tuples = [tuple(int(p) for p in v.split("-")[0].split(".")) for v in releases]
+    assert as_tuples == sorted(as_tuples, reverse=True)
