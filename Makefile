@@ -23,7 +23,7 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
-.PHONY: up check down restart-hub swarm-up swarm-down images test test-images unit e2e storm swarm-storm bench reliability config-docs
+.PHONY: up check down restart-hub upgrade rollback swarm-up swarm-down images test test-images unit e2e storm swarm-storm bench reliability config-docs
 
 # HTTPS (HUB_DOMAIN), live GPU data on an NVIDIA host, checked settings: exports for compose,
 # and compose.host.yml, from hub/config/host_setup.py (the host's python3, standard library only).
@@ -52,6 +52,18 @@ down:
 # Only the hub, e.g. after editing .env: users' servers, open notebooks and the proxy keep running.
 restart-hub:
 	@$(HOST_SETUP) && $(COMPOSE) up -d --no-deps --force-recreate --wait hub
+
+# This checkout over a running deployment (after git pull/checkout): back up the hub's state
+# (backups/, root only), build, recreate hub and proxy while users' servers run, say what it did;
+# PREVIOUS=<commit> names the running release when its images predate 1.0.0 (scripts/upgrade.sh,
+# docs/operations.md "Upgrades"). rollback restores a backup and the previous images.
+upgrade: check .env
+	@COMPOSE="$(COMPOSE)" ENV_FILE="$(ENV_FILE)" PYTHON="$(PYTHON)" MAKE="$(MAKE)" PREVIOUS="$(PREVIOUS)" \
+	  scripts/upgrade.sh upgrade
+
+rollback:
+	@test -n "$(BACKUP)" || { echo "usage: make rollback BACKUP=backups/<project>-<time> (make upgrade printed it)" >&2; exit 2; }
+	@COMPOSE="$(COMPOSE)" ENV_FILE="$(ENV_FILE)" PYTHON="$(PYTHON)" scripts/upgrade.sh rollback "$(BACKUP)"
 
 # One hub over several GPU servers (docs/swarm.md): the hub and proxy as a Swarm stack on this
 # manager, with .env's variables (docker stack deploy reads no env file). Users' servers stay up
