@@ -157,7 +157,9 @@ cmd_rollback() {
   restore_volumes "$project" "$dir" "$hub_image"
   step "Recreating hub and proxy with the previous images ($hub_image, $proxy_image)"
   release=$dir/release
-  rm -rf "$release" && mkdir -p "$release" && tar -C "$release" -xf "$dir/release.tar"
+  # -p: the archive's modes, not this script's umask: the hub (uid 990) reads jupyterhub_config.py
+  # through its bind mount (the backup folder's own 700 still keeps other users out)
+  rm -rf "$release" && mkdir -p "$release" && tar -C "$release" -xpf "$dir/release.tar"
   cp "$dir/env" "$release/.env"
   profiles=()
   [[ -f $dir/profiles.yaml ]] && profiles=(HUB_PROFILES="$dir/profiles.yaml")
@@ -207,7 +209,9 @@ cmd_upgrade() {
   profiles=${HUB_PROFILES:-$(env_value HUB_PROFILES "$ENV_FILE")}
   profiles=${profiles:-./profiles.yaml}
   [[ $profiles = /* ]] || profiles=$ROOT/$profiles
-  [[ -f $profiles ]] && cp "$profiles" "$dir/profiles.yaml"
+  if [[ -f $profiles ]]; then  # 644: the hub (uid 990) reads it through a bind mount after a rollback
+    cp "$profiles" "$dir/profiles.yaml" && chmod 644 "$dir/profiles.yaml"
+  fi
   git -C "$ROOT" archive --format=tar -o "$dir/release.tar" "$previous_revision"
   cp "$SELF" "$dir/upgrade.sh" && chmod 700 "$dir/upgrade.sh"  # rollback from any checkout
   cat > "$dir/meta" <<EOF
