@@ -57,7 +57,7 @@ restart-hub:
 # (backups/, root only), build, recreate hub and proxy while users' servers run, say what it did;
 # PREVIOUS=<commit> names the running release when its images predate 1.0.0 (scripts/upgrade.sh,
 # docs/operations.md "Upgrades"). rollback restores a backup and the previous images.
-upgrade: check .env
+upgrade: check
 	@COMPOSE="$(COMPOSE)" ENV_FILE="$(ENV_FILE)" PYTHON="$(PYTHON)" MAKE="$(MAKE)" PREVIOUS="$(PREVIOUS)" \
 	  scripts/upgrade.sh upgrade
 
@@ -136,9 +136,10 @@ bench: $(VENV)/.installed test-images
 	$(VENV)/bin/python bench/gpu_time.py
 
 # Load, faults (including a Docker daemon restart), data, bad input and isolation against the
-# real engine (README, "Reliability"); prints one JSON line, exits 1 if anything failed or was lost.
+# real engine (README, "Reliability"), and upgrades from two older releases (tests/e2e/test_upgrade.py);
+# prints one JSON line, exits 1 if anything failed or was lost.
 reliability: $(VENV)/.installed test-images
 	@rm -f tests/artifacts/reliability.json; start=$$(date +%s); \
 	 GPUHUB_RELIABILITY_FULL=1 GPUHUB_LOAD_USERS=30 GPUHUB_FUZZ_EXAMPLES=50 PYTHONPATH=tests/e2e \
-	   $(VENV)/bin/python -m pytest -p reliability tests/e2e/test_reliability_*.py -q -rA; status=$$?; \
+	   $(VENV)/bin/python -m pytest -p reliability tests/e2e/test_reliability_*.py tests/e2e/test_upgrade.py -q -rA; status=$$?; \
 	 $(VENV)/bin/python tests/e2e/reliability.py $$(( $$(date +%s) - start )) || status=1; exit $$status

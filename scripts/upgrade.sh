@@ -186,7 +186,12 @@ cmd_upgrade() {
   project=$(project_name)
   new_version=$(version)
   hub=$(service_container "$project" hub) proxy=$(service_container "$project" proxy)
-  [[ -n $hub && -n $proxy ]] || die "no hub or proxy container of project $project: \`make up\` starts one (nothing to upgrade)"
+  if [[ -z $hub || -z $proxy ]]; then
+    if docker service ls -q --filter "label=com.docker.stack.namespace=$project" 2>/dev/null | grep -q .; then
+      die "$project is a Swarm stack: \`make swarm-up\` redeploys it (docs/swarm.md); make upgrade is for the compose deployment"
+    fi
+    die "no hub or proxy container of project $project: \`make up\` starts one (nothing to upgrade)"
+  fi
   hub_id=$(docker inspect --format '{{.Image}}' "$hub") proxy_id=$(docker inspect --format '{{.Image}}' "$proxy")
   previous_version=$(label "$hub_id" org.opencontainers.image.version)
   previous_revision=${PREVIOUS:-$(label "$hub_id" org.opencontainers.image.revision)}
