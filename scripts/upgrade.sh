@@ -183,6 +183,8 @@ cmd_upgrade() {
   [[ -f $ENV_FILE ]] || die "no env file $ENV_FILE (ENV_FILE=...): nothing to upgrade; \`make up\` starts a new deployment"
   command -v docker >/dev/null || die "docker is not installed"
   docker info >/dev/null 2>&1 || die "the Docker engine does not answer (docker info)"
+  git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1 \
+    || die "$ROOT is not a git checkout: the backup keeps the previous release's files from git (git clone the repository)"
   project=$(project_name)
   new_version=$(version)
   hub=$(service_container "$project" hub) proxy=$(service_container "$project" proxy)
