@@ -12,6 +12,10 @@ TEST_TORCH := torch==2.13.0+cpu
 # Extra pip arguments to fetch it; elsewhere e.g. --extra-index-url https://download.pytorch.org/whl/cpu
 TEST_TORCH_PIP_ARGS ?=
 
+# The commit the images are built from: their org.opencontainers.image.revision label (the version
+# label comes from docker-compose.yml, stamped from hub/__init__.py by `make config-docs`).
+REVISION_ARG = --build-arg GPUHUB_REVISION=$$(git rev-parse HEAD 2>/dev/null)
+
 # Hosts without registry access build Debian-based bases locally; when `make` creates .env
 # (or builds test images) it uses them if they exist.
 LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=local/debian:bookworm
@@ -19,7 +23,7 @@ LOCAL_BASES := PYTHON_BASE_IMAGE=local/python:3.11-bookworm DEBIAN_BASE_IMAGE=lo
 export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 	  docker image inspect $$image >/dev/null 2>&1 && export "$$pair"; done
 
-.PHONY: up check down restart-hub swarm-up swarm-down images test test-images unit e2e storm swarm-storm bench reliability security config-docs
+.PHONY: up check down restart-hub upgrade rollback swarm-up swarm-down images test test-images unit e2e storm swarm-storm bench reliability security config-docs
 
 # HTTPS (HUB_DOMAIN), live GPU data on an NVIDIA host, checked settings: exports for compose,
 # and compose.host.yml, from hub/config/host_setup.py (the host's python3, standard library only).
@@ -49,6 +53,18 @@ down:
 restart-hub:
 	@$(HOST_SETUP) && $(COMPOSE) up -d --no-deps --force-recreate --wait hub
 
+# This checkout over a running deployment (after git pull/checkout): back up the hub's state
+# (backups/, root only), build, recreate hub and proxy while users' servers run, say what it did;
+# PREVIOUS=<commit> names the running release when its images predate 1.0.0 (scripts/upgrade.sh,
+# docs/operations.md "Upgrades"). rollback restores a backup and the previous images.
+upgrade: check
+	@COMPOSE="$(COMPOSE)" ENV_FILE="$(ENV_FILE)" PYTHON="$(PYTHON)" MAKE="$(MAKE)" PREVIOUS="$(PREVIOUS)" \
+	  scripts/upgrade.sh upgrade
+
+rollback:
+	@test -n "$(BACKUP)" || { echo "usage: make rollback BACKUP=backups/<project>-<time> (make upgrade printed it)" >&2; exit 2; }
+	@COMPOSE="$(COMPOSE)" ENV_FILE="$(ENV_FILE)" PYTHON="$(PYTHON)" scripts/upgrade.sh rollback "$(BACKUP)"
+
 # One hub over several GPU servers (docs/swarm.md): the hub and proxy as a Swarm stack on this
 # manager, with .env's variables (docker stack deploy reads no env file). Users' servers stay up
 # across a redeploy; swarm-down removes the stack (servers are Swarm services of their own).
@@ -73,7 +89,7 @@ images: .env
 	 if $(PYTHON) -m pip --version >/dev/null 2>&1; then \
 	   $(PYTHON) -m pip download -q --disable-pip-version-check -d $(WHEELHOUSE) $$TORCH_PACKAGES \
 	     || echo "(pip could not prefetch torch; the image build will download it)"; fi
-	@$(HOST_SETUP) && $(COMPOSE) --profile images $${COMPOSE_PROFILES:+--profile $$COMPOSE_PROFILES} build
+	@$(HOST_SETUP) && $(COMPOSE) --profile images $${COMPOSE_PROFILES:+--profile $$COMPOSE_PROFILES} build $(REVISION_ARG)
 
 # ---- tests -----------------------------------------------------------------------------------
 
@@ -85,7 +101,7 @@ $(VENV)/.installed: requirements-dev.txt images/hub/requirements.txt
 test-images:
 	@ls $(WHEELHOUSE)/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || \
 	  $(PYTHON) -m pip download -q --disable-pip-version-check --no-deps -d $(WHEELHOUSE) $(TEST_TORCH) $(TEST_TORCH_PIP_ARGS)
-	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images --profile tls --profile monitoring build
+	@$(export_local_bases); $(COMPOSE) --env-file $(TEST_ENV) --profile images --profile tls --profile monitoring build $(REVISION_ARG)
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit -q
@@ -132,9 +148,10 @@ bench: $(VENV)/.installed test-images
 	$(VENV)/bin/python bench/logins.py
 
 # Load, faults (including a Docker daemon restart), data, bad input and isolation against the
-# real engine (README, "Reliability"); prints one JSON line, exits 1 if anything failed or was lost.
+# real engine (README, "Reliability"), and upgrades from two older releases (tests/e2e/test_upgrade.py);
+# prints one JSON line, exits 1 if anything failed or was lost.
 reliability: $(VENV)/.installed test-images
 	@rm -f tests/artifacts/reliability.json; start=$$(date +%s); \
 	 GPUHUB_RELIABILITY_FULL=1 GPUHUB_LOAD_USERS=30 GPUHUB_FUZZ_EXAMPLES=50 PYTHONPATH=tests/e2e \
-	   $(VENV)/bin/python -m pytest -p reliability tests/e2e/test_reliability_*.py -q -rA; status=$$?; \
+	   $(VENV)/bin/python -m pytest -p reliability tests/e2e/test_reliability_*.py tests/e2e/test_upgrade.py -q -rA; status=$$?; \
 	 $(VENV)/bin/python tests/e2e/reliability.py $$(( $$(date +%s) - start )) || status=1; exit $$status

@@ -43,6 +43,11 @@ def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN
     # User servers outlive the hub: a restart or upgrade of the hub leaves them running.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.log_level = read(env, "HUB_LOG_LEVEL").upper()
+    # Every page's footer names the release (hub/templates/page.html).
+    from hub import __version__
+    paths = c.JupyterHub.get("template_paths", [])
+    c.JupyterHub.template_paths = paths if TEMPLATES_DIR in paths else [*paths, TEMPLATES_DIR]
+    c.JupyterHub.template_vars = {**c.JupyterHub.get("template_vars", {}), "gpuhub_version": __version__}
     configure_origins(c, env)
 
 

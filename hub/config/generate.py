@@ -5,6 +5,9 @@
   docker-compose.yml     the hub service's environment list, between two marker comments
   swarm/stack.yml        the same list for the Swarm stack (HUB_BACKEND fixed to swarm)
 
+and, in both compose files, this release's image tags (the `image:` lines' fallbacks) and the
+images' version label (the GPUHUB_VERSION build arguments), from hub/__init__.py.
+
     python -m hub.config.generate --write   # or: make config-docs
     python -m hub.config.generate           # exit 1, naming the stale files (what the unit test checks)
 """
@@ -16,6 +19,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from hub import __version__
 from hub.config.table import SECTIONS, SETTINGS, Section, Setting
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,14 +110,24 @@ def compose_environment(fixed: dict[str, str] | None = None) -> list[str]:
         for s in hub:
             if any(bad in s.value for bad in ("$", "}", " #")):
                 raise ValueError(f"{s.name}: {s.value!r} cannot be a compose fallback value")
-            value = fixed.get(s.name, f"${{{s.name}:-{s.value}}}")
+            value = fixed.get(s.name, f"${{{s.name}:-{s.compose_value}}}")
             lines.append(f"{COMPOSE_INDENT}{s.name}: {value}")
     return lines
 
 
+def stamp(text: str) -> str:
+    """``text`` with every fallback of a release tag (``${HUB_IMAGE:-gpuhub/hub:…}``) and every
+    ``GPUHUB_VERSION:`` build argument set to this release's."""
+    for s in SETTINGS.values():
+        if s.tagged:
+            text = re.sub(r"\$\{%s:-[^}]*\}" % s.name, lambda _, s=s: f"${{{s.name}:-{s.compose_value}}}", text)
+    return re.sub(r'^(\s+GPUHUB_VERSION: )"[^"]*"', lambda m: f'{m.group(1)}"{__version__}"', text, flags=re.MULTILINE)
+
+
 def compose(current: str, name: str = COMPOSE, fixed: dict[str, str] | None = None) -> str:
-    """``current`` (docker-compose.yml, or ``name``) with the lines between the markers regenerated."""
-    lines = current.split("\n")
+    """``current`` (docker-compose.yml, or ``name``) with the lines between the markers regenerated
+    and this release's tags stamped in."""
+    lines = stamp(current).split("\n")
     try:
         begin, end = lines.index(COMPOSE_BEGIN), lines.index(COMPOSE_END)
     except ValueError:

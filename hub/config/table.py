@@ -14,9 +14,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from hub import __version__
 from hub.config import readers
 
 HUB, INIT, COMPOSE, MAKE = "hub", "init", "compose", "make"
+
+
+def release_tag(repository: str) -> str:
+    """The tag an image of this repository gets from `make images` in this release: the version
+    (hub/__init__.py), so an upgrade builds new tags and the previous release's images stay for
+    a rollback (docs/operations.md, "Upgrades")."""
+    return f"{repository}:{__version__}"
+
+
+# .env.example leaves the image tags blank ("this release's tag"): a tag copied into .env would
+# stay behind at the next upgrade, which would then build the new release under the old tag.
+RELEASE_TAG_DOC = "`{}:<version>` (this release: `{}`)"
 
 
 @dataclass(frozen=True)
@@ -48,11 +61,19 @@ class Setting:
     (hub/config/host_setup.py, which turns it into compose.host.yml)."""
     optional: bool = False
     """Blank means "not set" (read() returns None) rather than the default."""
+    tagged: bool = False
+    """An image tag of this release (release_tag): .env.example leaves it blank, and compose's
+    fallbacks (the hub's environment, the `image:` lines) are the default itself."""
 
     @property
     def value(self) -> str:
         """The value written into .env.example and as compose's ${NAME:-value} fallback."""
         return self.default if self.written is None else self.written
+
+    @property
+    def compose_value(self) -> str:
+        """compose's ${NAME:-value} fallback."""
+        return self.default if self.tagged else self.value
 
     @property
     def to_hub(self) -> bool:
@@ -203,9 +224,10 @@ _TABLE = [
     Setting("OIDC_LOGIN_SERVICE", OAUTH, "text", default="OpenID Connect", written="", example='"Lab SSO"',
             help="`oidc`: name on the login button (\"Sign in with ...\"); quote values with spaces."),
     # --- User servers
-    Setting("SINGLEUSER_IMAGE", SERVERS, "text", default="gpuhub/pytorch-notebook:0.1.0",
+    Setting("SINGLEUSER_IMAGE", SERVERS, "text", default=release_tag("gpuhub/pytorch-notebook"), written="", tagged=True,
+            default_doc=RELEASE_TAG_DOC.format("gpuhub/pytorch-notebook", release_tag("gpuhub/pytorch-notebook")),
             example="registry.example.org/lab/notebook:2",
-            help="Image of each user's server (`make up` builds it under this tag)."),
+            help="Image of each user's server (`make up` builds it under this tag). Blank: this release's tag."),
     Setting("USER_MEM_LIMIT", SERVERS, "byte_size", default="8G", example="16G",
             help="Memory limit per user server (K/M/G/T)."),
     Setting("USER_CPU_LIMIT", SERVERS, "cpus", default="2", example="0.5",
@@ -355,20 +377,26 @@ _TABLE = [
             help="Placement constraints for every user server, comma-separated (Swarm's syntax), e.g. to keep "
                  "servers off the managers; a GPU server is also constrained to its GPU's node. GPUs of nodes that "
                  "`node.id`, `node.hostname`, `node.role` or `node.labels.*` constraints leave out are not handed out."),
-    Setting("HUB_IMAGE", IMAGES, "compose", default="gpuhub/hub:0.1.0", used_by=COMPOSE,
-            example="registry.example.org/lab/hub:0.1.0", help="Tag of the hub image (built by `make up`)."),
-    Setting("PROXY_IMAGE", IMAGES, "compose", default="gpuhub/proxy:0.1.0", used_by=COMPOSE,
-            example="registry.example.org/lab/proxy:0.1.0", help="Tag of the proxy image."),
+    Setting("HUB_IMAGE", IMAGES, "compose", default=release_tag("gpuhub/hub"), written="", tagged=True,
+            default_doc=RELEASE_TAG_DOC.format("gpuhub/hub", release_tag("gpuhub/hub")), used_by=COMPOSE,
+            example="registry.example.org/lab/hub:1.0.0", help="Tag of the hub image (built by `make up`). Blank: this release's tag, so that an upgrade "
+                 "keeps the previous release's images for a rollback ([Operations](operations.md#upgrades))."),
+    Setting("PROXY_IMAGE", IMAGES, "compose", default=release_tag("gpuhub/proxy"), written="", tagged=True,
+            default_doc=RELEASE_TAG_DOC.format("gpuhub/proxy", release_tag("gpuhub/proxy")), used_by=COMPOSE,
+            example="registry.example.org/lab/proxy:1.0.0", help="Tag of the proxy image. Blank: this release's tag."),
     Setting("TORCH_CUDA", IMAGES, "compose", default="13.0", example="12.6", used_by=COMPOSE,
             help="The CUDA version the PyTorch of `TORCH_PACKAGES` is built for (`none` for a CPU build): the "
                  "build checks it against `torch.version.cuda` and labels the image with it, and the hub refuses "
                  "a GPU start when the host's driver is too old for it ([GPUs: Host health](gpus.md#host-health))."),
-    Setting("CADDY_IMAGE", IMAGES, "compose", default="gpuhub/caddy:0.1.0", used_by=COMPOSE,
+    Setting("CADDY_IMAGE", IMAGES, "compose", default=release_tag("gpuhub/caddy"), written="", tagged=True,
+            default_doc=RELEASE_TAG_DOC.format("gpuhub/caddy", release_tag("gpuhub/caddy")), used_by=COMPOSE,
             example="caddy:2.10", help="Tag of the HTTPS front image (Debian's caddy, built by `make up` when "
-                                      "`HUB_DOMAIN` is set)."),
-    Setting("PROMETHEUS_IMAGE", IMAGES, "compose", default="gpuhub/prometheus:0.1.0", used_by=COMPOSE,
-            example="registry.example.org/lab/prometheus:0.1.0",
-            help="Tag of the `monitoring` profile's Prometheus image (Debian's package on `DEBIAN_BASE_IMAGE`)."),
+                                      "`HUB_DOMAIN` is set). Blank: this release's tag."),
+    Setting("PROMETHEUS_IMAGE", IMAGES, "compose", default=release_tag("gpuhub/prometheus"), written="", tagged=True,
+            default_doc=RELEASE_TAG_DOC.format("gpuhub/prometheus", release_tag("gpuhub/prometheus")), used_by=COMPOSE,
+            example="registry.example.org/lab/prometheus:1.0.0",
+            help="Tag of the `monitoring` profile's Prometheus image (Debian's package on `DEBIAN_BASE_IMAGE`). "
+                 "Blank: this release's tag."),
     Setting("PYTHON_BASE_IMAGE", IMAGES, "compose", default="python:3.11-slim-bookworm", used_by=COMPOSE,
             example="local/python:3.11-bookworm",
             help="Base of the hub and single-user images: any Debian bookworm image with Python 3.11. "

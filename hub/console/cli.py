@@ -3,6 +3,7 @@ prefer a terminal. Standard library only, so it runs with any Python 3.11 on the
 
     export GPUHUB_TOKEN=<an admin's API token from the hub's Token page, /hub/token>
     gpuhub-gpus list                     # the GPU table
+    gpuhub-gpus --version                # gpuhub's release (CHANGELOG.md)
     gpuhub-gpus pin alice 1              # GPU by index or UUID
     gpuhub-gpus unpin alice
     gpuhub-gpus drain GPU-…   /  undrain GPU-…
@@ -393,6 +394,9 @@ def parser() -> argparse.ArgumentParser:
                                 "list GPUs, pin, unpin, drain, undrain, free, access, audit, queue; "
                                 "courses: roster, courses, course, stop-course, reset, reserve, "
                                 "unreserve, share, unshare; usage, quota.")
+    from hub import __version__
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (gpuhub)",
+                   help="the release of gpuhub this command belongs to (CHANGELOG.md)")
     p.add_argument("--url", default=os.environ.get("GPUHUB_URL", "http://localhost:8000"),
                    help="the hub's address (default: $GPUHUB_URL, else http://localhost:8000)")
     p.add_argument("--token", default=None,

@@ -7,7 +7,7 @@
         gpu: true                      # one exclusive GPU (false: CPU only)
         mem_limit: 32G
         cpu_limit: 8
-        images: [gpuhub/pytorch-notebook:0.1.0]   # the allowlist; the first is the default
+        images: [gpuhub/pytorch-notebook:1.0.0]   # the allowlist; the first is the default
         groups: [staff]                # only members of these groups see it (absent: everyone)
         default: true
         reclaim: {timeout: 7200, grace: 900}   # its own idle-GPU reclaim (or: reclaim: off);

@@ -132,7 +132,7 @@ def test_compose_reads_exactly_the_tables_variables_with_its_defaults():
                   if s.used_by != "make" and name not in generate.COMPOSE_FIXED}
     assert {name for name, _ in compose} == in_compose, ({name for name, _ in compose} ^ in_compose)
     for name, fallback in compose:
-        assert fallback == SETTINGS[name].value, (name, fallback)
+        assert fallback == SETTINGS[name].compose_value, (name, fallback)
     hub = re.search(r"^  hub:\n(.*?)^  \S", compose_text, re.MULTILINE | re.DOTALL).group(1)
     hub_env = set(re.findall(r"^      ([A-Z_]+): ", hub, re.MULTILINE))
     assert hub_env == {s.name for s in SETTINGS.values() if s.to_hub}
