@@ -133,7 +133,15 @@ class APIHandler(BaseHandler):
                 raise refusal
             setattr(self, self.request.method.lower(), refuse)
             return
-        await super().prepare()
+        try:
+            await super().prepare()
+        except (web.HTTPError, ConsoleError) as exc:
+            # Answered once the (bounded) body is in, as above: raised here, before tornado has read
+            # the body, the answer closes the connection without saying so, and a proxy that
+            # reuses it gets a reset (a 503 for the next request on it).
+            def refuse_after_body(*_args, error=exc):  # (the name exc ends with the except block)
+                raise error
+            setattr(self, self.request.method.lower(), refuse_after_body)
 
     def data_received(self, chunk: bytes) -> None:
         if self._refusal is None:

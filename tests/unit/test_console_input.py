@@ -357,3 +357,25 @@ def test_fuzz_from_the_openapi_spec_never_answers_5xx(served, path, method, mode
             assert data["status"] == r.status_code and data["message"], r.text[:300]
     fuzz()
     assert seen
+
+
+def test_a_refused_request_leaves_the_connection_open(served):
+    """A 401 answered from ``prepare`` (before tornado read the body) closed the connection
+    without saying so; the proxy, reusing it, answered the next request with a 503 (seen in the
+    live fuzz). Refusals now come once the bounded body is in: the connection stays usable."""
+    import socket
+    host, port = served.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as c:
+        request = (f"GET {PREFIX}pins HTTP/1.1\r\nHost: x\r\nAuthorization: \r\n\r\n").encode()
+        for _ in range(2):
+            c.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = c.recv(65536)
+                assert chunk, "the console closed the connection after a refusal"
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 401"), head[:80]
+            length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:
+                body += c.recv(65536)
