@@ -5,7 +5,7 @@ hold with many servers, on the real compose stack of the tests (tests/e2e/stack.
    order alternating between rounds), SPAWNS CPU servers started through the hub's API one after
    the other, each timed from the request until the hub reports it ready, then stopped.
    Reports the p50 of each and their ratio.
-2. Many servers: N stand-in servers (containers of the Python base image answering HTTP on
+2. Many servers: N stand-in servers (containers of the hub's image answering HTTP on
    8888, on the deployment's network, as users' servers are) next to the stack; then the
    rules' count, and from one stand-in, SAMPLE others are tried (all must be unreachable),
    and from the proxy the same ones (all must answer).
@@ -29,7 +29,6 @@ sys.path[:0] = [str(ROOT / "tests/e2e")]
 from hubclient import Hub, Stack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-STAND_IN = "local/python:3.11-bookworm"
 
 
 def docker(*args, check=True, timeout=300):
@@ -50,14 +49,21 @@ def spawn_times(stack: Stack, isolation: bool, spawns: int, tag: str) -> list[fl
     return times
 
 
+def remove_stand_ins() -> None:
+    found = docker("ps", "-aq", "--filter", "label=gpuhub.bench=standin").stdout.split()
+    if found:
+        docker("rm", "-f", *found, check=False)
+
+
 def many_servers(stack: Stack, n: int, sample: int) -> dict:
     stack.up(USER_NETWORK_ISOLATION="true")
     network = f"{stack.prefix}-net"
     names = [f"{stack.prefix}-standin-{i:03d}" for i in range(n)]
+    remove_stand_ins()  # an interrupted run's
     t0 = time.monotonic()
-    for name in names:
+    for name in names:  # the hub's image has Python; anything answering HTTP would do
         docker("run", "-d", "--name", name, "--network", network, "--label", "gpuhub.bench=standin",
-               "--memory", "64m", STAND_IN, "python", "-m", "http.server", "8888")
+               "--memory", "64m", "--entrypoint", "python", stack.env["HUB_IMAGE"], "-m", "http.server", "8888")
     started_s = time.monotonic() - t0
     try:
         time.sleep(6)  # one check interval of netguard's, and the servers' start
@@ -77,7 +83,7 @@ def many_servers(stack: Stack, n: int, sample: int) -> dict:
         from_proxy = int(stack.compose("exec", "-T", "proxy", "node", "-e", node).stdout.strip() or 0)
         subnet = json.loads(docker("network", "inspect", network).stdout)[0]["IPAM"]["Config"][0]["Subnet"]
     finally:
-        docker("rm", "-f", *names, check=False)
+        remove_stand_ins()
     return {"servers": n, "started_s": round(started_s, 1), "rules": rules, "subnet": subnet,
             "sampled": len(targets), "reachable_from_a_user": sum(from_user), "reachable_from_the_proxy": from_proxy}
 

@@ -110,8 +110,14 @@ def layout_from_engine(client, network_name: str, project: str) -> Layout | None
     infra: dict[str, set[str]] = {}
     for container in client.api.containers(filters={"network": network["Id"],
                                                     "label": f"com.docker.compose.project={project}"}):
-        service = (container.get("Labels") or {}).get("com.docker.compose.service")
-        if service not in INFRA_SERVICES:
+        labels = container.get("Labels") or {}
+        service = labels.get("com.docker.compose.service")
+        # A container inherits its image's labels, and compose labels the images it builds with
+        # their project and service: any container of the hub's image would pass for the hub.
+        # Only compose puts its config hash on a service's container (not on images), and
+        # one-off containers (`compose run`) are not services.
+        if (service not in INFRA_SERVICES or "com.docker.compose.config-hash" not in labels
+                or labels.get("com.docker.compose.oneoff", "False") != "False"):
             continue
         endpoint = ((container.get("NetworkSettings") or {}).get("Networks") or {}).get(network_name) or {}
         if endpoint.get("IPAddress"):

@@ -79,13 +79,19 @@ def test_the_firewall_uses_the_backend_that_holds_dockers_chains_and_jumps_once(
 def test_layout_reads_compose_services_and_treats_anything_else_as_a_user():
     network = {"Id": "0123456789abcdef", "Options": {}, "IPAM": {"Config": [{"Subnet": "172.30.0.0/16"}]}}
 
-    def container(service, ip, project="gpuhub"):
-        return {"Labels": {"com.docker.compose.project": project, "com.docker.compose.service": service},
-                "NetworkSettings": {"Networks": {"gpuhub-net": {"IPAddress": ip}}}}
+    def container(service, ip, project="gpuhub", created_by_compose=True, oneoff="False"):
+        labels = {"com.docker.compose.project": project, "com.docker.compose.service": service}  # the image's too
+        if created_by_compose:
+            labels.update({"com.docker.compose.config-hash": "abc", "com.docker.compose.oneoff": oneoff})
+        return {"Labels": labels, "NetworkSettings": {"Networks": {"gpuhub-net": {"IPAddress": ip}}}}
 
     api = SimpleNamespace(inspect_network=lambda name: network,
-                          containers=lambda filters: [container("hub", "172.30.0.3"), container("proxy", "172.30.0.2"),
-                                                      container("singleuser", "172.30.0.9")])
+                          containers=lambda filters: [
+                              container("hub", "172.30.0.3"), container("proxy", "172.30.0.2"),
+                              container("singleuser", "172.30.0.9"),
+                              # `docker run` of the hub's image: its labels say hub, compose did not make it
+                              container("hub", "172.30.0.10", created_by_compose=False),
+                              container("hub", "172.30.0.11", oneoff="True")])  # `compose run hub`
     layout = layout_from_engine(SimpleNamespace(api=api), "gpuhub-net", "gpuhub")
     assert layout == Layout("br-0123456789ab", "172.30.0.0/16", {"hub": ("172.30.0.3",), "proxy": ("172.30.0.2",)})
 
