@@ -8,24 +8,21 @@ tests/e2e/doors.py`` prints ONE JSON line:
 
 and exits 1 if a door is open or none was tried.
 """
-import fcntl
 import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+from reliability import locked_json
 
 RESULTS = Path(__file__).resolve().parents[1] / "artifacts" / "security.json"
 
 
 @contextmanager
 def _results():
-    RESULTS.parent.mkdir(exist_ok=True)
-    with open(RESULTS.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() and RESULTS.stat().st_size else {}
+    with locked_json(RESULTS) as data:
         data.setdefault("doors", {})
         yield data
-        RESULTS.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def door(name: str, closed: bool, evidence="") -> bool:

@@ -37,15 +37,23 @@ SECTIONS = {"users_started": ("load",), "users_failed": ("load",), "slowest_star
 
 
 @contextmanager
-def _results():
-    RESULTS.parent.mkdir(exist_ok=True)
-    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+def locked_json(path: Path):
+    """A results file several test processes add to: read, changed in the block, written back,
+    under a lock of its own (also tests/e2e/doors.py's)."""
+    path.parent.mkdir(exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() and RESULTS.stat().st_size else {}
+        data = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
+        yield data
+        path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+@contextmanager
+def _results():
+    with locked_json(RESULTS) as data:
         data.setdefault("counts", {}).setdefault("slowest_start_s", 0.0)
         data.setdefault("details", [])
         yield data
-        RESULTS.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def add(**counts) -> None:
