@@ -1,7 +1,7 @@
 # The two commands: `make up` starts the deployment, `make test` tests it (see README.md).
 SHELL := /bin/bash
 COMPOSE ?= docker compose
-# The settings make reads (hub/config/host_setup.py); compose reads .env (or its --env-file).
+# The settings make reads (hub/settings/host_setup.py); compose reads .env (or its --env-file).
 ENV_FILE ?= .env
 PYTHON ?= python3
 VENV := .venv
@@ -26,8 +26,8 @@ export_local_bases = for pair in $(LOCAL_BASES); do image=$${pair\#*=}; \
 .PHONY: up check down restart-hub upgrade rollback swarm-up swarm-down images test test-images unit e2e storm swarm-storm bench reliability security config-docs
 
 # HTTPS (HUB_DOMAIN), live GPU data on an NVIDIA host, checked settings: exports for compose,
-# and compose.host.yml, from hub/config/host_setup.py (the host's python3, standard library only).
-HOST_SETUP = eval "$$($(PYTHON) -m hub.config.host_setup --env-file $(ENV_FILE))"
+# and compose.host.yml, from hub/settings/host_setup.py (the host's python3, standard library only).
+HOST_SETUP = eval "$$($(PYTHON) -m hub.settings.host_setup --env-file $(ENV_FILE))"
 
 up: check .env images
 	@$(HOST_SETUP) && $(COMPOSE) up -d --wait
@@ -43,7 +43,7 @@ up: check .env images
 
 # Stops on a bad setting (HUB_DOMAIN, TLS_CERT_FILE, ...) with a message naming it.
 check:
-	@$(PYTHON) -m hub.config.host_setup --env-file $(ENV_FILE) >/dev/null
+	@$(PYTHON) -m hub.settings.host_setup --env-file $(ENV_FILE) >/dev/null
 
 # Stops users' servers too (their files stay on volumes) and removes the network: scripts/down.sh
 down:
@@ -69,11 +69,11 @@ rollback:
 # manager, with .env's variables (docker stack deploy reads no env file). Users' servers stay up
 # across a redeploy; swarm-down removes the stack (servers are Swarm services of their own).
 swarm-up: check .env images
-	@eval "$$($(PYTHON) -m hub.config.host_setup --env-file $(ENV_FILE) --swarm)" && \
+	@eval "$$($(PYTHON) -m hub.settings.host_setup --env-file $(ENV_FILE) --swarm)" && \
 	  docker stack deploy --detach=true -c swarm/stack.yml "$${HUB_NAME_PREFIX:-gpuhub}"
 
 swarm-down:
-	@eval "$$($(PYTHON) -m hub.config.host_setup --env-file $(ENV_FILE) --swarm)" && \
+	@eval "$$($(PYTHON) -m hub.settings.host_setup --env-file $(ENV_FILE) --swarm)" && \
 	  docker stack rm "$${HUB_NAME_PREFIX:-gpuhub}"
 
 .env:
@@ -106,9 +106,9 @@ test-images:
 unit: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest tests/unit -q
 
-# .env.example, docs/configuration.md and compose's hub environment, from hub/config/table.py
+# .env.example, docs/configuration.md and compose's hub environment, from hub/settings/table.py
 config-docs: $(VENV)/.installed
-	$(VENV)/bin/python -m hub.config.generate --write
+	$(VENV)/bin/python -m hub.settings.generate --write
 
 e2e: $(VENV)/.installed test-images
 	$(VENV)/bin/python -m pytest tests/e2e -q

@@ -1,13 +1,13 @@
 # JupyterHub configuration: declarative, read from the environment (.env via docker compose).
-# The logic lives in the hub/ package (hub/config/); docs/configuration.md lists every variable.
+# The logic lives in the hub/ package (hub/hub_process/config/); docs/configuration.md lists every variable.
 import os
 
-from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
-from hub.config.configure import configure_console, configure_queue, configure_reclaim, configure_recovery
-from hub.config.configure import configure_usage
-from hub import watchdog
+from hub.hub_process.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
+from hub.hub_process.config.configure import configure_console, configure_queue, configure_reclaim, configure_recovery
+from hub.hub_process.config.configure import configure_usage
+from hub.hub_process import watchdog
 from hub.gpus import doctor
-from hub.patches import api_body_500, error_reason, restart_check, system_resolver
+from hub.hub_process.patches import api_body_500, error_reason, restart_check, system_resolver
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)

@@ -6,7 +6,7 @@ in one run on this machine, with the same single-user image:
   stock  jupyterhub-deploy-docker's hub (bench/stock/), same JupyterHub version; its servers
          run the image's CMD (jupyterhub-singleuser)
   ours   this repository's compose deployment (bench/ours.env: CPU-only servers, like stock);
-         its spawner runs the image's lean command and takes turns (hub/spawner/spawner.py)
+         its spawner runs the image's lean command and takes turns (hub/hub_process/spawner/spawner.py)
 
 Each spawn and each burst starts on a quiet machine (under 15% CPU busy; the engine removes the
 last setup's containers in the background). A hub's spawn is timed as a browser waits for it:
@@ -18,7 +18,7 @@ time and CPU from process start until it answers.
 
 Then the scale curve of each hub (bench/scale.py): with 0, 50, 100 and 200 (--scale) idle
 servers running (a step the host's available memory cannot hold is skipped, said in the JSON), idle CPU (per server, total / N and marginal; hub and each of its processes, proxy,
-engine, host) over a quiet minute, memory, hub/console/proxy latency and single spawn p50.
+engine, host) over a quiet minute, memory, hub/service_process/console/proxy latency and single spawn p50.
 
 Writes bench/results/<UTC time>.json, bench/results/latest.json and bench/results/latest.png.
 Options: --runs N (single spawns per setup, default 9: stock's times fall into two groups, see the
@@ -189,7 +189,7 @@ def bench_floor(runs: int, burst: int) -> dict:
 def bench_server_start(runs: int) -> dict:
     """Wall and CPU time of each setup's server command from process start until it answers,
     inside one container (bench/server_start.py): no engine, no hub."""
-    from hub.spawner import GPUDockerSpawner
+    from hub.hub_process.spawner import GPUDockerSpawner
 
     ours_args = GPUDockerSpawner(_mock=True).get_args()
     result = json.loads(sh("docker", "run", "--rm", "-v", f"{ROOT / 'bench/server_start.py'}:/bench/server_start.py:ro",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from hub.config.configure import RECLAIM_TOKEN_ENV
+from hub.hub_process.config.configure import RECLAIM_TOKEN_ENV
 
 TICK = os.sysconf("SC_CLK_TCK")
 ENGINE = ("dockerd", "containerd")
@@ -82,7 +82,7 @@ def process_cpu_s(pid: int) -> float | None:
 def process_name(pid: int | str, args: str) -> str:
     """A process of the hub's containers by its command line (paths under /srv/ and `-f` left
     out); the GPU console's process with gpu-reclaim in it (its environment has gpu-reclaim's
-    token: hub/config/configure.py, configure_reclaim) is named so."""
+    token: hub/hub_process/config/configure.py, configure_reclaim) is named so."""
     name = " ".join(a for a in args.split() if not a.startswith("/srv/") and a != "-f")[:60]
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()

@@ -5,7 +5,7 @@ hub in the way (a stand-in hub answers the single-user server's version check).
     python server_start.py RUNS OURS_ARGS  ->  one JSON line: {setup: {"wall_p50_s", "cpu_p50_s", "runs"}}
 
 OURS_ARGS: a JSON list, the arguments our spawner adds (bench/run.py takes them from
-hub/spawner/spawner.py, so that this measures what the spawner runs).
+hub/hub_process/spawner/spawner.py, so that this measures what the spawner runs).
 
 CPU is the server process's user + system time from start until it was stopped, right after
 its first answer (stopping adds a few ms).

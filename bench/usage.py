@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests/unit")]
 from console_fakes import ADMIN_TOKEN, FakeEngine, FakeHub, FakeNVML, ServedApp, StubAuth, container  # noqa: E402
 
-from hub.console.app import make_app, usage_keeper  # noqa: E402
-from hub.console.audit import AuditLog  # noqa: E402
-from hub.console.state import Console  # noqa: E402
+from hub.service_process.console.app import make_app, usage_keeper  # noqa: E402
+from hub.common.audit import AuditLog  # noqa: E402
+from hub.service_process.console.state import Console  # noqa: E402
 from hub.gpus.activity import ActivitySampler  # noqa: E402
-from hub.config.gpu_settings import GPUSettings  # noqa: E402
+from hub.settings.gpu_settings import GPUSettings  # noqa: E402
 from hub.gpus.manager import GPUManager  # noqa: E402
 from hub.gpus.model import GPU  # noqa: E402
 from hub.usage.accounting import Interval  # noqa: E402

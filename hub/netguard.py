@@ -216,7 +216,7 @@ def _normalise(chains: Mapping[str, list[str] | None]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hub.config.table import read
+    from hub.settings.table import read
 
     parser = argparse.ArgumentParser(prog="gpuhub-netguard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ready-file", default="/run/gpuhub-netguard.ready")

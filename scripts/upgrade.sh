@@ -44,7 +44,7 @@ PYTHON=${PYTHON:-python3}
 BACKUP_ROOT=${BACKUP_ROOT:-backups}
 WAIT_TIMEOUT=${WAIT_TIMEOUT:-180}
 STATE_VOLUMES=(hub-state proxy-token metrics-token)
-# The images `make images` tags with the release (hub/config/table.py, release_tag).
+# The images `make images` tags with the release (hub/settings/table.py, release_tag).
 STOCK_IMAGES='HUB_IMAGE=gpuhub/hub PROXY_IMAGE=gpuhub/proxy SINGLEUSER_IMAGE=gpuhub/pytorch-notebook CADDY_IMAGE=gpuhub/caddy PROMETHEUS_IMAGE=gpuhub/prometheus'
 
 say() { printf '%s\n' "$*"; }
@@ -94,9 +94,13 @@ user_servers() {  # the running user containers of the deployment: "id name" lin
 }
 
 host_setup() {  # make up's exports (HTTPS, NVML, checks) for the checkout in $1
-  if [[ -f $1/hub/config/host_setup.py ]]; then
-    eval "$(cd "$1" && "$PYTHON" -m hub.config.host_setup --env-file "$2")"
-  fi
+  local module  # where the release keeps it: hub/settings/ from 1.1, hub/config/ in 1.0
+  for module in hub.settings.host_setup hub.config.host_setup; do
+    if [[ -f $1/${module//.//}.py ]]; then
+      eval "$(cd "$1" && "$PYTHON" -m "$module" --env-file "$2")"
+      return
+    fi
+  done
 }
 
 hub_health() {  # the hub's /hub/health from inside its container (no port needed)

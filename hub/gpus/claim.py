@@ -52,7 +52,7 @@ class Labels:
 
     @property
     def profile(self) -> str:
-        """The profile the server was started with (its reclaim policy: hub/reclaim/policy.py)."""
+        """The profile the server was started with (its reclaim policy: hub/gpus/reclaim_policy.py)."""
         return f"{self.prefix}.profile"
 
     def owner(self, user: str, server: str, instance: str) -> dict[str, str]:

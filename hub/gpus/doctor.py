@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from hub.gpus.health import DEFAULT_TOOLKIT_MIN, TORCH_CUDA_LABEL, Check, Report, report, UNKNOWN
+from hub.gpus.health import DEFAULT_TOOLKIT_MIN, TORCH_CUDA_LABEL, Check, Report, report, toolkit_version, UNKNOWN
 
 
 def engine_facts(client: Any = None) -> tuple[dict, dict, str]:
@@ -57,7 +57,6 @@ def host_toolkit_version() -> str:
     """$NVIDIA_CTK_VERSION (what `make up` read on the host), else nvidia-ctk on this machine."""
     if os.environ.get("NVIDIA_CTK_VERSION"):
         return os.environ["NVIDIA_CTK_VERSION"]
-    from hub.config.host_setup import toolkit_version
     return toolkit_version()
 
 

@@ -10,6 +10,8 @@ readable here: never a refusal).
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
@@ -297,3 +299,18 @@ def report(version: dict, info: dict, toolkit: str | None, minimum: str, overrid
         checks += [gpu_check(h) for h in gpu_health]
         checks.append(xid_check(gpu_health, xid_listened))
     return Report(checks)
+
+
+def toolkit_version(run=subprocess.run) -> str:
+    """The NVIDIA Container Toolkit's version on this host ("" if it is not installed)."""
+    for command in (["nvidia-ctk", "--version"], ["nvidia-container-cli", "--version"]):
+        if not shutil.which(command[0]):
+            continue
+        try:
+            out = run(command, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        found = re.search(r"version:?\s*v?(\d+\.\d+\.\d+)", out, re.I)
+        if found:
+            return found.group(1)
+    return ""

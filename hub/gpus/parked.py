@@ -1,4 +1,4 @@
-"""Parked servers: which paused containers gave their GPU back (hub/reclaim/park.py parks them).
+"""Parked servers: which paused containers gave their GPU back (hub/service_process/reclaim/park.py parks them).
 
 A container's labels cannot change once it exists, so what is parked is kept in a small JSON
 file on the state volume, ``gpu-parked.json`` beside the admin's intent:

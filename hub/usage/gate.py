@@ -1,4 +1,4 @@
-"""What the hub asks of the usage store (hub/spawner/spawner.py): may this user start a GPU
+"""What the hub asks of the usage store (hub/hub_process/spawner/spawner.py): may this user start a GPU
 server (their quotas), what to show them (usage, a 90 % warning, why their server was stopped),
 and counting refused starts by reason (the metrics' ``gpuhub_spawn_refusals_total``).
 

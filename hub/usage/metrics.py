@@ -20,7 +20,7 @@ from hub.usage import quota as quotas
 from hub.usage.reconcile import UsageKeeper
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SCOPE = "custom:gpuhub-metrics:read"  # the scope a scraper's token needs (hub/config/configure.py)
+SCOPE = "custom:gpuhub-metrics:read"  # the scope a scraper's token needs (hub/hub_process/config/configure.py)
 MIB = 1024 * 1024
 
 

@@ -237,7 +237,7 @@ def test_a_100_mb_body_through_the_proxy_is_refused_before_it_is_read(console, s
 def test_cli_from_the_host_and_in_the_hub_container(console, stack, hub):
     hub.create_user("con-cli")
     env = {"GPUHUB_TOKEN": console.token, "PATH": "/usr/bin:/bin"}
-    host = [sys.executable, "-m", "hub.console.cli", "--url", stack.url]
+    host = [sys.executable, "-m", "hub.service_process.console.cli", "--url", stack.url]
 
     r = subprocess.run([*host, "pin", "con-cli", "1"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert r.returncode == 0 and "Pinned con-cli to GPU #1" in r.stdout, r.stderr

@@ -51,7 +51,7 @@ def test_reclaim_runs_in_the_consoles_process_with_its_own_identity(reclaiming, 
     top = stack.docker("top", container, "-eo", "pid,args").stdout.splitlines()[1:]
     pythons = [line.split(None, 1)[1] for line in top if "python" in line]
     assert len(pythons) == 2, top
-    assert any("jupyterhub" in a for a in pythons) and any("hub.console.app" in a for a in pythons), top
+    assert any("jupyterhub" in a for a in pythons) and any("hub.service_process.console.app" in a for a in pythons), top
     service = hub.api("GET", "/services/gpu-reclaim").json()
     # no command: JupyterHub starts no process for it
     assert not service["command"] and not service["pid"] and service["url"] == "http://hub:10102", service
@@ -169,7 +169,7 @@ def test_a_crash_of_the_consoles_process_stops_console_and_reclaim_until_the_hub
     token = user_token(hub, "rc-crash")
     kill = ("import os, signal\n"
             "for p in filter(str.isdigit, os.listdir('/proc')):\n"
-            "    if int(p) != os.getpid() and b'hub.console.app' in open(f'/proc/{p}/cmdline', 'rb').read():\n"
+            "    if int(p) != os.getpid() and b'hub.service_process.console.app' in open(f'/proc/{p}/cmdline', 'rb').read():\n"
             "        os.kill(int(p), signal.SIGKILL)\n")
     killed = time.monotonic()
     stack.docker("exec", f"{stack.prefix}-hub-1", "python3", "-c", kill)

@@ -1,4 +1,4 @@
-"""Parking on the real engine (hub/reclaim/park.py): a user container of the single-user test
+"""Parking on the real engine (hub/service_process/reclaim/park.py): a user container of the single-user test
 image, given a fake GPU through CDI, whose "CUDA process" (a Python process with /dev/nvidiaN
 open: gpu-park finds it as it finds a real one) counts ticks into a bind-mounted folder.
 The checkpoint step is gpu-park's driver stand-in (GPU_PARK_FAKE, run by docker exec as the
@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from hubclient import Stack
-from hub.console.audit import AuditLog
-from hub.console.engine import DockerCaller
+from hub.common.audit import AuditLog
+from hub.common.engine import DockerCaller
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import GPU
 from hub.gpus.parked import ParkedFile
-from hub.reclaim.park import ExecCheckpointer, ParkSettings, Parker
+from hub.service_process.reclaim.park import ExecCheckpointer, ParkSettings, Parker
 
 IMAGE = Stack().env["SINGLEUSER_IMAGE"]
 UUID = "GPU-fa4e0000-0000-4000-8000-000000000003"

@@ -114,14 +114,14 @@ def test_malformed_api_bodies_get_4xx(stack, hub):
 
 
 def test_fuzz_the_console_api_from_its_openapi_spec(stack, hub):
-    """schemathesis generates requests from hub/console/openapi.yaml (valid and invalid ones)
+    """schemathesis generates requests from hub/service_process/console/openapi.yaml (valid and invalid ones)
     and checks that none is answered with a 5xx (and that answers match the spec's codes)."""
     token = hub.s.headers["Authorization"].split()[1]
     console = Console(stack, token)
     report = reliability.RESULTS.with_name("schemathesis.ndjson")
     report.unlink(missing_ok=True)
     examples = os.environ.get("GPUHUB_FUZZ_EXAMPLES", "25")
-    cmd = [str(Path(sys.executable).with_name("schemathesis")), "run", str(ROOT / "hub/console/openapi.yaml"),
+    cmd = [str(Path(sys.executable).with_name("schemathesis")), "run", str(ROOT / "hub/service_process/console/openapi.yaml"),
            "--url", f"{stack.url}/services/gpu-console/api", "-H", f"Authorization: token {token}",
            "--checks", "not_a_server_error", "--max-examples", examples, "--seed", "6",
            "--phases", "examples,coverage,fuzzing", "--exclude-path", "/openapi.yaml", "--no-shrink",

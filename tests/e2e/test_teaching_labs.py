@@ -106,13 +106,13 @@ def test_roster_import_re_import_and_bad_rows(console, hub, course_stack):
 
 def test_the_consoles_token_creates_roster_users_and_cannot_delete_or_rename(stack, hub, course_stack):
     """Least privilege (issue 25): the token JupyterHub hands the console's process has the
-    roster route's scope (hub/roster_api.py), which created the roster's users above, and not
+    roster route's scope (hub/hub_process/roster_api.py), which created the roster's users above, and not
     admin:users or admin:groups: it cannot delete or rename a user, read auth state, or delete a
     group. The roster route refuses every other token, an admin's included."""
     container = f"{stack.prefix}-hub-1"
     # as the hub's user: root in the container has no capabilities to read another user's /proc
     environ = stack.docker("exec", "-u", "jupyterhub", container, "sh", "-c", "for p in /proc/[0-9]*; do "
-                           "grep -qa hub.console.app $p/cmdline 2>/dev/null && cat $p/environ; done; true").stdout
+                           "grep -qa hub.service_process.console.app $p/cmdline 2>/dev/null && cat $p/environ; done; true").stdout
     token = next(v.split("=", 1)[1] for v in environ.split("\0") if v.startswith("JUPYTERHUB_API_TOKEN="))
     auth = {"Authorization": f"token {token}"}
     me = requests.get(f"{stack.url}/hub/api/user", headers=auth, timeout=10).json()

@@ -24,7 +24,7 @@ ROOT_CA = "/data/caddy/pki/authorities/local/root.crt"
 
 
 def host_setup(stack, out, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["python3", "-m", "hub.config.host_setup", "--env-file", str(stack.env_file),
+    return subprocess.run(["python3", "-m", "hub.settings.host_setup", "--env-file", str(stack.env_file),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=60)
 

@@ -350,7 +350,7 @@ def test_upgrade_from_an_older_release_keeps_everything_and_rolls_back(old_relea
         # back (recover_gpu_queue). Known gap, left to the line's owners: a hub stopped gracefully
         # (docker stop, as upgrades and `make restart-hub` do) cancels the waiting starts first, and
         # each leaves the line in gpu-queue.json before the process ends, so the next hub finds no
-        # one to tell (hub/spawner/spawner.py, start's finally).
+        # one to tell (hub/hub_process/spawner/spawner.py, start's finally).
         assert not hub.user("eve")["servers"].get("", {}).get("pending"), hub.user("eve")
         reasons = stack.docker("exec", f"{PREFIX}-hub-1", "cat", f"{STATE}/stop-reasons.json", check=False).stdout
         if not ("eve" in reasons and "waited in line for a GPU" in reasons):

@@ -11,7 +11,7 @@ uuid=$(python3 -c 'import json; print(json.load(open("/etc/gpukit-gpus.json"))["
 py=$(command -v python3)
 python3 - "$uuid" "$py" <<'PY'
 import json, sys, docker
-from hub.spawner.hardening import masked_paths
+from hub.hub_process.spawner.hardening import masked_paths
 uuid, py = sys.argv[1], sys.argv[2]
 binds = json.load(open("/etc/gpukit-binds.json"))
 code = ("import os, json, torch; d='/proc/driver/nvidia/gpus'; "

@@ -1,6 +1,6 @@
 # JupyterHub configuration of the whole-stack run on a GPU host (tests/gpu_host/stack.py, which
 # sets the GPUHOST_* variables). It mirrors production's (jupyterhub_config.py ->
-# hub/config/configure.py) where it matters here: the project's spawner with its GPU settings, limits and
+# hub/hub_process/config/configure.py) where it matters here: the project's spawner with its GPU settings, limits and
 # hardening, the external proxy, servers that outlive the hub, the GPU console as a hub-managed
 # service with production's role. It differs where the test machine or the test needs it:
 #   - hub and proxy run as processes on the host (no compose); state in $GPUHOST_STATE;
@@ -12,7 +12,7 @@
 #     else the host's network, where each server gets its own port (DockerSpawner's documented
 #     get_ip_and_port override, in a subclass that changes nothing else);
 #   - the console samples NVML every second (production: every 10 s); no idle culler and no
-#     watchdogs (hub/watchdog.py): neither is what this run is about.
+#     watchdogs (hub/hub_process/watchdog.py): neither is what this run is about.
 import json
 import os
 from pathlib import Path
@@ -25,7 +25,7 @@ hub_port = int(env["GPUHOST_HUB_PORT"])
 network = env["GPUHOST_NETWORK"]  # a bridge network's name, or "host"
 repo = Path(__file__).resolve().parents[2]
 
-# -- the hub (hub/config/configure.py configure_hub) --
+# -- the hub (hub/hub_process/config/configure.py configure_hub) --
 c.JupyterHub.db_url = f"sqlite:///{state}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
 c.ConfigurableHTTPProxy.should_start = False  # the proxy is its own process: a hub restart keeps it
@@ -43,8 +43,8 @@ c.Authenticator.allow_all = True
 c.JupyterHub.services = [{"name": "gpuhost-admin", "api_token": env["GPUHOST_ADMIN_TOKEN"]}]
 c.JupyterHub.load_roles = [{"name": "admin", "services": ["gpuhost-admin"]}]
 
-# -- the spawner (hub/config/configure.py configure_spawner) --
-c.JupyterHub.spawner_class = "hub.spawner.GPUDockerSpawner"
+# -- the spawner (hub/hub_process/config/configure.py configure_spawner) --
+c.JupyterHub.spawner_class = "hub.hub_process.spawner.GPUDockerSpawner"
 c.DockerSpawner.image = env.get("GPUHOST_IMAGE", "gpuhost/singleuser:1")
 c.DockerSpawner.prefix = prefix
 c.DockerSpawner.network_name = network
@@ -71,7 +71,7 @@ c.Spawner.http_timeout = 120
 if network == "host":
     from jupyterhub.utils import random_port
 
-    from hub.spawner import GPUDockerSpawner
+    from hub.hub_process.spawner import GPUDockerSpawner
 
     class HostNetworkGPUDockerSpawner(GPUDockerSpawner):
         """On the host's network every server needs a port of its own, and the engine knows no
@@ -87,35 +87,35 @@ if network == "host":
     c.JupyterHub.spawner_class = HostNetworkGPUDockerSpawner
     c.DockerSpawner.ip = "127.0.0.1"
 
-# -- the GPU console (hub/config/configure.py configure_console), with the same role --
-from hub.config.gpu_settings import GPUSettings  # noqa: E402
+# -- the GPU console (hub/hub_process/config/configure.py configure_console), with the same role --
+from hub.settings.gpu_settings import GPUSettings  # noqa: E402
 
 console_port = int(env["GPUHOST_CONSOLE_PORT"])
 c.JupyterHub.services.append({
     "name": "gpu-console",
     "display": True,
     "url": f"http://127.0.0.1:{console_port}",
-    "command": [env.get("GPUHOST_PYTHON", "python3"), "-m", "hub.console.app"],
+    "command": [env.get("GPUHOST_PYTHON", "python3"), "-m", "hub.service_process.console.app"],
     "cwd": str(repo),
-    # the console's settings as the hub hands them over (hub/config/gpu_settings.py)
+    # the console's settings as the hub hands them over (hub/settings/gpu_settings.py)
     "environment": GPUSettings(name_prefix=prefix, intent_file=str(state / "gpu-intent.json"),
                                audit_file=str(state / "gpu-audit.jsonl"), usage_interval=1,
                                usage_db=str(state / "gpu-usage.sqlite"),
                                bind="127.0.0.1").to_env(),
     "oauth_no_confirm": True,
 })
-from hub import roster_api  # noqa: E402
-from hub.config.configure import CONSOLE_SCOPES  # noqa: E402
+from hub.hub_process import roster_api  # noqa: E402
+from hub.hub_process.config.configure import CONSOLE_SCOPES  # noqa: E402
 
 c.JupyterHub.load_roles.append({"name": "gpu-console", "scopes": list(CONSOLE_SCOPES), "services": ["gpu-console"]})
 roster_api.install(c)
 
-# -- recovery (hub/config/configure.py configure_recovery) --
+# -- recovery (hub/hub_process/config/configure.py configure_recovery) --
 c.JupyterHub.last_activity_interval = 10
 c.Spawner.poll_interval = 10
 templates = repo / "hub" / "templates"
 if templates.is_dir():
     c.JupyterHub.template_paths = [str(templates)]
-    from hub.spawner import GPUDockerSpawner as _Spawner
+    from hub.hub_process.spawner import GPUDockerSpawner as _Spawner
 
     c.JupyterHub.template_vars = {"gpuhub_stop_reason": _Spawner.stop_reason_for}

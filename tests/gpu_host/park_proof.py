@@ -26,7 +26,7 @@ Sizes that do not fit (GPU memory free, host memory available) are skipped with 
 --container: user A runs in a container instead (the GPU kit's gpukit/hostroot:1 with the host's
 Python and torch bound in, as tests/gpu_host/reclaim_real.py does; user 1000:100 as the hub's
 servers; the GPU by UUID through CDI) and is parked and resumed by the hub's own state machine,
-hub/reclaim/park.py's Parker: gpu-park by `docker exec` as the container's user, `docker pause`,
+hub/service_process/reclaim/park.py's Parker: gpu-park by `docker exec` as the container's user, `docker pause`,
 the GPU's memory back at rest (this script's reading), the memory limit raised for the
 checkpoint. With --from-host the checkpoint step runs on the host instead, on the container's
 processes' host pids (which of the two the driver accepts is one thing this run finds out).
@@ -274,16 +274,16 @@ def _alive(container) -> bool:
 
 class ContainerA:
     """User A as a container given the GPU by UUID through CDI and labelled as the spawner labels
-    it, parked and resumed by the hub's own state machine (hub/reclaim/park.py: gpu-park by
+    it, parked and resumed by the hub's own state machine (hub/service_process/reclaim/park.py: gpu-park by
     docker exec as the container's user, docker pause, the GPU's memory back at rest, the memory
     limit raised for the checkpoint), with this script's GPU memory reading as its reader."""
 
     def __init__(self, args, memory, rest: int, python: str):
         import docker
 
-        from hub.console.engine import DockerCaller, engine_client
+        from hub.common.engine import DockerCaller, engine_client
         from hub.gpus.parked import ParkedFile
-        from hub.reclaim.park import ExecCheckpointer, ParkSettings, Parker
+        from hub.service_process.reclaim.park import ExecCheckpointer, ParkSettings, Parker
 
         self.args, self.memory, self.python = args, memory, python
         self.client = docker.from_env()

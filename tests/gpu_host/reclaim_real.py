@@ -13,13 +13,13 @@ from pathlib import Path
 
 import docker
 
-from hub.console.audit import AuditLog
-from hub.console.engine import DockerCaller
+from hub.common.audit import AuditLog
+from hub.common.engine import DockerCaller
 from hub.gpus.activity import ActivitySampler, ActivityStore
 from hub.gpus.nvml import NVMLReader
-from hub.reclaim.policy import ReclaimPolicy
-from hub.reclaim.service import Reclaimer
-from hub.spawner.stop_reasons import ReasonFile
+from hub.gpus.reclaim_policy import ReclaimPolicy
+from hub.service_process.reclaim.service import Reclaimer
+from hub.common.stop_reasons import ReasonFile
 
 T, GRACE, SECONDS = 15, 10, 45
 gpus = json.load(open("/etc/gpukit-gpus.json"))["gpus"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The whole stack on a GPU host: the real hub (JupyterHub with hub.spawner.GPUDockerSpawner),
+"""The whole stack on a GPU host: the real hub (JupyterHub with hub.hub_process.spawner.GPUDockerSpawner),
 the real configurable-http-proxy, single-user servers with the host's PyTorch, the GPU console.
 
 What it proves, for any number of GPUs (N = the GPUs no other container holds):

@@ -347,7 +347,7 @@ class SwarmStack(Stack):
         return loaded
 
     def exports(self) -> dict[str, str]:
-        out = run(sys.executable, "-m", "hub.config.host_setup", "--env-file", str(self.env_file), "--swarm", cwd=ROOT)
+        out = run(sys.executable, "-m", "hub.settings.host_setup", "--env-file", str(self.env_file), "--swarm", cwd=ROOT)
         env = {}
         for line in out.stdout.splitlines():
             key, _, value = line.removeprefix("export ").partition("=")

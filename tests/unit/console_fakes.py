@@ -1,10 +1,10 @@
 """Stand-ins for the GPU console's unit tests: the engine, the hub's API, NVML, the login."""
 from __future__ import annotations
 
-from hub.console.app import make_app
-from hub.console.audit import AuditLog
-from hub.console.hubapi import HubAPI
-from hub.console.state import Console
+from hub.service_process.console.app import make_app
+from hub.common.audit import AuditLog
+from hub.common.hubapi import HubAPI
+from hub.service_process.console.state import Console
 from hub.gpus.activity import ActivitySampler
 from hub.gpus.claim import device_request
 from hub.gpus.manager import GPUManager

@@ -6,9 +6,10 @@ import pytest
 from traitlets.config import Config
 from traitlets.config.loader import ConfigError
 
-from hub.config import generate, oauth, readers
-from hub.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner, read_secret
-from hub.config.table import OAUTH, SECTIONS, SETTINGS
+from hub.hub_process.config import oauth
+from hub.settings import generate, readers
+from hub.hub_process.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner, read_secret
+from hub.settings.table import OAUTH, SECTIONS, SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +44,7 @@ def test_missing_proxy_token_says_how_to_fix(tmp_path):
 def test_auth_defaults_to_native_with_seeded_admin():
     c = Config()
     configure_auth(c, {"HUB_ADMIN_USER": "root-admin"})
-    assert c.JupyterHub.authenticator_class == "hub.config.native_auth.SeededNativeAuthenticator"
+    assert c.JupyterHub.authenticator_class == "hub.hub_process.config.native_auth.SeededNativeAuthenticator"
     assert c.Authenticator.admin_users == {"root-admin"}
     assert c.NativeAuthenticator.open_signup is False
     assert c.SeededNativeAuthenticator.initial_admin_password_file.endswith("/admin-password")
@@ -52,7 +53,7 @@ def test_auth_defaults_to_native_with_seeded_admin():
 def test_spawner_defaults():
     c = Config()
     configure_spawner(c, {})
-    assert c.JupyterHub.spawner_class == "hub.spawner.GPUDockerSpawner"
+    assert c.JupyterHub.spawner_class == "hub.hub_process.spawner.GPUDockerSpawner"
     assert c.DockerSpawner.remove is True
     assert c.DockerSpawner.network_name == "gpuhub-net"
     assert c.DockerSpawner.volumes == {"gpuhub-user-{username}": "/home/jovyan/work"}
@@ -85,13 +86,13 @@ def test_swarm_backend_selects_the_swarm_spawner_with_its_settings():
     c = Config()
     configure_spawner(c, {"HUB_BACKEND": "swarm", "SWARM_NFS_SERVER": "nfs.lab",
                           "SWARM_CONSTRAINTS": "node.role==worker, node.labels.gpu==true"}, profiles_file="/nonexistent")
-    assert c.JupyterHub.spawner_class == "hub.spawner.GPUSwarmSpawner"
+    assert c.JupyterHub.spawner_class == "hub.hub_process.spawner.GPUSwarmSpawner"
     assert c.GPUSwarmSpawner.swarm_nfs_server == "nfs.lab" and c.GPUSwarmSpawner.swarm_nfs_export == "/srv/gpuhub"
     assert c.GPUSwarmSpawner.swarm_constraints == ["node.role==worker", "node.labels.gpu==true"]
     assert c.DockerSpawner.network_name == "gpuhub-net"  # the stack's attachable overlay network
     c = Config()
     configure_spawner(c, {}, profiles_file="/nonexistent")
-    assert c.JupyterHub.spawner_class == "hub.spawner.GPUDockerSpawner" and "GPUSwarmSpawner" not in c
+    assert c.JupyterHub.spawner_class == "hub.hub_process.spawner.GPUDockerSpawner" and "GPUSwarmSpawner" not in c
     with pytest.raises(ConfigError, match="HUB_BACKEND"):
         configure_spawner(Config(), {"HUB_BACKEND": "kubernetes"}, profiles_file="/nonexistent")
 
@@ -152,7 +153,7 @@ def test_every_setting_has_help_and_a_known_reader():
 def test_configure_code_reads_through_the_table():
     """No variable parsed, and no default typed, beside the table."""
     for module in ("configure.py", "oauth.py"):
-        source = (ROOT / "hub" / "config" / module).read_text()
+        source = (ROOT / "hub" / "hub_process" / "config" / module).read_text()
         assert "readers." not in source, module
 
 
@@ -214,7 +215,7 @@ def test_swarm_volumes_come_from_one_place():
 def test_per_user_origins_route_by_host_and_keep_the_internal_names_working():
     from traitlets.config import Config
 
-    from hub.config.configure import configure_origins
+    from hub.hub_process.config.configure import configure_origins
 
     c = Config()
     configure_origins(c, {})

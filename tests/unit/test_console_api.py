@@ -68,11 +68,11 @@ def test_each_holder_shows_what_gpu_reclaim_last_saw(api):
 
     from test_gpu_activity import Feed
 
-    from hub.console.audit import AuditLog
+    from hub.common.audit import AuditLog
     from hub.gpus.activity import ActivitySampler, ActivityStore
-    from hub.reclaim.policy import ReclaimPolicy
-    from hub.reclaim.service import Reclaimer
-    from hub.spawner.stop_reasons import ReasonFile
+    from hub.gpus.reclaim_policy import ReclaimPolicy
+    from hub.service_process.reclaim.service import Reclaimer
+    from hub.common.stop_reasons import ReasonFile
 
     alice = container("gpuhubtest-alice", GPUS[1].uuid, "alice", since=time.time() - 100)
     alice["Config"]["Labels"]["gpuhub.profile"] = "gpu"
@@ -231,8 +231,8 @@ def test_every_path_of_the_spec_has_its_handler_and_request_schemas():
     request body and path parameters have schemas the console validates with (they compile)."""
     from tornado.web import RequestHandler
 
-    from hub.console import openapi
-    from hub.console.handlers import API_HANDLERS
+    from hub.service_process.console import openapi
+    from hub.service_process.console.handlers import API_HANDLERS
 
     paths = openapi.spec()["paths"]
     assert [h.spec_path for h in API_HANDLERS if h.spec_path not in paths] == []
@@ -397,7 +397,7 @@ def test_host_health_card_runs_the_doctors_checks(api, monkeypatch):
 def test_no_page_may_frame_the_console():
     """A page served from a user's server shares the hub's origin without per-user origins:
     the console's answers refuse framing (docs/security.md#origins)."""
-    from hub.console.handlers import APIHandler, PageHandler
+    from hub.service_process.console.handlers import APIHandler, PageHandler
 
     for cls in (PageHandler, APIHandler):
         headers = {}

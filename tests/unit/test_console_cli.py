@@ -4,7 +4,7 @@ import json
 import pytest
 from console_fakes import ADMIN_TOKEN, GPUS, USER_TOKEN, ServedApp, app_for, container, make_console
 
-from hub.console import cli
+from hub.service_process.console import cli
 
 
 @pytest.fixture
@@ -114,13 +114,13 @@ def test_runs_as_a_module_and_a_console_script():
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "hub.console.cli", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "hub.service_process.console.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "pin" in r.stdout and "access" in r.stdout
     import tomllib
     from pathlib import Path
 
     scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["gpuhub-gpus"] == "hub.console.cli:main"
+    assert scripts["gpuhub-gpus"] == "hub.service_process.console.cli:main"
 
 
 def test_course_commands_roster_courses_reserve_share_stop_reset(hub, capsys, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from console_fakes import GPUS, ServedApp, app_for, container, make_console
 from test_console_api import Client
 
-from hub.console.course_actions import CourseDesk
+from hub.service_process.console.course_actions import CourseDesk
 from hub.courses import PROPERTY
 
 ROSTER = "username,course,role\n" + "teacher1,ml101,teacher\nta1,ml101,ta\n" + "".join(

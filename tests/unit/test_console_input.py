@@ -19,10 +19,10 @@ import requests
 from console_fakes import ADMIN_TOKEN, GPUS, FakeNVML, ServedApp, StubAuth, make_console
 
 from hub import courses
-from hub.console.app import make_app, usage_keeper
-from hub.console.handlers import MAX_BODY, roster_body_limit
-from hub.console.usage_api import spreadsheet_cell, to_csv
-from hub.config.gpu_settings import GPUSettings
+from hub.service_process.console.app import make_app, usage_keeper
+from hub.service_process.console.handlers import MAX_BODY, roster_body_limit
+from hub.service_process.console.usage_api import spreadsheet_cell, to_csv
+from hub.settings.gpu_settings import GPUSettings
 
 PREFIX = "/services/gpu-console/api/"
 ADMIN = {"Authorization": f"token {ADMIN_TOKEN}"}
@@ -297,7 +297,7 @@ def test_usage_csv_from_the_api_escapes_user_names(served):
 def _fuzz_cases():
     """(path, method, mode) for every operation: positive for all; negative where there is
     something to break (parameters or a body); known where the path names something."""
-    from hub.console import openapi
+    from hub.service_process.console import openapi
     cases = []
     for path, item in openapi.spec()["paths"].items():
         for method, op in item.items():
@@ -320,7 +320,7 @@ def _schema():
 
     import schemathesis
 
-    from hub.console import openapi
+    from hub.service_process.console import openapi
     raw = copy.deepcopy(openapi.spec())
     raw.pop("security", None)
     raw.get("components", {}).pop("securitySchemes", None)
@@ -329,7 +329,7 @@ def _schema():
 
 @pytest.mark.parametrize("path,method,mode", _fuzz_cases())
 def test_fuzz_from_the_openapi_spec_never_answers_5xx(served, path, method, mode):
-    """schemathesis generates requests from hub/console/openapi.yaml for every operation: valid
+    """schemathesis generates requests from hub/service_process/console/openapi.yaml for every operation: valid
     ones, ones that break the schema, and valid ones whose path names a user, GPU and course that
     exist ("known": past the 404s, into the actions). None may get a 5xx; every refusal is JSON
     with a status and a message. (GET /health runs the host's checks: test_console_api.py.)

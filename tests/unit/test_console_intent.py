@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from traitlets.config import Config
 
-from hub.config.configure import configure_console, configure_culler, configure_spawner
+from hub.hub_process.config.configure import configure_console, configure_culler, configure_spawner
 from hub.gpus.allocator import Allocator
 from hub.gpus.manager import GPUManager, load_intent
 from hub.gpus.model import ACCESS_REFUSED, GPU, Access, Intent
@@ -51,7 +51,7 @@ def test_access_survives_allocator_changes(tmp_path):
 
 # ---- the spawner refuses users who may not use GPUs ------------------------------------------
 def spawner_for(name, groups, intent_file, fallback=False):
-    from hub.spawner import GPUDockerSpawner
+    from hub.hub_process.spawner import GPUDockerSpawner
 
     c = Config()
     c.GPUDockerSpawner.gpu_cpu_fallback = fallback
@@ -62,7 +62,7 @@ def spawner_for(name, groups, intent_file, fallback=False):
 
 @pytest.fixture
 def manager(tmp_path, monkeypatch):
-    from hub.spawner import GPUDockerSpawner
+    from hub.hub_process.spawner import GPUDockerSpawner
 
     path = tmp_path / "gpu-intent.json"
     path.write_text(json.dumps({"pins": {}, "drained": [], "access": {"users": ["amy"], "groups": ["ml"]}}))
@@ -73,7 +73,7 @@ def manager(tmp_path, monkeypatch):
         manager.allocator.reconcile({})
 
     monkeypatch.setattr(manager, "reconcile", reconcile)
-    from hub.spawner.spawner import PROCESS
+    from hub.hub_process.spawner.spawner import PROCESS
     monkeypatch.setattr(PROCESS, "gpu_manager", manager)
     created = []
 
@@ -87,7 +87,7 @@ def manager(tmp_path, monkeypatch):
 
 
 def test_user_not_allowed_is_refused_with_403_and_the_message(manager, tmp_path):
-    from hub.spawner import GPUUnavailable
+    from hub.hub_process.spawner import GPUUnavailable
 
     with pytest.raises(GPUUnavailable) as exc:
         asyncio.run(spawner_for("bob", ["other"], tmp_path).create_object())
@@ -117,7 +117,7 @@ def test_console_is_an_admin_only_least_privilege_service():
     culler, console = c.JupyterHub.services  # appended, not replacing the culler
     assert culler["name"] == "idle-culler"
     assert console["name"] == "gpu-console" and console["url"] == "http://hub:10101"
-    assert console["command"][1:] == ["-m", "hub.console.app"]
+    assert console["command"][1:] == ["-m", "hub.service_process.console.app"]
     assert console["display"] is True and console["oauth_no_confirm"] is True
     env = console["environment"]
     assert env["HUB_NAME_PREFIX"] == "lab"
@@ -128,7 +128,7 @@ def test_console_is_an_admin_only_least_privilege_service():
     role = roles["gpu-console"]
     assert role["services"] == ["gpu-console"]
     # may look up users, groups and servers, stop servers, set course groups' members and
-    # properties, and create users and course groups through the roster route (hub/roster_api.py);
+    # properties, and create users and course groups through the roster route (hub/hub_process/roster_api.py);
     # nothing else: no admin:users (delete, rename, auth state), no admin:groups (delete), no
     # tokens, no starting servers, no access to users' servers
     assert set(role["scopes"]) == {"list:users", "read:users:groups", "read:servers", "delete:servers",
@@ -144,8 +144,8 @@ def test_the_console_reads_the_gpu_settings_the_hub_wrote(tmp_path, monkeypatch)
     the same object back (here with a static GPU list: no NVML, no CDI specs)."""
     from console_fakes import FakeEngine, FakeHub
 
-    from hub.config.gpu_settings import GPUSettings
-    from hub.console.app import build_console
+    from hub.settings.gpu_settings import GPUSettings
+    from hub.service_process.console.app import build_console
 
     monkeypatch.setattr("hub.gpus.inventory.discover_gpus", lambda: None)
     static = tmp_path / "gpus.yaml"
@@ -262,9 +262,9 @@ def test_with_gpu_reclaim_in_its_process_the_console_reads_the_gpus_once(tmp_pat
     both, sampled by gpu-reclaim's rounds only; each keeps its own token and URL."""
     from console_fakes import FakeEngine, FakeHub
 
-    from hub.config.configure import RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV
-    from hub.config.gpu_settings import GPUSettings
-    from hub.console.app import components, start
+    from hub.settings import RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV
+    from hub.settings.gpu_settings import GPUSettings
+    from hub.service_process.console.app import components, start
 
     monkeypatch.setattr("hub.gpus.inventory.discover_gpus", lambda: None)
     static = tmp_path / "gpus.yaml"

@@ -14,7 +14,7 @@ from jupyterhub.app import JupyterHub
 from jupyterhub.dbutil import _temp_alembic_ini
 from traitlets.config import Config
 
-from hub.config.configure import configure_hub
+from hub.hub_process.config.configure import configure_hub
 
 JUPYTERHUB_55_REVISION = "4621fec11365"  # the newest migration in JupyterHub 5.5.4
 

@@ -1,10 +1,10 @@
-"""GPU activity per holder (hub/gpus/activity.py) and the idle-reclaim decisions (hub/reclaim/policy.py)."""
+"""GPU activity per holder (hub/gpus/activity.py) and the idle-reclaim decisions (hub/gpus/reclaim_policy.py)."""
 import pytest
 
 from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
 from hub.gpus.model import Holder
 from hub.gpus.nvml import NVMLReader, Reading, Unavailable
-from hub.reclaim.policy import (Candidate, PolicyTable, ReclaimOverride, ReclaimPolicy, ReclaimState, decide,
+from hub.gpus.reclaim_policy import (Candidate, PolicyTable, ReclaimOverride, ReclaimPolicy, ReclaimState, decide,
                                 next_due, parse_override, stop_message)
 
 

@@ -74,7 +74,7 @@ def test_spawners_wait_in_line_in_order_and_a_cancel_leaves_it(monkeypatch, tmp_
 
     from hub.gpus.manager import GPUManager
     from hub.gpus.model import GPU
-    from hub.spawner.spawner import PROCESS
+    from hub.hub_process.spawner.spawner import PROCESS
 
     engine = FakeEngine()
     engine.containers = [container("c-alice", "GPU-0", "alice"), container("c-bob", "GPU-1", "bob")]

@@ -2,8 +2,8 @@ import pytest
 from traitlets.config import Config
 from traitlets.config.loader import ConfigError
 
-from hub.config.gpu_settings import ENV, GPUSettings
-from hub.config.configure import configure_console, configure_spawner
+from hub.settings.gpu_settings import ENV, GPUSettings
+from hub.hub_process.config.configure import configure_console, configure_spawner
 
 
 def test_defaults_when_nothing_is_set():
@@ -46,7 +46,7 @@ def test_bad_values_name_the_variable(name, raw, match):
 def test_the_roster_limit_reaches_the_console():
     from traitlets.config import Config
 
-    from hub.config.configure import configure_console, configure_spawner
+    from hub.hub_process.config.configure import configure_console, configure_spawner
     c = Config()
     configure_spawner(c, {})
     configure_console(c, {"CONSOLE_ROSTER_MAX_SIZE": "4M"})

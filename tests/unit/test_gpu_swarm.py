@@ -236,7 +236,7 @@ def test_nvidia_smi_list_gives_whole_gpus_and_mig_instances_instead_of_their_par
 
 
 def test_swarm_node_config_command(tmp_path, capsys):
-    from hub.console import cli
+    from hub.service_process.console import cli
 
     listing = tmp_path / "smi.txt"
     listing.write_text(SMI_LIST)
@@ -335,8 +335,8 @@ def test_nodes_left_out_by_the_placement_constraints_take_no_new_servers():
 def test_the_console_of_a_swarm_hub_reads_the_swarm(tmp_path):
     from console_fakes import FakeEngine, FakeHub
 
-    from hub.config.gpu_settings import GPUSettings
-    from hub.console.app import build_console
+    from hub.settings.gpu_settings import GPUSettings
+    from hub.service_process.console.app import build_console
     from hub.usage.reconcile import SwarmUsageKeeper
 
     settings = GPUSettings(intent_file=str(tmp_path / "intent.json"), audit_file=str(tmp_path / "audit.jsonl"),

@@ -394,7 +394,7 @@ def test_doctor_without_engine_or_nvml_says_unknown(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "engine_facts", lambda client=None: ({}, {}, "DockerException: no socket"))
     monkeypatch.setattr(doctor, "nvml_facts", lambda reader=None, xid_wait=0: (None, None))
     monkeypatch.setenv("NVIDIA_CTK_VERSION", "1.19.1")
-    from hub.console import cli
+    from hub.service_process.console import cli
     code = cli.main(["doctor", "--json", "--image", ""])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["status"] == "ok"

@@ -1,12 +1,12 @@
-"""`make up`'s host setup (hub/config/host_setup.py): TLS settings checked with a message naming
+"""`make up`'s host setup (hub/settings/host_setup.py): TLS settings checked with a message naming
 the variable, NVIDIA hosts told from this machine's fake GPUs, the generated compose file."""
 import json
 from pathlib import Path
 
 import pytest
 
-from hub.config import host_setup
-from hub.config.host_setup import SetupError, cdi_names_real_nvidia, plan, tls_plan
+from hub.settings import host_setup
+from hub.settings.host_setup import SetupError, cdi_names_real_nvidia, plan, tls_plan
 
 # /etc/cdi/fake-nvidia.yaml as shared/engine/fake-gpus.sh writes it (devices mapped onto /dev/null)
 FAKE_SPEC = """cdiVersion: "0.6.0"

@@ -1,7 +1,7 @@
 import os
 import stat
 
-from hub.config.init_secrets import initialise, main
+from hub.hub_process.config.init_secrets import initialise, main
 
 UID, GID = os.getuid(), os.getgid()
 

@@ -1,13 +1,13 @@
-"""hub/lean_imports.py: a service's process loads the hub's database layer only when used; and
+"""hub/common/lean_imports.py: a service's process loads the hub's database layer only when used; and
 the console's request checks load jsonschema with the first checked request."""
 import subprocess
 import sys
 
 CHECK = """
 import sys
-from hub.lean_imports import defer_hub_database
+from hub.common.lean_imports import defer_hub_database
 defer_hub_database()
-import hub.console.app, hub.console.handlers, hub.reclaim.service
+import hub.service_process.console.app, hub.service_process.console.handlers, hub.service_process.reclaim.service
 from jupyterhub.services.auth import HubAuth, HubOAuthCallbackHandler, check_scopes
 loaded = lambda m: m in sys.modules and type(sys.modules[m]).__name__ == "module"
 print(sorted(m for m in ("jupyterhub.orm", "jupyterhub.roles", "sqlalchemy.orm", "alembic", "dockerspawner") if loaded(m)))
@@ -15,7 +15,7 @@ assert check_scopes({"access:services!service=gpu-console"}, {"access:services"}
 from jupyterhub import orm
 print(orm.User.__tablename__, loaded("jupyterhub.orm"))
 print(loaded("jsonschema"))
-from hub.console import openapi
+from hub.service_process.console import openapi
 openapi.operation("/pins", "post")
 print(loaded("jsonschema"))
 """

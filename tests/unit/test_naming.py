@@ -2,7 +2,7 @@ import string
 
 import pytest
 
-from hub.spawner.naming import MAX_SLUG_LENGTH, is_plain, safe_slug
+from hub.hub_process.spawner.naming import MAX_SLUG_LENGTH, is_plain, safe_slug
 
 DOCKER_NAME = set(string.ascii_lowercase + string.digits + "-")
 

@@ -9,7 +9,7 @@ import nativeauthenticator.handlers as native_handlers
 import pytest
 from jupyterhub.handlers.base import BaseHandler
 
-from hub.config.native_auth import (GuardedSignUpHandler, GuardedToggleAuthorizationHandler,
+from hub.hub_process.config.native_auth import (GuardedSignUpHandler, GuardedToggleAuthorizationHandler,
                                     SeededNativeAuthenticator, StatsdFreeLoginHandler)
 
 

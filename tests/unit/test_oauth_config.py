@@ -1,4 +1,4 @@
-"""OAuth login from .env (hub/config/oauth.py via configure_auth) against a bare Config().
+"""OAuth login from .env (hub/hub_process/config/oauth.py via configure_auth) against a bare Config().
 
 Each provider's mapping is checked twice: in the Config that jupyterhub_config.py builds, and
 in a real OAuthenticator instance made from it (so trait names and types are OAuthenticator
@@ -18,8 +18,9 @@ from oauthenticator.google import GoogleOAuthenticator
 from traitlets.config import Config
 from traitlets.config.loader import ConfigError
 
-from hub.config import oauth, readers
-from hub.config.configure import configure_auth
+from hub.hub_process.config import oauth
+from hub.settings import readers
+from hub.hub_process.config.configure import configure_auth
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLBACK = "https://hub.example.org/hub/oauth_callback"
@@ -113,7 +114,7 @@ def test_no_provider_is_the_embedded_login_exactly_as_before(value):
     env = {**compose_defaults(), "OAUTH_PROVIDER": value, "HUB_ADMIN_USER": "boss"}
     configure_auth(c, env, fetch_json=no_network)
     before = Config()  # what configure_auth set before OAuth existed
-    before.JupyterHub.authenticator_class = "hub.config.native_auth.SeededNativeAuthenticator"
+    before.JupyterHub.authenticator_class = "hub.hub_process.config.native_auth.SeededNativeAuthenticator"
     before.Authenticator.admin_users = {"boss"}
     before.SeededNativeAuthenticator.initial_admin_password_file = "/srv/jupyterhub/state/admin-password"
     before.NativeAuthenticator.open_signup = False

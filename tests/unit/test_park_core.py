@@ -17,7 +17,7 @@ from hub.gpus.claim import device_request, holders_from_containers
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import GPU
 from hub.gpus.parked import Parked, ParkedFile, is_paused, parked_ids
-from hub.reclaim.park import MIB, ParkSettings, Parker, plan_memory
+from hub.service_process.reclaim.park import MIB, ParkSettings, Parker, plan_memory
 
 TOOL_PATH = Path(__file__).resolve().parents[2] / "images/singleuser/gpu_park.py"
 spec = importlib.util.spec_from_file_location("gpu_park", TOOL_PATH)
@@ -420,11 +420,11 @@ def test_gpu_reclaim_does_not_judge_a_parked_server(tmp_path):
     from test_gpu_activity import Feed
     from test_reclaim_service import Engine as ListingEngine, Hub, running
 
-    from hub.console.audit import AuditLog
+    from hub.common.audit import AuditLog
     from hub.gpus.activity import ActivitySampler, ActivityStore
-    from hub.reclaim.policy import ReclaimPolicy
-    from hub.reclaim.service import Reclaimer
-    from hub.spawner.stop_reasons import ReasonFile
+    from hub.gpus.reclaim_policy import ReclaimPolicy
+    from hub.service_process.reclaim.service import Reclaimer
+    from hub.common.stop_reasons import ReasonFile
 
     clock = [2000.0]
     alice, bob = running("alice", "GPU-a"), running("bob", "GPU-b")
@@ -450,7 +450,7 @@ def test_the_console_shows_the_holders_container_not_the_parked_one(tmp_path):
     """GPU-0 given to bob while alice is parked on it: the console's view names bob's container."""
     from test_gpu_manager import fake_docker
 
-    from hub.console.state import Console
+    from hub.service_process.console.state import Console
 
     gpus = [GPU("GPU-0", 0)]
     manager = GPUManager(gpus, "cdi", "cdi", str(tmp_path / "gpu-intent.json"), "gpuhub")
@@ -492,7 +492,7 @@ def test_engine_failures_on_the_way(tmp_path):
 
 
 def test_exec_checkpointer_reads_the_tools_answer():
-    from hub.reclaim.park import ExecCheckpointer
+    from hub.service_process.reclaim.park import ExecCheckpointer
 
     class Exec:
         def __init__(self, out, code, fail=None):

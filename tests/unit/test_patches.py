@@ -1,11 +1,11 @@
-"""The JupyterHub workarounds (hub/patches/): each still fits the pinned JupyterHub, refuses
+"""The JupyterHub workarounds (hub/hub_process/patches/): each still fits the pinned JupyterHub, refuses
 another version, and does what it says."""
 import asyncio
 
 import jupyterhub
 import pytest
 
-from hub.patches import (PatchVersionError, api_body_500, error_reason, request_checks, require, restart_check,
+from hub.hub_process.patches import (PatchVersionError, api_body_500, error_reason, request_checks, require, restart_check,
                          system_resolver)
 
 
@@ -23,8 +23,8 @@ def test_each_patch_was_written_for_the_pinned_jupyterhub(module):
 
 def test_a_patch_refuses_a_jupyterhub_it_was_not_written_for(monkeypatch):
     monkeypatch.setattr(jupyterhub, "__version__", "6.2.0")
-    with pytest.raises(PatchVersionError, match=r"hub.patches.api_body_500 works around JupyterHub >=6.1,<6.2.*this is JupyterHub 6.2.0.*WRITTEN_FOR"):
-        require("hub.patches.api_body_500", api_body_500.WRITTEN_FOR, api_body_500.UPSTREAM)
+    with pytest.raises(PatchVersionError, match=r"hub.hub_process.patches.api_body_500 works around JupyterHub >=6.1,<6.2.*this is JupyterHub 6.2.0.*WRITTEN_FOR"):
+        require("hub.hub_process.patches.api_body_500", api_body_500.WRITTEN_FOR, api_body_500.UPSTREAM)
 
 
 @pytest.mark.parametrize("method,path,body,refused", [

@@ -1,8 +1,8 @@
 import pytest
 from tornado import web
 
-from hub.spawner.profiles import choose, load_profiles, options_from_form, render_form
-from hub.spawner.progress import pull_summary
+from hub.common.profiles import choose, load_profiles, options_from_form, render_form
+from hub.hub_process.spawner.progress import pull_summary
 
 IMG, MEM, CPU = "gpuhub/pytorch-notebook:1", 8 * 2**30, 2.0
 
@@ -118,7 +118,7 @@ def test_pull_summary_counts_layers_and_bytes():
 
 
 def test_a_gpu_profile_may_carry_its_own_reclaim_policy():
-    from hub.reclaim.policy import ReclaimOverride
+    from hub.gpus.reclaim_policy import ReclaimOverride
 
     text = GOOD.replace("    default: true\n", "    default: true\n    reclaim: {timeout: 7200, grace: 900}\n", 1)
     text += "  - slug: demo\n    name: Demo\n    reclaim: off\n"

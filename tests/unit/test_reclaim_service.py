@@ -1,4 +1,4 @@
-"""The gpu-reclaim service (hub/reclaim/service.py) against a stand-in engine, hub and GPU
+"""The gpu-reclaim service (hub/service_process/reclaim/service.py) against a stand-in engine, hub and GPU
 readings: warn, then stop with the reason left for the page and the audit; its REST API, and bad
 input answered with a 4xx and nothing changed."""
 import asyncio
@@ -9,11 +9,11 @@ import requests
 from console_fakes import ServedApp
 from test_gpu_activity import Feed
 
-from hub.console.audit import AuditLog
+from hub.common.audit import AuditLog
 from hub.gpus.activity import ActivitySampler, ActivityStore
-from hub.reclaim.policy import ReclaimPolicy
-from hub.reclaim.service import Reclaimer, make_app
-from hub.spawner.stop_reasons import ReasonFile
+from hub.gpus.reclaim_policy import ReclaimPolicy
+from hub.service_process.reclaim.service import Reclaimer, make_app
+from hub.common.stop_reasons import ReasonFile
 
 API = "/services/gpu-reclaim/api/"
 TOKENS = {"alice-token": {"kind": "user", "name": "alice", "groups": [], "scopes": ["self"]},
@@ -228,7 +228,7 @@ def configured(tmp_path, env=None):
     """configure_console then configure_reclaim, as jupyterhub_config.py calls them."""
     from traitlets.config import Config
 
-    from hub.config.configure import configure_console, configure_reclaim
+    from hub.hub_process.config.configure import configure_console, configure_reclaim
 
     c = Config()
     configure_console(c, {"HUB_NAME_PREFIX": "lab"})
@@ -245,7 +245,7 @@ def test_configure_reclaim_runs_a_least_privilege_service_in_the_consoles_proces
     from traitlets.config import Config
     from traitlets.config.loader import ConfigError
 
-    from hub.config.configure import configure_reclaim
+    from hub.hub_process.config.configure import configure_reclaim
 
     c = configured(tmp_path, {"GPU_IDLE_TIMEOUT": "60", "GPU_IDLE_EXEMPT_GROUPS": "long-jobs", "OTHER": "x"})
     console, service = c.JupyterHub.services
@@ -254,7 +254,7 @@ def test_configure_reclaim_runs_a_least_privilege_service_in_the_consoles_proces
     # no command: JupyterHub starts no process for it; it takes the persistent token
     assert service == {"name": "gpu-reclaim", "url": "http://hub:10102", "api_token": token,
                        "info": service["info"]}
-    assert console["name"] == "gpu-console" and console["command"][-1] == "hub.console.app"
+    assert console["name"] == "gpu-console" and console["command"][-1] == "hub.service_process.console.app"
     env = console["environment"]
     assert env["GPUHUB_RECLAIM_API_TOKEN"] == token and env["GPUHUB_RECLAIM_URL"] == "http://hub:10102"
     assert env["GPU_IDLE_TIMEOUT"] == "60" and env["GPU_IDLE_EXEMPT_GROUPS"] == "long-jobs" and "OTHER" not in env
@@ -304,7 +304,7 @@ def test_a_bad_reclaim_token_file_stops_the_hub_naming_the_file(tmp_path, bad):
 def test_reclaim_in_the_console_process_uses_its_own_identity(tmp_path):
     """The environment gpu-reclaim runs with in the console's process: the token, URL and prefix
     configure_reclaim gave it, none of the console's JupyterHub identity; build reads it."""
-    from hub.reclaim.service import build, env_in_console
+    from hub.service_process.reclaim.service import build, env_in_console
 
     c = configured(tmp_path, {"HUB_NAME_PREFIX": "lab", "GPU_IDLE_TIMEOUT": "60"})
     console_env = {**c.JupyterHub.services[0]["environment"], "JUPYTERHUB_API_TOKEN": "the-consoles-token",
@@ -325,7 +325,7 @@ def test_reclaim_in_the_console_process_uses_its_own_identity(tmp_path):
 
 
 def test_service_reason_is_shown_until_the_server_starts_again(tmp_path):
-    from hub.spawner import GPUDockerSpawner
+    from hub.hub_process.spawner import GPUDockerSpawner
 
     class Spawner:
         active = False
@@ -351,7 +351,7 @@ def test_me_tells_the_caller_their_own_gpu_hours_and_quota(tmp_path):
     user's groups)."""
     import time
 
-    from hub.reclaim.service import build
+    from hub.service_process.reclaim.service import build
     from hub.usage.accounting import Interval
     from hub.usage.store import UsageStore
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from hub import __version__
-from hub.config import generate
-from hub.config.configure import TEMPLATES_DIR, configure_hub
-from hub.config.table import SETTINGS
-from hub.console import cli
+from hub.settings import generate
+from hub.hub_process.config.configure import TEMPLATES_DIR, configure_hub
+from hub.settings.table import SETTINGS
+from hub.service_process.console import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?$")

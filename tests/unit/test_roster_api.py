@@ -1,10 +1,10 @@
-"""The hub's roster route (hub/roster_api.py), registered by configure_console: its scope, and
+"""The hub's roster route (hub/hub_process/roster_api.py), registered by configure_console: its scope, and
 its checks of the body before anything is created. (The route at work: tests/e2e/
 test_teaching_labs.py, where the console's token creates a roster's users through it.)"""
 import pytest
 from traitlets.config import Config
 
-from hub import roster_api
+from hub.hub_process import roster_api
 
 
 def test_install_registers_the_route_and_its_scope_once():

@@ -1,7 +1,7 @@
-"""One engine call answers every spawner's poll for a few seconds (hub/spawner/running.py)."""
+"""One engine call answers every spawner's poll for a few seconds (hub/hub_process/spawner/running.py)."""
 import asyncio
 
-from hub.spawner.running import RunningContainers
+from hub.hub_process.spawner.running import RunningContainers
 
 
 def test_polls_share_one_engine_call_until_it_is_old():

@@ -1,11 +1,11 @@
-"""hub/services.py: components of one service process (the GPU console and gpu-reclaim) on one
+"""hub/common/services.py: components of one service process (the GPU console and gpu-reclaim) on one
 event loop; one component's failing periodic work never stops another's."""
 import asyncio
 import logging
 
 import pytest
 
-from hub.services import every, serve
+from hub.common.services import every, serve
 
 log = logging.getLogger("test-components")
 

@@ -1,7 +1,7 @@
 import pytest
 from traitlets.config.loader import ConfigError
 
-from hub.config import readers
+from hub.settings import readers
 
 
 @pytest.mark.parametrize("raw,expected", [

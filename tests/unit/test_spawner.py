@@ -5,8 +5,8 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from hub.spawner import GPUDockerSpawner
-from hub.spawner.spawner import PROCESS
+from hub.hub_process.spawner import GPUDockerSpawner
+from hub.hub_process.spawner.spawner import PROCESS
 
 
 def make_spawner(name="alice", **config):
@@ -137,7 +137,7 @@ def test_course_materials_are_read_only_for_students_and_writable_for_staff(monk
 
 
 def test_spawn_form_tells_of_shared_gpus_and_that_memory_is_not_isolated():
-    from hub.spawner.profiles import Profile, render_form
+    from hub.common.profiles import Profile, render_form
     p = Profile(slug="gpu", name="GPU", description="", images=("img",), mem_limit=2**30, cpu_limit=1.0,
                 gpu=True, groups=frozenset(), default=True)
     html = render_form([p, p], 4, 0, {"GPU-1": (3, 4)})
@@ -149,7 +149,7 @@ def test_spawn_form_tells_of_shared_gpus_and_that_memory_is_not_isolated():
 def test_starts_take_turns_and_the_waiting_are_told(monkeypatch):
     import asyncio
 
-    from hub.spawner.turns import StartTurns
+    from hub.hub_process.spawner.turns import StartTurns
 
     monkeypatch.setattr(PROCESS, "turns", StartTurns())
     spawners = [make_spawner(f"u{i}", concurrent_starts=2) for i in range(5)]
@@ -347,7 +347,7 @@ def test_the_url_at_a_restart_check_comes_from_the_container(monkeypatch):
 
 
 def test_a_poll_of_a_running_server_is_answered_from_one_shared_list(monkeypatch):
-    from hub.spawner.running import RunningContainers
+    from hub.hub_process.spawner.running import RunningContainers
     monkeypatch.setattr(PROCESS, "running", RunningContainers())
     s = make_spawner("erin", prefix="lab")
     s.object_id = "abc"

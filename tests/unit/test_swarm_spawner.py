@@ -1,4 +1,4 @@
-"""GPUSwarmSpawner (hub/spawner/swarm.py): the service it creates, from a GPU decision on the
+"""GPUSwarmSpawner (hub/hub_process/spawner/swarm.py): the service it creates, from a GPU decision on the
 swarm's nodes and tasks (recorded JSON) down to the spec Swarm gets; poll after a node died."""
 import asyncio
 import copy
@@ -10,8 +10,8 @@ import pytest
 from traitlets.config import Config
 
 from hub.gpus import swarm
-from hub.spawner.spawner import PROCESS
-from hub.spawner.swarm import GPUSwarmSpawner, nfs_driver
+from hub.hub_process.spawner.spawner import PROCESS
+from hub.hub_process.spawner.swarm import GPUSwarmSpawner, nfs_driver
 
 ENGINE = json.loads((Path(__file__).parent / "recorded" / "swarm-four-nodes.json").read_text())
 GPU_C0 = "GPU-5a300000-0000-4000-8000-000000000000"

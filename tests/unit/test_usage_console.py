@@ -12,9 +12,9 @@ import pytest
 import requests
 from console_fakes import ADMIN_TOKEN, GPUS, USER_TOKEN, FakeNVML, ServedApp, StubAuth, container, make_console
 
-from hub.console import cli
-from hub.console.app import make_app, usage_keeper
-from hub.config.gpu_settings import GPUSettings
+from hub.service_process.console import cli
+from hub.service_process.console.app import make_app, usage_keeper
+from hub.settings.gpu_settings import GPUSettings
 from hub.usage import gate
 from hub.usage.accounting import Interval
 
@@ -346,7 +346,7 @@ def test_configure_usage_adds_the_page_variable_and_a_least_privilege_prometheus
     from jupyterhub.scopes import scope_definitions
     from traitlets.config import Config
 
-    from hub.config.configure import METRICS_SCOPE, configure_usage
+    from hub.hub_process.config.configure import METRICS_SCOPE, configure_usage
 
     c = Config()
     configure_usage(c, {}, token_file=str(tmp_path / "absent"))
@@ -365,7 +365,7 @@ def test_configure_usage_adds_the_page_variable_and_a_least_privilege_prometheus
 def test_pages_show_usage_warning_and_quota_stop(tmp_path):
     from jinja2 import ChoiceLoader, DictLoader, Environment, FileSystemLoader
 
-    from hub.config.configure import TEMPLATES_DIR
+    from hub.hub_process.config.configure import TEMPLATES_DIR
 
     env = Environment(loader=ChoiceLoader([FileSystemLoader(TEMPLATES_DIR), DictLoader({})]))
     template = env.get_template("gpuhub_usage.html")
@@ -384,7 +384,7 @@ from test_console_intent import manager, spawner_for  # noqa: E402,F401 (a fixtu
 
 
 def test_spawner_refuses_a_gpu_start_over_quota_with_usage_and_renewal(manager, tmp_path):
-    from hub.spawner import GPUUnavailable
+    from hub.hub_process.spawner import GPUUnavailable
     from hub.usage.store import UsageStore
 
     db = tmp_path / "usage.sqlite"
@@ -460,7 +460,7 @@ def test_watch_events_notifies_each_event_and_connects_again_after_a_daemon_rest
 def test_a_burst_of_engine_events_brings_one_sync_a_second_later(setup, monkeypatch):
     import threading
 
-    from hub.console import app as console_app
+    from hub.service_process.console import app as console_app
     console, _engine, _hub, keeper, _events = setup
     stop = threading.Event()
     engine = StreamingEngine([[{"Action": "start", "id": str(i)} for i in range(5)]], stop)

@@ -1,4 +1,4 @@
-"""hub/watchdog.py: the state volume guard and the Docker engine watchdog, without a hub."""
+"""hub/hub_process/watchdog.py: the state volume guard and the Docker engine watchdog, without a hub."""
 import asyncio
 import errno
 import os
@@ -8,9 +8,9 @@ import threading
 import pytest
 from traitlets.config import Config
 
-from hub import watchdog
-from hub.config.configure import configure_recovery
-from hub.watchdog import HubGuards, StateGuard, engine_reachable
+from hub.hub_process import watchdog
+from hub.hub_process.config.configure import configure_recovery
+from hub.hub_process.watchdog import HubGuards, StateGuard, engine_reachable
 
 
 def test_probe_passes_on_a_writable_dir_and_leaves_nothing(tmp_path):
@@ -87,8 +87,8 @@ def test_recovery_settings():
 
 @pytest.mark.parametrize("active,expected", [(False, "ran out of memory"), (True, "")])
 def test_stop_reason_shown_only_while_not_running(active, expected):
-    from hub.spawner import GPUDockerSpawner
-    from hub.spawner.spawner import PROCESS
+    from hub.hub_process.spawner import GPUDockerSpawner
+    from hub.hub_process.spawner.spawner import PROCESS
 
     class FakeSpawner:
         pass

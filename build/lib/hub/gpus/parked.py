@@ -1,0 +1,102 @@
+"""Parked servers: which paused containers gave their GPU back (hub/service_process/reclaim/park.py parks them).
+
+A container's labels cannot change once it exists, so what is parked is kept in a small JSON
+file on the state volume, ``gpu-parked.json`` beside the admin's intent:
+``{"user\\nserver": {record}}``. A container counts as parked only while the file names it
+AND the engine shows it paused (``parked_ids``): a stale record (the container was unpaused,
+removed, or replaced by a new one) can never free a GPU that is in use.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+FILE = "gpu-parked.json"
+
+
+@dataclass(frozen=True)
+class Parked:
+    """One parked server: its container, the GPU it gave back, since when, and what was moved
+    into its host memory (the memory limit it had, to put back when it resumes)."""
+    user: str
+    server: str
+    container: str  # the container's full id
+    uuid: str
+    since: float
+    gpu_mib: int = 0  # GPU memory in use when it was parked (what its host memory now holds)
+    mem_limit: int = 0  # the container's memory limit before parking (bytes; 0: none)
+    mem_limit_parked: int = 0  # the limit while parked (bytes; 0: unchanged)
+    memswap_limit: int = 0  # its swap limit before parking (bytes; 0: the engine's default)
+    pids: tuple[int, ...] = field(default_factory=tuple)  # the CUDA processes parked
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.user, self.server)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "pids": list(self.pids)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Parked":
+        return cls(str(data["user"]), str(data.get("server", "")), str(data["container"]), str(data["uuid"]),
+                   float(data["since"]), int(data.get("gpu_mib") or 0), int(data.get("mem_limit") or 0),
+                   int(data.get("mem_limit_parked") or 0), int(data.get("memswap_limit") or 0),
+                   tuple(int(p) for p in data.get("pids") or ()))
+
+
+class ParkedFile:
+    """The parked servers on the state volume; each change is one atomic rewrite."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def all(self) -> dict[tuple[str, str], Parked]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        out = {}
+        for value in (data.values() if isinstance(data, dict) else ()):
+            try:
+                record = Parked.from_json(value)
+            except (KeyError, TypeError, ValueError):
+                continue  # one bad record frees nothing and blocks nothing else
+            out[record.key] = record
+        return out
+
+    def get(self, key: tuple[str, str]) -> Parked | None:
+        return self.all().get(key)
+
+    def put(self, record: Parked) -> None:
+        data = {"\n".join(k): r.to_json() for k, r in self.all().items()}
+        data["\n".join(record.key)] = record.to_json()
+        self._write(data)
+
+    def pop(self, key: tuple[str, str]) -> Parked | None:
+        records = self.all()
+        gone = records.pop(key, None)
+        if gone is not None:
+            self._write({"\n".join(k): r.to_json() for k, r in records.items()})
+        return gone
+
+    def _write(self, data: dict) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def is_paused(container: Mapping[str, Any]) -> bool:
+    """Whether an inspect (``State.Paused``) or listing (``State: "paused"``) shows it paused."""
+    state = container.get("State")
+    if isinstance(state, str):
+        return state.lower() == "paused"
+    return bool((state or {}).get("Paused")) or str((state or {}).get("Status", "")).lower() == "paused"
+
+
+def parked_ids(containers: Iterable[Mapping[str, Any]], records: Iterable[Parked]) -> frozenset[str]:
+    """The ids of the containers that are parked: paused now, and named by a record."""
+    named = {r.container for r in records}
+    return frozenset(c["Id"] for c in containers if c.get("Id") in named and is_paused(c))
