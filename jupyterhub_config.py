@@ -8,6 +8,7 @@ from hub.hub_process.config.configure import configure_usage
 from hub.hub_process import watchdog
 from hub.gpus import doctor
 from hub.hub_process.patches import api_body_500, error_reason, restart_check, system_resolver
+from hub.hub_process.spawner.spawner import recover_gpu_queue
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
 configure_hub(c, os.environ)
@@ -19,6 +20,8 @@ configure_console(c, os.environ)
 configure_usage(c, os.environ)
 configure_reclaim(c, os.environ)
 configure_recovery(c, os.environ)
+# start-up actions (the configure_* calls above only set configuration)
+recover_gpu_queue()  # the line the last hub process left: each waiter is told why, and may rejoin
 watchdog.install(c)  # state volume and Docker engine watchdogs
 api_body_500.install()  # JupyterHub 6.1: malformed API bodies are a 400, not a 500
 error_reason.install()  # JupyterHub 6.1: an error without a message says its status, not null

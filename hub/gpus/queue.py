@@ -122,6 +122,12 @@ class GPUQueue:
         # Nobody let through: the allocator itself says why nothing is free (a reservation, all in use).
         return free is not None and claimed > 0 and claimed >= free
 
+    def must_wait(self, alloc, user: str, server: str, groups, now: float) -> bool:
+        """``blocked`` with the allocator's answers (hub/gpus/allocator.py): whether this start
+        must wait in line although the allocator might give it a GPU now."""
+        return self.blocked(user, server, lambda name, their_groups: alloc.could_allocate(name, their_groups, now),
+                            free_gpus(alloc, user, groups, now))
+
     def move(self, user: str, server: str, position: int) -> str:
         """Put a waiter at ``position`` (1: first; past the end: last); the outcome in words."""
         waiter = self.find(user, server)
@@ -268,3 +274,10 @@ def move_outcome(line_path: str | Path, move_id: str) -> str | None:
         return (json.loads(Path(line_path).read_text()).get("moves") or {}).get(move_id)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def free_gpus(alloc, user: str = "", groups=(), now: float | None = None) -> int:
+    """How many GPUs (or shared seats' GPUs) this user could be given now; at least 1 if a pin
+    gives them one."""
+    now = time.time() if now is None else now
+    return max(len(alloc.candidates(user, groups, now)), int(alloc.could_allocate(user, groups, now)))

@@ -230,16 +230,14 @@ def configure_reclaim(c, env: Mapping[str, str], token_file: str = RECLAIM_TOKEN
 def configure_queue(c, env: Mapping[str, str]) -> None:
     """What a start does when every GPU is taken (GPU_WHEN_FULL; hub/gpus/queue.py for the line).
     Waiting in line is part of a start for JupyterHub, so its start timeout allows the longest
-    wait; and a line the last hub process left is told why (hub/hub_process/spawner/spawner.py)."""
+    wait. (The line the last hub process left is recovered by jupyterhub_config.py, a start-up
+    action: hub/hub_process/spawner/spawner.py ``recover_gpu_queue``.)"""
     when_full = read(env, "GPU_WHEN_FULL") or ("cpu" if read(env, "GPU_CPU_FALLBACK") else "refuse")
     c.GPUDockerSpawner.gpu_when_full = when_full
     if when_full == "queue":
         wait = read(env, "GPU_QUEUE_MAX_WAIT")
         c.GPUDockerSpawner.gpu_queue_max_wait = wait
         c.Spawner.start_timeout = read(env, "SPAWN_TIMEOUT") + wait
-    from hub.hub_process.spawner.spawner import recover_gpu_queue
-
-    recover_gpu_queue(f"{STATE_DIR}/gpu-queue.json", f"{STATE_DIR}/stop-reasons.json")
 
 
 CONSOLE_NAME = "gpu-console"

@@ -15,57 +15,32 @@ that gets no GPU runs with ``NVIDIA_VISIBLE_DEVICES=void`` so that no runtime de
 it one.
 """
 import asyncio
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker.errors
-from dockerspawner import DockerSpawner
-from jupyterhub.traitlets import ByteSpecification
-from tornado import web
-from traitlets import Bool, Callable, CaselessStrEnum, Int, List, TraitError, Unicode, default, validate
 
-from hub.gpus.allocator import first_free
 from hub.gpus.claim import NO_GPU_ENV, Assignment, Labels
 from hub.gpus.gate import HostGate, Refused
-from hub.gpus.health import DEFAULT_TOOLKIT_MIN, TORCH_CUDA_LABEL
+from hub.gpus.health import TORCH_CUDA_LABEL
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
-from hub.gpus.queue import GPUQueue, Waiter
-from hub.common import profiles
-from hub.hub_process.spawner import course_volumes, hardening, naming, port_probe, start_command
+from hub.gpus.queue import Waiter
+from hub.hub_process.spawner import course_volumes, naming, port_probe, specs, start_command
 from hub.hub_process.spawner.progress import ProgressLog, PullProgress
-from hub.hub_process.spawner.running import RunningContainers
-from hub.common.stop_reasons import ReasonFile, StopReasons, container_events, reason_from_events
-from hub.hub_process.spawner.turns import StartTurns
+from hub.common.stop_reasons import ReasonFile, container_events, reason_from_events
+from hub.hub_process.spawner.errors import GPUUnavailable
+from hub.hub_process.spawner.process import PROCESS
+from hub.hub_process.spawner.profile_form import ProfileForm
+from hub.hub_process.spawner.waiting import LineWaiting
+from hub.settings import STATE_DIR
 from hub.usage import gate as usage_gate
 
-@dataclass
-class HubProcess:
-    """What all spawners of one hub process share (one instance, ``PROCESS``)."""
-    executor: ThreadPoolExecutor | None = None  # Docker calls
-    gpu_manager: GPUManager | None = None  # created by the first spawn that needs it
-    host_gate: HostGate | None = None  # host-health checks before a GPU is handed out
-    turns: StartTurns = field(default_factory=StartTurns)
-    stop_reasons: StopReasons = field(default_factory=StopReasons)
-    running: RunningContainers = field(default_factory=RunningContainers)  # shared by all polls
-    gpu_queue: GPUQueue = field(default_factory=GPUQueue)  # the line for GPUs (GPU_WHEN_FULL=queue)
-    nfs_dirs: set[str] = field(default_factory=set)  # Swarm: volumes whose NFS folder exists
 
 
-PROCESS = HubProcess()
-
-
-def free_gpus(alloc, user: str = "", groups=(), now: float | None = None) -> int:
-    """How many GPUs (or shared seats' GPUs) this user could be given now; at least 1 if a pin
-    gives them one."""
-    now = time.time() if now is None else now
-    return max(len(alloc.candidates(user, groups, now)), int(alloc.could_allocate(user, groups, now)))
-
-
-def recover_gpu_queue(queue_file: str, stop_reasons_file: str = "") -> list[dict]:
+def recover_gpu_queue(queue_file: str = f"{STATE_DIR}/gpu-queue.json",
+                      stop_reasons_file: str = f"{STATE_DIR}/stop-reasons.json") -> list[dict]:
     """At hub start: the line is kept in ``queue_file``; the starts that waited in it when the
     last hub process ended are gone with it, so each of their users reads why on their next page
     load, and gets their old place back by pressing Start soon (GPUQueue.rejoin_window)."""
@@ -80,151 +55,13 @@ def recover_gpu_queue(queue_file: str, stop_reasons_file: str = "") -> list[dict
     return left
 
 
-class GPUUnavailable(web.HTTPError):
-    """No GPU for this server now: 503 with the message in the REST API's JSON error, and
-    the same message on the spawn page (JupyterHub shows ``jupyterhub_message`` as it is)."""
-
-    def __init__(self, message: str, status: int = 503):
-        super().__init__(status, message.replace("%", "%%"))
-        self.jupyterhub_message = message
-
-
-class GPUDockerSpawner(DockerSpawner):
-    # Where the GPUs are, as a refusal names it.
-    gpu_place = "This host"
-    shm_size = ByteSpecification(1024**3, config=True, help="""Size of /dev/shm in the user's
-        container (Docker's --shm-size). PyTorch's DataLoader workers pass batches through shared
-        memory; Docker's default of 64M makes them fail with 'bus error' or 'No space left on device'.""")
-    pids_limit = Int(1024, config=True, help="Most processes/threads a user's container may run "
-                                             "(Docker's --pids-limit); stops fork bombs.")
-    docker_threads = Int(8, config=True, help="Threads (and Docker API connections) shared by all "
-                                              "spawners for Docker calls.")
-    concurrent_starts = Int(config=True, help="""Most servers that start at the same time; the rest
-        wait their turn (the spawn page says so). A turn lasts from creating the container until
-        the server answers; image pulls happen before it. Default: the CPUs this hub may use, at
-        least 2 (docs/performance.md).""")
-    server_extensions_off = List(Unicode(), ["jupyter_lsp", "notebook_shim"], config=True, help="""
-        Jupyter server extensions not loaded in users' servers. jupyter_lsp (installed with
-        JupyterLab) scans the Python environment for language servers at every start, and the
-        image has none; remove it from this list if your image adds some (e.g. python-lsp-server).
-        notebook_shim carries settings written for the classic Notebook server (NotebookApp) over
-        to Jupyter Server, and imports IPython to do so; the image's settings are Jupyter
-        Server's own; remove it if your image keeps NotebookApp settings.""")
-    label_prefix = Unicode("gpuhub", config=True, help="Prefix of the labels that name a "
-                                                       "container's user and server (and its GPU).")
-    gpu_enabled = Bool(True, config=True, help="Give each server one whole GPU of its own, by UUID, "
-                                               "when the host has GPUs.")
-    gpu_cpu_fallback = Bool(False, config=True, help="When no GPU is free, start the server without "
-                                                     "a GPU instead of refusing it.")
-    gpu_when_full = CaselessStrEnum(["refuse", "queue", "cpu"], config=True, help="""When no GPU is
-        free: 'refuse' the start (503, with the message), 'queue' (wait in line, the spawn page and
-        the progress stream show the position; the server starts by itself when a GPU frees), or
-        'cpu' (start without a GPU). Default: 'cpu' if gpu_cpu_fallback, else 'refuse'.""")
-    gpu_queue_max_wait = Int(4 * 3600, config=True, help="""Seconds a start may wait in line for a
-        GPU before it gives up with a message. JupyterHub's start_timeout must allow this on top of
-        the start itself (configure_spawner sets it so).""")
-    gpu_request_style = Unicode("auto", config=True, help="""How containers are given their GPU:
-        'cdi' (driver "cdi", device nvidia.com/gpu=<uuid>; Docker >= 25 with CDI and a CDI spec),
-        'nvidia' (driver "nvidia", device_ids=[uuid]; NVIDIA Container Toolkit), or 'auto' (CDI when
-        the engine has CDI enabled and the GPUs were found in a CDI spec, else nvidia).""")
-    gpu_inventory_file = Unicode("", config=True, help="""YAML list of GPUs (gpus: [{uuid, index,
-        name, memory_total_mib}]) for hosts where neither NVML nor a CDI spec is visible to the
-        hub. Used only when those find none.""")
-    gpu_cdi_dirs = List(Unicode(), ["/etc/cdi", "/var/run/cdi"], config=True,
-                        help="Directories with the host's CDI specs (mounted read-only into the hub).")
-    gpu_policy = Callable(first_free, config=True, help="""Which free GPU a server gets:
-        ``policy(candidates, held, username) -> GPU | None`` (see hub/gpus/allocator.py). Default:
-        the lowest-index free GPU. Candidates never include a held, drained or someone else's
-        pinned GPU, whatever the policy.""")
-    gpu_intent_file = Unicode("gpu-intent.json", config=True, help="Where admin intent (pins, "
-                                                                     "drains) is kept; on the hub's state volume.")
-    gpu_audit_file = Unicode("gpu-audit.jsonl", config=True, help="The GPU console's audit log, where the "
-                                                                  "hub records GPUs it drains for being unhealthy.")
-    gpu_toolkit_version = Unicode("", config=True, help="""The host's NVIDIA Container Toolkit version
-        (NVIDIA_CTK_VERSION, read by `make up`); empty: not known, the CVE check does not block.""")
-    gpu_toolkit_min_version = Unicode(DEFAULT_TOOLKIT_MIN, config=True, help="""Below this toolkit
-        version no GPU is handed out (hub/gpus/health.py lists the CVEs), unless gpu_toolkit_override.""")
-    gpu_toolkit_override = Bool(False, config=True, help="Hand GPUs out even with a toolkit below "
-                                                         "gpu_toolkit_min_version (the admin accepts the risk).")
-    course_materials_dir = Unicode("/home/jovyan/work/courses", config=True, help="""Where each
-        course's materials volume (<prefix>-course-<course>) is mounted, as <this>/<course>:
-        read-only for the course's students, writable for its teachers and TAs. Inside the work
-        folder, so JupyterLab's file browser shows it.""")
-    name_scheme = CaselessStrEnum(list(naming.SCHEMES), "gpuhub", config=True, help="""How users'
-        containers and volumes are named: 'gpuhub' (readable, bounded: hub/hub_process/spawner/naming.py) or
-        'dockerspawner' (a stock DockerSpawner's escaping, for a hub moved from one: its users'
-        volumes are then found as they are). Names of plain usernames (lowercase letters, digits,
-        dashes) are the same in both. With 'gpuhub', a start warns when the user has a volume in
-        the stock naming and none in ours (docs/operations.md, "Moving from a stock DockerSpawner").""")
-    image_healthcheck = Bool(False, config=True, help="""Keep the Docker HEALTHCHECK of the
-        user's image. Off by default: nothing reads a user container's health (the hub polls its
-        servers), and the engine runs the check as a new process in every container every few
-        seconds, which on a host full of idle servers costs more than the servers themselves
-        (docs/performance.md, "Idle servers").""")
-    usage_db = Unicode("gpu-usage.sqlite", config=True, help="""The GPU usage store (SQLite, written by the
-        GPU console: hub/usage/), read at each GPU start for the user's quotas; on the state volume.""")
-    gpu_quota_default = Unicode("", config=True, help="""Every user's GPU-hours per rolling window, e.g.
-        '20h/7d' ('' for no limit); quotas set in the GPU console apply too (docs/usage.md).""")
-    stop_reasons_file = Unicode("", config=True, help="""JSON file where hub services (the GPU
-        reclaim) leave why they stopped a server, for the user's next page load
-        (hub/common/stop_reasons.py ReasonFile); a server's entry is removed when it starts again.
-        Empty: none.""")
-    profiles_file = Unicode("", config=True, help="""YAML file of server profiles users choose
-        from (hub/common/profiles.py explains the format). Empty: no choice, every server gets
-        this spawner's image and limits.""")
-
+class GPUDockerSpawner(ProfileForm, LineWaiting):
+    """The spawner: the knobs are GPUSpawnerSettings' (traits.py); this class is the glue."""
     gpu_uuid = None  # the GPU this server holds, if any (kept in the hub's database)
     assignment: Assignment | None = None  # the GPU of the start under way
     profile_slug = None
     _image_ready = None  # the image this start has pulled or found already
     _waiter: Waiter | None = None  # this start's place in the line for a GPU
-
-    @default("gpu_when_full")
-    def _default_gpu_when_full(self):
-        return "cpu" if self.gpu_cpu_fallback else "refuse"
-
-    @default("concurrent_starts")
-    def _default_concurrent_starts(self):
-        return max(2, len(os.sched_getaffinity(0)))
-
-    @validate("concurrent_starts", "docker_threads")
-    def _validate_at_least_one(self, proposal):
-        if proposal.value < 1:
-            name = proposal.trait.name
-            raise TraitError(f"{name}={proposal.value}: use at least 1 (default: "
-                             f"{'the number of CPUs' if name == 'concurrent_starts' else 8})")
-        return proposal.value
-
-    @validate("pids_limit")
-    def _validate_pids_limit(self, proposal):
-        if proposal.value < 64:
-            raise TraitError(f"pids_limit={proposal.value} is too low to start JupyterLab; use at least 64 (default 1024)")
-        return proposal.value
-
-    @validate("gpu_quota_default")
-    def _validate_gpu_quota_default(self, proposal):
-        if proposal.value:
-            try:
-                usage_gate.quotas.parse_spec(proposal.value)
-            except ValueError as exc:
-                raise TraitError(f"gpu_quota_default: {exc}") from None
-        return proposal.value
-
-    @validate("gpu_request_style")
-    def _validate_gpu_request_style(self, proposal):
-        if proposal.value not in ("auto", "cdi", "nvidia"):
-            raise TraitError(f"gpu_request_style={proposal.value!r}: use 'auto', 'cdi' or 'nvidia'")
-        return proposal.value
-
-    @default("escape")
-    def _default_escape(self):
-        # DockerSpawner's own escaping is collision-free but unbounded (a 200-character
-        # unicode name becomes 600 characters, too long for a volume's path).
-        return naming.escape_for(self.name_scheme)
-
-    @default("client_kwargs")
-    def _default_client_kwargs(self):
-        return {"max_pool_size": self.docker_threads}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -256,88 +93,6 @@ class GPUDockerSpawner(DockerSpawner):
             kwargs = self.harden_create_kwargs(kwargs)
         return self.engine(method, *args, **kwargs)
 
-    # ---- profiles: the spawn form and the options a user may give -------------------------
-
-    def user_groups(self) -> set[str]:
-        return {g.name for g in getattr(self.user, "groups", [])}
-
-    @property
-    def is_admin(self) -> bool:
-        return bool(getattr(self.user, "admin", False))
-
-    def load_profiles(self) -> list:
-        """The profiles file, read on each use so an admin's edit applies at the next spawn."""
-        if not self.profiles_file:
-            return []
-        image, mem_limit, cpu_limit, _ = self._configured
-        return profiles.load_profiles(Path(self.profiles_file).read_text(), image, mem_limit, cpu_limit)
-
-    @default("options_form")
-    def _default_options_form(self):
-        if not self.profiles_file:  # DockerSpawner's own: a choice of its allowed_images
-            return DockerSpawner._default_options_form(self)
-        return GPUDockerSpawner.render_options_form
-
-    async def render_options_form(self) -> str:
-        visible = [p for p in self.load_profiles() if p.visible_to(self.user_groups(), self.is_admin)]
-        if len(visible) < 2 and not any(len(p.images) > 1 for p in visible):
-            return ""  # nothing to choose: Start starts at once
-        total = free = 0
-        seats: dict = {}
-        if self.gpu_enabled:
-            manager = await self.gpu_manager()
-            async with manager.lock:
-                await manager.reconcile(self.engine)
-                groups, now = self.user_groups(), time.time()
-                total = len(manager.inventory)
-                free = len(manager.allocator.free(self.user.name, groups, now))
-                seats = {u: (left, manager.allocator.capacity(u))
-                         for u, left in manager.allocator.seats(groups, now).items()}
-        return profiles.render_form(visible, total, free, seats)
-
-    @default("options_from_form")
-    def _default_options_from_form(self):
-        # The trait's default, not a method: c.Spawner.options_from_form stays configurable.
-        if not self.profiles_file:  # DockerSpawner's own: the image field
-            return DockerSpawner._default_options_from_form(self)
-        return self.profile_options_from_form
-
-    def profile_options_from_form(self, formdata):
-        """Form fields to options, checked now so a bad or forged form gets its 400 at once."""
-        options = profiles.options_from_form(formdata)
-        profiles.choose(self.load_profiles(), options, self.user_groups(), self.is_admin)
-        return options
-
-    @default("apply_user_options")
-    def _default_apply_user_options(self):
-        return GPUDockerSpawner.apply_profile
-
-    def apply_profile(self, user_options: dict) -> None:
-        """Check the user's options against the profiles offered to them and apply the chosen one.
-
-        JupyterHub calls this before every start and turns an HTTPError raised here into that
-        status with its message, before anything starts (JupyterHub >= 5.3)."""
-        self.progress_log = ProgressLog()  # a new start
-        self.profile_slug = None
-        offered = self.load_profiles()
-        if not offered:  # DockerSpawner's own options: an image of allowed_images (start() checks it)
-            others = sorted(set(user_options) - {"image"})
-            if others:
-                raise web.HTTPError(400, f"this hub offers no server options but 'image' (got {others[:5]})")
-            self.image, self.mem_limit, self.cpu_limit, self.gpu_enabled = self._configured
-            return
-        if self._configured_allowed_images:
-            raise web.HTTPError(500, "This hub's configuration sets both server profiles and "
-                                     "DockerSpawner.allowed_images; profiles replace allowed_images. An "
-                                     "admin must remove c.DockerSpawner.allowed_images and list the images "
-                                     "under a profile's 'images:' instead (docs/servers.md).")
-        profile, image = profiles.choose(offered, user_options, self.user_groups(), self.is_admin)
-        self.profile_slug = profile.slug
-        self.image = image
-        self.allowed_images = {image: image}  # DockerSpawner re-checks user_options["image"]
-        self.mem_limit, self.cpu_limit, self.gpu_enabled = profile.mem_limit, profile.cpu_limit, profile.gpu
-        self.emit_progress(5, f"Profile: {profile.name}")
-
     # ---- progress, turns and the start itself ------------------------------------------------
 
     def emit_progress(self, progress: int, message: str) -> None:
@@ -368,75 +123,6 @@ class GPUDockerSpawner(DockerSpawner):
                 PROCESS.gpu_queue.leave(self._waiter)
                 self._waiter = None
         return ip, port
-
-    async def wait_for_gpu(self) -> None:
-        """Wait in line (hub/gpus/queue.py) until a GPU this server may take is free and nobody
-        earlier in the line could take it; the progress stream shows the place in line. A
-        cancelled start (the user's Cancel, or a stop) leaves the line."""
-        manager = await self.gpu_manager()
-        if not manager.inventory:
-            return
-        try:
-            await self._wait_in_line(manager)
-        except BaseException:  # cancelled (the user's Cancel, a stop), gave up: out of the line
-            if self._waiter is not None:
-                PROCESS.gpu_queue.leave(self._waiter)
-                self._waiter = None
-            raise
-
-    async def _wait_in_line(self, manager: GPUManager) -> None:
-        queue, user, server = PROCESS.gpu_queue, self.user.name, self.name or ""
-        groups, told, started = frozenset(self.user_groups()), None, time.monotonic()
-        woken = started
-        while True:
-            async with manager.lock:
-                # One engine read serves every waiter woken by the same stop: the waiters queue
-                # on this lock, and the allocator (reconciled, then kept by each allocation under
-                # the lock) is as fresh as a read of their own. The start itself reads the
-                # engine again before it takes a GPU (create_object).
-                if manager.reconciled_at <= woken:
-                    await manager.reconcile(self.engine)
-                alloc, now = manager.allocator, time.time()
-                if not alloc.intent.allows(user, groups) or alloc.gpu_of(user, server) is not None:
-                    return  # assign_gpu refuses it, starts it without a GPU, or it holds one already
-
-                def may_take(name: str, their_groups: frozenset[str]) -> bool:
-                    return alloc.could_allocate(name, their_groups, now)
-                # In line from the first look: a start let through keeps its place (passed) until
-                # its container exists, so a burst never lets more through than GPUs are free.
-                self._waiter = self._waiter or queue.join(user, server, groups)
-                queue.apply_moves()  # an admin's moves from the GPU console, before anyone is let through
-                if may_take(user, groups) and not queue.blocked(user, server, may_take, free_gpus(alloc, user, groups, now)):
-                    self._waiter.passed = True
-                    return
-                self._waiter.event.clear()
-                self._waiter.waited = True
-                position = queue.position(self._waiter)
-            if position != told:
-                told = position
-                self.log.info("%s waits for a GPU: number %d in line", self._log_name, position)
-                self.emit_progress(8, self.queue_message(position, queue.estimate(position)))
-            if time.monotonic() - started > self.gpu_queue_max_wait:
-                raise GPUUnavailable(f"No GPU became free for you within {self.gpu_queue_max_wait // 60} minutes "
-                                     "in line; press Start to try again later.")
-            try:
-                await asyncio.wait_for(self._waiter.event.wait(), 5)
-                woken = self._waiter.woken_at  # when the stop happened, not when this task resumed
-            except asyncio.TimeoutError:
-                woken = time.monotonic()
-
-    @staticmethod
-    def queue_message(position: int, estimate: float | None) -> str:
-        ahead = ("You are next in line for a GPU" if position == 1
-                 else f"You are number {position} in line for a GPU")
-        about = f" (about {max(1, round(estimate / 60))} min, at the recent pace)" if estimate else ""
-        return (f"All GPUs are in use. {ahead}{about}; your server starts by itself when one is free. "
-                "Keep this page open or come back later; Cancel leaves the line.")
-
-    def _told_to_wait(self, ahead: int) -> None:
-        self.log.info("Start of %s waits its turn (%d ahead)", self._log_name, ahead)
-        self.emit_progress(5, f"Waiting to start: {self.concurrent_starts} servers are starting now"
-                              f"{f' and {ahead} more are waiting before yours' if ahead else ''}")
 
     async def pull_image(self, image):
         """DockerSpawner's pull (as pull_policy says), once per start: start() pulls before it
@@ -597,9 +283,7 @@ class GPUDockerSpawner(DockerSpawner):
         try:
             now = time.time()
             alloc = manager.allocator
-            if PROCESS.gpu_queue.blocked(self.user.name, self.name or "",
-                                         lambda u, g: alloc.could_allocate(u, g, now),
-                                         free_gpus(alloc, self.user.name, groups, now)):
+            if PROCESS.gpu_queue.must_wait(alloc, self.user.name, self.name or "", groups, now):
                 raise NoGPUAvailable(f"{len(PROCESS.gpu_queue.waiters)} earlier starts wait in line for one",
                                      total=len(manager.inventory))
             assignment = manager.assign(self.user.name, self.name or "", groups, now)
@@ -636,27 +320,18 @@ class GPUDockerSpawner(DockerSpawner):
             env["GPUHUB_COURSES"] = ",".join(sorted(courses))
         return env
 
+    def server_spec(self) -> specs.ServerSpec:
+        """What this start must carry, on either engine (hub/hub_process/spawner/specs.py)."""
+        return specs.ServerSpec(
+            keys=self.labels, user=self.user.name, server=self.name or "", instance=self.prefix,
+            profile=self.profile_slug, assignment=self.assignment, shm_size=int(self.shm_size),
+            pids_limit=self.pids_limit, image_healthcheck=self.image_healthcheck,
+            course_mounts=tuple(course_volumes.mounts(course_volumes.user_courses(self.user), self.user.name,
+                                                      self.prefix, self.course_materials_dir)))
+
     def harden_create_kwargs(self, kwargs: dict) -> dict:
         """Labels, limits and hardening for ``create_container``, applied last so they hold."""
-        host_config = kwargs.setdefault("host_config", {})
-        host_config.update(
-            ShmSize=self.shm_size,
-            PidsLimit=self.pids_limit,
-            SecurityOpt=["no-new-privileges=true"],
-            CapDrop=["ALL"],
-            MaskedPaths=hardening.masked_paths(),  # Docker's, and the host's other GPUs (hardening.py)
-            DeviceRequests=self.assignment.device_requests() if self.assignment else [],
-        )
-        if not self.image_healthcheck:
-            kwargs["healthcheck"] = {"test": ["NONE"]}
-        kwargs["labels"] = {**(kwargs.get("labels") or {}),
-                            **self.labels.owner(self.user.name, self.name or "", self.prefix),
-                            **({self.labels.profile: self.profile_slug} if self.profile_slug else {}),
-                            **(self.assignment.labels(self.labels) if self.assignment else {})}
-        host_config["Binds"] = [*(host_config.get("Binds") or []),
-                                *course_volumes.binds(course_volumes.user_courses(self.user), self.user.name,
-                                                      self.prefix, self.course_materials_dir)]
-        return kwargs
+        return specs.container_kwargs(kwargs, self.server_spec())
 
     def get_state(self):
         state = super().get_state()

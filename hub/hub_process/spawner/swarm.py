@@ -22,8 +22,8 @@ from dockerspawner import SwarmSpawner
 from traitlets import List, Unicode
 
 from hub.gpus.manager import GPUManager, SwarmGPUManager
-from hub.gpus.swarm import nodes_from_engine, service_claim, service_state, start_state
-from hub.hub_process.spawner import course_volumes, port_probe
+from hub.gpus.swarm import nodes_from_engine, service_state, start_state
+from hub.hub_process.spawner import course_volumes, port_probe, specs
 from hub.hub_process.spawner.spawner import PROCESS, GPUDockerSpawner
 
 def nfs_driver(server: str, export: str, options: str, volume: str = "") -> DriverConfig | None:
@@ -109,30 +109,9 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         return found
 
     def harden_service_kwargs(self, kwargs: dict) -> dict:
-        """Labels, the GPU claim, limits and what hardening a service allows, applied last."""
-        task = kwargs["task_template"]
-        labels = {**self.labels.owner(self.user.name, self.name or "", self.prefix),
-                  **(self.assignment.labels(self.labels) if self.assignment else {})}
-        kwargs["labels"] = {**(kwargs.get("labels") or {}), **labels}
-        spec = task["ContainerSpec"]
-        spec["Labels"] = {**(spec.get("Labels") or {}), **labels}
-        spec["CapabilityDrop"] = ["ALL"]
-        # Engine API 1.44 (Docker 25, which this deployment needs) and newer; older ignore it
-        spec["Privileges"] = {**(spec.get("Privileges") or {}), "NoNewPrivileges": True}
-        if not self.image_healthcheck:
-            spec["Healthcheck"] = {"Test": ["NONE"]}
-        resources = task.setdefault("Resources", {})
-        resources.setdefault("Limits", {})["Pids"] = self.pids_limit
-        placement = task.setdefault("Placement", {})
-        constraints = [*(placement.get("Constraints") or []), *self.swarm_constraints]
-        if self.assignment is not None:
-            claim = service_claim(self.assignment.kind, self.assignment.node_id)
-            resources.setdefault("Reservations", {})["GenericResources"] = claim["generic_resources"]
-            constraints += claim["constraints"]
-        placement["Constraints"] = constraints
-        # A server whose container ends stays ended: the hub notices (poll) and the user starts
-        # it again, on any node with a free GPU; Swarm must not restart it behind the hub.
-        task["RestartPolicy"] = {"Condition": "none", "MaxAttempts": 0}
+        """Labels, the GPU claim, limits and what hardening a service allows, applied last
+        (hub/hub_process/spawner/specs.py: the same spec as a container on one host)."""
+        kwargs = specs.service_kwargs(kwargs, self.server_spec(), tuple(self.swarm_constraints))
         # dnsrr: the service name resolves to the task's address (no virtual IP, so no IPVS,
         # which some kernels lack)
         kwargs["endpoint_spec"] = EndpointSpec(mode="dnsrr")
