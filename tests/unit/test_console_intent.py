@@ -109,11 +109,11 @@ def test_not_allowed_with_cpu_fallback_starts_without_a_gpu(manager, tmp_path):
 
 
 # ---- configuration -----------------------------------------------------------------------
-def test_console_is_an_admin_only_least_privilege_service():
+def test_console_is_an_admin_only_least_privilege_service(tmp_path):
     c = Config()
     configure_spawner(c, {"HUB_NAME_PREFIX": "lab"})
     configure_culler(c, {"CULL_IDLE_TIMEOUT": "600"})
-    configure_console(c, {"HUB_NAME_PREFIX": "lab"})
+    configure_console(c, {"HUB_NAME_PREFIX": "lab"}, reclaim_token_file=str(tmp_path / "token"))
     culler, console = c.JupyterHub.services  # appended, not replacing the culler
     assert culler["name"] == "idle-culler"
     assert console["name"] == "gpu-console" and console["url"] == "http://hub:10101"
@@ -163,11 +163,11 @@ def test_the_console_reads_the_gpu_settings_the_hub_wrote(tmp_path, monkeypatch)
     assert console.usage.store.path == settings.usage_db and console.usage.instance == "lab"
 
 
-def test_console_scopes_are_real_jupyterhub_scopes():
+def test_console_scopes_are_real_jupyterhub_scopes(tmp_path):
     from jupyterhub.scopes import scope_definitions
 
     c = Config()
-    configure_console(c, {})
+    configure_console(c, {}, reclaim_token_file=str(tmp_path / "token"))
     (role,) = c.JupyterHub.load_roles
     # JupyterHub's own scopes, and the custom ones the configuration defines
     assert all(s in scope_definitions or s in c.JupyterHub.custom_scopes for s in role["scopes"])

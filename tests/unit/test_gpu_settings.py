@@ -43,25 +43,25 @@ def test_bad_values_name_the_variable(name, raw, match):
         GPUSettings.from_env({name: raw})
 
 
-def test_the_roster_limit_reaches_the_console():
+def test_the_roster_limit_reaches_the_console(tmp_path):
     from traitlets.config import Config
 
     from hub.hub_process.config.configure import configure_console, configure_spawner
     c = Config()
     configure_spawner(c, {})
-    configure_console(c, {"CONSOLE_ROSTER_MAX_SIZE": "4M"})
+    configure_console(c, {"CONSOLE_ROSTER_MAX_SIZE": "4M"}, reclaim_token_file=str(tmp_path / "token"))
     (console,) = c.JupyterHub.services
     assert GPUSettings.from_env(console["environment"]).roster_max_bytes == 4 * 2**20
     assert GPUSettings().roster_max_bytes == 2**20
 
 
-def test_configure_console_writes_the_spawners_gpu_settings():
+def test_configure_console_writes_the_spawners_gpu_settings(tmp_path):
     c = Config()
     configure_spawner(c, {"HUB_NAME_PREFIX": "lab", "GPU_REQUEST_STYLE": "nvidia"})
     c.GPUDockerSpawner.gpu_cdi_dirs = ["/cdi"]
     c.GPUDockerSpawner.gpu_inventory_file = "/srv/gpus.yaml"
     c.GPUDockerSpawner.label_prefix = "lbl"
-    configure_console(c, {"HUB_NAME_PREFIX": "lab", "HUB_LOG_LEVEL": "debug"})
+    configure_console(c, {"HUB_NAME_PREFIX": "lab", "HUB_LOG_LEVEL": "debug"}, reclaim_token_file=str(tmp_path / "token"))
     (console,) = c.JupyterHub.services
     assert GPUSettings.from_env(console["environment"]) == GPUSettings(
         name_prefix="lab", request_style="nvidia", cdi_dirs=("/cdi",), label_prefix="lbl",

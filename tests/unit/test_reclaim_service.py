@@ -225,13 +225,13 @@ def test_admin_sees_holders_and_extends_one_server(api):
 
 # ---- configuration and the reason on the next page load ----------------------------------------
 def configured(tmp_path, env=None):
-    """configure_console then configure_reclaim, as jupyterhub_config.py calls them."""
+    """configure_console and configure_reclaim, as jupyterhub_config.py calls them."""
     from traitlets.config import Config
 
     from hub.hub_process.config.configure import configure_console, configure_reclaim
 
     c = Config()
-    configure_console(c, {"HUB_NAME_PREFIX": "lab"})
+    configure_console(c, {"HUB_NAME_PREFIX": "lab", **(env or {})}, reclaim_token_file=str(tmp_path / "gpu-reclaim-token"))
     configure_reclaim(c, env or {}, token_file=str(tmp_path / "gpu-reclaim-token"))
     return c
 
@@ -268,8 +268,16 @@ def test_configure_reclaim_runs_a_least_privilege_service_in_the_consoles_proces
     assert c.GPUDockerSpawner.environment["GPUHUB_GPU_SERVICE_URL"] == "http://proxy:8000/services/gpu-reclaim/"
     with pytest.raises(ConfigError, match="GPU_IDLE_THRESHOLD"):
         configured(tmp_path, {"GPU_IDLE_THRESHOLD": "five"})
-    with pytest.raises(ConfigError, match="configure_console first"):
-        configure_reclaim(Config(), {}, token_file=str(tmp_path / "gpu-reclaim-token"))
+    # the order of the two calls does not matter: the same services, roles and environment
+    other = Config()
+    configure_reclaim(other, {"GPU_IDLE_TIMEOUT": "60"}, token_file=str(tmp_path / "gpu-reclaim-token"))
+    from hub.hub_process.config.configure import configure_console
+    configure_console(other, {"HUB_NAME_PREFIX": "lab", "GPU_IDLE_TIMEOUT": "60"},
+                      reclaim_token_file=str(tmp_path / "gpu-reclaim-token"))
+    first = configured(tmp_path, {"GPU_IDLE_TIMEOUT": "60"})
+    by_name = lambda services: {s["name"]: s for s in services}  # noqa: E731
+    assert by_name(other.JupyterHub.services) == by_name(first.JupyterHub.services)
+    assert sorted(r["name"] for r in other.JupyterHub.load_roles) == sorted(r["name"] for r in first.JupyterHub.load_roles)
 
 
 def test_the_reclaim_token_is_made_once_and_kept(tmp_path):

@@ -188,27 +188,28 @@ RECLAIM_SETTINGS = ("HUB_NAME_PREFIX", "HUB_LOG_LEVEL", "GPU_IDLE_TIMEOUT", "GPU
                     "GPU_QUOTA_DEFAULT")  # the last for the user's GPU-hours in JupyterLab's GPU item
 
 
+def reclaim_environment(env: Mapping[str, str], token_file: str = RECLAIM_TOKEN_FILE) -> dict[str, str]:
+    """gpu-reclaim's environment in the service process: its token, its URL and its settings (a
+    bad value stops the hub at start, naming the variable)."""
+    for name in RECLAIM_SETTINGS:
+        read(env, name)
+    return {RECLAIM_TOKEN_ENV: state_secret(token_file), RECLAIM_URL_ENV: RECLAIM_URL,
+            **{name: env[name] for name in RECLAIM_SETTINGS if env.get(name, "").strip()}}
+
+
 def configure_reclaim(c, env: Mapping[str, str], token_file: str = RECLAIM_TOKEN_FILE) -> None:
     """gpu-reclaim (hub/service_process/reclaim/service.py): samples every GPU, attributes each reading to the
     server holding it, and stops servers whose GPU stayed idle (after a warning in JupyterLab).
     Users' servers reach its ``api/me`` with their own token (JupyterLab's GPU item).
 
-    It runs in the GPU console's process (call configure_console first), one Python process
-    fewer in the hub's container, yet stays a service of its own for JupyterHub: its own URL,
+    It runs in the GPU console's process (configure_console hands that process gpu-reclaim's
+    environment: ``reclaim_environment``), one Python process fewer in the hub's container, yet stays a service of its own for JupyterHub: its own URL,
     and its own token, whose role may only list users with their groups (exemptions), read
     servers and stop them. JupyterHub knows it as an external service with that token: the
     token is kept on the state volume (``state_secret``), as JupyterHub never removes a token
     from the configuration that it once added."""
-    for name in RECLAIM_SETTINGS:
-        read(env, name)  # a bad value stops the hub at start, naming the variable
-    services = c.JupyterHub.get("services", [])
-    console = next((s for s in services if s.get("name") == CONSOLE_NAME), None)
-    if console is None:
-        raise ConfigError(f"{RECLAIM_NAME} runs in the {CONSOLE_NAME} service's process: configure_console first")
-    token = state_secret(token_file)
-    environment = {**console.get("environment", {}), RECLAIM_TOKEN_ENV: token, RECLAIM_URL_ENV: RECLAIM_URL,
-                   **{name: env[name] for name in RECLAIM_SETTINGS if env.get(name, "").strip()}}
-    c.JupyterHub.services = [*({**s, "environment": environment} if s is console else s for s in services), {
+    token = state_secret(token_file)  # the same token configure_console hands the process
+    c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
         "name": RECLAIM_NAME,
         "url": RECLAIM_URL,
         "api_token": token,
@@ -244,7 +245,7 @@ CONSOLE_NAME = "gpu-console"
 CONSOLE_URL = "http://hub:10101"  # the proxy reaches the hub container by name on the network
 
 
-def configure_console(c, env: Mapping[str, str]) -> None:
+def configure_console(c, env: Mapping[str, str], reclaim_token_file: str = RECLAIM_TOKEN_FILE) -> None:
     """The GPU console (hub/service_process/console/): a hub-managed service in the hub's container, linked
     from the hub's navigation, for admins only (HubOAuth with the service's access scope, which
     JupyterHub's admin role has and users do not). Its own token may only read users, groups
@@ -262,7 +263,7 @@ def configure_console(c, env: Mapping[str, str]) -> None:
         swarm_constraints=tuple(read(env, "SWARM_CONSTRAINTS")),
         roster_max_bytes=read(env, "CONSOLE_ROSTER_MAX_SIZE"),
         **{field: spawner[trait] for field, trait in traits.items() if trait in spawner})
-    environment = gpu.to_env()
+    environment = {**gpu.to_env(), **reclaim_environment(env, reclaim_token_file)}  # gpu-reclaim runs in it too
     # The console's "Host health" card runs the same checks (hub/gpus/doctor.py)
     environment.update({key: env[key] for key in ("SINGLEUSER_IMAGE", "GPU_TOOLKIT_MIN_VERSION",
                                                    "GPU_TOOLKIT_OVERRIDE", "NVIDIA_CTK_VERSION") if env.get(key)})
