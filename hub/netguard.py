@@ -36,6 +36,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+import docker.errors
+from hub.settings.table import read
+import os
+import docker
+import threading
 
 log = logging.getLogger("gpuhub-netguard")
 
@@ -98,7 +103,6 @@ def restore_text(chains: Mapping[str, list[str]]) -> str:
 
 def layout_from_engine(client, network_name: str, project: str) -> Layout | None:
     """The bridge of ``network_name`` and the addresses of our compose services on it."""
-    import docker.errors
 
     try:
         network = client.api.inspect_network(network_name)
@@ -216,15 +220,12 @@ def _normalise(chains: Mapping[str, list[str] | None]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hub.settings.table import read
 
     parser = argparse.ArgumentParser(prog="gpuhub-netguard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ready-file", default="/run/gpuhub-netguard.ready")
     parser.add_argument("--print", action="store_true", help="print the rules for the network as it is now, and exit")
     args = parser.parse_args(argv)
-    import os
 
-    import docker
 
     env = os.environ
     logging.basicConfig(level=read(env, "HUB_LOG_LEVEL").upper(), format="[%(name)s %(asctime)s] %(message)s")
@@ -244,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.ready_file).write_text("off")
         signal.sigwait({signal.SIGTERM, signal.SIGINT})
         return 0
-    import threading
 
     stopping, wake = [], threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: (stopping.append(1), wake.set()))

@@ -12,6 +12,7 @@ DockerCall = Callable[..., Awaitable]  # await docker("containers", all=True, ..
 
 def engine_client(timeout: float = 30) -> Any:
     """A docker-py low-level client of the engine at $DOCKER_HOST (default: the local socket)."""
+    # docker-py (requests, urllib3) loads when a client is made, not for DockerCaller alone
     import docker
     return docker.APIClient(base_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
                             version="auto", timeout=timeout)

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import sys
 from typing import Awaitable, Callable
+from tornado.ioloop import PeriodicCallback
 
 Work = Callable[[], Awaitable[object]]
 
@@ -31,7 +32,6 @@ def guarded(work: Work, what: str, log: logging.Logger) -> Callable[[], Awaitabl
 async def every(seconds: float, work: Work, what: str, log: logging.Logger, now: bool = True) -> Callable:
     """Run ``work`` (guarded) now unless ``now`` is false, then every ``seconds`` on the running
     loop. Returns the guarded work, for runs at other times (an engine event)."""
-    from tornado.ioloop import PeriodicCallback
 
     run = guarded(work, what, log)
     if now:

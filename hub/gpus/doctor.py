@@ -14,12 +14,14 @@ import sys
 from typing import Any
 
 from hub.gpus.health import DEFAULT_TOOLKIT_MIN, TORCH_CUDA_LABEL, Check, Report, report, toolkit_version, UNKNOWN
+from hub.gpus.nvml import NVMLReader, Unavailable
 
 
 def engine_facts(client: Any = None) -> tuple[dict, dict, str]:
     """(version, info, why not) of the Docker engine."""
     try:
         if client is None:
+            # optional: the doctor also runs on a host's python3, which may lack docker-py
             import docker
             client = docker.from_env(timeout=30)
         api = getattr(client, "api", client)
@@ -42,7 +44,6 @@ def image_cuda(client: Any, image: str) -> str | None:
 
 def nvml_facts(reader: Any = None, xid_wait: float = 0.01) -> tuple[list[dict] | None, dict | None]:
     """Each GPU's health (listening ``xid_wait`` seconds for Xid errors) and the driver."""
-    from hub.gpus.nvml import NVMLReader, Unavailable
 
     reader = reader or NVMLReader()
     try:

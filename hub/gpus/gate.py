@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hub.gpus.health import CRITICAL_XIDS, FAIL, UNKNOWN, Check, cuda_check, gpu_check, toolkit_check
+from hub.gpus.nvml import NVMLReader
+from hub.gpus.nvml import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +46,11 @@ class HostGate:
 
     def _nvml(self):
         if self._reader is None:
-            from hub.gpus.nvml import NVMLReader
             self._reader = NVMLReader()
         return self._reader
 
     def gpu_health(self) -> list[Check] | None:
         """Each GPU's check now; None without NVML (tried again after ``retry_nvml`` seconds)."""
-        from hub.gpus.nvml import Unavailable
 
         if self.clock() < self._nvml_down_until:
             return None

@@ -90,6 +90,7 @@ class NVMLReader:
     def _init(self) -> Any:
         if self._nv is None:
             try:
+                # optional: hosts without NVML (and the tests) have no pynvml
                 import pynvml
             except ImportError:
                 raise Unavailable("the pynvml module (nvidia-ml-py) is not installed") from None

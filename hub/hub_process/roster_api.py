@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from hub import courses
 
 SCOPE = "custom:gpuhub-roster:create"
 PATH = "/api/gpuhub/roster"  # under the hub's prefix: /hub/api/gpuhub/roster
@@ -47,6 +48,7 @@ def names(data: Any, key: str) -> list[str]:
 
 
 def RosterAPIHandler():  # noqa: N802 - the class, made in the hub's process (JupyterHub imported)
+    # made in the hub's process only: JupyterHub's API handlers and database layer
     from jupyterhub import orm
     from jupyterhub.apihandlers.base import APIHandler
     from jupyterhub.roles import assign_default_roles
@@ -54,7 +56,6 @@ def RosterAPIHandler():  # noqa: N802 - the class, made in the hub's process (Ju
     from jupyterhub.utils import maybe_future
     from tornado import web
 
-    from hub import courses
 
     class Handler(APIHandler):
         async def post(self) -> None:

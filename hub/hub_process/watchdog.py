@@ -174,6 +174,7 @@ class HubGuards(Configurable):
         """Every ``route_check_interval`` s, once the hub has started: JupyterHub's own check of
         the proxy's routes (one request to the proxy; missing routes added, stale ones removed)."""
         if app is None:
+            # the running hub, known once it has started
             from jupyterhub.app import JupyterHub
             app = JupyterHub.instance()
         while True:
@@ -213,6 +214,7 @@ def install_state_guard(guard: StateGuard) -> None:
     """Refuse hub requests (503, with the guard's message) while the state cannot be written,
     and learn of database writes that failed for want of space or permission."""
     global _installed
+    # the hub's database layer: loaded in the hub when the guard is installed
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 

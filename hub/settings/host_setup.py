@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 from hub.gpus.health import toolkit_version
+import ssl
 
 ROOT = Path(__file__).resolve().parents[2]
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
@@ -160,7 +161,6 @@ def subdomain_host(env: dict[str, str], tls: dict[str, str], cert_names=None) ->
 
 def certificate_names(path: str) -> set[str]:
     """The DNS names a PEM certificate is for."""
-    import ssl
 
     try:
         decoded = ssl._ssl._test_decode_cert(path)  # the standard library's own PEM reader

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from traitlets.config.loader import ConfigError
 
 from hub.units import parse_cpus, parse_size
+from hub.usage.quota import QuotaError, check, parse_spec
 
 
 
@@ -110,7 +111,6 @@ def version(env: Mapping[str, str], name: str, default: str) -> str:
 
 def gpu_quota(env: Mapping[str, str], name: str, default: str) -> str:
     """GPU-hours per window, e.g. 20h/7d ("" for none): checked, returned as written."""
-    from hub.usage.quota import QuotaError, check, parse_spec
 
     raw = text(env, name, default)
     if not raw:

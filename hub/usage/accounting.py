@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping, Protocol
 
 from hub.gpus.claim import Labels, holders_from_containers
 from hub.gpus.model import GPU
+from hub.gpus.swarm import assigned_uuids, task_is_live
 
 START_TOLERANCE = 5.0  # seconds: an event's start time and StartedAt of the same run differ by less
 BUCKETS = ("day", "week", "month")
@@ -160,7 +161,6 @@ def seats_of_tasks(tasks: Iterable[Mapping[str, Any]], services: Iterable[Mappin
     """On a swarm (hub.gpus.swarm): the seats of the tasks that run, each task a run (its ID in
     place of a container's), from when it started running (its status time), on the GPUs
     Swarm assigned it. Its end is when a sync last saw it live: Swarm's events are not at hand."""
-    from hub.gpus.swarm import assigned_uuids, task_is_live
     gpus = {g.uuid: g for g in inventory}
     by_node = {n.id: n for n in nodes}
     specs = {s.get("ID"): s.get("Spec") or {} for s in services}

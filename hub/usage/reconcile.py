@@ -26,7 +26,7 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Iterable
 
 from docker.errors import NotFound
@@ -38,6 +38,7 @@ from hub.usage import quota as quotas
 from hub.usage.accounting import (Interval, UtilisationSource, advance, docker_time, event_time,
                                   seats_of_container, seats_of_event, seats_of_tasks)
 from hub.usage.store import UsageStore
+from hub.gpus.swarm import nodes_from_engine
 
 log = logging.getLogger("gpu-console.usage")
 EVENT_OVERLAP = 5.0  # seconds of events read twice across two syncs
@@ -148,7 +149,6 @@ class UsageKeeper:
 
     async def _with_groups(self, changed: list[Interval], new: set) -> list[Interval]:
         """New intervals get their user's groups and courses as they are now (reports per group)."""
-        from dataclasses import replace
         try:
             group_models = await self.hub.group_models()
             course_names = {g["name"] for g in group_models if course_model.PROPERTY in (g.get("properties") or {})}
@@ -256,7 +256,6 @@ class SwarmUsageKeeper(UsageKeeper):
 
     async def live_seats(self, restarted: Iterable[str] = ()) -> list:
         """Tasks are read whole at each sync: there is no per-container inspect to cache."""
-        from hub.gpus.swarm import nodes_from_engine
         nodes, services, tasks = await asyncio.gather(
             self.docker("nodes"), self.docker("services", filters=self.instance_filter),
             self.docker("tasks", filters={"desired-state": "running"}))

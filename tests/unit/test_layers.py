@@ -94,3 +94,31 @@ def test_no_circle_between_modules():
 def test_every_module_has_a_floor():
     for module in modules():
         assert room(module), module
+
+
+def late_imports():
+    """(file, line, text) of each import inside a function whose group has no reason: a comment
+    on its line, or on the line just above the group of imports it belongs to."""
+    found = []
+    for path in sorted((ROOT / "hub").rglob("*.py")):
+        lines = path.read_text().split("\n")
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    continue
+                at = node.lineno - 1
+                while at > 0 and lines[at - 1].strip().startswith(("import ", "from ")):
+                    at -= 1  # the first line of this group of imports
+                reason = "#" in lines[node.lineno - 1] or lines[at - 1].strip().startswith("#")
+                if not reason:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    return found
+
+
+def test_an_import_inside_a_function_says_why():
+    """Imports belong at the top; one inside a function keeps a heavy or optional dependency out of a
+    process (or waits for JupyterHub's own modules), and says so in a comment."""
+    missing = late_imports()
+    assert not missing, "imports inside functions without a reason:\n" + "\n".join(missing)

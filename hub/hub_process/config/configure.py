@@ -17,6 +17,11 @@ from hub.settings import PROFILES_FILE, RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, STAT
 from hub.hub_process.config import oauth
 from hub.settings.gpu_settings import GPUSettings
 from hub.settings.table import read
+from hub import __version__
+from hub.common.profiles import load_profiles
+from hub.usage import gate
+from hub.hub_process.spawner.course_volumes import user_courses
+from hub.hub_process.config.init_secrets import ensure_secret
 
 PROXY_TOKEN_FILE = "/run/proxy-token/token"
 METRICS_TOKEN_FILE = "/run/metrics-token/token"
@@ -44,7 +49,6 @@ def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.log_level = read(env, "HUB_LOG_LEVEL").upper()
     # Every page's footer names the release (hub/hub_process/templates/page.html).
-    from hub import __version__
     paths = c.JupyterHub.get("template_paths", [])
     c.JupyterHub.template_paths = paths if TEMPLATES_DIR in paths else [*paths, TEMPLATES_DIR]
     c.JupyterHub.template_vars = {**c.JupyterHub.get("template_vars", {}), "gpuhub_version": __version__}
@@ -149,7 +153,6 @@ def configure_profiles(c, path: str) -> None:
     """Offer the profiles of the mounted file, checked now so a bad file stops the hub at start."""
     if not Path(path).is_file():
         return
-    from hub.common.profiles import load_profiles
 
     spawner = c.DockerSpawner
     try:
@@ -305,14 +308,12 @@ def configure_usage(c, env: Mapping[str, str], token_file: str = METRICS_TOKEN_F
     - A ``prometheus`` service whose token (made by gpuhub-init on the metrics-token volume) may
       read the GPU console's metrics (the custom scope) and JupyterHub's own /hub/metrics, and
       nothing else: the monitoring profile's Prometheus scrapes with it."""
-    from hub.usage import gate
 
     usage_db, default = GPUSettings.usage_db, read(env, "GPU_QUOTA_DEFAULT")
 
     def usage_of(user) -> dict:
         if user is None:
             return {}
-        from hub.hub_process.spawner.course_volumes import user_courses
         groups = [g.name for g in getattr(user, "groups", [])]
         return gate.summary(usage_db, user.name, groups, list(user_courses(user)), default)
 
@@ -349,6 +350,7 @@ def configure_recovery(c, env: Mapping[str, str]) -> None:
     c.JupyterHub.last_activity_interval = 300
     c.Spawner.poll_interval = 30
     c.JupyterHub.template_paths = [*c.JupyterHub.get("template_paths", []), TEMPLATES_DIR]
+    # DockerSpawner and the hub's database layer load when the hub configures, not when a tool reads this module
     from hub.hub_process.spawner import GPUDockerSpawner
 
     reasons = f"{STATE_DIR}/stop-reasons.json"  # left by hub services (gpu-reclaim)
@@ -363,7 +365,6 @@ def state_secret(path: str) -> str:
     the hub's first start with it, owned by the hub's user and readable by it only (0600),
     never overwritten (gpuhub-init's ``ensure_secret``, the same way as the cookie secret), then
     read. A clear error naming the file if it cannot be made or read, or is not a token."""
-    from hub.hub_process.config.init_secrets import ensure_secret
 
     try:
         ensure_secret(Path(path), secrets.token_hex(32), os.getuid(), os.getgid(), 0o600)

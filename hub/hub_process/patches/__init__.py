@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+import jupyterhub
 
 
 class PatchVersionError(RuntimeError):
@@ -17,7 +18,6 @@ class PatchVersionError(RuntimeError):
 
 def require(module: str, written_for: str, upstream: str) -> None:
     """Refuse to patch a JupyterHub this workaround was not written for."""
-    import jupyterhub
 
     version = Version(jupyterhub.__version__)
     if version not in SpecifierSet(written_for):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from http.client import responses
 
 from hub.hub_process.patches import require
+from tornado import web
 
 WRITTEN_FOR = ">=6.1,<6.2"
 UPSTREAM = "write_error gives a null message for an HTTPError without message or reason (not reported upstream yet)"
@@ -20,7 +21,6 @@ _installed = False
 
 def give_reason(status_code: int, exception) -> None:
     """Give an HTTPError that has neither a message nor a reason the status's reason phrase."""
-    from tornado import web
 
     if isinstance(exception, web.HTTPError) and not exception.reason and not exception.get_message():
         exception.reason = responses.get(status_code, "Unknown Error")
@@ -31,6 +31,7 @@ def install() -> None:
     if _installed:
         return
     require(__name__, WRITTEN_FOR, UPSTREAM)
+    # JupyterHub's handlers (and its database layer) load when the patch is installed in the hub
     from jupyterhub.apihandlers.base import APIHandler
     from jupyterhub.handlers.base import BaseHandler
 

@@ -32,6 +32,7 @@ def install() -> None:
     if _installed:
         return
     require(__name__, WRITTEN_FOR, UPSTREAM)
+    # JupyterHub's handlers (and its database layer) load when the check is installed in the hub
     from jupyterhub.handlers.base import BaseHandler
     from tornado import web
 

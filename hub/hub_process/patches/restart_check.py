@@ -62,6 +62,7 @@ def install() -> None:
     if _installed:
         return
     require(__name__, WRITTEN_FOR, UPSTREAM)
+    # JupyterHub's handlers load after require(): only the version this was written for is patched
     from jupyterhub.handlers.base import BaseHandler
     from jupyterhub.user import User
     from tornado import web

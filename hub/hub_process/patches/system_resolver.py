@@ -22,6 +22,7 @@ def install() -> None:
     if _installed:
         return
     require(__name__, WRITTEN_FOR, UPSTREAM)
+    # after require(): only the JupyterHub this was written for is patched
     from aiohttp.resolver import ThreadedResolver
     from jupyterhub.httpclient import JupyterHubHTTPClient, _HTTPUnixConnector
 

@@ -64,6 +64,15 @@ from hub.usage.reconcile import UsageKeeper
 from hub.service_process.console.usage_api import UsageDesk
 from hub.gpus.activity import ActivitySampler
 from hub.common.services import every
+from hub.gpus.inventory import discover
+from hub.gpus.manager import GPUManager, SwarmGPUManager
+from hub.usage import quota
+from hub.usage.reconcile import SwarmUsageKeeper, docker_events
+from hub.usage.store import UsageStore
+from hub.usage.reconcile import watch_events
+from hub.settings import RECLAIM_TOKEN_ENV
+from hub.service_process.reclaim import service as reclaim
+from hub.common.services import serve
 
 HERE = Path(__file__).parent
 log = logging.getLogger("gpu-console")
@@ -76,6 +85,7 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
              roster_max_bytes: int = GPUSettings.roster_max_bytes) -> web.Application:
     """The console's tornado app; serve it with ``app.settings["server_limits"]`` as the HTTP
     server's options (its body limits)."""
+    # after defer_hub_database() (hub/common/lean_imports.py): no hub database layer in this process
     from jupyterhub.services.auth import HubOAuthCallbackHandler
 
     p = service_prefix
@@ -110,8 +120,6 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
 def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = None,
                   sampler: ActivitySampler | None = None, events: Any = None) -> Console:
     """The console as the service runs it, from the environment configure_console sets."""
-    from hub.gpus.inventory import discover
-    from hub.gpus.manager import GPUManager, SwarmGPUManager
 
     settings = GPUSettings.from_env(env)
     if settings.backend == "swarm":  # the swarm's GPUs, re-read from its nodes at each view
@@ -133,9 +141,6 @@ def build_console(env: dict[str, str], hub: HubAPI | None = None, docker: Any = 
 def usage_keeper(console: Console, settings: GPUSettings, events: Any = None) -> UsageKeeper:
     """The usage store and its sync (hub/usage/): held time from the engine, used time from the
     console's sampler; quota stops audited like any admin action."""
-    from hub.usage import quota
-    from hub.usage.reconcile import SwarmUsageKeeper, docker_events
-    from hub.usage.store import UsageStore
 
     async def audit(record: dict) -> None:
         detail = record.pop("detail")
@@ -164,7 +169,6 @@ def watch_engine_events(console: Console, usage_sync: Callable[[], Awaitable[Non
     """A sync ``EVENT_SYNC_DELAY`` after this hub's containers start or die (one for a burst),
     from a thread that streams the engine's events (hub.usage.reconcile.watch_events) on a
     docker-py client of its own. Returns the thread's stop flag (None without an engine client)."""
-    from hub.usage.reconcile import watch_events
 
     if getattr(console.docker, "client", None) is None:  # a stand-in engine (tests)
         return None
@@ -237,13 +241,11 @@ async def start(console: Console, settings: GPUSettings, env: dict[str, str], sa
 def components(env: dict[str, str], hub: HubAPI | None = None, docker: Any = None, reclaim_hub: Any = None):
     """The console, gpu-reclaim where configure_reclaim handed the console its token (else None),
     and their starts for hub.common.services.serve."""
-    from hub.settings import RECLAIM_TOKEN_ENV
 
     settings = GPUSettings.from_env(env)
     if not env.get(RECLAIM_TOKEN_ENV, "").strip():
         console = build_console(env, hub=hub, docker=docker)
         return console, None, [partial(start, console, settings, env)]
-    from hub.service_process.reclaim import service as reclaim
 
     reclaim_env = reclaim.env_in_console(env)
     reclaimer = reclaim.build(reclaim_env, docker=docker, hub=reclaim_hub)
@@ -258,7 +260,6 @@ def main() -> None:
     """The service's process: the console, and gpu-reclaim beside it where configure_reclaim
     handed the console gpu-reclaim's token (one process for both: docs/performance.md, "Memory
     of the hub side"); each keeps its own HTTP app, hub token and role."""
-    from hub.common.services import serve
 
     env = dict(os.environ)
     GPUSettings.from_env(env).configure_logging()

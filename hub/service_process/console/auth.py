@@ -11,6 +11,7 @@ class HubAuthenticator:
     user without the scope. Tests put a stand-in with the same two methods in its place."""
 
     async def identify(self, handler: Any) -> tuple[dict | None, bool]:
+        # after defer_hub_database() (hub/common/lean_imports.py): no hub database layer in this process
         from jupyterhub.services.auth import UserNotAllowed
 
         model = await handler.hub_auth.get_user(handler, sync=False)

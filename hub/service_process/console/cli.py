@@ -47,6 +47,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 from urllib.parse import quote
+from hub.usage.quota import QuotaError, parse_spec
+from hub import __version__
+from hub.gpus import doctor
+import subprocess
+from hub.gpus.swarm import gpus_from_smi_list, node_config, node_config_text
 
 SERVICE_PATH = "/services/gpu-console/api/"
 
@@ -376,7 +381,6 @@ def run_usage_command(args: argparse.Namespace, client: Client, note: dict) -> A
         if args.scope not in ("user", "group", "course", "default"):
             raise SystemExit(_usage(f"quota: scope {args.scope!r}: use user, group, course or default"))
         if args.action == "set":
-            from hub.usage.quota import QuotaError, parse_spec
             try:
                 hours, days = parse_spec(args.spec or "")
             except QuotaError as exc:
@@ -394,7 +398,6 @@ def parser() -> argparse.ArgumentParser:
                                 "list GPUs, pin, unpin, drain, undrain, free, access, audit, queue; "
                                 "courses: roster, courses, course, stop-course, reset, reserve, "
                                 "unreserve, share, unshare; usage, quota.")
-    from hub import __version__
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (gpuhub)",
                    help="the release of gpuhub this command belongs to (CHANGELOG.md)")
     p.add_argument("--url", default=os.environ.get("GPUHUB_URL", "http://localhost:8000"),
@@ -404,7 +407,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the API's JSON answer")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("list", help="the GPUs: state, holder, usage")
-    from hub.gpus import doctor
     doctor.add_arguments(sub.add_parser("doctor", help="check this host (no token needed): engine, CDI, "
                                         "live-restore, toolkit CVEs, driver vs the image's CUDA, GPU health"))
     s = sub.add_parser("swarm-node-config", help="this node's GPUs as Swarm generic resources (no token "
@@ -486,9 +488,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _swarm_node_config(args) -> int:
-    import subprocess
 
-    from hub.gpus.swarm import gpus_from_smi_list, node_config, node_config_text
     if args.input:
         text = sys.stdin.read() if args.input == "-" else open(args.input, encoding="utf-8").read()
     else:
@@ -509,7 +509,6 @@ def _swarm_node_config(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "doctor":  # local checks: no hub, no token (exit 1: a check failed)
-        from hub.gpus import doctor
         return doctor.run(args)
     if args.command == "swarm-node-config":  # local: no hub, no token
         return _swarm_node_config(args)

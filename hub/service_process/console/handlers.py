@@ -17,6 +17,10 @@ from hub.service_process.console.course_actions import CourseDesk
 from hub.common.errors import ConsoleError, shown
 from hub.service_process.console.gpu_actions import GPUDesk
 from hub.service_process.console.state import Console
+from hub.gpus import doctor
+from hub.service_process.console.usage_api import to_csv
+from hub.usage.metrics import SCOPE
+from hub.usage.metrics import CONTENT_TYPE, exposition
 
 MAX_BODY = 64 * 1024  # every route but the roster's: the largest valid body is a few KiB
 
@@ -46,6 +50,7 @@ def whole_number(raw: str, name: str, low: int, high: int) -> int:
 
 
 def _hub_oauthenticated():
+    # after defer_hub_database() (hub/common/lean_imports.py): no hub database layer in this process
     from jupyterhub.services.auth import HubOAuthenticated
     return HubOAuthenticated
 
@@ -286,7 +291,6 @@ class HealthHandler(APIHandler):
     spec_path = "/health"
 
     async def get(self):
-        from hub.gpus import doctor
         client = getattr(self.console.docker, "client", None)
         result = await asyncio.to_thread(doctor.from_env, dict(os.environ), client)
         self.reply({**result.to_json(), "time": time.time()})
@@ -392,7 +396,6 @@ class UsageHandler(_UsageHandler):
     spec_path = "/usage"
 
     async def get(self):
-        from hub.service_process.console.usage_api import to_csv
         args = {k: self.get_argument(k) for k in ("since", "until", "by", "bucket", "user", "format")
                 if self.get_argument(k, None) is not None}
         fmt = args.pop("format", "json")
@@ -437,7 +440,6 @@ class MetricsHandler(BaseHandler):
     an admin's. Plain-text errors, as a scraper shows them."""
 
     async def prepare(self):
-        from hub.usage.metrics import SCOPE
         model, allowed = await self.settings["authenticator"].identify(self)
         if model is None:
             raise web.HTTPError(401, "send 'Authorization: Bearer <token>' with a token that has the scope " + SCOPE)
@@ -446,7 +448,6 @@ class MetricsHandler(BaseHandler):
         self._identified = model
 
     async def get(self):
-        from hub.usage.metrics import CONTENT_TYPE, exposition
         keeper = self.settings.get("usage_keeper")
         if keeper is None:
             raise web.HTTPError(503, "GPU usage is not recorded by this console")

@@ -19,6 +19,7 @@ import yaml
 from hub.common.errors import ConsoleError
 
 if TYPE_CHECKING:  # jsonschema loads with the first checked request (see _validator)
+    # jsonschema and its format checkers load with the first checked request, not at the console's start
     from jsonschema import Draft4Validator
     from jsonschema.exceptions import ValidationError
 
@@ -123,6 +124,7 @@ def operation(path: str, method: str) -> Operation:
 def _validator(schema: dict[str, Any], spec: dict[str, Any]) -> Draft4Validator:
     # Imported here: about 5 MB resident that the console's process holds only once a request
     # is checked (docs/performance.md, "Memory of the hub side").
+    # jsonschema and its format checkers load with the first checked request, not at the console's start
     from jsonschema import Draft4Validator
 
     converted = _json_schema(schema, spec)

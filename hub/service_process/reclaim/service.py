@@ -58,6 +58,13 @@ from hub.gpus.parked import FILE as PARKED_FILE, ParkedFile, parked_ids
 from hub.gpus.reclaim_policy import (Candidate, Decision, PolicyTable, ReclaimOverride, ReclaimPolicy, ReclaimState,
                                 decide, next_due, stop_message)
 from hub.common.stop_reasons import ReasonFile
+from hub.common.profiles import load_profiles
+from hub.common.engine import DockerCaller
+from hub.common.hubapi import HubClient
+from hub.usage import gate
+from hub.common.services import every, guarded
+from hub.common.lean_imports import defer_hub_database
+from hub.common.services import serve
 
 NAME = "gpu-reclaim"
 # Its bodies are a few bytes ({"server": ...}): tornado reads none over 64 KiB (100 MB by default),
@@ -77,7 +84,6 @@ def policy_from_env(env: Mapping[str, str]) -> ReclaimPolicy:
 def overrides_from_profiles(path: str | Path) -> dict[str, ReclaimOverride]:
     """Each profile's own reclaim policy from the profiles file (none: no file, or no profile
     has one). Raises ValueError for a file the hub would refuse too."""
-    from hub.common.profiles import load_profiles
 
     try:
         text = Path(path).read_text()
@@ -357,6 +363,7 @@ class Handler(web.RequestHandler):
         return model
 
     async def admin(self) -> dict:
+        # after defer_hub_database() (hub/common/lean_imports.py): no hub database layer in this process
         from jupyterhub.services.auth import check_scopes
 
         model = await self.caller()
@@ -451,8 +458,6 @@ def make_app(reclaimer: Reclaimer, identify: Callable, prefix: str = f"/services
 
 
 def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclaimer:
-    from hub.common.engine import DockerCaller
-    from hub.common.hubapi import HubClient
 
     state = Path(env.get("GPUHUB_STATE_DIR", STATE_DIR))
     interval = read(env, "GPU_SAMPLE_INTERVAL")
@@ -462,7 +467,6 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
     usage_db, default_quota = env.get("GPUHUB_USAGE_DB", str(state / "gpu-usage.sqlite")), read(env, "GPU_QUOTA_DEFAULT")
 
     def usage(user: str, groups: list[str]) -> dict:
-        from hub.usage import gate
 
         # A course is a group of the same name, and only a course can carry a course quota: the
         # groups serve as the courses too (the token's model has group names, not properties).
@@ -493,9 +497,9 @@ def env_in_console(env: Mapping[str, str]) -> dict[str, str]:
 async def start(reclaimer: Reclaimer, env: Mapping[str, str]) -> None:
     """gpu-reclaim's component: its API at its own URL, authenticated with its own token, then a
     round now and every ``GPU_SAMPLE_INTERVAL`` (guarded: hub.common.services.every)."""
+    # after defer_hub_database() (hub/common/lean_imports.py): no hub database layer in this process
     from jupyterhub.services.auth import HubAuth
 
-    from hub.common.services import every, guarded
 
     # A HubAuth of its own, made here: HubAuth.instance() in the console's process is the
     # console's HubOAuth, with the console's token.
@@ -535,10 +539,8 @@ async def start(reclaimer: Reclaimer, env: Mapping[str, str]) -> None:
 def main() -> None:
     """gpu-reclaim in a process of its own (tests, a GPU host's own setup); the deployment runs
     it in the GPU console's process (hub/service_process/console/app.py)."""
-    from hub.common.lean_imports import defer_hub_database
 
     defer_hub_database()  # before jupyterhub.services.auth: no hub database layer in this process
-    from hub.common.services import serve
 
     env = dict(os.environ)
     logging.basicConfig(level=env.get("HUB_LOG_LEVEL", "INFO").upper(),
