@@ -23,3 +23,12 @@ def parse_cpus(raw: str) -> float:
     if not value > 0:
         raise ValueError(f"{raw!r} is not a CPU count: use a positive number, e.g. 2 or 0.5")
     return value
+
+
+def format_size(size: int) -> str:
+    """Bytes as a person reads them: 512 MiB, 1.5 GiB."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor:
+            value = size / factor
+            return f"{value:.0f} {unit}" if value >= 10 or value == int(value) else f"{value:.1f} {unit}"
+    return f"{size} B"

@@ -8,3 +8,4 @@ PROFILES_FILE = "/srv/jupyterhub/profiles.yaml"  # the profiles, mounted into th
 # gpu-reclaim's token and address, in the service process's environment (set by configure_reclaim)
 RECLAIM_TOKEN_ENV = "GPUHUB_RECLAIM_API_TOKEN"
 RECLAIM_URL_ENV = "GPUHUB_RECLAIM_URL"
+HOST_MEMORY_STATE_FILE = f"{STATE_DIR}/host-memory.json"  # the hub's memory line, for the console

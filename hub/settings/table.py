@@ -237,6 +237,23 @@ _TABLE = [
                  "it."),
     Setting("USER_PIDS_LIMIT", SERVERS, "positive_int", default="1024", example="4096",
             help="Most processes/threads per user server."),
+    Setting("HOST_MEMORY_WHEN_FULL", SERVERS, "choice", default="wait", example="refuse", choices=("wait", "refuse", "off"),
+            help="When a start would leave the host less available memory than `HOST_MEMORY_RESERVE`: `wait` "
+                 "(the spawn page says why and the server starts by itself when memory frees, first come first "
+                 "served), `refuse` (the start fails with that message), or `off` (no check: the kernel's OOM "
+                 "killer decides). One Docker host only; see [Performance](performance.md#admission-by-memory)."),
+    Setting("HOST_MEMORY_RESERVE", SERVERS, "byte_size", default="1G", example="4G",
+            help="Memory the host keeps available whatever starts (the hub and running servers need room "
+                 "to grow)."),
+    Setting("SERVER_MEMORY_ESTIMATE", SERVERS, "byte_size", default="512M", example="1G",
+            help="What a new server is expected to take until the hub has measured some (then: the median of "
+                 "recent servers a minute after their start); never more than the server's memory limit."),
+    Setting("HOST_MEMORY_MAX_WAIT", SERVERS, "positive_int", default="600", example="1800",
+            help="With `HOST_MEMORY_WHEN_FULL=wait`: seconds a start may wait for memory before it gives up "
+                 "with a message (JupyterHub's start timeout allows it)."),
+    Setting("HOST_MEMINFO_FILE", SERVERS, "text", default="/proc/meminfo", example="/srv/jupyterhub/state/meminfo",
+            help="Where the hub reads the host's memory (a container sees the host's `/proc/meminfo`); the "
+                 "tests point it at a file of their own."),
     Setting("USER_NETWORK_ISOLATION", SERVERS, "boolean", default="true", example="false",
             help="A user's server reaches only the hub's API and the proxy's public port on the deployment's "
                  "network (not other users' servers, the proxy's API, the services or Prometheus), never "

@@ -74,7 +74,9 @@ def test_spawner_from_env():
     assert c.DockerSpawner.image == "example/img:1"
     assert (c.DockerSpawner.mem_limit, c.DockerSpawner.cpu_limit) == (16 * 2**30, 0.5)
     assert (c.GPUDockerSpawner.shm_size, c.GPUDockerSpawner.pids_limit) == (2 * 2**30, 300)
-    assert c.Spawner.start_timeout == c.Spawner.http_timeout == 45
+    # the start timeout allows the wait for memory (HOST_MEMORY_MAX_WAIT, 600 s by default)
+    assert (c.Spawner.start_timeout, c.Spawner.http_timeout) == (45 + 600, 45)
+    assert c.GPUDockerSpawner.host_memory_when_full == "wait" and c.GPUDockerSpawner.host_memory_reserve == 2**30
     assert "concurrent_starts" not in c.GPUDockerSpawner  # unset: the spawner counts the CPUs
     configure_spawner(c, {"SPAWN_CONCURRENCY": "3"})
     assert c.GPUDockerSpawner.concurrent_starts == 3
@@ -225,3 +227,17 @@ def test_per_user_origins_route_by_host_and_keep_the_internal_names_working():
     # users' servers reach gpu-reclaim, and gpuhub-gpus the console, by the proxy's internal name
     assert c.Proxy.extra_routes == {"proxy/services/gpu-console/": "http://hub:10101",
                                     "proxy/services/gpu-reclaim/": "http://hub:10102"}
+
+
+def test_the_start_timeout_allows_every_wait_whatever_the_order():
+    """SPAWN_TIMEOUT, plus the longest wait for memory, plus the longest wait in line for a GPU."""
+    from hub.hub_process.config.configure import configure_queue
+    env = {"SPAWN_TIMEOUT": "60", "GPU_WHEN_FULL": "queue", "GPU_QUEUE_MAX_WAIT": "900", "HOST_MEMORY_MAX_WAIT": "120"}
+    for calls in ((configure_spawner, configure_queue), (configure_queue, configure_spawner)):
+        c = Config()
+        for call in calls:
+            call(c, env)
+        assert c.Spawner.start_timeout == 60 + 900 + 120
+    c = Config()
+    configure_spawner(c, {"SPAWN_TIMEOUT": "60", "HOST_MEMORY_WHEN_FULL": "off"})
+    assert c.Spawner.start_timeout == 60

@@ -13,7 +13,7 @@ from pathlib import Path
 from traitlets.config.loader import ConfigError
 
 from hub.hub_process import roster_api
-from hub.settings import PROFILES_FILE, RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, STATE_DIR
+from hub.settings import HOST_MEMORY_STATE_FILE, PROFILES_FILE, RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, STATE_DIR
 from hub.hub_process.config import oauth
 from hub.settings.gpu_settings import GPUSettings
 from hub.settings.table import read
@@ -123,8 +123,15 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     c.GPUDockerSpawner.gpu_quota_default = read(env, "GPU_QUOTA_DEFAULT")
     c.Spawner.default_url = "/lab"
     configure_profiles(c, profiles_file)
+    c.GPUDockerSpawner.host_memory_when_full = read(env, "HOST_MEMORY_WHEN_FULL")
+    c.GPUDockerSpawner.host_memory_reserve = read(env, "HOST_MEMORY_RESERVE")
+    c.GPUDockerSpawner.server_memory_estimate = read(env, "SERVER_MEMORY_ESTIMATE")
+    c.GPUDockerSpawner.host_memory_max_wait = read(env, "HOST_MEMORY_MAX_WAIT")
+    c.GPUDockerSpawner.host_meminfo_file = read(env, "HOST_MEMINFO_FILE")
+    c.GPUDockerSpawner.host_memory_state_file = HOST_MEMORY_STATE_FILE
     timeout = read(env, "SPAWN_TIMEOUT")
-    c.Spawner.start_timeout = timeout
+    # A start's time includes its waits: for memory, and in line for a GPU (configure_queue)
+    c.Spawner.start_timeout = timeout + start_waits(env)
     c.Spawner.http_timeout = timeout
     concurrency = read(env, "SPAWN_CONCURRENCY")
     if concurrency is not None:  # unset: the number of CPUs (the traitlet's default)
@@ -231,17 +238,24 @@ def configure_reclaim(c, env: Mapping[str, str], token_file: str = RECLAIM_TOKEN
                                       "GPUHUB_GPU_SERVICE_URL": f"{PROXY_PUBLIC_URL}/services/{RECLAIM_NAME}/"}
 
 
+def start_waits(env: Mapping[str, str]) -> int:
+    """Seconds a start may wait before its container is made: for the host's memory, and in line
+    for a GPU; JupyterHub's start timeout allows them on top of SPAWN_TIMEOUT."""
+    when_full = read(env, "GPU_WHEN_FULL") or ("cpu" if read(env, "GPU_CPU_FALLBACK") else "refuse")
+    gpu = read(env, "GPU_QUEUE_MAX_WAIT") if when_full == "queue" else 0
+    memory = read(env, "HOST_MEMORY_MAX_WAIT") if read(env, "HOST_MEMORY_WHEN_FULL") == "wait" else 0
+    return gpu + memory
+
+
 def configure_queue(c, env: Mapping[str, str]) -> None:
     """What a start does when every GPU is taken (GPU_WHEN_FULL; hub/gpus/queue.py for the line).
     Waiting in line is part of a start for JupyterHub, so its start timeout allows the longest
-    wait. (The line the last hub process left is recovered by jupyterhub_config.py, a start-up
+    wait (``start_waits``). (The line the last hub process left is recovered by jupyterhub_config.py, a start-up
     action: hub/hub_process/spawner/spawner.py ``recover_gpu_queue``.)"""
     when_full = read(env, "GPU_WHEN_FULL") or ("cpu" if read(env, "GPU_CPU_FALLBACK") else "refuse")
     c.GPUDockerSpawner.gpu_when_full = when_full
     if when_full == "queue":
-        wait = read(env, "GPU_QUEUE_MAX_WAIT")
-        c.GPUDockerSpawner.gpu_queue_max_wait = wait
-        c.Spawner.start_timeout = read(env, "SPAWN_TIMEOUT") + wait
+        c.GPUDockerSpawner.gpu_queue_max_wait = read(env, "GPU_QUEUE_MAX_WAIT")
 
 
 CONSOLE_NAME = "gpu-console"
@@ -269,7 +283,9 @@ def configure_console(c, env: Mapping[str, str], reclaim_token_file: str = RECLA
     environment = {**gpu.to_env(), **reclaim_environment(env, reclaim_token_file)}  # gpu-reclaim runs in it too
     # The console's "Host health" card runs the same checks (hub/gpus/doctor.py)
     environment.update({key: env[key] for key in ("SINGLEUSER_IMAGE", "GPU_TOOLKIT_MIN_VERSION",
-                                                   "GPU_TOOLKIT_OVERRIDE", "NVIDIA_CTK_VERSION") if env.get(key)})
+                                                   "GPU_TOOLKIT_OVERRIDE", "NVIDIA_CTK_VERSION", "HUB_BACKEND",
+                                                   "HOST_MEMORY_RESERVE", "HOST_MEMORY_WHEN_FULL",
+                                                   "HOST_MEMINFO_FILE") if env.get(key)})
     c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
         "name": CONSOLE_NAME,
         "display": True,

@@ -1,13 +1,40 @@
 """What all spawners of one hub process share: one ``HubProcess``, ``PROCESS``."""
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from dataclasses import dataclass, field
 
 from hub.common.stop_reasons import StopReasons
 from hub.gpus.gate import HostGate
 from hub.gpus.manager import GPUManager
 from hub.gpus.queue import GPUQueue
+from hub.memory import ServerCost
 from hub.hub_process.spawner.running import RunningContainers
 from hub.hub_process.spawner.turns import StartTurns
+
+
+@dataclass
+class MemoryLine:
+    """Starts waiting for the host's memory (hub/memory.py), first come first served."""
+    waiting: deque = field(default_factory=deque)  # (user, server) in arrival order
+    pending: dict = field(default_factory=dict)  # (user, server) -> bytes promised, not yet taken
+    cost: ServerCost | None = None  # made by the first start, from its spawner's estimate
+    moved: asyncio.Event | None = None  # set when someone leaves the line or is admitted
+
+    def changed(self) -> None:
+        """Wake every waiter: the line moved (a waiter left) or memory was given back."""
+        if self.moved is not None:
+            self.moved.set()
+        self.moved = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Until the line moves, or ``seconds`` pass (memory frees without a word to the hub)."""
+        if self.moved is None:
+            self.moved = asyncio.Event()
+        try:
+            await asyncio.wait_for(self.moved.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
 
 @dataclass
@@ -21,6 +48,7 @@ class HubProcess:
     running: RunningContainers = field(default_factory=RunningContainers)  # shared by all polls
     gpu_queue: GPUQueue = field(default_factory=GPUQueue)  # the line for GPUs (GPU_WHEN_FULL=queue)
     nfs_dirs: set[str] = field(default_factory=set)  # Swarm: volumes whose NFS folder exists
+    memory: MemoryLine = field(default_factory=MemoryLine)  # admission by memory (HOST_MEMORY_*)
 
 
 PROCESS = HubProcess()

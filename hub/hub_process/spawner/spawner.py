@@ -113,12 +113,14 @@ class GPUDockerSpawner(ProfileForm, LineWaiting):
         try:
             if self.gpu_enabled and self.gpu_when_full == "queue":
                 await self.wait_for_gpu()  # before a turn: waiting in line takes no start slot
+            await self.wait_for_memory()  # the host's memory, likewise before a turn
             async with PROCESS.turns.turn(self.concurrent_starts, self._told_to_wait):
                 ip, port = await super().start()
                 self.emit_progress(90, "Container started; waiting for JupyterLab to answer")
                 await self.wait_for_port(ip, port)
         finally:
             self._image_ready = None
+            self.memory_settled(self.object_id)
             if self._waiter is not None:  # cancelled, failed: out of the line
                 PROCESS.gpu_queue.leave(self._waiter)
                 self._waiter = None

@@ -80,6 +80,10 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         """The host gate reads this host's NVML and toolkit; a swarm's GPUs are on other hosts:
         each node is checked there (`gpuhub-gpus doctor`, docs/swarm.md)."""
 
+    async def wait_for_memory(self) -> None:
+        """Servers run on the swarm's nodes, not on the hub's host, whose memory says nothing of
+        theirs: Swarm places a task only where its memory reservation fits."""
+
     # ---- the service ------------------------------------------------------------------------
 
     def docker(self, method, *args, **kwargs):

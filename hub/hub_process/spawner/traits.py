@@ -90,6 +90,21 @@ class GPUSpawnerSettings(DockerSpawner):
         GPU console: hub/usage/), read at each GPU start for the user's quotas; on the state volume.""")
     gpu_quota_default = Unicode("", config=True, help="""Every user's GPU-hours per rolling window, e.g.
         '20h/7d' ('' for no limit); quotas set in the GPU console apply too (docs/usage.md).""")
+    host_memory_when_full = CaselessStrEnum(["wait", "refuse", "off"], "wait", config=True, help="""When
+        a start would leave the host less than host_memory_reserve of available memory: 'wait' (the
+        spawn page says why; the server starts when memory frees, first come first served), 'refuse'
+        (503 with the message), or 'off' (no check: the kernel's OOM killer decides). hub/memory.py.""")
+    host_memory_reserve = ByteSpecification(2**30, config=True, help="""Memory the host keeps
+        available whatever starts: a start that would leave less waits or is refused.""")
+    server_memory_estimate = ByteSpecification(512 * 2**20, config=True, help="""What a new server is
+        expected to take until the hub has measured some (the median of recent servers' memory a
+        minute after they started), and never more than the server's mem_limit.""")
+    host_memory_max_wait = Int(600, config=True, help="""Seconds a start may wait for memory before it
+        gives up with a message (JupyterHub's start timeout allows it; configure_spawner sets it so).""")
+    host_meminfo_file = Unicode("/proc/meminfo", config=True, help="""Where the host's memory is read:
+        /proc/meminfo (a container sees the host's). Tests point it at a file of their own.""")
+    host_memory_state_file = Unicode("", config=True, help="""JSON file where the hub says how many starts
+        wait for memory and what a server takes, for the GPU console. Empty: none.""")
     stop_reasons_file = Unicode("", config=True, help="""JSON file where hub services (the GPU
         reclaim) leave why they stopped a server, for the user's next page load
         (hub/common/stop_reasons.py ReasonFile); a server's entry is removed when it starts again.

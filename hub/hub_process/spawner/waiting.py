@@ -1,12 +1,17 @@
-"""A start waiting in line for a GPU (hub/gpus/queue.py) and for its turn to start
-(turns.py), as a part of GPUDockerSpawner (spawner.py): the progress stream shows the place."""
+"""A start waiting in line for a GPU (hub/gpus/queue.py), for the host's memory (hub/memory.py)
+and for its turn to start (turns.py), as a part of GPUDockerSpawner (spawner.py): the progress
+stream shows the place and why."""
 import asyncio
+import json
+import os
 import time
+from pathlib import Path
 
 from hub.gpus.manager import GPUManager
 from hub.hub_process.spawner.errors import GPUUnavailable
 from hub.hub_process.spawner.process import PROCESS
 from hub.hub_process.spawner.traits import GPUSpawnerSettings
+from hub.memory import ServerCost, decide, parse_meminfo
 
 
 class LineWaiting(GPUSpawnerSettings):
@@ -75,3 +80,95 @@ class LineWaiting(GPUSpawnerSettings):
         self.log.info("Start of %s waits its turn (%d ahead)", self._log_name, ahead)
         self.emit_progress(5, f"Waiting to start: {self.concurrent_starts} servers are starting now"
                               f"{f' and {ahead} more are waiting before yours' if ahead else ''}")
+
+    # ---- the host's memory ----------------------------------------------------------------
+
+    def host_memory(self) -> tuple[int, int]:
+        """(total, available) bytes of the host (blocking: run it on the executor)."""
+        return parse_meminfo(Path(self.host_meminfo_file).read_text())
+
+    async def wait_for_memory(self) -> None:
+        """Until the host can take this server and keep its reserve (hub/memory.py), first come
+        first served; then this start's expected memory counts as taken until it has started
+        (``memory_settled``). 'refuse' answers 503 instead of waiting; 'off' does not look."""
+        if self.host_memory_when_full == "off":
+            return
+        line, key = PROCESS.memory, self._server_key
+        line.cost = line.cost or ServerCost(int(self.server_memory_estimate))
+        cost = line.cost.of(int(self.mem_limit) if self.mem_limit else None)
+        line.waiting.append(key)
+        loop, started, told = asyncio.get_running_loop(), time.monotonic(), None
+        try:
+            while True:
+                if line.waiting[0] == key:
+                    try:
+                        _, available = await loop.run_in_executor(self.executor, self.host_memory)
+                    except (OSError, ValueError) as exc:  # no figure: the check cannot hold a start up
+                        self.log.warning("Host memory unknown (%s: %s): %s starts unchecked",
+                                         self.host_meminfo_file, exc, self._log_name)
+                        return
+                    decision = decide(available, sum(line.pending.values()), cost, int(self.host_memory_reserve))
+                    if decision.admit:
+                        line.pending[key] = cost
+                        return
+                    if self.host_memory_when_full == "refuse":
+                        self.log.warning("Start of %s refused: %s", self._log_name, decision.message)
+                        raise GPUUnavailable(f"{decision.message} Try again in a few minutes.")
+                    message = (f"{decision.message} Your server starts by itself when memory frees; "
+                               "keep this page open (Cancel leaves the line).")
+                else:
+                    ahead = line.waiting.index(key)
+                    message = (f"The server's host is short of memory: {ahead} start{'s' if ahead > 1 else ''} "
+                               "wait for memory before yours; your server starts by itself when it is its turn.")
+                if message != told:
+                    told = message
+                    self.log.info("%s waits for memory: %s", self._log_name, message)
+                    self.emit_progress(7, message)
+                    self.write_memory_state()
+                if time.monotonic() - started > self.host_memory_max_wait:
+                    raise GPUUnavailable(f"The server's host had no memory for your server within "
+                                         f"{self.host_memory_max_wait // 60} minutes; press Start to try again later.")
+                await line.wait(1)
+        finally:
+            line.waiting.remove(key)
+            line.changed()
+            self.write_memory_state()
+
+    def memory_settled(self, container_id: str | None) -> None:
+        """The start is over: what it was promised is no longer held for it; a minute later its
+        memory is measured, for what the next servers are expected to take."""
+        if PROCESS.memory.pending.pop(self._server_key, None) is None:
+            return
+        PROCESS.memory.changed()
+        self.write_memory_state()
+        if container_id:
+            asyncio.get_running_loop().call_later(60, lambda: asyncio.ensure_future(self._measure(container_id)))
+
+    async def _measure(self, container_id: str) -> None:
+        try:
+            stats = await self.engine("stats", container_id, stream=False, one_shot=True)
+        except Exception as exc:  # gone already, or an engine without one-shot stats: no sample
+            self.log.debug("No memory sample of %s: %s", container_id[:12], exc)
+            return
+        memory = stats.get("memory_stats") or {}
+        used = int(memory.get("usage") or 0) - int((memory.get("stats") or {}).get("inactive_file") or 0)
+        if PROCESS.memory.cost is not None:
+            PROCESS.memory.cost.observe(used)
+            self.write_memory_state()
+
+    def write_memory_state(self) -> None:
+        """What the GPU console shows of the memory line (host_memory_state_file)."""
+        if not self.host_memory_state_file:
+            return
+        line = PROCESS.memory
+        state = {"waiting": len(line.waiting), "pending_bytes": sum(line.pending.values()),
+                 "server_bytes": line.cost.of() if line.cost else int(self.server_memory_estimate),
+                 "reserve_bytes": int(self.host_memory_reserve), "mode": self.host_memory_when_full,
+                 "updated": time.time()}
+        path = Path(self.host_memory_state_file)
+        try:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, path)
+        except OSError as exc:  # the console's view only: a start never fails for it
+            self.log.debug("Memory state not written: %s", exc)

@@ -8,6 +8,7 @@ import json
 import os
 import time
 import re
+from pathlib import Path
 from typing import Any
 
 from tornado import web
@@ -17,10 +18,12 @@ from hub.service_process.console.course_actions import CourseDesk
 from hub.common.errors import ConsoleError, shown
 from hub.service_process.console.gpu_actions import GPUDesk
 from hub.service_process.console.state import Console
+from hub import memory
 from hub.gpus import doctor
+from hub.settings import HOST_MEMORY_STATE_FILE
+from hub.settings.table import read
 from hub.service_process.console.usage_api import to_csv
-from hub.usage.metrics import SCOPE
-from hub.usage.metrics import CONTENT_TYPE, exposition
+from hub.usage.metrics import CONTENT_TYPE, SCOPE, exposition
 
 MAX_BODY = 64 * 1024  # every route but the roster's: the largest valid body is a few KiB
 
@@ -292,8 +295,28 @@ class HealthHandler(APIHandler):
 
     async def get(self):
         client = getattr(self.console.docker, "client", None)
-        result = await asyncio.to_thread(doctor.from_env, dict(os.environ), client)
-        self.reply({**result.to_json(), "time": time.time()})
+        result = (await asyncio.to_thread(doctor.from_env, dict(os.environ), client)).to_json()
+        memory = await asyncio.to_thread(host_memory_check, dict(os.environ))
+        if memory is not None:
+            result["checks"].append(memory)
+            if memory["status"] == "warn" and result["status"] == "ok":
+                result["status"] = "warn"
+        self.reply({**result, "time": time.time()})
+
+
+def host_memory_check(env: dict) -> dict | None:
+    """The host's memory and the hub's memory line (hub/memory.py), where the hub checks it."""
+    if read(env, "HOST_MEMORY_WHEN_FULL") == "off" or read(env, "HUB_BACKEND") == "swarm":
+        return None
+    try:
+        total, available = memory.parse_meminfo(Path(read(env, "HOST_MEMINFO_FILE")).read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        state = json.loads(Path(HOST_MEMORY_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        state = {}
+    return memory.check(total, available, state if isinstance(state, dict) else {}, read(env, "HOST_MEMORY_RESERVE"))
 
 
 class NamesHandler(APIHandler):
