@@ -241,7 +241,7 @@ _TABLE = [
             help="When a start would leave the host less available memory than `HOST_MEMORY_RESERVE`: `wait` "
                  "(the spawn page says why and the server starts by itself when memory frees, first come first "
                  "served), `refuse` (the start fails with that message), or `off` (no check: the kernel's OOM "
-                 "killer decides). One Docker host only; see [Performance](performance.md#admission-by-memory)."),
+                 "killer decides). One Docker host only; see [User servers](servers.md#admission-by-memory)."),
     Setting("HOST_MEMORY_RESERVE", SERVERS, "byte_size", default="1G", example="4G",
             help="Memory the host keeps available whatever starts (the hub and running servers need room "
                  "to grow)."),
