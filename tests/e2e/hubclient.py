@@ -3,12 +3,12 @@ import json
 import os
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import quote
 
 import requests
 import websocket
+from kernelproto import channels_url, run_code
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_ENV = Path(__file__).with_name("stack.env")
@@ -192,35 +192,27 @@ class UserServer:
         r.raise_for_status()
         return r.json()["content"]
 
+    def connect(self, kernel_id: str, timeout: float = 60) -> websocket.WebSocket:
+        """An open websocket to one of this server's kernels."""
+        return websocket.create_connection(channels_url(self.base, kernel_id),
+                                           header=[f"Authorization: token {self.token}"], timeout=timeout)
+
+    def run(self, kernel_id: str, code: str, timeout: float = 60) -> str:
+        """Run code in an open kernel (``execute`` starts and deletes its own); the kernel stays."""
+        ws = self.connect(kernel_id, timeout)
+        try:
+            return run_code(ws, code, timeout)
+        finally:
+            ws.close()
+
     def execute(self, code: str, timeout: float = 120) -> str:
         """Run code in a new kernel over the Jupyter kernel websocket; return what it printed."""
         r = self.s.post(self.base + "api/kernels", json={"name": "python3"}, timeout=60)
         assert r.status_code == 201, r.text
         kernel_id = r.json()["id"]
-        ws_url = self.base.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels"
-        ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=timeout)
+        ws = self.connect(kernel_id, timeout)
         try:
-            msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                           "session": uuid.uuid4().hex, "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False},
-            }))
-            output, deadline = [], time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = msg["msg_type"]
-                if kind == "stream":
-                    output.append(msg["content"]["text"])
-                elif kind == "error":
-                    raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    return "".join(output)
-            raise TimeoutError(f"kernel did not finish within {timeout}s; output so far: {output}")
+            return run_code(ws, code, timeout)
         finally:
             ws.close()
             self.s.delete(self.base + f"api/kernels/{kernel_id}", timeout=30)
