@@ -91,15 +91,33 @@ class Stack:
         assert len(names) == 1, f"expected one container for {username!r}, found {names}"
         return names[0]
 
+    def log_in(self, name: str, password: str, session: requests.Session | None = None) -> requests.Response:
+        """The login form, as a browser sends it (a 302 is a login; the session keeps its cookie)."""
+        s = session if session is not None else requests.Session()
+        s.get(f"{self.url}/hub/login", timeout=10)  # the _xsrf cookie; a refusal shows in the POST's answer
+        return s.post(f"{self.url}/hub/login?next=", timeout=30, allow_redirects=False,
+                      data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf")})
+
     def admin_session(self) -> requests.Session:
         """A browser-like session logged in as the admin through the login form."""
         s = requests.Session()
-        s.get(f"{self.url}/hub/login", timeout=10).raise_for_status()
-        r = s.post(f"{self.url}/hub/login?next=", timeout=10, allow_redirects=False,
-                   data={"username": self.env["HUB_ADMIN_USER"], "password": self.env["HUB_ADMIN_PASSWORD"],
-                         "_xsrf": s.cookies.get("_xsrf")})
+        r = self.log_in(self.env["HUB_ADMIN_USER"], self.env["HUB_ADMIN_PASSWORD"], s)
         assert r.status_code == 302, f"admin login failed: {r.status_code} {r.text[:300]}"
         return s
+
+    def sign_up(self, name: str, password: str) -> requests.Response:
+        """The sign-up form (NativeAuthenticator), as a browser sends it."""
+        s = requests.Session()
+        s.get(f"{self.url}/hub/signup", timeout=10).raise_for_status()
+        return s.post(f"{self.url}/hub/signup", timeout=30, data={
+            "username": name, "signup_password": password, "signup_password_confirmation": password,
+            "_xsrf": s.cookies.get("_xsrf")})
+
+    def signed_up(self, name: str, password: str) -> None:
+        """A user with a password: signed up on the form, approved by the admin."""
+        r = self.sign_up(name, password)
+        assert r.status_code == 200, r.text[:300]
+        self.admin_session().get(f"{self.url}/hub/authorize/{quote(name, safe='')}", timeout=10).raise_for_status()
 
     def admin_token(self) -> str:
         """An API token for the admin, requested the way a person does on the token page."""
