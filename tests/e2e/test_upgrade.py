@@ -199,6 +199,7 @@ def make(*args, env_file: Path, backups: Path, **env) -> subprocess.CompletedPro
     return result
 
 
+@pytest.mark.needs_gpus(4)  # alice's server of the default (GPU) profile, a pin and a drain on two more
 def test_upgrade_from_an_older_release_keeps_everything_and_rolls_back(old_release, release, work):
     stack = old_release
     old_hub_image = stack.inspect(f"{PREFIX}-hub-1")["Image"]
