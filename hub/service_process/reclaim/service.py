@@ -48,7 +48,8 @@ from urllib.parse import urlsplit
 
 from tornado import web
 
-from hub.settings import PROFILES_FILE, RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, STATE_DIR
+from hub.settings import RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV
+from hub.settings.gpu_settings import GPUSettings
 from hub.settings.table import read
 from hub.common.audit import AuditLog
 from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
@@ -451,12 +452,13 @@ def make_app(reclaimer: Reclaimer, identify: Callable, prefix: str = f"/services
 
 def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclaimer:
 
-    state = Path(env.get("GPUHUB_STATE_DIR", STATE_DIR))
+    settings = GPUSettings.from_env(env)  # the state volume's files and labels, as the console reads them
+    state = Path(settings.state_dir)
     interval = read(env, "GPU_SAMPLE_INTERVAL")
     store = ActivityStore(state / "gpu-activity.sqlite")
     sampler = ActivitySampler(load_reader(read(env, "GPU_USAGE_READER")), interval=interval, store=store)
     hub = hub or HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
-    usage_db, default_quota = env.get("GPUHUB_USAGE_DB", str(state / "gpu-usage.sqlite")), read(env, "GPU_QUOTA_DEFAULT")
+    usage_db, default_quota = settings.usage_db, read(env, "GPU_QUOTA_DEFAULT")
 
     def usage(user: str, groups: list[str]) -> dict:
 
@@ -464,10 +466,9 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
         # groups serve as the courses too (the token's model has group names, not properties).
         return gate.summary(usage_db, user, groups, groups, default_quota)
     return Reclaimer(policy_from_env(env), sampler, docker or DockerCaller(), hub,
-                     AuditLog(state / "gpu-audit.jsonl"), ReasonFile(state / "stop-reasons.json"),
+                     AuditLog(settings.audit_file), ReasonFile(state / "stop-reasons.json"),
                      state / "gpu-reclaim.json", instance=read(env, "HUB_NAME_PREFIX"),
-                     label_prefix=env.get("GPUHUB_LABEL_PREFIX", "gpuhub"),
-                     profiles_file=env.get("GPUHUB_PROFILES_FILE", PROFILES_FILE),
+                     label_prefix=settings.label_prefix, profiles_file=settings.profiles_file,
                      holders_file=state / HOLDERS_FILE, usage=usage, parked_file=state / PARKED_FILE)
 
 
@@ -475,14 +476,15 @@ def env_in_console(env: Mapping[str, str]) -> dict[str, str]:
     """gpu-reclaim's environment inside the GPU console's process (hub/service_process/console/app.py ``main``):
     the console's, less the console's own JupyterHub identity, with gpu-reclaim's token, URL and
     prefix, which configure_reclaim hands to the console. Raises ValueError naming what is missing."""
-    missing = [name for name in (RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, "JUPYTERHUB_API_URL") if not env.get(name)]
+    missing = [name for name in (RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV) if not read(env, name)]
+    missing += [] if env.get("JUPYTERHUB_API_URL") else ["JUPYTERHUB_API_URL"]
     if missing:
         raise ValueError(f"gpu-reclaim in the console's process needs {', '.join(missing)} (configure_reclaim)")
     shared = {"JUPYTERHUB_API_URL", "JUPYTERHUB_BASE_URL"}
     own = {k: v for k, v in env.items() if k in shared or not k.startswith("JUPYTERHUB_")}
     own.pop(RECLAIM_TOKEN_ENV)
-    return {**own, "JUPYTERHUB_SERVICE_NAME": NAME, "JUPYTERHUB_API_TOKEN": env[RECLAIM_TOKEN_ENV].strip(),
-            "JUPYTERHUB_SERVICE_URL": env[RECLAIM_URL_ENV],
+    return {**own, "JUPYTERHUB_SERVICE_NAME": NAME, "JUPYTERHUB_API_TOKEN": read(env, RECLAIM_TOKEN_ENV),
+            "JUPYTERHUB_SERVICE_URL": read(env, RECLAIM_URL_ENV),
             "JUPYTERHUB_SERVICE_PREFIX": f"{env.get('JUPYTERHUB_BASE_URL', '/')}services/{NAME}/"}
 
 
@@ -535,7 +537,7 @@ def main() -> None:
     defer_hub_database()  # before jupyterhub.services.auth: no hub database layer in this process
 
     env = dict(os.environ)
-    logging.basicConfig(level=env.get("HUB_LOG_LEVEL", "INFO").upper(),
+    logging.basicConfig(level=read(env, "HUB_LOG_LEVEL").upper(),
                         format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     reclaimer = build(env)
     serve(lambda: start(reclaimer, env))
