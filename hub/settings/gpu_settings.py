@@ -64,12 +64,12 @@ class GPUSettings:
     swarm_constraints: tuple[str, ...] = ()
     """Every user server's placement constraints on a swarm (SWARM_CONSTRAINTS)."""
     roster_max_bytes: int = parse_size(SETTINGS["CONSOLE_ROSTER_MAX_SIZE"].default)
+    """The largest roster the console reads (CONSOLE_ROSTER_MAX_SIZE); its API's roster route
+    takes a body of twice that (JSON-escaped text), every other route 64 KiB."""
     state_dir: str = STATE_DIR
     """The hub's state volume: where the files above are unless set, and gpu-reclaim's own."""
     profiles_file: str = _default("GPUHUB_PROFILES_FILE")
     """The profiles file, for gpu-reclaim's per-profile policy."""
-    """The largest roster the console reads (CONSOLE_ROSTER_MAX_SIZE); its API's roster route
-    takes a body of twice that (JSON-escaped text), every other route 64 KiB."""
 
     def __post_init__(self):
         # Lists from a traitlets config become tuples, so the object stays hashable and frozen.
