@@ -9,13 +9,13 @@ no in-memory pool to go stale.
 """
 import asyncio
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from docker.errors import NotFound
 
+from hub.files import write_atomic
 from hub.gpus.allocator import Allocator, Policy, first_free
 from hub.gpus.claim import LIVE_STATES, Assignment, choose_style, holders_from_containers
 from hub.gpus.inventory import discover, from_cdi
@@ -78,9 +78,7 @@ class GPUManager:
 
     def save_intent(self, intent: Intent) -> None:
         """Persist the admin's intent atomically on the state volume; it applies from now on."""
-        tmp = self.intent_file.with_name(f".{self.intent_file.name}.tmp")
-        tmp.write_text(json.dumps(intent.to_json(), indent=1) + "\n")
-        os.replace(tmp, self.intent_file)
+        write_atomic(self.intent_file, json.dumps(intent.to_json(), indent=1) + "\n")
         self.allocator.intent = intent
 
 

@@ -9,10 +9,11 @@ removed, or replaced by a new one) can never free a GPU that is in use.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from hub.files import write_atomic
 
 FILE = "gpu-parked.json"
 
@@ -83,9 +84,7 @@ class ParkedFile:
         return gone
 
     def _write(self, data: dict) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def is_paused(container: Mapping[str, Any]) -> bool:

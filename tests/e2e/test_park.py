@@ -30,7 +30,7 @@ from hub.gpus.parked import ParkedFile
 from hub.service_process.reclaim.park import ExecCheckpointer, ParkSettings, Parker
 
 IMAGE = Stack().env["SINGLEUSER_IMAGE"]
-UUID = "GPU-fa4e0000-0000-4000-8000-000000000003"
+UUID = "GPU-fa4e0000-0000-4000-8000-000000000003"  # the engine's fourth fake GPU (CDI)
 INSTANCE = "gpuhubtest-park"
 GIB = 2**30
 # The user's "kernel": holds the GPU's device node open (as a CUDA process does) and ticks; a
@@ -134,6 +134,8 @@ class World:
     def remove(self) -> None:
         for name in self.names:
             sh("docker", "rm", "-f", name, check=False)
+
+pytestmark = pytest.mark.needs_gpus(4)  # its containers get the fourth fake GPU, UUID
 
 
 @pytest.fixture

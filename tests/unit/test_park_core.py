@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from docker.errors import NotFound
 
+from hub.common.audit import AuditLog
 from hub.gpus.claim import device_request, holders_from_containers
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import GPU
@@ -257,7 +258,9 @@ class Tool:
         return {"ok": self.fail != "resume", "error": "restore: CUDA_ERROR_OUT_OF_MEMORY" if self.fail == "resume" else None}
 
 
-class Audit:
+class Audit(AuditLog):
+    """The audit log in memory (``write`` is the real one's)."""
+
     def __init__(self):
         self.entries = []
 

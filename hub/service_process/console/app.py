@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 from tornado import web
 
 from hub.settings.gpu_settings import GPUSettings
+from hub.settings.table import read
 from hub.common.audit import AuditLog
 from hub.service_process.console.auth import HubAuthenticator
 from hub.service_process.console.course_actions import CourseDesk
@@ -243,7 +244,7 @@ def components(env: dict[str, str], hub: HubAPI | None = None, docker: Any = Non
     and their starts for hub.common.services.serve."""
 
     settings = GPUSettings.from_env(env)
-    if not env.get(RECLAIM_TOKEN_ENV, "").strip():
+    if not read(env, RECLAIM_TOKEN_ENV):
         console = build_console(env, hub=hub, docker=docker)
         return console, None, [partial(start, console, settings, env)]
 

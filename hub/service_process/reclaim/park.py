@@ -351,10 +351,7 @@ class Parker:
     async def _told(self, outcome: Outcome, uuid: str) -> Outcome:
         log.info("%s's server %r: %s (%s)", outcome.user, outcome.server, outcome.action, outcome.detail)
         if self.audit is not None:
-            now = self.clock()
-            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "epoch": round(now, 3),
-                     "who": "gpu-reclaim", "via": "service", "action": AUDIT_ACTIONS[outcome.action],
-                     "user": outcome.user, "server": outcome.server, "gpu": uuid, "note": "",
-                     "detail": outcome.detail}
-            await asyncio.to_thread(self.audit.append, entry)
+            await asyncio.to_thread(self.audit.write, self.clock(), "gpu-reclaim", "service",
+                                    action=AUDIT_ACTIONS[outcome.action], user=outcome.user,
+                                    server=outcome.server, gpu=uuid, note="", detail=outcome.detail)
         return outcome
