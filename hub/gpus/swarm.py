@@ -236,6 +236,28 @@ def holders_from_tasks(tasks: Iterable[Mapping[str, Any]], services: Iterable[Ma
     return held
 
 
+def releasing_from_tasks(tasks: Iterable[Mapping[str, Any]], nodes: Iterable[SwarmNode]) -> dict[str, str]:
+    """uuid -> the node of a task Swarm is shutting down that still has its GPU's unit: its
+    service was removed (or updated), so the hub counts the GPU free, but Swarm's scheduler
+    hands the unit on only once the node reports the task ended (the container stopped). A
+    service given that GPU meanwhile waits "pending" (insufficient resources); the allocator
+    offers GPUs whose unit is released first. A task of a down node releases nothing (and
+    holds nothing: ``task_is_live``)."""
+    by_id = {n.id: n for n in nodes}
+    found: dict[str, str] = {}
+    for task in tasks:
+        if str(task.get("DesiredState") or "").lower() in LIVE_DESIRED:
+            continue
+        if str((task.get("Status") or {}).get("State") or "").lower() not in LIVE_OBSERVED:
+            continue
+        node = by_id.get(task.get("NodeID") or "")
+        if node is None or node.state == "down":
+            continue
+        for uuid in assigned_uuids(task):
+            found[uuid] = node.hostname
+    return found
+
+
 def service_state(tasks: Iterable[Mapping[str, Any]], nodes: Iterable[SwarmNode]) -> tuple[bool, str]:
     """(running, why not) for one service's tasks: running while one task is live, or while
     it has none yet (Swarm makes it right after the service); else the latest task's end, in
