@@ -390,3 +390,22 @@ def test_the_console_of_a_swarm_hub_reads_the_swarm(tmp_path):
     from hub.usage.metrics import exposition
     text = exposition(console.usage, console.manager.inventory, console.sampler).decode()
     assert f'gpuhub_gpu_info{{index="0",model="GPU",node="gpu-a",uuid="{uuid(1, 0)}"}} 1.0' in text
+
+
+def node_event(action: str, **attributes) -> dict:
+    """A node event as the manager's engine streams it (Engine API's EventMessage)."""
+    return {"Type": "node", "Action": action, "scope": "swarm", "time": 1796010000,
+            "Actor": {"ID": "p7bb00000000000000000000b2", "Attributes": {"name": "gpu-b", **attributes}}}
+
+
+def test_node_events_that_end_a_nodes_servers():
+    down = swarm.node_change(node_event("update", **{"state.old": "ready", "state.new": "down"}))
+    assert down == swarm.NodeChange("p7bb00000000000000000000b2", "gpu-b", "down")
+    assert "gpu-b your server ran on went down" in down.message
+    assert swarm.node_change(node_event("update", **{"availability.old": "active", "availability.new": "drain"})).what == "drain"
+    assert swarm.node_change(node_event("remove")).what == "removed"
+    # back up, paused, a label changed, another type: nothing ends
+    assert swarm.node_change(node_event("update", **{"state.old": "down", "state.new": "ready"})) is None
+    assert swarm.node_change(node_event("update", **{"availability.new": "pause"})) is None
+    assert swarm.node_change(node_event("update")) is None
+    assert swarm.node_change({**node_event("update", **{"state.new": "down"}), "Type": "service"}) is None

@@ -11,7 +11,8 @@ from traitlets.config import Config
 
 from hub.gpus import swarm
 from hub.hub_process.spawner.spawner import PROCESS
-from hub.hub_process.spawner.swarm import GPUSwarmSpawner, nfs_driver
+from hub.hub_process.spawner.node_events import NodeEvents
+from hub.hub_process.spawner.swarm import NODES, GPUSwarmSpawner, nfs_driver
 
 ENGINE = json.loads((Path(__file__).parent / "recorded" / "swarm-four-nodes.json").read_text())
 GPU_C0 = "GPU-5a300000-0000-4000-8000-000000000000"
@@ -35,8 +36,9 @@ class FakeEngine:
             return self.services
         if method == "tasks":
             service = (kwargs.get("filters") or {}).get("service")
+            node = (kwargs.get("filters") or {}).get("node")
             names = {s["ID"]: s["Spec"]["Name"] for s in self.services}
-            return [t for t in self.tasks if service in (None, names.get(t["ServiceID"]))]
+            return [t for t in self.tasks if service in (None, names.get(t["ServiceID"])) and node in (None, t.get("NodeID"))]
         if method == "inspect_image":
             return {"Config": {"Cmd": ["jupyterhub-singleuser"], "Labels": {}}}
         if method == "inspect_service":
@@ -69,6 +71,10 @@ def engine(monkeypatch, tmp_path):
     fake = FakeEngine()
     saved = (PROCESS.gpu_manager, PROCESS.executor)
     PROCESS.gpu_manager = PROCESS.executor = None
+    # no event stream of a real engine: the node events are handed in by the tests
+    monkeypatch.setattr(NODES, "loss", None)
+    monkeypatch.setattr(NODES, "events", None)
+    monkeypatch.setattr(NodeEvents, "start", lambda self, loop: None)
     monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {"JUPYTERHUB_API_TOKEN": "t"})
     monkeypatch.setattr("dockerspawner.DockerSpawner.get_args", lambda self: ["--ip=0.0.0.0"])
     yield fake
@@ -154,6 +160,36 @@ def test_poll_a_server_whose_node_died_is_stopped_and_says_why(engine, tmp_path)
     manager = asyncio.run(s.gpu_manager())
     asyncio.run(manager.reconcile(s.engine))
     assert manager.allocator.holder_of(s.gpu_uuid) is None
+
+
+def test_a_node_down_event_stops_its_servers_at_once_and_tells_the_console(engine, tmp_path):
+    """The manager's node event, not the next poll: the servers with a task on the lost node
+    are polled at once, JupyterHub's stop callbacks run, the GPU console's audit log says so;
+    a server on another node is left alone."""
+    audit = tmp_path / "gpu-audit.jsonl"
+    zoe, yan = (make_spawner(engine, tmp_path, name=n, gpu_audit_file=str(audit)) for n in ("zoe", "yan"))
+    stopped = []
+
+    async def scenario():
+        for s in (zoe, yan):
+            await s.create_object()
+            s.object_id = engine.services[-1]["ID"]
+            assert await s.poll() is None  # running: tracked
+            s.add_poll_callback(stopped.append, s.user.name)  # what JupyterHub adds (user_stopped)
+        yan_task = next(t for t in engine.tasks if t["ServiceID"] == yan.object_id)
+        yan_task["NodeID"] = "p7aa00000000000000000000a1"  # yan runs elsewhere
+        for n in engine.nodes:
+            if n["Description"]["Hostname"] == "gpu-b":
+                n["Status"]["State"] = "down"
+        return await NODES.loss.act(swarm.NodeChange("p7bb00000000000000000000b2", "gpu-b", "down"))
+
+    assert asyncio.run(scenario()) == ["zoe"] and stopped == ["zoe"]
+    assert zoe.assignment.gpu.node == "gpu-b"
+    assert "gpu-b your server ran on went down" in PROCESS.stop_reasons._reasons[("zoe", "")][0]
+    PROCESS.stop_reasons.running(("zoe", ""))
+    [entry] = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert entry["action"] == "node down" and entry["who"] == "hub" and entry["users"] == ["zoe"]
+    assert zoe.gpu_uuid in entry["detail"] and "yan" not in entry["detail"]
 
 
 def test_nfs_driver_options():
