@@ -250,6 +250,7 @@ class Cluster:
         if not self.image_current():
             self.build()
         if self.healthy() and self.nodes_current():
+            self.set_heartbeat()
             return
         self.down()
         docker("network", "create", NETWORK)
@@ -263,6 +264,23 @@ class Cluster:
         for n in self.nodes[1:]:
             n.docker("swarm", "join", "--token", token, f"{mip}:2377", timeout=60)
         self._wait(self.healthy, "every node Ready", 60)
+        self.set_heartbeat()
+
+    def set_heartbeat(self) -> None:
+        """The dispatcher heartbeat period (`docker swarm update --dispatcher-heartbeat`) from
+        GPUHUB_SWARM_DISPATCHER_HEARTBEAT (e.g. 2s); unset: Swarm's default, 5 s. A node is
+        marked down about 3 periods after its last heartbeat (docs/swarm.md)."""
+        period = os.environ.get("GPUHUB_SWARM_DISPATCHER_HEARTBEAT", "5s")
+        self.manager.docker("swarm", "update", "--dispatcher-heartbeat", period)
+
+    def heartbeat_s(self) -> float:
+        """The swarm's dispatcher heartbeat period now, in seconds."""
+        out = self.manager.docker("info", "--format", "{{.Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}")
+        return int(out.stdout.strip() or 0) / 1e9
+
+    def node_state(self, node: Node) -> str:
+        out = self.manager.docker("node", "inspect", "-f", "{{.Status.State}}", node.name, check=False, timeout=20)
+        return out.stdout.strip()
 
     def down(self, purge: bool = False) -> None:
         """Remove the nodes and their network. Each node's /var/lib/docker volume stays (after
