@@ -275,8 +275,8 @@ class Cluster:
 
     def heartbeat_s(self) -> float:
         """The swarm's dispatcher heartbeat period now, in seconds."""
-        out = self.manager.docker("info", "--format", "{{.Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}")
-        return int(out.stdout.strip() or 0) / 1e9
+        out = self.manager.docker("info", "--format", "{{json .Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}")
+        return int(out.stdout.strip() or 0) / 1e9  # JSON: nanoseconds
 
     def node_state(self, node: Node) -> str:
         out = self.manager.docker("node", "inspect", "-f", "{{.Status.State}}", node.name, check=False, timeout=20)

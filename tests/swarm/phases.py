@@ -138,3 +138,17 @@ def assigning_times(log_text: str) -> dict[str, float]:
         if m and (at := engine_time(m.group(1))) is not None:
             found[m.group(3)] = at
     return found
+
+
+_HUB_PHASES = re.compile(r"Start of (\S+) on the swarm: (.*)$")
+
+
+def hub_phases(log_text: str) -> dict[str, str]:
+    """user -> the hub's own line of phases for its last start ("GPU chosen 0.41s, service
+    created 0.42s, ...", hub/hub_process/spawner/swarm.py)."""
+    found = {}
+    for line in log_text.splitlines():
+        m = _HUB_PHASES.search(line.strip())
+        if m:
+            found[m.group(1)] = m.group(2).strip()
+    return found

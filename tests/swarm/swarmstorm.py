@@ -36,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from cluster import ROOT, Cluster, SwarmStack, duplicates, read_env_file  # noqa: E402
-from phases import SpawnWatch, assigning_times, phases, summary  # noqa: E402
+from phases import SpawnWatch, assigning_times, hub_phases, phases, summary  # noqa: E402
 from consoleclient import user_token  # noqa: E402
 from hubclient import Hub, Stack, UserServer  # noqa: E402
 from storm import start_outcome  # noqa: E402
@@ -82,9 +82,12 @@ def add_choices(stack: SwarmStack, runs: list[dict]) -> None:
     out = stack.docker("service", "logs", "--timestamps", "--no-task-ids", f"{stack.prefix}_hub", check=False,
                        timeout=60)
     chosen = assigning_times(out.stdout + out.stderr)
+    logged = hub_phases(out.stdout + out.stderr)
     for run in runs:
         at = chosen.get(run["user"])
-        run["choose"] = round(at - run["t0"], 3) if at is not None and at >= run["t0"] else None
+        if run["gpu"]:
+            run["choose"] = round(at - run["t0"], 3) if at is not None and at >= run["t0"] else None
+        run["hub_log"] = logged.get(run["user"])
 
 
 def single_host_reference(cluster: Cluster, env: dict[str, str]) -> dict[str, list[float]]:
@@ -150,7 +153,7 @@ def main() -> int:
         cpu_times = spawn_times(hub, "c", profile="cpu", stack=stack, phase_runs=cpu_phases)
         result["swarm_cpu_spawn_p50_s"] = round(statistics.median(cpu_times), 2)
         result["swarm_cpu_spawn_all_s"] = [round(t, 2) for t in cpu_times]
-        add_choices(stack, gpu_phases)
+        add_choices(stack, gpu_phases + cpu_phases)
         for run in gpu_phases + cpu_phases:
             run.pop("t0", None)
         result["swarm_gpu_spawn_phases_p50_s"] = summary(gpu_phases)

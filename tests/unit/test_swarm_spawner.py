@@ -74,6 +74,7 @@ def engine(monkeypatch, tmp_path):
     # no event stream of a real engine: the node events are handed in by the tests
     monkeypatch.setattr(NODES, "loss", None)
     monkeypatch.setattr(NODES, "events", None)
+    monkeypatch.setattr(NODES, "folder_slots", None)
     monkeypatch.setattr(NodeEvents, "start", lambda self, loop: None)
     monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {"JUPYTERHUB_API_TOKEN": "t"})
     monkeypatch.setattr("dockerspawner.DockerSpawner.get_args", lambda self: ["--ip=0.0.0.0"])
@@ -235,6 +236,26 @@ def test_nfs_folders_are_made_once_by_a_root_container_that_may_only_chown(engin
     # without NFS: nothing to prepare
     asyncio.run(make_spawner(fake, tmp_path).prepare_volumes({}))
     assert len(runs) == 1
+
+
+def test_a_start_makes_the_folders_while_it_does_its_other_steps(engine, tmp_path, monkeypatch):
+    """start() begins the one-off folder container at once; create_object's prepare_volumes
+    waits for that one instead of making another; its removal is not waited for."""
+    fake, runs = folder_making_engine(engine, monkeypatch)
+    s = make_spawner(fake, tmp_path, swarm_volume_root="/srv/shared")
+    order = []
+
+    async def other_steps(self):
+        order.append(("other steps", len(runs)))
+        await asyncio.sleep(0.01)  # the image check, the turn: the folder container runs meanwhile
+        await self.prepare_volumes({})
+        order.append(("service", len(runs)))
+        return "10.0.0.9", 8888
+    monkeypatch.setattr("hub.hub_process.spawner.spawner.GPUDockerSpawner.start", other_steps)
+    assert asyncio.run(s.start()) == ("10.0.0.9", 8888)
+    assert order == [("other steps", 0), ("service", 1)] and len(runs) == 1
+    assert runs[0]["host_config"]["mounts"][0]["Source"] == "/srv/shared"
+    PROCESS.nfs_dirs.clear()
 
 
 def test_a_service_removed_behind_the_hubs_back_is_stopped_and_removing_it_again_is_done(engine, tmp_path):

@@ -36,6 +36,7 @@ class SwarmProcess:
     does when a node is lost (hub/hub_process/spawner/node_events.py)."""
     loss: NodeLoss | None = None
     events: NodeEvents | None = None
+    folder_slots: asyncio.Semaphore | None = None  # one-off folder containers at once (a burst)
 
 
 NODES = SwarmProcess()
@@ -135,7 +136,35 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         kwargs["endpoint_spec"] = EndpointSpec(mode="dnsrr")
         return kwargs
 
+    async def start(self):
+        # A new user's folders on the file server take a one-off container: made while the start
+        # does its other steps (image, turn, GPU), awaited before the service is created.
+        self._phases = [("begin", time.time())]
+        if NODES.folder_slots is None:
+            NODES.folder_slots = asyncio.Semaphore(max(1, self.concurrent_starts or 1))
+
+        async def folders():
+            async with NODES.folder_slots:
+                await self.make_folders(course_volumes.user_courses(self.user))
+        self._folders = asyncio.ensure_future(folders())
+        try:
+            return await super().start()
+        finally:
+            folders, self._folders = self._folders, None
+            if not folders.done():
+                folders.cancel()
+            elif not folders.cancelled():
+                folders.exception()  # retrieved: it failed the start already, or nobody asked
+
     async def prepare_volumes(self, courses: dict) -> None:
+        folders = getattr(self, "_folders", None)
+        if folders is not None:  # begun by start()
+            await asyncio.shield(folders)
+        else:
+            await self.make_folders(courses)
+        self.phase("folders ready")
+
+    async def make_folders(self, courses: dict) -> None:
         """On a swarm, a volume is made by its driver on the node the server lands on; on NFS
         (or under swarm_volume_root) its directory must exist first (a mount of a missing
         directory fails), owned by the notebook user: a one-off root container on the hub's node
@@ -163,7 +192,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         await course_volumes.as_root(
             self.engine, self.image, ["sh", "-c", script, "sh", *(f"{n}:{targets[n]}" for n in names)],
             self.client.create_host_config(mounts=[export], **course_volumes.AS_ROOT_HOST_CONFIG),
-            {self.labels.instance: self.prefix}, f"make the folders {', '.join(names)} on the file server")
+            {self.labels.instance: self.prefix}, f"make the folders {', '.join(names)} on the file server",
+            wait_removal=False)
         PROCESS.nfs_dirs.update(names)
 
     async def remove_object(self):
@@ -217,7 +247,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         return 1
 
     async def create_object(self):
-        self._phases = [("begin", time.time())]
+        if not getattr(self, "_phases", None):
+            self._phases = [("begin", time.time())]
         created = await super().create_object()
         if self.assignment is not None:  # the allocator's choice: when it was made
             self._phases.append(("GPU chosen", self.assignment.since))
@@ -230,7 +261,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             phases.append((name, time.time()))
 
     def log_phases(self) -> None:
-        """One line per start in the hub's log: where its time went (docs/swarm.md)."""
+        """One line per start in the hub's log: where its time went, in seconds since the
+        spawner's start began (docs/swarm.md)."""
         phases = getattr(self, "_phases", None)
         if not phases:
             return
