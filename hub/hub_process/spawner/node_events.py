@@ -116,7 +116,7 @@ class NodeLoss:
         if not self.audit_file:
             return
         now = time.time()
-        servers = (f"the servers of {', '.join(stopped)} stopped" if stopped else "no server of this hub ran there")
+        servers = f"the servers of {', '.join(stopped)} stopped" if stopped else "no server of this hub stopped"
         freed = f", GPUs {', '.join(gpus)} free" if gpus else ""
         entry = {"time": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
                  "epoch": round(now, 3), "who": "hub", "via": "swarm node events", "action": f"node {change.what}",
