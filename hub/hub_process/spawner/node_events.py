@@ -98,17 +98,18 @@ class NodeLoss:
         services = {t.get("ServiceID") for t in tasks}
         hit = [s for s in list(self.spawners)
                if s.object_id and s.object_id in services and getattr(s, "_callbacks", None)]
-        gpus = sorted({s.gpu_uuid for s in hit if getattr(s, "gpu_uuid", None)})
+        gpus = {id(s): getattr(s, "gpu_uuid", None) for s in hit}  # before the stop clears them
         log.warning("Node %s %s: polling the servers of %s now", change.hostname, change.what,
                     ", ".join(sorted(s.user.name for s in hit)) or "nobody")
         results = await asyncio.gather(*(s.poll_and_notify() for s in hit), return_exceptions=True)
-        stopped = sorted(s.user.name for s, r in zip(hit, results) if r is not None and not isinstance(r, BaseException))
+        done = [s for s, r in zip(hit, results) if r is not None and not isinstance(r, BaseException)]
+        stopped = sorted(s.user.name for s in done)
         for s, r in zip(hit, results):
             if isinstance(r, BaseException):
                 log.warning("Poll of %s after node %s %s failed: %s", s.user.name, change.hostname, change.what, r)
         self.wake()
         self.handled.append((change, stopped))
-        self.audit(change, stopped, gpus)
+        self.audit(change, stopped, sorted(g for g in (gpus[id(s)] for s in done) if g))
         return stopped
 
     def audit(self, change: NodeChange, stopped: list[str], gpus: list[str]) -> None:
