@@ -126,29 +126,37 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
-_ASSIGNING = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) .*Assigning GPU (\S+) .* to (\S+)\s*$")
+_STAMP = r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) "
+_ASSIGNING = re.compile(_STAMP + r".*Assigning GPU (\S+) .* to (\S+)\s*$")
+_HUB_PHASES = re.compile(_STAMP + r".*Start of (\S+) on the swarm: (.*)$")
 
 
-def assigning_times(log_text: str) -> dict[str, float]:
-    """user -> the time of the hub's last "Assigning GPU ... to <user>" line, from
+def assigning_times(log_text: str) -> dict[str, list[float]]:
+    """user -> the times of the hub's "Assigning GPU ... to <user>" lines, from
     ``docker service logs --timestamps`` output (each line carries the engine's time)."""
-    found = {}
+    found: dict[str, list[float]] = {}
     for line in log_text.splitlines():
         m = _ASSIGNING.search(line.strip())
         if m and (at := engine_time(m.group(1))) is not None:
-            found[m.group(3)] = at
+            found.setdefault(m.group(3), []).append(at)
     return found
 
 
-_HUB_PHASES = re.compile(r"Start of (\S+) on the swarm: (.*)$")
-
-
-def hub_phases(log_text: str) -> dict[str, str]:
-    """user -> the hub's own line of phases for its last start ("GPU chosen 0.41s, service
-    created 0.42s, ...", hub/hub_process/spawner/swarm.py)."""
-    found = {}
+def hub_phases(log_text: str) -> dict[str, list[tuple[float, str]]]:
+    """user -> (time, the hub's own line of phases) of each start ("folders ready 0.32s, GPU
+    chosen 0.34s, ...", hub/hub_process/spawner/swarm.py)."""
+    found: dict[str, list[tuple[float, str]]] = {}
     for line in log_text.splitlines():
         m = _HUB_PHASES.search(line.strip())
-        if m:
-            found[m.group(1)] = m.group(2).strip()
+        if m and (at := engine_time(m.group(1))) is not None:
+            found.setdefault(m.group(2), []).append((at, m.group(3).strip()))
     return found
+
+
+def within(times, t0: float, t1: float):
+    """The first of ``times`` (or of (time, value) pairs) between t0 and t1."""
+    for item in times or []:
+        at = item[0] if isinstance(item, tuple) else item
+        if t0 <= at <= t1:
+            return item
+    return None

@@ -3,8 +3,9 @@
     make swarm-storm    # prints one JSON line; writes bench/results/swarm-storm-latest.json
 
 In one run, against the engine's own records (Swarm's tasks, the fake runtime's view):
-  1. spawn p50 on the swarm: 5 GPU and 5 CPU servers started one after another (start ->
-     ready), each start's phases from the engine's task records (tests/swarm/phases.py);
+  1. spawn p50 on the swarm: 5 GPU and 5 CPU servers of new users started one after another
+     (start -> ready), then the 5 GPU users again (their folders exist); each start's phases
+     from the engine's task records (tests/swarm/phases.py) and the hub's log line;
   2. 8 users press Start at once: 6 GPU servers on 6 distinct (node, GPU), 2 refused with the
      hub's message;
   3. two servers on one node stop (freeing GPUs elsewhere), then a worker node holding servers
@@ -36,7 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from cluster import ROOT, Cluster, SwarmStack, duplicates, read_env_file  # noqa: E402
-from phases import SpawnWatch, assigning_times, hub_phases, phases, summary  # noqa: E402
+from phases import SpawnWatch, assigning_times, hub_phases, phases, summary, within  # noqa: E402
 from consoleclient import user_token  # noqa: E402
 from hubclient import Hub, Stack, UserServer  # noqa: E402
 from storm import start_outcome  # noqa: E402
@@ -84,10 +85,12 @@ def add_choices(stack: SwarmStack, runs: list[dict]) -> None:
     chosen = assigning_times(out.stdout + out.stderr)
     logged = hub_phases(out.stdout + out.stderr)
     for run in runs:
-        at = chosen.get(run["user"])
+        t0, t1 = run["t0"], run["t0"] + run["total"] + 1
+        at = within(chosen.get(run["user"]), t0, t1)
         if run["gpu"]:
-            run["choose"] = round(at - run["t0"], 3) if at is not None and at >= run["t0"] else None
-        run["hub_log"] = logged.get(run["user"])
+            run["choose"] = round(at - t0, 3) if at is not None else None
+        line = within(logged.get(run["user"]), t0, t1)
+        run["hub_log"] = line[1] if line else None
 
 
 def single_host_reference(cluster: Cluster, env: dict[str, str]) -> dict[str, list[float]]:
@@ -153,14 +156,22 @@ def main() -> int:
         cpu_times = spawn_times(hub, "c", profile="cpu", stack=stack, phase_runs=cpu_phases)
         result["swarm_cpu_spawn_p50_s"] = round(statistics.median(cpu_times), 2)
         result["swarm_cpu_spawn_all_s"] = [round(t, 2) for t in cpu_times]
-        add_choices(stack, gpu_phases + cpu_phases)
-        for run in gpu_phases + cpu_phases:
+        # the same users again: their folders exist (a new user's are made by a one-off container)
+        again_phases: list[dict] = []
+        again_times = spawn_times(hub, "p", stack=stack, phase_runs=again_phases)
+        result["swarm_gpu_spawn_again_p50_s"] = round(statistics.median(again_times), 2)
+        result["swarm_gpu_spawn_again_all_s"] = [round(t, 2) for t in again_times]
+        add_choices(stack, gpu_phases + cpu_phases + again_phases)
+        result["swarm_gpu_spawn_again_phases_p50_s"] = summary(again_phases)
+        result["swarm_gpu_spawn_again_phases"] = again_phases
+        for run in gpu_phases + cpu_phases + again_phases:
             run.pop("t0", None)
         result["swarm_gpu_spawn_phases_p50_s"] = summary(gpu_phases)
         result["swarm_cpu_spawn_phases_p50_s"] = summary(cpu_phases)
         result["swarm_gpu_spawn_phases"] = gpu_phases
         result["swarm_cpu_spawn_phases"] = cpu_phases
-        log(f"swarm spawn p50: GPU {result['swarm_gpu_spawn_p50_s']}s, CPU {result['swarm_cpu_spawn_p50_s']}s")
+        log(f"swarm spawn p50: GPU {result['swarm_gpu_spawn_p50_s']}s (same users again: "
+            f"{result['swarm_gpu_spawn_again_p50_s']}s), CPU {result['swarm_cpu_spawn_p50_s']}s")
         log(f"phases p50: GPU {result['swarm_gpu_spawn_phases_p50_s']}, CPU {result['swarm_cpu_spawn_phases_p50_s']}")
 
         # 2. the storm
