@@ -150,11 +150,12 @@ class Hub:
         r.raise_for_status()
         return r.json()
 
-    def start(self, name: str, timeout: float = 180, options: dict | None = None) -> dict:
-        """Start the user's server (with user options, if given) and wait until it is ready."""
+    def start(self, name: str, timeout: float = 180, options: dict | None = None, interval: float = 0.5) -> dict:
+        """Start the user's server (with user options, if given) and wait until it is ready
+        (asking the hub every ``interval`` seconds)."""
         r = self.api("POST", f"/users/{quote(name, safe='')}/server", json=options)
         assert r.status_code in (201, 202), f"start {name}: {r.status_code} {r.text}"
-        return self.wait(name, ready=True, timeout=timeout)
+        return self.wait(name, ready=True, timeout=timeout, interval=interval)
 
     def stop(self, name: str, timeout: float = 60) -> dict:
         r = self.api("DELETE", f"/users/{quote(name, safe='')}/server")
@@ -173,7 +174,7 @@ class Hub:
                     if event.get("ready") or event.get("failed"):
                         return
 
-    def wait(self, name: str, ready: bool, timeout: float) -> dict:
+    def wait(self, name: str, ready: bool, timeout: float, interval: float = 0.5) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             server = self.user(name)["servers"].get("")
@@ -185,7 +186,7 @@ class Hub:
                 return server
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server of {name!r} not {'ready' if ready else 'stopped'} after {timeout}s: {server}")
-            time.sleep(0.5)
+            time.sleep(interval)
 
 
 class UserServer:
