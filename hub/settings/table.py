@@ -274,6 +274,17 @@ _TABLE = [
     Setting("HOST_MEMINFO_FILE", SERVERS, "text", default="/proc/meminfo", example="/srv/jupyterhub/state/meminfo",
             help="Where the hub reads the host's memory (a container sees the host's `/proc/meminfo`); the "
                  "tests point it at a file of their own."),
+    Setting("WARM_KERNEL", SERVERS, "boolean", default="true", example="false",
+            help="Each server keeps one spare kernel with `WARM_KERNEL_IMPORTS` done, started after the "
+                 "first JupyterLab page at low priority and handed to the first notebook, so its first cell "
+                 "answers at once; the next spare starts only if the server's memory has room. It holds no GPU "
+                 "memory and is not the user's kernel (nor counted as activity) until a notebook takes it. "
+                 "A profile's `warm_kernel:` overrides this; see "
+                 "[Performance: instant start](performance.md#instant-start)."),
+    Setting("WARM_KERNEL_IMPORTS", SERVERS, "text", optional=True, example="torch numpy",
+            default_doc="the image's: `numpy torch pandas matplotlib.pyplot`",
+            help="Modules the spare kernel imports, separated by spaces (a profile's `warm_kernel: [...]` "
+                 "overrides it). Empty: the image's default list."),
     Setting("USER_NETWORK_ISOLATION", SERVERS, "boolean", default="true", example="false",
             help="A user's server reaches only the hub's API and the proxy's public port on the deployment's "
                  "network (not other users' servers, the proxy's API, the services or Prometheus), never "

@@ -320,6 +320,16 @@ class GPUDockerSpawner(ProfileForm, LineWaiting):
         courses = course_volumes.user_courses(self.user)
         if courses:
             env["GPUHUB_COURSES"] = ",".join(sorted(courses))
+        env.update(self.warm_env())
+        return env
+
+    def warm_env(self) -> dict[str, str]:
+        """The warm kernel's settings for the server (images/singleuser/gpuhub_warm reads them)."""
+        on, imports = self.profile_warm
+        env = {"GPUHUB_WARM_KERNEL": "on" if (self.warm_kernel if on is None else on) else "off"}
+        imports = self.warm_imports if imports is None else " ".join(imports)
+        if imports or self.profile_warm[1] is not None:  # a profile's [] imports nothing
+            env["GPUHUB_WARM_IMPORTS"] = imports
         return env
 
     def server_spec(self) -> specs.ServerSpec:
