@@ -16,8 +16,9 @@ card→output (typing excluded: the cell is typed before Shift+Enter is pressed,
 timestamp), shift_enter→output. Also the bytes JupyterLab's page load transferred and their
 uncompressed size (Resource Timing), and the spare kernel's memory (/api/gpuhub/warm-kernel).
 
-Variants are profiles of bench/instant-start-profiles.yaml: `cold` (warm_kernel: off) and `warm`
-(the default imports). The stack is bench/instant-start.env's (its own names and port), removed at
+Variants: `cold` and `warm`, profiles of bench/instant-start-profiles.yaml (warm_kernel: off, and
+the default imports), and `warm_no_gzip`, `warm` with a browser that asks for no compression
+(Accept-Encoding: identity), i.e. the server as it answered before compress_response. The stack is bench/instant-start.env's (its own names and port), removed at
 the end. Writes bench/results/instant-start-<UTC time>.json and instant-start-latest.json.
 Options: --samples N per variant (default 10; `make bench` runs 4), --keep (leave the stack up).
 Run it under the shared Docker lock with the test images built (make bench does both).
@@ -41,7 +42,8 @@ ENV_FILE = ROOT / "bench/instant-start.env"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VARIANTS = ("cold", "warm")
+# variant: (profile, whether the browser accepts gzip)
+VARIANTS = {"cold": ("cold", True), "warm": ("warm", True), "warm_no_gzip": ("warm", False)}
 CODE = "import torch; print('torch', torch.__version__)"
 TIMEOUT = 120_000
 
@@ -90,7 +92,9 @@ def until(page, check: str) -> float:
 
 def sample(browser, stack: Stack, hub: Hub, variant: str) -> dict:
     user = stack.env["HUB_ADMIN_USER"]
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    profile, gzip = VARIANTS[variant]
+    context = browser.new_context(viewport={"width": 1280, "height": 800},
+                                  extra_http_headers={} if gzip else {"Accept-Encoding": "identity"})
     page = context.new_page()
     try:
         page.goto(f"{stack.url}/hub/login")
@@ -100,7 +104,7 @@ def sample(browser, stack: Stack, hub: Hub, variant: str) -> dict:
         page.wait_for_url("**/hub/**", timeout=30_000)
         page.goto(f"{stack.url}/hub/spawn")
         expect(page.locator("#spawn_form")).to_be_visible(timeout=30_000)
-        page.check(f"#profile-{variant}")
+        page.check(f"#profile-{profile}")
         marks = {"start": time.time()}
         page.click("#spawn_form [type=submit]")
         page.wait_for_url(f"**/user/{user}/lab**", timeout=TIMEOUT)
@@ -150,7 +154,8 @@ def main() -> int:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             sample(browser, stack, hub, "warm")  # not counted: the engine's and the page cache's first run
             for i in range(args.samples):
-                for variant in (VARIANTS if i % 2 == 0 else VARIANTS[::-1]):
+                order = list(VARIANTS)
+                for variant in (order if i % 2 == 0 else order[::-1]):
                     result = sample(browser, stack, hub, variant)
                     samples.append(result)
                     log(f"{variant}: start→launcher {result['start_to_launcher_s']:.2f} s, card→idle "
