@@ -121,7 +121,9 @@ def sample(browser, stack: Stack, hub: Hub, variant: str) -> dict:
         marks["shift_enter"] = time.time()
         page.keyboard.press("Shift+Enter")
         marks["output"] = until(page, OUTPUT)
-        warm = page.evaluate(f"fetch('/user/{user}/api/gpuhub/warm-kernel').then(r => r.ok ? r.json() : null)")
+        warm = page.evaluate(f"""fetch('/user/{user}/api/gpuhub/warm-kernel', {{headers: {{'X-XSRFToken':
+            decodeURIComponent((document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [, ''])[1])}}}})
+            .then(r => r.ok ? r.json() : null)""")
         text = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").first.inner_text()
     finally:
         context.close()

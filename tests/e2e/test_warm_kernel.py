@@ -13,7 +13,10 @@ SPARE_TIMEOUT = 90  # seconds: a kernel start and `import torch` at 1.5 CPUs, at
 
 
 def server_api(page, user: str, path: str):
-    return page.evaluate(f"fetch('/user/{user}/{path}').then(r => r.json())")
+    # With the _xsrf token, as JupyterLab sends it: JupyterHub's servers refuse a cookie-authenticated
+    # API request without it, GET too (403).
+    return page.evaluate(f"""fetch('/user/{user}/{path}', {{headers: {{'X-XSRFToken':
+        decodeURIComponent((document.cookie.match(/(?:^|; )_xsrf=([^;]*)/) || [, ''])[1])}}}}).then(r => r.json())""")
 
 
 def wait_for_spare(page, user: str, different_from: int | None = None) -> dict:
@@ -69,4 +72,8 @@ def test_first_notebook_gets_the_warm_kernel_and_a_new_spare_follows(stack, hub,
         assert second["started"] == 2 and second["claimed"] == 1
         assert len(server_api(page, user, "api/kernels")) == 1  # the new spare is not listed either
     finally:
+        container = stack.user_containers()
+        if container:  # the server's log (the spare's start, the claim) for a failure's reader
+            logs = stack.docker("logs", container[0], check=False)
+            (ARTIFACTS / "warm-kernel-server.log").write_text(logs.stdout + logs.stderr)
         hub.stop(user)
