@@ -46,6 +46,7 @@ def _load_jupyter_server_extension(server_app) -> None:
 
     class WarmKernelHandler(APIHandler):
         auth_resource = "kernels"
+        _track_activity = False  # asking about the spare is no activity of the user's (idle culler)
 
         @web.authenticated
         def get(self):
