@@ -120,6 +120,7 @@ def test_unknown_memory_starts_no_spare(tmp_path):
 def test_resident_bytes():
     status = "Name:\tpython\nVmPeak:\t 1 kB\nVmRSS:\t  2048 kB\n"
     assert room.resident_bytes(1, read=lambda path: status) == 2048 * 1024
+    assert room.resident_bytes(1, read=lambda path: status + "RssAnon:\t  512 kB\n", field="RssAnon") == 512 * 1024
     assert room.resident_bytes(1, read=lambda path: (_ for _ in ()).throw(FileNotFoundError(path))) is None
 
 

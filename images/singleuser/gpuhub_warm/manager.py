@@ -40,6 +40,7 @@ class Spare:
         self.started = time.monotonic()
         self.ready_after: float | None = None  # seconds from start to imports done
         self.resident: int | None = None
+        self.anon: int | None = None
 
 
 class WarmKernelManager(AsyncMappingKernelManager):
@@ -102,7 +103,8 @@ class WarmKernelManager(AsyncMappingKernelManager):
                 "spare": None if spare is None else {
                     "pid": self._pid(spare.km), "ready": spare.task is not None and spare.task.done()
                     and not spare.task.cancelled() and spare.task.exception() is None,
-                    "ready_after_s": spare.ready_after, "resident_bytes": spare.resident},
+                    "ready_after_s": spare.ready_after, "resident_bytes": spare.resident,
+                    "anon_bytes": spare.anon},
                 "last_resident_bytes": self._last_resident}
 
     async def _start_spare(self) -> None:
@@ -162,11 +164,12 @@ class WarmKernelManager(AsyncMappingKernelManager):
             client.stop_channels()
         spare.ready_after = time.monotonic() - spare.started
         spare.resident = room.resident_bytes(self._pid(spare.km) or -1)
+        spare.anon = room.resident_bytes(self._pid(spare.km) or -1, field="RssAnon")
         if spare.resident:
             self._last_resident = spare.resident
-        self.log.info("Warm kernel: spare %s ready in %.2f s with %s (%s MiB resident)", spare.kernel_id,
-                      spare.ready_after, " ".join(self.warm_imports) or "no imports",
-                      spare.resident and spare.resident >> 20)
+        self.log.info("Warm kernel: spare %s ready in %.2f s with %s (%s MiB resident, %s MiB of it its own)",
+                      spare.kernel_id, spare.ready_after, " ".join(self.warm_imports) or "no imports",
+                      spare.resident and spare.resident >> 20, spare.anon and spare.anon >> 20)
         return failed
 
     @staticmethod

@@ -157,11 +157,13 @@ def room_for_spare(memory: Memory | None, need: int, reserve: int) -> bool:
     return memory is not None and memory.free >= need + reserve
 
 
-def resident_bytes(pid: int, read: Callable[[str], str] = lambda p: Path(p).read_text()) -> int | None:
-    """A process's resident memory (VmRSS), or None when it is gone."""
+def resident_bytes(pid: int, read: Callable[[str], str] = lambda p: Path(p).read_text(),
+                   field: str = "VmRSS") -> int | None:
+    """A process's resident memory (VmRSS: with the shared libraries' pages, which every server
+    of the image shares through the page cache; RssAnon: its own), or None when it is gone."""
     try:
         for line in read(f"/proc/{pid}/status").splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
