@@ -77,6 +77,7 @@ class WarmKernelManager(AsyncMappingKernelManager):
         self._warm_wanted = False  # the first JupyterLab page has been served
         self._respawn: asyncio.TimerHandle | None = None
         self._last_resident: int | None = None
+        self._last_anon: int | None = None
         self.spares_started = self.spares_claimed = 0
 
     # ---- the spare's life ------------------------------------------------------------------
@@ -105,7 +106,7 @@ class WarmKernelManager(AsyncMappingKernelManager):
                     and not spare.task.cancelled() and spare.task.exception() is None,
                     "ready_after_s": spare.ready_after, "resident_bytes": spare.resident,
                     "anon_bytes": spare.anon},
-                "last_resident_bytes": self._last_resident}
+                "last_resident_bytes": self._last_resident, "last_anon_bytes": self._last_anon}
 
     async def _start_spare(self) -> None:
         self._respawn = None
@@ -166,7 +167,7 @@ class WarmKernelManager(AsyncMappingKernelManager):
         spare.resident = room.resident_bytes(self._pid(spare.km) or -1)
         spare.anon = room.resident_bytes(self._pid(spare.km) or -1, field="RssAnon")
         if spare.resident:
-            self._last_resident = spare.resident
+            self._last_resident, self._last_anon = spare.resident, spare.anon
         self.log.info("Warm kernel: spare %s ready in %.2f s with %s (%s MiB resident, %s MiB of it its own)",
                       spare.kernel_id, spare.ready_after, " ".join(self.warm_imports) or "no imports",
                       spare.resident and spare.resident >> 20, spare.anon and spare.anon >> 20)
