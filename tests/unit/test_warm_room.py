@@ -130,3 +130,12 @@ def test_the_image_uses_the_manager_and_compresses():
     assert config["jpserver_extensions"]["gpuhub_warm"] is True
     assert config["tornado_settings"]["compress_response"] is True
     assert "COPY gpuhub_warm/*.py /opt/gpuhub/gpuhub_warm/" in (IMAGE / "Dockerfile").read_text()
+
+
+def test_a_spare_leaves_the_host_room_for_servers_still_to_start():
+    """The hub passes its admission reserve plus four servers (GPUHUB_WARM_HOST_RESERVE_MB): the
+    container may have room, yet the host must keep it for new servers."""
+    roomy = room.Memory(8 * 1024 * MiB, 300 * MiB)
+    assert room.room_for_spare(roomy, 300 * MiB, 512 * MiB, host_available=4000 * MiB, host_reserve=3072 * MiB)
+    assert not room.room_for_spare(roomy, 300 * MiB, 512 * MiB, host_available=3000 * MiB, host_reserve=3072 * MiB)
+    assert room.room_for_spare(roomy, 300 * MiB, 512 * MiB)  # no host figure asked for: the container decides

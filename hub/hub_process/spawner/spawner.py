@@ -327,6 +327,11 @@ class GPUDockerSpawner(ProfileForm, LineWaiting):
         """The warm kernel's settings for the server (images/singleuser/gpuhub_warm reads them)."""
         on, imports = self.profile_warm
         env = {"GPUHUB_WARM_KERNEL": "on" if (self.warm_kernel if on is None else on) else "off"}
+        if self.host_memory_when_full != "off":
+            # a spare leaves the host room for the admission reserve and four more new servers
+            # (hub/memory.py): spares must not take the memory of students still to arrive
+            host_reserve = int(self.host_memory_reserve) + 4 * int(self.server_memory_estimate)
+            env["GPUHUB_WARM_HOST_RESERVE_MB"] = str(host_reserve // 2**20)
         imports = self.warm_imports if imports is None else " ".join(imports)
         if imports or self.profile_warm[1] is not None:  # a profile's [] imports nothing
             env["GPUHUB_WARM_IMPORTS"] = imports

@@ -50,6 +50,8 @@ class WarmKernelManager(AsyncMappingKernelManager):
     warm_nice = Integer(10, config=True, help="Niceness added to the thread that runs the spare's imports.")
     reserve_bytes = Integer(config=True, help="Memory that must stay free besides the spare's own "
                             "(GPUHUB_WARM_RESERVE_MB; default 512 MiB).")
+    host_reserve_bytes = Integer(config=True, help="Memory the host must keep available besides the spare "
+                                 "(GPUHUB_WARM_HOST_RESERVE_MB, set by the hub from its admission settings; default 0).")
     respawn_delay = Float(5.0, config=True, help="Seconds after a claim before the next spare starts, "
                           "so that it does not compete with the notebook's first cells.")
     warm_timeout = Float(120.0, config=True, help="Seconds a spare may take to start and import.")
@@ -66,6 +68,10 @@ class WarmKernelManager(AsyncMappingKernelManager):
         except ValueError as exc:
             self.log.warning("Warm kernel: %s; importing nothing", exc)
             return []
+
+    @default("host_reserve_bytes")
+    def _default_host_reserve_bytes(self):
+        return room.env_int(os.environ, "GPUHUB_WARM_HOST_RESERVE_MB", 0) * 2**20
 
     @default("reserve_bytes")
     def _default_reserve_bytes(self):
@@ -114,7 +120,7 @@ class WarmKernelManager(AsyncMappingKernelManager):
             return
         need = self._last_resident or room.FIRST_ESTIMATE
         memory = room.read_memory()
-        if not room.room_for_spare(memory, need, self.reserve_bytes):
+        if not room.room_for_spare(memory, need, self.reserve_bytes, room.host_available(), self.host_reserve_bytes):
             self.log.info("Warm kernel: no spare started, memory %s has no room for %d MiB + %d MiB reserve",
                           memory and f"{memory.used >> 20}/{memory.limit >> 20} MiB used", need >> 20,
                           self.reserve_bytes >> 20)

@@ -151,10 +151,20 @@ def read_memory(root: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc
     return None
 
 
-def room_for_spare(memory: Memory | None, need: int, reserve: int) -> bool:
+def room_for_spare(memory: Memory | None, need: int, reserve: int, host_available: int | None = None,
+                   host_reserve: int = 0) -> bool:
     """Whether a spare that needs ``need`` bytes fits with ``reserve`` bytes left for the user's
-    own work. Unknown memory: no (a spare must never be the reason a user's kernel is killed)."""
-    return memory is not None and memory.free >= need + reserve
+    own work, and leaves the host ``host_reserve`` bytes (the hub admits new servers from the
+    host's available memory: a spare must not take the room of a student still to arrive).
+    Unknown memory: no (a spare must never be the reason a user's kernel is killed)."""
+    if memory is None or memory.free < need + reserve:
+        return False
+    return host_available is None or host_available >= need + host_reserve
+
+
+def host_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """The host's MemAvailable (a container reads the host's /proc/meminfo), or None."""
+    return _meminfo(meminfo).get("MemAvailable")
 
 
 def resident_bytes(pid: int, read: Callable[[str], str] = lambda p: Path(p).read_text(),
