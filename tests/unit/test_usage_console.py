@@ -491,6 +491,7 @@ def test_parked_time_is_not_gpu_time(setup, tmp_path):
     from hub.gpus.parked import Parked, ParkedFile
 
     console, engine, hub, keeper, events = setup
+    assert keeper.parked.path.name == "gpu-parked.json"  # the console's keeper reads the parked servers
     parked = ParkedFile(tmp_path / "gpu-parked.json")
     keeper.parked = parked
     c1, _ = labelled("c1", GPUS[0].uuid, "alice", T0 - 100)
