@@ -330,7 +330,8 @@ class ContainerA:
                               *(["--fake"] if self.args.fake else [])],
             detach=True, network_mode="none", user=self.args.container_user, environment=env, volumes=self.binds(),
             mem_limit=f"{int(gb + 8)}g", name=f"park-proof-{os.getpid()}-{gb:g}",
-            labels={"gpuhub.user": "park-proof-a", "gpuhub.server": "", "gpuhub.instance": "park-proof",
+            labels={"gpuhub.user": "park-proof-a", "gpuhub.server": "",
+                    "gpuhub.instance": getattr(self.args, "instance", "park-proof"),
                     "gpuhub.gpu.uuid": self.memory.uuid, "gpuhub.gpu.since": f"{time.time():.0f}"},
             device_requests=[docker.types.DeviceRequest(driver="cdi",
                                                         device_ids=[f"nvidia.com/gpu={self.memory.uuid}"])])
