@@ -11,8 +11,9 @@ memory, its container paused (``docker pause``), its GPU given back, a record in
   come to the hub;
 - **/user/<name>/...** then reaches JupyterHub's ``UserUrlHandler``, which would redirect back to
   a ready server until it gives up ("Redirect loop detected", a 500). For a parked server,
-  pages are sent to ``/hub/parked/<server>`` and API requests (JupyterLab's polling in a tab
-  still open) are answered 503 with JSON ``{"status", "message", "parked_since"}`` at once;
+  pages are sent to ``/hub/parked/<server>`` and other requests (API calls, JupyterLab's polling
+  in a tab still open) are answered 503 with JSON ``{"status", "message", "parked_since",
+  "resume_url"}`` at once; JupyterLab's GPU item shows that as a notice with a Resume button;
 - **/hub/parked/<server>**: "Your session is parked since 10:42 (model state kept in memory)"
   with *Resume* and *Start fresh*. Resume (``Parker.resume`` under the GPU manager's lock): the
   GPU free: unpaused, restored, the route back, and on to JupyterLab; the GPU held by someone
@@ -137,7 +138,8 @@ def _start_sync() -> None:
 def _is_api(handler: Any, user_path: str) -> bool:
     accept = get_accepted_mimetype(handler.request.headers.get("Accept", ""),
                                    choices=["application/json", "text/html"])
-    return accept == "application/json" or "api" in (user_path or "").split("/")
+    # a browser's page load asks for text/html; fetch() (JupyterLab's GPU item) for */*
+    return accept != "text/html" or "api" in (user_path or "").split("/")
 
 
 def install(c: Any) -> None:
