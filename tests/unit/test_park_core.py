@@ -708,3 +708,23 @@ def test_a_profile_may_park_and_limit_the_parked_time():
         parse_override({"action": "hibernate"}, "big")
     with pytest.raises(ValueError, match="max_parked"):
         parse_override({"max_parked": 0}, "big")
+
+
+def test_the_hub_shows_a_parked_servers_notice(tmp_path):
+    """hub/hub_process/parking.py: the home page's notice for each parked server, from the
+    records beside the spawner's intent file; none for a server that is not parked."""
+    from types import SimpleNamespace
+
+    from hub.hub_process import parking as hub_parking
+
+    ParkedFile(tmp_path / "gpu-parked.json").put(Parked("alice", "big", "c-1", "GPU-0", 1_700_000_000.0,
+                                                        gpu_mib=12288))
+    user = SimpleNamespace(name="alice")
+    user.spawners = {name: SimpleNamespace(user=user, name=name, gpu_intent_file=str(tmp_path / "gpu-intent.json"))
+                     for name in ("", "big")}
+    shown = hub_parking.parked_of(user)
+    assert [p["server"] for p in shown] == ["big"] and shown[0]["url"] == "parked/big"
+    assert shown[0]["message"].startswith("Your session is parked since ")
+    assert "12.0 GB of GPU state kept in memory" in shown[0]["message"]
+    no_intent = SimpleNamespace(user=user, name="", gpu_intent_file="")
+    assert hub_parking.record_of(no_intent) is None
