@@ -204,7 +204,9 @@ def build_parker(spawner: Any, lock: Any) -> Any:
     """A Parker for resumes in the hub process: gpu-park by docker exec (a whole GPU's restore
     takes seconds, at most minutes), the GPU manager's lock (a resume and a start never take the
     same GPU). GPU_PARK_FAKE=1 in the hub's environment: gpu-park's driver stand-in (fake GPUs)."""
-    docker = DockerCaller(engine_client(timeout=900))
+    if _state.get("docker") is None:  # one engine client for every resume of this hub process
+        _state["docker"] = DockerCaller(engine_client(timeout=900))
+    docker = _state["docker"]
 
     async def no_stop(user: str, server: str) -> None:  # stops go through the hub (Start fresh)
         return None

@@ -64,7 +64,10 @@ def status(stack, container: str) -> str:
 
 
 def ticks(stack, container: str) -> tuple[str, str, int]:
-    out = stack.docker("exec", container, "cat", "/tmp/pk").stdout.split()
+    """The process's pid, state and count, read through /proc/<its init>/root from this host
+    (docker exec refuses a paused container)."""
+    pid = stack.inspect(container)["State"]["Pid"]
+    out = open(f"/proc/{pid}/root/tmp/pk").read().split()
     return out[0], out[1], int(out[2])
 
 
@@ -86,8 +89,12 @@ def test_parked_through_the_hub_resumed_and_stopped(parking, hub):
     kernel = requests.post(f"{stack.url}/user/{USER}/api/kernels", json={"name": "python3"}, headers=auth, timeout=60)
     assert kernel.status_code == 201, kernel.text
     stack.docker("exec", "-d", "-u", "1000:100", container, "python3", "-c", KERNEL)
-    wait_for(lambda: stack.docker("exec", container, "test", "-f", "/tmp/pk", check=False).returncode == 0,
-             timeout=30, what="the CUDA process ticking")
+    def ticking():
+        try:
+            return ticks(stack, container)
+        except (OSError, IndexError):
+            return None
+    wait_for(ticking, timeout=30, what="the CUDA process ticking")
     before = ticks(stack, container)
     feed(stack, {gpu: {"util": 0, "mem": 600}})  # idle, and at rest (<= 1024 MiB) once parked
 
@@ -145,5 +152,6 @@ def test_parked_through_the_hub_resumed_and_stopped(parking, hub):
     feed(stack, {gpu: {"util": 0, "mem": 600}})
     wait_parked(stack, hub, container)
     hub.stop(USER)
-    assert container not in stack.user_containers() and not parked_records(stack)
+    wait_for(lambda: container not in stack.user_containers(), timeout=30, what="the container removed")
+    assert not parked_records(stack)
     print(json.dumps({"parked_after_s": round(parked_after, 1)}))
