@@ -107,13 +107,23 @@ def test_parked_through_the_hub_resumed_and_stopped(parking, hub):
     assert ticks(stack, container) == frozen, "a parked container must not run"
 
     # answered, not hung: API calls a 503 with the notice, pages the parked page
+    last = []
+
     def api_answer():
         try:
             r = requests.get(f"{stack.url}/user/{USER}/api/status", headers=auth, timeout=5)
-        except requests.Timeout:
+        except requests.RequestException as exc:
+            last.append(repr(exc))
             return None
+        last.append((r.status_code, r.url, r.text[:300]))
         return r if r.status_code == 503 else None
-    r = wait_for(api_answer, timeout=20, what="a 503 from the parked server's API")
+    try:
+        r = wait_for(api_answer, timeout=20, what="a 503 from the parked server's API")
+    except TimeoutError:
+        logs = stack.docker("logs", "--tail", "300", f"{stack.prefix}-hub-1", check=False)
+        lines = [x for x in (logs.stdout + logs.stderr).splitlines()
+                 if any(w in x.lower() for w in ("park", "route", "proxy", "traceback", "error", "redirect"))]
+        raise AssertionError(f"last answers: {last[-3:]}\nhub log:\n" + "\n".join(lines[-60:])) from None
     assert r.json()["message"].startswith("Your session is parked since") and r.json()["parked_since"]
     gpu_item = requests.get(f"{stack.url}/user/{USER}/gpuhub/gpu", headers=auth, timeout=5)  # JupyterLab's GPU item
     assert gpu_item.status_code == 503 and gpu_item.json()["resume_url"] == "/hub/parked/", gpu_item.text
