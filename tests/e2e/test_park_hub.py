@@ -116,9 +116,9 @@ def test_parked_through_the_hub_resumed_and_stopped(parking, hub):
             last.append(repr(exc))
             return None
         last.append((r.status_code, r.url, r.text[:300]))
-        return r if r.status_code == 503 else None
+        return [r] if r.status_code == 503 else None  # (a Response of a 503 is falsy)
     try:
-        r = wait_for(api_answer, timeout=20, what="a 503 from the parked server's API")
+        r, = wait_for(api_answer, timeout=20, what="a 503 from the parked server's API")
     except TimeoutError:
         logs = stack.docker("logs", "--tail", "300", f"{stack.prefix}-hub-1", check=False)
         lines = [x for x in (logs.stdout + logs.stderr).splitlines()
@@ -126,7 +126,7 @@ def test_parked_through_the_hub_resumed_and_stopped(parking, hub):
         raise AssertionError(f"last answers: {last[-3:]}\nhub log:\n" + "\n".join(lines[-60:])) from None
     assert r.json()["message"].startswith("Your session is parked since") and r.json()["parked_since"]
     gpu_item = requests.get(f"{stack.url}/user/{USER}/gpuhub/gpu", headers=auth, timeout=5)  # JupyterLab's GPU item
-    assert gpu_item.status_code == 503 and gpu_item.json()["resume_url"] == "/hub/parked/", gpu_item.text
+    assert gpu_item.status_code == 503 and gpu_item.json()["resume_url"] == "/hub/parked", gpu_item.text
     t0 = time.monotonic()
     page = requests.get(f"{stack.url}/user/{USER}/lab", headers={**auth, "Accept": "text/html"}, timeout=10)
     assert time.monotonic() - t0 < 5 and page.status_code == 200, (page.status_code, page.text[:500])
