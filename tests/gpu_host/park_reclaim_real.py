@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -57,6 +58,22 @@ from hub.service_process.reclaim.service import Reclaimer  # noqa: E402
 
 INSTANCE = "park-real"
 T, GRACE = 6, 4
+T0 = time.monotonic()
+
+
+def step(what: str) -> None:
+    """Each step as it starts, on stderr (its second run on the H100 hung after the 1 GB park
+    with no trace of where: this says where)."""
+    print(f"[park-real {time.monotonic() - T0:7.1f}s] {what}", file=sys.stderr, flush=True)
+
+
+async def bounded(what: str, call, seconds: float):
+    """A blocking step in a thread, at most ``seconds``: TimeoutError naming it."""
+    step(what)
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(call), seconds)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"{what}: no answer in {seconds:g} s") from None
 
 
 class HubStandIn:
@@ -100,7 +117,7 @@ async def one_size(gb: float, args, memory, rest: int, baseline: dict) -> dict:
     a = pp.ContainerA(args, memory, rest, args.python)  # the container (the spawner's labels), its worker
     b = None
     try:
-        ready = a.start(gb)
+        ready = await bounded("A starts and allocates", lambda: a.start(gb), 300)
         row["alloc_s"] = ready["alloc_s"]
         time.sleep(1.0)
         row["mem_loaded_mib"] = memory.used()
@@ -114,7 +131,9 @@ async def one_size(gb: float, args, memory, rest: int, baseline: dict) -> dict:
         exec_docker = DockerCaller(engine_client(timeout=900))
         checkpointer = ExecCheckpointer(exec_docker, command=(args.python, str(ROOT / "images/singleuser/gpu_park.py")),
                                         timeout_ms=10000)
-        env = {"GPU_PARK_REST_MIB": str(rest + args.rest_slack_mib), "GPU_PARK_SETTLE_S": "30"}
+        # at rest as NVML reads it (the Parker's reader): NVML's "used" counts the driver's reserved
+        # memory (480 MiB on the H100 with driver 580), which nvidia-smi leaves out
+        env = {"GPU_PARK_REST_MIB": str(args.nvml_rest + args.rest_slack_mib), "GPU_PARK_SETTLE_S": "30"}
         r.parker = parking.build_parker(env, work, sampler.reader, audit, hub, docker=exec_docker,
                                         checkpointer=checkpointer)
         outcomes = []
@@ -126,6 +145,7 @@ async def one_size(gb: float, args, memory, rest: int, baseline: dict) -> dict:
             return out
         r.parker.park = park
         t0, decisions = time.monotonic(), []
+        step("gpu-reclaim's rounds")
         while time.monotonic() - t0 < T + GRACE + 120 and not outcomes:
             decisions += [(round(time.monotonic() - t0, 1), d.action) for d in await r.round()]
             await asyncio.sleep(1)
@@ -140,27 +160,34 @@ async def one_size(gb: float, args, memory, rest: int, baseline: dict) -> dict:
             return {**row, "error": f"park: {out.action}: {out.detail}",
                     "audit": [(e["action"], e["detail"]) for e in audit.tail()], "stopped_instead": hub.stopped}
         parked_at = time.time()
-        a.container.reload()
+        step("parked")
+        await bounded("inspect A", a.container.reload, 30)
         row["container_status_parked"] = a.container.status
-        row["mem_parked_mib"] = memory.used()
-        row["host_rss_parked_mib"] = a.host_rss()
+        row["mem_parked_mib"] = await bounded("nvidia-smi while parked", memory.used, 30)
+        try:
+            row["host_rss_parked_mib"] = await bounded("docker stats of the paused A", a.host_rss, 30)
+        except TimeoutError as exc:
+            row["host_rss_parked_mib"] = str(exc)
         row["mem_limit_parked"] = a.container.attrs["HostConfig"]["Memory"]
+        step("gpu-reclaim's holders")
         row["gpu_free_for_reclaim"] = memory.uuid not in await r.read_holders()
 
         # the hub's resume (hub/hub_process/parking.py builds the same Parker): B holds the GPU -> held
         resumer = Parker(exec_docker, checkpointer, ParkedFile(work / "gpu-parked.json"), lambda uuid: None,
                          hub.stop_server, ParkSettings(), lock=asyncio.Lock())
-        b = await asyncio.to_thread(b_holder, client, memory.uuid, a.binds(), args.python)
-        held = await resumer.resume("park-proof-a", "")
+        b = await bounded("B's container holds the GPU", lambda: b_holder(client, memory.uuid, a.binds(), args.python), 60)
+        step("A's resume while B holds the GPU")
+        held = await asyncio.wait_for(resumer.resume("park-proof-a", ""), 120)
         row["resume_while_b_holds"] = {"outcome": held.action, "detail": held.detail}
-        row["user_b"] = pp.user_b(0, gb, False)
+        row["user_b"] = await bounded("B allocates and runs the matmul", lambda: pp.user_b(0, gb, False), 330)
         if row["user_b"].get("tflops") and baseline.get("tflops"):
             row["user_b"]["vs_baseline"] = round(row["user_b"]["tflops"] / baseline["tflops"], 4)
         await asyncio.to_thread(b.remove, force=True)
         b = None
 
         resume_from = time.time()
-        back = await resumer.resume("park-proof-a", "")
+        step("A's resume")
+        back = await asyncio.wait_for(resumer.resume("park-proof-a", ""), 300)
         a.container.reload()
         row["resume"] = {"outcome": back.action, "detail": back.detail, "timings": back.timings,
                          "processes": (back.tool or {}).get("processes"), "container_status": a.container.status,
@@ -168,7 +195,8 @@ async def one_size(gb: float, args, memory, rest: int, baseline: dict) -> dict:
         if back.action != "resumed":
             return {**row, "error": f"resume: {back.action}: {back.detail}"}
         row["mem_resumed_mib"] = memory.used()
-        verified = a.ask({"do": "verify", "from": parked_at + 0.1, "to": resume_from - 0.1})
+        verified = await bounded("A's checksum again", lambda: a.ask({"do": "verify", "from": parked_at + 0.1,
+                                                                     "to": resume_from - 0.1}), 300)
         row.update(checksum_same=verified["checksum"] == ready["checksum"], note_same=verified["note"] == ready["note"],
                    ticks_while_parked=verified["ticks_while_parked"], verify_s=verified["verify_s"],
                    parked_for_s=round(resume_from - parked_at, 1))
@@ -200,12 +228,13 @@ def main() -> int:
     args.image, args.container_user, args.lock_timeout_ms, args.host_reserve_gb = "gpukit/hostroot:1", "1000:100", 10000, 8.0
     memory = pp.GPUMemory(0)
     rest = memory.used()
+    args.nvml_rest = next(r.memory_used_mib for r in NVMLReader().read() if r.uuid == memory.uuid)
     report = {"what": "tests/gpu_host/park_reclaim_real.py: gpu-reclaim parks user A's container (policy park), "
                       "B holds the GPU (A's resume: held) and runs a matmul, A resumes through the hub's resume",
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
               "gpu": {"uuid": memory.uuid, "name": memory.name, "memory_total_mib": memory.total, "driver": memory.driver},
               "policy": {"timeout_s": T, "grace_s": GRACE, "action": "park", "interval_s": 1},
-              "mem_rest_mib": rest, "baseline": pp.user_b(0, 0, False), "sizes": []}
+              "mem_rest_mib": rest, "mem_rest_nvml_mib": args.nvml_rest, "baseline": pp.user_b(0, 0, False), "sizes": []}
     try:
         import torch
         report["torch"] = torch.__version__
@@ -227,4 +256,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # a step past its bound leaves its thread behind: not waited for at exit
