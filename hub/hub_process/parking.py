@@ -173,7 +173,9 @@ def install(c: Any) -> None:
             self.finish(json.dumps({"status": 503, "message": f"{notice(record)} Resume it at {page}",
                                     "parked_since": record.since, "resume_url": page}))
             return
-        self.redirect(f"{page}?next={_quote(self.request.uri)}", status=303)
+        # back to where the person was, at the server's own path (/user/..., not the hub's /hub/user/...)
+        back = self.request.uri.replace(url_path_join(self.hub.base_url, "user/"), url_path_join(self.base_url, "user/"), 1)
+        self.redirect(f"{page}?next={_quote(back)}", status=303)
 
     async def _wait_up(self, spawner):
         record = await asyncio.to_thread(record_of, spawner)
