@@ -220,6 +220,9 @@ def build_parker(spawner: Any, lock: Any) -> Any:
 
 def ParkedHandler():  # noqa: N802 - the class, made in the hub's process (JupyterHub imported)
     class Handler(BaseHandler):
+        # as /user/ (UserUrlHandler): a person's own token works here too (scripts, JupyterLab)
+        _accept_token_auth = True
+
         async def _target(self, server: str | None):
             user = self.current_user
             if user is None:
