@@ -201,6 +201,9 @@ RECLAIM_SETTINGS = ("HUB_NAME_PREFIX", "HUB_LOG_LEVEL", "GPU_IDLE_TIMEOUT", "GPU
                     "GPU_IDLE_ACTION", "GPU_PARK_MAX", "GPU_PARK_HOST_RESERVE")  # parking (service_process/reclaim/parking.py)
 
 
+TEST_PASS_ON = ("GPU_PARK_FAKE",)  # test scaffolding, not settings: copied into gpu-reclaim's environment
+
+
 def reclaim_environment(env: Mapping[str, str], token_file: str = RECLAIM_TOKEN_FILE) -> dict[str, str]:
     """gpu-reclaim's environment in the service process: its token, its URL and its settings (a
     bad value stops the hub at start, naming the variable)."""
@@ -208,8 +211,8 @@ def reclaim_environment(env: Mapping[str, str], token_file: str = RECLAIM_TOKEN_
         read(env, name)
     out = {RECLAIM_TOKEN_ENV: state_secret(token_file), RECLAIM_URL_ENV: RECLAIM_URL,
            **{name: env[name] for name in RECLAIM_SETTINGS if env.get(name, "").strip()}}
-    if env.get("GPU_PARK_FAKE") == "1":  # tests on fake GPUs: gpu-park's driver stand-in (tests/e2e/fake_gpu)
-        out["GPU_PARK_FAKE"] = "1"
+    # tests on fake GPUs (tests/e2e/fake_gpu): gpu-park's driver stand-in, passed on as it is
+    out.update({name: env[name] for name in TEST_PASS_ON if env.get(name, "").strip()})
     return out
 
 

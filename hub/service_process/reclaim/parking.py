@@ -36,7 +36,8 @@ def memory_reader(reader: Any) -> Callable[[str], int | None]:
 
 
 def build_parker(env: Mapping[str, str], state: Path, reader: Any, audit: Any, hub: Any,
-                 docker: Any = None, checkpointer: Any = None, host_memory: Callable[[], int] | None = None) -> Parker:
+                 docker: Any = None, checkpointer: Any = None, host_memory: Callable[[], int] | None = None,
+                 label_prefix: str = "gpuhub") -> Parker:
     """The Parker gpu-reclaim uses: gpu-park by docker exec (``GPU_PARK_FAKE=1``: the tool's
     driver stand-in, for hosts whose GPUs are fake), NVML readings, the hub's stop."""
     docker = docker or DockerCaller(engine_client(timeout=EXEC_TIMEOUT))
@@ -45,7 +46,7 @@ def build_parker(env: Mapping[str, str], state: Path, reader: Any, audit: Any, h
                             host_reserve=int(read(env, "GPU_PARK_HOST_RESERVE")) * GIB,
                             rest_mib=int(env.get("GPU_PARK_REST_MIB") or 1024),
                             settle=float(env.get("GPU_PARK_SETTLE_S") or 15),
-                            label_prefix=env.get("GPUHUB_LABEL_PREFIX", "gpuhub"))
+                            label_prefix=label_prefix)
 
     async def stop_server(user: str, server: str) -> Any:
         return await hub.stop_server(user, server)
