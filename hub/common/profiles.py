@@ -10,7 +10,8 @@
         images: [gpuhub/pytorch-notebook:1.0.0]   # the allowlist; the first is the default
         groups: [staff]                # only members of these groups see it (absent: everyone)
         default: true
-        reclaim: {timeout: 7200, grace: 900}   # its own idle-GPU reclaim (or: reclaim: off);
+        reclaim: {timeout: 7200, grace: 900}   # its own idle-GPU reclaim (or: reclaim: off; also
+                                       # action: park, max_parked: 28800: docs/gpus.md "Parking")
                                        # left out: GPU_IDLE_TIMEOUT/THRESHOLD/GRACE (docs/gpus.md)
         warm_kernel: [torch, numpy]    # the spare kernel's imports (or: warm_kernel: off);
                                        # left out: WARM_KERNEL, WARM_KERNEL_IMPORTS (docs/performance.md)

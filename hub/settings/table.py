@@ -366,6 +366,19 @@ _TABLE = [
             help="Seconds from the warning (due `GPU_IDLE_TIMEOUT` after the GPU went idle) to the stop; "
                  "GPU work resuming cancels it, and the user's "
                  "\"still working\" adds this once."),
+    Setting("GPU_IDLE_ACTION", IDLE_GPUS, "choice", default="stop", example="park", choices=("stop", "park"),
+            help="What reclaiming an idle GPU does: `stop` the server (files kept), or `park` it (preview): "
+                 "its kernels' GPU state moves into the container's host memory, the container is paused and "
+                 "the GPU given back; the person resumes it later with every variable intact, or it is stopped "
+                 "after `GPU_PARK_MAX`. Parking needs driver 570 or newer and falls back to the stop when it "
+                 "cannot be done (audit log). A profile's `reclaim: {action: park}` sets it per profile. "
+                 "See [Parking](gpus.md#parking-preview)."),
+    Setting("GPU_PARK_MAX", IDLE_GPUS, "positive_int", default="86400", example="28800",
+            help="Seconds a parked server stays parked; then it is stopped as `stop` would have "
+                 "(profile: `reclaim: {max_parked: ...}`)."),
+    Setting("GPU_PARK_HOST_RESERVE", IDLE_GPUS, "non_negative_int", default="8", example="16",
+            help="GiB of host memory that parking must leave available: a server whose GPU memory would "
+                 "not fit beside it is stopped instead, and the audit log says why."),
     Setting("GPU_IDLE_EXEMPT_USERS", IDLE_GPUS, "name_list", example="alice,bob",
             help="Users whose servers are never reclaimed (comma-separated)."),
     Setting("GPU_IDLE_EXEMPT_GROUPS", IDLE_GPUS, "name_list", example="long-jobs",

@@ -26,6 +26,7 @@ from hub.gpus.gate import HostGate, Refused
 from hub.gpus.health import TORCH_CUDA_LABEL
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
+from hub.gpus.parked import FILE as PARKED_FILE, ParkedFile, is_paused
 from hub.gpus.queue import Waiter
 from hub.hub_process.spawner import course_volumes, naming, port_probe, specs, start_command
 from hub.hub_process.spawner.progress import ProgressLog, PullProgress
@@ -398,10 +399,29 @@ class GPUDockerSpawner(ProfileForm, LineWaiting):
 
     async def stop(self, now=False):
         PROCESS.stop_reasons.stopping(self._server_key)
+        await self.unpark()
         try:
             return await super().stop(now=now)
         finally:
             PROCESS.gpu_queue.wake()  # its GPU may be free now: the line checks again
+
+    async def unpark(self) -> None:
+        """A parked server being stopped (docs/gpus.md, "Parking"): unpaused first, so that it
+        takes its SIGTERM (a paused process cannot), and its record goes; its GPU state in host
+        memory goes with its processes."""
+        if not self.gpu_intent_file:
+            return
+        parked = ParkedFile(Path(self.gpu_intent_file).with_name(PARKED_FILE))
+        record = await asyncio.to_thread(parked.pop, self._server_key)
+        if record is None:
+            return
+        try:
+            if is_paused(await self.engine("inspect_container", record.container)):
+                await self.engine("unpause", record.container)
+            self.log.info("%s was parked (since %s): unpaused to be stopped", self._log_name,
+                          time.strftime("%H:%M", time.localtime(record.since)))
+        except docker.errors.APIError as exc:  # gone or not paused: the stop goes on as before
+            self.log.info("%s: unpausing its parked container: %s", self._log_name, exc)
 
     async def stop_object(self):
         await super().stop_object()

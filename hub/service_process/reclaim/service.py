@@ -68,6 +68,7 @@ from hub.common.lean_imports import defer_hub_database
 from hub.common.services import serve
 from hub.files import write_atomic
 from hub.times import utc_iso
+from hub.service_process.reclaim import parking
 
 NAME = "gpu-reclaim"
 # Its bodies are a few bytes ({"server": ...}): tornado reads none over 64 KiB (100 MB by default),
@@ -81,7 +82,8 @@ def policy_from_env(env: Mapping[str, str]) -> ReclaimPolicy:
     return ReclaimPolicy(threshold_pct=read(env, "GPU_IDLE_THRESHOLD"), timeout=read(env, "GPU_IDLE_TIMEOUT"),
                          grace=read(env, "GPU_IDLE_GRACE"),
                          exempt_users=frozenset(read(env, "GPU_IDLE_EXEMPT_USERS")),
-                         exempt_groups=frozenset(read(env, "GPU_IDLE_EXEMPT_GROUPS")))
+                         exempt_groups=frozenset(read(env, "GPU_IDLE_EXEMPT_GROUPS")),
+                         action=read(env, "GPU_IDLE_ACTION"), max_parked=float(read(env, "GPU_PARK_MAX")))
 
 
 def overrides_from_profiles(path: str | Path) -> dict[str, ReclaimOverride]:
@@ -109,6 +111,8 @@ class Reclaimer:
         self.sampler, self.docker, self.hub = sampler, docker, hub
         self.profiles_file, self._profiles_mtime = Path(profiles_file) if profiles_file else None, None
         self.profile_of: dict[tuple[str, str], str] = {}  # (user, server) -> profile, from the labels
+        self.container_of: dict[tuple[str, str], str] = {}  # (user, server) -> container id
+        self.parker = None  # hub/reclaim/parking.py: set where a policy may park
         self.holders_file = Path(holders_file) if holders_file else None
         self.usage = usage  # (user, groups) -> their GPU-hours and tightest quota (blocking: SQLite)
         self.parked = ParkedFile(parked_file) if parked_file else None  # parked servers hold no GPU
@@ -141,9 +145,10 @@ class Reclaimer:
         containers = await self.docker("containers", all=True, filters={
             "label": [f"{self.labels.instance}={self.instance}", self.labels.gpu_uuid],
             "status": list(LIVE_STATES)})
-        profiles = {}
+        profiles, self.container_of = {}, {}
         for c in containers:
             labels = (c.get("Config") or {}).get("Labels") or c.get("Labels") or {}
+            self.container_of[(labels.get(self.labels.user, ""), labels.get(self.labels.server, ""))] = c["Id"]
             if labels.get(self.labels.profile):
                 profiles[(labels.get(self.labels.user, ""), labels.get(self.labels.server, ""))] = \
                     labels[self.labels.profile]
@@ -192,6 +197,7 @@ class Reclaimer:
                         groups = await self._groups(h.user)
                     candidates.append(Candidate(h.user, h.server, uuid, idle, groups,
                                                 self.profile_of.get((h.user, h.server), "")))
+            await parking.expire(self)  # parked longer than allowed: stopped
             decisions = decide(self.policies, candidates, self.state, now)
             self.next_due = next_due(self.policies, candidates, self.state, now)
             for d in decisions:
@@ -226,6 +232,9 @@ class Reclaimer:
         elif d.action == "clear":
             log.info("%s's server %r: reclaim warning withdrawn (%s)", user, server, d.why)
         elif d.action == "stop":
+            parked = await parking.park_instead(self, user, server, uuid)
+            if parked is not None and parked.action == "parked":
+                return  # its GPU is given back; the Parker's audit entry says so
             policy = self.policy_of(user, server)
             message = stop_message(gpu_name, policy, d.idle_since, now)
             await asyncio.to_thread(self.reasons.put, (user, server), message, now)
@@ -465,11 +474,15 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
         # A course is a group of the same name, and only a course can carry a course quota: the
         # groups serve as the courses too (the token's model has group names, not properties).
         return gate.summary(usage_db, user, groups, groups, default_quota)
-    return Reclaimer(policy_from_env(env), sampler, docker or DockerCaller(), hub,
-                     AuditLog(settings.audit_file), ReasonFile(state / "stop-reasons.json"),
+    audit = AuditLog(settings.audit_file)
+    reclaimer = Reclaimer(policy_from_env(env), sampler, docker or DockerCaller(), hub,
+                     audit, ReasonFile(state / "stop-reasons.json"),
                      state / "gpu-reclaim.json", instance=read(env, "HUB_NAME_PREFIX"),
                      label_prefix=settings.label_prefix, profiles_file=settings.profiles_file,
                      holders_file=state / HOLDERS_FILE, usage=usage, parked_file=state / PARKED_FILE)
+    # used only where a policy (the settings' or a profile's, re-read when it changes) parks
+    reclaimer.parker = parking.build_parker(env, state, sampler.reader, audit, hub, label_prefix=settings.label_prefix)
+    return reclaimer
 
 
 def env_in_console(env: Mapping[str, str]) -> dict[str, str]:
