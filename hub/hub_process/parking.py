@@ -49,6 +49,7 @@ from tornado import web
 from hub.common.engine import DockerCaller, engine_client
 from hub.common.park import ExecCheckpointer, ParkSettings, Parker
 from hub.gpus.parked import FILE, Parked, ParkedFile
+from hub.settings.table import read
 
 log = logging.getLogger("gpuhub.parking")
 SYNC_S = 3.0  # seconds between two checks of the parked servers' routes
@@ -205,7 +206,7 @@ def _next_url(handler: Any, user: Any, server: str) -> str:
 def build_parker(spawner: Any, lock: Any) -> Any:
     """A Parker for resumes in the hub process: gpu-park by docker exec (a whole GPU's restore
     takes seconds, at most minutes), the GPU manager's lock (a resume and a start never take the
-    same GPU). GPU_PARK_FAKE=1 in the hub's environment: gpu-park's driver stand-in (fake GPUs)."""
+    same GPU). GPUHUB_PARK_FAKE=1 in the hub's environment: gpu-park's driver stand-in (fake GPUs)."""
     if _state.get("docker") is None:  # one engine client for every resume of this hub process
         _state["docker"] = DockerCaller(engine_client(timeout=900))
     docker = _state["docker"]
@@ -213,7 +214,7 @@ def build_parker(spawner: Any, lock: Any) -> Any:
     async def no_stop(user: str, server: str) -> None:  # stops go through the hub (Start fresh)
         return None
 
-    return Parker(docker, ExecCheckpointer(docker, fake=os.environ.get("GPU_PARK_FAKE") == "1"),
+    return Parker(docker, ExecCheckpointer(docker, fake=read(os.environ, "GPUHUB_PARK_FAKE")),
                   parked_file_of(spawner), lambda uuid: None, no_stop, ParkSettings(label_prefix=spawner.label_prefix),
                   lock=lock)
 

@@ -468,6 +468,13 @@ _TABLE = [
     Setting("TORCH_PACKAGES", IMAGES, "compose", default="torch==2.14.1 torchvision==0.29.1", used_by=COMPOSE,
             help="What pip installs for PyTorch in the single-user image (PyPI's Linux wheels are the "
                  "CUDA build)."),
+    # --- Internal: parking's test scaffolding and tuning (tests/e2e/fake_gpu/compose.yml sets the first)
+    Setting("GPUHUB_PARK_FAKE", INTERNAL_SECTION, "boolean", default="false", used_by=INTERNAL,
+            help="`true`: `gpu-park` uses its driver stand-in (hosts whose GPUs are fake: the tests)."),
+    Setting("GPUHUB_PARK_REST_MIB", INTERNAL_SECTION, "positive_int", default="1024", used_by=INTERNAL,
+            help="GPU memory (MiB, as NVML counts it) at or below which a parked GPU counts as back at rest."),
+    Setting("GPUHUB_PARK_SETTLE_S", INTERNAL_SECTION, "seconds", default="15", used_by=INTERNAL,
+            help="Seconds gpu-reclaim waits for a parked GPU's memory to come back to rest."),
     # --- Internal: the service process's own (hub/settings/gpu_settings.py writes and reads them)
     Setting("GPUHUB_STATE_DIR", INTERNAL_SECTION, "text", default=STATE_DIR, used_by=INTERNAL,
             help="The hub's state volume as the service process sees it: the default place of the files below."),

@@ -1,5 +1,5 @@
 """Parking through the real hub (fake GPUs; readings fed from a file; gpu-park with its driver
-stand-in, GPU_PARK_FAKE: tests/e2e/fake_gpu): gpu-reclaim with GPU_IDLE_ACTION=park parks an
+stand-in, GPUHUB_PARK_FAKE: tests/e2e/fake_gpu): gpu-reclaim with GPU_IDLE_ACTION=park parks an
 idle server instead of stopping it, and then, with the real hub, proxy and spawner:
 
 - the server stays "ready" for the hub, its container paused, its GPU free for the allocator

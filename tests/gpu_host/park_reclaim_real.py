@@ -133,7 +133,7 @@ async def one_size(gb: float, args, memory, rest: int, baseline: dict) -> dict:
                                         timeout_ms=10000)
         # at rest as NVML reads it (the Parker's reader): NVML's "used" counts the driver's reserved
         # memory (480 MiB on the H100 with driver 580), which nvidia-smi leaves out
-        env = {"GPU_PARK_REST_MIB": str(args.nvml_rest + args.rest_slack_mib), "GPU_PARK_SETTLE_S": "30"}
+        env = {"GPUHUB_PARK_REST_MIB": str(args.nvml_rest + args.rest_slack_mib), "GPUHUB_PARK_SETTLE_S": "30"}
         r.parker = parking.build_parker(env, work, sampler.reader, audit, hub, docker=exec_docker,
                                         checkpointer=checkpointer)
         outcomes = []

@@ -201,7 +201,7 @@ RECLAIM_SETTINGS = ("HUB_NAME_PREFIX", "HUB_LOG_LEVEL", "GPU_IDLE_TIMEOUT", "GPU
                     "GPU_IDLE_ACTION", "GPU_PARK_MAX", "GPU_PARK_HOST_RESERVE")  # parking (service_process/reclaim/parking.py)
 
 
-TEST_PASS_ON = ("GPU_PARK_FAKE",)  # test scaffolding, not settings: copied into gpu-reclaim's environment
+TEST_PASS_ON = ("GPUHUB_PARK_FAKE",)  # internal rows of the table the tests set: copied into gpu-reclaim's environment
 
 
 def reclaim_environment(env: Mapping[str, str], token_file: str = RECLAIM_TOKEN_FILE) -> dict[str, str]:

@@ -38,14 +38,14 @@ def memory_reader(reader: Any) -> Callable[[str], int | None]:
 def build_parker(env: Mapping[str, str], state: Path, reader: Any, audit: Any, hub: Any,
                  docker: Any = None, checkpointer: Any = None, host_memory: Callable[[], int] | None = None,
                  label_prefix: str = "gpuhub") -> Parker:
-    """The Parker gpu-reclaim uses: gpu-park by docker exec (``GPU_PARK_FAKE=1``: the tool's
+    """The Parker gpu-reclaim uses: gpu-park by docker exec (``GPUHUB_PARK_FAKE=1``: the tool's
     driver stand-in, for hosts whose GPUs are fake), NVML readings, the hub's stop."""
     docker = docker or DockerCaller(engine_client(timeout=EXEC_TIMEOUT))
-    checkpointer = checkpointer or ExecCheckpointer(docker, fake=env.get("GPU_PARK_FAKE") == "1")
+    checkpointer = checkpointer or ExecCheckpointer(docker, fake=read(env, "GPUHUB_PARK_FAKE"))
     settings = ParkSettings(max_parked=float(read(env, "GPU_PARK_MAX")),
                             host_reserve=int(read(env, "GPU_PARK_HOST_RESERVE")) * GIB,
-                            rest_mib=int(env.get("GPU_PARK_REST_MIB") or 1024),
-                            settle=float(env.get("GPU_PARK_SETTLE_S") or 15),
+                            rest_mib=read(env, "GPUHUB_PARK_REST_MIB"),
+                            settle=read(env, "GPUHUB_PARK_SETTLE_S"),
                             label_prefix=label_prefix)
 
     async def stop_server(user: str, server: str) -> Any:
