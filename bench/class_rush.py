@@ -383,6 +383,7 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
                 f"{ctx.ws_url}/user/{name}/api/kernels/{kernel['id']}/channels?session_id={uuid.uuid4().hex}",
                 headers={"Sec-Fetch-Mode": "websocket", "Sec-Fetch-Site": "same-origin", "Origin": url},
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0), autoping=True)
+            local_port = ws.get_extra_info("sockname")[1]
             msg_id = uuid.uuid4().hex
             await ws.send_str(json.dumps({
                 "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": name,
@@ -413,8 +414,10 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
             step = "idle"
             ctx.idle += 1
             await ctx.release.wait()
+            if ws.closed:
+                raise Failed(f"{step}: websocket closed by the other side (code {ws.close_code})")
             if drops:
-                ctx.drop_ports.append(ws.get_extra_info("sockname")[1])
+                ctx.drop_ports.append(local_port)
                 await ctx.dropped.wait()
                 # the rules drop everything of this port: the close frame and FIN never arrive
                 await asyncio.wait_for(ws.close(), 10)
@@ -424,7 +427,7 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
         rec["failed"] = str(e)
     except asyncio.TimeoutError:
         rec["failed"] = f"{step}: timeout"
-    except (aiohttp.ClientError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (every kind is counted, none stops the class)
         rec["failed"] = f"{step}: {type(e).__name__}"
     finally:
         if ws_session is not None:
