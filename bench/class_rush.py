@@ -413,7 +413,15 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
 
             step = "idle"
             ctx.idle += 1
-            await ctx.release.wait()
+            # reading, as a browser does: the server's pings (every 30 s) get their pongs
+            while not ctx.release.is_set():
+                try:
+                    msg = await ws.receive(timeout=1.0)
+                except asyncio.TimeoutError:
+                    continue
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                                aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    break
             if ws.closed:
                 raise Failed(f"{step}: websocket closed by the other side (code {ws.close_code})")
             if drops:
