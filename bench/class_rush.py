@@ -119,11 +119,18 @@ def process_sockets_and_rss(pid: int) -> tuple[int, float]:
     return sockets, round(rss, 1)
 
 
-def established_on(container_pid: int, port: int) -> int:
-    """TCP connections established to `port` in the container's network namespace (ss)."""
-    out = subprocess.run(["nsenter", "-t", str(container_pid), "-n", "ss", "-Htn", "state", "established",
-                          f"( sport = :{port} )"], capture_output=True, text=True, timeout=30)
-    return len([line for line in out.stdout.splitlines() if line.strip()])
+def established_on(container_pid: int, port: int) -> dict:
+    """TCP connections of `port` in the container's network namespace (ss), by state, without
+    the listening socket: a proxy that let go of a dead client's websocket half-way keeps it
+    in FIN-WAIT-1 (closing, unacknowledged data queued), not ESTABLISHED."""
+    out = subprocess.run(["nsenter", "-t", str(container_pid), "-n", "ss", "-Htan", f"( sport = :{port} )"],
+                         capture_output=True, text=True, timeout=30)
+    states: dict = {}
+    for line in out.stdout.splitlines():
+        state = line.split()[0] if line.strip() else ""
+        if state and state != "LISTEN":
+            states[state] = states.get(state, 0) + 1
+    return states
 
 
 def loop_histogram(hub_url: str, token: str) -> dict[float, float]:
@@ -545,7 +552,7 @@ def main() -> int:
         time.sleep(2)
         sockets0, rss0, _ = monitor.proxy_point()
         result["proxy_before"] = {"sockets": sockets0, "rss_mb": rss0,
-                                  "established_8000": established_on(proxy_pid, 8000)}
+                                  "tcp_8000": established_on(proxy_pid, 8000)}
 
         async def everything():
             ctx = Context(url, replay, args.drop_share)
@@ -575,11 +582,11 @@ def main() -> int:
             later_est = await asyncio.to_thread(established_on, proxy_pid, 8000)
             marks["end_s"] = monitor.now()
             drops = {"dropped": len(ports),
-                     "before": {"sockets": before[0], "rss_mb": before[1], "established_8000": before_est},
+                     "before": {"sockets": before[0], "rss_mb": before[1], "tcp_8000": before_est},
                      "right_after": {"sockets": right_after[0], "rss_mb": right_after[1],
-                                     "established_8000": right_after_est},
+                                     "tcp_8000": right_after_est},
                      f"after_{int(args.after_drops)}s": {"sockets": later[0], "rss_mb": later[1],
-                                                        "established_8000": later_est}}
+                                                        "tcp_8000": later_est}}
             marks["generator_cpu_s"] = round(time.process_time() - cpu0, 1)
             return solo, records, marks, loop_lag(loop0, loop1), drops, t0
         solo, records, marks, lag, drops, t0 = asyncio.run(everything())

@@ -11,8 +11,8 @@ sees a FIN or an RST, as with a laptop whose lid closed. The kernels then print 
 proxy has something to write to the dead peers, as it does in a real class.
 
 Recorded: the proxy's node process (its socket fds, /proc) and resident memory, its container's
-memory (Docker stats API, one-shot) and TCP connections established on :8000 (ss in its network
-namespace): before the websockets, with them open, right after the drop, then every 10 s for
+memory (Docker stats API, one-shot) and its TCP connections on :8000 by state (ss in its
+network namespace): before the websockets, with them open, right after the drop, then every 10 s for
 --watch seconds (default 300). "recovered_after_s": the first time sockets were back to at most
 before + 2 and resident memory to at most before + 5 MB, or null.
 
@@ -43,7 +43,7 @@ def point(client: docker.DockerClient, proxy_id: str, proxy_pid: int, t0: float)
     mem = client.api.stats(proxy_id, stream=False, one_shot=True).get("memory_stats", {})
     used = mem.get("usage", 0) - mem.get("stats", {}).get("inactive_file", 0)
     return {"t_s": round(time.monotonic() - t0, 1), "sockets": sockets, "rss_mb": rss,
-            "container_mem_mb": round(used / 2**20, 1), "established_8000": established_on(proxy_pid, 8000)}
+            "container_mem_mb": round(used / 2**20, 1), "tcp_8000": established_on(proxy_pid, 8000)}
 
 
 async def open_all(url: str, token: str, kernels: list[tuple[str, str]], n: int) -> list:
