@@ -119,7 +119,7 @@ def process_sockets_and_rss(pid: int) -> tuple[int, float]:
     return sockets, round(rss, 1)
 
 
-def established_on(container_pid: int, port: int) -> dict:
+def tcp_states_on(container_pid: int, port: int) -> dict:
     """TCP connections of `port` in the container's network namespace (ss), by state, without
     the listening socket: a proxy that let go of a dead client's websocket half-way keeps it
     in FIN-WAIT-1 (closing, unacknowledged data queued), not ESTABLISHED."""
@@ -552,7 +552,7 @@ def main() -> int:
         time.sleep(2)
         sockets0, rss0, _ = monitor.proxy_point()
         result["proxy_before"] = {"sockets": sockets0, "rss_mb": rss0,
-                                  "tcp_8000": established_on(proxy_pid, 8000)}
+                                  "tcp_8000": tcp_states_on(proxy_pid, 8000)}
 
         async def everything():
             ctx = Context(url, replay, args.drop_share)
@@ -566,7 +566,7 @@ def main() -> int:
             marks["loop_scraped_s"] = monitor.now()
             # everyone idle with a websocket open: the proxy before anyone leaves
             before = monitor.proxy_point()
-            before_est = await asyncio.to_thread(established_on, proxy_pid, 8000)
+            before_tcp = await asyncio.to_thread(tcp_states_on, proxy_pid, 8000)
             ctx.release.set()
             await asyncio.sleep(1.0)  # keepers close, droppers note their ports
             ports[:] = list(ctx.drop_ports)
@@ -576,17 +576,17 @@ def main() -> int:
             records = await asyncio.gather(*tasks)
             marks["closed_s"] = monitor.now()
             right_after = monitor.proxy_point()
-            right_after_est = await asyncio.to_thread(established_on, proxy_pid, 8000)
+            right_after_tcp = await asyncio.to_thread(tcp_states_on, proxy_pid, 8000)
             await asyncio.sleep(args.after_drops)
             later = monitor.proxy_point()
-            later_est = await asyncio.to_thread(established_on, proxy_pid, 8000)
+            later_tcp = await asyncio.to_thread(tcp_states_on, proxy_pid, 8000)
             marks["end_s"] = monitor.now()
             drops = {"dropped": len(ports),
-                     "before": {"sockets": before[0], "rss_mb": before[1], "tcp_8000": before_est},
+                     "before": {"sockets": before[0], "rss_mb": before[1], "tcp_8000": before_tcp},
                      "right_after": {"sockets": right_after[0], "rss_mb": right_after[1],
-                                     "tcp_8000": right_after_est},
+                                     "tcp_8000": right_after_tcp},
                      f"after_{int(args.after_drops)}s": {"sockets": later[0], "rss_mb": later[1],
-                                                        "tcp_8000": later_est}}
+                                                        "tcp_8000": later_tcp}}
             marks["generator_cpu_s"] = round(time.process_time() - cpu0, 1)
             return solo, records, marks, loop_lag(loop0, loop1), drops, t0
         solo, records, marks, lag, drops, t0 = asyncio.run(everything())

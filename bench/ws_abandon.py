@@ -33,7 +33,7 @@ import aiohttp
 import docker
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
-from class_rush import (RESULTS, container_id, drop_rules, established_on, node_pid,  # noqa: E402
+from class_rush import (RESULTS, container_id, drop_rules, tcp_states_on, node_pid,  # noqa: E402
                         process_sockets_and_rss, proxy_address)
 from hubclient import Hub, Stack  # noqa: E402
 
@@ -43,7 +43,7 @@ def point(client: docker.DockerClient, proxy_id: str, proxy_pid: int, t0: float)
     mem = client.api.stats(proxy_id, stream=False, one_shot=True).get("memory_stats", {})
     used = mem.get("usage", 0) - mem.get("stats", {}).get("inactive_file", 0)
     return {"t_s": round(time.monotonic() - t0, 1), "sockets": sockets, "rss_mb": rss,
-            "container_mem_mb": round(used / 2**20, 1), "tcp_8000": established_on(proxy_pid, 8000)}
+            "container_mem_mb": round(used / 2**20, 1), "tcp_8000": tcp_states_on(proxy_pid, 8000)}
 
 
 async def open_all(url: str, token: str, kernels: list[tuple[str, str]], n: int) -> list:
