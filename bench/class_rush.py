@@ -85,6 +85,13 @@ def host_mem_available_mb() -> float:
     return float("nan")
 
 
+def host_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def child_pids(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -220,8 +227,12 @@ class Monitor:
             self.samples[name].append((self.now(), None, f"stats ended: {type(e).__name__}"))
 
     def _proc(self) -> None:
+        last = host_cpu_ticks()
         while not self._stop.wait(1.0):
-            self.sockets.append((self.now(), *self.proxy_point()))
+            now = host_cpu_ticks()
+            busy = 100.0 * (now[0] - last[0]) / max(1, now[1] - last[1])
+            last = now
+            self.sockets.append((self.now(), *self.proxy_point(), round(busy, 1)))
 
     def proxy_point(self) -> tuple[int, float, float]:
         sockets, rss = process_sockets_and_rss(node_pid(self.proxy_pid))
@@ -243,6 +254,7 @@ class Monitor:
                          "mem_mb": {"first": rows[0][2] if rows else None, "max": max((r[2] for r in rows), default=None),
                                     "last": rows[-1][2] if rows else None}}
         rows = [r for r in self.sockets if start <= r[0] <= end]
+        out["host_cpu_busy_percent"] = stats([r[4] for r in rows], unit="pct", digits=1)
         out["host_mem_available_mb"] = {"first": rows[0][3] if rows else None,
                                         "min": min((r[3] for r in rows), default=None),
                                         "last": rows[-1][3] if rows else None}
@@ -261,7 +273,8 @@ class Monitor:
                     row[f"{name}_mem_mb"] = window[-1][2]
             window = [r for r in self.sockets if t <= r[0] < t + step]
             if window:
-                row["proxy_sockets"], row["proxy_rss_mb"], row["host_mem_available_mb"] = window[-1][1:]
+                row["proxy_sockets"], row["proxy_rss_mb"], row["host_mem_available_mb"] = window[-1][1:4]
+                row["host_cpu_busy_pct"] = round(sum(r[4] for r in window) / len(window), 1)
             rows.append(row)
             t += step
         return rows
@@ -338,6 +351,8 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
                     if line.startswith(b"data:"):
                         event = json.loads(line[5:])
                         events += 1
+                        if "short of memory" in str(event.get("message", "")):
+                            rec["waited_for_memory"] = True
                         if event.get("failed"):
                             raise Failed(f"{step}: spawn failed: {str(event.get('message', ''))[:80]}")
                         if event.get("ready"):
@@ -608,7 +623,8 @@ def main() -> int:
                       "phases": phases, "start_to_usable": usable,
                       "first_to_last_ready_s": round(max((r["ready_at"] for r in records if "ready_at" in r), default=0)
                                                  - min((r["ready_at"] for r in records if "ready_at" in r), default=0), 1),
-                      "assets_per_student": ok[0]["assets"] if ok else None},
+                      "assets_per_student": ok[0]["assets"] if ok else None,
+                      "waited_for_memory": sum(1 for r in records if r.get("waited_for_memory"))},
             "hub_event_loop": lag,
             "resources": monitor.summary(t0, marks["end_s"]),
             "proxy_drops": drops, "marks": marks, "timeline": monitor.timeline(),
