@@ -100,14 +100,15 @@ def child_pids(pid: int) -> list[int]:
 
 
 def node_pid(container_pid: int) -> int:
-    """The proxy's node process: the container's first process is tini, node its child."""
+    """The proxy's node process: the container's first process is tini, node its child (found by
+    its executable: Node.js 24 names its main thread "MainThread", so /proc/<pid>/comm won't do)."""
     for pid in [container_pid, *child_pids(container_pid)]:
         try:
-            if "node" in Path(f"/proc/{pid}/comm").read_text():
+            if os.path.basename(os.readlink(f"/proc/{pid}/exe")) in ("node", "nodejs"):
                 return pid
         except OSError:
             pass
-    return container_pid
+    raise RuntimeError(f"no node process under {container_pid}")
 
 
 def process_sockets_and_rss(pid: int) -> tuple[int, float]:
