@@ -5,7 +5,7 @@ import os
 from hub.hub_process.config.configure import configure_auth, configure_culler, configure_hub, configure_spawner
 from hub.hub_process.config.configure import configure_console, configure_queue, configure_reclaim, configure_recovery
 from hub.hub_process.config.configure import configure_usage
-from hub.hub_process import watchdog
+from hub.hub_process import parking, watchdog
 from hub.gpus import doctor
 from hub.hub_process.patches import api_body_500, error_reason, restart_check, system_resolver
 from hub.hub_process.spawner.spawner import recover_gpu_queue
@@ -27,4 +27,5 @@ api_body_500.install()  # JupyterHub 6.1: malformed API bodies are a 400, not a 
 error_reason.install()  # JupyterHub 6.1: an error without a message says its status, not null
 restart_check.install()  # JupyterHub 6.1: a hub killed mid-start recovers in seconds, Stop is never a 500
 system_resolver.install()  # JupyterHub 6.1: names resolved as the system does (c-ares failed on Swarm overlays)
+parking.install(c)  # parked servers (GPU_IDLE_ACTION=park): no route, a Resume page, kept at a restart
 doctor.log_at_start(os.environ)  # host health in the log: engine, toolkit CVEs, driver vs CUDA, GPUs

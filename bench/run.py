@@ -220,6 +220,18 @@ class HubUnderTest:
         answered = wait_http(f"{self.url}/user/{name}/api", {"Authorization": f"token {self.token}"}, timeout=30)
         return None if answered is None else time.monotonic() - t0
 
+    def timed_spawns(self, prefix: str, runs: int) -> list[float]:
+        """`runs` starts one after another on a settled machine, each stopped before the next:
+        their times (start_and_time; a failed start counts as infinity). The single-spawn figure
+        and each scale step's (bench/scale.py) are measured this one way."""
+        times = []
+        for i in range(runs):
+            settle()
+            t = self.start_and_time(f"{prefix}{i}")
+            times.append(t if t is not None else float("inf"))
+            self.stop_all([f"{prefix}{i}"])
+        return times
+
     def ready_event(self, name: str) -> bool:
         """True once the spawn's progress stream says ready; False when it says failed.
         A client of its own: the burst's threads each hold a stream open at the same time."""
@@ -245,13 +257,7 @@ class HubUnderTest:
 
     def run(self, runs: int, bursts: list[int]) -> dict:
         result = {}
-        times = []
-        for i in range(runs):
-            settle()
-            t = self.start_and_time(f"single{i}")
-            times.append(t if t is not None else float("inf"))
-            self.stop_all([f"single{i}"])
-        result["single_spawn"] = summary(times)
+        result["single_spawn"] = summary(self.timed_spawns("single", runs))
         log(f"{self.label}: single spawn p50 {result['single_spawn']['p50_s']} s")
         for n in bursts:
             names = [f"burst{n}-{i:02d}" for i in range(n)]

@@ -280,12 +280,7 @@ def curve(hut, steps: list[int], runs: int, quiet: float, console: bool, settle,
             "console_api_gpus": latency_p50(f"{hut.url}/services/gpu-console/api/gpus", headers) if console else None,
             "proxy_to_idle_server": latency_p50(f"{hut.url}/user/{idle_names[0]}/api", headers) if idle_names else None,
         }
-        times = []
-        for i in range(runs):
-            settle()
-            t = hut.start_and_time(f"scale{n}-{i}")
-            times.append(t if t is not None else float("inf"))
-            hut.stop_all([f"scale{n}-{i}"])
+        times = hut.timed_spawns(f"scale{n}-", runs)
         point["spawn_p50_s"] = round(statistics.median(times), 3)
         point["spawn_max_s"] = round(max(times), 3)
         points.append(point)

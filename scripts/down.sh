@@ -18,6 +18,13 @@ project=${project:-gpuhub}
 
 mapfile -t containers < <(docker ps -a --filter "label=gpuhub.instance=$project" --format '{{.Names}}')
 if ((${#containers[@]})); then
+  # Parked servers (docs/gpus.md, "Parking") are paused: unpaused first, so that they take their
+  # SIGTERM now rather than being killed after the 10 s (their GPU state, in host memory, goes).
+  mapfile -t paused < <(docker ps --filter "label=gpuhub.instance=$project" --filter status=paused --format '{{.Names}}')
+  if ((${#paused[@]})); then
+    docker unpause "${paused[@]}" >/dev/null 2>&1 || true
+    echo "Unpaused ${#paused[@]} parked server(s) to stop them: ${paused[*]}"
+  fi
   # Their servers get a SIGTERM and 10 s to save, as when a user presses Stop.
   docker stop -t 10 "${containers[@]}" >/dev/null 2>&1 || true
   docker rm -f "${containers[@]}" >/dev/null 2>&1 || true  # AutoRemove does it; not all were running

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hub import journal
+
 
 class AuditLog:
     """Who did what when: one JSON object per line, appended, on the state volume."""
@@ -14,11 +16,13 @@ class AuditLog:
         self.path = Path(path)
 
     def append(self, entry: dict[str, Any]) -> None:
-        line = json.dumps(entry, sort_keys=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        journal.append(self.path, entry)
+
+    def write(self, now: float, who: str, via: str, **fields: Any) -> dict[str, Any]:
+        """Build the entry (``hub.journal.entry``), append it, return it. Blocking (fsync)."""
+        record = journal.entry(now, who, via, **fields)
+        self.append(record)
+        return record
 
     def tail(self, limit: int = 50) -> list[dict[str, Any]]:
         """The last `limit` entries, newest first (unreadable lines are skipped)."""

@@ -10,8 +10,11 @@
         images: [gpuhub/pytorch-notebook:1.0.0]   # the allowlist; the first is the default
         groups: [staff]                # only members of these groups see it (absent: everyone)
         default: true
-        reclaim: {timeout: 7200, grace: 900}   # its own idle-GPU reclaim (or: reclaim: off);
+        reclaim: {timeout: 7200, grace: 900}   # its own idle-GPU reclaim (or: reclaim: off; also
+                                       # action: park, max_parked: 28800: docs/gpus.md "Parking")
                                        # left out: GPU_IDLE_TIMEOUT/THRESHOLD/GRACE (docs/gpus.md)
+        warm_kernel: [torch, numpy]    # the spare kernel's imports (or: warm_kernel: off);
+                                       # left out: WARM_KERNEL, WARM_KERNEL_IMPORTS (docs/performance.md)
 
 Users choose a profile (and an image from its list); everything else comes from the file.
 Anything else in the user's options, or a profile or image not offered to them, is refused
@@ -28,7 +31,9 @@ from hub.gpus.reclaim_policy import ReclaimOverride, parse_override
 from hub.units import parse_cpus, parse_size
 
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-_KEYS = {"slug", "name", "description", "gpu", "mem_limit", "cpu_limit", "images", "groups", "default", "reclaim"}
+_KEYS = {"slug", "name", "description", "gpu", "mem_limit", "cpu_limit", "images", "groups", "default", "reclaim",
+         "warm_kernel"}
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 OPTION_KEYS = {"profile", "image"}
 
 
@@ -44,6 +49,8 @@ class Profile:
     groups: frozenset[str]
     default: bool = False
     reclaim: ReclaimOverride | None = None  # None: the hub's reclaim settings
+    warm_kernel: bool | None = None  # None: the hub's WARM_KERNEL
+    warm_imports: tuple[str, ...] | None = None  # None: the hub's WARM_KERNEL_IMPORTS
 
     def visible_to(self, groups: set[str], admin: bool) -> bool:
         return admin or not self.groups or bool(self.groups & groups)
@@ -101,8 +108,22 @@ def _profile(i: int, entry, image: str, mem: int, cpu: float) -> Profile:
         if not entry.get("gpu", True):
             raise ValueError(f"{where}: reclaim is about idle GPUs; a profile with gpu: false holds none")
         reclaim = parse_override(entry["reclaim"], where)
+    warm_kernel, warm_imports = parse_warm_kernel(entry["warm_kernel"], where) if "warm_kernel" in entry else (None, None)
     return Profile(slug, str(entry["name"]), str(entry.get("description", "")), entry.get("gpu", True),
-                   mem_limit, cpu_limit, tuple(images), frozenset(groups), entry.get("default", False), reclaim)
+                   mem_limit, cpu_limit, tuple(images), frozenset(groups), entry.get("default", False), reclaim,
+                   warm_kernel, warm_imports)
+
+
+def parse_warm_kernel(value, where: str) -> tuple[bool, tuple[str, ...] | None]:
+    """A profile's ``warm_kernel:``: off/false (no spare kernel), on/true (the hub's imports), or
+    the modules the spare imports (a list, or one string of names; [] imports nothing)."""
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("on", "off")):
+        return (value if isinstance(value, bool) else value.strip().lower() == "on"), None
+    names = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and _MODULE.match(n) for n in names):
+        raise ValueError(f"{where}: warm_kernel must be on, off or a list of module names to import "
+                         f"(e.g. [torch, numpy]), got {value!r}")
+    return True, tuple(names)
 
 
 def choose(profiles: list[Profile], user_options: dict, groups: set[str], admin: bool) -> tuple[Profile, str]:

@@ -4,10 +4,11 @@ page reads it through ``template_vars``)."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from hub.files import write_atomic
 
 KEEP = "Your files in work/ are kept; press Start to start it again."
 
@@ -51,9 +52,7 @@ class ReasonFile:
         return data if isinstance(data, dict) else {}
 
     def _write(self, data: dict[str, dict]) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(data, indent=1))
 
     def put(self, key: tuple[str, str], message: str, now: float | None = None) -> None:
         data = self._read()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 from hub.gpus.model import GPU, Holder, Intent, NoGPUAvailable
 
@@ -66,6 +66,9 @@ class Allocator:
         # uuid -> why its host takes no new servers now (a Swarm node drained or down): not
         # the admin's intent but the engine's, so it is given with each reconcile, not saved
         self.unavailable: Mapping[str, str] = {}
+        # uuids whose last holder is still being shut down by the engine (a Swarm task keeps
+        # its GPU's unit until its container stopped): free, but offered after the others
+        self.releasing: Collection[str] = frozenset()
 
     def reconcile(self, held: Mapping[str, Holder | Iterable[Holder]]) -> None:
         """Replace the holders with the engine's (uuid -> holder, or holders of a shared GPU);
@@ -140,14 +143,15 @@ class Allocator:
 
     def candidates(self, user: str, groups: Iterable[str] = (), now: float = 0.0) -> list[GPU]:
         """What this user may be given now, best first: GPUs reserved for one of their courses,
-        then whole GPUs, then seats on shared GPUs (least used first); by index within each."""
+        then whole GPUs, then seats on shared GPUs (least used first); by index within each,
+        GPUs still being released by the engine (``releasing``) after the others."""
         groups = frozenset(groups)
         reserved = self.intent.reserved_for(now)
 
         def preference(gpu: GPU) -> tuple:
             mine = gpu.uuid in reserved  # _open left only reservations of the user's courses
             shared = gpu.uuid in self.intent.shared
-            return (not mine, shared, len(self._held.get(gpu.uuid, ())), _order(gpu))
+            return (not mine, shared, len(self._held.get(gpu.uuid, ())), gpu.uuid in self.releasing, _order(gpu))
 
         return sorted(self._open(groups, now), key=preference)
 

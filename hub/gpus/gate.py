@@ -15,15 +15,13 @@ Blocking calls only (NVML, files): the spawner runs ``before_gpu`` on its thread
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from hub import journal
 from hub.gpus.health import CRITICAL_XIDS, FAIL, UNKNOWN, Check, cuda_check, gpu_check, toolkit_check
 from hub.gpus.nvml import NVMLReader
 from hub.gpus.nvml import Unavailable
@@ -111,10 +109,4 @@ class HostGate:
         return drained
 
     def audit(self, record: dict[str, Any]) -> None:
-        now = self.clock()
-        entry = {"time": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-                 "epoch": round(now, 3), "who": "hub", "via": "health check", **record}
-        with open(self.audit_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        journal.append(self.audit_file, journal.entry(self.clock(), "hub", "health check", **record))

@@ -9,19 +9,20 @@ no in-memory pool to go stale.
 """
 import asyncio
 import json
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from docker.errors import NotFound
 
+from hub.files import write_atomic
 from hub.gpus.allocator import Allocator, Policy, first_free
 from hub.gpus.claim import LIVE_STATES, Assignment, choose_style, holders_from_containers
 from hub.gpus.inventory import discover, from_cdi
 from hub.gpus.model import GPU, Intent
 from hub.gpus.parked import FILE as PARKED_FILE, ParkedFile, parked_ids
-from hub.gpus.swarm import SwarmInventory, holders_from_tasks, inventory_from_nodes, nodes_from_engine
+from hub.gpus.swarm import (SwarmInventory, holders_from_tasks, inventory_from_nodes, nodes_from_engine,
+                            releasing_from_tasks)
 
 DockerCall = Callable[..., Awaitable]
 
@@ -78,9 +79,7 @@ class GPUManager:
 
     def save_intent(self, intent: Intent) -> None:
         """Persist the admin's intent atomically on the state volume; it applies from now on."""
-        tmp = self.intent_file.with_name(f".{self.intent_file.name}.tmp")
-        tmp.write_text(json.dumps(intent.to_json(), indent=1) + "\n")
-        os.replace(tmp, self.intent_file)
+        write_atomic(self.intent_file, json.dumps(intent.to_json(), indent=1) + "\n")
         self.allocator.intent = intent
 
 
@@ -115,10 +114,13 @@ class SwarmGPUManager(GPUManager):
         self.constraints = tuple(constraints)  # every user server's placement constraints
         self.allocator = ExclusiveAllocator([], self.allocator.intent, policy)
         self.swarm = SwarmInventory()
+        self.releasing: dict[str, str] = {}  # uuid -> node: a stopping task still has its unit
 
     async def reconcile(self, docker: DockerCall) -> None:
+        # tasks Swarm means to run, and those it is shutting down (their units not released yet)
         nodes_json, services, tasks = await asyncio.gather(
-            docker("nodes"), docker("services"), docker("tasks", filters={"desired-state": "running"}))
+            docker("nodes"), docker("services"),
+            docker("tasks", filters={"desired-state": ["running", "shutdown", "remove"]}))
         nodes = nodes_from_engine(nodes_json)
         self.swarm = inventory_from_nodes(nodes, self.constraints)
         intent = load_intent(self.intent_file)
@@ -127,6 +129,8 @@ class SwarmGPUManager(GPUManager):
         self.allocator.intent = intent
         self.allocator.unavailable = dict(self.swarm.unavailable)
         self.allocator.reconcile(holders_from_tasks(tasks, services, nodes, self.label_prefix))
+        self.releasing = releasing_from_tasks(tasks, nodes)
+        self.allocator.releasing = frozenset(self.releasing)
 
     def assign(self, user: str, server: str, groups: set[str], now: float) -> Assignment:
         gpu = self.allocator.allocate(user, server, since=now, groups=groups, now=now)

@@ -1,20 +1,27 @@
-"""Parked servers: which paused containers gave their GPU back (hub/service_process/reclaim/park.py parks them).
+"""Parked servers: which paused containers gave their GPU back (hub/common/park.py parks them).
 
 A container's labels cannot change once it exists, so what is parked is kept in a small JSON
 file on the state volume, ``gpu-parked.json`` beside the admin's intent:
 ``{"user\\nserver": {record}}``. A container counts as parked only while the file names it
 AND the engine shows it paused (``parked_ids``): a stale record (the container was unpaused,
 removed, or replaced by a new one) can never free a GPU that is in use.
+
+The file also keeps, under ``"_resumed"``, when each container last came back from parking
+(``resumed_at``): usage accounting (hub.usage.reconcile) counts a resumed container's GPU time
+from then on, so parked time is never GPU time (docker unpause leaves ``State.StartedAt`` as it was).
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from hub.files import write_atomic
+
 FILE = "gpu-parked.json"
+RESUMED = "_resumed"  # container id -> when it last resumed (epoch seconds)
+RESUMED_KEEP = 64 * 86400.0  # resumed times older than this are dropped at the next write
 
 
 @dataclass(frozen=True)
@@ -53,16 +60,21 @@ class ParkedFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def all(self) -> dict[tuple[str, str], Parked]:
+    def _raw(self) -> dict:
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        return data if isinstance(data, dict) else {}
+
+    def all(self) -> dict[tuple[str, str], Parked]:
         out = {}
-        for value in (data.values() if isinstance(data, dict) else ()):
+        for name, value in self._raw().items():
+            if name == RESUMED:
+                continue
             try:
                 record = Parked.from_json(value)
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, AttributeError):
                 continue  # one bad record frees nothing and blocks nothing else
             out[record.key] = record
         return out
@@ -70,22 +82,39 @@ class ParkedFile:
     def get(self, key: tuple[str, str]) -> Parked | None:
         return self.all().get(key)
 
-    def put(self, record: Parked) -> None:
-        data = {"\n".join(k): r.to_json() for k, r in self.all().items()}
-        data["\n".join(record.key)] = record.to_json()
-        self._write(data)
+    def resumed_at(self) -> dict[str, float]:
+        """Container id -> when it last came back from parking."""
+        value = self._raw().get(RESUMED)
+        out = {}
+        for cid, when in (value.items() if isinstance(value, dict) else ()):
+            try:
+                out[str(cid)] = float(when)
+            except (TypeError, ValueError):
+                continue
+        return out
 
-    def pop(self, key: tuple[str, str]) -> Parked | None:
+    def put(self, record: Parked) -> None:
+        records = self.all()
+        records[record.key] = record
+        self._write(records, self.resumed_at())
+
+    def pop(self, key: tuple[str, str], resumed: float | None = None) -> Parked | None:
+        """Remove a record; ``resumed``: its container runs on its GPU again from that time."""
         records = self.all()
         gone = records.pop(key, None)
         if gone is not None:
-            self._write({"\n".join(k): r.to_json() for k, r in records.items()})
+            times = self.resumed_at()
+            if resumed is not None:
+                times[gone.container] = resumed
+            self._write(records, times)
         return gone
 
-    def _write(self, data: dict) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+    def _write(self, records: dict[tuple[str, str], Parked], resumed: dict[str, float]) -> None:
+        data: dict[str, Any] = {"\n".join(k): r.to_json() for k, r in records.items()}
+        if resumed:
+            newest = max(resumed.values())
+            data[RESUMED] = {c: t for c, t in resumed.items() if newest - t < RESUMED_KEEP}
+        write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def is_paused(container: Mapping[str, Any]) -> bool:

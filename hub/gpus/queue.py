@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+from hub.files import write_atomic
 
 Key = tuple[str, str]  # (user, server)
 
@@ -199,9 +200,7 @@ class GPUQueue:
     def save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"time": self.clock(), "waiting": self.to_json(), "moves": self.moves}, indent=1))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"time": self.clock(), "waiting": self.to_json(), "moves": self.moves}, indent=1))
 
     def recover(self) -> list[dict]:
         """The line a previous hub process left (its starts ended with it); remembered so that
@@ -253,9 +252,7 @@ def request_move(line_path: str | Path, user: str, server: str, position: int, n
     move_id = uuid.uuid4().hex[:12]
     moves = [m for m in read_moves(path) if now - m["at"] < keep][-99:]
     moves.append({"id": move_id, "user": user, "server": server, "position": position, "at": now})
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"moves": moves}, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"moves": moves}, indent=1))
     return move_id
 
 
@@ -263,9 +260,7 @@ def withdraw_move(line_path: str | Path, move_id: str) -> None:
     """(The console) take back a move the hub has not applied."""
     path = moves_file(line_path)
     moves = [m for m in read_moves(path) if m["id"] != move_id]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"moves": moves}, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"moves": moves}, indent=1))
 
 
 def move_outcome(line_path: str | Path, move_id: str) -> str | None:

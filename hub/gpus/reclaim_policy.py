@@ -9,7 +9,12 @@ moves the deadline back by one grace period, once per warning; only GPU work cle
 Exempt users and groups are never reclaimed; an admin may extend one server until a time.
 Servers without a GPU hold none and are never judged.
 
-A profile may carry its own threshold, timeout and grace, or switch reclaim off
+What "stopped" means is the policy's ``action``: ``stop`` (the default) stops the server;
+``park`` parks it instead (hub/common/park.py: its kernels' GPU state moved into host memory,
+the container paused, the GPU given back; it falls back to the stop when parking is refused or
+fails), and a server parked longer than ``max_parked`` seconds is then stopped.
+
+A profile may carry its own threshold, timeout, grace, action and maximum parked time, or switch reclaim off
 (``ReclaimOverride``, from the profiles file); ``PolicyTable`` gives each server the policy of
 the profile it was started with. Exemptions stay global.
 """
@@ -28,16 +33,23 @@ class ReclaimPolicy:
     grace: float = 600.0  # seconds from the warning to the stop
     exempt_users: frozenset[str] = frozenset()
     exempt_groups: frozenset[str] = frozenset()
+    action: str = "stop"  # what reclaiming does: "stop", or "park" (falls back to the stop)
+    max_parked: float = 86400.0  # seconds a parked server stays parked, then it is stopped
 
     @property
     def enabled(self) -> bool:
         return self.timeout > 0
+
+    @property
+    def parks(self) -> bool:
+        return self.action == "park"
 
     def exempt(self, user: str, groups: Iterable[str]) -> bool:
         return user in self.exempt_users or not self.exempt_groups.isdisjoint(groups)
 
     def to_json(self) -> dict[str, Any]:
         return {"threshold_pct": self.threshold_pct, "timeout_s": self.timeout, "grace_s": self.grace,
+                "action": self.action, "max_parked_s": self.max_parked,
                 "exempt_users": sorted(self.exempt_users), "exempt_groups": sorted(self.exempt_groups)}
 
 
@@ -49,24 +61,29 @@ class ReclaimOverride:
     threshold_pct: float | None = None
     timeout: float | None = None
     grace: float | None = None
+    action: str | None = None
+    max_parked: float | None = None
 
     def apply(self, policy: ReclaimPolicy) -> ReclaimPolicy:
         if self.off:
             return replace(policy, timeout=0.0)
-        changes = {k: v for k in ("threshold_pct", "timeout", "grace") if (v := getattr(self, k)) is not None}
+        changes = {k: v for k in ("threshold_pct", "timeout", "grace", "action", "max_parked")
+                   if (v := getattr(self, k)) is not None}
         return replace(policy, **changes)
 
     def to_json(self) -> Any:
         return "off" if self.off else {k: v for k, v in asdict(self).items() if k != "off" and v is not None}
 
 
-OVERRIDE_KEYS = {"threshold": "threshold_pct", "timeout": "timeout", "grace": "grace"}
+OVERRIDE_KEYS = {"threshold": "threshold_pct", "timeout": "timeout", "grace": "grace", "action": "action",
+                 "max_parked": "max_parked"}
+ACTIONS = ("stop", "park")
 
 
 def parse_override(value: Any, where: str) -> ReclaimOverride:
     """A profile's ``reclaim:``: ``off`` (YAML's off/false too), or a mapping of ``threshold``
-    (percent, 1-100), ``timeout`` (seconds, 0: off) and ``grace`` (seconds, > 0). A ValueError
-    says what is wrong."""
+    (percent, 1-100), ``timeout`` (seconds, 0: off), ``grace`` (seconds, > 0), ``action``
+    (``stop`` or ``park``) and ``max_parked`` (seconds, > 0). A ValueError says what is wrong."""
     if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
         return ReclaimOverride(off=True)
     if not isinstance(value, dict) or not value:
@@ -75,8 +92,13 @@ def parse_override(value: Any, where: str) -> ReclaimOverride:
     unknown = set(value) - set(OVERRIDE_KEYS)
     if unknown:
         raise ValueError(f"{where}: reclaim: unknown key(s) {sorted(unknown)}; allowed: {sorted(OVERRIDE_KEYS)}")
-    numbers = {}
+    numbers: dict[str, Any] = {}
     for key, number in value.items():
+        if key == "action":
+            if number not in ACTIONS:
+                raise ValueError(f"{where}: reclaim.action is 'stop' or 'park', got {number!r}")
+            numbers["action"] = number
+            continue
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise ValueError(f"{where}: reclaim.{key} must be a number, got {number!r}")
         numbers[OVERRIDE_KEYS[key]] = float(number)
@@ -86,6 +108,8 @@ def parse_override(value: Any, where: str) -> ReclaimOverride:
         raise ValueError(f"{where}: reclaim.timeout is seconds from 0 (never reclaim) to 2592000 (30 days)")
     if "grace" in numbers and not 0 < numbers["grace"] <= 30 * 86400:
         raise ValueError(f"{where}: reclaim.grace is seconds from 1 to 2592000 (30 days)")
+    if "max_parked" in numbers and not 0 < numbers["max_parked"] <= 30 * 86400:
+        raise ValueError(f"{where}: reclaim.max_parked is seconds from 1 to 2592000 (30 days)")
     return ReclaimOverride(**numbers)
 
 

@@ -236,6 +236,28 @@ def holders_from_tasks(tasks: Iterable[Mapping[str, Any]], services: Iterable[Ma
     return held
 
 
+def releasing_from_tasks(tasks: Iterable[Mapping[str, Any]], nodes: Iterable[SwarmNode]) -> dict[str, str]:
+    """uuid -> the node of a task Swarm is shutting down that still has its GPU's unit: its
+    service was removed (or updated), so the hub counts the GPU free, but Swarm's scheduler
+    hands the unit on only once the node reports the task ended (the container stopped). A
+    service given that GPU meanwhile waits "pending" (insufficient resources); the allocator
+    offers GPUs whose unit is released first. A task of a down node releases nothing (and
+    holds nothing: ``task_is_live``)."""
+    by_id = {n.id: n for n in nodes}
+    found: dict[str, str] = {}
+    for task in tasks:
+        if str(task.get("DesiredState") or "").lower() in LIVE_DESIRED:
+            continue
+        if str((task.get("Status") or {}).get("State") or "").lower() not in LIVE_OBSERVED:
+            continue
+        node = by_id.get(task.get("NodeID") or "")
+        if node is None or node.state == "down":
+            continue
+        for uuid in assigned_uuids(task):
+            found[uuid] = node.hostname
+    return found
+
+
 def service_state(tasks: Iterable[Mapping[str, Any]], nodes: Iterable[SwarmNode]) -> tuple[bool, str]:
     """(running, why not) for one service's tasks: running while one task is live, or while
     it has none yet (Swarm makes it right after the service); else the latest task's end, in
@@ -315,3 +337,52 @@ def start_state(tasks: Iterable[Mapping[str, Any]]) -> tuple[str, str]:
     if state in ENDED or str(tasks[-1].get("DesiredState") or "").lower() in ENDED:
         return "ended", f"{state}: {said}"
     return "waiting", f"{state}: {said}" if said != state else state
+
+
+# A node's new state, or availability, after which its servers are gone or going: Swarm marks
+# a node "down" once it missed its heartbeats (the dispatcher heartbeat period, 5 s by default,
+# times 3), "disconnected" when its session ended; a drained node's tasks are shut down.
+NODE_LOST_STATES = ("down", "disconnected")
+
+
+@dataclass(frozen=True)
+class NodeChange:
+    """A node event (``docker events --filter type=node``) that ends the node's servers."""
+    node_id: str
+    hostname: str
+    what: str  # "down", "disconnected", "drain", "removed"
+
+    @property
+    def message(self) -> str:
+        """For the user whose server ran there (as ``service_state`` says it)."""
+        if self.what == "drain":
+            return (f"The node {self.hostname} your server ran on was drained by an administrator; "
+                    "start it again to run elsewhere.")
+        if self.what == "removed":
+            return "The node your server ran on left the swarm; start it again to run elsewhere."
+        return f"The node {self.hostname} your server ran on went {self.what}; start it again to run elsewhere."
+
+
+def node_change(event: Mapping[str, Any]) -> NodeChange | None:
+    """The change an engine event reports, if it ends the node's servers (else None). The
+    manager's node events carry the new state (``state.new``) and availability
+    (``availability.new``) in the actor's attributes, and the hostname as ``name``."""
+    if str(event.get("Type") or "") != "node":
+        return None
+    actor = event.get("Actor") or {}
+    attrs = actor.get("Attributes") or {}
+    node_id = str(actor.get("ID") or "")
+    hostname = str(attrs.get("name") or node_id)
+    if not node_id:
+        return None
+    action = str(event.get("Action") or "")
+    if action == "remove":
+        return NodeChange(node_id, hostname, "removed")
+    if action != "update":
+        return None
+    state = str(attrs.get("state.new") or "").lower()
+    if state in NODE_LOST_STATES:
+        return NodeChange(node_id, hostname, state)
+    if str(attrs.get("availability.new") or "").lower() == "drain":
+        return NodeChange(node_id, hostname, "drain")
+    return None

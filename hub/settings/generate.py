@@ -1,7 +1,7 @@
 """Writes the files generated from the settings table (hub/settings/table.py):
 
-  .env.example           every variable, by section, with its help as comments
-  docs/configuration.md  the configuration reference: a table per section
+  .env.example           every variable but the internal ones, by section, with its help as comments
+  docs/configuration.md  the configuration reference: a table per section (the internal ones last)
   docker-compose.yml     the hub service's environment list, between two marker comments
   swarm/stack.yml        the same list for the Swarm stack (HUB_BACKEND fixed to swarm)
 
@@ -39,6 +39,11 @@ def settings_of(section: Section) -> list[Setting]:
     return [s for s in SETTINGS.values() if s.section is section]
 
 
+def in_env_file(section: Section) -> list[Setting]:
+    """What .env.example shows of a section: no internal variable (the hub sets those itself)."""
+    return [s for s in settings_of(section) if not s.internal]
+
+
 def plain(markdown: str) -> str:
     """Help text for a comment: links become "docs/page.md" (or "title in docs/page.md" for a
     part of a page), code loses its backticks."""
@@ -60,8 +65,10 @@ def env_example() -> str:
         "# file.",
     ]
     for section in SECTIONS:
+        if not in_env_file(section):
+            continue
         lines += ["", f"# --- {section.title} ".ljust(WIDTH, "-"), *comment(section.intro), ""]
-        for s in settings_of(section):
+        for s in in_env_file(section):
             lines += [*comment(s.help), f"{s.name}={s.value}"]
     return "\n".join(lines) + "\n"
 

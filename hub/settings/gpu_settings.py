@@ -1,10 +1,10 @@
 """The GPU settings the hub hands to the GPU console, in one object.
 
-The hub builds a ``GPUSettings`` from its spawner's configuration and writes it into the console
-service's environment (``to_env``); the console reads it back (``from_env``). Both sides use the
-field defaults below (those of deployment variables come from the settings table), so a default
-lives in one place, and a bad value stops the console at start with a message naming the
-variable, the value and an example of a good one.
+The hub builds a ``GPUSettings`` from its spawner's configuration and writes it into the service
+process's environment (``to_env``); the GPU console and gpu-reclaim read it back (``from_env``),
+every variable through the settings table (hub/settings/table.py: the internal ones are its
+"Internal" rows), so a default lives in one place, and a bad value stops the service process at
+start with a message naming the variable, the value and an example of a good one.
 """
 from __future__ import annotations
 
@@ -14,43 +14,50 @@ from dataclasses import dataclass, fields
 
 from traitlets.config.loader import ConfigError
 
-from hub.settings import STATE_DIR, readers
-from hub.settings.table import SETTINGS
+from hub.settings import readers
+from hub.settings.table import SETTINGS, read
 from hub.units import parse_size
 
 REQUEST_STYLES = SETTINGS["GPU_REQUEST_STYLE"].choices
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
+STATE_DIR = SETTINGS["GPUHUB_STATE_DIR"].default
+FILES = {"intent_file": "gpu-intent.json", "audit_file": "gpu-audit.jsonl", "usage_db": "gpu-usage.sqlite"}
+"""The state volume's files, where GPUHUB_GPU_INTENT_FILE, GPUHUB_GPU_AUDIT_FILE, GPUHUB_USAGE_DB
+are not set: in GPUHUB_STATE_DIR."""
+
+
+def _default(name: str):
+    return SETTINGS[name].default
 
 
 @dataclass(frozen=True)
 class GPUSettings:
     name_prefix: str = SETTINGS["HUB_NAME_PREFIX"].default
     """The hub's prefix for Docker names (HUB_NAME_PREFIX): which containers are this hub's."""
-    intent_file: str = f"{STATE_DIR}/gpu-intent.json"
+    intent_file: str = f"{STATE_DIR}/{FILES['intent_file']}"
     """Admin intent (pins, drains, access); the spawner re-reads it before every decision."""
-    audit_file: str = f"{STATE_DIR}/gpu-audit.jsonl"
+    audit_file: str = f"{STATE_DIR}/{FILES['audit_file']}"
     """The console's audit log of admin actions."""
     request_style: str = SETTINGS["GPU_REQUEST_STYLE"].default
     """How containers are given their GPU: auto, cdi or nvidia."""
-    label_prefix: str = "gpuhub"
+    label_prefix: str = _default("GPUHUB_LABEL_PREFIX")
     """Prefix of the labels that name a container's user, server and GPU."""
-    cdi_dirs: tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
+    cdi_dirs: tuple[str, ...] = tuple(_default("GPUHUB_GPU_CDI_DIRS").split(":"))
     """Directories with the host's CDI specs."""
-    inventory_file: str = ""
+    inventory_file: str = _default("GPUHUB_GPU_INVENTORY_FILE")
     """A static GPU list for hosts where neither NVML nor CDI finds the GPUs ("" for none)."""
     log_level: str = SETTINGS["HUB_LOG_LEVEL"].default
     """The console's log level (the hub's HUB_LOG_LEVEL)."""
-    usage_interval: float = 10.0
+    usage_interval: float = float(_default("GPUHUB_USAGE_INTERVAL"))
     """Seconds between two samples of GPU usage."""
-    course_check_interval: float = 60.0
+    course_check_interval: float = float(_default("GPUHUB_COURSE_CHECK_INTERVAL"))
     """Seconds between two checks of courses' session limits and reservations."""
-    bind: str = "0.0.0.0"
+    bind: str = _default("GPUHUB_CONSOLE_BIND")
     """The address the console listens on inside the hub's container."""
-    usage_db: str = f"{STATE_DIR}/gpu-usage.sqlite"
+    usage_db: str = f"{STATE_DIR}/{FILES['usage_db']}"
     """The GPU usage store (hub/usage/store.py), beside the hub's database."""
     quota_default: str = ""
     """Every user's GPU quota (GPU_QUOTA_DEFAULT, e.g. 20h/7d; "" for none)."""
-    usage_sync_interval: float = 15.0
+    usage_sync_interval: float = float(_default("GPUHUB_USAGE_SYNC_INTERVAL"))
     """Seconds between two syncs of the usage store with the engine (and quota checks)."""
     backend: str = SETTINGS["HUB_BACKEND"].default
     """Where servers run (HUB_BACKEND): "docker" (this host) or "swarm" (the swarm's nodes)."""
@@ -59,6 +66,10 @@ class GPUSettings:
     roster_max_bytes: int = parse_size(SETTINGS["CONSOLE_ROSTER_MAX_SIZE"].default)
     """The largest roster the console reads (CONSOLE_ROSTER_MAX_SIZE); its API's roster route
     takes a body of twice that (JSON-escaped text), every other route 64 KiB."""
+    state_dir: str = STATE_DIR
+    """The hub's state volume: where the files above are unless set, and gpu-reclaim's own."""
+    profiles_file: str = _default("GPUHUB_PROFILES_FILE")
+    """The profiles file, for gpu-reclaim's per-profile policy."""
 
     def __post_init__(self):
         # Lists from a traitlets config become tuples, so the object stays hashable and frozen.
@@ -85,6 +96,8 @@ class GPUSettings:
             "backend": self.backend,
             "swarm_constraints": ",".join(self.swarm_constraints),
             "roster_max_bytes": str(self.roster_max_bytes),
+            "state_dir": self.state_dir,
+            "profiles_file": self.profiles_file,
         }
         return {ENV[field]: value for field, value in values.items()}
 
@@ -92,31 +105,13 @@ class GPUSettings:
     def from_env(cls, env: Mapping[str, str]) -> GPUSettings:
         """The settings in ``env`` (variables not set, or blank, take the defaults); other
         variables in ``env`` are ignored. Raises ConfigError naming a bad variable."""
-        d = cls()
-
-        def get(field: str, default: str) -> str:
-            return readers.text(env, ENV[field], default)
-
-        cdi = get("cdi_dirs", ":".join(d.cdi_dirs))
-        return cls(
-            name_prefix=readers.name_prefix(env, ENV["name_prefix"], d.name_prefix),
-            intent_file=get("intent_file", d.intent_file),
-            audit_file=get("audit_file", d.audit_file),
-            request_style=readers.choice(env, ENV["request_style"], d.request_style, REQUEST_STYLES),
-            label_prefix=get("label_prefix", d.label_prefix),
-            cdi_dirs=tuple(p for p in cdi.split(":") if p),
-            inventory_file=get("inventory_file", d.inventory_file),
-            log_level=_log_level(env, ENV["log_level"], d.log_level),
-            usage_interval=_seconds(env, ENV["usage_interval"], d.usage_interval),
-            course_check_interval=_seconds(env, ENV["course_check_interval"], d.course_check_interval),
-            bind=get("bind", d.bind),
-            usage_db=get("usage_db", d.usage_db),
-            quota_default=readers.gpu_quota(env, ENV["quota_default"], d.quota_default),
-            usage_sync_interval=_seconds(env, ENV["usage_sync_interval"], d.usage_sync_interval),
-            backend=readers.choice(env, ENV["backend"], d.backend, SETTINGS["HUB_BACKEND"].choices),
-            swarm_constraints=tuple(readers.name_list(env, ENV["swarm_constraints"])),
-            roster_max_bytes=roster_size(env, ENV["roster_max_bytes"]),
-        )
+        values = {field: read(env, name) for field, name in ENV.items()}
+        state = values["state_dir"]
+        for field, file in FILES.items():  # optional: unset means the file in the state directory
+            values[field] = values[field] or f"{state}/{file}"
+        values["cdi_dirs"] = tuple(p for p in values["cdi_dirs"].split(":") if p)
+        values["roster_max_bytes"] = roster_size(env, ENV["roster_max_bytes"])
+        return cls(**values)
 
     def configure_logging(self) -> None:
         logging.basicConfig(level=self.log_level,
@@ -142,8 +137,11 @@ ENV = {
     "backend": "HUB_BACKEND",
     "swarm_constraints": "SWARM_CONSTRAINTS",
     "roster_max_bytes": "CONSOLE_ROSTER_MAX_SIZE",
+    "state_dir": "GPUHUB_STATE_DIR",
+    "profiles_file": "GPUHUB_PROFILES_FILE",
 }
 assert set(ENV) == {f.name for f in fields(GPUSettings)}
+assert set(ENV.values()) <= set(SETTINGS), "every variable of GPUSettings is a row of the settings table"
 
 
 ROSTER_SIZE_RANGE = (4 * 2**10, 64 * 2**20)
@@ -158,21 +156,3 @@ def roster_size(env: Mapping[str, str], name: str = "CONSOLE_ROSTER_MAX_SIZE") -
         raise ConfigError(f"{name}={env.get(name)!r} is out of range: use a size from 4K to 64M, e.g. {name}=4M")
     return value
 
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = readers.text(env, name, f"{default:g}")
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds: use a positive number, e.g. {name}={default:g}")
-    return value
-
-
-def _log_level(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = readers.text(env, name, default).upper()
-    if raw not in LOG_LEVELS:
-        raise ConfigError(f"{name}={raw!r} is not a log level: use one of DEBUG, INFO, WARNING, ERROR, "
-                          f"CRITICAL, e.g. {name}={default}")
-    return raw

@@ -52,11 +52,14 @@ def non_negative_int(env: Mapping[str, str], name: str, default: str) -> int:
     return int(raw)
 
 
+YES, NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def boolean(env: Mapping[str, str], name: str, default: str) -> bool:
     raw = text(env, name, default).lower()
-    if raw in ("1", "true", "yes", "on"):
+    if raw in YES:
         return True
-    if raw in ("0", "false", "no", "off"):
+    if raw in NO:
         return False
     raise ConfigError(f"{name}={raw!r} is not a yes/no value: use true or false")
 
@@ -121,3 +124,27 @@ def gpu_quota(env: Mapping[str, str], name: str, default: str) -> str:
     except QuotaError as exc:
         raise ConfigError(f"{name}={raw!r}: {exc}") from None
     return raw.replace(" ", "")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL")
+
+
+def seconds(env: Mapping[str, str], name: str, default: str) -> float:
+    """A positive number of seconds (10, 0.5)."""
+    raw = text(env, name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds: use a positive number, e.g. {name}={default}")
+    return value
+
+
+def log_level(env: Mapping[str, str], name: str, default: str) -> str:
+    """A log level of Python's logging, upper case."""
+    raw = text(env, name, default).upper()
+    if raw not in LOG_LEVELS:
+        raise ConfigError(f"{name}={raw!r} is not a log level: use one of DEBUG, INFO, WARNING, ERROR, "
+                          f"CRITICAL, e.g. {name}={default}")
+    return raw

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hub import __version__
-from hub.settings import readers
+from hub.settings import PROFILES_FILE, RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, STATE_DIR, readers
 
-HUB, INIT, COMPOSE, MAKE = "hub", "init", "compose", "make"
+HUB, INIT, COMPOSE, MAKE, INTERNAL = "hub", "init", "compose", "make", "internal"
 
 
 def release_tag(repository: str) -> str:
@@ -57,8 +57,10 @@ class Setting:
     """How the docs show the default when it is not a plain value."""
     used_by: str = HUB
     """Who reads it: the hub (compose passes it into the hub's container), the one-shot init
-    service, docker compose itself (ports, volumes, image builds), or ``make up`` alone
-    (hub/settings/host_setup.py, which turns it into compose.host.yml)."""
+    service, docker compose itself (ports, volumes, image builds), ``make up`` alone
+    (hub/settings/host_setup.py, which turns it into compose.host.yml), or INTERNAL: the hub
+    writes it into its service process's environment (not in .env.example nor compose; the
+    reference lists it as internal)."""
     optional: bool = False
     """Blank means "not set" (read() returns None) rather than the default."""
     tagged: bool = False
@@ -78,6 +80,10 @@ class Setting:
     @property
     def to_hub(self) -> bool:
         return self.used_by == HUB
+
+    @property
+    def internal(self) -> bool:
+        return self.used_by == INTERNAL
 
     def read(self, env: Mapping[str, str]):
         """The value of this setting in ``env``, parsed and checked (a ConfigError names it)."""
@@ -100,6 +106,16 @@ class Setting:
 def read(env: Mapping[str, str], name: str):
     """The value of the setting ``name`` in ``env`` (see Setting.read)."""
     return SETTINGS[name].read(env)
+
+
+def given(env: Mapping[str, str], name: str) -> bool:
+    """Whether the setting ``name`` is set in ``env``: not blank and, for a yes/no setting, not a
+    no. A value that is neither yes nor no counts as set, so a check that it should not be set
+    names it. Never raises for a bad value (``read`` does)."""
+    raw = env.get(name, "").strip()
+    if SETTINGS[name].kind == "boolean":
+        return bool(raw) and raw.lower() not in readers.NO
+    return bool(raw)
 
 
 HUB_SECTION = Section("Hub", "Where the hub is published, the names of its Docker objects, and its log.")
@@ -131,6 +147,10 @@ SWARM = Section("Docker Swarm", (
     "One hub over several GPU servers: `make swarm-up` deploys the hub and proxy as a Swarm stack "
     "(`swarm/stack.yml`) and every user server is a Swarm service on a node with a free GPU. The single-host "
     "compose stack ignores these. See [One hub over several GPU servers](swarm.md)."))
+INTERNAL_SECTION = Section("Internal", (
+    "Not for `.env`: the hub writes these into the environment of its service process (the GPU console "
+    "and `gpu-reclaim`, which read them through this table like every other setting), from its own "
+    "configuration; tests point them elsewhere. Listed so that every variable a process reads is here."))
 IMAGES = Section("Images", (
     "Read by docker compose and `make` when they build the images, not by the hub; see "
     "[The images](images.md)."))
@@ -254,6 +274,17 @@ _TABLE = [
     Setting("HOST_MEMINFO_FILE", SERVERS, "text", default="/proc/meminfo", example="/srv/jupyterhub/state/meminfo",
             help="Where the hub reads the host's memory (a container sees the host's `/proc/meminfo`); the "
                  "tests point it at a file of their own."),
+    Setting("WARM_KERNEL", SERVERS, "boolean", default="true", example="false",
+            help="Each server keeps one spare kernel with `WARM_KERNEL_IMPORTS` done, started after the "
+                 "first JupyterLab page at low priority and handed to the first notebook, so its first cell "
+                 "answers at once; the next spare starts only if the server's memory has room. It holds no GPU "
+                 "memory and is not the user's kernel (nor counted as activity) until a notebook takes it. "
+                 "A profile's `warm_kernel:` overrides this; see "
+                 "[Performance: instant start](performance.md#instant-start)."),
+    Setting("WARM_KERNEL_IMPORTS", SERVERS, "text", optional=True, example="torch numpy",
+            default_doc="the image's: `numpy torch pandas matplotlib.pyplot`",
+            help="Modules the spare kernel imports, separated by spaces (a profile's `warm_kernel: [...]` "
+                 "overrides it). Empty: the image's default list."),
     Setting("USER_NETWORK_ISOLATION", SERVERS, "boolean", default="true", example="false",
             help="A user's server reaches only the hub's API and the proxy's public port on the deployment's "
                  "network (not other users' servers, the proxy's API, the services or Prometheus), never "
@@ -335,6 +366,19 @@ _TABLE = [
             help="Seconds from the warning (due `GPU_IDLE_TIMEOUT` after the GPU went idle) to the stop; "
                  "GPU work resuming cancels it, and the user's "
                  "\"still working\" adds this once."),
+    Setting("GPU_IDLE_ACTION", IDLE_GPUS, "choice", default="stop", example="park", choices=("stop", "park"),
+            help="What reclaiming an idle GPU does: `stop` the server (files kept), or `park` it (preview): "
+                 "its kernels' GPU state moves into the container's host memory, the container is paused and "
+                 "the GPU given back; the person resumes it later with every variable intact, or it is stopped "
+                 "after `GPU_PARK_MAX`. Parking needs driver 570 or newer and falls back to the stop when it "
+                 "cannot be done (audit log). A profile's `reclaim: {action: park}` sets it per profile. "
+                 "See [Parking](gpus.md#parking-preview)."),
+    Setting("GPU_PARK_MAX", IDLE_GPUS, "positive_int", default="86400", example="28800",
+            help="Seconds a parked server stays parked; then it is stopped as `stop` would have "
+                 "(profile: `reclaim: {max_parked: ...}`)."),
+    Setting("GPU_PARK_HOST_RESERVE", IDLE_GPUS, "non_negative_int", default="8", example="16",
+            help="GiB of host memory that parking must leave available: a server whose GPU memory would "
+                 "not fit beside it is stopped instead, and the audit log says why."),
     Setting("GPU_IDLE_EXEMPT_USERS", IDLE_GPUS, "name_list", example="alice,bob",
             help="Users whose servers are never reclaimed (comma-separated)."),
     Setting("GPU_IDLE_EXEMPT_GROUPS", IDLE_GPUS, "name_list", example="long-jobs",
@@ -424,6 +468,43 @@ _TABLE = [
     Setting("TORCH_PACKAGES", IMAGES, "compose", default="torch==2.14.1 torchvision==0.29.1", used_by=COMPOSE,
             help="What pip installs for PyTorch in the single-user image (PyPI's Linux wheels are the "
                  "CUDA build)."),
+    # --- Internal: the service process's own (hub/settings/gpu_settings.py writes and reads them)
+    Setting("GPUHUB_STATE_DIR", INTERNAL_SECTION, "text", default=STATE_DIR, used_by=INTERNAL,
+            help="The hub's state volume as the service process sees it: the default place of the files below."),
+    Setting("GPUHUB_PROFILES_FILE", INTERNAL_SECTION, "text", default=PROFILES_FILE, used_by=INTERNAL,
+            help="The profiles file (`HUB_PROFILES`, mounted into the hub), for `gpu-reclaim`'s per-profile policy."),
+    Setting("GPUHUB_GPU_INTENT_FILE", INTERNAL_SECTION, "text", optional=True, used_by=INTERNAL,
+            default_doc="`gpu-intent.json` in `GPUHUB_STATE_DIR`",
+            help="The admin's intent (pins, drains, access); the spawner re-reads it before every decision."),
+    Setting("GPUHUB_GPU_AUDIT_FILE", INTERNAL_SECTION, "text", optional=True, used_by=INTERNAL,
+            default_doc="`gpu-audit.jsonl` in `GPUHUB_STATE_DIR`", help="The audit log of admin actions."),
+    Setting("GPUHUB_USAGE_DB", INTERNAL_SECTION, "text", optional=True, used_by=INTERNAL,
+            default_doc="`gpu-usage.sqlite` in `GPUHUB_STATE_DIR`",
+            help="The GPU usage store, read by the console and `gpu-reclaim` alike."),
+    Setting("GPUHUB_GPU_REQUEST_STYLE", INTERNAL_SECTION, "choice", default="auto", choices=("auto", "cdi", "nvidia"),
+            used_by=INTERNAL, help="The spawner's `GPU_REQUEST_STYLE`, for the console's reading of containers."),
+    Setting("GPUHUB_LABEL_PREFIX", INTERNAL_SECTION, "text", default="gpuhub", used_by=INTERNAL,
+            help="Prefix of the labels that name a container's user, server and GPU."),
+    Setting("GPUHUB_GPU_CDI_DIRS", INTERNAL_SECTION, "text", default="/etc/cdi:/var/run/cdi", used_by=INTERNAL,
+            help="Directories with the host's CDI specs, `:`-separated."),
+    Setting("GPUHUB_GPU_INVENTORY_FILE", INTERNAL_SECTION, "text", default="", used_by=INTERNAL,
+            help="A static GPU list for hosts where neither NVML nor CDI finds the GPUs (empty: none)."),
+    Setting("GPUHUB_CONSOLE_LOG_LEVEL", INTERNAL_SECTION, "log_level", default="INFO", used_by=INTERNAL,
+            help="The service process's log level (the hub's `HUB_LOG_LEVEL`)."),
+    Setting("GPUHUB_USAGE_INTERVAL", INTERNAL_SECTION, "seconds", default="10", used_by=INTERNAL,
+            help="Seconds between two samples of GPU usage."),
+    Setting("GPUHUB_COURSE_CHECK_INTERVAL", INTERNAL_SECTION, "seconds", default="60", used_by=INTERNAL,
+            help="Seconds between two checks of courses' session limits and reservations."),
+    Setting("GPUHUB_CONSOLE_BIND", INTERNAL_SECTION, "text", default="0.0.0.0", used_by=INTERNAL,
+            help="The address the console listens on inside the hub's container."),
+    Setting("GPUHUB_GPU_QUOTA_DEFAULT", INTERNAL_SECTION, "gpu_quota", default="", used_by=INTERNAL,
+            help="`GPU_QUOTA_DEFAULT` as the hub passed it on."),
+    Setting("GPUHUB_USAGE_SYNC_INTERVAL", INTERNAL_SECTION, "seconds", default="15", used_by=INTERNAL,
+            help="Seconds between two syncs of the usage store with the engine (and quota checks)."),
+    Setting(RECLAIM_TOKEN_ENV, INTERNAL_SECTION, "text", default="", used_by=INTERNAL,
+            help="`gpu-reclaim`'s API token, for the console's calls to it (written by the hub at start)."),
+    Setting(RECLAIM_URL_ENV, INTERNAL_SECTION, "text", default="", used_by=INTERNAL,
+            help="`gpu-reclaim`'s address, for the console's calls to it."),
 ]
 
 SETTINGS: dict[str, Setting] = {s.name: s for s in _TABLE}

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from hub.usage.accounting import Interval, held_in_window
+from hub.times import utc_words
 
 SCOPES = ("user", "group", "course", "default")
 WARN_AT = 0.9
@@ -100,7 +100,7 @@ class Status:
     def to_json(self) -> dict[str, Any]:
         return {**self.quota.to_json(), "used_hours": round(self.used_h, 4), "remaining_hours": round(self.remaining_h, 4),
                 "fraction": round(self.fraction, 4), "renews_at": self.renews_at,
-                "renews_at_iso": _iso(self.renews_at) if self.renews_at else None}
+                "renews_at_iso": utc_words(self.renews_at) if self.renews_at else None}
 
 
 def status(quota: Quota, intervals: Iterable[Interval], now: float) -> Status:
@@ -127,10 +127,6 @@ def tightest(statuses: Iterable[Status]) -> Status | None:
     return max(statuses, key=lambda s: (s.fraction, -s.quota.hours), default=None)
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _whose(q: Quota) -> str:
     return {"user": "your quota", "group": f"the quota of group {q.name}", "course": f"the quota of course {q.name}",
             "default": "this hub's quota"}[q.scope]
@@ -141,7 +137,7 @@ def refusal_message(s: Status) -> str:
     return (f"You have used {s.used_h:.1f} of {q.hours:g} GPU-hours in the last {_window_text(q.window_s)} "
             f"({_whose(q)}: {q.hours:g} h per {_window_text(q.window_s)}), so no GPU server can start now. "
             f"The quota renews as old usage leaves the window: you can start one again from "
-            f"{_iso(s.renews_at) if s.renews_at else 'now'}. Choose a CPU-only profile to work without a GPU "
+            f"{utc_words(s.renews_at) if s.renews_at else 'now'}. Choose a CPU-only profile to work without a GPU "
             "meanwhile, or ask an administrator.")
 
 
@@ -156,7 +152,7 @@ def stop_message(s: Status) -> str:
     q = s.quota
     return (f"Your server was stopped because {_whose(q)} of {q.hours:g} GPU-hours per "
             f"{_window_text(q.window_s)} is used up ({s.used_h:.1f} h). Your files in work/ are kept. "
-            f"You can start a GPU server again from {_iso(s.renews_at) if s.renews_at else 'now'}.")
+            f"You can start a GPU server again from {utc_words(s.renews_at) if s.renews_at else 'now'}.")
 
 
 def from_rows(rows: Iterable[Mapping[str, Any]], default: tuple[float, float] | None = None) -> list[Quota]:

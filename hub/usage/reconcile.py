@@ -16,6 +16,10 @@ the events are read while the engine still has them: only a server that starts a
 that second before a daemon restart, or while the console is down and the daemon then restarts,
 goes uncounted.
 
+Parked servers (hub.gpus.parked: paused, their GPU given back) hold no seat: their interval
+closes where it was last seen live, and after a resume a new one opens at the resume time
+(``parked_file``), so parked time is not GPU time.
+
 ``enforce``: for each user holding a GPU, the tightest quota (hub.usage.quota): at 90 % a
 warning the user reads on their next page load, at 100 % their GPU servers are stopped through
 the hub's API (files kept), with the reason kept for their next page load and an audit line.
@@ -34,6 +38,7 @@ from docker.errors import NotFound
 from hub import courses as course_model
 from hub.gpus.claim import LIVE_STATES, Labels
 from hub.gpus.model import GPU
+from hub.gpus.parked import ParkedFile, parked_ids
 from hub.usage import quota as quotas
 from hub.usage.accounting import (Interval, UtilisationSource, advance, docker_time, event_time,
                                   seats_of_container, seats_of_event, seats_of_tasks)
@@ -62,8 +67,10 @@ class UsageKeeper:
     def __init__(self, store: UsageStore, inventory: Callable[[], Iterable[GPU]], docker: DockerCall,
                  events: EventsCall, hub: Any, instance: str, label_prefix: str = "gpuhub",
                  util: UtilisationSource | None = None, default_quota: tuple[float, float] | None = None,
-                 audit: Callable[[dict], Awaitable[Any]] | None = None, clock: Callable[[], float] = time.time):
+                 audit: Callable[[dict], Awaitable[Any]] | None = None, clock: Callable[[], float] = time.time,
+                 parked_file: Any = None):
         self.store, self.inventory, self.docker, self.events, self.hub = store, inventory, docker, events, hub
+        self.parked = ParkedFile(parked_file) if parked_file else None
         self.instance, self.labels, self.util, self.clock = instance, Labels(label_prefix), util, clock
         self.default_quota, self.audit = default_quota, audit
         self.lock = asyncio.Lock()
@@ -95,7 +102,21 @@ class UsageKeeper:
             cached[cid] = (now, d)
         self._inspected = {cid: hit for cid, hit in cached.items() if hit[1]}
         inventory = list(self.inventory())
-        return [s for _, d in self._inspected.values() for s in seats_of_container(d, inventory, self.labels.prefix)]
+        parked, resumed = frozenset(), {}
+        if self.parked is not None:  # parked: no seat; resumed: a seat from the resume on
+            listing = [{"Id": c["Id"], "State": c.get("State")} for c in summaries]
+            parked = parked_ids(listing, (await asyncio.to_thread(self.parked.all)).values())
+            resumed = await asyncio.to_thread(self.parked.resumed_at)
+        seats = []
+        for _, d in self._inspected.values():
+            if d["Id"] in parked:
+                continue
+            start = None
+            if d["Id"] in resumed:
+                started = docker_time((d.get("State") or {}).get("StartedAt"))
+                start = max(resumed[d["Id"]], started or 0.0)
+            seats += seats_of_container(d, inventory, self.labels.prefix, start=start)
+        return seats
 
     async def _inspect(self, cid: str) -> dict | None:
         try:

@@ -15,6 +15,12 @@ Prints one JSON object; exit 0 when every process reached the state asked for. W
 it works on every CUDA process of this user (this one excepted). ``park`` is all or none: when
 one process fails, those already parked are resumed and the answer says which failed.
 
+A process that is stopped (SIGSTOP, Ctrl-Z, a debugger) or frozen (its container paused) is
+refused before the driver is asked: the driver's checkpoint calls are answered by a thread of
+the target process itself, so a call on a process that cannot run waits for ever (this is what
+hung tests/gpu_host/park_proof.py: it read the state after SIGSTOP). Each driver call is also
+bounded (``--deadline-s``, default 300): past it the answer says so instead of hanging.
+
 ``--fake`` (or GPU_PARK_FAKE=1): no driver is touched; each process's state is kept in a file
 (GPU_PARK_FAKE_STATE, default /tmp/.gpu-park-fake.json) with the driver's own transitions, so
 the hub's state machine can be tested where GPUs are fake. GPU_PARK_FAKE_FAIL=<operation>
@@ -28,6 +34,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 
 RUNNING, LOCKED, CHECKPOINTED, FAILED = 0, 1, 2, 3
@@ -36,6 +43,7 @@ STATE_NAMES = {RUNNING: "running", LOCKED: "locked", CHECKPOINTED: "checkpointed
 GPU_NODE = re.compile(r"^/dev/nvidia\d+$")  # a GPU itself, not nvidiactl or nvidia-uvm
 CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_ILLEGAL_STATE = 1, 401
 FAKE_STATE = "/tmp/.gpu-park-fake.json"
+DEADLINE_S = 300.0  # one driver call at most (a whole 80 GB GPU's checkpoint takes about 35 s)
 
 
 class ParkError(Exception):
@@ -112,13 +120,65 @@ def cuda_processes(proc: str = "/proc", uid: int | None = None, exclude: int | N
     return sorted(found, key=lambda p: p["pid"])
 
 
+def stopped(pid: int, proc: str = "/proc") -> str | None:
+    """Why ``pid`` cannot run now (None: it can): stopped by a signal or a tracer (its state T
+    or t), or frozen by its cgroup's freezer (``docker pause``). The driver's checkpoint calls
+    are served by a thread of the target, so on such a process they would never return."""
+    try:
+        with open(os.path.join(proc, str(pid), "stat")) as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None  # gone, or not readable: the driver's own answer says what
+    if state in ("T", "t"):
+        return "stopped (SIGSTOP, Ctrl-Z or a debugger)"
+    try:
+        with open(os.path.join(proc, str(pid), "cgroup")) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:  # cgroup v2: "0::/path"; its cgroup.events says "frozen 1" when paused
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[0] == "0":
+            try:
+                with open(f"/sys/fs/cgroup{parts[2].rstrip('/')}/cgroup.events") as f:
+                    if "frozen 1" in f.read().splitlines():
+                        return "frozen (its container is paused)"
+            except OSError:
+                pass
+    return None
+
+
+def bounded(call, seconds: float | None, what: str):
+    """``call()``, or ParkError after ``seconds`` (None: no bound). The call goes on in a
+    daemon thread that the process leaves behind (a driver call cannot be cancelled)."""
+    if not seconds:
+        return call()
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name=f"gpu-park {what}")
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise ParkError(f"{what}: no answer from the driver in {seconds:g} s (is the process able to run?)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 # -- the driver, and a stand-in for it ------------------------------------------------------------
 
 class Driver:
     """libcuda.so.1's checkpoint functions."""
     mode = "cuda"
 
-    def __init__(self, lib: str = "libcuda.so.1", cuda=None):
+    def __init__(self, lib: str = "libcuda.so.1", cuda=None, deadline: float | None = DEADLINE_S):
+        self.deadline = deadline
         try:
             self.cuda = cuda if cuda is not None else ctypes.CDLL(lib)  # cuda: a stand-in (tests)
         except OSError as exc:
@@ -132,6 +192,10 @@ class Driver:
         self.version = version.value
         self._check(self.cuda.cuInit(0), "cuInit")
 
+    def _call(self, name: str, what: str, *args) -> None:
+        """One checkpoint call, bounded by ``deadline``, its CUresult checked."""
+        self._check(bounded(lambda: getattr(self.cuda, name)(*args), self.deadline, what), what)
+
     def _check(self, result: int, what: str) -> None:
         if result == 0:
             return
@@ -142,16 +206,16 @@ class Driver:
 
     def state(self, pid: int) -> int:
         state = ctypes.c_int(-1)
-        self._check(self.cuda.cuCheckpointProcessGetState(pid, ctypes.byref(state)), "get state")
+        self._call("cuCheckpointProcessGetState", "get state", pid, ctypes.byref(state))
         return state.value
 
     def lock(self, pid: int, timeout_ms: int) -> None:
         args = LockArgs(timeoutMs=timeout_ms)
-        self._check(self.cuda.cuCheckpointProcessLock(pid, ctypes.byref(args)), "lock")
+        self._call("cuCheckpointProcessLock", "lock", pid, ctypes.byref(args))
 
     def checkpoint(self, pid: int) -> None:
         args = CheckpointArgs()
-        self._check(self.cuda.cuCheckpointProcessCheckpoint(pid, ctypes.byref(args)), "checkpoint")
+        self._call("cuCheckpointProcessCheckpoint", "checkpoint", pid, ctypes.byref(args))
 
     def restore(self, pid: int, pairs: list[tuple[str, str]] = ()) -> None:
         args = RestoreArgs()
@@ -161,11 +225,11 @@ class Driver:
                 slot.oldUuid[:] = uuid_bytes(old)
                 slot.newUuid[:] = uuid_bytes(new)
             args.gpuPairs, args.gpuPairsCount = ctypes.cast(array, ctypes.POINTER(GpuPair)), len(pairs)
-        self._check(self.cuda.cuCheckpointProcessRestore(pid, ctypes.byref(args)), "restore")
+        self._call("cuCheckpointProcessRestore", "restore", pid, ctypes.byref(args))
 
     def unlock(self, pid: int) -> None:
         args = UnlockArgs()
-        self._check(self.cuda.cuCheckpointProcessUnlock(pid, ctypes.byref(args)), "unlock")
+        self._call("cuCheckpointProcessUnlock", "unlock", pid, ctypes.byref(args))
 
 
 class FakeDriver:
@@ -235,6 +299,9 @@ def _name(state: int | None) -> str | None:
 def park_one(driver, pid: int, timeout_ms: int) -> dict:
     """Lock, then checkpoint one process (whatever of that is still to do)."""
     row = {"pid": pid, "before": None, "state": None, "lock_s": None, "checkpoint_s": None, "error": None}
+    why = stopped(pid, getattr(driver, "proc", "/proc"))
+    if why:
+        return {**row, "error": f"process {pid} is {why}: the driver would wait for it for ever; continue it first"}
     try:
         state = row["before"] = driver.state(pid)
         if state == RUNNING:
@@ -259,6 +326,9 @@ def park_one(driver, pid: int, timeout_ms: int) -> dict:
 def resume_one(driver, pid: int, pairs: list[tuple[str, str]] = ()) -> dict:
     """Restore, then unlock one process (whatever of that is still to do)."""
     row = {"pid": pid, "before": None, "state": None, "restore_s": None, "unlock_s": None, "error": None}
+    why = stopped(pid, getattr(driver, "proc", "/proc"))
+    if why:
+        return {**row, "error": f"process {pid} is {why}: the driver would wait for it for ever; continue it first"}
     try:
         state = row["before"] = driver.state(pid)
         if state == CHECKPOINTED:
@@ -314,6 +384,10 @@ def resume(driver, pids: list[int], pairs: list[tuple[str, str]] = ()) -> dict:
 def states(driver, pids: list[int]) -> dict:
     rows = []
     for pid in pids:
+        why = stopped(pid, getattr(driver, "proc", "/proc"))
+        if why:
+            rows.append({"pid": pid, "state": None, "error": f"process {pid} is {why}: not asked"})
+            continue
         try:
             rows.append({"pid": pid, "state": _name(driver.state(pid)), "error": None})
         except ParkError as exc:
@@ -328,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-ms", type=int, default=10000, help="how long lock waits for running work")
     parser.add_argument("--gpu-pair", action="append", default=[], metavar="OLD:NEW",
                         help="resume: restore onto another GPU (the driver's gpuPairs)")
+    parser.add_argument("--deadline-s", type=float, default=DEADLINE_S,
+                        help="one driver call at most this long, then an error (0: no bound)")
     parser.add_argument("--fake", action="store_true", default=os.environ.get("GPU_PARK_FAKE") == "1",
                         help="no driver: a stand-in with the driver's states (tests)")
     args = parser.parse_args(argv)
@@ -336,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"ok": True, "operation": args.operation, "processes": found, "error": None}
     try:
         if args.operation != "list" and pids:  # nothing to park: no driver needed either
-            driver = FakeDriver() if args.fake else Driver()
+            driver = FakeDriver() if args.fake else Driver(deadline=args.deadline_s or None)
             pairs = [tuple(p.split(":", 1)) for p in args.gpu_pair]
             if any(len(p) != 2 for p in pairs):
                 raise ParkError("--gpu-pair takes OLD:NEW, two GPU UUIDs")
@@ -349,8 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         out = {"ok": False, "operation": args.operation, "processes": [], "error": str(exc),
                "mode": "fake" if args.fake else "cuda"}
     out["pids"] = pids
-    print(json.dumps(out))
-    return 0 if out["ok"] else 1
+    print(json.dumps(out), flush=True)
+    code = 0 if out["ok"] else 1
+    if any(t.name.startswith("gpu-park ") and t.is_alive() for t in threading.enumerate()):
+        os._exit(code)  # a driver call past its deadline: leave it behind rather than wait at exit
+    return code
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from playwright.sync_api import sync_playwright
 
 import engine
 from hub.gpus.inventory import discover
+from consoleclient import clean_console
 from hubclient import Hub, Stack
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -95,6 +96,21 @@ def logs_or_why_not(stack: Stack) -> str:
 @pytest.fixture(scope="session")
 def hub(stack) -> Hub:
     return Hub(stack.url, stack.admin_token())
+
+
+@pytest.fixture
+def console(stack, hub):
+    """The GPU console as the admin, with no pins, drains, reservations, shared GPUs or quotas
+    before and after the test (``consoleclient.Console.reset``)."""
+    with clean_console(stack, hub) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def module_console(stack, hub):
+    """``console`` for a whole module (reset before its first test and after its last)."""
+    with clean_console(stack, hub) as c:
+        yield c
 
 
 def log_in(page, stack, username: str | None = None, password: str | None = None, timeout: int = 30_000) -> None:

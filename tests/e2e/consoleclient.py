@@ -1,4 +1,5 @@
 """The GPU console's REST API and files, for the end-to-end tests (test_console*.py)."""
+import contextlib
 import json
 import time
 from urllib.parse import quote
@@ -83,6 +84,23 @@ class Console:
                 self.ok("DELETE", f"drained/{gpu['uuid']}")
         if not state["access"]["everyone"]:
             self.ok("PUT", "access", {"users": [], "groups": []})
+
+
+def admin_console(stack, hub) -> Console:
+    """The console as the hub's admin (the token the e2e Hub client holds)."""
+    return Console(stack, hub.s.headers["Authorization"].split()[1])
+
+
+@contextlib.contextmanager
+def clean_console(stack, hub):
+    """The admin's console, reset (``Console.reset``) before and after: the conftest's
+    ``console`` and ``module_console`` fixtures."""
+    c = admin_console(stack, hub)
+    c.reset()
+    try:
+        yield c
+    finally:
+        c.reset()
 
 
 def user_token(hub, name: str) -> str:

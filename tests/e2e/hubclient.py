@@ -3,12 +3,12 @@ import json
 import os
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import quote
 
 import requests
 import websocket
+from kernelproto import channels_url, run_code
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_ENV = Path(__file__).with_name("stack.env")
@@ -91,15 +91,33 @@ class Stack:
         assert len(names) == 1, f"expected one container for {username!r}, found {names}"
         return names[0]
 
+    def log_in(self, name: str, password: str, session: requests.Session | None = None) -> requests.Response:
+        """The login form, as a browser sends it (a 302 is a login; the session keeps its cookie)."""
+        s = session if session is not None else requests.Session()
+        s.get(f"{self.url}/hub/login", timeout=10)  # the _xsrf cookie; a refusal shows in the POST's answer
+        return s.post(f"{self.url}/hub/login?next=", timeout=30, allow_redirects=False,
+                      data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf")})
+
     def admin_session(self) -> requests.Session:
         """A browser-like session logged in as the admin through the login form."""
         s = requests.Session()
-        s.get(f"{self.url}/hub/login", timeout=10).raise_for_status()
-        r = s.post(f"{self.url}/hub/login?next=", timeout=10, allow_redirects=False,
-                   data={"username": self.env["HUB_ADMIN_USER"], "password": self.env["HUB_ADMIN_PASSWORD"],
-                         "_xsrf": s.cookies.get("_xsrf")})
+        r = self.log_in(self.env["HUB_ADMIN_USER"], self.env["HUB_ADMIN_PASSWORD"], s)
         assert r.status_code == 302, f"admin login failed: {r.status_code} {r.text[:300]}"
         return s
+
+    def sign_up(self, name: str, password: str) -> requests.Response:
+        """The sign-up form (NativeAuthenticator), as a browser sends it."""
+        s = requests.Session()
+        s.get(f"{self.url}/hub/signup", timeout=10).raise_for_status()
+        return s.post(f"{self.url}/hub/signup", timeout=30, data={
+            "username": name, "signup_password": password, "signup_password_confirmation": password,
+            "_xsrf": s.cookies.get("_xsrf")})
+
+    def signed_up(self, name: str, password: str) -> None:
+        """A user with a password: signed up on the form, approved by the admin."""
+        r = self.sign_up(name, password)
+        assert r.status_code == 200, r.text[:300]
+        self.admin_session().get(f"{self.url}/hub/authorize/{quote(name, safe='')}", timeout=10).raise_for_status()
 
     def admin_token(self) -> str:
         """An API token for the admin, requested the way a person does on the token page."""
@@ -132,11 +150,12 @@ class Hub:
         r.raise_for_status()
         return r.json()
 
-    def start(self, name: str, timeout: float = 180, options: dict | None = None) -> dict:
-        """Start the user's server (with user options, if given) and wait until it is ready."""
+    def start(self, name: str, timeout: float = 180, options: dict | None = None, interval: float = 0.5) -> dict:
+        """Start the user's server (with user options, if given) and wait until it is ready
+        (asking the hub every ``interval`` seconds)."""
         r = self.api("POST", f"/users/{quote(name, safe='')}/server", json=options)
         assert r.status_code in (201, 202), f"start {name}: {r.status_code} {r.text}"
-        return self.wait(name, ready=True, timeout=timeout)
+        return self.wait(name, ready=True, timeout=timeout, interval=interval)
 
     def stop(self, name: str, timeout: float = 60) -> dict:
         r = self.api("DELETE", f"/users/{quote(name, safe='')}/server")
@@ -155,7 +174,7 @@ class Hub:
                     if event.get("ready") or event.get("failed"):
                         return
 
-    def wait(self, name: str, ready: bool, timeout: float) -> dict:
+    def wait(self, name: str, ready: bool, timeout: float, interval: float = 0.5) -> dict:
         deadline = time.monotonic() + timeout
         while True:
             server = self.user(name)["servers"].get("")
@@ -167,7 +186,7 @@ class Hub:
                 return server
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server of {name!r} not {'ready' if ready else 'stopped'} after {timeout}s: {server}")
-            time.sleep(0.5)
+            time.sleep(interval)
 
 
 class UserServer:
@@ -192,35 +211,27 @@ class UserServer:
         r.raise_for_status()
         return r.json()["content"]
 
+    def connect(self, kernel_id: str, timeout: float = 60) -> websocket.WebSocket:
+        """An open websocket to one of this server's kernels."""
+        return websocket.create_connection(channels_url(self.base, kernel_id),
+                                           header=[f"Authorization: token {self.token}"], timeout=timeout)
+
+    def run(self, kernel_id: str, code: str, timeout: float = 60) -> str:
+        """Run code in an open kernel (``execute`` starts and deletes its own); the kernel stays."""
+        ws = self.connect(kernel_id, timeout)
+        try:
+            return run_code(ws, code, timeout)
+        finally:
+            ws.close()
+
     def execute(self, code: str, timeout: float = 120) -> str:
         """Run code in a new kernel over the Jupyter kernel websocket; return what it printed."""
         r = self.s.post(self.base + "api/kernels", json={"name": "python3"}, timeout=60)
         assert r.status_code == 201, r.text
         kernel_id = r.json()["id"]
-        ws_url = self.base.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels"
-        ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=timeout)
+        ws = self.connect(kernel_id, timeout)
         try:
-            msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                           "session": uuid.uuid4().hex, "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False},
-            }))
-            output, deadline = [], time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv())
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind = msg["msg_type"]
-                if kind == "stream":
-                    output.append(msg["content"]["text"])
-                elif kind == "error":
-                    raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
-                elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                    return "".join(output)
-            raise TimeoutError(f"kernel did not finish within {timeout}s; output so far: {output}")
+            return run_code(ws, code, timeout)
         finally:
             ws.close()
             self.s.delete(self.base + f"api/kernels/{kernel_id}", timeout=30)

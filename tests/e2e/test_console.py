@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from consoleclient import Console, gpu_of, user_token, wait_for
+from consoleclient import gpu_of, user_token, wait_for
 
 from hub.gpus.inventory import discover
 from storm import gpu_holdings
@@ -20,14 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.needs_gpus(4)
-
-
-@pytest.fixture
-def console(stack, hub):
-    c = Console(stack, hub.s.headers["Authorization"].split()[1])
-    c.reset()
-    yield c
-    c.reset()
 
 
 def test_table_through_the_proxy(console, stack):

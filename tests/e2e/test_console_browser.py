@@ -7,8 +7,7 @@ import re
 import uuid
 
 import pytest
-import requests
-from consoleclient import Console, gpu_of, wait_for
+from consoleclient import gpu_of, wait_for
 from playwright.sync_api import expect
 
 from conftest import ARTIFACTS, log_in
@@ -16,14 +15,6 @@ from hub.gpus.inventory import discover
 
 GPUS = discover()[0]
 pytestmark = pytest.mark.needs_gpus(4)
-
-
-@pytest.fixture
-def console(stack, hub):
-    c = Console(stack, hub.s.headers["Authorization"].split()[1])
-    c.reset()
-    yield c
-    c.reset()
 
 
 def login(browser, stack, username, password):
@@ -35,14 +26,7 @@ def login(browser, stack, username, password):
 def signed_up_user(stack) -> tuple[str, str]:
     """A user with a password: signs up on the login page's form, approved by the admin."""
     name, password = f"viewer{uuid.uuid4().hex[:6]}", "Console-e2e-Pass-42"
-    s = requests.Session()
-    s.get(f"{stack.url}/hub/signup", timeout=10).raise_for_status()
-    r = s.post(f"{stack.url}/hub/signup", timeout=10, data={
-        "username": name, "signup_password": password, "signup_password_confirmation": password,
-        "_xsrf": s.cookies.get("_xsrf")})
-    assert r.status_code == 200, r.text[:300]
-    admin = stack.admin_session()
-    admin.get(f"{stack.url}/hub/authorize/{name}", timeout=10).raise_for_status()  # approve
+    stack.signed_up(name, password)
     return name, password
 
 

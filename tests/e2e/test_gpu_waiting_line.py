@@ -113,10 +113,10 @@ def test_admin_moves_waiters_from_the_console_and_they_start_in_the_new_order(qu
     from playwright.sync_api import expect
 
     from conftest import ARTIFACTS, log_in
-    from consoleclient import Console
+    from consoleclient import admin_console
 
     stack = queueing
-    console = Console(stack, hub.s.headers["Authorization"].split()[1])
+    console = admin_console(stack, hub)
     holders = [f"qm-hold{i}" for i in range(len(GPUS))]
     for name in holders:
         hub.create_user(name)

@@ -1,4 +1,4 @@
-"""Parking on the real engine (hub/service_process/reclaim/park.py): a user container of the single-user test
+"""Parking on the real engine (hub/common/park.py): a user container of the single-user test
 image, given a fake GPU through CDI, whose "CUDA process" (a Python process with /dev/nvidiaN
 open: gpu-park finds it as it finds a real one) counts ticks into a bind-mounted folder.
 The checkpoint step is gpu-park's driver stand-in (GPU_PARK_FAKE, run by docker exec as the
@@ -27,10 +27,10 @@ from hub.common.engine import DockerCaller
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import GPU
 from hub.gpus.parked import ParkedFile
-from hub.service_process.reclaim.park import ExecCheckpointer, ParkSettings, Parker
+from hub.common.park import ExecCheckpointer, ParkSettings, Parker
 
 IMAGE = Stack().env["SINGLEUSER_IMAGE"]
-UUID = "GPU-fa4e0000-0000-4000-8000-000000000003"
+UUID = "GPU-fa4e0000-0000-4000-8000-000000000003"  # the engine's fourth fake GPU (CDI)
 INSTANCE = "gpuhubtest-park"
 GIB = 2**30
 # The user's "kernel": holds the GPU's device node open (as a CUDA process does) and ticks; a
@@ -134,6 +134,8 @@ class World:
     def remove(self) -> None:
         for name in self.names:
             sh("docker", "rm", "-f", name, check=False)
+
+pytestmark = pytest.mark.needs_gpus(4)  # its containers get the fourth fake GPU, UUID
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import requests
 
 import engine
 import reliability
-from consoleclient import Console, wait_for
+from consoleclient import admin_console, wait_for
 from test_reliability_faults import hub_starts_work
 
 FULL = os.environ.get("GPUHUB_RELIABILITY_FULL") == "1"
@@ -42,7 +42,7 @@ def short_round(hub, users, seconds: float = 2.0) -> None:
 @pytest.mark.needs_gpus(4)  # two long and two short servers of the GPU profile at once
 def test_accounting_within_one_percent_across_hub_and_daemon_restarts(stack, hub):
     engine.enable_live_restore()
-    console = Console(stack, hub.s.headers["Authorization"].split()[1])
+    console = admin_console(stack, hub)
     console.reset()
     t0 = time.time()
     long_users, short_users = ["acctd-long-0", "acctd-long-1"], ["acctd-short-0", "acctd-short-1"]

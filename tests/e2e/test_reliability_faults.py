@@ -4,20 +4,18 @@ Each counts as injected when it happens and as survived only when all its checks
 
 The Docker daemon restart affects every container on the engine; it runs only when
 GPUHUB_RELIABILITY_FULL=1 (`make reliability` sets it), not in `make test`."""
-import json
 import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-import websocket
 
 import engine
 import reliability
 from consoleclient import user_token, wait_for
 from hubclient import UserServer
+from kernelproto import run_code
 from storm import gpu_holdings
 
 FULL = os.environ.get("GPUHUB_RELIABILITY_FULL") == "1"
@@ -30,29 +28,10 @@ class Kernel:
         r = server.s.post(server.base + "api/kernels", json={"name": "python3"}, timeout=60)
         assert r.status_code == 201, r.text
         self.server, self.id = server, r.json()["id"]
-        url = server.base.replace("http://", "ws://") + f"api/kernels/{self.id}/channels"
-        self.ws = websocket.create_connection(url, header=[f"Authorization: token {server.token}"], timeout=60)
+        self.ws = server.connect(self.id)
 
     def run(self, code: str, timeout: float = 60) -> str:
-        msg_id = uuid.uuid4().hex
-        self.ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "t", "session": uuid.uuid4().hex,
-                       "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False}}))
-        out, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = json.loads(self.ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                raise AssertionError("\n".join(msg["content"]["traceback"]))
-            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return "".join(out)
-        raise TimeoutError(code)
+        return run_code(self.ws, code, timeout, username="t")
 
     def close(self):
         self.ws.close()

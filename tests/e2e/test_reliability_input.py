@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import reliability
-from consoleclient import Console
+from consoleclient import Console, admin_console
 from hubclient import ROOT
 
 NASTY_NAMES = ["a.b", "a-b", "a_b", "Alice", "émile", "用户", "x" * 200, "../etc", "..", "a b",
@@ -81,7 +81,7 @@ def test_forged_spawn_form_fields_start_nothing(stack, hub):
 
 def test_malformed_api_bodies_get_4xx(stack, hub):
     hub.create_user("body-user")
-    console = Console(stack, hub.s.headers["Authorization"].split()[1])
+    console = admin_console(stack, hub)
     hub_cases = [("POST", "/users/body-user/server", "not json"), ("POST", "/users/body-user/server", "{"),
                  ("POST", "/users/body-user/server", "[]"), ("POST", "/users/body-user/server", '{"profile": 5}'),
                  ("POST", "/users/body-user/server", '"gpu"'),

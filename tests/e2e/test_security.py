@@ -233,32 +233,17 @@ def test_a_student_reaches_nothing_of_others(stack, hub):
     assert doors.summary()["open"] == 0, doors.summary()["open_doors"]
 
 
-def sign_up(stack, name: str, password: str) -> requests.Response:
-    s = requests.Session()
-    s.get(f"{stack.url}/hub/signup", timeout=10).raise_for_status()
-    return s.post(f"{stack.url}/hub/signup", timeout=30, data={
-        "username": name, "signup_password": password, "signup_password_confirmation": password,
-        "_xsrf": s.cookies.get("_xsrf")})
-
-
-def log_in(stack, name: str, password: str) -> requests.Response:
-    s = requests.Session()
-    s.get(f"{stack.url}/hub/login", timeout=10)
-    return s.post(f"{stack.url}/hub/login?next=", timeout=30, allow_redirects=False,
-                  data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf")})
-
-
 def test_a_stranger_cannot_claim_a_rostered_name_and_the_person_gets_in_by_link(stack, hub):
     teacher, late = f"prof-{RUN}", f"late-{RUN}"
     hub.create_user(teacher)  # as a roster import does
-    r = sign_up(stack, teacher, "Stranger-Pass-4242")
+    r = stack.sign_up(teacher, "Stranger-Pass-4242")
     refused = r.status_code == 409 and "already in use" in r.text
     doors.door("stranger: sign up under a name the hub knows (a rostered teacher)", refused, r.status_code)
     doors.door("stranger: log in as that name with the sign-up's password",
-               log_in(stack, teacher, "Stranger-Pass-4242").status_code != 302, "")
+               stack.log_in(teacher, "Stranger-Pass-4242").status_code != 302, "")
 
     # a sign-up made before the name was rostered: approving it is refused
-    assert sign_up(stack, late, "Early-Stranger-77").status_code == 200
+    assert stack.sign_up(late, "Early-Stranger-77").status_code == 200
     hub.create_user(late)
     admin = stack.admin_session()
     r = admin.get(f"{stack.url}/hub/authorize/{late}", timeout=10)
@@ -277,7 +262,7 @@ def test_a_stranger_cannot_claim_a_rostered_name_and_the_person_gets_in_by_link(
     r = person.post(link, timeout=30, data={"password": "Teacher-Own-Pass-9", "password_confirmation":
                                                        "Teacher-Own-Pass-9", "_xsrf": person.cookies.get("_xsrf")})
     assert r.status_code == 200 and "Your password is set" in r.text, r.text[:500]
-    assert log_in(stack, teacher, "Teacher-Own-Pass-9").status_code == 302
+    assert stack.log_in(teacher, "Teacher-Own-Pass-9").status_code == 302
     reused = person.get(link, timeout=10).status_code
     doors.door("stranger: reuse a set-password link after it was used", reused == 404, reused)
     forged = person.get(link[:-4] + "0000", timeout=10).status_code
@@ -323,7 +308,7 @@ def test_a_login_storm_neither_freezes_the_hub_nor_locks_the_admin_out(stack):
     during the storm's back-off, and the stranger's address gets in with the right password
     once its wait is over (a storm is no lasting lockout)."""
     admin, password = stack.env["HUB_ADMIN_USER"], stack.env["HUB_ADMIN_PASSWORD"]
-    assert log_in(stack, admin, password).status_code == 302  # this address is now known for the admin
+    assert stack.log_in(admin, password).status_code == 302  # this address is now known for the admin
     latencies, stop = [], threading.Event()
 
     def poll():
@@ -341,7 +326,7 @@ def test_a_login_storm_neither_freezes_the_hub_nor_locks_the_admin_out(stack):
         while not storm.done():  # the admin logs in during the storm, from its known address
             time.sleep(0.5)
             if during is None and len(latencies) > 30:
-                during = log_in(stack, admin, password).status_code
+                during = stack.log_in(admin, password).status_code
         result = json.loads(storm.result())
     stop.set()
     poller.join()

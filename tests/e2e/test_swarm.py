@@ -24,7 +24,7 @@ from playwright.sync_api import expect
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "swarm"))
 from cluster import Cluster, SwarmStack, duplicates  # noqa: E402
 from conftest import ARTIFACTS  # noqa: E402
-from consoleclient import user_token  # noqa: E402
+from consoleclient import Console, user_token  # noqa: E402
 from hubclient import Hub, UserServer  # noqa: E402
 
 GPU_USERS = ["sw-ada", "sw-bob", "sw-cyd", "sw-dan"]
@@ -107,11 +107,15 @@ def test_a_dead_nodes_servers_stop_and_start_elsewhere_with_their_files(stack, h
     cluster.kill(cluster.node(victim_node))
     try:
         t0 = time.monotonic()
-        for name in victims:  # the hub's poll (every 10 s) finds the task gone once the node is down
-            hub.wait(name, ready=False, timeout=120)
+        for name in victims:  # once the manager marks the node down, its node event has the hub stop them
+            hub.wait(name, ready=False, timeout=120, interval=0.2)
         noticed = time.monotonic() - t0
         still = [h for h in stack.holdings() if h.node == victim_node or set(h.gpus) & dead_gpus]
         assert not still, still
+        # the GPU console's audit log says what happened, and whose servers stopped
+        entries = Console(stack, stack.admin_token()).ok("GET", "audit?limit=20")["entries"]
+        lost = [e for e in entries if e.get("action") == "node down" and e.get("node") == victim_node]
+        assert lost and sorted(lost[0]["users"]) == victims, entries[:5]
 
         for name in victims:
             server = UserServer(stack.url, hub.start(name, timeout=240)["url"], user_token(hub, name))

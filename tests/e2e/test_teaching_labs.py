@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
-from consoleclient import Console, user_token
+from consoleclient import user_token
 from hubclient import UserServer
 
 from hub.gpus.inventory import discover
@@ -25,11 +25,9 @@ pytestmark = pytest.mark.needs_gpus(4)
 
 
 @pytest.fixture(scope="module")
-def console(stack, hub):
-    c = Console(stack, hub.s.headers["Authorization"].split()[1])
-    c.reset()
-    yield c
-    c.reset()
+def console(module_console):
+    """One console for the module: course_stack (module-wide) builds on it."""
+    return module_console
 
 
 def names(hub, path) -> set[str]:

@@ -23,13 +23,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
-import websocket
 from consoleclient import Console, wait_for
 from hubclient import ROOT, Hub, Stack, UserServer, read_env_file
 
@@ -95,30 +93,7 @@ def image_exists(name: str) -> bool:
 def in_kernel(server: UserServer, kernel_id: str, code: str, timeout: float = 60) -> str:
     """Run code in an open kernel (UserServer.execute starts and deletes its own) and return what
     it printed; the kernel stays open."""
-    ws_url = server.base.replace("http://", "ws://") + f"api/kernels/{kernel_id}/channels"
-    ws = websocket.create_connection(ws_url, header=[f"Authorization: token {server.token}"], timeout=timeout)
-    try:
-        msg_id = uuid.uuid4().hex
-        ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                       "session": uuid.uuid4().hex, "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False}}))
-        output, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                output.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                raise AssertionError("kernel error: " + "\n".join(msg["content"]["traceback"]))
-            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return "".join(output)
-        raise TimeoutError(f"kernel {kernel_id} did not answer within {timeout}s")
-    finally:
-        ws.close()
+    return server.run(kernel_id, code, timeout)
 
 
 # `make test` upgrades from the first (about 60 s here with its images kept); `make reliability`
@@ -224,6 +199,7 @@ def make(*args, env_file: Path, backups: Path, **env) -> subprocess.CompletedPro
     return result
 
 
+@pytest.mark.needs_gpus(4)  # alice's server of the default (GPU) profile, a pin and a drain on two more
 def test_upgrade_from_an_older_release_keeps_everything_and_rolls_back(old_release, release, work):
     stack = old_release
     old_hub_image = stack.inspect(f"{PREFIX}-hub-1")["Image"]

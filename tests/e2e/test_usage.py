@@ -15,7 +15,7 @@ import pytest
 import requests
 import engine
 from conftest import log_in
-from consoleclient import Console, user_token, wait_for
+from consoleclient import user_token, wait_for
 
 from hub.gpus.inventory import discover
 
@@ -24,14 +24,6 @@ ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "artifac
 
 
 pytestmark = pytest.mark.needs_gpus(4)
-
-
-@pytest.fixture
-def console(stack, hub):
-    c = Console(stack, hub.s.headers["Authorization"].split()[1])
-    c.reset()
-    yield c
-    c.reset()
 
 
 def engine_lifetimes(stack, since: float) -> dict[str, float]:
@@ -114,17 +106,9 @@ def test_the_console_syncs_right_after_a_server_stops(console, stack, hub):
 def logged_in(stack, user: str) -> requests.Session:
     """A browser-like session of a user with a password (signed up, approved by the admin):
     the hub's pages take no API token."""
-    password = "Usage-e2e-Pass-42"
-    s = requests.Session()
-    s.get(f"{stack.url}/hub/signup", timeout=10).raise_for_status()
-    r = s.post(f"{stack.url}/hub/signup", timeout=10, data={
-        "username": user, "signup_password": password, "signup_password_confirmation": password,
-        "_xsrf": s.cookies.get("_xsrf")})
-    assert r.status_code == 200, r.text[:300]
-    stack.admin_session().get(f"{stack.url}/hub/authorize/{user}", timeout=10).raise_for_status()
-    s.get(f"{stack.url}/hub/login", timeout=10)
-    r = s.post(f"{stack.url}/hub/login?next=", timeout=10, allow_redirects=False,
-               data={"username": user, "password": password, "_xsrf": s.cookies.get("_xsrf")})
+    password, s = "Usage-e2e-Pass-42", requests.Session()
+    stack.signed_up(user, password)
+    r = stack.log_in(user, password, s)
     assert r.status_code == 302, r.text[:300]
     return s
 

@@ -109,11 +109,16 @@ from hub.hub_process.config.configure import CONSOLE_SCOPES  # noqa: E402
 
 c.JupyterHub.load_roles.append({"name": "gpu-console", "scopes": list(CONSOLE_SCOPES), "services": ["gpu-console"]})
 roster_api.install(c)
+from hub.hub_process import parking  # noqa: E402
+from hub.hub_process.patches import restart_check  # noqa: E402
+
+restart_check.install()
+parking.install(c)  # parked servers: no route, the Resume page, kept at a hub restart
 
 # -- recovery (hub/hub_process/config/configure.py configure_recovery) --
 c.JupyterHub.last_activity_interval = 10
 c.Spawner.poll_interval = 10
-templates = repo / "hub" / "templates"
+templates = repo / "hub" / "hub_process" / "templates"
 if templates.is_dir():
     c.JupyterHub.template_paths = [str(templates)]
     from hub.hub_process.spawner import GPUDockerSpawner as _Spawner

@@ -26,7 +26,7 @@ Sizes that do not fit (GPU memory free, host memory available) are skipped with 
 --container: user A runs in a container instead (the GPU kit's gpukit/hostroot:1 with the host's
 Python and torch bound in, as tests/gpu_host/reclaim_real.py does; user 1000:100 as the hub's
 servers; the GPU by UUID through CDI) and is parked and resumed by the hub's own state machine,
-hub/service_process/reclaim/park.py's Parker: gpu-park by `docker exec` as the container's user, `docker pause`,
+hub/common/park.py's Parker: gpu-park by `docker exec` as the container's user, `docker pause`,
 the GPU's memory back at rest (this script's reading), the memory limit raised for the
 checkpoint. With --from-host the checkpoint step runs on the host instead, on the container's
 processes' host pids (which of the two the driver accepts is one thing this run finds out).
@@ -116,6 +116,8 @@ def worker(gb: float, device: int, fake: bool, io: str | None = None) -> None:
             tiny.add_(1)
             torch.cuda.synchronize()
     first = checksum()
+    if not fake:
+        torch.cuda.empty_cache()  # the checksum's temporaries: the GPU then holds A's tensors alone
     alloc_s = round(time.monotonic() - t0, 3)
     ticks: list[float] = []
 
@@ -199,11 +201,14 @@ class ProcessA:
         parked = self.gp.park(self.driver, [self.pid], self.args.lock_timeout_ms)
         out = {"ok": parked["ok"], "error": parked["error"], "processes": parked["processes"],
                "park_s": round(time.monotonic() - t, 3)}
-        if parked["ok"] and self.args.freeze:
-            os.kill(self.pid, signal.SIGSTOP)
         if parked["ok"]:
-            out["to_rest_s"] = wait_for(lambda: self.memory.used() <= self.rest + self.args.rest_slack_mib, 30)
+            # The state is read BEFORE the freeze: the driver's calls are served by a thread of
+            # the target, so asking about a stopped process never returns (the hang of this
+            # script's first run on the H100, at its 1 GB step; gpu-park now refuses instead).
             out["state_parked"] = self.gp.states(self.driver, [self.pid])["processes"][0]["state"]
+            if self.args.freeze:
+                os.kill(self.pid, signal.SIGSTOP)
+            out["to_rest_s"] = wait_for(lambda: self.memory.used() <= self.rest + self.args.rest_slack_mib, 30)
         return out
 
     def resume(self) -> dict:
@@ -274,7 +279,7 @@ def _alive(container) -> bool:
 
 class ContainerA:
     """User A as a container given the GPU by UUID through CDI and labelled as the spawner labels
-    it, parked and resumed by the hub's own state machine (hub/service_process/reclaim/park.py: gpu-park by
+    it, parked and resumed by the hub's own state machine (hub/common/park.py: gpu-park by
     docker exec as the container's user, docker pause, the GPU's memory back at rest, the memory
     limit raised for the checkpoint), with this script's GPU memory reading as its reader."""
 
@@ -283,7 +288,7 @@ class ContainerA:
 
         from hub.common.engine import DockerCaller, engine_client
         from hub.gpus.parked import ParkedFile
-        from hub.service_process.reclaim.park import ExecCheckpointer, ParkSettings, Parker
+        from hub.common.park import ExecCheckpointer, ParkSettings, Parker
 
         self.args, self.memory, self.python = args, memory, python
         self.client = docker.from_env()
@@ -325,7 +330,8 @@ class ContainerA:
                               *(["--fake"] if self.args.fake else [])],
             detach=True, network_mode="none", user=self.args.container_user, environment=env, volumes=self.binds(),
             mem_limit=f"{int(gb + 8)}g", name=f"park-proof-{os.getpid()}-{gb:g}",
-            labels={"gpuhub.user": "park-proof-a", "gpuhub.server": "", "gpuhub.instance": "park-proof",
+            labels={"gpuhub.user": "park-proof-a", "gpuhub.server": "",
+                    "gpuhub.instance": getattr(self.args, "instance", "park-proof"),
                     "gpuhub.gpu.uuid": self.memory.uuid, "gpuhub.gpu.since": f"{time.time():.0f}"},
             device_requests=[docker.types.DeviceRequest(driver="cdi",
                                                         device_ids=[f"nvidia.com/gpu={self.memory.uuid}"])])
@@ -397,7 +403,7 @@ def user_b(device: int, gb: float, fake: bool) -> dict:
     if fake:
         return {"alloc_gb": gb, "tflops": None, "note": "fake: no matmul"}
     out = subprocess.run([sys.executable, "-c", B_CODE.format(here=str(HERE), device=device, gb=gb)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=300)
     if out.returncode:
         return {"alloc_gb": gb, "error": out.stderr.strip()[-800:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -504,6 +510,8 @@ def main() -> int:
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--no-freeze", dest="freeze", action="store_false", help="no SIGSTOP while parked")
     parser.add_argument("--lock-timeout-ms", type=int, default=10000)
+    parser.add_argument("--deadline-s", type=float, default=300.0,
+                        help="one driver call at most this long (gpu-park's bound), then the size fails")
     parser.add_argument("--hold-s", type=float, default=2.0, help="parked at least this long")
     parser.add_argument("--rest-slack-mib", type=int, default=256, help="at rest: at most this over the first reading")
     parser.add_argument("--fake", action="store_true", help="no GPU: checks this script (see the doc)")
@@ -531,7 +539,7 @@ def main() -> int:
         memory = GPUMemory(args.device, {"used": lambda: fake_used(gp, state, fake_pids, args)})
         memory.uuid = args.uuid or memory.uuid
     else:
-        driver = gp.Driver()
+        driver = gp.Driver(deadline=args.deadline_s)
         memory = GPUMemory(args.device)
     rest = memory.used()
     report = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),

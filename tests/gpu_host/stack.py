@@ -81,6 +81,8 @@ T0 = time.monotonic()
 for p in (ROOT, KIT_SITE, SITE):  # SITE first, then the kit's docker package, then hub/
     if p.is_dir() and str(p) not in sys.path:
         sys.path.insert(0, str(p))
+sys.path.append(str(ROOT / "tests" / "e2e"))
+from kernelproto import channels_url, run_code  # noqa: E402  (standard library only)
 
 
 def log(*args) -> None:
@@ -355,30 +357,12 @@ class Kernel:
         import websocket
 
         self.close()
-        url = self.base.replace("http://", "ws://", 1) + f"api/kernels/{self.id}/channels"
+        url = channels_url(self.base, self.id)
         self.ws = websocket.create_connection(url, header=[f"Authorization: token {self.token}"], timeout=300)
 
     def execute(self, code: str, timeout: float = 300) -> str:
-        msg_id = uuidlib.uuid4().hex
-        self.ws.send(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": self.user,
-                       "session": self.session, "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False}}))
-        output, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            msg = json.loads(self.ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind = msg["msg_type"]
-            if kind == "stream":
-                output.append(msg["content"]["text"])
-            elif kind == "error":
-                raise RuntimeError(f"{self.user}'s kernel: " + "\n".join(msg["content"]["traceback"])[-2000:])
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                return "".join(output)
-        raise TimeoutError(f"{self.user}'s kernel did not finish in {timeout}s: {output}")
+        return run_code(self.ws, code, timeout, username=self.user, session=self.session, error=RuntimeError,
+                        who=f"{self.user}'s kernel")
 
     def call(self, expression: str, timeout: float = 300):
         """The JSON value of an expression, printed by the kernel."""

@@ -93,7 +93,22 @@ class Node:
             "userland-proxy": False,
             "log-driver": "json-file",
             "log-opts": {"max-size": "5m"},
+            # CDI on, with cdi_spec()'s fake GPUs: a single-host hub against this engine
+            # (swarm-storm's reference) requests them by CDI, as on this machine's engine
+            "features": {"cdi": True},
         }, config["swarm-resource"]
+
+    def cdi_spec(self) -> str:
+        """This node's fake GPUs as a CDI spec in the form of this machine's /etc/cdi (index
+        and UUID names, a harmless /dev/null as the device): a compose hub on this node's
+        engine finds them there. Swarm ignores it (its GPUs are the generic resources)."""
+        lines = ['cdiVersion: "0.6.0"', "kind: nvidia.com/gpu", "devices:"]
+        for i, uuid in enumerate(self.gpus):
+            for name in (f'"{i}"', uuid):
+                lines += [f"- name: {name}", "  containerEdits:", f"    env: [FAKE_GPU_UUID={uuid}]",
+                          f"    deviceNodes: [{{path: /dev/nvidia{i}, hostPath: /dev/null}}]"]
+        lines += ["containerEdits:", "  env: [NVIDIA_VISIBLE_DEVICES=void]"]
+        return "\n".join(lines) + "\n"
 
     def running(self) -> bool:
         out = docker("inspect", "-f", "{{.State.Running}}", self.name, check=False)
@@ -132,6 +147,7 @@ class Node:
                "-e", f"NODE_DAEMON_JSON={json.dumps(config)}",
                "-e", f"NODE_FAKE_GPUS={','.join(self.gpus)}",
                "-e", f"NODE_SWARM_RESOURCE={swarm_resource}",
+               "-e", f"NODE_CDI_SPEC={self.cdi_spec()}",
                NODE_IMAGE)
 
     def image_id(self, image: str) -> str | None:
@@ -191,8 +207,33 @@ class Cluster:
 
     # ---- life cycle ----------------------------------------------------------------------------
 
+    @staticmethod
+    def node_source() -> str:
+        """A digest of tests/swarm/node/ (the node image's label): a changed entrypoint or
+        runtime rebuilds the image, and nodes of an older image are replaced."""
+        import hashlib
+        digest = hashlib.sha256()
+        for f in sorted((HERE / "node").iterdir()):
+            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+        return digest.hexdigest()[:16]
+
     def build(self) -> None:
-        docker("build", "-q", "-t", NODE_IMAGE, str(HERE / "node"), timeout=600)
+        docker("build", "-q", "--label", f"{PREFIX}.node-source={self.node_source()}", "-t", NODE_IMAGE,
+               str(HERE / "node"), timeout=600)
+
+    def image_current(self) -> bool:
+        out = docker("image", "inspect", "-f", f'{{{{index .Config.Labels "{PREFIX}.node-source"}}}}', NODE_IMAGE,
+                     check=False)
+        return out.returncode == 0 and out.stdout.strip() == self.node_source()
+
+    def nodes_current(self) -> bool:
+        """Every node runs the current node image, with the current settings (its CDI spec)."""
+        want = docker("image", "inspect", "-f", "{{.Id}}", NODE_IMAGE, check=False).stdout.strip()
+        for n in self.nodes:
+            out = docker("inspect", "-f", "{{.Image}}|{{range .Config.Env}}{{println .}}{{end}}", n.name, check=False)
+            if out.returncode or out.stdout.split("|", 1)[0] != want or "NODE_CDI_SPEC=" not in out.stdout:
+                return False
+        return True
 
     def healthy(self) -> bool:
         """Every node's engine answers and the manager sees every node Ready and active."""
@@ -206,11 +247,12 @@ class Cluster:
 
     def up(self) -> None:
         """Bring the nodes up and form the swarm; reuses a healthy one."""
-        if self.healthy():
+        if not self.image_current():
+            self.build()
+        if self.healthy() and self.nodes_current():
+            self.set_heartbeat()
             return
         self.down()
-        if docker("image", "inspect", NODE_IMAGE, check=False).returncode:
-            self.build()
         docker("network", "create", NETWORK)
         for n in self.nodes:
             n.create()
@@ -222,6 +264,23 @@ class Cluster:
         for n in self.nodes[1:]:
             n.docker("swarm", "join", "--token", token, f"{mip}:2377", timeout=60)
         self._wait(self.healthy, "every node Ready", 60)
+        self.set_heartbeat()
+
+    def set_heartbeat(self) -> None:
+        """The dispatcher heartbeat period (`docker swarm update --dispatcher-heartbeat`) from
+        GPUHUB_SWARM_DISPATCHER_HEARTBEAT (e.g. 2s); unset: Swarm's default, 5 s. A node is
+        marked down about 3 periods after its last heartbeat (docs/swarm.md)."""
+        period = os.environ.get("GPUHUB_SWARM_DISPATCHER_HEARTBEAT", "5s")
+        self.manager.docker("swarm", "update", "--dispatcher-heartbeat", period)
+
+    def heartbeat_s(self) -> float:
+        """The swarm's dispatcher heartbeat period now, in seconds."""
+        out = self.manager.docker("info", "--format", "{{json .Swarm.Cluster.Spec.Dispatcher.HeartbeatPeriod}}")
+        return int(out.stdout.strip() or 0) / 1e9  # JSON: nanoseconds
+
+    def node_state(self, node: Node) -> str:
+        out = self.manager.docker("node", "inspect", "-f", "{{.Status.State}}", node.name, check=False, timeout=20)
+        return out.stdout.strip()
 
     def down(self, purge: bool = False) -> None:
         """Remove the nodes and their network. Each node's /var/lib/docker volume stays (after

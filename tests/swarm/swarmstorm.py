@@ -3,7 +3,9 @@
     make swarm-storm    # prints one JSON line; writes bench/results/swarm-storm-latest.json
 
 In one run, against the engine's own records (Swarm's tasks, the fake runtime's view):
-  1. spawn p50 on the swarm: 5 GPU servers started one after another (start -> ready);
+  1. spawn p50 on the swarm: 5 GPU and 5 CPU servers of new users started one after another
+     (start -> ready), then the 5 GPU users again (their folders exist); each start's phases
+     from the engine's task records (tests/swarm/phases.py) and the hub's log line;
   2. 8 users press Start at once: 6 GPU servers on 6 distinct (node, GPU), 2 refused with the
      hub's message;
   3. two servers on one node stop (freeing GPUs elsewhere), then a worker node holding servers
@@ -13,8 +15,10 @@ In one run, against the engine's own records (Swarm's tasks, the fake runtime's 
   5. duplicates (a GPU unit held by two running tasks) at every step: 0;
   6. a burst of 30 CPU servers at once across the 3 nodes: how many failed;
   7. the single-host reference: the compose stack (HUB_BACKEND=docker) on the manager node's
-     engine after the swarm stack is gone: same nested engine, images and limits; 5 CPU servers
-     one after another on each side (that engine has no GPUs), and the ratio of the p50s.
+     engine after the swarm stack is gone: same nested engine, images and limits; 5 GPU (the
+     node's fake GPUs by CDI) and 5 CPU servers one after another, and the ratios of the p50s;
+  8. issue 31's measures: swarm GPU p50 over swarm CPU p50 and over single-host GPU p50
+     (each <= 1.5), a killed node's servers out of the hub's view (<= 15 s).
 Exit status 1 when an expectation fails.
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from cluster import ROOT, Cluster, SwarmStack, duplicates, read_env_file  # noqa: E402
+from phases import SpawnWatch, assigning_times, hub_phases, phases, summary, within  # noqa: E402
 from consoleclient import user_token  # noqa: E402
 from hubclient import Hub, Stack, UserServer  # noqa: E402
 from storm import start_outcome  # noqa: E402
@@ -47,24 +52,53 @@ def log(msg: str) -> None:
     print(f"[swarm-storm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def spawn_times(hub: Hub, prefix: str, runs: int = SPAWNS, profile: str = "gpu") -> list[float]:
-    """Start -> ready of a server, one user after another (each stopped before the next)."""
+def spawn_times(hub: Hub, prefix: str, runs: int = SPAWNS, profile: str = "gpu",
+                stack: SwarmStack | None = None, phase_runs: list | None = None) -> list[float]:
+    """Start -> ready of a server, one user after another (each stopped before the next; the
+    hub asked every 0.1 s). With ``stack`` (the swarm), each start's phases from the engine's
+    task records (tests/swarm/phases.py) go to ``phase_runs``."""
     times = []
     for i in range(runs):
         name = f"{prefix}{i}"
         hub.create_user(name)
-        t0 = time.monotonic()
-        hub.start(name, options={"profile": profile}, timeout=240)
-        times.append(time.monotonic() - t0)
+        watch = SpawnWatch(stack.api, name, stack.prefix) if stack is not None else None
+        if watch:
+            watch.__enter__()
+        t0, w0 = time.monotonic(), time.time()
+        try:
+            hub.start(name, options={"profile": profile}, timeout=240, interval=0.1)
+        finally:
+            elapsed = time.monotonic() - t0
+            if watch:
+                watch.stop()
+        times.append(elapsed)
+        if watch and phase_runs is not None:
+            phase_runs.append({"user": name, "t0": w0, **phases(w0, w0 + elapsed, watch)})
         hub.stop(name)
     return times
 
 
-def single_host_reference(cluster: Cluster, env: dict[str, str], profile: str) -> list[float]:
+def add_choices(stack: SwarmStack, runs: list[dict]) -> None:
+    """The allocator's choice in each run (the hub's "Assigning GPU" log line), where logged."""
+    out = stack.docker("service", "logs", "--timestamps", "--no-task-ids", f"{stack.prefix}_hub", check=False,
+                       timeout=60)
+    chosen = assigning_times(out.stdout + out.stderr)
+    logged = hub_phases(out.stdout + out.stderr)
+    for run in runs:
+        t0, t1 = run["t0"], run["t0"] + run["total"] + 1
+        at = within(chosen.get(run["user"]), t0, t1)
+        if run["gpu"]:
+            run["choose"] = round(at - t0, 3) if at is not None else None
+        line = within(logged.get(run["user"]), t0, t1)
+        run["hub_log"] = line[1] if line else None
+
+
+def single_host_reference(cluster: Cluster, env: dict[str, str]) -> dict[str, list[float]]:
     """The single-host compose stack (docker-compose.yml, HUB_BACKEND=docker) on the manager
     node's engine, with the swarm stack's images and limits: the same nested engine and load
-    as the swarm's spawns, so the ratio compares the two backends and nothing else. (That
-    engine has no GPUs: both sides are measured with the CPU profile.)"""
+    as the swarm's spawns, so the ratio compares the two backends and nothing else. That
+    engine has the node's two fake GPUs as CDI devices (cluster.py): GPU and CPU servers, 5 of
+    each, one after another; profile -> times."""
     base = read_env_file(ROOT / "tests" / "e2e" / "stack.env")
     base.update({k: env[k] for k in ("HUB_IMAGE", "PROXY_IMAGE", "SINGLEUSER_IMAGE", "USER_MEM_LIMIT",
                                      "USER_CPU_LIMIT", "USER_SHM_SIZE", "USER_PIDS_LIMIT", "HUB_PROFILES")})
@@ -82,7 +116,8 @@ def single_host_reference(cluster: Cluster, env: dict[str, str], profile: str) -
         stack.down()
         try:
             stack.up()
-            return spawn_times(Hub(stack.url, stack.admin_token()), "ref", profile=profile)
+            hub = Hub(stack.url, stack.admin_token())
+            return {"gpu": spawn_times(hub, "refg", profile="gpu"), "cpu": spawn_times(hub, "refc", profile="cpu")}
         finally:
             stack.down()
     finally:
@@ -113,13 +148,31 @@ def main() -> int:
     failures: list[str] = []
     try:
         # 1. spawn p50 on the swarm
-        swarm_times = spawn_times(hub, "p")
+        gpu_phases: list[dict] = []
+        cpu_phases: list[dict] = []
+        swarm_times = spawn_times(hub, "p", stack=stack, phase_runs=gpu_phases)
         result["swarm_gpu_spawn_p50_s"] = round(statistics.median(swarm_times), 2)
         result["swarm_gpu_spawn_all_s"] = [round(t, 2) for t in swarm_times]
-        cpu_times = spawn_times(hub, "c", profile="cpu")
+        cpu_times = spawn_times(hub, "c", profile="cpu", stack=stack, phase_runs=cpu_phases)
         result["swarm_cpu_spawn_p50_s"] = round(statistics.median(cpu_times), 2)
         result["swarm_cpu_spawn_all_s"] = [round(t, 2) for t in cpu_times]
-        log(f"swarm spawn p50: GPU {result['swarm_gpu_spawn_p50_s']}s, CPU {result['swarm_cpu_spawn_p50_s']}s")
+        # the same users again: their folders exist (a new user's are made by a one-off container)
+        again_phases: list[dict] = []
+        again_times = spawn_times(hub, "p", stack=stack, phase_runs=again_phases)
+        result["swarm_gpu_spawn_again_p50_s"] = round(statistics.median(again_times), 2)
+        result["swarm_gpu_spawn_again_all_s"] = [round(t, 2) for t in again_times]
+        add_choices(stack, gpu_phases + cpu_phases + again_phases)
+        result["swarm_gpu_spawn_again_phases_p50_s"] = summary(again_phases)
+        result["swarm_gpu_spawn_again_phases"] = again_phases
+        for run in gpu_phases + cpu_phases + again_phases:
+            run.pop("t0", None)
+        result["swarm_gpu_spawn_phases_p50_s"] = summary(gpu_phases)
+        result["swarm_cpu_spawn_phases_p50_s"] = summary(cpu_phases)
+        result["swarm_gpu_spawn_phases"] = gpu_phases
+        result["swarm_cpu_spawn_phases"] = cpu_phases
+        log(f"swarm spawn p50: GPU {result['swarm_gpu_spawn_p50_s']}s (same users again: "
+            f"{result['swarm_gpu_spawn_again_p50_s']}s), CPU {result['swarm_cpu_spawn_p50_s']}s")
+        log(f"phases p50: GPU {result['swarm_gpu_spawn_phases_p50_s']}, CPU {result['swarm_cpu_spawn_phases_p50_s']}")
 
         # 2. the storm
         names = [f"storm{i}" for i in range(STORM_USERS)]
@@ -162,9 +215,21 @@ def main() -> int:
             server.put_text("note.txt", notes[name])
         cluster.kill(victim)
         t_kill = time.monotonic()
-        for name in victims:
-            hub.wait(name, ready=False, timeout=150)
-        gone_s = time.monotonic() - t_kill
+        # Swarm's own verdict (the manager marks the node down), seen every 0.25 s meanwhile
+        swarm_down: list[float] = []
+
+        def watch_node() -> None:
+            while time.monotonic() - t_kill < 150:
+                if cluster.node_state(victim) == "down":
+                    swarm_down.append(time.monotonic() - t_kill)
+                    return
+                time.sleep(0.25)
+        with ThreadPoolExecutor(1) as pool:
+            watching = pool.submit(watch_node)
+            for name in victims:
+                hub.wait(name, ready=False, timeout=150, interval=0.2)
+            gone_s = time.monotonic() - t_kill
+            watching.result()
         still_held = [h for h in stack.holdings() if h.node == victim.name]
         files_ok = 0
         for name in victims:
@@ -178,13 +243,17 @@ def main() -> int:
             "node_killed": victim.name,
             "servers_on_killed_node": len(victims),
             "stopped_in_hub_view_after_s": round(gone_s, 1),
+            "swarm_marked_node_down_after_s": round(swarm_down[0], 1) if swarm_down else None,
+            "dispatcher_heartbeat_s": cluster.heartbeat_s(),
             "gpus_still_held_on_dead_node": len(still_held),
             "restarted_elsewhere": sum(1 for node in moved.values() if node != victim.name),
             "files_followed": files_ok,
         })
         if still_held or result["restarted_elsewhere"] != len(victims) or files_ok != len(victims):
             failures.append("node death")
-        log(f"node {victim.name} killed: {len(victims)} servers stopped after {gone_s:.1f}s, restarted on {moved}")
+        log(f"node {victim.name} killed: Swarm marked it down after {result['swarm_marked_node_down_after_s']}s"
+            f" (heartbeat {result['dispatcher_heartbeat_s']}s), {len(victims)} servers stopped in the hub's view"
+            f" after {gone_s:.1f}s, restarted on {moved}")
 
         # 4. hub restart
         log("hub restart")
@@ -235,18 +304,32 @@ def main() -> int:
 
     # 7. the single-host reference, on the manager node's engine
     try:
-        ref = single_host_reference(cluster, stack.env, "cpu")
-        result["single_host_cpu_spawn_p50_s"] = round(statistics.median(ref), 2)
-        result["single_host_cpu_spawn_all_s"] = [round(t, 2) for t in ref]
-        if "swarm_cpu_spawn_p50_s" in result:
-            result["swarm_over_single_host_cpu_p50"] = round(
-                result["swarm_cpu_spawn_p50_s"] / result["single_host_cpu_spawn_p50_s"], 2)
-        log(f"single host: CPU spawn p50 {result['single_host_cpu_spawn_p50_s']}s")
+        ref = single_host_reference(cluster, stack.env)
+        for kind in ("gpu", "cpu"):
+            result[f"single_host_{kind}_spawn_p50_s"] = round(statistics.median(ref[kind]), 2)
+            result[f"single_host_{kind}_spawn_all_s"] = [round(t, 2) for t in ref[kind]]
+            if f"swarm_{kind}_spawn_p50_s" in result:
+                result[f"swarm_over_single_host_{kind}_p50"] = round(
+                    result[f"swarm_{kind}_spawn_p50_s"] / result[f"single_host_{kind}_spawn_p50_s"], 2)
+        log(f"single host: spawn p50 GPU {result['single_host_gpu_spawn_p50_s']}s, "
+            f"CPU {result['single_host_cpu_spawn_p50_s']}s")
     except Exception as exc:
         failures.append(f"single-host reference: {exc!r}"[:500])
     finally:
         if not os.environ.get("GPUHUB_SWARM_KEEP"):
             cluster.down()
+    # issue 31's measures, as figures (a miss is reported, not a failed run)
+    measures = {}
+    if "swarm_gpu_spawn_p50_s" in result and result.get("swarm_cpu_spawn_p50_s"):
+        measures["swarm_gpu_over_swarm_cpu_p50"] = round(result["swarm_gpu_spawn_p50_s"] / result["swarm_cpu_spawn_p50_s"], 2)
+    if "swarm_over_single_host_gpu_p50" in result:
+        measures["swarm_gpu_over_single_host_gpu_p50"] = result["swarm_over_single_host_gpu_p50"]
+    if "stopped_in_hub_view_after_s" in result:
+        measures["killed_node_out_of_view_s"] = result["stopped_in_hub_view_after_s"]
+    measures["met"] = (measures.get("swarm_gpu_over_swarm_cpu_p50", 99) <= 1.5
+                       and measures.get("swarm_gpu_over_single_host_gpu_p50", 99) <= 1.5
+                       and measures.get("killed_node_out_of_view_s", 99) <= 15)
+    result["measures"] = measures
     if dup_max:
         failures.append("duplicates")
     result["failures"] = failures

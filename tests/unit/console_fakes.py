@@ -32,7 +32,8 @@ class FakeEngine:
     async def __call__(self, method, *args, **kwargs):
         self.calls += 1
         if method == "containers":
-            return [{"Id": c["Id"]} for c in self.containers]
+            # a listing's State is the status word ("running", "paused"), as the engine's
+            return [{"Id": c["Id"], "State": (c.get("State") or {}).get("Status", "running")} for c in self.containers]
         if method == "inspect_container":
             return next(c for c in self.containers if c["Id"] == args[0])
         if method == "remove_container":

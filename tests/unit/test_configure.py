@@ -1,4 +1,5 @@
 """jupyterhub_config.py's helpers against a bare Config(), the way the hub calls them."""
+import ast
 import re
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def test_compose_reads_exactly_the_tables_variables_with_its_defaults():
     compose_text = (ROOT / "docker-compose.yml").read_text()
     compose = re.findall(r"\$\{([A-Z_]+)(?::-([^}]*))?\}", compose_text)
     in_compose = {name for name, s in SETTINGS.items()  # make's: compose.host.yml; the fixed: set, not read
-                  if s.used_by != "make" and name not in generate.COMPOSE_FIXED}
+                  if s.used_by != "make" and not s.internal and name not in generate.COMPOSE_FIXED}
     assert {name for name, _ in compose} == in_compose, ({name for name, _ in compose} ^ in_compose)
     for name, fallback in compose:
         assert fallback == SETTINGS[name].compose_value, (name, fallback)
@@ -140,7 +141,11 @@ def test_compose_reads_exactly_the_tables_variables_with_its_defaults():
     hub_env = set(re.findall(r"^      ([A-Z_]+): ", hub, re.MULTILINE))
     assert hub_env == {s.name for s in SETTINGS.values() if s.to_hub}
     example = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
-    assert example == set(SETTINGS)
+    assert example == {name for name, s in SETTINGS.items() if not s.internal}
+    internal = re.search(r"^## Internal\n(.*?)(^## |\Z)", (ROOT / "docs/configuration.md").read_text(),
+                         re.MULTILINE | re.DOTALL).group(1)
+    assert set(re.findall(r"^\| `([A-Z_]+)` \|", internal, re.MULTILINE)) == {n for n, s in SETTINGS.items() if s.internal}
+    assert all(n.startswith("GPUHUB_") for n, s in SETTINGS.items() if s.internal)
 
 
 def test_every_setting_has_help_and_a_known_reader():
@@ -153,10 +158,25 @@ def test_every_setting_has_help_and_a_known_reader():
 
 
 def test_configure_code_reads_through_the_table():
-    """No variable parsed, and no default typed, beside the table."""
+    """No variable parsed, and no default typed, beside the table: read from the source (ast), the
+    hub's configuration reads the environment only through ``read``/``given`` with a row of the
+    table, never a reader of its own (hub.settings.readers) or env.get/env[...]/os.environ; only a
+    dict comprehension may copy variables, unparsed, into a service's environment."""
+    from test_settings import DYNAMIC, env_reads
+
     for module in ("configure.py", "oauth.py"):
         source = (ROOT / "hub" / "hub_process" / "config" / module).read_text()
-        assert "readers." not in source, module
+        tree = ast.parse(source)
+        own = [(line, name) for line, name, passed_on in env_reads(source) if not (name == DYNAMIC and passed_on)]
+        assert not own, f"{module} reads these itself: {own}"
+        readers_used = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "readers"
+                        or isinstance(n, (ast.Import, ast.ImportFrom)) and "readers" in ast.unparse(n)]
+        assert not readers_used, f"{module} parses with hub.settings.readers itself (lines {readers_used})"
+        names = [call.args[1] for call in ast.walk(tree) if isinstance(call, ast.Call)
+                 and isinstance(call.func, ast.Name) and call.func.id in ("read", "given") and len(call.args) == 2]
+        assert names, module
+        rows = [n.value for n in names if isinstance(n, ast.Constant)]
+        assert rows and set(rows) <= set(SETTINGS), (module, set(rows) - set(SETTINGS))
 
 
 def test_oauth_variables_are_the_oauth_section():

@@ -66,3 +66,18 @@ def test_configure_console_writes_the_spawners_gpu_settings(tmp_path):
     assert GPUSettings.from_env(console["environment"]) == GPUSettings(
         name_prefix="lab", request_style="nvidia", cdi_dirs=("/cdi",), label_prefix="lbl",
         inventory_file="/srv/gpus.yaml", log_level="DEBUG")
+
+
+def test_internal_rows_default_to_what_the_hub_passes_on():
+    """The internal copies of a deployment variable start from the same default."""
+    from hub.settings.table import SETTINGS, given
+
+    assert SETTINGS["GPUHUB_GPU_REQUEST_STYLE"].default == SETTINGS["GPU_REQUEST_STYLE"].default
+    assert SETTINGS["GPUHUB_GPU_REQUEST_STYLE"].choices == SETTINGS["GPU_REQUEST_STYLE"].choices
+    assert SETTINGS["GPUHUB_CONSOLE_LOG_LEVEL"].default == SETTINGS["HUB_LOG_LEVEL"].default
+    assert GPUSettings.from_env({"GPUHUB_STATE_DIR": "/x"}).usage_db == "/x/gpu-usage.sqlite"
+    assert GPUSettings.from_env({"GPUHUB_STATE_DIR": "/x", "GPUHUB_USAGE_DB": "/y.sqlite"}).usage_db == "/y.sqlite"
+    # set: not blank, and for a yes/no setting not a no (a bad value counts as set)
+    assert [given({"OAUTH_ALLOW_ALL": v}, "OAUTH_ALLOW_ALL") for v in ("", " ", "no", "False", "yes", "maybe")] == \
+        [False, False, False, False, True, True]
+    assert given({"OIDC_ISSUER": "x"}, "OIDC_ISSUER") and not given({}, "OIDC_ISSUER")

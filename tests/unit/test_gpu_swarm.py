@@ -179,7 +179,7 @@ def test_manager_reconciles_inventory_holders_and_node_states(tmp_path):
     engine = FakeSwarmEngine()
     asyncio.run(manager.reconcile(engine))
     assert manager.source == "swarm" and len(manager.inventory) == 6
-    assert ("tasks", {"filters": {"desired-state": "running"}}) in engine.calls
+    assert ("tasks", {"filters": {"desired-state": ["running", "shutdown", "remove"]}}) in engine.calls
     assert manager.allocator.holder_of(uuid(1, 0)).user == "alice"
     with pytest.raises(NoGPUAvailable):
         manager.assign("zoe", "", set(), now=1)
@@ -191,6 +191,41 @@ def test_manager_reconciles_inventory_holders_and_node_states(tmp_path):
     assert (assignment.gpu.uuid, assignment.gpu.node) == (uuid(3, 0), "gpu-c")
     assert (assignment.kind, assignment.node_id, assignment.style) == (
         swarm.kind_for(uuid(3, 0)), "p7cc00000000000000000000c3", "swarm")
+
+
+def test_a_stopping_tasks_unit_is_releasing_until_its_container_stopped():
+    """A removed service's task, desired "remove" but still "running" on a node that is up,
+    keeps its unit in Swarm's scheduler: releasing. Once it ended, or on a down node: not."""
+    alice = next(t for t in ENGINE["tasks"] if t["ServiceID"] == "svcalice")
+    carol = next(t for t in ENGINE["tasks"] if t["ServiceID"] == "svccarol")  # on gpu-c, down
+    stopping = {**alice, "DesiredState": "remove"}
+    assert swarm.releasing_from_tasks([stopping], nodes()) == {uuid(1, 0): "gpu-a"}
+    ended = {**stopping, "Status": {**alice["Status"], "State": "shutdown"}}
+    assert swarm.releasing_from_tasks([ended, alice, {**carol, "DesiredState": "shutdown"}], nodes()) == {}
+    # and it holds nothing: the hub counts the GPU free
+    assert uuid(1, 0) not in swarm.holders_from_tasks([stopping], ENGINE["services"], nodes())
+
+
+def test_the_allocator_offers_released_gpus_before_releasing_ones():
+    alloc = Allocator([GPU(uuid=uuid(1, i), index=i) for i in range(3)])
+    alloc.releasing = frozenset({uuid(1, 0), uuid(1, 1)})
+    assert alloc.allocate("ann").uuid == uuid(1, 2)  # the one whose unit Swarm has released
+    assert alloc.allocate("ben").uuid == uuid(1, 0)  # then releasing ones, by index: Swarm waits
+    alloc.releasing = frozenset()
+    assert alloc.allocate("cy").uuid == uuid(1, 1)
+
+
+def test_manager_prefers_a_gpu_whose_unit_swarm_released(tmp_path):
+    """The swarm-storm's case: a server on gpu-a's first GPU just stopped (its service removed,
+    its task still shutting down); the next start gets a GPU Swarm can schedule at once."""
+    manager = SwarmGPUManager(str(tmp_path / "intent.json"), "gpuhub")
+    engine = FakeSwarmEngine()
+    engine.tasks = [{**t, "DesiredState": "remove"} if t["ServiceID"] == "svcalice" else t
+                    for t in ENGINE["tasks"] if t["ServiceID"] not in ("svcrender", "svceve")]
+    asyncio.run(manager.reconcile(engine))
+    assert manager.releasing == {uuid(1, 0): "gpu-a"}
+    assert manager.assign("zoe", "", set(), now=1).gpu.uuid == uuid(1, 1)
+    assert manager.assign("yan", "", set(), now=1).gpu.uuid == uuid(1, 0)  # the last one left
 
 
 def test_manager_sees_a_node_join(tmp_path):
@@ -355,3 +390,22 @@ def test_the_console_of_a_swarm_hub_reads_the_swarm(tmp_path):
     from hub.usage.metrics import exposition
     text = exposition(console.usage, console.manager.inventory, console.sampler).decode()
     assert f'gpuhub_gpu_info{{index="0",model="GPU",node="gpu-a",uuid="{uuid(1, 0)}"}} 1.0' in text
+
+
+def node_event(action: str, **attributes) -> dict:
+    """A node event as the manager's engine streams it (Engine API's EventMessage)."""
+    return {"Type": "node", "Action": action, "scope": "swarm", "time": 1796010000,
+            "Actor": {"ID": "p7bb00000000000000000000b2", "Attributes": {"name": "gpu-b", **attributes}}}
+
+
+def test_node_events_that_end_a_nodes_servers():
+    down = swarm.node_change(node_event("update", **{"state.old": "ready", "state.new": "down"}))
+    assert down == swarm.NodeChange("p7bb00000000000000000000b2", "gpu-b", "down")
+    assert "gpu-b your server ran on went down" in down.message
+    assert swarm.node_change(node_event("update", **{"availability.old": "active", "availability.new": "drain"})).what == "drain"
+    assert swarm.node_change(node_event("remove")).what == "removed"
+    # back up, paused, a label changed, another type: nothing ends
+    assert swarm.node_change(node_event("update", **{"state.old": "down", "state.new": "ready"})) is None
+    assert swarm.node_change(node_event("update", **{"availability.new": "pause"})) is None
+    assert swarm.node_change(node_event("update")) is None
+    assert swarm.node_change({**node_event("update", **{"state.new": "down"}), "Type": "service"}) is None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOORS = [  # bottom first
-    {"hub", "hub.units", "hub.courses", "hub.login_backoff"},
+    {"hub", "hub.units", "hub.courses", "hub.login_backoff", "hub.times", "hub.files", "hub.journal"},
     {"hub.gpus"},
     {"hub.usage"},
     {"hub.settings"},

@@ -8,16 +8,18 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from docker.errors import NotFound
 
+from hub.common.audit import AuditLog
 from hub.gpus.claim import device_request, holders_from_containers
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import GPU
 from hub.gpus.parked import Parked, ParkedFile, is_paused, parked_ids
-from hub.service_process.reclaim.park import MIB, ParkSettings, Parker, plan_memory
+from hub.common.park import MIB, ParkSettings, Parker, plan_memory
 
 TOOL_PATH = Path(__file__).resolve().parents[2] / "images/singleuser/gpu_park.py"
 spec = importlib.util.spec_from_file_location("gpu_park", TOOL_PATH)
@@ -257,7 +259,9 @@ class Tool:
         return {"ok": self.fail != "resume", "error": "restore: CUDA_ERROR_OUT_OF_MEMORY" if self.fail == "resume" else None}
 
 
-class Audit:
+class Audit(AuditLog):
+    """The audit log in memory (``write`` is the real one's)."""
+
     def __init__(self):
         self.entries = []
 
@@ -492,7 +496,7 @@ def test_engine_failures_on_the_way(tmp_path):
 
 
 def test_exec_checkpointer_reads_the_tools_answer():
-    from hub.service_process.reclaim.park import ExecCheckpointer
+    from hub.common.park import ExecCheckpointer
 
     class Exec:
         def __init__(self, out, code, fail=None):
@@ -578,3 +582,149 @@ def test_an_old_driver_is_refused_by_name():
             return super().__getattr__(name)
     with pytest.raises(gpu_park.ParkError, match="driver 570 or newer"):
         gpu_park.Driver(cuda=Old())
+
+
+# -- the park_proof.py hang: a driver call on a process that cannot run -------------------------
+
+def test_a_stopped_process_is_refused_before_the_driver_is_asked(tmp_path):
+    """The driver's checkpoint calls are answered by a thread of the target: on a process under
+    SIGSTOP they never return (park_proof.py read the state after SIGSTOP and hung). gpu-park
+    refuses such a process by its /proc state instead of asking."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert gpu_park.stopped(child.pid) is None
+        os.kill(child.pid, signal.SIGSTOP)
+        for _ in range(100):
+            if gpu_park.stopped(child.pid):
+                break
+            time.sleep(0.01)
+        assert "stopped" in gpu_park.stopped(child.pid)
+        lib = LibCuda()
+        driver = gpu_park.Driver(cuda=lib)
+        before = len(lib.calls)
+        for answer in (gpu_park.park(driver, [child.pid]), gpu_park.resume(driver, [child.pid]),
+                       gpu_park.states(driver, [child.pid])):
+            assert not answer["ok"] and "stopped" in answer["processes"][0]["error"]
+        assert len(lib.calls) == before  # the driver was never asked
+        os.kill(child.pid, signal.SIGCONT)
+        assert gpu_park.park(driver, [child.pid])["ok"]
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_frozen_cgroup_counts_as_stopped(tmp_path):
+    proc = tmp_path / "proc"
+    (proc / "7").mkdir(parents=True)
+    (proc / "7" / "stat").write_text("7 (python (x)) S 1 7 7 0 -1")
+    (proc / "7" / "cgroup").write_text("0::/no/such/cgroup/here\n")
+    assert gpu_park.stopped(7, str(proc)) is None
+    (proc / "7" / "stat").write_text("7 (python (x)) t 1 7 7 0 -1")
+    assert "stopped" in gpu_park.stopped(7, str(proc))
+    assert gpu_park.stopped(8, str(proc)) is None  # gone: the driver's answer says so
+
+
+def test_a_driver_call_past_its_deadline_is_an_error_not_a_hang():
+    import threading
+
+    release = threading.Event()
+
+    class Stuck(LibCuda):
+        def __getattr__(self, name):
+            call = super().__getattr__(name)
+            if name != "cuCheckpointProcessCheckpoint":
+                return call
+            return lambda *a: (release.wait(30), call(*a))[1]
+
+    driver = gpu_park.Driver(cuda=Stuck(), deadline=0.3)
+    t = time.monotonic()
+    answer = gpu_park.park(driver, [os.getpid()])
+    assert time.monotonic() - t < 5
+    assert not answer["ok"] and "no answer from the driver in 0.3 s" in answer["error"]
+    release.set()
+
+
+@pytest.mark.parametrize("answer", ["parked", "refused"])
+def test_gpu_reclaim_parks_where_the_policy_says_so_else_stops(tmp_path, answer):
+    """The policy's action ``park``: the reclaim stop becomes a park (its container by id);
+    refused (or failed) parking falls back to the stop. Parked longer than the policy's
+    max_parked: stopped at the next round (the Parker's expire with the policy's limit)."""
+    from test_gpu_activity import Feed
+    from test_reclaim_service import Engine as ListingEngine, Hub, running
+
+    from hub.common.audit import AuditLog
+    from hub.gpus.activity import ActivitySampler, ActivityStore
+    from hub.common.park import Outcome
+    from hub.gpus.reclaim_policy import ReclaimPolicy
+    from hub.service_process.reclaim.service import Reclaimer
+    from hub.common.stop_reasons import ReasonFile
+
+    class StubParker:
+        def __init__(self):
+            self.parked, self.limits = [], []
+
+        async def park(self, user, server, uuid, container):
+            self.parked.append((user, server, uuid, container))
+            return Outcome(answer, user, server, "why")
+
+        async def expire(self, limit=None):
+            self.limits.append(limit(record("alice", "c-x", "GPU-a")))
+            return []
+
+    clock = [2000.0]
+    alice = running("alice", "GPU-a")
+    engine = ListingEngine([alice])
+    hub = Hub(engine)
+    sampler = ActivitySampler(Feed(**{"GPU-a": 0}), interval=10, clock=lambda: clock[0],
+                              store=ActivityStore(tmp_path / "a.sqlite"))
+    r = Reclaimer(ReclaimPolicy(threshold_pct=5, timeout=60, grace=30, action="park", max_parked=600), sampler,
+                  engine, hub, AuditLog(tmp_path / "audit.jsonl"), ReasonFile(tmp_path / "reasons.json"),
+                  tmp_path / "r.json", instance="gpuhubtest", clock=lambda: clock[0],
+                  parked_file=tmp_path / "gpu-parked.json")
+    r.parker = StubParker()
+    decisions = []
+    for _ in range(10):
+        decisions += asyncio.run(r.round())
+        clock[0] += 10
+        if decisions and decisions[-1].action == "stop":
+            break
+    assert [d.action for d in decisions] == ["warn", "stop"]
+    assert r.parker.parked == [("alice", "", "GPU-a", alice["Id"])]
+    assert hub.stopped == ([] if answer == "parked" else [("alice", "")])
+    assert set(r.parker.limits) == {600}
+
+
+def test_a_profile_may_park_and_limit_the_parked_time():
+    from hub.gpus.reclaim_policy import PolicyTable, ReclaimPolicy, parse_override
+
+    table = PolicyTable(ReclaimPolicy(), {"big": parse_override({"action": "park", "max_parked": 3600}, "big")})
+    assert table.of("big").parks and table.of("big").max_parked == 3600 and not table.of("other").parks
+    assert ReclaimPolicy().action == "stop"  # the default stays the stop
+    with pytest.raises(ValueError, match="'stop' or 'park'"):
+        parse_override({"action": "hibernate"}, "big")
+    with pytest.raises(ValueError, match="max_parked"):
+        parse_override({"max_parked": 0}, "big")
+
+
+def test_the_hub_shows_a_parked_servers_notice(tmp_path):
+    """hub/hub_process/parking.py: the home page's notice for each parked server, from the
+    records beside the spawner's intent file; none for a server that is not parked."""
+    from types import SimpleNamespace
+
+    from hub.hub_process import parking as hub_parking
+
+    ParkedFile(tmp_path / "gpu-parked.json").put(Parked("alice", "big", "c-1", "GPU-0", 1_700_000_000.0,
+                                                        gpu_mib=12288))
+    user = SimpleNamespace(name="alice")
+    user.spawners = {name: SimpleNamespace(user=user, name=name, gpu_intent_file=str(tmp_path / "gpu-intent.json"))
+                     for name in ("", "big")}
+    shown = hub_parking.parked_of(user)
+    assert [p["server"] for p in shown] == ["big"] and shown[0]["url"] == "parked/big"
+    assert shown[0]["message"].startswith("Your session is parked since ")
+    assert "12.0 GB of GPU state kept in memory" in shown[0]["message"]
+    no_intent = SimpleNamespace(user=user, name="", gpu_intent_file="")
+    assert hub_parking.record_of(no_intent) is None

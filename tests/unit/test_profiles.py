@@ -129,3 +129,19 @@ def test_a_gpu_profile_may_carry_its_own_reclaim_policy():
         load_profiles(GOOD.replace("    cpu_limit: 1\n", "    cpu_limit: 1\n    reclaim: off\n"), IMG, MEM, CPU)
     with pytest.raises(ValueError, match=r"profiles\[0\] \(gpu\): reclaim: unknown key"):
         load_profiles(GOOD.replace("    default: true\n", "    default: true\n    reclaim: {idle: 5}\n"), IMG, MEM, CPU)
+
+
+def test_a_profile_may_turn_the_warm_kernel_off_or_name_its_imports():
+    text = GOOD.replace("    default: true\n", "    default: true\n    warm_kernel: [torch, numpy.linalg]\n", 1)
+    text += ("  - slug: plain\n    name: Plain\n    warm_kernel: off\n"
+             "  - slug: words\n    name: Words\n    warm_kernel: 'torch, pandas'\n"
+             "  - slug: bare\n    name: Bare\n    warm_kernel: []\n")
+    gpu, cpu, course, plain, words, bare = load_profiles(text, IMG, MEM, CPU)
+    assert (gpu.warm_kernel, gpu.warm_imports) == (True, ("torch", "numpy.linalg"))
+    assert (cpu.warm_kernel, cpu.warm_imports) == (None, None)  # the hub's settings
+    assert (plain.warm_kernel, plain.warm_imports) == (False, None)
+    assert words.warm_imports == ("torch", "pandas") and bare.warm_imports == ()
+    for bad in ("[\"os; import shutil\"]", "5", "'torch; rm'"):
+        with pytest.raises(ValueError, match=r"profiles\[0\] \(gpu\): warm_kernel must be on, off or a list"):
+            load_profiles(GOOD.replace("    default: true\n", f"    default: true\n    warm_kernel: {bad}\n", 1),
+                          IMG, MEM, CPU)

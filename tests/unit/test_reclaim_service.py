@@ -3,6 +3,7 @@ readings: warn, then stop with the reason left for the page and the audit; its R
 input answered with a 4xx and nothing changed."""
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 import requests
@@ -389,3 +390,24 @@ def test_me_tells_the_caller_their_own_gpu_hours_and_quota(tmp_path):
         alice = me("alice-token")  # nothing used: the default quota, untouched; nobody else's hours
         assert alice["hours"]["week"] == 0 and alice["quota"]["scope"] == "default"
         assert alice["quota"]["used_hours"] == 0
+
+
+def test_reclaim_reads_the_files_and_labels_the_console_reads(tmp_path):
+    """One reader for both components of the service process: GPUSettings (GPUHUB_STATE_DIR,
+    GPUHUB_GPU_AUDIT_FILE, GPUHUB_LABEL_PREFIX, GPUHUB_PROFILES_FILE, GPUHUB_USAGE_DB)."""
+    from hub.service_process.reclaim.service import build
+    from hub.settings.gpu_settings import GPUSettings
+    from hub.usage.store import UsageStore
+
+    env = {"GPUHUB_STATE_DIR": str(tmp_path), "GPUHUB_LABEL_PREFIX": "lab", "HUB_NAME_PREFIX": "gpuhubtest",
+           "GPUHUB_PROFILES_FILE": str(tmp_path / "absent.yaml"), "GPUHUB_USAGE_DB": str(tmp_path / "u.sqlite")}
+    engine = Engine([])
+    r, s = build(env, docker=engine, hub=Hub(engine)), GPUSettings.from_env(env)
+    assert r.labels.prefix == s.label_prefix == "lab"
+    assert r.audit.path == Path(s.audit_file) == tmp_path / "gpu-audit.jsonl"
+    assert r.profiles_file == Path(s.profiles_file) == tmp_path / "absent.yaml"
+    assert r.usage("nobody", []) == {}  # no store yet at GPUHUB_USAGE_DB
+    UsageStore(tmp_path / "gpu-usage.sqlite")  # the default place: not read, as GPUHUB_USAGE_DB is set
+    assert r.usage("nobody", []) == {}
+    UsageStore(tmp_path / "u.sqlite")
+    assert r.usage("nobody", [])["hours"] == {"day": 0, "week": 0, "month": 0}

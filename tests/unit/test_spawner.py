@@ -431,3 +431,20 @@ def test_waiters_woken_by_one_stop_read_the_engine_once_and_the_first_passes(tmp
     done = asyncio.run(run())
     assert done == [True, False, False, False, False, False]  # one GPU: the others wait on
     assert reads == ["containers"]  # one engine read for the six woken waiters
+
+
+def test_the_warm_kernel_settings_reach_the_server(monkeypatch):
+    monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {})
+    s = make_spawner()
+    assert s.get_env()["GPUHUB_WARM_KERNEL"] == "on" and "GPUHUB_WARM_IMPORTS" not in s.get_env()  # image's list
+    # spares leave the host the admission reserve (1 GiB) and four new servers (4 x 512 MiB)
+    assert s.get_env()["GPUHUB_WARM_HOST_RESERVE_MB"] == "3072"
+    s = make_spawner(warm_kernel=False, warm_imports="torch numpy", host_memory_when_full="off")
+    assert s.warm_env() == {"GPUHUB_WARM_KERNEL": "off", "GPUHUB_WARM_IMPORTS": "torch numpy"}
+    s.profile_warm = (True, ("pandas",))  # a profile's warm_kernel: [pandas]
+    assert s.warm_env() == {"GPUHUB_WARM_KERNEL": "on", "GPUHUB_WARM_IMPORTS": "pandas"}
+    s = make_spawner(host_memory_when_full="off")
+    s.profile_warm = (True, ())  # warm_kernel: [] imports nothing, not the image's list
+    assert s.warm_env() == {"GPUHUB_WARM_KERNEL": "on", "GPUHUB_WARM_IMPORTS": ""}
+    s.profile_warm = (False, None)
+    assert s.warm_env() == {"GPUHUB_WARM_KERNEL": "off"}

@@ -11,7 +11,8 @@ from traitlets.config import Config
 
 from hub.gpus import swarm
 from hub.hub_process.spawner.spawner import PROCESS
-from hub.hub_process.spawner.swarm import GPUSwarmSpawner, nfs_driver
+from hub.hub_process.spawner.node_events import NodeEvents
+from hub.hub_process.spawner.swarm import NODES, GPUSwarmSpawner, nfs_driver
 
 ENGINE = json.loads((Path(__file__).parent / "recorded" / "swarm-four-nodes.json").read_text())
 GPU_C0 = "GPU-5a300000-0000-4000-8000-000000000000"
@@ -35,8 +36,9 @@ class FakeEngine:
             return self.services
         if method == "tasks":
             service = (kwargs.get("filters") or {}).get("service")
+            node = (kwargs.get("filters") or {}).get("node")
             names = {s["ID"]: s["Spec"]["Name"] for s in self.services}
-            return [t for t in self.tasks if service in (None, names.get(t["ServiceID"]))]
+            return [t for t in self.tasks if service in (None, names.get(t["ServiceID"])) and node in (None, t.get("NodeID"))]
         if method == "inspect_image":
             return {"Config": {"Cmd": ["jupyterhub-singleuser"], "Labels": {}}}
         if method == "inspect_service":
@@ -69,6 +71,11 @@ def engine(monkeypatch, tmp_path):
     fake = FakeEngine()
     saved = (PROCESS.gpu_manager, PROCESS.executor)
     PROCESS.gpu_manager = PROCESS.executor = None
+    # no event stream of a real engine: the node events are handed in by the tests
+    monkeypatch.setattr(NODES, "loss", None)
+    monkeypatch.setattr(NODES, "events", None)
+    monkeypatch.setattr(NODES, "folder_slots", None)
+    monkeypatch.setattr(NodeEvents, "start", lambda self, loop: None)
     monkeypatch.setattr("dockerspawner.DockerSpawner.get_env", lambda self: {"JUPYTERHUB_API_TOKEN": "t"})
     monkeypatch.setattr("dockerspawner.DockerSpawner.get_args", lambda self: ["--ip=0.0.0.0"])
     yield fake
@@ -156,6 +163,36 @@ def test_poll_a_server_whose_node_died_is_stopped_and_says_why(engine, tmp_path)
     assert manager.allocator.holder_of(s.gpu_uuid) is None
 
 
+def test_a_node_down_event_stops_its_servers_at_once_and_tells_the_console(engine, tmp_path):
+    """The manager's node event, not the next poll: the servers with a task on the lost node
+    are polled at once, JupyterHub's stop callbacks run, the GPU console's audit log says so;
+    a server on another node is left alone."""
+    audit = tmp_path / "gpu-audit.jsonl"
+    zoe, yan = (make_spawner(engine, tmp_path, name=n, gpu_audit_file=str(audit)) for n in ("zoe", "yan"))
+    stopped = []
+
+    async def scenario():
+        for s in (zoe, yan):
+            await s.create_object()
+            s.object_id = engine.services[-1]["ID"]
+            assert await s.poll() is None  # running: tracked
+            s.add_poll_callback(stopped.append, s.user.name)  # what JupyterHub adds (user_stopped)
+        yan_task = next(t for t in engine.tasks if t["ServiceID"] == yan.object_id)
+        yan_task["NodeID"] = "p7aa00000000000000000000a1"  # yan runs elsewhere
+        for n in engine.nodes:
+            if n["Description"]["Hostname"] == "gpu-b":
+                n["Status"]["State"] = "down"
+        return await NODES.loss.act(swarm.NodeChange("p7bb00000000000000000000b2", "gpu-b", "down"))
+
+    assert asyncio.run(scenario()) == ["zoe"] and stopped == ["zoe"]
+    assert zoe.assignment.gpu.node == "gpu-b"
+    assert "gpu-b your server ran on went down" in PROCESS.stop_reasons._reasons[("zoe", "")][0]
+    PROCESS.stop_reasons.running(("zoe", ""))
+    [entry] = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert entry["action"] == "node down" and entry["who"] == "hub" and entry["users"] == ["zoe"]
+    assert zoe.gpu_uuid in entry["detail"] and "yan" not in entry["detail"]
+
+
 def test_nfs_driver_options():
     assert nfs_driver("", "/x", "rw", "v") is None
     assert nfs_driver("10.0.0.5", "/srv/gpuhub", "", "v").get("Options") == {
@@ -199,6 +236,26 @@ def test_nfs_folders_are_made_once_by_a_root_container_that_may_only_chown(engin
     # without NFS: nothing to prepare
     asyncio.run(make_spawner(fake, tmp_path).prepare_volumes({}))
     assert len(runs) == 1
+
+
+def test_a_start_makes_the_folders_while_it_does_its_other_steps(engine, tmp_path, monkeypatch):
+    """start() begins the one-off folder container at once; create_object's prepare_volumes
+    waits for that one instead of making another; its removal is not waited for."""
+    fake, runs = folder_making_engine(engine, monkeypatch)
+    s = make_spawner(fake, tmp_path, swarm_volume_root="/srv/shared")
+    order = []
+
+    async def other_steps(self):
+        order.append(("other steps", len(runs)))
+        await asyncio.sleep(0.01)  # the image check, the turn: the folder container runs meanwhile
+        await self.prepare_volumes({})
+        order.append(("service", len(runs)))
+        return "10.0.0.9", 8888
+    monkeypatch.setattr("hub.hub_process.spawner.spawner.GPUDockerSpawner.start", other_steps)
+    assert asyncio.run(s.start()) == ("10.0.0.9", 8888)
+    assert order == [("other steps", 0), ("service", 1)] and len(runs) == 1
+    assert runs[0]["host_config"]["mounts"][0]["Source"] == "/srv/shared"
+    PROCESS.nfs_dirs.clear()
 
 
 def test_a_service_removed_behind_the_hubs_back_is_stopped_and_removing_it_again_is_done(engine, tmp_path):

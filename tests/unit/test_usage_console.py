@@ -483,3 +483,38 @@ def test_a_burst_of_engine_events_brings_one_sync_a_second_later(setup, monkeypa
     assert len(syncs) == 1  # five events, one sync
     assert engine.filters[0] == keeper.event_filter == {
         "type": "container", "event": ["start", "die"], "label": ["gpuhub.instance=gpuhubtest"]}
+
+
+def test_parked_time_is_not_gpu_time(setup, tmp_path):
+    """A parked server (paused, its GPU given back: hub.gpus.parked) holds no seat; after its
+    resume it holds one again from the resume on (docker unpause keeps State.StartedAt)."""
+    from hub.gpus.parked import Parked, ParkedFile
+
+    console, engine, hub, keeper, events = setup
+    assert keeper.parked.path.name == "gpu-parked.json"  # the console's keeper reads the parked servers
+    parked = ParkedFile(tmp_path / "gpu-parked.json")
+    keeper.parked = parked
+    c1, _ = labelled("c1", GPUS[0].uuid, "alice", T0 - 100)
+    c1["State"] = {"Status": "running", "StartedAt": "2023-11-14T22:11:40Z"}  # T0 - 100
+    engine.containers = [c1]
+    run(keeper.sync())
+    keeper.clock.t = T0 + 100
+    run(keeper.sync())
+    # parked at T0 + 100: paused, and a record names it
+    c1["State"] = {"Status": "paused", "Paused": True, "Running": True, "StartedAt": "2023-11-14T22:11:40Z"}
+    parked.put(Parked("alice", "", "c1", GPUS[0].uuid, T0 + 100))
+    for t in (T0 + 200, T0 + 900):
+        keeper.clock.t = t
+        assert run(keeper.sync()).live == 0
+    # resumed at T0 + 1000
+    parked.pop(("alice", ""), resumed=T0 + 1000)
+    c1["State"] = {"Status": "running", "Running": True, "StartedAt": "2023-11-14T22:11:40Z"}
+    keeper.clock.t = T0 + 1500
+    assert run(keeper.sync()).live == 1
+    got = sorted((iv.start, iv.end) for iv in keeper.store.between(0, T0 + 9999))
+    assert got == [(T0 - 100, T0 + 100), (T0 + 1000, T0 + 1500)]
+    assert sum(iv.held_s for iv in keeper.store.between(0, T0 + 9999)) == 200 + 500
+    # a record for a container that runs (not paused) frees nothing: still counted
+    parked.put(Parked("alice", "", "c1", GPUS[0].uuid, T0 + 1500))
+    keeper.clock.t = T0 + 1600
+    assert run(keeper.sync()).live == 1

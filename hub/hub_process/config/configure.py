@@ -111,6 +111,8 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     c.DockerSpawner.cpu_limit = read(env, "USER_CPU_LIMIT")
     c.GPUDockerSpawner.shm_size = read(env, "USER_SHM_SIZE")
     c.GPUDockerSpawner.pids_limit = read(env, "USER_PIDS_LIMIT")
+    c.GPUDockerSpawner.warm_kernel = read(env, "WARM_KERNEL")
+    c.GPUDockerSpawner.warm_imports = read(env, "WARM_KERNEL_IMPORTS") or ""
     c.GPUDockerSpawner.gpu_enabled = read(env, "USER_GPU")
     c.GPUDockerSpawner.gpu_cpu_fallback = read(env, "GPU_CPU_FALLBACK")
     c.GPUDockerSpawner.gpu_request_style = read(env, "GPU_REQUEST_STYLE")
@@ -195,7 +197,11 @@ PROXY_PUBLIC_URL = "http://proxy:8000"  # the proxy's public port, as users' ser
 RECLAIM_TOKEN_FILE = f"{STATE_DIR}/gpu-reclaim-token"
 RECLAIM_SETTINGS = ("HUB_NAME_PREFIX", "HUB_LOG_LEVEL", "GPU_IDLE_TIMEOUT", "GPU_IDLE_THRESHOLD", "GPU_IDLE_GRACE",
                     "GPU_IDLE_EXEMPT_USERS", "GPU_IDLE_EXEMPT_GROUPS", "GPU_SAMPLE_INTERVAL", "GPU_USAGE_READER",
-                    "GPU_QUOTA_DEFAULT")  # the last for the user's GPU-hours in JupyterLab's GPU item
+                    "GPU_QUOTA_DEFAULT",  # for the user's GPU-hours in JupyterLab's GPU item
+                    "GPU_IDLE_ACTION", "GPU_PARK_MAX", "GPU_PARK_HOST_RESERVE")  # parking (service_process/reclaim/parking.py)
+
+
+TEST_PASS_ON = ("GPU_PARK_FAKE",)  # test scaffolding, not settings: copied into gpu-reclaim's environment
 
 
 def reclaim_environment(env: Mapping[str, str], token_file: str = RECLAIM_TOKEN_FILE) -> dict[str, str]:
@@ -203,8 +209,11 @@ def reclaim_environment(env: Mapping[str, str], token_file: str = RECLAIM_TOKEN_
     bad value stops the hub at start, naming the variable)."""
     for name in RECLAIM_SETTINGS:
         read(env, name)
-    return {RECLAIM_TOKEN_ENV: state_secret(token_file), RECLAIM_URL_ENV: RECLAIM_URL,
-            **{name: env[name] for name in RECLAIM_SETTINGS if env.get(name, "").strip()}}
+    out = {RECLAIM_TOKEN_ENV: state_secret(token_file), RECLAIM_URL_ENV: RECLAIM_URL,
+           **{name: env[name] for name in RECLAIM_SETTINGS if env.get(name, "").strip()}}
+    # tests on fake GPUs (tests/e2e/fake_gpu): gpu-park's driver stand-in, passed on as it is
+    out.update({name: env[name] for name in TEST_PASS_ON if env.get(name, "").strip()})
+    return out
 
 
 def configure_reclaim(c, env: Mapping[str, str], token_file: str = RECLAIM_TOKEN_FILE) -> None:

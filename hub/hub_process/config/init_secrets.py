@@ -17,6 +17,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from hub.files import write_atomic
 from hub.settings import STATE_DIR
 from hub.settings.table import read
 
@@ -32,12 +33,7 @@ def ensure_secret(path: Path, value: str, uid: int, gid: int, mode: int) -> bool
     """
     created = not (path.exists() and path.read_text().strip())
     if created:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(value + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, value + "\n", mode)
     os.chown(path, uid, gid)
     os.chmod(path, mode)
     return created

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from traitlets.config.loader import ConfigError
 
-from hub.settings.table import read
+from hub.settings.table import given, read
 
 CALLBACK_PATH = "/hub/oauth_callback"
 CALLBACK_HINT = f"https://<your host>{CALLBACK_PATH}"
@@ -91,8 +91,7 @@ def provider_key(env: Mapping[str, str]) -> str:
 
 def check_unset(env: Mapping[str, str]) -> None:
     """With the embedded login, an OAuth variable that is set means OAUTH_PROVIDER was forgotten."""
-    stray = [name for name in VARIABLES if env.get(name, "").strip()
-             and not (name == "OAUTH_ALLOW_ALL" and env[name].strip().lower() in ("0", "false", "no", "off"))]
+    stray = [name for name in VARIABLES if given(env, name)]
     if stray:
         verb, them = ("is", "it") if len(stray) == 1 else ("are", "them")
         raise ConfigError(f"{', '.join(stray)} {verb} set but OAUTH_PROVIDER is empty, so the hub would use its own "
@@ -104,7 +103,7 @@ def configure_oauth(c, env: Mapping[str, str], key: str, fetch: FetchJson = fetc
     """Configure OAuthenticator's authenticator for provider ``key`` (a key of PROVIDERS)."""
     provider = PROVIDERS[key]
     for name, only in ONLY_FOR.items():
-        if env.get(name, "").strip() and only != key:
+        if given(env, name) and only != key:
             raise ConfigError(f"{name} is only used with OAUTH_PROVIDER={only}, and OAUTH_PROVIDER is "
                               f"{key}: remove {name} from .env")
     client_id, client_secret, callback = _credentials(env, key, provider)

@@ -3,12 +3,17 @@ mounted at ``<materials dir>/<course>``: writable for the course's teachers and 
 read-only for its students."""
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from typing import Any, Awaitable, Callable
 
 import docker.errors
 
 from hub import courses
 from hub.gpus.claim import Labels
+
+log = logging.getLogger(__name__)
 
 DockerCall = Callable[..., Awaitable]
 OWNER = "1000:100"  # the notebook user, jovyan
@@ -75,8 +80,9 @@ AS_ROOT_HOST_CONFIG = {"network_mode": "none", "cap_drop": ["ALL"], "cap_add": [
 
 
 async def as_root(engine: DockerCall, image: str, command: list[str], host_config: dict,
-                  labels: dict[str, str], what: str) -> None:
-    """Run `command` as root in a one-off container of `image` (a volume's owner), and wait."""
+                  labels: dict[str, str], what: str, wait_removal: bool = True) -> None:
+    """Run `command` as root in a one-off container of `image` (a volume's owner), and wait
+    (for its removal too unless ``wait_removal`` is False: then it is removed meanwhile)."""
     created = await engine("create_container", image, command=command, user="root", entrypoint=[],
                            host_config=host_config, labels=labels)
     try:
@@ -85,4 +91,13 @@ async def as_root(engine: DockerCall, image: str, command: list[str], host_confi
         if result.get("StatusCode"):
             raise RuntimeError(f"could not {what} (exit {result['StatusCode']})")
     finally:
-        await engine("remove_container", created["Id"], force=True)
+        removal = engine("remove_container", created["Id"], force=True)
+        if wait_removal:
+            await removal
+        else:
+            asyncio.ensure_future(removal).add_done_callback(_removed)
+
+
+def _removed(future: "asyncio.Future") -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("A one-off container was not removed: %s", future.exception())

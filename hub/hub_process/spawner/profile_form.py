@@ -13,6 +13,8 @@ from hub.hub_process.spawner.traits import GPUSpawnerSettings
 
 
 class ProfileForm(GPUSpawnerSettings):
+    profile_warm: tuple = (None, None)  # the chosen profile's (warm_kernel, warm_imports); None: the settings
+
     def user_groups(self) -> set[str]:
         return {g.name for g in getattr(self.user, "groups", [])}
 
@@ -74,6 +76,7 @@ class ProfileForm(GPUSpawnerSettings):
         status with its message, before anything starts (JupyterHub >= 5.3)."""
         self.progress_log = ProgressLog()  # a new start
         self.profile_slug = None
+        self.profile_warm = (None, None)
         offered = self.load_profiles()
         if not offered:  # DockerSpawner's own options: an image of allowed_images (start() checks it)
             others = sorted(set(user_options) - {"image"})
@@ -88,6 +91,7 @@ class ProfileForm(GPUSpawnerSettings):
                                      "under a profile's 'images:' instead (docs/servers.md).")
         profile, image = profiles.choose(offered, user_options, self.user_groups(), self.is_admin)
         self.profile_slug = profile.slug
+        self.profile_warm = (profile.warm_kernel, profile.warm_imports)
         self.image = image
         self.allowed_images = {image: image}  # DockerSpawner re-checks user_options["image"]
         self.mem_limit, self.cpu_limit, self.gpu_enabled = profile.mem_limit, profile.cpu_limit, profile.gpu

@@ -26,6 +26,7 @@ from hub.gpus.gate import HostGate, Refused
 from hub.gpus.health import TORCH_CUDA_LABEL
 from hub.gpus.manager import GPUManager
 from hub.gpus.model import ACCESS_REFUSED, NoGPUAvailable
+from hub.gpus.parked import FILE as PARKED_FILE, ParkedFile, is_paused
 from hub.gpus.queue import Waiter
 from hub.hub_process.spawner import course_volumes, naming, port_probe, specs, start_command
 from hub.hub_process.spawner.progress import ProgressLog, PullProgress
@@ -320,6 +321,21 @@ class GPUDockerSpawner(ProfileForm, LineWaiting):
         courses = course_volumes.user_courses(self.user)
         if courses:
             env["GPUHUB_COURSES"] = ",".join(sorted(courses))
+        env.update(self.warm_env())
+        return env
+
+    def warm_env(self) -> dict[str, str]:
+        """The warm kernel's settings for the server (images/singleuser/gpuhub_warm reads them)."""
+        on, imports = self.profile_warm
+        env = {"GPUHUB_WARM_KERNEL": "on" if (self.warm_kernel if on is None else on) else "off"}
+        if self.host_memory_when_full != "off":
+            # a spare leaves the host room for the admission reserve and four more new servers
+            # (hub/memory.py): spares must not take the memory of students still to arrive
+            host_reserve = int(self.host_memory_reserve) + 4 * int(self.server_memory_estimate)
+            env["GPUHUB_WARM_HOST_RESERVE_MB"] = str(host_reserve // 2**20)
+        imports = self.warm_imports if imports is None else " ".join(imports)
+        if imports or self.profile_warm[1] is not None:  # a profile's [] imports nothing
+            env["GPUHUB_WARM_IMPORTS"] = imports
         return env
 
     def server_spec(self) -> specs.ServerSpec:
@@ -383,10 +399,29 @@ class GPUDockerSpawner(ProfileForm, LineWaiting):
 
     async def stop(self, now=False):
         PROCESS.stop_reasons.stopping(self._server_key)
+        await self.unpark()
         try:
             return await super().stop(now=now)
         finally:
             PROCESS.gpu_queue.wake()  # its GPU may be free now: the line checks again
+
+    async def unpark(self) -> None:
+        """A parked server being stopped (docs/gpus.md, "Parking"): unpaused first, so that it
+        takes its SIGTERM (a paused process cannot), and its record goes; its GPU state in host
+        memory goes with its processes."""
+        if not self.gpu_intent_file:
+            return
+        parked = ParkedFile(Path(self.gpu_intent_file).with_name(PARKED_FILE))
+        record = await asyncio.to_thread(parked.pop, self._server_key)
+        if record is None:
+            return
+        try:
+            if is_paused(await self.engine("inspect_container", record.container)):
+                await self.engine("unpause", record.container)
+            self.log.info("%s was parked (since %s): unpaused to be stopped", self._log_name,
+                          time.strftime("%H:%M", time.localtime(record.since)))
+        except docker.errors.APIError as exc:  # gone or not paused: the stop goes on as before
+            self.log.info("%s: unpausing its parked container: %s", self._log_name, exc)
 
     async def stop_object(self):
         await super().stop_object()

@@ -14,17 +14,32 @@ bind mounts: dockerspawner#536).
 from __future__ import annotations
 
 import asyncio
+import time
 
+import docker
 import docker.errors
 
 from docker.types import DriverConfig, EndpointSpec, Mount
+from docker.utils import kwargs_from_env
 from dockerspawner import SwarmSpawner
 from traitlets import List, Unicode
 
 from hub.gpus.manager import GPUManager, SwarmGPUManager
 from hub.gpus.swarm import nodes_from_engine, service_state, start_state
 from hub.hub_process.spawner import course_volumes, port_probe, specs
+from hub.hub_process.spawner.node_events import NodeEvents, NodeLoss
 from hub.hub_process.spawner.spawner import PROCESS, GPUDockerSpawner
+
+
+class SwarmProcess:
+    """What the swarm spawners of one hub process share: the node events and what the hub
+    does when a node is lost (hub/hub_process/spawner/node_events.py)."""
+    loss: NodeLoss | None = None
+    events: NodeEvents | None = None
+    folder_slots: asyncio.Semaphore | None = None  # one-off folder containers at once (a burst)
+
+
+NODES = SwarmProcess()
 
 def nfs_driver(server: str, export: str, options: str, volume: str = "") -> DriverConfig | None:
     """The ``local`` driver's options that put a volume on ``server:export/volume`` (the
@@ -121,7 +136,35 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         kwargs["endpoint_spec"] = EndpointSpec(mode="dnsrr")
         return kwargs
 
+    async def start(self):
+        # A new user's folders on the file server take a one-off container: made while the start
+        # does its other steps (image, turn, GPU), awaited before the service is created.
+        self._phases = [("begin", time.time())]
+        if NODES.folder_slots is None:
+            NODES.folder_slots = asyncio.Semaphore(max(1, self.concurrent_starts or 1))
+
+        async def folders():
+            async with NODES.folder_slots:
+                await self.make_folders(course_volumes.user_courses(self.user))
+        self._folders = asyncio.ensure_future(folders())
+        try:
+            return await super().start()
+        finally:
+            folders, self._folders = self._folders, None
+            if not folders.done():
+                folders.cancel()
+            elif not folders.cancelled():
+                folders.exception()  # retrieved: it failed the start already, or nobody asked
+
     async def prepare_volumes(self, courses: dict) -> None:
+        folders = getattr(self, "_folders", None)
+        if folders is not None:  # begun by start()
+            await asyncio.shield(folders)
+        else:
+            await self.make_folders(courses)
+        self.phase("folders ready")
+
+    async def make_folders(self, courses: dict) -> None:
         """On a swarm, a volume is made by its driver on the node the server lands on; on NFS
         (or under swarm_volume_root) its directory must exist first (a mount of a missing
         directory fails), owned by the notebook user: a one-off root container on the hub's node
@@ -149,14 +192,36 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         await course_volumes.as_root(
             self.engine, self.image, ["sh", "-c", script, "sh", *(f"{n}:{targets[n]}" for n in names)],
             self.client.create_host_config(mounts=[export], **course_volumes.AS_ROOT_HOST_CONFIG),
-            {self.labels.instance: self.prefix}, f"make the folders {', '.join(names)} on the file server")
+            {self.labels.instance: self.prefix}, f"make the folders {', '.join(names)} on the file server",
+            wait_removal=False)
         PROCESS.nfs_dirs.update(names)
 
     async def remove_object(self):
+        if NODES.loss is not None:
+            NODES.loss.forget(self)
         try:
             await super().remove_object()
         except docker.errors.NotFound:  # removed already: done
             self.log.info("Service %s was gone already", self.service_name)
+
+    # ---- lost nodes: from the manager's node events, not the next poll -----------------------
+
+    def events_client(self) -> docker.APIClient:
+        """A client of its own for the event stream (it blocks a connection for good), made as
+        DockerSpawner makes the shared one."""
+        kwargs = {"version": "auto", **kwargs_from_env(), **self.client_kwargs}
+        if self.tls_config:
+            kwargs["tls"] = docker.tls.TLSConfig(**self.tls_config)
+        return docker.APIClient(**kwargs)
+
+    def watch_nodes(self) -> None:
+        """Listen to the swarm's node events (once per hub process) and count this server among
+        those to poll at once when its node is lost."""
+        if NODES.loss is None:
+            NODES.loss = NodeLoss(self.engine, self.gpu_audit_file, PROCESS.gpu_queue.wake)
+            NODES.events = NodeEvents(self.events_client, NODES.loss.changed)
+            NODES.events.start(asyncio.get_running_loop())
+        NODES.loss.track(self)
 
     # ---- is it running? ---------------------------------------------------------------------
 
@@ -172,6 +237,7 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         running, why = await self.service_running()
         if running:
             PROCESS.stop_reasons.running(self._server_key)
+            self.watch_nodes()  # also the servers a restarted hub finds running
             return None
         if self._server_key not in PROCESS.stop_reasons:
             message = why or "Your server's service has no task any more."
@@ -180,26 +246,60 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             PROCESS.gpu_queue.wake()
         return 1
 
+    async def create_object(self):
+        if not getattr(self, "_phases", None):
+            self._phases = [("begin", time.time())]
+        created = await super().create_object()
+        if self.assignment is not None:  # the allocator's choice: when it was made
+            self._phases.append(("GPU chosen", self.assignment.since))
+        self._phases.append(("service created", time.time()))
+        return created
+
+    def phase(self, name: str) -> None:
+        phases = getattr(self, "_phases", None)
+        if phases is not None and name not in dict(phases):
+            phases.append((name, time.time()))
+
+    def log_phases(self) -> None:
+        """One line per start in the hub's log: where its time went, in seconds since the
+        spawner's start began (docs/swarm.md)."""
+        phases = getattr(self, "_phases", None)
+        if not phases:
+            return
+        begin = phases[0][1]
+        self.log.info("Start of %s on the swarm: %s", self._log_name,
+                      ", ".join(f"{name} {at - begin:.2f}s" for name, at in phases[1:]))
+        self._phases = None
+
     async def start_object(self) -> None:
         """Until the service's task runs; what Swarm says while it waits (scheduling, pulling,
         a GPU unit still held by a stopping task) goes to the progress stream, and a task that
         ends (rejected: no such image on the node, an NFS mount that failed) fails the start
-        with Swarm's error at once, not at the start timeout."""
-        told, delay = "", 0.5
+        with Swarm's error at once, not at the start timeout. The task is asked for every 0.1 s
+        for the first 10 s (a call to the manager; a task usually runs within a second), then
+        less often."""
+        told, delay, began = "", 0.1, time.monotonic()
         while True:
             state, said = start_state(await self.engine("tasks", filters={"service": self.service_name}))
             if state == "running":
+                self.phase("task running")
+                self.watch_nodes()
                 return
             if state == "ended":
                 raise RuntimeError(f"Your server's service did not start on the swarm ({said}).")
+            if not said.startswith(("new", "pending")):
+                self.phase("task scheduled")
             if said != told:
                 told = said
                 self.emit_progress(80, f"Swarm: {said}")
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 5.0)
+            if time.monotonic() - began > 10:
+                delay = min(delay * 1.5, 5.0)
 
     async def wait_for_port(self, ip: str, port: int) -> None:
         async def still_running() -> bool:
             return (await self.service_running())[0]
         await port_probe.wait_for_port(ip, port, self.http_timeout, still_running)
+        self.phase("port open")
+        self.log_phases()
 

@@ -112,6 +112,10 @@ class GPUSpawnerSettings(DockerSpawner):
     profiles_file = Unicode("", config=True, help="""YAML file of server profiles users choose
         from (hub/common/profiles.py explains the format). Empty: no choice, every server gets
         this spawner's image and limits.""")
+    warm_kernel = Bool(True, config=True, help="""Each server keeps one spare kernel with warm_imports done
+        for its first notebook (images/singleuser/gpuhub_warm; a profile's warm_kernel overrides it).""")
+    warm_imports = Unicode("", config=True, help="""Modules the spare kernel imports, separated by spaces
+        (a profile's warm_kernel list overrides it). Empty: the image's default list.""")
 
     @default("gpu_when_full")
     def _default_gpu_when_full(self):

@@ -3,10 +3,10 @@ and for its turn to start (turns.py), as a part of GPUDockerSpawner (spawner.py)
 stream shows the place and why."""
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 
+from hub.files import write_atomic
 from hub.gpus.manager import GPUManager
 from hub.hub_process.spawner.errors import GPUUnavailable
 from hub.hub_process.spawner.process import PROCESS
@@ -165,10 +165,7 @@ class LineWaiting(GPUSpawnerSettings):
                  "server_bytes": line.cost.of() if line.cost else int(self.server_memory_estimate),
                  "reserve_bytes": int(self.host_memory_reserve), "mode": self.host_memory_when_full,
                  "updated": time.time()}
-        path = Path(self.host_memory_state_file)
         try:
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, path)
+            write_atomic(self.host_memory_state_file, json.dumps(state))
         except OSError as exc:  # the console's view only: a start never fails for it
             self.log.debug("Memory state not written: %s", exc)

@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 from tornado import web
 
 from hub.settings.gpu_settings import GPUSettings
+from hub.settings.table import read
 from hub.common.audit import AuditLog
 from hub.service_process.console.auth import HubAuthenticator
 from hub.service_process.console.course_actions import CourseDesk
@@ -62,6 +63,7 @@ from hub.service_process.console.state import Console
 from hub.usage import metrics as usage_metrics
 from hub.usage.reconcile import UsageKeeper
 from hub.service_process.console.usage_api import UsageDesk
+from hub.gpus.parked import FILE as PARKED_FILE
 from hub.gpus.activity import ActivitySampler
 from hub.common.services import every
 from hub.gpus.inventory import discover
@@ -155,7 +157,8 @@ def usage_keeper(console: Console, settings: GPUSettings, events: Any = None) ->
         events = docker_events(client) if client is not None else _no_events
     return keeper(UsageStore(settings.usage_db), lambda: console.manager.inventory, console.docker,
                   events, console.hub, settings.name_prefix,
-                  settings.label_prefix, util=console.sampler, default_quota=default, audit=audit)
+                  settings.label_prefix, util=console.sampler, default_quota=default, audit=audit,
+                  parked_file=Path(settings.intent_file).with_name(PARKED_FILE))  # parked time is not GPU time
 
 
 async def _no_events(since: float, until: float, filters: dict) -> list:
@@ -243,7 +246,7 @@ def components(env: dict[str, str], hub: HubAPI | None = None, docker: Any = Non
     and their starts for hub.common.services.serve."""
 
     settings = GPUSettings.from_env(env)
-    if not env.get(RECLAIM_TOKEN_ENV, "").strip():
+    if not read(env, RECLAIM_TOKEN_ENV):
         console = build_console(env, hub=hub, docker=docker)
         return console, None, [partial(start, console, settings, env)]
 

@@ -53,6 +53,8 @@ from hub.gpus import doctor
 import subprocess
 from hub.gpus.swarm import gpus_from_smi_list, node_config, node_config_text
 
+from hub.times import utc_day
+
 SERVICE_PATH = "/services/gpu-console/api/"
 
 
@@ -351,7 +353,7 @@ def format_usage(data: dict) -> str:
         return "no GPU use in this period"
     rows = [(by.upper(), "FROM", "GPU-HOURS", "USED", "SERVERS")]
     for r in data["rows"]:
-        start = time.strftime("%Y-%m-%d", time.gmtime(r["start"]))
+        start = utc_day(r["start"])
         used = "n/a" if r["used_gpu_hours"] is None else f"{r['used_gpu_hours']:.2f}"
         rows.append((str(r[by]), start, f"{r['gpu_hours']:.2f}", used, str(r["servers"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -19,6 +19,7 @@ from typing import Any
 
 from hub import courses
 from hub.common.errors import ConsoleError
+from hub.times import utc_iso
 from hub.service_process.console.state import Console, View, gpu_label
 from hub.gpus.model import Reservation
 
@@ -46,10 +47,6 @@ def parse_time(name: str, value: str | float) -> float:
     except (OverflowError, ValueError, OSError):
         raise ConsoleError(400, f"{name!r}={value!r} is not a time between the years 1 and 9999") from None
     return epoch
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="minutes").replace("+00:00", "Z")
 
 
 class CourseDesk:
@@ -84,7 +81,7 @@ class CourseDesk:
         return {"courses": out}
 
     def _reservation_json(self, r: Reservation, now: float) -> dict[str, Any]:
-        return {**r.to_json(), "start_iso": _iso(r.start), "end_iso": _iso(r.end),
+        return {**r.to_json(), "start_iso": utc_iso(r.start, 'minutes'), "end_iso": utc_iso(r.end, 'minutes'),
                 "active": r.active(now), "over": now >= r.end}
 
     # -- rosters ------------------------------------------------------------------------------
@@ -281,7 +278,7 @@ class CourseDesk:
         if end - start > MAX_RESERVATION_DAYS * 86400:
             raise ConsoleError(400, f"a reservation may last at most {MAX_RESERVATION_DAYS} days")
         if end <= self.console.clock():
-            raise ConsoleError(400, f"the window ends in the past ({_iso(end)})")
+            raise ConsoleError(400, f"the window ends in the past ({utc_iso(end, 'minutes')})")
         name = body["course"]
         async with self.console.lock:
             await self.course(name)
@@ -291,7 +288,7 @@ class CourseDesk:
             reservation = Reservation(f"r-{secrets.token_hex(4)}", name, tuple(gpus), start, end, body.get("note", ""))
             labels = ", ".join(f"#{i}" for i in sorted(view.gpus[u].index for u in gpus))
             detail = (f"reserved GPU{'s' if len(gpus) > 1 else ''} {labels} for course {name} "
-                      f"from {_iso(start)} to {_iso(end)}")
+                      f"from {utc_iso(start, 'minutes')} to {utc_iso(end, 'minutes')}")
             reply = await self.console.commit(view.intent.with_reservation(reservation),
                                               {"action": "reserve", **reservation.to_json()},
                                               body.get("note", ""), detail, who, via)
@@ -329,7 +326,7 @@ class CourseDesk:
             if not found:
                 raise ConsoleError(404, f"no reservation {rid!r}")
             r = found[0]
-            detail = f"cancelled reservation {rid} of course {r.course} ({_iso(r.start)} to {_iso(r.end)})"
+            detail = f"cancelled reservation {rid} of course {r.course} ({utc_iso(r.start, 'minutes')} to {utc_iso(r.end, 'minutes')})"
             return await self.console.commit(view.intent.without_reservations([rid]),
                                              {"action": "unreserve", **r.to_json()},
                                              body.get("note", ""), detail, who, via)

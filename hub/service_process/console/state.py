@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+
 from typing import Any, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -26,6 +26,7 @@ from hub.gpus.claim import Labels, held_from_containers
 from hub.gpus.manager import GPUManager, load_intent
 from hub.gpus.model import GPU, Holder, Intent
 from hub.gpus.queue import read_line
+from hub.times import utc_iso
 from hub.service_process.reclaim.service import HOLDERS_FILE, holders_snapshot
 
 
@@ -45,10 +46,6 @@ def _activity(seen: dict | None) -> dict[str, Any] | None:
             "warning_deadline": warning.get("deadline") if warning else None,
             "extended_until": seen.get("extended_until"), "profile": seen.get("profile"),
             "policy": seen.get("policy"), "sampled_at": seen.get("sampled_at")}
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -197,7 +194,7 @@ class Console:
             h = row["holder"]
             container = self.container(view, uuid)
             server = (servers or {}).get((h["user"], h["server"])) if container["this_hub"] else None
-            holder = {**h, "since_iso": _iso(h["since"]) if h.get("since") else None,
+            holder = {**h, "since_iso": utc_iso(h["since"]) if h.get("since") else None,
                       "container": container["name"], "this_hub": container["this_hub"],
                       "instance": container["instance"],
                       "server_url": self.server_url(h["user"], h["server"]) if container["this_hub"] else None,
@@ -225,7 +222,7 @@ class Console:
         container = self._describe(view.by_holder.get((uuid, h.user, h.server)))
         server = (servers or {}).get((h.user, h.server)) if container["this_hub"] else None
         return {"user": h.user, "server": h.server, "since": h.since,
-                "since_iso": _iso(h.since) if h.since else None,
+                "since_iso": utc_iso(h.since) if h.since else None,
                 "container": container["name"], "this_hub": container["this_hub"],
                 "ready": bool(server and server.get("ready")),
                 "activity": _activity((activity or {}).get((h.user, h.server, uuid)))}
@@ -254,9 +251,7 @@ class Console:
         if intent is not None:
             async with self.manager.lock:
                 await asyncio.to_thread(self.manager.save_intent, intent)
-        now = self.clock()
-        entry = {"time": _iso(now), "epoch": round(now, 3), "who": who, "via": via, **record,
-                 "note": note, "detail": detail}
-        await asyncio.to_thread(self.audit.append, entry)
+        entry = await asyncio.to_thread(self.audit.write, self.clock(), who, via,
+                                        **{**record, "note": note, "detail": detail})
         self._cached = None
         return {"message": detail[0].upper() + detail[1:], "entry": entry}

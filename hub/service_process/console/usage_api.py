@@ -19,6 +19,7 @@ from typing import Any
 
 from hub import courses as course_model
 from hub.common.errors import ConsoleError, shown
+from hub.times import utc_iso
 from hub.usage import quota as quotas
 from hub.usage.accounting import BUCKETS, GROUPINGS, report
 from hub.usage.reconcile import UsageKeeper
@@ -154,7 +155,7 @@ def to_csv(data: dict[str, Any]) -> str:
     writer = csv.writer(out)
     writer.writerow([by, "start", "gpu_hours", "used_gpu_hours", "sampled_hours", "servers"])
     for r in data["rows"]:
-        start = datetime.fromtimestamp(r["start"], timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        start = utc_iso(r["start"])
         writer.writerow([spreadsheet_cell(r[by]), start, f"{r['gpu_hours']:.4f}",
                          "" if r["used_gpu_hours"] is None else f"{r['used_gpu_hours']:.4f}",
                          f"{r['sampled_hours']:.4f}", r["servers"]])

@@ -48,7 +48,8 @@ from urllib.parse import urlsplit
 
 from tornado import web
 
-from hub.settings import PROFILES_FILE, RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, STATE_DIR
+from hub.settings import RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV
+from hub.settings.gpu_settings import GPUSettings
 from hub.settings.table import read
 from hub.common.audit import AuditLog
 from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
@@ -65,6 +66,9 @@ from hub.usage import gate
 from hub.common.services import every, guarded
 from hub.common.lean_imports import defer_hub_database
 from hub.common.services import serve
+from hub.files import write_atomic
+from hub.times import utc_iso
+from hub.service_process.reclaim import parking
 
 NAME = "gpu-reclaim"
 # Its bodies are a few bytes ({"server": ...}): tornado reads none over 64 KiB (100 MB by default),
@@ -78,7 +82,8 @@ def policy_from_env(env: Mapping[str, str]) -> ReclaimPolicy:
     return ReclaimPolicy(threshold_pct=read(env, "GPU_IDLE_THRESHOLD"), timeout=read(env, "GPU_IDLE_TIMEOUT"),
                          grace=read(env, "GPU_IDLE_GRACE"),
                          exempt_users=frozenset(read(env, "GPU_IDLE_EXEMPT_USERS")),
-                         exempt_groups=frozenset(read(env, "GPU_IDLE_EXEMPT_GROUPS")))
+                         exempt_groups=frozenset(read(env, "GPU_IDLE_EXEMPT_GROUPS")),
+                         action=read(env, "GPU_IDLE_ACTION"), max_parked=float(read(env, "GPU_PARK_MAX")))
 
 
 def overrides_from_profiles(path: str | Path) -> dict[str, ReclaimOverride]:
@@ -91,10 +96,6 @@ def overrides_from_profiles(path: str | Path) -> dict[str, ReclaimOverride]:
         return {}
     # images and limits do not matter here; placeholders satisfy the parser
     return {p.slug: p.reclaim for p in load_profiles(text, "unused", 0, 0.0) if p.reclaim is not None}
-
-
-def _iso(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 class Reclaimer:
@@ -110,6 +111,8 @@ class Reclaimer:
         self.sampler, self.docker, self.hub = sampler, docker, hub
         self.profiles_file, self._profiles_mtime = Path(profiles_file) if profiles_file else None, None
         self.profile_of: dict[tuple[str, str], str] = {}  # (user, server) -> profile, from the labels
+        self.container_of: dict[tuple[str, str], str] = {}  # (user, server) -> container id
+        self.parker = None  # hub/reclaim/parking.py: set where a policy may park
         self.holders_file = Path(holders_file) if holders_file else None
         self.usage = usage  # (user, groups) -> their GPU-hours and tightest quota (blocking: SQLite)
         self.parked = ParkedFile(parked_file) if parked_file else None  # parked servers hold no GPU
@@ -132,9 +135,7 @@ class Reclaimer:
             return ReclaimState()
 
     def save_state(self) -> None:
-        tmp = self.state_file.with_name(f".{self.state_file.name}.tmp")
-        tmp.write_text(json.dumps(self.state.to_json(), indent=1))
-        os.replace(tmp, self.state_file)
+        write_atomic(self.state_file, json.dumps(self.state.to_json(), indent=1))
 
     async def read_holders(self) -> dict[str, list[Holder]]:
         """uuid -> holders, from this hub's live containers that carry a GPU label (the engine
@@ -144,9 +145,10 @@ class Reclaimer:
         containers = await self.docker("containers", all=True, filters={
             "label": [f"{self.labels.instance}={self.instance}", self.labels.gpu_uuid],
             "status": list(LIVE_STATES)})
-        profiles = {}
+        profiles, self.container_of = {}, {}
         for c in containers:
             labels = (c.get("Config") or {}).get("Labels") or c.get("Labels") or {}
+            self.container_of[(labels.get(self.labels.user, ""), labels.get(self.labels.server, ""))] = c["Id"]
             if labels.get(self.labels.profile):
                 profiles[(labels.get(self.labels.user, ""), labels.get(self.labels.server, ""))] = \
                     labels[self.labels.profile]
@@ -195,6 +197,7 @@ class Reclaimer:
                         groups = await self._groups(h.user)
                     candidates.append(Candidate(h.user, h.server, uuid, idle, groups,
                                                 self.profile_of.get((h.user, h.server), "")))
+            await parking.expire(self)  # parked longer than allowed: stopped
             decisions = decide(self.policies, candidates, self.state, now)
             self.next_due = next_due(self.policies, candidates, self.state, now)
             for d in decisions:
@@ -210,9 +213,7 @@ class Reclaimer:
         """What this round saw per holder, for the GPU console (``holders_snapshot``)."""
         data = {"time": self.clock(), "interval_s": self.sampler.interval, "source": self.sampler.source,
                 "reason": self.sampler.reason, "holders": self.holdings()}
-        tmp = self.holders_file.with_name(f".{self.holders_file.name}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.holders_file)
+        write_atomic(self.holders_file, json.dumps(data))
 
     async def _groups(self, user: str) -> frozenset[str]:
         model = await self.hub.user(user)
@@ -224,30 +225,31 @@ class Reclaimer:
         gpu_name = f"{reading.name if reading else 'GPU'} {uuid}"
         if d.action == "warn":
             log.info("%s's server %r: GPU %s idle since %s; stop at %s unless it is busy again",
-                     user, server, uuid, _iso(d.idle_since), _iso(d.deadline))
+                     user, server, uuid, utc_iso(d.idle_since), utc_iso(d.deadline))
             await self._audit("reclaim-warn", user, server, uuid, now,
-                              f"warned {user}'s server: its GPU idle since {_iso(d.idle_since)}, "
-                              f"reclaimed at {_iso(d.deadline)} unless busy again")
+                              f"warned {user}'s server: its GPU idle since {utc_iso(d.idle_since)}, "
+                              f"reclaimed at {utc_iso(d.deadline)} unless busy again")
         elif d.action == "clear":
             log.info("%s's server %r: reclaim warning withdrawn (%s)", user, server, d.why)
         elif d.action == "stop":
+            parked = await parking.park_instead(self, user, server, uuid)
+            if parked is not None and parked.action == "parked":
+                return  # its GPU is given back; the Parker's audit entry says so
             policy = self.policy_of(user, server)
             message = stop_message(gpu_name, policy, d.idle_since, now)
             await asyncio.to_thread(self.reasons.put, (user, server), message, now)
             code, answer = await self.hub.stop_server(user, server)
             log.info("%s's server %r stopped: GPU %s idle since %s (hub: %s %s)", user, server, uuid,
-                     _iso(d.idle_since), code, answer)
+                     utc_iso(d.idle_since), code, answer)
             await self._audit("reclaim", user, server, uuid, now,
                               f"stopped {user}'s server to reclaim GPU {uuid}: under "
-                              f"{policy.threshold_pct:g} % since {_iso(d.idle_since)}, warned, "
-                              f"grace over at {_iso(d.deadline)}")
+                              f"{policy.threshold_pct:g} % since {utc_iso(d.idle_since)}, warned, "
+                              f"grace over at {utc_iso(d.deadline)}")
 
     async def _audit(self, action: str, user: str, server: str, uuid: str, now: float, detail: str,
                      who: str = NAME, via: str = "service") -> dict:
-        entry = {"time": _iso(now), "epoch": round(now, 3), "who": who, "via": via, "action": action,
-                 "user": user, "server": server, "gpu": uuid, "note": "", "detail": detail}
-        await asyncio.to_thread(self.audit.append, entry)
-        return entry
+        return await asyncio.to_thread(self.audit.write, now, who, via, action=action, user=user, server=server,
+                                       gpu=uuid, note="", detail=detail)
 
     # -- what the API shows ---------------------------------------------------------------
 
@@ -267,7 +269,7 @@ class Reclaimer:
             "usage_source": self.sampler.source, "usage_reason": self.sampler.reason,
             "idle_since": idle, "idle_seconds": round(now - idle) if idle is not None else 0,
             "warning": None if warned is None else {
-                "deadline": warned.deadline, "deadline_iso": _iso(warned.deadline),
+                "deadline": warned.deadline, "deadline_iso": utc_iso(warned.deadline),
                 "seconds_left": max(0, round(warned.deadline - now)), "still_working": warned.still_working},
             "extended_until": extended if extended > now else None,
             "profile": self.profile_of.get((h.user, h.server)),
@@ -295,8 +297,8 @@ class Reclaimer:
                 raise ApiError(404, f"your server {server!r} has no reclaim warning" if server
                                else "your server has no reclaim warning")
             await asyncio.to_thread(self.save_state)
-        log.info("%s's server %r: still working; deadline now %s", user, server, _iso(warned.deadline))
-        return {"message": f"The GPU stays yours until {_iso(warned.deadline)}; use it before then "
+        log.info("%s's server %r: still working; deadline now %s", user, server, utc_iso(warned.deadline))
+        return {"message": f"The GPU stays yours until {utc_iso(warned.deadline)}; use it before then "
                            "and the warning goes away.", "deadline": warned.deadline}
 
     async def extend(self, user: str, server: str, seconds: float, who: str) -> dict:
@@ -308,7 +310,7 @@ class Reclaimer:
             self.state.warned = {k: w for k, w in self.state.warned.items() if k[:2] != (user, server)}
             await asyncio.to_thread(self.save_state)
             entry = await self._audit("reclaim-extend", user, server, self.find(user, server) or "", now,
-                                      f"exempted {user}'s server from GPU reclaim until {_iso(now + seconds)}",
+                                      f"exempted {user}'s server from GPU reclaim until {utc_iso(now + seconds)}",
                                       who=who, via="token")
         return {"message": entry["detail"][0].upper() + entry["detail"][1:], "entry": entry}
 
@@ -459,38 +461,43 @@ def make_app(reclaimer: Reclaimer, identify: Callable, prefix: str = f"/services
 
 def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclaimer:
 
-    state = Path(env.get("GPUHUB_STATE_DIR", STATE_DIR))
+    settings = GPUSettings.from_env(env)  # the state volume's files and labels, as the console reads them
+    state = Path(settings.state_dir)
     interval = read(env, "GPU_SAMPLE_INTERVAL")
     store = ActivityStore(state / "gpu-activity.sqlite")
     sampler = ActivitySampler(load_reader(read(env, "GPU_USAGE_READER")), interval=interval, store=store)
     hub = hub or HubClient(env["JUPYTERHUB_API_URL"], env["JUPYTERHUB_API_TOKEN"])
-    usage_db, default_quota = env.get("GPUHUB_USAGE_DB", str(state / "gpu-usage.sqlite")), read(env, "GPU_QUOTA_DEFAULT")
+    usage_db, default_quota = settings.usage_db, read(env, "GPU_QUOTA_DEFAULT")
 
     def usage(user: str, groups: list[str]) -> dict:
 
         # A course is a group of the same name, and only a course can carry a course quota: the
         # groups serve as the courses too (the token's model has group names, not properties).
         return gate.summary(usage_db, user, groups, groups, default_quota)
-    return Reclaimer(policy_from_env(env), sampler, docker or DockerCaller(), hub,
-                     AuditLog(state / "gpu-audit.jsonl"), ReasonFile(state / "stop-reasons.json"),
+    audit = AuditLog(settings.audit_file)
+    reclaimer = Reclaimer(policy_from_env(env), sampler, docker or DockerCaller(), hub,
+                     audit, ReasonFile(state / "stop-reasons.json"),
                      state / "gpu-reclaim.json", instance=read(env, "HUB_NAME_PREFIX"),
-                     label_prefix=env.get("GPUHUB_LABEL_PREFIX", "gpuhub"),
-                     profiles_file=env.get("GPUHUB_PROFILES_FILE", PROFILES_FILE),
+                     label_prefix=settings.label_prefix, profiles_file=settings.profiles_file,
                      holders_file=state / HOLDERS_FILE, usage=usage, parked_file=state / PARKED_FILE)
+    # used only where a policy (the settings' or a profile's, re-read when it changes) parks
+    reclaimer.parker = parking.build_parker(env, state, sampler.reader, audit, hub, label_prefix=settings.label_prefix)
+    return reclaimer
 
 
 def env_in_console(env: Mapping[str, str]) -> dict[str, str]:
     """gpu-reclaim's environment inside the GPU console's process (hub/service_process/console/app.py ``main``):
     the console's, less the console's own JupyterHub identity, with gpu-reclaim's token, URL and
     prefix, which configure_reclaim hands to the console. Raises ValueError naming what is missing."""
-    missing = [name for name in (RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, "JUPYTERHUB_API_URL") if not env.get(name)]
+    missing = [name for name in (RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV) if not read(env, name)]
+    missing += [] if env.get("JUPYTERHUB_API_URL") else ["JUPYTERHUB_API_URL"]
     if missing:
         raise ValueError(f"gpu-reclaim in the console's process needs {', '.join(missing)} (configure_reclaim)")
     shared = {"JUPYTERHUB_API_URL", "JUPYTERHUB_BASE_URL"}
     own = {k: v for k, v in env.items() if k in shared or not k.startswith("JUPYTERHUB_")}
     own.pop(RECLAIM_TOKEN_ENV)
-    return {**own, "JUPYTERHUB_SERVICE_NAME": NAME, "JUPYTERHUB_API_TOKEN": env[RECLAIM_TOKEN_ENV].strip(),
-            "JUPYTERHUB_SERVICE_URL": env[RECLAIM_URL_ENV],
+    return {**own, "JUPYTERHUB_SERVICE_NAME": NAME, "JUPYTERHUB_API_TOKEN": read(env, RECLAIM_TOKEN_ENV),
+            "JUPYTERHUB_SERVICE_URL": read(env, RECLAIM_URL_ENV),
             "JUPYTERHUB_SERVICE_PREFIX": f"{env.get('JUPYTERHUB_BASE_URL', '/')}services/{NAME}/"}
 
 
@@ -543,7 +550,7 @@ def main() -> None:
     defer_hub_database()  # before jupyterhub.services.auth: no hub database layer in this process
 
     env = dict(os.environ)
-    logging.basicConfig(level=env.get("HUB_LOG_LEVEL", "INFO").upper(),
+    logging.basicConfig(level=read(env, "HUB_LOG_LEVEL").upper(),
                         format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
     reclaimer = build(env)
     serve(lambda: start(reclaimer, env))

@@ -3,7 +3,9 @@
 // for a prebuilt extension: init(shareScope), get(module) -> factory), so the image needs no
 // Node build. It takes JupyterLab's own shared modules (status bar, notifications, server
 // connection) from the share scope. It asks <base>/gpuhub/gpu (the server extension in
-// gpuhub_gpu/__init__.py) every 15 s while the page is visible (every 5 s while warned).
+// gpuhub_gpu/__init__.py) every 15 s while the page is visible (every 5 s while warned). A parked
+// server (docs/gpus.md, "Parking") cannot answer: the hub does, 503 with {message, parked_since,
+// resume_url}, shown as a notice with a Resume button.
 var _JUPYTERLAB;
 (function () {
   'use strict';
@@ -41,7 +43,17 @@ var _JUPYTERLAB;
         if (statusBar) {
           statusBar.registerStatusItem('gpuhub-gpu:status', { item: item, align: 'left', rank: 4 });
         }
-        var noteId = null, timer = null, answered = false;
+        var noteId = null, timer = null, answered = false, parkedId = null;
+
+        function parked(d) {
+          item.node.textContent = 'GPU: parked';
+          item.node.title = d.message;
+          if (parkedId === null) {
+            parkedId = Notification.info(d.message, { autoClose: false, actions: [{
+              label: 'Resume', caption: 'Put the kernels back on the GPU',
+              callback: function () { window.location.href = d.resume_url; } }] });
+          }
+        }
 
         function stillWorking() {
           services.ServerConnection.makeRequest(url + '/still-working', { method: 'POST' }, settings)
@@ -121,8 +133,16 @@ var _JUPYTERLAB;
           clearTimeout(timer);
           if (document.hidden) { timer = setTimeout(poll, 15000); return; }
           services.ServerConnection.makeRequest(url, {}, settings)
-            .then(function (r) { return r.ok ? r.json() : { gpu: null }; })
-            .then(function (d) { show(d); return d; }, function () { return { gpu: null }; })
+            .then(function (r) {
+              if (r.status === 503) { return r.json().catch(function () { return { gpu: null }; }); }
+              return r.ok ? r.json() : { gpu: null };
+            })
+            .then(function (d) {
+              if (d.parked_since) { parked(d); return { gpu: null }; }
+              if (parkedId !== null) { Notification.dismiss(parkedId); parkedId = null; }
+              show(d);
+              return d;
+            }, function () { return { gpu: null }; })
             .then(function (d) { timer = setTimeout(poll, nextPoll(d)); });
         }
         document.addEventListener('visibilitychange', function () { if (!document.hidden) { poll(); } });

@@ -283,8 +283,9 @@ class Parker:
                 names = ", ".join(sorted({h.user for h in others}))
                 return await self._told(Outcome("held", user, server, f"its GPU {record.uuid} is held by {names}",
                                                 record), record.uuid)
-            # from here on it holds its GPU again: the record goes before it runs
-            await asyncio.to_thread(self.parked.pop, record.key)
+            # from here on it holds its GPU again: the record goes before it runs (and its GPU
+            # time counts again from now: hub.usage.reconcile)
+            await asyncio.to_thread(self.parked.pop, record.key, self.clock())
             if is_paused(c):
                 try:
                     await self.docker("unpause", c["Id"])
@@ -317,17 +318,18 @@ class Parker:
 
     # -- expiry and stop --------------------------------------------------------------------
 
-    async def expire(self) -> list[Outcome]:
-        """Stop every server parked longer than ``max_parked``."""
+    async def expire(self, limit: Callable[[Parked], float] | None = None) -> list[Outcome]:
+        """Stop every server parked longer than ``max_parked`` (``limit(record)``: its own)."""
         now = self.clock()
         records = await asyncio.to_thread(self.parked.all)
         out = []
         for record in records.values():
-            if now - record.since >= self.settings.max_parked:
-                out.append(await self.stop(record.user, record.server, expired=True))
+            allowed = limit(record) if limit else self.settings.max_parked
+            if now - record.since >= allowed:
+                out.append(await self.stop(record.user, record.server, expired=True, allowed=allowed))
         return out
 
-    async def stop(self, user: str, server: str, expired: bool = False) -> Outcome:
+    async def stop(self, user: str, server: str, expired: bool = False, allowed: float | None = None) -> Outcome:
         """A parked server stopped: unpaused (a paused process cannot take its signal), then
         the normal stop; its GPU state is dropped with its processes."""
         record = await asyncio.to_thread(self.parked.get, (user, server))
@@ -339,7 +341,8 @@ class Parker:
                 await self.docker("unpause", record.container)
         await self.stop_server(user, server)
         await asyncio.to_thread(self.parked.pop, record.key)
-        why = f"parked for {self._for(record)}, longer than the {self.settings.max_parked / 3600:g} h allowed" \
+        allowed = self.settings.max_parked if allowed is None else allowed
+        why = f"parked for {self._for(record)}, longer than the {allowed / 3600:g} h allowed" \
             if expired else f"stopped while parked ({self._for(record)})"
         return await self._told(Outcome("expired" if expired else "stopped", user, server, why, record),
                                 record.uuid)
@@ -351,10 +354,7 @@ class Parker:
     async def _told(self, outcome: Outcome, uuid: str) -> Outcome:
         log.info("%s's server %r: %s (%s)", outcome.user, outcome.server, outcome.action, outcome.detail)
         if self.audit is not None:
-            now = self.clock()
-            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "epoch": round(now, 3),
-                     "who": "gpu-reclaim", "via": "service", "action": AUDIT_ACTIONS[outcome.action],
-                     "user": outcome.user, "server": outcome.server, "gpu": uuid, "note": "",
-                     "detail": outcome.detail}
-            await asyncio.to_thread(self.audit.append, entry)
+            await asyncio.to_thread(self.audit.write, self.clock(), "gpu-reclaim", "service",
+                                    action=AUDIT_ACTIONS[outcome.action], user=outcome.user,
+                                    server=outcome.server, gpu=uuid, note="", detail=outcome.detail)
         return outcome
