@@ -4,8 +4,8 @@ The kernel's OOM killer picks a victim when the host runs out of memory: a stude
 with an hour of work in it, or the hub. So a start that would take the host's available memory
 below a reserve waits (or is refused, as the admin chooses) instead. What is available is the
 host's own figure (``MemAvailable`` of ``/proc/meminfo``: Docker does not namespace it, so the
-hub's container reads the host's); what a server will take is what servers took in their first
-minute here (the median of recent ones), or an estimate until some have; starts admitted but
+hub's container reads the host's); what a server will take is what servers took when their start
+was over here (the median of recent ones), or an estimate until some have; starts admitted but
 not yet grown count as taken already.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ def parse_meminfo(text: str) -> tuple[int, int]:
 
 @dataclass
 class ServerCost:
-    """What one more server takes: the median of the last ``keep`` servers' memory a minute
-    after they started (``observe``), the estimate until ``least`` of them are known, never
+    """What one more server takes: the median of the last ``keep`` servers' memory when
+    their start was over (``observe``), the estimate until ``least`` of them are known, never
     more than the server's own limit."""
     estimate: int
     keep: int = 50

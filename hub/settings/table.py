@@ -267,7 +267,7 @@ _TABLE = [
                  "to grow)."),
     Setting("SERVER_MEMORY_ESTIMATE", SERVERS, "byte_size", default="512M", example="1G",
             help="What a new server is expected to take until the hub has measured some (then: the median of "
-                 "recent servers a minute after their start); never more than the server's memory limit."),
+                 "recent servers when their start is over); never more than the server's memory limit."),
     Setting("HOST_MEMORY_MAX_WAIT", SERVERS, "positive_int", default="600", example="1800",
             help="With `HOST_MEMORY_WHEN_FULL=wait`: seconds a start may wait for memory before it gives up "
                  "with a message (JupyterHub's start timeout allows it)."),

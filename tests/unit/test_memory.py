@@ -130,3 +130,22 @@ def test_the_console_shows_the_hosts_memory_and_the_line(tmp_path, monkeypatch):
     assert row["status"] == "warn" and "3 starts wait for memory" in row["message"] and row["fix"]
     assert handlers.host_memory_check({**env, "HOST_MEMORY_WHEN_FULL": "off"}) is None
     assert handlers.host_memory_check({**env, "HUB_BACKEND": "swarm"}) is None
+
+
+def test_what_servers_really_take_frees_the_promises_of_starts_in_flight(tmp_path, line):
+    """Starts in flight count at what a server takes as the hub knows it now: once the first
+    servers are measured (105 MB each, as the class rush found), the estimate stops holding back
+    starts the host has room for."""
+    meminfo(tmp_path, 2 * GIB)
+    spawners = [spawner(f"f{i}", tmp_path) for i in range(3)]
+
+    async def run():
+        tasks = [asyncio.create_task(s.wait_for_memory()) for s in spawners]
+        await asyncio.sleep(0.3)
+        assert [t.done() for t in tasks] == [True, True, False]  # 2 x 512 MiB promised
+        for _ in range(3):
+            line.cost.observe(105 * MIB)
+        line.changed()
+        await asyncio.wait_for(tasks[2], 3)  # 2 GiB - 3 x 105 MiB keeps the 1 GiB reserve
+    asyncio.run(run())
+    assert set(line.pending) == {("f0", ""), ("f1", ""), ("f2", "")}

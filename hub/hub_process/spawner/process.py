@@ -17,7 +17,7 @@ from hub.hub_process.spawner.turns import StartTurns
 class MemoryLine:
     """Starts waiting for the host's memory (hub/memory.py), first come first served."""
     waiting: deque = field(default_factory=deque)  # (user, server) in arrival order
-    pending: dict = field(default_factory=dict)  # (user, server) -> bytes promised, not yet taken
+    pending: dict = field(default_factory=dict)  # (user, server) -> its memory limit (None: none): admitted, not started
     cost: ServerCost | None = None  # made by the first start, from its spawner's estimate
     moved: asyncio.Event | None = None  # set when someone leaves the line or is admitted
 

@@ -97,8 +97,8 @@ class GPUSpawnerSettings(DockerSpawner):
     host_memory_reserve = ByteSpecification(2**30, config=True, help="""Memory the host keeps
         available whatever starts: a start that would leave less waits or is refused.""")
     server_memory_estimate = ByteSpecification(512 * 2**20, config=True, help="""What a new server is
-        expected to take until the hub has measured some (the median of recent servers' memory a
-        minute after they started), and never more than the server's mem_limit.""")
+        expected to take until the hub has measured some (the median of recent servers' memory when
+        their start was over), and never more than the server's mem_limit.""")
     host_memory_max_wait = Int(600, config=True, help="""Seconds a start may wait for memory before it
         gives up with a message (JupyterHub's start timeout allows it; configure_spawner sets it so).""")
     host_meminfo_file = Unicode("/proc/meminfo", config=True, help="""Where the host's memory is read:

@@ -95,7 +95,7 @@ class LineWaiting(GPUSpawnerSettings):
             return
         line, key = PROCESS.memory, self._server_key
         line.cost = line.cost or ServerCost(int(self.server_memory_estimate))
-        cost = line.cost.of(int(self.mem_limit) if self.mem_limit else None)
+        limit = int(self.mem_limit) if self.mem_limit else None
         line.waiting.append(key)
         loop, started, told = asyncio.get_running_loop(), time.monotonic(), None
         try:
@@ -107,9 +107,12 @@ class LineWaiting(GPUSpawnerSettings):
                         self.log.warning("Host memory unknown (%s: %s): %s starts unchecked",
                                          self.host_meminfo_file, exc, self._log_name)
                         return
-                    decision = decide(available, sum(line.pending.values()), cost, int(self.host_memory_reserve))
+                    # what a server takes as the hub knows it now, for this start and for those
+                    # admitted before it (their limits kept: a promise is never more than a limit)
+                    pending = sum(line.cost.of(their_limit) for their_limit in line.pending.values())
+                    decision = decide(available, pending, line.cost.of(limit), int(self.host_memory_reserve))
                     if decision.admit:
-                        line.pending[key] = cost
+                        line.pending[key] = limit
                         return
                     if self.host_memory_when_full == "refuse":
                         self.log.warning("Start of %s refused: %s", self._log_name, decision.message)
@@ -135,14 +138,18 @@ class LineWaiting(GPUSpawnerSettings):
             self.write_memory_state()
 
     def memory_settled(self, container_id: str | None) -> None:
-        """The start is over: what it was promised is no longer held for it; a minute later its
-        memory is measured, for what the next servers are expected to take."""
-        if PROCESS.memory.pending.pop(self._server_key, None) is None:
+        """The start is over: what it was promised is no longer held for it, and the server's
+        memory now (JupyterLab up) is measured, for what the next servers are expected to take.
+        Measured at once, not later: in a class rush the estimate must learn from the first
+        servers, or it holds back starts the host has room for."""
+        line = PROCESS.memory
+        if self._server_key not in line.pending:
             return
-        PROCESS.memory.changed()
+        del line.pending[self._server_key]
+        line.changed()
         self.write_memory_state()
         if container_id:
-            asyncio.get_running_loop().call_later(60, lambda: asyncio.ensure_future(self._measure(container_id)))
+            asyncio.ensure_future(self._measure(container_id))
 
     async def _measure(self, container_id: str) -> None:
         try:
@@ -161,7 +168,8 @@ class LineWaiting(GPUSpawnerSettings):
         if not self.host_memory_state_file:
             return
         line = PROCESS.memory
-        state = {"waiting": len(line.waiting), "pending_bytes": sum(line.pending.values()),
+        cost = line.cost or ServerCost(int(self.server_memory_estimate))
+        state = {"waiting": len(line.waiting), "pending_bytes": sum(cost.of(limit) for limit in line.pending.values()),
                  "server_bytes": line.cost.of() if line.cost else int(self.server_memory_estimate),
                  "reserve_bytes": int(self.host_memory_reserve), "mode": self.host_memory_when_full,
                  "updated": time.time()}
