@@ -149,3 +149,15 @@ def test_what_servers_really_take_frees_the_promises_of_starts_in_flight(tmp_pat
         await asyncio.wait_for(tasks[2], 3)  # 2 GiB - 3 x 105 MiB keeps the 1 GiB reserve
     asyncio.run(run())
     assert set(line.pending) == {("f0", ""), ("f1", ""), ("f2", "")}
+
+
+def test_starts_behind_an_admitted_one_are_told_nothing(tmp_path, line):
+    """A burst with memory to spare: the starts pass one by one without a word of waiting."""
+    meminfo(tmp_path, 16 * GIB)
+    spawners = [spawner(f"b{i}", tmp_path) for i in range(6)]
+
+    async def run():
+        await asyncio.wait_for(asyncio.gather(*(s.wait_for_memory() for s in spawners)), 3)
+    asyncio.run(run())
+    assert not any(e["message"] for s in spawners for e in s.progress_log.events if "memory" in e["message"])
+    assert len(line.pending) == 6 and not line.short

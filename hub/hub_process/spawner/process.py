@@ -20,6 +20,7 @@ class MemoryLine:
     pending: dict = field(default_factory=dict)  # (user, server) -> its memory limit (None: none): admitted, not started
     cost: ServerCost | None = None  # made by the first start, from its spawner's estimate
     moved: asyncio.Event | None = None  # set when someone leaves the line or is admitted
+    short: bool = False  # the first in line found too little memory at its last look
 
     def changed(self) -> None:
         """Wake every waiter: the line moved (a waiter left) or memory was given back."""

@@ -111,6 +111,7 @@ class LineWaiting(GPUSpawnerSettings):
                     # admitted before it (their limits kept: a promise is never more than a limit)
                     pending = sum(line.cost.of(their_limit) for their_limit in line.pending.values())
                     decision = decide(available, pending, line.cost.of(limit), int(self.host_memory_reserve))
+                    line.short = not decision.admit
                     if decision.admit:
                         line.pending[key] = limit
                         return
@@ -119,11 +120,13 @@ class LineWaiting(GPUSpawnerSettings):
                         raise GPUUnavailable(f"{decision.message} Try again in a few minutes.")
                     message = (f"{decision.message} Your server starts by itself when memory frees; "
                                "keep this page open (Cancel leaves the line).")
-                else:
+                elif line.short:  # the first in line waits for memory: so does everyone behind it
                     ahead = line.waiting.index(key)
                     message = (f"The server's host is short of memory: {ahead} start{'s' if ahead > 1 else ''} "
                                "wait for memory before yours; your server starts by itself when it is its turn.")
-                if message != told:
+                else:  # behind a start being admitted now: nothing to tell
+                    message = None
+                if message and message != told:
                     told = message
                     self.log.info("%s waits for memory: %s", self._log_name, message)
                     self.emit_progress(7, message)
