@@ -80,7 +80,7 @@ def check(total: int, available: int, state: dict, reserve: int) -> dict:
     full = waiting > 0 or available - server < reserve
     return {"name": "host.memory", "status": "warn" if full else "ok", "message": message,
             "fix": ("Stop idle servers, lower USER_MEM_LIMIT or move courses to another host; "
-                    "HOST_MEMORY_RESERVE sets what is kept free (docs/performance.md#admission-by-memory)"
+                    "HOST_MEMORY_RESERVE sets what is kept free (docs/servers.md#admission-by-memory)"
                     if full else ""),
             "refuses": "start" if full else "", "data": {"total": total, "available": available,
                                                           "reserve": reserve, "waiting": waiting}}
