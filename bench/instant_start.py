@@ -35,7 +35,9 @@ from playwright.sync_api import expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests/e2e"))
+sys.path.insert(0, str(ROOT / "bench"))
 from hubclient import Hub, Stack  # noqa: E402
+from run import summary  # noqa: E402 (bench/run.py: one percentile summary for every bench)
 
 RESULTS = ROOT / "bench/results"
 ENV_FILE = ROOT / "bench/instant-start.env"
@@ -71,18 +73,6 @@ LAB_FIRST_BYTE = """() => { const n = performance.getEntriesByType('navigation')
 
 def log(message: str) -> None:
     print(f"[instant-start {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def summary(values: list[float]) -> dict:
-    return {"p50_s": round(statistics.median(values), 3), "p95_s": round(percentile(values, 0.95), 3),
-            "min_s": round(min(values), 3), "max_s": round(max(values), 3), "runs": len(values)}
 
 
 def until(page, check: str) -> float:

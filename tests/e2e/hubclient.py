@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -173,6 +174,18 @@ class Hub:
                     yield event
                     if event.get("ready") or event.get("failed"):
                         return
+
+    def follow(self, name: str, events: list) -> threading.Thread:
+        """Collect the start's progress events in the background until it is ready or failed."""
+        def run():
+            try:
+                for event in self.progress(name, timeout=300):
+                    events.append(event)
+            except Exception as exc:  # noqa: BLE001 - the stream ends with the start
+                events.append({"error": str(exc)})
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
 
     def wait(self, name: str, ready: bool, timeout: float, interval: float = 0.5) -> dict:
         deadline = time.monotonic() + timeout

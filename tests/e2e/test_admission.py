@@ -4,7 +4,6 @@ health, and starts by itself once memory frees; with `refuse` it fails at once w
 The host's figure is a file of the test's own (HOST_MEMINFO_FILE), so that "short of memory"
 does not depend on this machine's load."""
 import json
-import threading
 
 import pytest
 
@@ -37,17 +36,6 @@ def tight(stack):
         stack.up()
 
 
-def follow(hub, name: str, events: list) -> threading.Thread:
-    def run():
-        try:
-            for event in hub.progress(name, timeout=300):
-                events.append(event)
-        except Exception as exc:  # noqa: BLE001 - the stream ends with the start
-            events.append({"error": str(exc)})
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
 
 def test_a_start_waits_for_memory_says_why_and_starts_when_it_frees(tight, hub):
     set_available(tight, 1.25)  # 1.25 GiB - 512 MiB < 1 GiB reserve
@@ -56,7 +44,7 @@ def test_a_start_waits_for_memory_says_why_and_starts_when_it_frees(tight, hub):
     r = hub.api("POST", f"/users/{name}/server", json={"profile": "cpu"})
     assert r.status_code in (201, 202), r.text
     events: list = []
-    follow(hub, name, events)
+    hub.follow(name, events)
     wait_for(lambda: any("short of memory" in e.get("message", "") for e in events), timeout=60,
              what="the progress stream saying the host is short of memory")
     assert hub.user(name)["servers"][""]["pending"] == "spawn"  # waiting is no failure

@@ -3,7 +3,6 @@ GPU taken, starts wait in line with their place shown in the progress stream; wh
 stops, the first in line starts by itself; Cancel leaves the line; a user cannot stop someone
 else's place; no GPU is ever held twice."""
 import json
-import threading
 import time
 
 import pytest
@@ -26,18 +25,6 @@ def queueing(stack):
         stack.up()
 
 
-def follow(hub, name: str, events: list) -> threading.Thread:
-    """Collect the start's progress events in the background until it is ready or failed."""
-    def run():
-        try:
-            for event in hub.progress(name, timeout=300):
-                events.append(event)
-        except Exception as exc:  # noqa: BLE001 - the stream ends with the start
-            events.append({"error": str(exc)})
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
 
 def post_start(hub, name: str) -> None:
     r = hub.api("POST", f"/users/{name}/server", json={"profile": "gpu"})
@@ -58,10 +45,10 @@ def test_full_host_queues_in_order_and_hands_over_by_itself(queueing, hub):
     tokens = {n: user_token(hub, n) for n in (first, second)}
     events = {first: [], second: []}
     post_start(hub, first)
-    follow(hub, first, events[first])
+    hub.follow(first, events[first])
     wait_for(lambda: "next in line" in messages(events[first]), timeout=30, what="first waiter's place shown")
     post_start(hub, second)
-    follow(hub, second, events[second])
+    hub.follow(second, events[second])
     wait_for(lambda: "number 2 in line" in messages(events[second]), timeout=30, what="second waiter's place")
     assert hub.user(first)["servers"][""]["pending"] == "spawn"  # waiting is no failure
 
@@ -126,7 +113,7 @@ def test_admin_moves_waiters_from_the_console_and_they_start_in_the_new_order(qu
     events = {n: [] for n in waiters}
     for name in waiters:
         post_start(hub, name)
-        follow(hub, name, events[name])
+        hub.follow(name, events[name])
         wait_for(lambda: line_users(stack)[-1:] == [name], timeout=30, what=f"{name} in line")
     assert line_users(stack) == waiters
 
