@@ -43,6 +43,7 @@ DockerCall = Callable[..., Awaitable]
 AUDIT_ACTIONS = {"parked": "park", "refused": "park-refused", "failed": "park-failed", "resumed": "park-resume",
                  "held": "park-held", "resume-failed": "park-resume-failed", "expired": "park-expired",
                  "stopped": "park-stop", "gone": "park-gone"}
+PERSON_ACTIONS = ("resumed", "held", "resume-failed", "gone", "not-parked")
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,10 @@ class Parker:
                  memory: Callable[[str], int | None], stop_server: Callable[[str, str], Awaitable[Any]],
                  settings: ParkSettings = ParkSettings(), audit: Any = None,
                  host_memory: Callable[[], int] = host_available_memory, lock: Any = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable] = asyncio.sleep):
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable] = asyncio.sleep,
+                 person_resumes: bool = False):
+        # person_resumes: the hub's Parker, whose resumes are the person's own (the audit says so)
+        self.person_resumes = person_resumes
         self.docker, self.checkpointer, self.parked = docker, checkpointer, parked
         self.memory, self.stop_server, self.settings = memory, stop_server, settings
         self.audit, self.host_memory, self.clock, self.sleep = audit, host_memory, clock, sleep
@@ -354,7 +358,10 @@ class Parker:
     async def _told(self, outcome: Outcome, uuid: str) -> Outcome:
         log.info("%s's server %r: %s (%s)", outcome.user, outcome.server, outcome.action, outcome.detail)
         if self.audit is not None:
-            await asyncio.to_thread(self.audit.write, self.clock(), "gpu-reclaim", "service",
+            who, via = ((outcome.user, "resume") if self.person_resumes and outcome.action in PERSON_ACTIONS
+                        else ("gpu-reclaim", "service"))
+            await asyncio.to_thread(self.audit.write, self.clock(), who, via,
                                     action=AUDIT_ACTIONS[outcome.action], user=outcome.user,
-                                    server=outcome.server, gpu=uuid, note="", detail=outcome.detail)
+                                    server=outcome.server, gpu=uuid, note="", detail=outcome.detail,
+                                    **({"timings": outcome.timings} if outcome.timings else {}))
         return outcome

@@ -211,6 +211,12 @@ def decide(policies: ReclaimPolicy | PolicyTable, candidates: Iterable[Candidate
         if until and until <= now:
             state.extended.pop((c.user, c.server), None)
             until = 0.0
+        if warned and c.idle_since is not None and c.idle_since > warned.idle_since:
+            # a new idle period since the warning: a new server under the same name and GPU, or
+            # one resumed from parking; the old warning's deadline is not this one's
+            decisions.append(Decision("clear", c.key, why="a new idle period"))
+            del state.warned[c.key]
+            warned = None
         if not policy.enabled or policy.exempt(c.user, c.groups) or until > now or c.idle_since is None:
             if warned:
                 why = ("busy again" if c.idle_since is None else "extended by an admin" if until > now

@@ -46,6 +46,7 @@ from jupyterhub.user import User
 from jupyterhub.utils import get_accepted_mimetype, url_path_join
 from tornado import web
 
+from hub.common.audit import AuditLog
 from hub.common.engine import DockerCaller, engine_client
 from hub.common.park import ExecCheckpointer, ParkSettings, Parker
 from hub.gpus.parked import FILE, Parked, ParkedFile
@@ -216,7 +217,7 @@ def build_parker(spawner: Any, lock: Any) -> Any:
 
     return Parker(docker, ExecCheckpointer(docker, fake=read(os.environ, "GPUHUB_PARK_FAKE")),
                   parked_file_of(spawner), lambda uuid: None, no_stop, ParkSettings(label_prefix=spawner.label_prefix),
-                  lock=lock)
+                  lock=lock, audit=AuditLog(spawner.gpu_audit_file), person_resumes=True)  # resumes in the audit log, with their timings
 
 
 def ParkedHandler():  # noqa: N802 - the class, made in the hub's process (JupyterHub imported)

@@ -100,7 +100,7 @@ c.JupyterHub.services.append({
     # the console's settings as the hub hands them over (hub/settings/gpu_settings.py)
     "environment": GPUSettings(name_prefix=prefix, intent_file=str(state / "gpu-intent.json"),
                                audit_file=str(state / "gpu-audit.jsonl"), usage_interval=1,
-                               usage_db=str(state / "gpu-usage.sqlite"),
+                               usage_db=str(state / "gpu-usage.sqlite"), state_dir=str(state),
                                bind="127.0.0.1").to_env(),
     "oauth_no_confirm": True,
 })
@@ -114,6 +114,29 @@ from hub.hub_process.patches import restart_check  # noqa: E402
 
 restart_check.install()
 parking.install(c)  # parked servers: no route, the Resume page, kept at a hub restart
+
+# -- gpu-reclaim (configure_reclaim), only where the run asks for it (tests/gpu_host/park_stack.py):
+# in the console's process as in production, its settings from GPUHOST_RECLAIM_ENV (JSON), its own
+# port on the host instead of the hub container's
+if env.get("GPUHOST_RECLAIM_PORT"):
+    from hub.hub_process.config.configure import configure_reclaim, reclaim_environment  # noqa: E402
+    from hub.settings import RECLAIM_URL_ENV  # noqa: E402
+
+    reclaim_url = f"http://127.0.0.1:{env['GPUHOST_RECLAIM_PORT']}"
+    token_file = str(state / "gpu-reclaim-token")
+    configure_reclaim(c, env, token_file=token_file)
+    # configure_reclaim's own environment line names production's proxy: this run's instead, with
+    # the environment set above
+    c.GPUDockerSpawner.environment = {**c.DockerSpawner.environment, "GPUHUB_GPU_SERVICE_URL":
+                                      f"http://127.0.0.1:{env['GPUHOST_PROXY_PORT']}/services/gpu-reclaim/"}
+    for service in c.JupyterHub.services:
+        if service["name"] == "gpu-reclaim":
+            service["url"] = reclaim_url
+        if service["name"] == "gpu-console":
+            settings = {**json.loads(env.get("GPUHOST_RECLAIM_ENV", "{}")), "HUB_NAME_PREFIX": prefix}
+            service["environment"].update({**reclaim_environment(settings, token_file=token_file),
+                                           RECLAIM_URL_ENV: reclaim_url})
+            service["environment"].update(json.loads(env.get("GPUHOST_SERVICE_EXTRA_ENV", "{}")))
 
 # -- recovery (hub/hub_process/config/configure.py configure_recovery) --
 c.JupyterHub.last_activity_interval = 10

@@ -151,7 +151,8 @@ COPY site /srv/gpuhost/site
 COPY bin /srv/gpuhost/bin
 COPY --chown=1000:100 home /home
 ENV PYTHONPATH=/srv/gpuhost/site PYTHONUNBUFFERED=1 HOME=/home/jovyan USER=jovyan SHELL=/bin/bash \\
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \\
+    PATH=/srv/gpuhost/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LABEL gpuhub.singleuser-command=/srv/gpuhost/bin/gpuhub-singleuser
 USER 1000:100
 WORKDIR /home/jovyan/work
@@ -180,6 +181,9 @@ def build_image(client, base: str) -> dict:
 
         add_bytes("Dockerfile", DOCKERFILE.format(base=base, python=sys.executable).encode())
         add_bytes("bin/gpuhub-singleuser", f"#!{sys.executable}\n{launcher}".encode(), 0o755)
+        # gpu-park, as the single-user image has it on its PATH (parking: tests/gpu_host/park_stack.py)
+        park = (ROOT / "images/singleuser/gpu_park.py").read_text().split("\n", 1)[1]
+        add_bytes("bin/gpu-park", f"#!{sys.executable}\n{park}".encode(), 0o755)
         for d in ("home", "home/jovyan", "home/jovyan/work"):
             add_dir(d)
         tar.add(SITE, arcname="site")

@@ -122,3 +122,15 @@ def test_the_next_round_is_due_when_a_warning_or_a_stop_is():
     state.extended[("alice", "")] = 4000.0
     assert next_due(POLICY, [idle], state, 3000.0) == 4000.0  # judged again when the extension ends
     assert next_due(POLICY, [busy, exempt], ReclaimState(), 0.0) is None
+
+
+def test_a_warning_from_an_earlier_idle_period_is_not_carried_over():
+    """A server stopped while warned and started again at once under the same name and GPU (or
+    one resumed from parking) keeps the same key: its new idle period starts a new clock."""
+    state = ReclaimState()
+    decide(POLICY, [c("alice", 0.0)], state, 1800.0)  # warned: stop due at 2400
+    [clear] = decide(POLICY, [c("alice", 2390.0)], state, 2401.0)  # the new server, idle since 2390
+    assert (clear.action, clear.why) == ("clear", "a new idle period") and not state.warned
+    assert decide(POLICY, [c("alice", 2390.0)], state, 2402.0) == []
+    [warn] = decide(POLICY, [c("alice", 2390.0)], state, 2390.0 + 1800)
+    assert (warn.action, warn.deadline) == ("warn", 2390.0 + 2400)

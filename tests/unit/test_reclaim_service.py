@@ -411,3 +411,31 @@ def test_reclaim_reads_the_files_and_labels_the_console_reads(tmp_path):
     assert r.usage("nobody", []) == {}
     UsageStore(tmp_path / "u.sqlite")
     assert r.usage("nobody", [])["hours"] == {"day": 0, "week": 0, "month": 0}
+
+
+def test_a_resumed_server_gets_a_new_idle_clock(world):
+    """Parked, then resumed after longer than the timeout: judged idle from its resume on, not
+    from its GPU label (found on the H100 through the whole stack: resumed, then reclaimed at once)."""
+    from hub.gpus.parked import Parked
+
+    r, clock, feed, hub, tmp = world
+    records = {}
+
+    class Records:  # the parked file as gpu-reclaim reads it
+        def all(self):
+            return dict(records)
+
+    r.parked = Records()
+    rounds(r, clock, 1)  # alice idle from 2000
+    alice = next(c for c in r.docker.containers if c["Labels"]["gpuhub.user"] == "alice")
+    alice["State"] = "paused"
+    records["alice"] = Parked("alice", "", alice["Id"], "GPU-a", clock[0])
+    rounds(r, clock, 12)  # parked for 120 s, longer than the timeout (60 s)
+    del records["alice"]  # Resume: the record goes, the container holds its GPU again
+    alice["State"] = "running"
+    resumed = clock[0]
+    assert rounds(r, clock, 5) == []  # 40 s after the resume: no warning
+    assert r.resumed_at[("alice", "")] == resumed
+    decisions = rounds(r, clock, 3)
+    assert [(d.action, d.key[0]) for d in decisions] == [("warn", "alice")]  # 60 s after the resume
+    assert decisions[0].idle_since >= resumed

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -116,6 +117,8 @@ class Reclaimer:
         self.holders_file = Path(holders_file) if holders_file else None
         self.usage = usage  # (user, groups) -> their GPU-hours and tightest quota (blocking: SQLite)
         self.parked = ParkedFile(parked_file) if parked_file else None  # parked servers hold no GPU
+        self._parked_before: set[tuple[str, str]] | None = None  # (user, server) parked at the last round
+        self.resumed_at: dict[tuple[str, str], float] = {}  # resumed since: their idle clocks start there
         self.audit, self.reasons, self.instance, self.clock = audit, reasons, instance, clock
         self.labels = Labels(label_prefix)
         self.state_file = Path(state_file)
@@ -154,7 +157,24 @@ class Reclaimer:
                     labels[self.labels.profile]
         self.profile_of = profiles
         records = (await asyncio.to_thread(self.parked.all)).values() if self.parked else ()
+        self.note_resumed({(r.user, r.server) for r in records}, self.clock())
         return holders_from_containers(containers, self.labels.prefix, parked=parked_ids(containers, records))
+
+    def note_resumed(self, parked_now: set[tuple[str, str]], now: float) -> None:
+        """Servers parked at the last round and not now were resumed (or stopped): their idle
+        clocks start again at this round, not at their GPU label's time (a resume is the person's
+        own request: without this, a server resumed after a long park was reclaimed again at once)."""
+        if self._parked_before is not None:
+            for key in self._parked_before - parked_now:
+                self.resumed_at[key] = now
+        self._parked_before = parked_now
+        live = set(self.container_of)
+        self.resumed_at = {k: t for k, t in self.resumed_at.items() if k in live or k in parked_now}
+
+    def holding_since(self, h: Holder) -> Holder:
+        """The holder with its holding's start moved to its resume, if it was resumed since."""
+        resumed = self.resumed_at.get((h.user, h.server))
+        return replace(h, since=resumed) if resumed and resumed > (h.since or 0.0) else h
 
     def reload_profiles(self) -> None:
         """The profiles' own policies, re-read when the file changed (an admin's edit applies at
@@ -191,7 +211,8 @@ class Reclaimer:
                 for h in holders:
                     policy, idle = self.policy_of(h.user, h.server), None
                     if self.sampler.store is not None and self.sampler.source == "nvml":
-                        idle = await asyncio.to_thread(self.sampler.store.idle_since, h, uuid, policy.threshold_pct)
+                        idle = await asyncio.to_thread(self.sampler.store.idle_since, self.holding_since(h), uuid,
+                                                       policy.threshold_pct)
                     groups = frozenset()
                     if idle is not None and now - idle >= policy.timeout and policy.exempt_groups:
                         groups = await self._groups(h.user)
@@ -257,7 +278,7 @@ class Reclaimer:
         reading = self.sampler.now(uuid)
         store = self.sampler.store
         policy = self.policy_of(h.user, h.server)
-        idle = store.idle_since(h, uuid, policy.threshold_pct) if store and reading else None
+        idle = store.idle_since(self.holding_since(h), uuid, policy.threshold_pct) if store and reading else None
         warned = self.state.warned.get((h.user, h.server, uuid))
         extended = self.state.extended.get((h.user, h.server), 0.0)
         return {

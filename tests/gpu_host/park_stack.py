@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""Parking through the whole stack on a GPU host: the real hub, spawner, proxy and gpu-reclaim
+(in the console's process, GPU_IDLE_ACTION=park), the user's kernel in a real container.
+
+For each size (GB), with one GPU left free for the two users (on a host with more GPUs, exempt
+"filler" users hold the others, so that B can only get A's):
+  1. user A's server starts through the hub's REST API; a kernel (Jupyter protocol over the
+     proxy) allocates that many GB of tensors, computes an exact checksum (int64 sums of their
+     bits), keeps a random note and ticks a tiny CUDA op every 20 ms;
+  2. A goes idle: gpu-reclaim warns, then parks it (gpu-park by docker exec inside A's
+     container as 1000:100, docker pause, NVML back at rest, the GPU given back); timed from
+     the allocation's end, with the Parker's own step timings from the audit log;
+  3. NVML's reading of the GPU while A is parked; A's URL answers 503 at once (no route);
+  4. user B starts through the hub: the allocator gives B the GPU A had; A's Resume (the hub's
+     /hub/parked/ page, A's own token) answers "held by B"; B's kernel allocates as much as A
+     had and runs the bf16 matmul (tests/gpu_host/matmul.py), against the host's figure of the
+     same GPU before A; B's server stops;
+  5. A's Resume through the hub: restored onto its GPU, the route back; A's kernel (same kernel,
+     a new websocket) recomputes the checksum: the same tensors, the same note, and no tick while
+     parked (A could not run while B held the GPU).
+Run after the stack's `prepare` (tests/gpu_host/stack.py; the image carries gpu-park):
+
+    python3 tests/gpu_host/park_stack.py --sizes 1,10,40       (OUT set: $OUT/park_stack.json)
+
+Dry run on fake GPUs (GPUHOST_LOCAL=1, as stack.py's): gpu-park's driver stand-in
+(GPUHUB_PARK_FAKE), readings from a file (tests/e2e/fake_gpu), host memory instead of tensors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import stack as st  # noqa: E402
+
+T, GRACE, INTERVAL = 20, 6, 1  # gpu-reclaim's policy for the run: warn after 20 s idle, park 6 s later
+A, B = "parka", "parkb"
+FAKE_READINGS = st.WORK / "fake-gpu-readings.json"
+
+KERNEL_A = """
+import glob, os, secrets, threading, time
+_note, _fake, _t0 = secrets.token_hex(8), {fake}, time.monotonic()
+if _fake:  # a "CUDA process": a GPU's device node open (gpu-park finds it so), host memory as tensors
+    import hashlib
+    _nodes = [open(n, 'rb') for n in sorted(glob.glob('/dev/nvidia[0-9]*'))[:1]]
+    _blocks = [bytearray(os.urandom(int({gb} * 2**20)))]
+    def _checksum(): return hashlib.sha256(b''.join(_blocks)).hexdigest()
+    def _op(): sum(_blocks[0][:64])
+else:
+    import torch
+    _g = torch.Generator(device='cuda').manual_seed(1234)
+    _blocks, _left = [], int({gb} * 2**30)
+    while _left > 0:
+        _n = min(2**28, _left) // 4
+        _blocks.append(torch.randn(_n, device='cuda', generator=_g)); _left -= _n * 4
+    torch.cuda.synchronize()
+    _tiny = torch.ones(16, device='cuda')
+    def _checksum():
+        total = 0
+        for b in _blocks:
+            bits = b.view(torch.int32)
+            for i in range(0, bits.numel(), 2**26):
+                total += int(bits[i:i + 2**26].to(torch.int64).sum().item())
+        return str(total)
+    def _op(): _tiny.add_(1); torch.cuda.synchronize()
+_first = _checksum()
+if not _fake: torch.cuda.empty_cache()
+_alloc_s, _ticks = round(time.monotonic() - _t0, 3), []
+def _tick():
+    while True:
+        _op(); _ticks.append(time.time()); del _ticks[:-100000]; time.sleep(0.02)
+threading.Thread(target=_tick, daemon=True).start()
+"""
+VERIFY_A = ("(lambda t0=__import__('time').monotonic(): {{'checksum': _checksum(), 'note': _note, "
+            "'ticks_while_parked': len([x for x in _ticks if {frm} < x < {to}]), 'ticks': len(_ticks), "
+            "'verify_s': round(__import__('time').monotonic() - t0, 3)}})()")
+B_ALLOC = ("(lambda: (globals().__setitem__('_hold', [__import__('torch').empty(min(2**28, {left} - i) // 4, "
+           "device='cuda') for i in range(0, {left}, 2**28)]), __import__('torch').cuda.synchronize(), "
+           "len(_hold))[-1])()")
+
+
+def audit_tail(stack: st.Stack, since: float) -> list[dict]:
+    path = stack.state / "gpu-audit.jsonl"
+    out = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("epoch", 0) >= since:
+            out.append(entry)
+    return out
+
+
+def parked_records(stack: st.Stack) -> dict:
+    path = stack.state / "gpu-parked.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def gpu_used(uuid: str) -> int | None:
+    """NVML's used MiB of that GPU (the Parker's own reader), or None on fake GPUs."""
+    if st.LOCAL:
+        return None
+    from hub.gpus.nvml import NVMLReader
+    return next((r.memory_used_mib for r in NVMLReader().read() if st.norm(r.uuid) == st.norm(uuid)), None)
+
+
+def container_status(stack: st.Stack, user: str) -> str | None:
+    for c in stack.client.api.containers(all=True, filters={"label": [f"{st.LABEL}.instance={st.PREFIX}",
+                                                                      f"{st.LABEL}.user={user}"]}):
+        return c["State"]
+    return None
+
+
+def wait_for(predicate, timeout: float, what: str, step: float = 0.25):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise TimeoutError(f"{what}: not within {timeout:g} s")
+
+
+def resume(stack: st.Stack, token: str) -> tuple[int, str, float]:
+    """A's Resume through the hub, as the page's button posts it (A's own token)."""
+    import requests
+    t0 = time.monotonic()
+    r = requests.post(f"{stack.proxy_url}/hub/parked/", data={"action": "resume"}, allow_redirects=False,
+                      headers={"Authorization": f"token {token}"}, timeout=900)
+    return r.status_code, r.headers.get("Location") or r.text, round(time.monotonic() - t0, 2)
+
+
+def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, fillers: list[str]) -> dict:
+    row: dict = {"gb": gb}
+    t0 = time.time()
+    st.log(f"{gb:g} GB: A starts")
+    code, message = stack.hub.start(A)
+    if code not in (201, 202):
+        return {**row, "error": f"start A: {code} {message}"}
+    stack.hub.wait(A, ready=True)
+    held = stack.containers()
+    row["a_gpu"] = held[A]["gpu"]
+    if st.norm(held[A]["gpu"]) != st.norm(uuid):
+        return {**row, "error": f"A got {held[A]['gpu']}, not the GPU left free ({uuid})"}
+    token_a = stack.hub.token_for(A)
+    ka = st.Kernel(stack.proxy_url, A, token_a)
+    ka.start()
+    ka.execute(KERNEL_A.format(fake=st.LOCAL, gb=gb), timeout=600)
+    ready = ka.call("{'checksum': _first, 'note': _note, 'alloc_s': _alloc_s, 'pid': os.getpid()}")
+    ka.close()  # a tab would keep it; the resumed kernel is reached on a new websocket
+    row["alloc_s"] = ready["alloc_s"]
+    idle_from = time.monotonic()
+    row["gpu_used_loaded_mib"] = gpu_used(uuid)
+    st.log(f"{gb:g} GB: allocated in {ready['alloc_s']} s; waiting for gpu-reclaim to park A")
+    wait_for(lambda: container_status(stack, A) == "paused" and A in json.dumps(parked_records(stack)),
+             T + GRACE + 3 * gb + 120, "gpu-reclaim parks A")
+    parked_at = time.time()
+    row["idle_to_parked_s"] = round(time.monotonic() - idle_from, 1)
+    record = next(iter(v for v in parked_records(stack).values() if v.get("user") == A), {})
+    row["parked_record"] = {k: record.get(k) for k in ("uuid", "gpu_mib", "mem_limit", "mem_limit_parked")}
+    entries = audit_tail(stack, t0)
+    row["audit"] = [(e.get("action"), e.get("detail", "")[:200]) for e in entries]
+    row["park_timings"] = next((e.get("timings") for e in entries if e.get("action") == "park"), None)
+    import requests
+
+    def route_gone() -> bool:
+        routes = requests.get(f"http://127.0.0.1:{stack.ports['proxy_api']}/api/routes", timeout=10,
+                              headers={"Authorization": f"token {stack.proxy_token}"}).json()
+        return not any(path.rstrip("/") == f"/user/{A}" for path in routes)  # CHP keeps "/user/parka"
+    # the hub drops a parked server's route at its next check (hub/hub_process/parking.py SYNC_S);
+    # a request sent before that reaches the paused server and waits until it resumes
+    row["route_gone_after_parked_s"] = round(wait_for(route_gone, 30, "the parked server's route removed") and
+                                             time.time() - parked_at, 2)
+    time.sleep(1)
+    row["gpu_used_parked_mib"] = gpu_used(uuid)
+    q0 = time.monotonic()
+    r = requests.get(f"{stack.proxy_url}/user/{A}/api/status", headers={"Authorization": f"token {token_a}"},
+                     timeout=60)
+    row["a_request_while_parked"] = {"status": r.status_code, "answered_in_s": round(time.monotonic() - q0, 3)}
+    console = stack.console() or {}
+    row["console_holders_while_parked"] = sorted(
+        (g.get("holder") or {}).get("user", "") for g in console.get("gpus", []) if g.get("holder"))
+
+    st.log(f"{gb:g} GB: parked; B starts on the freed GPU")
+    code, message = stack.hub.start(B)
+    if code not in (201, 202):
+        return {**row, "error": f"start B: {code} {message}"}
+    stack.hub.wait(B, ready=True)
+    row["b_gpu_same"] = st.norm(stack.containers()[B]["gpu"]) == st.norm(uuid)
+    code, where, took = resume(stack, token_a)
+    row["resume_while_b_holds"] = {"status": code, "says_held_by_b": B in where and "held" in where.lower(),
+                                   "answered_in_s": took, "paused_still": container_status(stack, A) == "paused"}
+    kb = st.Kernel(stack.proxy_url, B, stack.hub.token_for(B))
+    kb.start()
+    if not st.LOCAL:
+        kb.execute(st.kernel_setup_code())
+        left = int(gb * 2**30)
+        row["b_allocated_chunks"] = kb.call(B_ALLOC.format(left=left), timeout=300)
+        row["b_matmul"] = kb.call("bench(0)", timeout=300)
+        if baseline:
+            row["b_matmul"]["vs_host_before"] = round(row["b_matmul"]["tflops"] / baseline["tflops"], 4)
+    kb.close()
+    row["a_paused_while_b_ran"] = container_status(stack, A) == "paused"
+    stack.hub.stop(B)
+
+    st.log(f"{gb:g} GB: B stopped; A resumes")
+    resume_from = time.time()
+    code, where, took = resume(stack, token_a)
+    row["resume"] = {"status": code, "location": where[:200], "took_s": took,
+                     "container": container_status(stack, A)}
+    entries = audit_tail(stack, resume_from - 1)
+    row["resume_timings"] = next((e.get("timings") for e in entries if e.get("action") == "park-resume"), None)
+    if code != 302 or container_status(stack, A) != "running":
+        return {**row, "error": "resume did not bring A back", "audit": [(e.get("action"), e.get("detail", "")[:300])
+                                                                         for e in audit_tail(stack, t0)]}
+    row["gpu_used_resumed_mib"] = gpu_used(uuid)
+    ka.connect()
+    verified = ka.call(VERIFY_A.format(frm=parked_at + 0.5, to=resume_from - 0.5), timeout=600)
+    pid = ka.call("os.getpid()")
+    ka.close()
+    # resumed after longer than the timeout: its idle clock starts at the resume (T more seconds)
+    time.sleep(4)
+    again = [e.get("action") for e in audit_tail(stack, resume_from) if e.get("user") == A
+             and e.get("action") in ("reclaim-warn", "reclaim", "park")]
+    row["reclaimed_again_right_after_resume"] = again
+    row.update(checksum_same=verified["checksum"] == ready["checksum"], note_same=verified["note"] == ready["note"],
+               ticks_while_parked=verified["ticks_while_parked"], ticks=verified["ticks"],
+               verify_s=verified["verify_s"], parked_for_s=round(resume_from - parked_at, 1),
+               kernel_pid_same=pid == ready["pid"])
+    stack.hub.stop(A)
+    row["ok"] = bool(row["checksum_same"] and not row["reclaimed_again_right_after_resume"] and row["note_same"] and row["ticks_while_parked"] == 0
+                     and row["kernel_pid_same"] and row["b_gpu_same"] and row["a_paused_while_b_ran"]
+                     and row["resume_while_b_holds"]["paused_still"] and row["a_request_while_parked"]["status"] == 503
+                     and (st.LOCAL or (row["gpu_used_parked_mib"] or 1e9) <= 1024))
+    return row
+
+
+def run(stage: dict, sizes: list[float]) -> dict:
+    from hub.gpus.inventory import discover
+
+    exempt = [B] + [f"parkfill{i}" for i in range(16)]
+    reclaim_env = {"GPU_IDLE_TIMEOUT": str(T), "GPU_IDLE_GRACE": str(GRACE), "GPU_SAMPLE_INTERVAL": str(INTERVAL),
+                   "GPU_IDLE_ACTION": "park", "GPU_PARK_MAX": "3600", "GPU_PARK_HOST_RESERVE": "8",
+                   "GPU_IDLE_EXEMPT_USERS": ",".join(exempt)}
+    extra = {"GPUHUB_PARK_SETTLE_S": "30"}
+    if st.LOCAL:
+        reclaim_env.update(GPU_USAGE_READER="fake_readings:FileReader", GPUHUB_PARK_FAKE="1",
+                           GPU_PARK_HOST_RESERVE="0")
+        extra.update(FAKE_GPU_READINGS=str(FAKE_READINGS),
+                     PYTHONPATH=f"{st.python_path()}:{st.ROOT / 'tests/e2e/fake_gpu'}")
+        os.environ["GPUHUB_PARK_FAKE"] = "1"  # the hub's resume: the same stand-in
+    os.environ.update(GPUHOST_RECLAIM_PORT=str(st.free_port()), GPUHOST_RECLAIM_ENV=json.dumps(reclaim_env),
+                      GPUHOST_SERVICE_EXTRA_ENV=json.dumps(extra))
+    summary: dict = {"what": "tests/gpu_host/park_stack.py: parking through the real hub, spawner, proxy and "
+                             "gpu-reclaim (policy park); B uses the freed GPU; A resumes through the hub",
+                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "mode": "fake GPUs (dry run)" if st.LOCAL else "real GPUs",
+                     "policy": {"timeout_s": T, "grace_s": GRACE, "interval_s": INTERVAL, "action": "park"},
+                     "sizes": []}
+    import docker
+    # the network again: stack.py's own run removes it at its end
+    base = f"{st.PREFIX}/hostroot:local" if st.LOCAL else "gpukit/hostroot:1"
+    binds = json.loads((st.WORK / "binds.json").read_text())
+    stage = {**stage, "network": st.choose_network(docker.from_env(), binds, base)}
+    summary["network"] = stage["network"]
+    stack = st.Stack(stage)
+    try:
+        gpus, source = discover()
+        if st.LOCAL:
+            FAKE_READINGS.write_text(json.dumps({g.uuid: {"util": 0, "mem": 100} for g in gpus}))
+        busy = stack.held_elsewhere(gpus)
+        free = [g for g in gpus if g.uuid not in busy]
+        if not free:
+            raise RuntimeError("no free GPU")
+        summary["host"] = {"gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in gpus],
+                           "held_by_others": sorted(busy)}
+        if not st.LOCAL:
+            import subprocess
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True)
+            summary["host"]["driver"] = smi.stdout.strip().splitlines()[0]
+        summary["versions"] = stack.start_proxy()
+        stack.start_hub()
+        fillers = exempt[1:len(free)]  # every free GPU but one held by an exempt filler
+        r = stack.hub.api("POST", "/users", json={"usernames": [A, B, *fillers]})
+        assert r.status_code == 201, r.text
+        for name in fillers:
+            code, message = stack.hub.start(name)
+            assert code in (201, 202), f"start {name}: {code} {message}"
+            stack.hub.wait(name, ready=True)
+        held = stack.containers()
+        left = [g for g in free if g.uuid not in {held[f]["gpu"] for f in fillers}]
+        assert len(left) == 1, f"one GPU should be left free: {left}"
+        uuid = left[0].uuid
+        summary["gpu"] = {"uuid": uuid, "fillers": fillers}
+        baseline = None
+        if not st.LOCAL:
+            baseline = st.host_bench().get(uuid) or next(
+                (v for k, v in st.host_bench().items() if st.norm(k) == st.norm(uuid)), None)
+            summary["host_matmul_before"] = baseline
+            summary["gpu_used_rest_mib"] = gpu_used(uuid)
+        for gb in sizes:
+            try:
+                summary["sizes"].append(one_size(stack, gb, uuid, baseline, fillers))
+            except Exception as exc:  # noqa: BLE001 - the report says what broke; the next size runs
+                import traceback
+                summary["sizes"].append({"gb": gb, "error": f"{type(exc).__name__}: {exc}",
+                                         "traceback": traceback.format_exc()[-1500:],
+                                         "hub_log": stack.hub_log_tail(3000)})
+                for user in (A, B):
+                    try:
+                        stack.hub.stop(user)
+                    except Exception:  # noqa: BLE001
+                        pass
+            st.log(json.dumps(summary["sizes"][-1])[:1500])
+            emit(summary)
+    finally:
+        stack.cleanup()
+    summary["ok"] = bool(summary["sizes"]) and all(r.get("ok") for r in summary["sizes"])
+    return summary
+
+
+def emit(summary: dict) -> None:
+    out = os.environ.get("OUT")
+    if out and Path(out).is_dir():
+        (Path(out) / "park_stack.json").write_text(json.dumps(summary, indent=1) + "\n")
+        for name in ("hub.log", "proxy.log"):
+            if (st.WORK / name).is_file():
+                (Path(out) / f"park-{name}").write_bytes((st.WORK / name).read_bytes()[-4_000_000:])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,10")
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    try:
+        stage = json.loads((st.WORK / "stage1.json").read_text())
+        import docker
+        docker.from_env().images.get(st.IMAGE)
+    except Exception as exc:  # noqa: BLE001
+        print(json.dumps({"ok": False, "error": f"no prepared machine ({type(exc).__name__}: {exc}): "
+                          "run `stack.py prepare` first"}))
+        return 2
+    summary = run(stage, [float(s) for s in args.sizes.split(",") if s.strip()])
+    emit(summary)
+    print(json.dumps(summary, indent=1), flush=True)
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
