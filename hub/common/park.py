@@ -250,9 +250,32 @@ class Parker:
             changes["memswap_limit"] = memswap_limit
         await self.docker("update_container", container_id, **changes)
 
+    async def _usage(self, container_id: str) -> int | None:
+        """The container's memory in use as ``docker stats`` counts it (less reclaimable file
+        cache), or None when the engine does not say."""
+        try:
+            stats = await self.docker("stats", container_id, stream=False, one_shot=True)
+            memory = stats.get("memory_stats") or {}
+            cache = (memory.get("stats") or {}).get("inactive_file", 0)
+            return int(memory["usage"]) - int(cache)
+        except Exception:  # noqa: BLE001 - unknown: the limit is put back as before
+            return None
+
     async def _restore_limit(self, container_id: str, mem_limit: int, memswap_limit: int) -> None:
-        """The limit from before parking (best effort: lowering it fails while the container's
-        memory is still above it; it stays raised then, which only allows more)."""
+        """The limit from before parking, once the container's memory is under it: lowering a
+        limit under what is in use makes the kernel's OOM killer take the largest process (cgroup
+        v2), the kernel just restored. The restored state's host copy is freed as the driver lets
+        it go: wait up to ``settle`` seconds; past that the limit stays raised (it only allows
+        more) and the log says so. Lowering can also fail (cgroup v1 refuses): it stays raised."""
+        deadline = time.monotonic() + self.settings.settle
+        used = await self._usage(container_id)
+        while used is not None and used > 0.9 * mem_limit and time.monotonic() < deadline:
+            await self.sleep(0.5)
+            used = await self._usage(container_id)
+        if used is not None and used > 0.9 * mem_limit:
+            log.warning("container %s: its memory limit stays raised (%d MiB in use, the limit was %d MiB)",
+                        container_id[:12], used // MIB, mem_limit // MIB)
+            return
         try:
             await self._set_limit(container_id, mem_limit, memswap_limit)
         except (APIError, NotFound) as exc:

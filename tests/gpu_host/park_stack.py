@@ -140,8 +140,30 @@ def resume(stack: st.Stack, token: str) -> tuple[int, str, float]:
     return r.status_code, r.headers.get("Location") or r.text, round(time.monotonic() - t0, 2)
 
 
-def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, fillers: list[str]) -> dict:
-    row: dict = {"gb": gb}
+def a_memory(stack: st.Stack) -> dict:
+    """A's container: its memory limit, and its cgroup's use and OOM kills (inside: cgroup v2)."""
+    name = stack.containers()[A]["name"]
+    info = stack.client.api.inspect_container(name)
+    out = {"limit_mib": info["HostConfig"]["Memory"] // 2**20, "oom_killed": info["State"].get("OOMKilled")}
+    try:
+        r = stack.client.containers.get(name).exec_run(["sh", "-c", "cat /sys/fs/cgroup/memory.current; "
+                                                        "grep -E '^(oom|oom_kill) ' /sys/fs/cgroup/memory.events"])
+        lines = r.output.decode().split()
+        out["current_mib"] = int(lines[0]) // 2**20
+        out.update({lines[i]: int(lines[i + 1]) for i in range(1, len(lines) - 1, 2)})
+    except Exception as exc:  # noqa: BLE001 - a diagnosis: what could not be read says so
+        out["cgroup"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def a_logs(stack: st.Stack, n: int = 40) -> str:
+    try:
+        return stack.client.containers.get(stack.containers()[A]["name"]).logs(tail=n).decode(errors="replace")
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+
+
+def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: dict) -> dict:
     t0 = time.time()
     st.log(f"{gb:g} GB: A starts")
     code, message = stack.hub.start(A)
@@ -168,6 +190,7 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, fille
     row["idle_to_parked_s"] = round(time.monotonic() - idle_from, 1)
     record = next(iter(v for v in parked_records(stack).values() if v.get("user") == A), {})
     row["parked_record"] = {k: record.get(k) for k in ("uuid", "gpu_mib", "mem_limit", "mem_limit_parked")}
+    row["a_memory_parked"] = a_memory(stack)
     entries = audit_tail(stack, t0)
     row["audit"] = [(e.get("action"), e.get("detail", "")[:200]) for e in entries]
     row["park_timings"] = next((e.get("timings") for e in entries if e.get("action") == "park"), None)
@@ -224,8 +247,9 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, fille
         return {**row, "error": "resume did not bring A back", "audit": [(e.get("action"), e.get("detail", "")[:300])
                                                                          for e in audit_tail(stack, t0)]}
     row["gpu_used_resumed_mib"] = gpu_used(uuid)
+    row["a_memory_resumed"] = a_memory(stack)
     ka.connect()
-    verified = ka.call(VERIFY_A.format(frm=parked_at + 0.5, to=resume_from - 0.5), timeout=600)
+    verified = ka.call(VERIFY_A.format(frm=parked_at + 0.5, to=resume_from - 0.5), timeout=120)
     pid = ka.call("os.getpid()")
     ka.close()
     # resumed after longer than the timeout: its idle clock starts at the resume (T more seconds)
@@ -310,13 +334,18 @@ def run(stage: dict, sizes: list[float]) -> dict:
             summary["host_matmul_before"] = baseline
             summary["gpu_used_rest_mib"] = gpu_used(uuid)
         for gb in sizes:
+            row: dict = {"gb": gb}
             try:
-                summary["sizes"].append(one_size(stack, gb, uuid, baseline, fillers))
+                summary["sizes"].append(one_size(stack, gb, uuid, baseline, row))
             except Exception as exc:  # noqa: BLE001 - the report says what broke; the next size runs
                 import traceback
-                summary["sizes"].append({"gb": gb, "error": f"{type(exc).__name__}: {exc}",
-                                         "traceback": traceback.format_exc()[-1500:],
-                                         "hub_log": stack.hub_log_tail(3000)})
+                row.update(error=f"{type(exc).__name__}: {exc}"[:3000], traceback=traceback.format_exc()[-1500:],
+                           hub_log=stack.hub_log_tail(3000), a_logs=a_logs(stack))
+                try:
+                    row["a_memory_at_error"] = a_memory(stack)
+                except Exception:  # noqa: BLE001
+                    pass
+                summary["sizes"].append(row)
                 for user in (A, B):
                     try:
                         stack.hub.stop(user)
