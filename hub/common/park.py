@@ -145,8 +145,10 @@ class ExecCheckpointer:
     async def park(self, container: dict) -> dict:
         return await self.run(container, "park", "--timeout-ms", str(self.timeout_ms))
 
-    async def resume(self, container: dict) -> dict:
-        return await self.run(container, "resume")
+    async def resume(self, container: dict, pids: tuple[int, ...] = ()) -> dict:
+        # the parked processes by pid: a checkpointed process has closed its GPU's device node,
+        # so gpu-park's own search (a /dev/nvidiaN open) no longer finds it
+        return await self.run(container, "resume", *[a for pid in pids for a in ("--pid", str(pid))])
 
 
 class Parker:
@@ -204,15 +206,16 @@ class Parker:
                                                 f"its memory limit could not be raised: {exc.explanation or exc}"), uuid)
         answer = await self.checkpointer.park(c)
         timings["checkpoint_s"] = round(time.monotonic() - t0, 3)
+        pids = tuple(int(p["pid"]) for p in answer.get("processes") or [] if "pid" in p)
         if not answer.get("ok"):
-            await self._undo(c, limit, swap, plan, paused=False)
+            await self._undo(c, limit, swap, plan, paused=False, pids=pids)
             return await self._told(Outcome("failed", user, server, f"checkpoint failed: {answer.get('error')}",
                                             timings=timings, tool=answer), uuid)
         t1 = time.monotonic()
         try:
             await self.docker("pause", c["Id"])
         except APIError as exc:  # NotFound included: then the undo finds nothing either
-            await self._undo(c, limit, swap, plan, paused=False)
+            await self._undo(c, limit, swap, plan, paused=False, pids=pids)
             return await self._told(Outcome("failed", user, server, f"docker pause failed: {exc.explanation or exc}",
                                             timings=timings, tool=answer), uuid)
         timings["pause_s"] = round(time.monotonic() - t1, 3)
@@ -220,12 +223,11 @@ class Parker:
         rest = await self._wait_at_rest(uuid)
         timings["rest_s"] = round(time.monotonic() - t2, 3)
         if rest is not None:
-            await self._undo(c, limit, swap, plan, paused=True)
+            await self._undo(c, limit, swap, plan, paused=True, pids=pids)
             reading = "could not be read" if rest < 0 else f"read {rest} MiB"
             return await self._told(Outcome("failed", user, server, (
                 f"the GPU's memory {reading} {self.settings.settle:g} s after the checkpoint (at rest is at "
                 f"most {self.settings.rest_mib} MiB): something else holds it"), timings=timings, tool=answer), uuid)
-        pids = tuple(int(p["pid"]) for p in answer.get("processes") or [] if "pid" in p)
         record = Parked(user, server, c["Id"], uuid, self.clock(), int(used), limit, plan.mem_limit, swap, pids)
         await asyncio.to_thread(self.parked.put, record)
         timings["park_s"] = round(time.monotonic() - t0, 3)
@@ -281,11 +283,12 @@ class Parker:
         except (APIError, NotFound) as exc:
             log.warning("container %s: its memory limit stays raised (%s)", container_id[:12], exc)
 
-    async def _undo(self, c: dict, limit: int, swap: int, plan: MemoryPlan, paused: bool) -> None:
+    async def _undo(self, c: dict, limit: int, swap: int, plan: MemoryPlan, paused: bool,
+                    pids: tuple[int, ...] = ()) -> None:
         if paused:
             with contextlib.suppress(APIError, NotFound):
                 await self.docker("unpause", c["Id"])
-        answer = await self.checkpointer.resume(c)
+        answer = await self.checkpointer.resume(c, pids)
         if not answer.get("ok"):
             log.warning("container %s: resume after a failed park: %s", c["Id"][:12], answer.get("error"))
         if plan.mem_limit:
@@ -320,7 +323,7 @@ class Parker:
                     return await self._told(Outcome("resume-failed", user, server,
                                                     f"docker unpause failed: {exc.explanation or exc}", record),
                                             record.uuid)
-        answer = await self.checkpointer.resume(c)
+        answer = await self.checkpointer.resume(c, record.pids)
         timings = {"resume_s": round(time.monotonic() - t0, 3)}
         if record.mem_limit_parked:
             await self._restore_limit(c["Id"], record.mem_limit, record.memswap_limit)

@@ -253,8 +253,8 @@ class Tool:
         self.gpu["used"] = self.gpu["rest"] if self.fail != "memory" else self.gpu["used"]
         return {"ok": True, "processes": [{"pid": 41}, {"pid": 42}]}
 
-    async def resume(self, c):
-        self.calls.append(("resume", c["Id"]))
+    async def resume(self, c, pids=()):
+        self.calls.append(("resume", c["Id"], tuple(pids)))
         self.gpu["used"] = 10240
         return {"ok": self.fail != "resume", "error": "restore: CUDA_ERROR_OUT_OF_MEMORY" if self.fail == "resume" else None}
 
@@ -298,6 +298,9 @@ def test_park_then_resume(tmp_path):
     assert p.audit.entries[-1]["action"] == "park"
     back = asyncio.run(p.resume("alice", ""))
     assert back.action == "resumed", back.detail
+    # by the parked processes' pids: a checkpointed process has no GPU device node open, so
+    # gpu-park's own search would find none of them (the first whole-stack run on an H100)
+    assert tool.calls[-1] == ("resume", "c-alice", (41, 42))
     assert not engine.c["c-alice"]["State"]["Paused"] and engine.c["c-alice"]["HostConfig"]["Memory"] == 4 * GIB
     assert engine.c["c-alice"]["HostConfig"]["MemorySwap"] == 8 * GIB
     assert p.parked.all() == {} and p.audit.entries[-1]["action"] == "park-resume"
@@ -336,7 +339,8 @@ def test_a_failed_park_is_undone(tmp_path, fail, paused):
     assert out.action == "failed"
     assert ("checkpoint failed" in out.detail) if fail == "park" else ("read 10240 MiB" in out.detail)
     assert not engine.c["c-alice"]["State"]["Paused"] and engine.c["c-alice"]["HostConfig"]["Memory"] == 4 * GIB
-    assert tool.calls == [("park", "c-alice"), ("resume", "c-alice")]
+    undone = (41, 42) if fail == "memory" else ()  # a failed checkpoint names no processes
+    assert tool.calls == [("park", "c-alice"), ("resume", "c-alice", undone)]
     assert ("pause" in [m for m, *_ in engine.calls]) == paused
     assert p.parked.all() == {}
 
@@ -485,7 +489,7 @@ def test_engine_failures_on_the_way(tmp_path):
     p.docker = call
     broken.add("pause")
     out = asyncio.run(p.park("alice", "", "GPU-0", "c-alice"))
-    assert out.action == "failed" and "pause refused" in out.detail and tool.calls[-1] == ("resume", "c-alice")
+    assert out.action == "failed" and "pause refused" in out.detail and tool.calls[-1] == ("resume", "c-alice", (41, 42))
     assert engine.c["c-alice"]["HostConfig"]["Memory"] == 4 * GIB and p.parked.all() == {}
     broken.clear()
     assert asyncio.run(p.park("alice", "", "GPU-0", "c-alice")).action == "parked"
@@ -517,6 +521,9 @@ def test_exec_checkpointer_reads_the_tools_answer():
     assert args[1] == ["gpu-park", "park", "--timeout-ms", "10000"]
     assert kwargs == {"user": "1000:100", "environment": {"GPU_PARK_FAKE": "1"}}
     assert not asyncio.run(ExecCheckpointer(Exec(b'{"ok": true}', 1)).park(container))["ok"]  # exit code counts
+    back = Exec(b'{"ok": true, "processes": [{"pid": 7}]}\n', 0)
+    asyncio.run(ExecCheckpointer(back).resume(container, (7, 9)))
+    assert back.calls[0][1][1] == ["gpu-park", "resume", "--pid", "7", "--pid", "9"]
     missing = asyncio.run(ExecCheckpointer(Exec(b"exec: gpu-park: not found", 127)).resume(container))
     assert not missing["ok"] and "gave no answer (exit 127)" in missing["error"]
     late = asyncio.run(ExecCheckpointer(Exec(b"", 0, fail="exec_start")).park(container))
