@@ -272,27 +272,44 @@ class Parker:
             return Outcome("not-parked", user, server, "it is not parked")
         t0 = time.monotonic()
         async with self.lock:
+            taken = await self.take_back(record)
+        if isinstance(taken, Outcome):
+            return taken
+        return await self.restore(record, taken, t0)
+
+    async def take_back(self, record: Parked) -> Outcome | dict:
+        """The first half of a resume, under the allocator's lock (the caller holds it): its GPU
+        held by someone else: "held" (still parked); else the record goes and the container is
+        unpaused (it holds its GPU again). Returns its inspect, or the Outcome of why not."""
+        user, server = record.key
+        try:
+            c = await self.docker("inspect_container", record.container)
+        except NotFound:
+            await asyncio.to_thread(self.parked.pop, record.key)
+            return await self._told(Outcome("gone", user, server, "its container no longer exists", record),
+                                    record.uuid)
+        others = await self.holders_of(record.uuid, besides=record.container)
+        if others:
+            names = ", ".join(sorted({h.user for h in others}))
+            return await self._told(Outcome("held", user, server, f"its GPU {record.uuid} is held by {names}",
+                                            record), record.uuid)
+        # from here on it holds its GPU again: the record goes before it runs (and its GPU
+        # time counts again from now: hub.usage.reconcile)
+        await asyncio.to_thread(self.parked.pop, record.key, self.clock())
+        if is_paused(c):
             try:
-                c = await self.docker("inspect_container", record.container)
-            except NotFound:
-                await asyncio.to_thread(self.parked.pop, record.key)
-                return await self._told(Outcome("gone", user, server, "its container no longer exists", record),
+                await self.docker("unpause", c["Id"])
+            except APIError as exc:  # paused without a record: it holds its GPU, nothing is lost
+                return await self._told(Outcome("resume-failed", user, server,
+                                                f"docker unpause failed: {exc.explanation or exc}", record),
                                         record.uuid)
-            others = await self.holders_of(record.uuid, besides=record.container)
-            if others:
-                names = ", ".join(sorted({h.user for h in others}))
-                return await self._told(Outcome("held", user, server, f"its GPU {record.uuid} is held by {names}",
-                                                record), record.uuid)
-            # from here on it holds its GPU again: the record goes before it runs (and its GPU
-            # time counts again from now: hub.usage.reconcile)
-            await asyncio.to_thread(self.parked.pop, record.key, self.clock())
-            if is_paused(c):
-                try:
-                    await self.docker("unpause", c["Id"])
-                except APIError as exc:  # paused without a record: it holds its GPU, nothing is lost
-                    return await self._told(Outcome("resume-failed", user, server,
-                                                    f"docker unpause failed: {exc.explanation or exc}", record),
-                                            record.uuid)
+        return c
+
+    async def restore(self, record: Parked, c: dict, t0: float | None = None) -> Outcome:
+        """The second half, outside the lock (its GPU is its own again): ``gpu-park resume``
+        (restore, unlock) and the memory limit from before parking."""
+        user, server = record.key
+        t0 = time.monotonic() if t0 is None else t0
         answer = await self.checkpointer.resume(c)
         timings = {"resume_s": round(time.monotonic() - t0, 3)}
         if record.mem_limit_parked:
