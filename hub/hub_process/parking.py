@@ -222,6 +222,7 @@ async def _resume_in_line(spawner: Any, proxy: Any, wait: ResumeWait) -> None:
                 if queue.may_resume(manager.allocator, wait.waiter):
                     taken = await parker.take_back(record)
                     if not isinstance(taken, Outcome):  # it holds its GPU again: out of the line
+                        manager.reconciled_at = 0.0  # the allocator does not know yet: the next look reads the engine
                         queue.done(wait.waiter)
                         wait.waiter = None
                 if wait.waiter is not None:

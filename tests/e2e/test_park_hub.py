@@ -13,7 +13,6 @@ idle server instead of stopping it, and then, with the real hub, proxy and spawn
 The state machine's other paths (resume while held, expiry, reserve too small, failures) are
 tests/e2e/test_park.py's, on the real engine without the hub."""
 import json
-import subprocess
 import time
 
 import pytest
@@ -23,7 +22,6 @@ from consoleclient import user_token, wait_for
 from storm import gpu_holdings
 
 T, GRACE, INTERVAL = 4, 4, 1
-READINGS = "/srv/jupyterhub/state/fake-gpu-readings.json"
 PARKED = "/srv/jupyterhub/state/gpu-parked.json"
 SETTINGS = {"COMPOSE_FILE": "docker-compose.yml:tests/e2e/fake_gpu/compose.yml", "GPU_IDLE_TIMEOUT": str(T),
             "GPU_IDLE_GRACE": str(GRACE), "GPU_SAMPLE_INTERVAL": str(INTERVAL), "GPU_IDLE_ACTION": "park"}
@@ -38,20 +36,6 @@ KERNEL = ("import glob, os, secrets, time\n"
           "    open('/tmp/pk.tmp', 'w').write(f'{os.getpid()} {state} {n}')\n"
           "    os.replace('/tmp/pk.tmp', '/tmp/pk')\n"
           "    time.sleep(0.05)\n")
-
-
-@pytest.fixture(scope="module")
-def parking(stack):
-    stack.up(**SETTINGS)
-    try:
-        yield stack
-    finally:
-        stack.up()  # the stack as the other tests expect it
-
-
-def feed(stack, readings: dict) -> None:
-    subprocess.run(["docker", "exec", "-i", f"{stack.prefix}-hub-1", "sh", "-c", f"cat > {READINGS}.tmp && "
-                    f"mv {READINGS}.tmp {READINGS}"], input=json.dumps(readings), text=True, check=True, timeout=30)
 
 
 def parked_records(stack) -> dict:
@@ -79,8 +63,8 @@ def wait_parked(stack, hub, container: str) -> float:
 
 
 @pytest.mark.needs_gpus(1)
-def test_parked_through_the_hub_resumed_and_stopped(parking, hub):
-    stack = parking
+def test_parked_through_the_hub_resumed_and_stopped(configured_stack, hub):
+    stack = configured_stack
     token = user_token(hub, USER)
     auth = {"Authorization": f"token {token}"}
     hub.start(USER, options={"profile": "gpu"})
@@ -96,7 +80,7 @@ def test_parked_through_the_hub_resumed_and_stopped(parking, hub):
             return None
     wait_for(ticking, timeout=30, what="the CUDA process ticking")
     before = ticks(stack, container)
-    feed(stack, {gpu: {"util": 0, "mem": 600}})  # idle, and at rest (<= 1024 MiB) once parked
+    stack.feed_gpu_readings({gpu: {"util": 0, "mem": 600}})  # idle, and at rest (<= 1024 MiB) once parked
 
     parked_after = wait_parked(stack, hub, container)
     record = parked_records(stack)[f"{USER}\n"]
@@ -157,7 +141,7 @@ def test_parked_through_the_hub_resumed_and_stopped(parking, hub):
     assert kernel.json()["id"] in [k["id"] for k in back.json()], "the same kernel"
 
     # parked again, then stopped by the person: unpaused, stopped, the record gone
-    feed(stack, {gpu: {"util": 0, "mem": 600}})
+    stack.feed_gpu_readings({gpu: {"util": 0, "mem": 600}})
     wait_parked(stack, hub, container)
     hub.stop(USER)
     wait_for(lambda: container not in stack.user_containers(), timeout=30, what="the container removed")
