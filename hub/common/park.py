@@ -158,7 +158,9 @@ class Parker:
                  memory: Callable[[str], int | None], stop_server: Callable[[str, str], Awaitable[Any]],
                  settings: ParkSettings = ParkSettings(), audit: Any = None,
                  host_memory: Callable[[], int] = host_available_memory, lock: Any = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable] = asyncio.sleep):
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable] = asyncio.sleep,
+                 actor: tuple[str, str] = ("gpu-reclaim", "service")):
+        self.actor = actor  # who and through what, in the audit log
         self.docker, self.checkpointer, self.parked = docker, checkpointer, parked
         self.memory, self.stop_server, self.settings = memory, stop_server, settings
         self.audit, self.host_memory, self.clock, self.sleep = audit, host_memory, clock, sleep
@@ -371,7 +373,7 @@ class Parker:
     async def _told(self, outcome: Outcome, uuid: str) -> Outcome:
         log.info("%s's server %r: %s (%s)", outcome.user, outcome.server, outcome.action, outcome.detail)
         if self.audit is not None:
-            await asyncio.to_thread(self.audit.write, self.clock(), "gpu-reclaim", "service",
+            await asyncio.to_thread(self.audit.write, self.clock(), *self.actor,
                                     action=AUDIT_ACTIONS[outcome.action], user=outcome.user,
                                     server=outcome.server, gpu=uuid, note="", detail=outcome.detail)
         return outcome

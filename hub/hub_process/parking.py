@@ -53,6 +53,7 @@ from jupyterhub.user import User
 from jupyterhub.utils import get_accepted_mimetype, url_path_join
 from tornado import web
 
+from hub.common.audit import AuditLog
 from hub.common.engine import DockerCaller, engine_client
 from hub.common.park import ExecCheckpointer, Outcome, ParkSettings, Parker
 from hub.gpus.parked import FILE, Parked, ParkedFile
@@ -345,7 +346,7 @@ def _next_url(handler: Any, user: Any, server: str) -> str:
 
 
 def build_parker(spawner: Any, lock: Any) -> Any:
-    """A Parker for resumes in the hub process: gpu-park by docker exec (a whole GPU's restore
+    """A Parker for resumes in the hub process (its audit entries the person's, via "hub"): gpu-park by docker exec (a whole GPU's restore
     takes seconds, at most minutes), the GPU manager's lock (a resume and a start never take the
     same GPU). GPUHUB_PARK_FAKE=1 in the hub's environment: gpu-park's driver stand-in (fake GPUs)."""
     if _state.get("docker") is None:  # one engine client for every resume of this hub process
@@ -355,9 +356,10 @@ def build_parker(spawner: Any, lock: Any) -> Any:
     async def no_stop(user: str, server: str) -> None:  # stops go through the hub (Start fresh)
         return None
 
+    audit_file = getattr(spawner, "gpu_audit_file", "") or ""
     return Parker(docker, ExecCheckpointer(docker, fake=read(os.environ, "GPUHUB_PARK_FAKE")),
                   parked_file_of(spawner), lambda uuid: None, no_stop, ParkSettings(label_prefix=spawner.label_prefix),
-                  lock=lock)
+                  audit=AuditLog(audit_file) if audit_file else None, lock=lock, actor=(spawner.user.name, "hub"))
 
 
 def ParkedHandler():  # noqa: N802 - the class, made in the hub's process (JupyterHub imported)
