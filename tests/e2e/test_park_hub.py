@@ -22,48 +22,11 @@ import pytest
 import requests
 
 from consoleclient import user_token, wait_for
+from parkclient import (SETTINGS, KERNEL, parked_records, start_cuda_process, status,  # noqa: F401
+                        ticks, wait_parked)  # SETTINGS: configured_stack's
 from storm import gpu_holdings
 
-T, GRACE, INTERVAL = 4, 4, 1
-PARKED = "/srv/jupyterhub/state/gpu-parked.json"
-SETTINGS = {"COMPOSE_FILE": "docker-compose.yml:tests/e2e/fake_gpu/compose.yml", "GPU_IDLE_TIMEOUT": str(T),
-            "GPU_IDLE_GRACE": str(GRACE), "GPU_SAMPLE_INTERVAL": str(INTERVAL), "GPU_IDLE_ACTION": "park",
-            "GPU_WHEN_FULL": "queue"}
 USER = "pk-alice"
-# A "CUDA process" in the user's container: a GPU's device node open (gpu-park finds it so), a
-# random state, a counter in a file.
-KERNEL = ("import glob, os, secrets, time\n"
-          "gpu = open(sorted(glob.glob('/dev/nvidia[0-9]*'))[0], 'rb')\n"
-          "state, n = secrets.token_hex(8), 0\n"
-          "while True:\n"
-          "    n += 1\n"
-          "    open('/tmp/pk.tmp', 'w').write(f'{os.getpid()} {state} {n}')\n"
-          "    os.replace('/tmp/pk.tmp', '/tmp/pk')\n"
-          "    time.sleep(0.05)\n")
-
-
-def parked_records(stack) -> dict:
-    out = stack.docker("exec", f"{stack.prefix}-hub-1", "cat", PARKED, check=False)
-    return {k: v for k, v in json.loads(out.stdout or "{}").items() if not k.startswith("_")}
-
-
-def status(stack, container: str) -> str:
-    return stack.inspect(container)["State"]["Status"]
-
-
-def ticks(stack, container: str) -> tuple[str, str, int]:
-    """The process's pid, state and count, read through /proc/<its init>/root from this host
-    (docker exec refuses a paused container)."""
-    pid = stack.inspect(container)["State"]["Pid"]
-    out = open(f"/proc/{pid}/root/tmp/pk").read().split()
-    return out[0], out[1], int(out[2])
-
-
-def wait_parked(stack, hub, container: str) -> float:
-    t0 = time.monotonic()
-    wait_for(lambda: status(stack, container) == "paused" and parked_records(stack), timeout=T + GRACE + 40,
-             what="the idle server parked")
-    return time.monotonic() - t0
 
 
 @pytest.mark.needs_gpus(1)
@@ -86,7 +49,7 @@ def test_parked_through_the_hub_resumed_and_stopped(configured_stack, hub):
     before = ticks(stack, container)
     stack.feed_gpu_readings({gpu: {"util": 0, "mem": 600}})  # idle, and at rest (<= 1024 MiB) once parked
 
-    parked_after = wait_parked(stack, hub, container)
+    parked_after = wait_parked(stack, container)
     record = parked_records(stack)[f"{USER}\n"]
     assert record["uuid"] == gpu and int(before[0]) in [int(p) for p in record["pids"]], record
     assert hub.user(USER)["servers"][""]["ready"], "the hub must not mark a parked server dead"
@@ -146,23 +109,11 @@ def test_parked_through_the_hub_resumed_and_stopped(configured_stack, hub):
 
     # parked again, then stopped by the person: unpaused, stopped, the record gone
     stack.feed_gpu_readings({gpu: {"util": 0, "mem": 600}})
-    wait_parked(stack, hub, container)
+    wait_parked(stack, container)
     hub.stop(USER)
     wait_for(lambda: container not in stack.user_containers(), timeout=30, what="the container removed")
     assert not parked_records(stack)
     print(json.dumps({"parked_after_s": round(parked_after, 1)}))
-
-
-def start_cuda_process(stack, container: str) -> tuple[str, str, int]:
-    """KERNEL in the user's container, as its user; its first tick."""
-    stack.docker("exec", "-d", "-u", "1000:100", container, "python3", "-c", KERNEL)
-
-    def ticking():
-        try:
-            return ticks(stack, container)
-        except (OSError, IndexError):
-            return None
-    return wait_for(ticking, timeout=30, what="the CUDA process ticking")
 
 
 @pytest.mark.needs_gpus(2)
@@ -177,7 +128,7 @@ def test_resume_while_its_gpu_is_held_waits_in_the_gpu_line_and_goes_first(confi
     gpu = gpu_holdings(stack)[container]
     before = start_cuda_process(stack, container)
     stack.feed_gpu_readings({gpu: {"util": 0, "mem": 600}})
-    wait_parked(stack, hub, container)
+    wait_parked(stack, container)
 
     # the console lists it: since when, its GPU state in host memory, the GPU it resumes on
     listed = wait_for(lambda: console.ok("GET", "parked")["parked"], timeout=10, what="the console's parked list")
