@@ -221,6 +221,7 @@ async def _resume_in_line(spawner: Any, proxy: Any, wait: ResumeWait) -> None:
                     wait.waiter = queue.join(wait.user, wait.server, frozenset(spawner.user_groups()), gpu=record.uuid)
                 queue.apply_moves()
                 if queue.may_resume(manager.allocator, wait.waiter):
+                    t0 = time.monotonic()  # the resume's own time, not the wait's
                     taken = await parker.take_back(record)
                     if not isinstance(taken, Outcome):  # it holds its GPU again: out of the line
                         manager.reconciled_at = 0.0  # the allocator does not know yet: the next look reads the engine
