@@ -2,7 +2,7 @@
 JupyterLab tab left open when the server is parked shows the parked notice in its GPU status
 item; the person opening /hub/home sees "Your session is parked since HH:MM … Resume"; Resume
 (a form with the hub's XSRF token) brings JupyterLab back, and the kernel's variable is as it
-was. Screenshots park-*.png in tests/artifacts/."""
+was; the GPU console lists it while parked. Screenshots park-*.png in tests/artifacts/."""
 import re
 import secrets
 import time
@@ -49,6 +49,17 @@ def test_parked_notices_and_resume_in_the_browser(configured_stack, hub, page, b
     toast = page.locator(".Toastify__toast", has_text="Your session is parked since")
     expect(toast).to_be_visible(timeout=10_000)
     page.screenshot(path=ARTIFACTS / "park-1-jupyterlab-parked.png")
+
+    # the GPU console (the admin's) lists it: since when, its size in host memory, its GPU
+    console = page.context.new_page()
+    console.goto(f"{stack.url}/services/gpu-console/")
+    console.wait_for_url("**/services/gpu-console/", timeout=30_000)
+    parked_row = console.locator("#parked tbody tr", has_text=admin)
+    expect(parked_row).to_contain_text("0.6 GiB", timeout=15_000)
+    expect(parked_row).to_contain_text("GPU #")
+    expect(parked_row).to_contain_text("free")
+    console.screenshot(path=ARTIFACTS / "park-console.png", full_page=True)
+    console.close()
 
     # the hub's home page in another tab: the notice and Resume
     home = page.context.new_page()
