@@ -43,7 +43,6 @@ DockerCall = Callable[..., Awaitable]
 AUDIT_ACTIONS = {"parked": "park", "refused": "park-refused", "failed": "park-failed", "resumed": "park-resume",
                  "held": "park-held", "resume-failed": "park-resume-failed", "expired": "park-expired",
                  "stopped": "park-stop", "gone": "park-gone"}
-PERSON_ACTIONS = ("resumed", "held", "resume-failed", "gone", "not-parked")
 
 
 @dataclass(frozen=True)
@@ -162,9 +161,8 @@ class Parker:
                  settings: ParkSettings = ParkSettings(), audit: Any = None,
                  host_memory: Callable[[], int] = host_available_memory, lock: Any = None,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], Awaitable] = asyncio.sleep,
-                 person_resumes: bool = False):
-        # person_resumes: the hub's Parker, whose resumes are the person's own (the audit says so)
-        self.person_resumes = person_resumes
+                 actor: tuple[str, str] = ("gpu-reclaim", "service")):
+        self.actor = actor  # who and through what, in the audit log
         self.docker, self.checkpointer, self.parked = docker, checkpointer, parked
         self.memory, self.stop_server, self.settings = memory, stop_server, settings
         self.audit, self.host_memory, self.clock, self.sleep = audit, host_memory, clock, sleep
@@ -302,27 +300,44 @@ class Parker:
             return Outcome("not-parked", user, server, "it is not parked")
         t0 = time.monotonic()
         async with self.lock:
+            taken = await self.take_back(record)
+        if isinstance(taken, Outcome):
+            return taken
+        return await self.restore(record, taken, t0)
+
+    async def take_back(self, record: Parked) -> Outcome | dict:
+        """The first half of a resume, under the allocator's lock (the caller holds it): its GPU
+        held by someone else: "held" (still parked); else the record goes and the container is
+        unpaused (it holds its GPU again). Returns its inspect, or the Outcome of why not."""
+        user, server = record.key
+        try:
+            c = await self.docker("inspect_container", record.container)
+        except NotFound:
+            await asyncio.to_thread(self.parked.pop, record.key)
+            return await self._told(Outcome("gone", user, server, "its container no longer exists", record),
+                                    record.uuid)
+        others = await self.holders_of(record.uuid, besides=record.container)
+        if others:
+            names = ", ".join(sorted({h.user for h in others}))
+            return await self._told(Outcome("held", user, server, f"its GPU {record.uuid} is held by {names}",
+                                            record), record.uuid)
+        # from here on it holds its GPU again: the record goes before it runs (and its GPU
+        # time counts again from now: hub.usage.reconcile)
+        await asyncio.to_thread(self.parked.pop, record.key, self.clock())
+        if is_paused(c):
             try:
-                c = await self.docker("inspect_container", record.container)
-            except NotFound:
-                await asyncio.to_thread(self.parked.pop, record.key)
-                return await self._told(Outcome("gone", user, server, "its container no longer exists", record),
+                await self.docker("unpause", c["Id"])
+            except APIError as exc:  # paused without a record: it holds its GPU, nothing is lost
+                return await self._told(Outcome("resume-failed", user, server,
+                                                f"docker unpause failed: {exc.explanation or exc}", record),
                                         record.uuid)
-            others = await self.holders_of(record.uuid, besides=record.container)
-            if others:
-                names = ", ".join(sorted({h.user for h in others}))
-                return await self._told(Outcome("held", user, server, f"its GPU {record.uuid} is held by {names}",
-                                                record), record.uuid)
-            # from here on it holds its GPU again: the record goes before it runs (and its GPU
-            # time counts again from now: hub.usage.reconcile)
-            await asyncio.to_thread(self.parked.pop, record.key, self.clock())
-            if is_paused(c):
-                try:
-                    await self.docker("unpause", c["Id"])
-                except APIError as exc:  # paused without a record: it holds its GPU, nothing is lost
-                    return await self._told(Outcome("resume-failed", user, server,
-                                                    f"docker unpause failed: {exc.explanation or exc}", record),
-                                            record.uuid)
+        return c
+
+    async def restore(self, record: Parked, c: dict, t0: float | None = None) -> Outcome:
+        """The second half, outside the lock (its GPU is its own again): ``gpu-park resume``
+        (restore, unlock) and the memory limit from before parking."""
+        user, server = record.key
+        t0 = time.monotonic() if t0 is None else t0
         answer = await self.checkpointer.resume(c, record.pids)
         timings = {"resume_s": round(time.monotonic() - t0, 3)}
         if record.mem_limit_parked:
@@ -384,9 +399,7 @@ class Parker:
     async def _told(self, outcome: Outcome, uuid: str) -> Outcome:
         log.info("%s's server %r: %s (%s)", outcome.user, outcome.server, outcome.action, outcome.detail)
         if self.audit is not None:
-            who, via = ((outcome.user, "resume") if self.person_resumes and outcome.action in PERSON_ACTIONS
-                        else ("gpu-reclaim", "service"))
-            await asyncio.to_thread(self.audit.write, self.clock(), who, via,
+            await asyncio.to_thread(self.audit.write, self.clock(), *self.actor,
                                     action=AUDIT_ACTIONS[outcome.action], user=outcome.user,
                                     server=outcome.server, gpu=uuid, note="", detail=outcome.detail,
                                     **({"timings": outcome.timings} if outcome.timings else {}))

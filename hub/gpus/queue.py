@@ -13,6 +13,9 @@ file on the state volume at every change: the GPU console shows it, and after a 
 (which ends every pending start) each waiter is told why on their next page load and, joining
 again within ``rejoin_window`` seconds, gets their old place.
 
+A parked server whose GPU is held waits in the same line to resume (``join(..., gpu=uuid)``):
+it can take only that GPU, so it holds up those behind it only while that GPU is free.
+
 Admins move waiters from the GPU console, another process: it appends a move to
 ``gpu-queue-moves.json`` beside the line (``request_move``) and the hub applies it at the next
 look of any waiter (``apply_moves``, within a few seconds), recording the outcome by id in the
@@ -46,6 +49,7 @@ class Waiter:
     rank: float = -1.0  # the line's order: ``since`` unless an admin moved it
     woken_at: float = 0.0  # time.monotonic() of the last wake (the waiter reads the engine only if nobody has since)
     waited: bool = False  # was told a place: a start let through at its first look is no hand-over
+    gpu: str = ""  # a parked server waiting to resume: the one GPU it can take (hub/hub_process/parking.py)
 
     def __post_init__(self) -> None:
         if self.rank < 0:
@@ -64,6 +68,7 @@ class GPUQueue:
         self.waiters: list[Waiter] = []
         self.handovers: deque[float] = deque(maxlen=20)  # when waiters got their GPU
         self.previous: dict[Key, tuple[float, int, float]] = {}  # left by the last hub process: since, position, rank
+        self.previous_resumes: dict[Key, str] = {}  # of those, parked servers that waited to resume: their GPU
         self.recovered_at = 0.0
         self.started = clock()  # moves requested before this process are not its own
         self.moves: dict[str, str] = {}  # move id -> outcome ("moved", "not in line", "starting")
@@ -74,15 +79,17 @@ class GPUQueue:
     def find(self, user: str, server: str) -> Waiter | None:
         return next((w for w in self.waiters if w.key == (user, server)), None)
 
-    def join(self, user: str, server: str, groups: frozenset[str] = frozenset()) -> Waiter:
-        """Into the line (at its end, or at the old place of a waiter of the last hub process)."""
+    def join(self, user: str, server: str, groups: frozenset[str] = frozenset(), gpu: str = "") -> Waiter:
+        """Into the line (at its end, or at the old place of a waiter of the last hub process);
+        ``gpu``: a parked server waiting for the GPU it was parked on, to resume there."""
         found = self.find(user, server)
         if found:
             return found
         now = self.clock()
         old = self.previous.pop((user, server), None)
         back = old and now - self.recovered_at <= self.rejoin_window
-        waiter = Waiter(user, server, frozenset(groups), old[0] if back else now, rank=old[2] if back else now)
+        waiter = Waiter(user, server, frozenset(groups), old[0] if back else now, rank=old[2] if back else now,
+                        gpu=gpu)
         self.waiters.append(waiter)
         self.waiters.sort(key=lambda w: w.rank)
         self.save()
@@ -107,17 +114,21 @@ class GPUQueue:
         return self.waiters.index(waiter) + 1 if waiter in self.waiters else 0
 
     def blocked(self, user: str, server: str, may_take: Callable[[str, frozenset[str]], bool],
-                free: int | None = None) -> bool:
+                free: int | None = None, gpu_free: Callable[[str], bool] | None = None) -> bool:
         """Whether someone earlier in the line (everyone, for a start not in it) could take a
         GPU free now, or the earlier starts already let through (``passed``, their containers
         not created yet) will take all ``free`` GPUs this start could have: then it must wait,
-        however free a GPU looks to it."""
+        however free a GPU looks to it. A parked server waiting to resume (``Waiter.gpu``) could
+        take only its own GPU (``gpu_free(uuid)``; without it, any GPU free to its user)."""
         claimed = 0
         for w in self.waiters:
             if w.key == (user, server):
                 break
             if w.passed:
                 claimed += 1
+            elif w.gpu and gpu_free is not None:
+                if gpu_free(w.gpu):
+                    return True
             elif may_take(w.user, w.groups):
                 return True
         # Nobody let through: the allocator itself says why nothing is free (a reservation, all in use).
@@ -127,7 +138,14 @@ class GPUQueue:
         """``blocked`` with the allocator's answers (hub/gpus/allocator.py): whether this start
         must wait in line although the allocator might give it a GPU now."""
         return self.blocked(user, server, lambda name, their_groups: alloc.could_allocate(name, their_groups, now),
-                            free_gpus(alloc, user, groups, now))
+                            free_gpus(alloc, user, groups, now), lambda uuid: gpu_is_free(alloc, uuid))
+
+    def may_resume(self, alloc, waiter: Waiter) -> bool:
+        """Whether a parked server waiting in line (``waiter.gpu``) may resume now: its GPU is
+        free, and nobody earlier in the line could take it (or has been let through to)."""
+        return gpu_is_free(alloc, waiter.gpu) and not self.blocked(
+            waiter.user, waiter.server, lambda name, their_groups: alloc.could_allocate(name, their_groups, time.time()),
+            1, lambda uuid: gpu_is_free(alloc, uuid))
 
     def move(self, user: str, server: str, position: int) -> str:
         """Put a waiter at ``position`` (1: first; past the end: last); the outcome in words."""
@@ -195,7 +213,7 @@ class GPUQueue:
 
     def to_json(self) -> list[dict]:
         return [{"user": w.user, "server": w.server, "since": w.since, "position": i + 1, "starting": w.passed,
-                 "rank": w.rank} for i, w in enumerate(self.waiters)]
+                 "rank": w.rank, **({"resume_gpu": w.gpu} if w.gpu else {})} for i, w in enumerate(self.waiters)]
 
     def save(self) -> None:
         if self.path is None:
@@ -216,6 +234,8 @@ class GPUQueue:
         self.previous = {(e["user"], e.get("server", "")): (float(e["since"]), int(e.get("position", 0)),
                                                              float(e.get("rank", e["since"])))
                          for e in recovered}
+        self.previous_resumes = {(e["user"], e.get("server", "")): str(e["resume_gpu"])
+                                 for e in recovered if e.get("resume_gpu")}
         self.save()  # the line is empty now
         return recovered
 
@@ -269,6 +289,12 @@ def move_outcome(line_path: str | Path, move_id: str) -> str | None:
         return (json.loads(Path(line_path).read_text()).get("moves") or {}).get(move_id)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def gpu_is_free(alloc, uuid: str) -> bool:
+    """Whether this GPU has room for one more server now (a parked server's resume: the admin's
+    drains and pins steer new starts, never a server that was running on it)."""
+    return any(g.uuid == uuid for g in alloc.inventory) and len(alloc.holders_of(uuid)) < alloc.capacity(uuid)
 
 
 def free_gpus(alloc, user: str = "", groups=(), now: float | None = None) -> int:

@@ -15,15 +15,21 @@ memory, its container paused (``docker pause``), its GPU given back, a record in
   in a tab still open) are answered 503 with JSON ``{"status", "message", "parked_since",
   "resume_url"}`` at once; JupyterLab's GPU item shows that as a notice with a Resume button;
 - **/hub/parked/<server>**: "Your session is parked since 10:42 (model state kept in memory)"
-  with *Resume* and *Start fresh*. Resume (``Parker.resume`` under the GPU manager's lock): the
-  GPU free: unpaused, restored, the route back, and on to JupyterLab; the GPU held by someone
-  else: it stays parked, the page says by whom and retries on its own every ``RETRY_S``
-  seconds, so the person gets that GPU as soon as it is free; *Start fresh* stops the parked
-  server (its GPU state is lost, its files kept) and starts a new one (with any free GPU, or in
-  the line);
+  with *Resume* and *Start fresh on another GPU*. Both are POSTs with JupyterHub's XSRF token
+  (a GET never changes anything). Resume joins the GPU line (hub/gpus/queue.py) for the one
+  GPU it was parked on (``ResumeWait``, a task of the hub process): at its first look, that GPU
+  free and nobody earlier in line able to take it, it resumes at once (``Parker.take_back``
+  under the GPU manager's lock: the record goes, unpaused; then ``Parker.restore`` outside it:
+  restored, unlocked), the route comes back, and on to JupyterLab. Held by someone else: it
+  stays parked and in line, the page shows its place and who holds the GPU and reloads itself
+  every ``REFRESH_S`` seconds (a plain GET); the task resumes it as soon as the GPU is free,
+  before anyone behind it in line is given that GPU, the page open or not. *Start fresh* leaves
+  the line and stops the parked server (its GPU state is lost, its files kept) and starts a new
+  one (with any free GPU, or in the line);
 - **the hub's home page** shows the same notice (template variable ``gpuhub_parked``);
 - **a hub restart**: the start-up check waits for each running server to answer (a paused one
-  never does, and would be stopped): a parked server is taken as up without asking;
+  never does, and would be stopped): a parked server is taken as up without asking; one that
+  waited in line to resume joins it again at its old place (``sync_routes``);
 - **a stop** of a parked server (the person, an admin, the idle culler): GPUDockerSpawner.stop
   unpauses it first, so it takes its SIGTERM, and the record goes.
 """
@@ -34,6 +40,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -48,14 +55,17 @@ from tornado import web
 
 from hub.common.audit import AuditLog
 from hub.common.engine import DockerCaller, engine_client
-from hub.common.park import ExecCheckpointer, ParkSettings, Parker
+from hub.common.park import ExecCheckpointer, Outcome, ParkSettings, Parker
 from hub.gpus.parked import FILE, Parked, ParkedFile
+from hub.gpus.queue import Waiter
+from hub.hub_process.spawner.process import PROCESS
 from hub.settings.table import read
 
 log = logging.getLogger("gpuhub.parking")
 SYNC_S = 3.0  # seconds between two checks of the parked servers' routes
-RETRY_S = 15  # seconds between two resume tries of a page whose GPU is held
-_state: dict[str, Any] = {"task": None, "installed": False}
+REFRESH_S = 5  # seconds between two reloads of the page of a resume waiting in line
+LOOK_S = 5  # seconds between two looks of a resume waiting in line when nothing woke it
+_state: dict[str, Any] = {"task": None, "installed": False, "resumes": {}}
 
 
 def parked_file_of(spawner: Any) -> ParkedFile | None:
@@ -82,6 +92,12 @@ def notice(record: Parked) -> str:
     return f"Your session is parked since {clock_time(record.since)} ({kept} kept in memory)."
 
 
+def waiting_of(user_name: str, server: str) -> "ResumeWait | None":
+    """The resume of this server waiting in the GPU line, if one is."""
+    wait = _state["resumes"].get((user_name, server or ""))
+    return wait if wait is not None and not wait.finished.done() else None
+
+
 def parked_of(user: Any) -> list[dict]:
     """Template variable ``gpuhub_parked``: the user's parked servers, for the home page."""
     out = []
@@ -91,8 +107,9 @@ def parked_of(user: Any) -> list[dict]:
         except Exception:  # noqa: BLE001 - a page never fails for this notice
             record = None
         if record is not None:
+            wait = waiting_of(user.name, name)
             out.append({"server": name, "since": record.since, "message": notice(record),
-                        "url": f"parked/{name}"})
+                        "url": f"parked/{name}", "position": wait.position if wait else 0})
     return out
 
 
@@ -108,8 +125,13 @@ async def sync_routes(app: Any) -> None:
             spawner = user.spawners.get(orm_spawner.name)
             if spawner is None or not spawner.ready:
                 continue
-            if await asyncio.to_thread(record_of, spawner) is None:
+            record = await asyncio.to_thread(record_of, spawner)
+            if record is None:
                 continue
+            if PROCESS.gpu_queue.previous_resumes.pop((user.name, spawner.name or ""), None):
+                # it waited in line to resume when the last hub process ended: back at its place
+                log.info("%s waited in line to resume: in line again", spawner._log_name)
+                start_resume(spawner, app.proxy)
             if routes is None:
                 routes = await app.proxy.get_all_routes()
             if spawner.proxy_spec in routes:
@@ -133,6 +155,123 @@ def _start_sync() -> None:
             _state["task"] = asyncio.get_running_loop().create_task(_sync_forever())
         except RuntimeError:  # no loop yet
             pass
+
+
+# -- resuming, in the GPU line -----------------------------------------------------------------
+
+@dataclass
+class ResumeWait:
+    """A parked server's resume in the GPU line (hub/gpus/queue.py, ``Waiter.gpu``): its place
+    and who holds its GPU at the last look; ``first`` is set after the first look, ``finished``
+    with the Outcome (None: it was no longer parked: resumed or stopped some other way)."""
+    user: str
+    server: str
+    uuid: str = ""
+    position: int = 0
+    held_by: str = ""
+    waiter: Waiter | None = None
+    task: asyncio.Task | None = None
+    first: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def finish(self, outcome: Outcome | None) -> None:
+        if not self.finished.done():
+            self.finished.set_result(outcome)
+        self.first.set()
+
+    async def first_look(self) -> Outcome | None:
+        """After the first look: the Outcome if it is over (resumed, failed, no longer parked),
+        else None (it waits in line)."""
+        await self.first.wait()
+        return self.finished.result() if self.finished.done() else None
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+def start_resume(spawner: Any, proxy: Any) -> ResumeWait:
+    """Resume this parked server, waiting in the GPU line for its GPU if that is held (one
+    ResumeWait per server: a second Resume finds the first one)."""
+    key = (spawner.user.name, spawner.name or "")
+    wait = waiting_of(*key)
+    if wait is None:
+        wait = _state["resumes"][key] = ResumeWait(*key)
+        wait.task = asyncio.get_running_loop().create_task(_resume_in_line(spawner, proxy, wait))
+    return wait
+
+
+async def _resume_in_line(spawner: Any, proxy: Any, wait: ResumeWait) -> None:
+    queue = PROCESS.gpu_queue
+    t0 = woken = time.monotonic()
+    try:
+        manager = await spawner.gpu_manager()
+        parker = build_parker(spawner, manager.lock)
+        while True:
+            taken: Outcome | dict | None = None
+            async with manager.lock:
+                if manager.reconciled_at <= woken:  # one engine read serves every waiter of one wake
+                    await manager.reconcile(spawner.engine)
+                record = await asyncio.to_thread(record_of, spawner)
+                if record is None:  # resumed, stopped or expired some other way
+                    wait.finish(None)
+                    return
+                wait.uuid = record.uuid
+                if wait.waiter is None:
+                    wait.waiter = queue.join(wait.user, wait.server, frozenset(spawner.user_groups()), gpu=record.uuid)
+                queue.apply_moves()
+                if queue.may_resume(manager.allocator, wait.waiter):
+                    t0 = time.monotonic()  # the resume's own time, not the wait's
+                    taken = await parker.take_back(record)
+                    if not isinstance(taken, Outcome):  # it holds its GPU again: out of the line
+                        manager.reconciled_at = 0.0  # the allocator does not know yet: the next look reads the engine
+                        queue.done(wait.waiter)
+                        wait.waiter = None
+                if wait.waiter is not None:
+                    wait.waiter.event.clear()
+                    wait.waiter.waited = True
+                    wait.position = queue.position(wait.waiter)
+                    wait.held_by = ", ".join(sorted({h.user for h in manager.allocator.holders_of(record.uuid)}))
+            if isinstance(taken, dict):
+                out = await parker.restore(record, taken, t0)
+                spawner.log.info("%s: %s (%s)", spawner._log_name, out.action, out.detail)
+                await _route_back(spawner, proxy)
+                wait.finish(out)
+                return
+            if isinstance(taken, Outcome) and taken.action != "held":  # gone, unpause failed
+                spawner.log.warning("%s: %s (%s)", spawner._log_name, taken.action, taken.detail)
+                await _route_back(spawner, proxy)
+                wait.finish(taken)
+                return
+            if not wait.first.is_set():
+                spawner.log.info("%s waits in line to resume on GPU %s (held by %s): number %d",
+                                 spawner._log_name, wait.uuid, wait.held_by or "a start", wait.position)
+            wait.first.set()
+            try:
+                await asyncio.wait_for(wait.waiter.event.wait(), LOOK_S)
+                woken = wait.waiter.woken_at
+            except asyncio.TimeoutError:
+                woken = time.monotonic()
+    except asyncio.CancelledError:
+        wait.finish(None)
+        raise
+    except Exception as exc:  # noqa: BLE001 - the page says so; the server stays parked
+        spawner.log.exception("%s: resume in line failed", spawner._log_name)
+        wait.finish(Outcome("resume-failed", wait.user, wait.server, f"{type(exc).__name__}: {exc}"))
+    finally:
+        if wait.waiter is not None:
+            queue.leave(wait.waiter)
+            wait.waiter = None
+        if _state["resumes"].get((wait.user, wait.server)) is wait:
+            del _state["resumes"][(wait.user, wait.server)]
+
+
+async def _route_back(spawner: Any, proxy: Any) -> None:
+    if spawner.ready:
+        try:
+            await proxy.add_user(spawner.user, spawner.name or "")
+        except Exception as exc:  # noqa: BLE001 - JupyterHub's route check adds it within a minute
+            spawner.log.warning("%s: its route after the resume: %s", spawner._log_name, exc)
 
 
 # -- the pieces of JupyterHub it changes ----------------------------------------------------------
@@ -172,8 +311,11 @@ def install(c: Any) -> None:
         if _is_api(self, self.request.path.split(f"/user/{user.escaped_name}", 1)[-1]):
             self.set_status(503)
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"status": 503, "message": f"{notice(record)} Resume it at {page}",
-                                    "parked_since": record.since, "resume_url": page}))
+            wait = waiting_of(user.name, spawner.name or "")
+            where = (f" It waits in line for its GPU (number {wait.position}) and resumes by itself when that is free."
+                     if wait else f" Resume it at {page}")
+            self.finish(json.dumps({"status": 503, "message": notice(record) + where, "parked_since": record.since,
+                                    "resume_url": page, "in_line": wait.position if wait else 0}))
             return
         # back to where the person was, at the server's own path (/user/..., not the hub's /hub/user/...)
         back = self.request.uri.replace(url_path_join(self.hub.base_url, "user/"), url_path_join(self.base_url, "user/"), 1)
@@ -205,7 +347,7 @@ def _next_url(handler: Any, user: Any, server: str) -> str:
 
 
 def build_parker(spawner: Any, lock: Any) -> Any:
-    """A Parker for resumes in the hub process: gpu-park by docker exec (a whole GPU's restore
+    """A Parker for resumes in the hub process (its audit entries the person's, via "hub"): gpu-park by docker exec (a whole GPU's restore
     takes seconds, at most minutes), the GPU manager's lock (a resume and a start never take the
     same GPU). GPUHUB_PARK_FAKE=1 in the hub's environment: gpu-park's driver stand-in (fake GPUs)."""
     if _state.get("docker") is None:  # one engine client for every resume of this hub process
@@ -215,9 +357,10 @@ def build_parker(spawner: Any, lock: Any) -> Any:
     async def no_stop(user: str, server: str) -> None:  # stops go through the hub (Start fresh)
         return None
 
+    audit_file = getattr(spawner, "gpu_audit_file", "") or ""
     return Parker(docker, ExecCheckpointer(docker, fake=read(os.environ, "GPUHUB_PARK_FAKE")),
                   parked_file_of(spawner), lambda uuid: None, no_stop, ParkSettings(label_prefix=spawner.label_prefix),
-                  lock=lock, audit=AuditLog(spawner.gpu_audit_file), person_resumes=True)  # resumes in the audit log, with their timings
+                  audit=AuditLog(audit_file) if audit_file else None, lock=lock, actor=(spawner.user.name, "hub"))
 
 
 def ParkedHandler():  # noqa: N802 - the class, made in the hub's process (JupyterHub imported)
@@ -235,24 +378,21 @@ def ParkedHandler():  # noqa: N802 - the class, made in the hub's process (Jupyt
 
         @web.authenticated
         async def get(self, server: str | None = None):
+            """The page only: nothing changes on a GET (resuming is the form's POST)."""
             user, server, spawner = await self._target(server)
             record = await asyncio.to_thread(record_of, spawner) if spawner is not None else None
             if record is None:  # not (or no longer) parked: to the server or the home page
                 self.redirect(_next_url(self, user, server) if spawner is not None and spawner.ready
                               else self.hub.base_url + "home")
                 return
-            held = self.get_argument("held", "")
-            if held and self.get_argument("retry", "") == "1":  # the held page's own retry
-                await self._resume(user, server, spawner, record)
-                return
-            await self._page(user, server, record, held)
+            await self._page(user, server, record, waiting_of(user.name, server))
 
-        async def _page(self, user, server: str, record: Parked, held: str = ""):
+        async def _page(self, user, server: str, record: Parked, wait: "ResumeWait | None" = None,
+                        failed: str = ""):
             nxt = self.get_argument("next", "") or ""
             html = await self.render_template(
                 "gpuhub_parked.html", user=user, server_name=server, notice=notice(record), record=record,
-                held_by=held, retry_s=RETRY_S, next_url=nxt, xsrf_form=self.xsrf_form_html(),
-                retry_url=f"?retry=1&held={_quote(held)}&next={_quote(nxt)}")
+                wait=wait, failed=failed, refresh_s=REFRESH_S, next_url=nxt, xsrf_form=self.xsrf_form_html())
             self.finish(html)
 
         @web.authenticated
@@ -260,7 +400,8 @@ def ParkedHandler():  # noqa: N802 - the class, made in the hub's process (Jupyt
             user, server, spawner = await self._target(server)
             record = await asyncio.to_thread(record_of, spawner) if spawner is not None else None
             if record is None:
-                self.redirect(self.hub.base_url + "home")
+                self.redirect(_next_url(self, user, server) if spawner is not None and spawner.ready
+                              else self.hub.base_url + "home")
                 return
             action = self.get_argument("action", "resume")
             if action == "fresh":
@@ -269,26 +410,29 @@ def ParkedHandler():  # noqa: N802 - the class, made in the hub's process (Jupyt
                 await self._resume(user, server, spawner, record)
 
         async def _resume(self, user, server: str, spawner, record: Parked):
-            manager = await spawner.gpu_manager()
-            parker = build_parker(spawner, manager.lock)
-            out = await parker.resume(user.name, server)
-            self.log.info("%s: %s (%s)", spawner._log_name, out.action, out.detail)
-            if out.action == "held":
-                held_by = out.detail.rsplit(" by ", 1)[-1]
-                await self._page(user, server, record, held_by)
+            wait = start_resume(spawner, self.proxy)
+            out = await wait.first_look()
+            if out is None and not wait.finished.done():  # in line: the page shows its place
+                here = url_path_join(self.hub.base_url, "parked", server)
+                nxt = self.get_argument("next", "") or ""
+                self.redirect(f"{here}?next={_quote(nxt)}" if nxt else here, status=303)
                 return
-            if out.action in ("resumed", "resume-failed", "gone", "not-parked"):
-                if out.action == "resume-failed":
-                    self.log.warning("%s: %s", spawner._log_name, out.detail)
-                if spawner.ready:
-                    await self.proxy.add_user(user, server)
-                self.redirect(_next_url(self, user, server) if spawner.ready else self.hub.base_url + "home")
-                return
-            raise web.HTTPError(500, out.detail)
+            if out is not None and out.action not in ("resumed", "gone", "not-parked"):
+                self.log.warning("%s: %s", spawner._log_name, out.detail)
+                still = await asyncio.to_thread(record_of, spawner)
+                if still is not None:  # still parked: say why on its page
+                    await self._page(user, server, still, None, out.detail)
+                    return
+            self.redirect(_next_url(self, user, server) if spawner.ready else self.hub.base_url + "home",
+                          status=303)
 
         async def _fresh(self, user, server: str, spawner):
+            wait = waiting_of(user.name, server)
+            if wait is not None:  # out of the line first: it must not resume while being stopped
+                wait.cancel()
+                await asyncio.wait([wait.finished])
             # the stop unpauses it and drops the record (GPUDockerSpawner.stop)
             await self.stop_single_user(user, server)
-            self.redirect(url_path_join(self.hub.base_url, "spawn", user.escaped_name, server))
+            self.redirect(url_path_join(self.hub.base_url, "spawn", user.escaped_name, server), status=303)
 
     return Handler

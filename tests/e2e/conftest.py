@@ -93,6 +93,17 @@ def logs_or_why_not(stack: Stack) -> str:
         return f"the logs could not be read: {exc}"
 
 
+@pytest.fixture(scope="module")
+def configured_stack(stack, request):
+    """The stack with the test module's ``SETTINGS`` (.env overrides: fake GPU readings, short
+    reclaim timeouts, ...) for the whole module, and as the other tests expect it again after."""
+    stack.up(**request.module.SETTINGS)
+    try:
+        yield stack
+    finally:
+        stack.up()
+
+
 @pytest.fixture(scope="session")
 def hub(stack) -> Hub:
     return Hub(stack.url, stack.admin_token())

@@ -47,6 +47,15 @@ class Stack:
         """Start the stack, or recreate what changed (e.g. the hub, given other settings)."""
         self.compose("up", "-d", "--wait", "--wait-timeout", "120", **overrides)
 
+    FAKE_GPU_READINGS = "/srv/jupyterhub/state/fake-gpu-readings.json"
+
+    def feed_gpu_readings(self, readings: dict) -> None:
+        """Write the GPU readings the hub's sampler reads next, on a stack with the fake GPU
+        reader (tests/e2e/fake_gpu/: {"<uuid>": {"util": %, "mem": MiB}})."""
+        path = self.FAKE_GPU_READINGS
+        subprocess.run(["docker", "exec", "-i", f"{self.prefix}-hub-1", "sh", "-c", f"cat > {path}.tmp && "
+                        f"mv {path}.tmp {path}"], input=json.dumps(readings), text=True, check=True, timeout=30)
+
     def create(self) -> str:
         """Create the stack's network, volumes and containers without starting anything, so that
         another container can join the network first; returns the network's name."""

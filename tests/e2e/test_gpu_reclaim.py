@@ -3,7 +3,6 @@ idle-held GPU is warned and then reclaimed within T + grace + 2 sampling interva
 next page load says why and the audit log records it; a busy GPU and an exempt user's are never
 reclaimed; the warning's "still working" counts once; a forged answer for another user is a 4xx."""
 import json
-import subprocess
 import time
 
 import pytest
@@ -15,24 +14,8 @@ from consoleclient import user_token, wait_for
 from storm import gpu_holdings
 
 T, GRACE, INTERVAL = 6, 10, 1
-READINGS = "/srv/jupyterhub/state/fake-gpu-readings.json"
 SETTINGS = {"COMPOSE_FILE": "docker-compose.yml:tests/e2e/fake_gpu/compose.yml", "GPU_IDLE_TIMEOUT": str(T),
             "GPU_IDLE_GRACE": str(GRACE), "GPU_SAMPLE_INTERVAL": str(INTERVAL), "GPU_IDLE_EXEMPT_USERS": "rc-exempt"}
-
-
-@pytest.fixture(scope="module")
-def reclaiming(stack):
-    stack.up(**SETTINGS)
-    try:
-        yield stack
-    finally:
-        stack.up()  # the stack as the other tests expect it
-
-
-def feed(stack, readings: dict) -> None:
-    """Write the readings the hub's sampler reads next (fake_gpu/fake_readings.py)."""
-    subprocess.run(["docker", "exec", "-i", f"{stack.prefix}-hub-1", "sh", "-c", f"cat > {READINGS}.tmp && "
-                    f"mv {READINGS}.tmp {READINGS}"], input=json.dumps(readings), text=True, check=True, timeout=30)
 
 
 def me(stack, token: str) -> dict:
@@ -42,11 +25,11 @@ def me(stack, token: str) -> dict:
     return r.json()
 
 
-def test_reclaim_runs_in_the_consoles_process_with_its_own_identity(reclaiming, hub):
+def test_reclaim_runs_in_the_consoles_process_with_its_own_identity(configured_stack, hub):
     """Two Python processes in the hub's container: the hub, and the GPU console with gpu-reclaim
     in it. For JupyterHub gpu-reclaim is still a service of its own: its URL, and the token on
     the state volume (0600, the hub's), whose role is gpu-reclaim's alone."""
-    stack = reclaiming
+    stack = configured_stack
     container = f"{stack.prefix}-hub-1"
     top = stack.docker("top", container, "-eo", "pid,args").stdout.splitlines()[1:]
     pythons = [line.split(None, 1)[1] for line in top if "python" in line]
@@ -66,15 +49,15 @@ def test_reclaim_runs_in_the_consoles_process_with_its_own_identity(reclaiming, 
 
 
 @pytest.mark.needs_gpus(3)
-def test_idle_gpu_is_warned_then_reclaimed_busy_and_exempt_are_not(reclaiming, hub):
-    stack = reclaiming
+def test_idle_gpu_is_warned_then_reclaimed_busy_and_exempt_are_not(configured_stack, hub):
+    stack = configured_stack
     names = ["rc-idle", "rc-busy", "rc-exempt"]
     tokens = {n: user_token(hub, n) for n in names}
     for n in names:
         hub.start(n, options={"profile": "gpu"})
     gpu = {n: gpu_holdings(stack)[stack.container_of(n)] for n in names}
     assert len(set(gpu.values())) == 3
-    feed(stack, {gpu["rc-idle"]: {"util": 0, "mem": 3000}, gpu["rc-busy"]: {"util": 85, "mem": 9000},
+    stack.feed_gpu_readings({gpu["rc-idle"]: {"util": 0, "mem": 3000}, gpu["rc-busy"]: {"util": 85, "mem": 9000},
                  gpu["rc-exempt"]: {"util": 0, "mem": 100}})
     fed = time.monotonic()
 
@@ -131,13 +114,13 @@ def test_idle_gpu_is_warned_then_reclaimed_busy_and_exempt_are_not(reclaiming, h
 
 @pytest.mark.browser
 @pytest.mark.needs_gpus(1)
-def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(reclaiming, hub, page):
-    stack = reclaiming
+def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(configured_stack, hub, page):
+    stack = configured_stack
     admin = stack.env["HUB_ADMIN_USER"]
     log_in(page, stack, timeout=15_000)
     hub.start(admin, options={"profile": "gpu"})
     uuid = gpu_holdings(stack)[stack.container_of(admin)]
-    feed(stack, {uuid: {"util": 40, "mem": 2048}})
+    stack.feed_gpu_readings({uuid: {"util": 40, "mem": 2048}})
     page.goto(f"{stack.url}/user/{admin}/lab")
     expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
     item = page.locator(".gpuhub-gpu-item")
@@ -146,7 +129,7 @@ def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(reclai
     expect(item).to_contain_text("GPU-h")  # the user's own GPU-hours (the usage store)
     page.screenshot(path=ARTIFACTS / "reclaim-1-my-gpu.png")
 
-    feed(stack, {uuid: {"util": 0, "mem": 2048}})  # idle from now on
+    stack.feed_gpu_readings({uuid: {"util": 0, "mem": 2048}})  # idle from now on
     toast = page.locator(".Toastify__toast", has_text="Your GPU has been idle")
     expect(toast).to_be_visible(timeout=(T + 5 * INTERVAL + 15) * 1000)
     expect(toast).to_contain_text("stops in")
@@ -161,11 +144,11 @@ def test_jupyterlab_shows_my_gpu_the_warning_and_the_reason_after_reclaim(reclai
     page.screenshot(path=ARTIFACTS / "reclaim-3-reason.png")
 
 
-def test_a_crash_of_the_consoles_process_stops_console_and_reclaim_until_the_hub_starts_it_again(reclaiming, hub):
+def test_a_crash_of_the_consoles_process_stops_console_and_reclaim_until_the_hub_starts_it_again(configured_stack, hub):
     """gpu-reclaim shares the GPU console's process: when that process dies, both are down (the
     hub and users' servers are not) until JupyterHub, which polls its managed services, starts
     the console again, with gpu-reclaim in it."""
-    stack = reclaiming
+    stack = configured_stack
     token = user_token(hub, "rc-crash")
     kill = ("import os, signal\n"
             "for p in filter(str.isdigit, os.listdir('/proc')):\n"

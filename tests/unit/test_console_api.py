@@ -223,7 +223,7 @@ def test_openapi_file_is_served_and_lists_every_route(api):
                                   "/courses", "/courses/roster", "/courses/{course}", "/courses/{course}/stop",
                                   "/courses/{course}/reset", "/reservations", "/reservations/{id}",
                                   "/shared", "/shared/{uuid}", "/usage", "/usage/users/{user}", "/quotas",
-                                  "/quotas/{scope}/{name}", "/queue", "/queue/{user}", "/queue/{user}/move"}
+                                  "/quotas/{scope}/{name}", "/queue", "/queue/{user}", "/queue/{user}/move", "/parked"}
 
 
 def test_every_path_of_the_spec_has_its_handler_and_request_schemas():
@@ -406,3 +406,38 @@ def test_no_page_may_frame_the_console():
         handler.set_default_headers()
         assert headers["X-Frame-Options"] == "DENY", cls
         assert headers["Content-Security-Policy"] == "frame-ancestors 'none'", cls
+
+
+def test_parked_servers_are_listed_with_their_size_their_gpu_and_its_holder(api):
+    """A parked server (recorded in gpu-parked.json and paused) holds no GPU: the table shows
+    its GPU as someone else's or free, and GET /parked (and /gpus' "parked") lists it with
+    when, its GPU state in host memory, the GPU it resumes on, who holds that now and its
+    place in line; a record whose container runs again is not parked."""
+    import time
+    from hub.gpus.parked import Parked, ParkedFile
+    from hub.gpus.queue import GPUQueue
+    parked_alice = container("gpuhubtest-alice", GPUS[1].uuid, "alice")
+    parked_alice["State"] = {"Status": "paused", "Paused": True}
+    api.engine.containers = [parked_alice, container("gpuhubtest-bob", GPUS[1].uuid, "bob"),
+                             container("gpuhubtest-carol", GPUS[2].uuid, "carol")]
+    since = time.time() - 600
+    records = ParkedFile(api.tmp_path / "gpu-parked.json")
+    records.put(Parked("alice", "", "gpuhubtest-alice", GPUS[1].uuid, since, gpu_mib=10240,
+                       mem_limit=2**30, mem_limit_parked=2**30 + 11 * 2**30))
+    records.put(Parked("carol", "", "gpuhubtest-carol", GPUS[2].uuid, since))  # runs again: stale
+    GPUQueue(api.tmp_path / "gpu-queue.json").join("alice", "", gpu=GPUS[1].uuid)
+
+    parked = api.call("GET", "parked").json()["parked"]
+    assert parked == [{"user": "alice", "server": "", "since": since, "since_iso": parked[0]["since_iso"],
+                       "gpu": GPUS[1].uuid, "gpu_index": 1, "gpu_memory_mib": 10240,
+                       "host_memory_bytes": 10240 * 2**20, "mem_limit_parked": 12 * 2**30,
+                       "gpu_held_by": ["bob"], "in_line": 1, "server_url": "/user/alice/"}]
+    state = api.call("GET", "gpus?fresh=1").json()
+    assert state["parked"] == parked
+    assert state["gpus"][1]["holder"]["user"] == "bob" and [h["user"] for h in state["gpus"][1]["holders"]] == ["bob"]
+    assert state["queue"][0]["resume_gpu"] == GPUS[1].uuid
+
+    from hub.service_process.console.cli import format_parked
+    text = format_parked(parked)
+    assert "alice" in text and "10.0 GiB" in text and "#1" in text and "held by bob" in text and "number 1 in line" in text
+    assert format_parked([]) == "no server is parked"

@@ -200,3 +200,62 @@ def test_a_moved_place_survives_a_hub_restart_for_who_rejoins(tmp_path):
     new.recover()
     a, b = new.join("a", ""), new.join("b", "")
     assert new.position(b) == 1 and new.position(a) == 2
+
+
+def test_a_parked_servers_resume_waits_only_for_its_own_gpu_and_goes_before_those_behind_it(tmp_path):
+    """A parked server in line (``gpu=``) can take only the GPU it was parked on: while that is
+    held it holds nobody up (another free GPU goes to the next in line); once it is free, it
+    resumes before anyone behind it is given that GPU, and after those before it."""
+    from hub.gpus.allocator import Allocator
+    from hub.gpus.model import GPU, Holder
+    alloc = Allocator([GPU("GPU-0", 0), GPU("GPU-1", 1)])
+    alloc.reconcile({"GPU-0": Holder("bob"), "GPU-1": Holder("carol")})
+    clock = [100.0]
+    q = GPUQueue(tmp_path / "q.json", clock=lambda: clock[0])
+    parked = q.join("alice", "", gpu="GPU-0")
+    clock[0] += 1
+    dave = q.join("dave", "")
+    assert [e.get("resume_gpu") for e in read_line(tmp_path / "q.json")] == ["GPU-0", None]
+    assert not q.may_resume(alloc, parked)  # bob holds it
+
+    alloc.reconcile({"GPU-0": Holder("bob")})  # carol stops: GPU-1 is free, alice cannot take it
+    assert not q.may_resume(alloc, parked)
+    assert not q.must_wait(alloc, "dave", "", frozenset(), clock[0]), "alice must not hold dave up for GPU-1"
+
+    q.done(dave)  # dave took GPU-1
+    alloc.reconcile({"GPU-1": Holder("dave")})  # bob stops: GPU-0 is alice's, not the newcomer's
+    assert q.may_resume(alloc, parked)
+    assert q.must_wait(alloc, "erin", "", frozenset(), clock[0]), "a later arrival must not take alice's GPU"
+    q.done(parked)
+    assert not q.must_wait(alloc, "erin", "", frozenset(), clock[0])
+
+
+def test_a_resume_waits_for_those_before_it_in_line(tmp_path):
+    from hub.gpus.allocator import Allocator
+    from hub.gpus.model import GPU
+    alloc = Allocator([GPU("GPU-0", 0)])
+    q = GPUQueue(tmp_path / "q.json")
+    first = q.join("bob", "")
+    parked = q.join("alice", "", gpu="GPU-0")
+    assert not q.may_resume(alloc, parked), "bob came first and can take the free GPU"
+    q.leave(first)
+    assert q.may_resume(alloc, parked)
+
+
+def test_after_a_hub_restart_a_resume_is_remembered_to_rejoin_and_told_nothing(tmp_path):
+    from hub.hub_process.spawner import spawner as spawner_module
+    from hub.hub_process.spawner.process import PROCESS
+    old = GPUQueue(tmp_path / "gpu-queue.json")
+    old.join("alice", "", gpu="GPU-0")
+    old.join("bob", "")
+    saved = PROCESS.gpu_queue
+    PROCESS.gpu_queue = GPUQueue()
+    try:
+        spawner_module.recover_gpu_queue(str(tmp_path / "gpu-queue.json"), str(tmp_path / "reasons.json"))
+        assert PROCESS.gpu_queue.previous_resumes == {("alice", ""): "GPU-0"}
+        reasons = (tmp_path / "reasons.json").read_text()
+        assert "bob" in reasons and "alice" not in reasons
+        back = PROCESS.gpu_queue.join("alice", "", gpu="GPU-0")
+        assert PROCESS.gpu_queue.position(back) == 1 and back.gpu == "GPU-0"
+    finally:
+        PROCESS.gpu_queue = saved

@@ -49,7 +49,7 @@ def recover_gpu_queue(queue_file: str = f"{STATE_DIR}/gpu-queue.json",
     left = PROCESS.gpu_queue.recover()
     reasons = ReasonFile(stop_reasons_file) if stop_reasons_file else None
     for entry in left:
-        if reasons is not None:
+        if reasons is not None and not entry.get("resume_gpu"):  # a parked server's resume rejoins by itself
             reasons.put((entry["user"], entry.get("server", "")), (
                 f"The hub restarted while your server waited in line for a GPU (number {entry.get('position')}). "
                 "Press Start within 15 minutes to take your place in the line again."))

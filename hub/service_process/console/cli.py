@@ -14,6 +14,7 @@ prefer a terminal. Standard library only, so it runs with any Python 3.11 on the
     gpuhub-gpus queue                    # the line for GPUs (GPU_WHEN_FULL=queue)
     gpuhub-gpus queue move alice 1       # alice to the front (--server NAME for a named server)
     gpuhub-gpus queue remove alice       # cancel alice's waiting start
+    gpuhub-gpus parked                   # parked servers (GPU_IDLE_ACTION=park): since, size, GPU
     gpuhub-gpus doctor [--json] [--strict]  # this host: engine, toolkit CVEs, driver vs CUDA, GPU health
     gpuhub-gpus swarm-node-config [--input FILE|-] [--json]  # this node's daemon.json lines (docs/swarm.md)
   teaching labs (docs/teaching.md):
@@ -224,7 +225,26 @@ def run(args: argparse.Namespace, client: Client) -> Any:
         return data if args.json else format_audit(data["entries"])
     if args.command == "queue":
         return run_queue_command(args, client, note)
+    if args.command == "parked":
+        data = client.call("GET", "parked")
+        return data if args.json else format_parked(data["parked"])
     return run_course_command(args, client, note)
+
+
+def format_parked(parked: list[dict]) -> str:
+    """The parked servers: who, since when, their GPU state in host memory, the GPU they resume on."""
+    if not parked:
+        return "no server is parked"
+    lines = []
+    for p in parked:
+        server = f" (server {p['server']!r})" if p.get("server") else ""
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(p["since"]))
+        gpu = f"#{p['gpu_index']}" if p.get("gpu_index") is not None else p["gpu"]
+        held = f"held by {', '.join(p['gpu_held_by'])}" if p.get("gpu_held_by") else "free"
+        line = f", number {p['in_line']} in line to resume" if p.get("in_line") else ""
+        lines.append(f"{p['user']}{server}  parked since {since}  {p['host_memory_bytes'] / 2**30:.1f} GiB in host "
+                     f"memory  resumes on GPU {gpu} ({held}{line})")
+    return "\n".join(lines)
 
 
 def format_queue(waiting: list[dict]) -> str:
@@ -397,7 +417,7 @@ def run_usage_command(args: argparse.Namespace, client: Client, note: dict) -> A
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpuhub-gpus", description="The hub's GPU console from a shell: "
-                                "list GPUs, pin, unpin, drain, undrain, free, access, audit, queue; "
+                                "list GPUs, pin, unpin, drain, undrain, free, access, audit, queue, parked; "
                                 "courses: roster, courses, course, stop-course, reset, reserve, "
                                 "unreserve, share, unshare; usage, quota.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (gpuhub)",
@@ -439,6 +459,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("user", nargs="?")
     s.add_argument("position", nargs="?", type=int, help="move: the new place, 1 for first")
     s.add_argument("--server", help="a named server's start (default: the user's only one)")
+    sub.add_parser("parked", help="parked servers: since when, their GPU state in host memory, their GPU")
     s = sub.add_parser("roster", help="import a course roster (CSV or YAML)")
     s.add_argument("file", help="username or email, course, role (student, ta, teacher) per row")
     s.add_argument("--format", choices=("csv", "yaml"), help="default: from the file's name, else guessed")

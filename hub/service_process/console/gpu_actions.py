@@ -155,6 +155,9 @@ class GPUDesk:
             if not entries:
                 await self.console.known_user(user)
                 raise ConsoleError(404, f"{user} is not waiting in line for a GPU")
+            if any(e.get("resume_gpu") for e in entries):  # the hub's cancel would stop a parked server
+                raise ConsoleError(409, f"{user}'s parked server waits in line to resume: taking it out would stop "
+                                        "it and lose its kernels' state; stop the server itself if that is meant")
             for entry in entries:
                 status, message = await self.console.hub.stop_server(user, entry.get("server", ""))
                 if status not in (202, 204):

@@ -495,6 +495,13 @@ class QueueHandler(APIHandler):
         self.reply({"waiting": self.console.queue()})
 
 
+class ParkedHandler(APIHandler):
+    spec_path = "/parked"
+
+    async def get(self):
+        self.reply({"parked": await self.console.parked()})
+
+
 class QueueEntryHandler(APIHandler):
     spec_path = "/queue/{user}"
 
@@ -529,7 +536,7 @@ API_HANDLERS = (GPUsHandler, PinsHandler, PinHandler, DrainedHandler, DrainHandl
                 AuditHandler, HealthHandler, NamesHandler, CoursesHandler, RosterHandler, CourseHandler, CourseStopHandler,
                 CourseResetHandler, ReservationsHandler, ReservationHandler, SharedHandler, ShareHandler,
                 UsageHandler, UserUsageHandler, QuotasHandler, QuotaHandler,
-                QueueHandler, QueueEntryHandler, QueueMoveHandler, OpenAPIHandler)
+                QueueHandler, QueueEntryHandler, QueueMoveHandler, ParkedHandler, OpenAPIHandler)
 
 
 def api_routes(api_prefix: str) -> list[tuple[str, type]]:

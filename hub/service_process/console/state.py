@@ -25,6 +25,7 @@ from hub.common.hubapi import HubAPI
 from hub.gpus.claim import Labels, held_from_containers
 from hub.gpus.manager import GPUManager, load_intent
 from hub.gpus.model import GPU, Holder, Intent
+from hub.gpus.parked import FILE as PARKED_FILE, ParkedFile
 from hub.gpus.queue import read_line
 from hub.times import utc_iso
 from hub.service_process.reclaim.service import HOLDERS_FILE, holders_snapshot
@@ -180,6 +181,7 @@ class Console:
             "access": {**view.intent.access.to_json(), "everyone": view.intent.access.everyone},
             "hub_reachable": servers is not None,
             "queue": self.queue(),
+            "parked": await self.parked(view),
             "holder_activity": bool(activity),  # gpu-reclaim's last round is fresh
         }
         self._cached = (now, state)
@@ -235,6 +237,27 @@ class Console:
     def queue(self) -> list[dict[str, Any]]:
         """The line of starts waiting for a GPU, as the hub last wrote it."""
         return read_line(self.queue_file)
+
+    async def parked(self, view: View | None = None) -> list[dict[str, Any]]:
+        """The parked servers (hub/gpus/parked.py: recorded and paused at the view's reconcile):
+        who, since when, the GPU state they keep in host memory, the GPU they resume on and who
+        holds it now, and their place in the GPU line if their resume waits for it."""
+        view = view or await self.view()
+        records = await asyncio.to_thread(ParkedFile(Path(self.manager.intent_file).with_name(PARKED_FILE)).all)
+        line = {(e.get("user"), e.get("server", "")): e.get("position") for e in self.queue() if e.get("resume_gpu")}
+        out = []
+        for r in sorted(records.values(), key=lambda r: r.since):
+            if r.container not in self.manager.parked:
+                continue  # a stale record (unpaused, removed): not parked
+            gpu = view.gpus.get(r.uuid)
+            out.append({"user": r.user, "server": r.server, "since": r.since, "since_iso": utc_iso(r.since),
+                        "gpu": r.uuid, "gpu_index": gpu.index if gpu else None,
+                        "gpu_memory_mib": r.gpu_mib, "host_memory_bytes": r.gpu_mib * 2**20,
+                        "mem_limit_parked": r.mem_limit_parked or None,
+                        "gpu_held_by": sorted({h.user for h in view.all_holders.get(r.uuid, [])}),
+                        "in_line": line.get((r.user, r.server)) or 0,
+                        "server_url": self.server_url(r.user, r.server)})
+        return out
 
     async def names(self) -> dict[str, list[str]]:
         return {"users": await self.hub.user_names(), "groups": await self.hub.group_names()}

@@ -371,6 +371,23 @@
     document.querySelector("#reservations tbody").replaceChildren(...rows);
   }
 
+  // ---- parked servers (GPU_IDLE_ACTION=park) -------------------------------------------------
+  function renderParked(s) {
+    const parked = s.parked || [];
+    document.getElementById("parked-card").classList.toggle("d-none", !parked.length);
+    const rows = parked.map((p) => {
+      const gpu = p.gpu_index === null || p.gpu_index === undefined ? p.gpu : `#${p.gpu_index}`;
+      const held = p.gpu_held_by && p.gpu_held_by.length ? `held by ${p.gpu_held_by.join(", ")}` : "free";
+      const line = p.in_line ? `, number ${p.in_line} in line to resume` : "";
+      return el("tr", { dataset: { user: p.user, server: p.server || "" } },
+        el("td", {}, p.user + (p.server ? ` (${p.server})` : "")),
+        el("td", {}, `${clock(p.since)} (${ago(p.since)})`),
+        el("td", {}, `${(p.host_memory_bytes / 2 ** 30).toFixed(1)} GiB`),
+        el("td", {}, `GPU ${gpu} (${held}${line})`));
+    });
+    document.querySelector("#parked tbody").replaceChildren(...rows);
+  }
+
   // ---- the line for GPUs (GPU_WHEN_FULL=queue) -----------------------------------------------
   function renderQueue(s) {
     const waiting = s.queue || [];
@@ -434,6 +451,7 @@
       renderReservations(state);
       renderShared(state);
       renderQueue(state);
+      renderParked(state);
       await refreshCourses();
       await refreshAudit();
       document.getElementById("conn-problem").classList.add("d-none");
