@@ -12,12 +12,12 @@ For each size (GB), with one GPU left free for the two users (on a host with mor
      the allocation's end, with the Parker's own step timings from the audit log;
   3. NVML's reading of the GPU while A is parked; A's URL answers 503 at once (no route);
   4. user B starts through the hub: the allocator gives B the GPU A had; A's Resume (the hub's
-     /hub/parked/ page, A's own token) answers "held by B"; B's kernel allocates as much as A
-     had and runs the bf16 matmul (tests/gpu_host/matmul.py), against the host's figure of the
-     same GPU before A; B's server stops;
-  5. A's Resume through the hub: restored onto its GPU, the route back; A's kernel (same kernel,
-     a new websocket) recomputes the checksum: the same tensors, the same note, and no tick while
-     parked (A could not run while B held the GPU).
+     /hub/parked/ page, A's own token) puts A in the GPU line for that GPU, and the page names
+     B as its holder; B's kernel allocates as much as A had and runs the bf16 matmul
+     (tests/gpu_host/matmul.py), against the host's figure of the same GPU before A; B stops;
+  5. A resumes by itself, first in line: restored onto its GPU, the route back; A's kernel (same
+     kernel, a new websocket) recomputes the checksum: the same tensors, the same note, and no
+     tick while parked (A could not run while B held the GPU); nor is it reclaimed again at once.
 Run after the stack's `prepare` (tests/gpu_host/stack.py; the image carries gpu-park):
 
     python3 tests/gpu_host/park_stack.py --sizes 1,10,40       (OUT set: $OUT/park_stack.json)
@@ -220,9 +220,11 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
         return {**row, "error": f"start B: {code} {message}"}
     stack.hub.wait(B, ready=True)
     row["b_gpu_same"] = st.norm(stack.containers()[B]["gpu"]) == st.norm(uuid)
-    code, where, took = resume(stack, token_a)
-    row["resume_while_b_holds"] = {"status": code, "says_held_by_b": B in where and "held" in where.lower(),
-                                   "answered_in_s": took, "paused_still": container_status(stack, A) == "paused"}
+    code, where, took = resume(stack, token_a)  # B holds the GPU: A joins the GPU line for it
+    page = requests.get(f"{stack.proxy_url}/hub/parked/", headers={"Authorization": f"token {token_a}"}, timeout=60)
+    row["resume_while_b_holds"] = {"status": code, "to": where[:120], "answered_in_s": took,
+                                   "page_names_b": B in page.text, "page_says_in_line": "line" in page.text.lower(),
+                                   "paused_still": container_status(stack, A) == "paused"}
     kb = st.Kernel(stack.proxy_url, B, stack.hub.token_for(B))
     kb.start()
     if not st.LOCAL:
@@ -234,16 +236,23 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
             row["b_matmul"]["vs_host_before"] = round(row["b_matmul"]["tflops"] / baseline["tflops"], 4)
     kb.close()
     row["a_paused_while_b_ran"] = container_status(stack, A) == "paused"
+    b_stop = time.time()
     stack.hub.stop(B)
 
-    st.log(f"{gb:g} GB: B stopped; A resumes")
+    st.log(f"{gb:g} GB: B stopped; A resumes by itself (first in line for its GPU)")
     resume_from = time.time()
-    code, where, took = resume(stack, token_a)
-    row["resume"] = {"status": code, "location": where[:200], "took_s": took,
+    try:
+        wait_for(lambda: container_status(stack, A) == "running" and not parked_records(stack), 120 + gb * 2,
+                 "A resumed by itself")
+    except TimeoutError:
+        pass
+    row["resume"] = {"by_itself_after_b_stop_asked_s": round(time.time() - b_stop, 2),
                      "container": container_status(stack, A)}
-    entries = audit_tail(stack, resume_from - 1)
+    entries = audit_tail(stack, b_stop)
     row["resume_timings"] = next((e.get("timings") for e in entries if e.get("action") == "park-resume"), None)
-    if code != 302 or container_status(stack, A) != "running":
+    row["resume_audit"] = [(e.get("who"), e.get("action"), e.get("detail", "")[:160]) for e in entries
+                           if e.get("user") == A]
+    if container_status(stack, A) != "running":
         return {**row, "error": "resume did not bring A back", "audit": [(e.get("action"), e.get("detail", "")[:300])
                                                                          for e in audit_tail(stack, t0)]}
     row["gpu_used_resumed_mib"] = gpu_used(uuid)
@@ -264,7 +273,8 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
     stack.hub.stop(A)
     row["ok"] = bool(row["checksum_same"] and not row["reclaimed_again_right_after_resume"] and row["note_same"] and row["ticks_while_parked"] == 0
                      and row["kernel_pid_same"] and row["b_gpu_same"] and row["a_paused_while_b_ran"]
-                     and row["resume_while_b_holds"]["paused_still"] and row["a_request_while_parked"]["status"] == 503
+                     and row["resume_while_b_holds"]["paused_still"] and row["resume_while_b_holds"]["page_names_b"]
+                     and row["a_request_while_parked"]["status"] == 503
                      and (st.LOCAL or (row["gpu_used_parked_mib"] or 1e9) <= 1024))
     return row
 
