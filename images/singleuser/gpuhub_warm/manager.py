@@ -104,6 +104,8 @@ class WarmKernelManager(AsyncMappingKernelManager):
         self._spare: Spare | None = None
         self._warm_wanted = False  # the first JupyterLab page has been served
         self._quiet_until: float | None = None  # loop time by which the first spare starts at the latest
+        self._lab_at: float | None = None  # loop time of the first JupyterLab page
+        self._first_reason: str | None = None  # why the first spare started when it did
         self._respawn: asyncio.TimerHandle | None = None
         self._last_resident: int | None = None
         self._last_anon: int | None = None
@@ -118,9 +120,12 @@ class WarmKernelManager(AsyncMappingKernelManager):
             return
         self._warm_wanted = True
         if self.start_after == "lab":
+            self._first_reason = "the JupyterLab page"
             self._start_spare_soon(0)
             return
-        self._quiet_until = asyncio.get_running_loop().time() + self.quiet_max_s
+        self._lab_at = asyncio.get_running_loop().time()
+        self._quiet_until = self._lab_at + self.quiet_max_s
+        self._first_reason = "quiet"
         self._start_spare_soon(self.quiet_s)
 
     def request_served(self) -> None:
@@ -128,8 +133,10 @@ class WarmKernelManager(AsyncMappingKernelManager):
         spare waits for quiet, its start moves to `quiet_s` from now (not past `quiet_max_s`)."""
         if self._quiet_until is None or self._respawn is None:
             return
-        now = asyncio.get_running_loop().time()
-        self._start_spare_soon(max(0.0, min(self.quiet_s, self._quiet_until - now)))
+        delay = room.quiet_delay(asyncio.get_running_loop().time(), self._quiet_until, self.quiet_s)
+        if delay < self.quiet_s:
+            self._first_reason = "the longest wait for quiet"
+        self._start_spare_soon(delay)
 
     def _start_spare_soon(self, delay: float) -> None:
         if self._respawn is not None:
@@ -142,6 +149,7 @@ class WarmKernelManager(AsyncMappingKernelManager):
         spare = self._spare
         return {"enabled": self.warm_kernel, "wanted": self._warm_wanted, "imports": list(self.warm_imports),
                 "start_after": self.start_after, "waiting_for_quiet": self._quiet_until is not None,
+                "first_started_because": self._first_reason if self.spares_started else None,
                 "started": self.spares_started, "claimed": self.spares_claimed,
                 "spare": None if spare is None else {
                     "pid": self._pid(spare.km), "ready": spare.task is not None and spare.task.done()
@@ -152,7 +160,10 @@ class WarmKernelManager(AsyncMappingKernelManager):
 
     async def _start_spare(self) -> None:
         self._respawn = None
-        self._quiet_until = None
+        if self._quiet_until is not None:
+            self._quiet_until = None
+            self.log.info("Warm kernel: the first spare starts %.2f s after the JupyterLab page (%s)",
+                          asyncio.get_running_loop().time() - self._lab_at, self._first_reason)
         if self._spare is not None or not self.warm_kernel:
             return
         need = self._last_resident or room.FIRST_ESTIMATE
@@ -243,6 +254,7 @@ class WarmKernelManager(AsyncMappingKernelManager):
             # A notebook opens before the quiet came: its kernel is the spare, started now.
             if self._respawn is not None:
                 self._respawn.cancel()
+            self._first_reason = "a notebook asked for a kernel"
             await self._start_spare()
         spare = self._spare
         if kernel_id is None and spare is not None and spare.kernel_name == name:
