@@ -57,7 +57,9 @@ class WarmKernelManager(AsyncMappingKernelManager):
                           "seconds, i.e. the page's assets and first API calls are served, so that the "
                           "spare's start does not compete for CPU with the browser loading JupyterLab; "
                           "at the latest `quiet_max_s` after the page, and at once when a notebook asks "
-                          "for a kernel before) or 'lab' (at once: the page served; GPUHUB_WARM_START).")
+                          "for a kernel before), 'lab' (at once: the page served) or 'server' (when the "
+                          "server starts, before anyone opens it: for a server started ahead of its user; "
+                          "GPUHUB_WARM_START).")
     quiet_s = Float(config=True, help="Seconds without a request that count as quiet (GPUHUB_WARM_QUIET_MS; "
                     "default 1000 ms).")
     quiet_max_s = Float(10.0, config=True, help="Seconds after the first JupyterLab page by which the "
@@ -82,8 +84,8 @@ class WarmKernelManager(AsyncMappingKernelManager):
     @default("start_after")
     def _default_start_after(self):
         value = os.environ.get("GPUHUB_WARM_START", "quiet").strip().lower() or "quiet"
-        if value not in ("quiet", "lab"):
-            self.log.warning("Warm kernel: GPUHUB_WARM_START=%r is neither quiet nor lab; using quiet", value)
+        if value not in ("quiet", "lab", "server"):
+            self.log.warning("Warm kernel: GPUHUB_WARM_START=%r is not quiet, lab or server; using quiet", value)
             return "quiet"
         return value
 
@@ -114,13 +116,13 @@ class WarmKernelManager(AsyncMappingKernelManager):
     # ---- the spare's life ------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """The first JupyterLab page was served: keep a spare from now on (called again later,
-        it does nothing)."""
+        """The first JupyterLab page was served (or, with start_after 'server', the server
+        started): keep a spare from now on (called again later, it does nothing)."""
         if self._warm_wanted or not self.warm_kernel:
             return
         self._warm_wanted = True
-        if self.start_after == "lab":
-            self._first_reason = "the JupyterLab page"
+        if self.start_after in ("lab", "server"):
+            self._first_reason = "the JupyterLab page" if self.start_after == "lab" else "the server's start"
             self._start_spare_soon(0)
             return
         self._lab_at = asyncio.get_running_loop().time()
