@@ -153,6 +153,18 @@ def hop_name(path: str, user: str) -> str:
     return "user_root" if path.rstrip("/") == f"/user/{user}" else path
 
 
+def numbered(hops: list[dict], user: str) -> tuple[list[dict], list[str]]:
+    """The page requests and their names, a name's second and later requests numbered (`lab`,
+    the redirecting /user/<name>/lab, then `lab#2`, the page)."""
+    seen: dict[str, int] = {}
+    names = []
+    for h in hops:
+        name = hop_name(h["path"], user)
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return hops, names
+
+
 def evict_torch(stack: Stack) -> dict:
     image = stack.env["SINGLEUSER_IMAGE"]
     t0 = time.monotonic()
@@ -260,10 +272,11 @@ def sample(browsers: Browsers, stack: Stack, hub: Hub, variant: str) -> dict:
         browsers.done(variant, context)
         hub.stop(user)
     start = marks["start"]
-    hops = [{"name": hop_name(h["path"], user), "method": h["method"],
+    hops = [{"name": name, "method": h["method"],
              "started_s": round(h["started"] - start, 3),
              "first_byte_s": None if h["first_byte"] is None else round(h["first_byte"] - start, 3)}
-            for h in sorted(hops, key=lambda h: h["started"]) if h["started"] >= start - 0.05]
+            for h, name in zip(*numbered(sorted((h for h in hops if h["started"] >= start - 0.05),
+                                                key=lambda h: h["started"]), user))]
     answered = next((h["first_byte_s"] for h in hops if h["name"] in ("spawn", "user_root", "lab")), None)
     return {"variant": variant, "output": text.strip(),
             "start_to_spawn_answered_s": answered,
