@@ -351,6 +351,8 @@ def main() -> int:
     finally:
         if not args.keep:
             stack.down()
+            if any(options(v)["profile"] == "eager" for v in chosen):  # its one layer; the test image stays
+                subprocess.run(["docker", "rmi", EAGER_IMAGE], capture_output=True, check=False, timeout=120)
 
     figures = ("start_to_spawn_answered_s", "start_to_lab_first_byte_s", "start_to_launcher_s",
                "lab_first_byte_to_launcher_s", "card_to_idle_s", "card_to_output_minus_typing_s",
