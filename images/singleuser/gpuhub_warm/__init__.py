@@ -66,5 +66,7 @@ def _load_jupyter_server_extension(server_app) -> None:
     web_app.add_handlers(".*$", [(url_path_join(base, "api/gpuhub/warm-kernel"), WarmKernelHandler)])
     if manager.start_after == "server":  # a server started ahead of its user: the spare at once
         IOLoop.current().add_callback(manager.warm_up)
-    server_app.log.info("gpuhub_warm: %s", "a spare kernel with %s after the first JupyterLab page"
-                        % (" ".join(manager.warm_imports) or "no imports") if manager.warm_kernel else "off")
+    when = {"quiet": "once quiet after the first JupyterLab page", "lab": "at the first JupyterLab page",
+            "server": "at once"}[manager.start_after]
+    server_app.log.info("gpuhub_warm: %s", "a spare kernel with %s, started %s"
+                        % (" ".join(manager.warm_imports) or "no imports", when) if manager.warm_kernel else "off")

@@ -1,8 +1,9 @@
 """WarmKernelManager: jupyter_server's kernel manager with one spare kernel kept ready.
 
-Set as ``ServerApp.kernel_manager_class`` (jupyter_server_config.json in this image). After
-the first JupyterLab page has been served (the gpuhub_warm server extension says so), it starts
-one kernel of the default kernel spec and imports the profile's modules in it (``imports``;
+Set as ``ServerApp.kernel_manager_class`` (jupyter_server_config.json in this image). Once
+the server has been quiet for a moment after the first JupyterLab page (the gpuhub_warm server
+extension tells it of the page and of each request; ``start_after``: or at once with the page,
+or with the server), it starts one kernel of the default kernel spec and imports the profile's modules in it (``imports``;
 the spawner passes them in GPUHUB_WARM_IMPORTS) in a thread of lower priority. That kernel is
 not in the manager's map: /api/kernels does not list it, jupyter_server's kernel culler and the
 server's activity (what JupyterHub's idle culler reads) do not see it, and it holds no GPU
