@@ -142,7 +142,7 @@ swarm-storm: $(VENV)/.installed
 # then GPU time (bench/gpu_time.py): queue hand-over, 20 users on the GPUs in FIFO, reclaim timing;
 # then a class of 200 logging in at once and a login storm (bench/logins.py); then what the users'
 # network rules cost a spawn, and whether they hold with 200 servers (bench/isolation.py); then
-# Start to a notebook's first output in Chromium, warm kernel off/on, gzip (bench/instant_start.py);
+# Start to a notebook's first output in Chromium, warm kernel off/on (bench/instant_start.py; its --full: the matrix);
 # then the 9 a.m. class (bench/class_rush.py), short: 20 students over 10 s through login, spawn form,
 # progress, JupyterLab's assets and a kernel; the full one: make bench CLASS_RUSH_ARGS="--students 100 --window 60"
 CLASS_RUSH_ARGS ?=

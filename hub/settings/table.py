@@ -275,8 +275,8 @@ _TABLE = [
             help="Where the hub reads the host's memory (a container sees the host's `/proc/meminfo`); the "
                  "tests point it at a file of their own."),
     Setting("WARM_KERNEL", SERVERS, "boolean", default="true", example="false",
-            help="Each server keeps one spare kernel with `WARM_KERNEL_IMPORTS` done, started after the "
-                 "first JupyterLab page at low priority and handed to the first notebook, so its first cell "
+            help="Each server keeps one spare kernel with `WARM_KERNEL_IMPORTS` done, started once the "
+                 "server is quiet after the first JupyterLab page (its assets served) and handed to the first notebook, so its first cell "
                  "answers at once; the next spare starts only if the server's memory has room. It holds no GPU "
                  "memory and is not the user's kernel (nor counted as activity) until a notebook takes it. "
                  "A profile's `warm_kernel:` overrides this; see "

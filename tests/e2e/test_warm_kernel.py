@@ -1,5 +1,6 @@
 """The warm kernel (images/singleuser/gpuhub_warm), in a real browser on the real stack: after
-JupyterLab's page, the server keeps a spare kernel with torch imported that /api/kernels does not
+JupyterLab's page, once the server has had a quiet moment (the page's assets and first API calls
+served), the server keeps a spare kernel with torch imported that /api/kernels does not
 list; the first notebook gets that very kernel (its process id, torch already imported, no CUDA
 initialised, the notebook's directory), and a new spare replaces it."""
 import json
@@ -46,6 +47,8 @@ def test_first_notebook_gets_the_warm_kernel_and_a_new_spare_follows(stack, hub,
         first = wait_for_spare(page, user)
         assert first["imports"] and "torch" in first["imports"]
         assert first["started"] == 1 and first["claimed"] == 0
+        # It started on the quiet after the page load, not at the page (nor at the 10 s limit).
+        assert first["start_after"] == "quiet" and first["first_started_because"] == "quiet", first
         spare_pid = first["spare"]["pid"]
         assert server_api(page, user, "api/kernels") == []  # the spare is nobody's kernel yet
 

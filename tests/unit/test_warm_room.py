@@ -139,3 +139,12 @@ def test_a_spare_leaves_the_host_room_for_servers_still_to_start():
     assert room.room_for_spare(roomy, 300 * MiB, 512 * MiB, host_available=4000 * MiB, host_reserve=3072 * MiB)
     assert not room.room_for_spare(roomy, 300 * MiB, 512 * MiB, host_available=3000 * MiB, host_reserve=3072 * MiB)
     assert room.room_for_spare(roomy, 300 * MiB, 512 * MiB)  # no host figure asked for: the container decides
+
+
+def test_the_first_spare_waits_for_quiet_but_not_past_the_longest_wait():
+    # JupyterLab's page was served at 100 with a longest wait of 10 s: a request finishing at 101
+    # puts the start a quiet second later; at 109.6 only what is left of the 10 s; after it, at once.
+    assert room.quiet_delay(101.0, 110.0, 1.0) == 1.0
+    assert room.quiet_delay(109.6, 110.0, 1.0) == pytest.approx(0.4)
+    assert room.quiet_delay(111.0, 110.0, 1.0) == 0.0
+

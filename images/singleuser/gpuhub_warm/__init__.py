@@ -4,7 +4,8 @@
 - ``gpuhub_warm.manager.WarmKernelManager`` (``ServerApp.kernel_manager_class`` in this image's
   jupyter_server_config.json) keeps one spare kernel, imports done, for the first notebook;
 - this server extension tells it when the first JupyterLab page has been served (so a server
-  nobody opens, e.g. one started through the API, starts no spare), and answers
+  nobody opens, e.g. one started through the API, starts no spare) and when each request is
+  done (the spare waits for a quiet moment: JupyterLab's assets and first API calls served), and answers
   GET {base_url}api/gpuhub/warm-kernel with the spare's state (for tests and admins).
 """
 from __future__ import annotations
@@ -52,7 +53,20 @@ def _load_jupyter_server_extension(server_app) -> None:
         def get(self):
             self.finish(json.dumps(manager.spare_status()))
 
+    log_request = web_app.settings.get("log_function")
+
+    def log_and_tell(handler):
+        """jupyter_server's request log, and the manager told that a request is done."""
+        if log_request is not None:
+            log_request(handler)
+        manager.request_served()
+
+    web_app.settings["log_function"] = log_and_tell
     web_app.add_transform(LabServed)
     web_app.add_handlers(".*$", [(url_path_join(base, "api/gpuhub/warm-kernel"), WarmKernelHandler)])
-    server_app.log.info("gpuhub_warm: %s", "a spare kernel with %s after the first JupyterLab page"
-                        % (" ".join(manager.warm_imports) or "no imports") if manager.warm_kernel else "off")
+    if manager.start_after == "server":  # a server started ahead of its user: the spare at once
+        IOLoop.current().add_callback(manager.warm_up)
+    when = {"quiet": "once quiet after the first JupyterLab page", "lab": "at the first JupyterLab page",
+            "server": "at once"}[manager.start_after]
+    server_app.log.info("gpuhub_warm: %s", "a spare kernel with %s, started %s"
+                        % (" ".join(manager.warm_imports) or "no imports", when) if manager.warm_kernel else "off")

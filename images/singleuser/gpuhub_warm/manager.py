@@ -1,8 +1,9 @@
 """WarmKernelManager: jupyter_server's kernel manager with one spare kernel kept ready.
 
-Set as ``ServerApp.kernel_manager_class`` (jupyter_server_config.json in this image). After
-the first JupyterLab page has been served (the gpuhub_warm server extension says so), it starts
-one kernel of the default kernel spec and imports the profile's modules in it (``imports``;
+Set as ``ServerApp.kernel_manager_class`` (jupyter_server_config.json in this image). Once
+the server has been quiet for a moment after the first JupyterLab page (the gpuhub_warm server
+extension tells it of the page and of each request; ``start_after``: or at once with the page,
+or with the server), it starts one kernel of the default kernel spec and imports the profile's modules in it (``imports``;
 the spawner passes them in GPUHUB_WARM_IMPORTS) in a thread of lower priority. That kernel is
 not in the manager's map: /api/kernels does not list it, jupyter_server's kernel culler and the
 server's activity (what JupyterHub's idle culler reads) do not see it, and it holds no GPU
@@ -52,6 +53,18 @@ class WarmKernelManager(AsyncMappingKernelManager):
                             "(GPUHUB_WARM_RESERVE_MB; default 512 MiB).")
     host_reserve_bytes = Integer(config=True, help="Memory the host must keep available besides the spare "
                                  "(GPUHUB_WARM_HOST_RESERVE_MB, set by the hub from its admission settings; default 0).")
+    start_after = Unicode(config=True, help="When the first spare starts after the first JupyterLab "
+                          "page: 'quiet' (default; once the server has had no request for `quiet_s` "
+                          "seconds, i.e. the page's assets and first API calls are served, so that the "
+                          "spare's start does not compete for CPU with the browser loading JupyterLab; "
+                          "at the latest `quiet_max_s` after the page, and at once when a notebook asks "
+                          "for a kernel before), 'lab' (at once: the page served) or 'server' (when the "
+                          "server starts, before anyone opens it: for a server started ahead of its user; "
+                          "GPUHUB_WARM_START).")
+    quiet_s = Float(config=True, help="Seconds without a request that count as quiet (GPUHUB_WARM_QUIET_MS; "
+                    "default 1000 ms).")
+    quiet_max_s = Float(10.0, config=True, help="Seconds after the first JupyterLab page by which the "
+                        "first spare starts even if requests keep coming.")
     respawn_delay = Float(5.0, config=True, help="Seconds after a claim before the next spare starts, "
                           "so that it does not compete with the notebook's first cells.")
     warm_timeout = Float(120.0, config=True, help="Seconds a spare may take to start and import.")
@@ -69,6 +82,18 @@ class WarmKernelManager(AsyncMappingKernelManager):
             self.log.warning("Warm kernel: %s; importing nothing", exc)
             return []
 
+    @default("start_after")
+    def _default_start_after(self):
+        value = os.environ.get("GPUHUB_WARM_START", "quiet").strip().lower() or "quiet"
+        if value not in ("quiet", "lab", "server"):
+            self.log.warning("Warm kernel: GPUHUB_WARM_START=%r is not quiet, lab or server; using quiet", value)
+            return "quiet"
+        return value
+
+    @default("quiet_s")
+    def _default_quiet_s(self):
+        return room.env_int(os.environ, "GPUHUB_WARM_QUIET_MS", 1000) / 1000
+
     @default("host_reserve_bytes")
     def _default_host_reserve_bytes(self):
         return room.env_int(os.environ, "GPUHUB_WARM_HOST_RESERVE_MB", 0) * 2**20
@@ -81,6 +106,9 @@ class WarmKernelManager(AsyncMappingKernelManager):
         super().__init__(**kwargs)
         self._spare: Spare | None = None
         self._warm_wanted = False  # the first JupyterLab page has been served
+        self._quiet_until: float | None = None  # loop time by which the first spare starts at the latest
+        self._lab_at: float | None = None  # loop time of the first JupyterLab page
+        self._first_reason: str | None = None  # why the first spare started when it did
         self._respawn: asyncio.TimerHandle | None = None
         self._last_resident: int | None = None
         self._last_anon: int | None = None
@@ -89,12 +117,29 @@ class WarmKernelManager(AsyncMappingKernelManager):
     # ---- the spare's life ------------------------------------------------------------------
 
     def warm_up(self) -> None:
-        """The first JupyterLab page was served: keep a spare from now on (called again later,
-        it does nothing)."""
+        """The first JupyterLab page was served (or, with start_after 'server', the server
+        started): keep a spare from now on (called again later, it does nothing)."""
         if self._warm_wanted or not self.warm_kernel:
             return
         self._warm_wanted = True
-        self._start_spare_soon(0)
+        if self.start_after in ("lab", "server"):
+            self._first_reason = "the JupyterLab page" if self.start_after == "lab" else "the server's start"
+            self._start_spare_soon(0)
+            return
+        self._lab_at = asyncio.get_running_loop().time()
+        self._quiet_until = self._lab_at + self.quiet_max_s
+        self._first_reason = "quiet"
+        self._start_spare_soon(self.quiet_s)
+
+    def request_served(self) -> None:
+        """A request to this server finished (the gpuhub_warm extension says so): while the first
+        spare waits for quiet, its start moves to `quiet_s` from now (not past `quiet_max_s`)."""
+        if self._quiet_until is None or self._respawn is None:
+            return
+        delay = room.quiet_delay(asyncio.get_running_loop().time(), self._quiet_until, self.quiet_s)
+        if delay < self.quiet_s:
+            self._first_reason = "the longest wait for quiet"
+        self._start_spare_soon(delay)
 
     def _start_spare_soon(self, delay: float) -> None:
         if self._respawn is not None:
@@ -106,6 +151,8 @@ class WarmKernelManager(AsyncMappingKernelManager):
         """What a test or an admin may ask (GET /api/gpuhub/warm-kernel)."""
         spare = self._spare
         return {"enabled": self.warm_kernel, "wanted": self._warm_wanted, "imports": list(self.warm_imports),
+                "start_after": self.start_after, "waiting_for_quiet": self._quiet_until is not None,
+                "first_started_because": self._first_reason if self.spares_started else None,
                 "started": self.spares_started, "claimed": self.spares_claimed,
                 "spare": None if spare is None else {
                     "pid": self._pid(spare.km), "ready": spare.task is not None and spare.task.done()
@@ -116,6 +163,10 @@ class WarmKernelManager(AsyncMappingKernelManager):
 
     async def _start_spare(self) -> None:
         self._respawn = None
+        if self._quiet_until is not None:
+            self._quiet_until = None
+            self.log.info("Warm kernel: the first spare starts %.2f s after the JupyterLab page (%s)",
+                          asyncio.get_running_loop().time() - self._lab_at, self._first_reason)
         if self._spare is not None or not self.warm_kernel:
             return
         need = self._last_resident or room.FIRST_ESTIMATE
@@ -201,8 +252,14 @@ class WarmKernelManager(AsyncMappingKernelManager):
     # ---- a notebook takes it --------------------------------------------------------------
 
     async def _async_start_kernel(self, *, kernel_id=None, path=None, **kwargs):
-        spare = self._spare
         name = kwargs.get("kernel_name") or self.default_kernel_name
+        if kernel_id is None and self._quiet_until is not None and self._spare is None:
+            # A notebook opens before the quiet came: its kernel is the spare, started now.
+            if self._respawn is not None:
+                self._respawn.cancel()
+            self._first_reason = "a notebook asked for a kernel"
+            await self._start_spare()
+        spare = self._spare
         if kernel_id is None and spare is not None and spare.kernel_name == name:
             self._spare = None
             try:
@@ -262,6 +319,7 @@ class WarmKernelManager(AsyncMappingKernelManager):
 
     async def _async_shutdown_all(self, now=False):
         self.warm_kernel = False  # no new spare while the server stops
+        self._quiet_until = None
         if self._respawn is not None:
             self._respawn.cancel()
         spare, self._spare = self._spare, None

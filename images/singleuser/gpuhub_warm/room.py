@@ -180,6 +180,12 @@ def resident_bytes(pid: int, read: Callable[[str], str] = lambda p: Path(p).read
     return None
 
 
+def quiet_delay(now: float, latest: float, quiet: float) -> float:
+    """Seconds from `now` until the first spare starts, a request having just finished: `quiet`
+    seconds more, but not past `latest` (all in the event loop's clock)."""
+    return max(0.0, min(quiet, latest - now))
+
+
 def env_int(env: Mapping[str, str], name: str, default: int) -> int:
     try:
         return int(env.get(name, default))
