@@ -284,8 +284,8 @@ class Monitor:
 # ---- a student -------------------------------------------------------------------------------
 
 class Context:
-    def __init__(self, url: str, replay: list[dict], drop_share: float):
-        self.url, self.replay, self.drop_share = url, replay, drop_share
+    def __init__(self, url: str, replay: list[dict], drop_share: float, spawn_form: bool = True):
+        self.url, self.replay, self.drop_share, self.spawn_form = url, replay, drop_share, spawn_form
         self.ws_url = url.replace("http://", "ws://")
         self.release = asyncio.Event()   # everyone in (+ idle): keepers close, droppers wait
         self.dropped = asyncio.Event()   # the drop rules are in place: droppers close into them
@@ -325,15 +325,21 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
 
             step = "spawn"
             t = time.monotonic()
-            async with s.get(f"{url}/hub/spawn/{name}", headers=nav) as r:
-                if b"spawn_form" not in await read_ok(r, step):
-                    raise Failed(f"{step}: no spawn form")
-            t_start = time.monotonic()
-            # the form's action carries _xsrf in its query, as JupyterHub renders it
-            async with s.post(f"{url}/hub/spawn/{name}", headers=nav, allow_redirects=False,
-                              params={"_xsrf": xsrf(jar, url + "/hub/")}, data={"profile": PROFILE}) as r:
-                await read_ok(r, step, expect=(302,))
-                location = r.headers.get("Location", "")
+            if ctx.spawn_form:
+                async with s.get(f"{url}/hub/spawn/{name}", headers=nav) as r:
+                    if b"spawn_form" not in await read_ok(r, step):
+                        raise Failed(f"{step}: no spawn form")
+                t_start = time.monotonic()
+                # the form's action carries _xsrf in its query, as JupyterHub renders it
+                async with s.post(f"{url}/hub/spawn/{name}", headers=nav, allow_redirects=False,
+                                  params={"_xsrf": xsrf(jar, url + "/hub/")}, data={"profile": PROFILE}) as r:
+                    await read_ok(r, step, expect=(302,))
+                    location = r.headers.get("Location", "")
+            else:  # stock: no form, the GET starts the server (where login's redirect takes a browser)
+                t_start = time.monotonic()
+                async with s.get(f"{url}/hub/spawn/{name}", headers=nav, allow_redirects=False) as r:
+                    await read_ok(r, step, expect=(302,))
+                    location = r.headers.get("Location", "")
             if "spawn-pending" in location:
                 async with s.get(URL(url).join(URL(location)), headers=nav, allow_redirects=False) as r:
                     await read_ok(r, step, expect=(200, 302))
@@ -466,6 +472,225 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
     return rec
 
 
+
+# ---- real browsers alongside -----------------------------------------------------------------
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def probe(url: str, name: str, password: str, spawn_form: bool, delay: float) -> dict:
+    """A person with Chromium (headless, fresh profile): log in, press Start, wait until
+    JupyterLab is usable (splash gone, launcher shown), open a notebook and run one cell.
+    Times as that person sees them: login (login page to the page after it), start_to_usable
+    (the Start press to JupyterLab usable; stock has no spawn form and starts on login, so there
+    it is from the login press), usable_to_first_output (the launcher's Notebook card to the
+    cell's output) and start_to_first_output. Runs in a thread (Playwright's sync API)."""
+    from playwright.sync_api import expect, sync_playwright  # reason: only the probes need Playwright
+    time.sleep(delay)
+    rec: dict = {"name": name, "phases": {}}
+    step = "launch"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page()
+                page.set_default_timeout(300_000)
+                step = "login"
+                t = time.monotonic()
+                page.goto(f"{url}/hub/login")
+                page.fill("input[name=username]", name)
+                page.fill("input[name=password]", password)
+                t_press = time.monotonic()
+                page.click("input[type=submit], button[type=submit]")
+                if spawn_form:
+                    expect(page.locator("#spawn_form")).to_be_visible(timeout=300_000)
+                    rec["phases"]["login"] = time.monotonic() - t
+                    step = "start"
+                    page.check(f"#profile-{PROFILE}")
+                    t_start = time.monotonic()
+                    page.click("#spawn_form [type=submit]")
+                else:
+                    page.wait_for_url(lambda u: "/hub/login" not in u, timeout=300_000)
+                    rec["phases"]["login"] = time.monotonic() - t
+                    step, t_start = "start", t_press
+                page.wait_for_url(f"**/user/{name}/lab**", timeout=600_000)
+                step = "usable"
+                expect(page.locator("#jupyterlab-splash")).to_have_count(0, timeout=300_000)
+                expect(page.locator(".jp-LauncherCard").first).to_be_visible(timeout=300_000)
+                rec["start_to_usable"] = time.monotonic() - t_start
+                step = "first_cell"
+                t = time.monotonic()
+                page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
+                expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=300_000)
+                page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell .cm-content").first.click()
+                page.keyboard.type("print(6 * 7)")
+                page.keyboard.press("Shift+Enter")
+                output = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").first
+                expect(output).to_contain_text("42", timeout=300_000)
+                rec["usable_to_first_output"] = time.monotonic() - t
+                rec["start_to_first_output"] = time.monotonic() - t_start
+            finally:
+                browser.close()
+    except Exception as e:  # noqa: BLE001 (a probe's failure is a result, counted by kind)
+        rec["failed"] = f"{step}: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+    return rec
+
+
+def probe_summary(records: list[dict]) -> dict:
+    ok = [r for r in records if "failed" not in r]
+    return {"n": len(records), "ok": len(ok), "failures": [r["failed"] for r in records if "failed" in r],
+            "login": stats([r["phases"]["login"] for r in records if "login" in r["phases"]]),
+            "start_to_usable": stats([r["start_to_usable"] for r in records if "start_to_usable" in r]),
+            "usable_to_first_output": stats([r["usable_to_first_output"] for r in ok]),
+            "start_to_first_output": stats([r["start_to_first_output"] for r in ok])}
+
+
+# ---- where the hub's time goes ---------------------------------------------------------------
+
+REQUEST_METRIC = "jupyterhub_request_duration_seconds"
+
+
+def request_durations(hub_url: str, token: str) -> dict[tuple, list[float]]:
+    """JupyterHub's request histogram: (handler, method, code) -> [sum, count]."""
+    text = requests.get(f"{hub_url}/hub/metrics", headers={"Authorization": f"token {token}"}, timeout=30).text
+    out: dict = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != REQUEST_METRIC:
+            continue
+        for sample in family.samples:
+            key = (sample.labels.get("handler", "?"), sample.labels.get("method", "?"), sample.labels.get("code", "?"))
+            if sample.name.endswith("_sum"):
+                out.setdefault(key, [0.0, 0.0])[0] = sample.value
+            elif sample.name.endswith("_count"):
+                out.setdefault(key, [0.0, 0.0])[1] = sample.value
+    return out
+
+
+def request_profile(before: dict, after: dict, top: int = 12) -> list[dict]:
+    """The handlers the hub spent the most wall time in during the class (sum of request
+    durations, which includes awaiting, e.g. a spawn's first second or a progress stream)."""
+    rows = []
+    for key, (total, count) in after.items():
+        t0, c0 = before.get(key, [0.0, 0.0])
+        if count - c0 > 0:
+            rows.append({"handler": key[0], "method": key[1], "code": key[2], "requests": int(count - c0),
+                         "total_s": round(total - t0, 2), "mean_ms": round(1000 * (total - t0) / (count - c0), 1)})
+    return sorted(rows, key=lambda r: -r["total_s"])[:top]
+
+
+def hub_python_pid(container_pid: int) -> int:
+    """The jupyterhub process in the hub's container (tini's child, or the first process)."""
+    for pid in [container_pid, *child_pids(container_pid)]:
+        try:
+            if (os.path.basename(os.readlink(f"/proc/{pid}/exe")).startswith("python")
+                    and b"jupyterhub" in Path(f"/proc/{pid}/cmdline").read_bytes()):
+                return pid
+        except OSError:
+            pass
+    return container_pid
+
+
+def py_spy_start(py_spy: str, pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    """Sample the hub's Python process (100/s, its idle threads left out) into collapsed stacks."""
+    return subprocess.Popen([py_spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100",
+                             "-f", "raw", "-o", str(out), "--nonblocking", "--nolineno"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def short(frame: str) -> str:
+    frame = re.sub(r":\d+\)$", ")", frame)
+    return re.sub(r" \(.*/(site-packages|lib/python3\.\d+)/", " (", frame)
+
+
+def py_spy_summary(path: Path, top: int = 15, rate: int = 100) -> dict:
+    """From collapsed stacks, the event loop's thread only (the hub's other threads, Docker
+    calls and bcrypt, wait in thread pools and do not hold the loop up): its busy seconds
+    (samples / rate; py-spy leaves idle samples out), and the share of them each function was
+    on the stack (inclusive) and at its top (self). Line numbers and paths up to the package
+    are dropped, so a function is one row."""
+    inclusive: dict = {}
+    own: dict = {}
+    total = other = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(n)
+        frames = stack.split(";")
+        if frames[0].startswith("_bootstrap (") and "threading.py" in frames[0]:
+            other += n  # a thread started by threading: a pool's worker
+            continue
+        total += n
+        for f in {short(f) for f in frames}:
+            inclusive[f] = inclusive.get(f, 0) + n
+        leaf = short(frames[-1])
+        own[leaf] = own.get(leaf, 0) + n
+    pct = lambda v: round(100.0 * v / total, 1) if total else 0.0  # noqa: E731
+    # frames (nearly) every loop sample has, the loop itself, say nothing about where its time goes
+    incl = [(k, v) for k, v in sorted(inclusive.items(), key=lambda kv: -kv[1]) if v < 0.9 * total]
+    return {"loop_thread_busy_s": round(total / rate, 1), "other_threads_samples": other,
+            "inclusive_pct": [{"frame": k, "pct": pct(v)} for k, v in incl[:top]],
+            "self_pct": [{"frame": k, "pct": pct(v)} for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]]}
+
+
+# ---- the hubs under test ---------------------------------------------------------------------
+
+class Stock:
+    """jupyterhub-deploy-docker's setup (bench/stock/, as bench/run.py runs it): JupyterHub with
+    its own configurable-http-proxy in one container, DockerSpawner, NativeAuthenticator with
+    open sign-up; no spawn form (GET /hub/spawn starts the server), no admission by memory."""
+    url = "http://127.0.0.1:18030"
+    container = "gpuhubstock-jupyterhub"
+
+    def __init__(self, image: str):
+        self.token = uuid.uuid4().hex
+        # built from the local base as `make bench` does (no registry here)
+        self.env = {"PYTHON_BASE_IMAGE": "local/python:3.11-bookworm", **os.environ,
+                    "BENCH_TOKEN": self.token, "SINGLEUSER_IMAGE": image}
+        self.compose = ["docker", "compose", "-f", str(ROOT / "bench/stock/docker-compose.yml")]
+
+    def _docker(self, *args: str) -> str:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300).stdout
+
+    def down(self) -> None:
+        for c in self._docker("ps", "-aq", "--filter", "name=^gpuhubstock-").split():
+            self._docker("rm", "-f", c)
+        subprocess.run([*self.compose, "down", "--volumes"], env=self.env, capture_output=True, timeout=300)
+        for v in self._docker("volume", "ls", "-q", "--filter", "name=^gpuhubstock-user-").split():
+            self._docker("volume", "rm", "-f", v)
+
+    def up(self) -> None:
+        subprocess.run([*self.compose, "build", "-q"], env=self.env, check=True, capture_output=True, timeout=900)
+        subprocess.run([*self.compose, "up", "-d"], env=self.env, check=True, capture_output=True, timeout=300)
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{self.url}/hub/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the stock hub did not start")
+            time.sleep(0.5)
+
+    def inspect(self, container: str) -> dict:
+        return json.loads(self._docker("inspect", container))[0]
+
+    def sign_up(self, names: list[str]) -> dict[str, str]:
+        """Everyone signs up through the form (open sign-up), as stock's students would."""
+        passwords = {n: f"Pw-{n}-2026" for n in names}
+
+        def one(name: str) -> None:
+            s = requests.Session()
+            s.get(f"{self.url}/hub/signup", timeout=60).raise_for_status()
+            s.post(f"{self.url}/hub/signup", timeout=120, data={
+                "username": name, "signup_password": passwords[name],
+                "signup_password_confirmation": passwords[name], "_xsrf": s.cookies.get("_xsrf")}).raise_for_status()
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, names))
+        return passwords
+
 # ---- the run ---------------------------------------------------------------------------------
 
 def set_passwords(stack: Stack, names: list[str]) -> dict[str, str]:
@@ -537,49 +762,93 @@ def main() -> int:
     parser.add_argument("--drop-share", type=float, default=0.3, help="share that drops the TCP connection")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds everyone stays idle once all are in")
     parser.add_argument("--after-drops", type=float, default=20.0, help="seconds the proxy is watched after the drops")
+    parser.add_argument("--probes", type=int, default=3,
+                        help="real Chromium browsers arriving among the students (plus one alone before)")
+    parser.add_argument("--target", choices=("ours", "stock"), default="ours",
+                        help="ours: the test stack (tests/e2e/stack.env); stock: bench/stock/ (jupyterhub-deploy-docker)")
+    parser.add_argument("--hub-log-level", default="INFO",
+                        help="ours: the hub's HUB_LOG_LEVEL for the run (a deployment's default, INFO; the e2e "
+                             "stack's DEBUG spends about a sixth of the event loop's time writing logs)")
+    parser.add_argument("--py-spy", default="", help="path of a py-spy binary: sample the hub's process during the class")
     parser.add_argument("--output", default=str(RESULTS / "class-rush-latest.json"))
     args = parser.parse_args()
     replay = [r for r in json.loads(REPLAY.read_text())["replay"] if r["type"] != "document"]
 
-    stack = Stack()
-    stack.down()
-    stack.up()
-    result: dict = {"students": args.students, "window_s": args.window, "drop_share": args.drop_share,
-                    "idle_s": args.idle, "profile": PROFILE, "replayed_requests": len(replay),
-                    "image": stack.env["SINGLEUSER_IMAGE"], "proxy_image": stack.env["PROXY_IMAGE"]}
-    monitor, proxy_ip, ports = None, None, []
+    ours = Stack()
+    hub_under_test = ours if args.target == "ours" else Stock(ours.env["SINGLEUSER_IMAGE"])
+    hub_under_test.down()
+    if args.target == "ours":
+        ours.up(HUB_LOG_LEVEL=args.hub_log_level)
+    else:
+        hub_under_test.up()
+    result: dict = {"target": args.target, "hub_log_level": args.hub_log_level if args.target == "ours" else "stock's", "students": args.students, "window_s": args.window,
+                    "drop_share": args.drop_share, "idle_s": args.idle, "profile": PROFILE if args.target == "ours" else None,
+                    "replayed_requests": len(replay), "probes": args.probes, "image": ours.env["SINGLEUSER_IMAGE"],
+                    "proxy_image": ours.env["PROXY_IMAGE"] if args.target == "ours" else "stock: CHP 4.6.3 in the hub's container",
+                    "host_uptime_before": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    monitor, proxy_ip, ports, spy = None, None, [], None
     try:
-        hub_id, proxy_id = container_id(stack, "hub"), container_id(stack, "proxy")
-        proxy_pid = stack.inspect(proxy_id)["State"]["Pid"]
-        url = proxy_address(stack, proxy_id)
+        if args.target == "ours":
+            hub_id, proxy_id = container_id(ours, "hub"), container_id(ours, "proxy")
+            token = ours.admin_token()
+        else:
+            hub_id = proxy_id = Stock.container
+            token = hub_under_test.token
+        proxy_pid = hub_under_test.inspect(proxy_id)["State"]["Pid"]
+        hub_pid = hub_python_pid(hub_under_test.inspect(hub_id)["State"]["Pid"])
+        url = proxy_address(hub_under_test, proxy_id)
         proxy_ip = URL(url).host
-        result["via"] = "proxy container address" if url != stack.url else "published port"
-        token = stack.admin_token()
-        hub = Hub(stack.url, token)
+        result["via"] = "proxy container address" if url != hub_under_test.url else "published port"
         names = [f"rush-{i:03d}" for i in range(args.students)]
-        r = hub.api("POST", "/users", json={"usernames": ["rush-solo", *names]})
-        assert r.status_code in (201, 409), r.text
+        probe_names = [f"rush-probe-{i}" for i in range(args.probes)] + (["rush-probe-solo"] if args.probes else [])
+        everyone = ["rush-solo", *probe_names, *names]
         t = time.monotonic()
-        passwords = set_passwords(stack, ["rush-solo", *names])
+        if args.target == "ours":
+            r = Hub(ours.url, token).api("POST", "/users", json={"usernames": everyone})
+            assert r.status_code in (201, 409), r.text
+            passwords = set_passwords(ours, everyone)
+        else:
+            passwords = hub_under_test.sign_up(everyone)
         result["passwords_set_s"] = round(time.monotonic() - t, 1)
         solo_password = passwords.pop("rush-solo")
+        probe_passwords = {n: passwords.pop(n) for n in probe_names}
 
-        monitor = Monitor({"hub": hub_id, "proxy": proxy_id}, proxy_pid).start()
+        monitor = Monitor({"hub": hub_id, "proxy": proxy_id} if hub_id != proxy_id else {"hub": hub_id},
+                          proxy_pid).start()
         time.sleep(2)
         sockets0, rss0, _ = monitor.proxy_point()
         result["proxy_before"] = {"sockets": sockets0, "rss_mb": rss0,
                                   "tcp_8000": tcp_states_on(proxy_pid, 8000)}
+        spawn_form = args.target == "ours"
+        browsers = ThreadPoolExecutor(max(1, args.probes))
 
         async def everything():
-            ctx = Context(url, replay, args.drop_share)
+            nonlocal spy
+            loop = asyncio.get_running_loop()
+            ctx = Context(url, replay, args.drop_share, spawn_form=spawn_form)
             solo = await student(ctx, "rush-solo", solo_password, drops=False, solo=True)
+            solo_probe = None
+            if args.probes:
+                solo_probe = await loop.run_in_executor(browsers, probe, url, "rush-probe-solo",
+                                                        probe_passwords["rush-probe-solo"], spawn_form, 0.0)
             await asyncio.sleep(2)
-            loop0 = await asyncio.to_thread(loop_histogram, stack.url, token)
+            loop0 = await asyncio.to_thread(loop_histogram, hub_under_test.url, token)
+            req0 = await asyncio.to_thread(request_durations, hub_under_test.url, token)
+            if args.py_spy:
+                spy = py_spy_start(args.py_spy, hub_pid, 3600, RESULTS / "class-rush-py-spy.txt")
             t0 = monitor.now()
             cpu0 = time.process_time()
+            probes = [loop.run_in_executor(browsers, probe, url, n, probe_passwords[n], spawn_form,
+                                           args.window * (i + 0.5) / args.probes)
+                      for i, n in enumerate(probe_names) if n != "rush-probe-solo"]
             tasks, marks = await run_class(ctx, passwords, args.window, args.idle, monitor)
-            loop1 = await asyncio.to_thread(loop_histogram, stack.url, token)
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
+            loop1 = await asyncio.to_thread(loop_histogram, hub_under_test.url, token)
+            req1 = await asyncio.to_thread(request_durations, hub_under_test.url, token)
             marks["loop_scraped_s"] = monitor.now()
+            probe_records = list(await asyncio.gather(*probes))
+            marks["probes_done_s"] = monitor.now()
             # everyone idle with a websocket open: the proxy before anyone leaves
             before = monitor.proxy_point()
             before_tcp = await asyncio.to_thread(tcp_states_on, proxy_pid, 8000)
@@ -604,8 +873,10 @@ def main() -> int:
                      f"after_{int(args.after_drops)}s": {"sockets": later[0], "rss_mb": later[1],
                                                         "tcp_8000": later_tcp}}
             marks["generator_cpu_s"] = round(time.process_time() - cpu0, 1)
-            return solo, records, marks, loop_lag(loop0, loop1), drops, t0
-        solo, records, marks, lag, drops, t0 = asyncio.run(everything())
+            return (solo, solo_probe, probe_records, records, marks, loop_lag(loop0, loop1),
+                    request_profile(req0, req1), drops, t0)
+        solo, solo_probe, probe_records, records, marks, lag, handlers, drops, t0 = asyncio.run(everything())
+        browsers.shutdown(wait=False)
         monitor.stop()
 
         ok = [r for r in records if "failed" not in r]
@@ -627,31 +898,81 @@ def main() -> int:
                       "assets_per_student": ok[0]["assets"] if ok else None,
                       "waited_for_memory": sum(1 for r in records if r.get("waited_for_memory"))},
             "hub_event_loop": lag,
+            "hub_requests_by_handler": handlers,
             "resources": monitor.summary(t0, marks["end_s"]),
             "proxy_drops": drops, "marks": marks, "timeline": monitor.timeline(),
         })
+        if args.probes:
+            result["probes_chromium"] = {
+                "solo": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in solo_probe.items() if k != "phases"}
+                        | {"login_s": round(solo_probe["phases"].get("login", float("nan")), 3)},
+                "class": probe_summary(probe_records),
+                "each": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "phases"}
+                         | {"login_s": round(r["phases"].get("login", float("nan")), 3)} for r in probe_records]}
+            solo_probe_usable = solo_probe.get("start_to_usable")
+            probe_usable = result["probes_chromium"]["class"]["start_to_usable"]
+            if solo_probe_usable and probe_usable.get("n"):
+                result["probes_chromium"]["usable_p95_over_solo"] = round(probe_usable["p95_s"] / solo_probe_usable, 2)
+        if spy is not None:
+            try:
+                spy.wait(60)
+                result["hub_py_spy"] = py_spy_summary(RESULTS / "class-rush-py-spy.txt")
+                result["hub_py_spy"]["file"] = "bench/results/class-rush-py-spy.txt"
+            except Exception as e:  # noqa: BLE001 (the profile is extra; the run's figures stand)
+                result["hub_py_spy"] = {"error": f"{type(e).__name__}: {e}",
+                                        "stderr": spy.stderr.read().decode()[-500:] if spy.stderr else ""}
         if solo_usable and usable.get("n"):
             result["class"]["usable_p95_over_solo"] = round(usable["p95_s"] / solo_usable, 2)
+        result["oom_killed"] = oom_killed(hub_under_test, args.target, ours)
         result["measures"] = {
             "zero_failed": result["class"]["failed"] == 0 and not solo.get("failed"),
+            "probe_usable_p95_le_2x_solo": bool(result.get("probes_chromium", {}).get("usable_p95_over_solo", 99) <= 2.0),
             "usable_p95_le_2x_solo": bool(result["class"].get("usable_p95_over_solo", 99) <= 2.0),
             "login_p95_le_1s": bool(phases["login"].get("p95_s", 99) <= 1.0),
             "loop_lag_p99_le_100ms": bool(lag.get("p99_le_s", 99) <= 0.1),
+            "nobody_oom_killed": not result["oom_killed"]["containers"] and not result["oom_killed"]["kernel_log_lines"],
         }
     finally:
         if monitor:
             monitor.stop()
+        if spy is not None and spy.poll() is None:
+            spy.kill()
         if ports and proxy_ip:
             drop_rules("-D", proxy_ip, 8000, ports)
-        stack.down()
+        hub_under_test.down()
     result["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = Path(args.output)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    summary = {k: result[k] for k in ("students", "window_s", "solo", "class", "hub_event_loop", "proxy_drops", "measures")}
+    summary = {k: result.get(k) for k in ("target", "students", "window_s", "solo", "class", "probes_chromium",
+                                          "hub_event_loop", "proxy_drops", "oom_killed", "measures")}
     print(json.dumps(summary))
     return 0 if result["class"]["failed"] == 0 else 1
 
 
+def oom_killed(hub_under_test, target: str, ours: Stack) -> dict:
+    """Containers of the run that the kernel OOM-killed (docker inspect State.OOMKilled, servers
+    included, before they are removed) and the kernel log's OOM lines since the run began."""
+    if target == "ours":
+        names = ours.user_containers() + [container_id(ours, "hub"), container_id(ours, "proxy")]
+    else:
+        names = subprocess.run(["docker", "ps", "-aq", "--filter", "name=^gpuhubstock-"],
+                               capture_output=True, text=True).stdout.split()
+    killed = []
+    for i in range(0, len(names), 50):
+        out = subprocess.run(["docker", "inspect", "--format", "{{.Name}} {{.State.OOMKilled}}", *names[i:i + 50]],
+                             capture_output=True, text=True).stdout
+        killed += [line.split()[0].lstrip("/") for line in out.splitlines() if line.endswith(" true")]
+    log = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    lines = [line for line in log.splitlines() if "oom-kill" in line or "Out of memory" in line]
+    new = [line for line in lines if line not in DMESG_OOM_BEFORE]
+    return {"containers_checked": len(names), "containers": killed, "kernel_log_lines": new[-10:]}
+
+
+DMESG_OOM_BEFORE: set = set()
+
+
 if __name__ == "__main__":
+    DMESG_OOM_BEFORE.update(line for line in subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
+                            if "oom-kill" in line or "Out of memory" in line)
     sys.exit(main())
