@@ -16,6 +16,18 @@ person with a browser does, against the real compose stack of the tests (tests/e
 "start_to_usable" is from the spawn form's POST until the last asset arrived. Before the class,
 one student ("solo") does the same alone: the single-user figure of the same run.
 
+Alongside the simulated students, --probes real Chromium browsers (headless /usr/bin/chromium
+through Playwright, fresh profiles; default 3) arrive spread over the window and record what a
+person sees: login, Start -> JupyterLab usable (splash gone, launcher shown), and the launcher's
+Notebook card -> the first cell's output (print(6 * 7)); one more probe does it alone before the
+class (the probes' single-user figure).
+
+--login oidc: everyone logs in through the OpenID Connect provider of the e2e tests
+(tests/e2e/oidc/, on tests/e2e/oauth-stack.env's stack) instead of the form: a hub has one
+authenticator, so a class is all one or all the other. --target stock: jupyterhub-deploy-docker's
+setup (bench/stock/; students sign up through its open sign-up form; no spawn form, so Start is
+the GET of /hub/spawn that its login redirects to).
+
 Students talk to the proxy's container address directly (as traffic from other machines does
 through the published port's NAT), so that the proxy, not Docker's userland port forwarder, is
 the one holding their connections.
@@ -24,7 +36,12 @@ Measured alongside: per-phase p50/p95/max; failures by kind; the hub's event-loo
 Prometheus histogram jupyterhub_event_loop_interval_seconds at /hub/metrics, before vs. after
 the class); hub and proxy CPU and memory every second (Docker's stats API); the proxy's open
 sockets (its node process's socket fds, /proc) and resident memory before the class, before the
-drops, right after, and --after-drops seconds later; host memory (MemAvailable).
+drops, right after, and --after-drops seconds later; host memory (MemAvailable); the host's
+`uptime` before the run (others share the CPUs); containers the kernel OOM-killed (docker
+inspect) and new OOM lines in the kernel log. Where the hub's time goes: its request durations by
+handler during the class (Prometheus, jupyterhub_request_duration_seconds), and with --py-spy
+PATH a py-spy profile of the hub's event-loop thread (bench/results/class-rush-py-spy.txt).
+The hub runs at HUB_LOG_LEVEL=INFO (a deployment's default; --hub-log-level).
 
 Writes bench/results/class-rush-latest.json and prints a summary line. Defaults are the short
 version (`make bench`: 20 students over 10 s); the full one: --students 100 --window 60.
@@ -60,6 +77,8 @@ RESULTS = ROOT / "bench" / "results"
 REPLAY = ROOT / "bench" / "lab-requests.json"
 PROFILE = "cpu"
 RULE_COMMENT = "gpuhub-class-rush"
+SERVER_SETTINGS = ("HUB_PROFILES", "USER_MEM_LIMIT", "USER_CPU_LIMIT", "USER_SHM_SIZE", "USER_PIDS_LIMIT",
+                   "SPAWN_TIMEOUT", "CULL_IDLE_TIMEOUT")
 LOOP_METRIC = "jupyterhub_event_loop_interval_seconds"
 
 
@@ -284,8 +303,10 @@ class Monitor:
 # ---- a student -------------------------------------------------------------------------------
 
 class Context:
-    def __init__(self, url: str, replay: list[dict], drop_share: float, spawn_form: bool = True):
+    def __init__(self, url: str, replay: list[dict], drop_share: float, spawn_form: bool = True,
+                 oidc: bool = False):
         self.url, self.replay, self.drop_share, self.spawn_form = url, replay, drop_share, spawn_form
+        self.oidc = oidc  # log in through the OpenID Connect provider instead of the form
         self.ws_url = url.replace("http://", "ws://")
         self.release = asyncio.Event()   # everyone in (+ idle): keepers close, droppers wait
         self.dropped = asyncio.Event()   # the drop rules are in place: droppers close into them
@@ -305,6 +326,28 @@ async def read_ok(response: aiohttp.ClientResponse, step: str, expect=(200,)) ->
     return body
 
 
+async def oidc_login(s: aiohttp.ClientSession, url: str, name: str, nav: dict) -> None:
+    """The "Sign in with ..." button, the provider's page (type who you are, Authorize), and
+    back to the hub's callback, which exchanges the code with the provider. The provider sends
+    the browser to OAUTH_CALLBACK_URL (the published port); the same request goes to the
+    address the student uses for the proxy, so the login cookie is where the rest goes."""
+    step = "login"
+    async with s.get(f"{url}/hub/oauth_login?next=", headers=nav, allow_redirects=False) as r:
+        await read_ok(r, step, expect=(302,))
+        authorize = r.headers["Location"]
+    async with s.get(authorize, headers={**nav, "Sec-Fetch-Site": "cross-site"}) as r:
+        await read_ok(r, step)
+    async with s.post(authorize, data={"sub": name}, allow_redirects=False,
+                      headers={**nav, "Sec-Fetch-Site": "same-origin"}) as r:
+        await read_ok(r, step, expect=(302,))
+        callback = URL(r.headers["Location"])
+    if "code" not in callback.query:
+        raise Failed(f"{step}: provider gave no code ({callback.query.get('error', '?')})")
+    async with s.get(URL(url).with_path(callback.path).with_query(callback.query),
+                     headers={**nav, "Sec-Fetch-Site": "cross-site"}, allow_redirects=False) as r:
+        await read_ok(r, step, expect=(302,))
+
+
 async def student(ctx: Context, name: str, password: str, drops: bool, solo: bool = False) -> dict:
     rec: dict = {"name": name, "drops": drops, "phases": {}}
     url, user_base = ctx.url, f"{ctx.url}/user/{name}/"
@@ -318,9 +361,13 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
             t = time.monotonic()
             async with s.get(f"{url}/hub/login", headers=nav) as r:
                 await read_ok(r, step)
-            async with s.post(f"{url}/hub/login?next=", headers=nav, allow_redirects=False,
-                              data={"username": name, "password": password, "_xsrf": xsrf(jar, url + "/hub/")}) as r:
-                await read_ok(r, step, expect=(302,))
+            if ctx.oidc:
+                await oidc_login(s, url, name, nav)
+            else:
+                async with s.post(f"{url}/hub/login?next=", headers=nav, allow_redirects=False,
+                                  data={"username": name, "password": password,
+                                        "_xsrf": xsrf(jar, url + "/hub/")}) as r:
+                    await read_ok(r, step, expect=(302,))
             rec["phases"]["login"] = time.monotonic() - t
 
             step = "spawn"
@@ -479,7 +526,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def probe(url: str, name: str, password: str, spawn_form: bool, delay: float) -> dict:
+def probe(url: str, name: str, password: str, spawn_form: bool, delay: float, oidc: bool = False) -> dict:
     """A person with Chromium (headless, fresh profile): log in, press Start, wait until
     JupyterLab is usable (splash gone, launcher shown), open a notebook and run one cell.
     Times as that person sees them: login (login page to the page after it), start_to_usable
@@ -499,10 +546,17 @@ def probe(url: str, name: str, password: str, spawn_form: bool, delay: float) ->
                 step = "login"
                 t = time.monotonic()
                 page.goto(f"{url}/hub/login")
-                page.fill("input[name=username]", name)
-                page.fill("input[name=password]", password)
-                t_press = time.monotonic()
-                page.click("input[type=submit], button[type=submit]")
+                if oidc:  # the hub's button, then the provider's page (as tests/e2e/test_oauth.py)
+                    page.get_by_role("button", name=re.compile("^Sign in with")).click()
+                    page.wait_for_url("**/oauth2/authorize?**")
+                    page.fill("input[name=sub]", name)
+                    t_press = time.monotonic()
+                    page.get_by_role("button", name="Authorize", exact=True).click()
+                else:
+                    page.fill("input[name=username]", name)
+                    page.fill("input[name=password]", password)
+                    t_press = time.monotonic()
+                    page.click("input[type=submit], button[type=submit]")
                 if spawn_form:
                     expect(page.locator("#spawn_form")).to_be_visible(timeout=300_000)
                     rec["phases"]["login"] = time.monotonic() - t
@@ -691,6 +745,71 @@ class Stock:
             list(pool.map(one, names))
         return passwords
 
+class OidcProvider:
+    """The OpenID Connect provider of the e2e tests (tests/e2e/oidc/, oidc-provider-mock) on the
+    stack of tests/e2e/oauth-stack.env, for --login oidc: every student is a user there (PUT
+    /users/<sub> with preferred_username), the hub a registered client (RFC 7591)."""
+    image = "gpuhub/oidc-mock:test"
+
+    def __init__(self, stack: Stack):
+        self.name = f"{stack.prefix}-oidc"
+        authorize = URL(stack.env["OIDC_AUTHORIZE_URL"])
+        self.public_url = f"{authorize.scheme}://{authorize.host}:{authorize.port}"
+
+    def _docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=600)
+
+    def start(self, network: str) -> None:
+        base = "local/python:3.11-bookworm"
+        has_base = not self._docker("image", "inspect", base, check=False).returncode
+        self._docker("build", "-q", "-t", self.image, *(["--build-arg", f"BASE_IMAGE={base}"] if has_base else []),
+                     str(ROOT / "tests/e2e/oidc"))
+        port = URL(self.public_url).port
+        self._docker("run", "-d", "--name", self.name, "--network", network, "-p", f"127.0.0.1:{port}:9400",
+                     "--cap-drop", "ALL", "--security-opt", "no-new-privileges", self.image,
+                     "--require-registration", "true")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{self.public_url}/.well-known/openid-configuration", timeout=2).raise_for_status()
+                return
+            except requests.RequestException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def register_client(self, redirect_uri: str) -> dict[str, str]:
+        r = requests.post(f"{self.public_url}/oauth2/clients", timeout=10,
+                          json={"redirect_uris": [redirect_uri], "token_endpoint_auth_method": "client_secret_post"})
+        r.raise_for_status()
+        return {"OAUTH_CLIENT_ID": r.json()["client_id"], "OAUTH_CLIENT_SECRET": r.json()["client_secret"]}
+
+    def add_users(self, names: list[str], admins: tuple[str, ...] = ()) -> None:
+        with requests.Session() as s:
+            for name in names:
+                s.put(f"{self.public_url}/users/{name}", timeout=10, json={
+                    "preferred_username": name, "email": f"{name}@example.org",
+                    "groups": ["hub-admins"] if name in admins else []}).raise_for_status()
+
+    def remove(self) -> None:
+        self._docker("rm", "-f", "-v", self.name, check=False)
+
+
+def oidc_admin_token(stack: Stack, admin: str) -> str:
+    """An admin's API token on the OAuth stack: sign in through the provider (admin by the
+    provider's group, OAUTH_ADMIN_GROUPS), then ask for a token as on the token page."""
+    s = requests.Session()
+    r = s.get(f"{stack.url}/hub/oauth_login?next=", timeout=30)  # follows to the provider's page
+    r.raise_for_status()
+    r = s.post(r.url, data={"sub": admin}, timeout=60)  # back through the hub's callback
+    r.raise_for_status()
+    r = s.post(f"{stack.url}/hub/api/users/{admin}/tokens", timeout=30,
+               headers={"X-XSRFToken": s.cookies.get("_xsrf", path="/hub/") or s.cookies.get("_xsrf")},
+               json={"note": "class rush", "expires_in": 7200})
+    r.raise_for_status()
+    return r.json()["token"]
+
+
 # ---- the run ---------------------------------------------------------------------------------
 
 def set_passwords(stack: Stack, names: list[str]) -> dict[str, str]:
@@ -766,6 +885,10 @@ def main() -> int:
                         help="real Chromium browsers arriving among the students (plus one alone before)")
     parser.add_argument("--target", choices=("ours", "stock"), default="ours",
                         help="ours: the test stack (tests/e2e/stack.env); stock: bench/stock/ (jupyterhub-deploy-docker)")
+    parser.add_argument("--login", choices=("form", "oidc"), default="form",
+                        help="form: the embedded login's form; oidc: everyone (probes too) through the OpenID Connect "
+                             "provider of the e2e tests, on tests/e2e/oauth-stack.env's stack (a hub has one "
+                             "authenticator, so a class is all one or all the other)")
     parser.add_argument("--hub-log-level", default="INFO",
                         help="ours: the hub's HUB_LOG_LEVEL for the run (a deployment's default, INFO; the e2e "
                              "stack's DEBUG spends about a sixth of the event loop's time writing logs)")
@@ -774,14 +897,27 @@ def main() -> int:
     args = parser.parse_args()
     replay = [r for r in json.loads(REPLAY.read_text())["replay"] if r["type"] != "document"]
 
-    ours = Stack()
+    if args.login == "oidc" and args.target != "ours":
+        parser.error("--login oidc is for --target ours (stock's login is its form)")
+    oidc = args.login == "oidc"
+    ours = Stack(ROOT / "tests/e2e/oauth-stack.env") if oidc else Stack()
     hub_under_test = ours if args.target == "ours" else Stock(ours.env["SINGLEUSER_IMAGE"])
+    provider = OidcProvider(ours) if oidc else None
+    if provider:
+        provider.remove()
     hub_under_test.down()
-    if args.target == "ours":
+    if provider:
+        provider.start(ours.create())
+        # everyone the provider vouches for is let in; admins by the provider's group
+        # the servers as on the form's stack (tests/e2e/stack.env), so the two runs compare
+        same = {k: v for k, v in Stack().env.items() if k in SERVER_SETTINGS}
+        ours.up(HUB_LOG_LEVEL=args.hub_log_level, OAUTH_ALLOW_ALL="true", OAUTH_ALLOWED_USERS="", **same,
+                OAUTH_ALLOWED_GROUPS="", **provider.register_client(ours.env["OAUTH_CALLBACK_URL"]))
+    elif args.target == "ours":
         ours.up(HUB_LOG_LEVEL=args.hub_log_level)
     else:
         hub_under_test.up()
-    result: dict = {"target": args.target, "hub_log_level": args.hub_log_level if args.target == "ours" else "stock's", "students": args.students, "window_s": args.window,
+    result: dict = {"target": args.target, "login": args.login, "hub_log_level": args.hub_log_level if args.target == "ours" else "stock's", "students": args.students, "window_s": args.window,
                     "drop_share": args.drop_share, "idle_s": args.idle, "profile": PROFILE if args.target == "ours" else None,
                     "replayed_requests": len(replay), "probes": args.probes, "image": ours.env["SINGLEUSER_IMAGE"],
                     "proxy_image": ours.env["PROXY_IMAGE"] if args.target == "ours" else "stock: CHP 4.6.3 in the hub's container",
@@ -790,7 +926,11 @@ def main() -> int:
     try:
         if args.target == "ours":
             hub_id, proxy_id = container_id(ours, "hub"), container_id(ours, "proxy")
-            token = ours.admin_token()
+            if provider:
+                provider.add_users(["rush-admin"], admins=("rush-admin",))
+                token = oidc_admin_token(ours, "rush-admin")
+            else:
+                token = ours.admin_token()
         else:
             hub_id = proxy_id = Stock.container
             token = hub_under_test.token
@@ -803,7 +943,10 @@ def main() -> int:
         probe_names = [f"rush-probe-{i}" for i in range(args.probes)] + (["rush-probe-solo"] if args.probes else [])
         everyone = ["rush-solo", *probe_names, *names]
         t = time.monotonic()
-        if args.target == "ours":
+        if provider:  # no password: the provider's page takes who you say you are
+            provider.add_users(everyone)
+            passwords = {n: "" for n in everyone}
+        elif args.target == "ours":
             r = Hub(ours.url, token).api("POST", "/users", json={"usernames": everyone})
             assert r.status_code in (201, 409), r.text
             passwords = set_passwords(ours, everyone)
@@ -825,12 +968,14 @@ def main() -> int:
         async def everything():
             nonlocal spy
             loop = asyncio.get_running_loop()
-            ctx = Context(url, replay, args.drop_share, spawn_form=spawn_form)
+            ctx = Context(url, replay, args.drop_share, spawn_form=spawn_form, oidc=oidc)
+            # browsers with OIDC stay on the published address: the provider sends them back there
+            probe_url = ours.url if oidc else url
             solo = await student(ctx, "rush-solo", solo_password, drops=False, solo=True)
             solo_probe = None
             if args.probes:
-                solo_probe = await loop.run_in_executor(browsers, probe, url, "rush-probe-solo",
-                                                        probe_passwords["rush-probe-solo"], spawn_form, 0.0)
+                solo_probe = await loop.run_in_executor(browsers, probe, probe_url, "rush-probe-solo",
+                                                        probe_passwords["rush-probe-solo"], spawn_form, 0.0, oidc)
             await asyncio.sleep(2)
             loop0 = await asyncio.to_thread(loop_histogram, hub_under_test.url, token)
             req0 = await asyncio.to_thread(request_durations, hub_under_test.url, token)
@@ -838,8 +983,8 @@ def main() -> int:
                 spy = py_spy_start(args.py_spy, hub_pid, 3600, RESULTS / "class-rush-py-spy.txt")
             t0 = monitor.now()
             cpu0 = time.process_time()
-            probes = [loop.run_in_executor(browsers, probe, url, n, probe_passwords[n], spawn_form,
-                                           args.window * (i + 0.5) / args.probes)
+            probes = [loop.run_in_executor(browsers, probe, probe_url, n, probe_passwords[n], spawn_form,
+                                           args.window * (i + 0.5) / args.probes, oidc)
                       for i, n in enumerate(probe_names) if n != "rush-probe-solo"]
             tasks, marks = await run_class(ctx, passwords, args.window, args.idle, monitor)
             if spy is not None:
@@ -940,6 +1085,8 @@ def main() -> int:
         if ports and proxy_ip:
             drop_rules("-D", proxy_ip, 8000, ports)
         hub_under_test.down()
+        if provider:
+            provider.remove()
     result["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out = Path(args.output)
     out.parent.mkdir(exist_ok=True)
