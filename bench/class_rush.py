@@ -668,8 +668,8 @@ def py_spy_summary(path: Path, top: int = 15, rate: int = 100) -> dict:
     total = other = 0
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        if not stack:
-            continue
+        if not stack or not n.isdigit():
+            continue  # a frame's name py-spy read wrong can span lines: its pieces are skipped
         n = int(n)
         frames = stack.split(";")
         if frames[0].startswith("_bootstrap (") and "threading.py" in frames[0]:
