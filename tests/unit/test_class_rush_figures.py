@@ -78,7 +78,9 @@ def test_probe_summary_keeps_failures_apart():
     from class_rush import probe_summary
     records = [{"phases": {"login": 1.0}, "start_to_usable": 10.0, "usable_to_first_output": 2.0,
                 "start_to_first_output": 12.0},
-               {"phases": {"login": 3.0}, "failed": "first_cell: TimeoutError"}]
+               {"phases": {"login": 3.0}, "failed": "first_cell: TimeoutError"},
+               {"phases": {"login": 2.0}, "queued": "queued for memory, told so (120 s waited)"}]
     out = probe_summary(records)
-    assert (out["n"], out["ok"], out["failures"]) == (2, 1, ["first_cell: TimeoutError"])
-    assert out["login"]["n"] == 2 and out["start_to_first_output"] == {"p50_s": 12.0, "p95_s": 12.0, "max_s": 12.0, "n": 1}
+    assert (out["n"], out["ok"], out["failures"]) == (3, 1, ["first_cell: TimeoutError"])
+    assert out["queued_for_memory"] == 1
+    assert out["login"]["n"] == 3 and out["start_to_first_output"] == {"p50_s": 12.0, "p95_s": 12.0, "max_s": 12.0, "n": 1}
