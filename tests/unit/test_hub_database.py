@@ -33,3 +33,30 @@ def test_the_hubs_database_is_wal_with_normal_sync_and_others_are_not(tmp_path):
 def test_in_memory_databases_are_left_alone(tmp_path):
     use_wal(str(tmp_path / "jupyterhub.sqlite"))
     assert modes(create_engine("sqlite://")) == ("memory", 2)
+
+
+def test_a_log_left_by_a_killed_hub_is_folded_into_the_file_at_start(tmp_path):
+    import shutil
+
+    from hub.hub_process.config.database import fold_log
+    live = tmp_path / "live"
+    live.mkdir()
+    conn = sqlite3.connect(live / "jupyterhub.sqlite", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")  # everything stays in the log, as between checkpoints
+    conn.execute("CREATE TABLE t (x INTEGER)")
+    conn.execute("INSERT INTO t VALUES (7)")
+    killed = tmp_path / "killed"  # the volume as a hub killed now leaves it
+    killed.mkdir()
+    for name in ("jupyterhub.sqlite", "jupyterhub.sqlite-wal"):
+        shutil.copy(live / name, killed / name)
+    conn.close()
+    db = killed / "jupyterhub.sqlite"
+    fold_log(str(db))
+    assert not (killed / "jupyterhub.sqlite-wal").exists()
+    # the file alone (what JupyterHub's upgrade copies) has the row
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(db, copy)
+    assert sqlite3.connect(copy).execute("SELECT x FROM t").fetchall() == [(7,)]
+    fold_log(str(tmp_path / "absent.sqlite"))  # no file, no log: nothing happens
+    assert not (tmp_path / "absent.sqlite").exists()

@@ -11,7 +11,9 @@ the log is synced at checkpoints. SQLite's guarantee: the database stays consist
 crash of the hub or of the host; a power loss or OS crash can lose the last transactions
 before it (the hub's state as of a moment earlier, e.g. a token or a server's record), never
 corrupt the file. The mode is stored in the file: jupyterhub.sqlite-wal and -shm appear beside
-it in the state volume while the hub runs (backups archive the whole volume).
+it in the state volume while the hub runs (backups archive the whole volume). At the hub's start,
+before JupyterHub copies the file for a schema migration (`upgrade_db`), a log left by a hub that
+was killed is folded into the file, so that copy is whole.
 """
 import sqlite3
 from pathlib import Path
@@ -31,9 +33,22 @@ def _database_file(dbapi_connection: sqlite3.Connection) -> str:
     return ""
 
 
+def fold_log(db_file: str) -> None:
+    """Checkpoint a write-ahead log left beside ``db_file`` into it; the last connection closing
+    removes the log. Nothing to do without one."""
+    if Path(db_file).exists() and Path(f"{db_file}-wal").exists():
+        conn = sqlite3.connect(db_file)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+
 def use_wal(db_file: str) -> None:
     """Every new SQLite connection of this process to ``db_file`` (JupyterHub's engine, made
-    later by the hub) switches it to WAL with synchronous=NORMAL; other databases are left alone."""
+    later by the hub) switches it to WAL with synchronous=NORMAL; other databases are left alone.
+    A log left by an earlier hub is folded in first (fold_log)."""
+    fold_log(db_file)
     target = str(Path(db_file).resolve())
     if target in _registered:
         return
