@@ -316,6 +316,7 @@ class Context:
         self.url, self.replay, self.drop_share, self.spawn_form = url, replay, drop_share, spawn_form
         self.oidc = oidc  # log in through the OpenID Connect provider instead of the form
         self.memory_wait = memory_wait  # seconds a student waits once told the host is short of memory
+        self.lenient_api = not spawn_form  # stock: its servers' extensions differ from ours
         self.ws_url = url.replace("http://", "ws://")
         self.release = asyncio.Event()   # everyone in (+ idle): keepers close, droppers wait
         self.dropped = asyncio.Event()   # the drop rules are in place: droppers close into them
@@ -446,7 +447,7 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
 
             step = "assets"
             t = time.monotonic()
-            fetched = [0, 0]
+            fetched = [0, 0, 0]
 
             async def get(item: dict) -> None:
                 target = (user_base if item["base"] == "user" else f"{url}/hub/") + item["path"]
@@ -459,12 +460,19 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
                     body = await r.read()
                     expected = 200 if item["status"] in (200, 304) else item["status"]
                     if r.status != expected:
-                        raise Failed(f"{step}: HTTP {r.status} (recorded {item['status']})")
+                        # stock's servers load extensions ours leave off (jupyter_lsp: lsp/status
+                        # answers there) and lack ours (gpuhub/gpu): JupyterLab carries on
+                        # either way, so an API call's 200-for-404 or 404-for-200 is counted, not failed
+                        if not (ctx.lenient_api and item["type"] == "fetch" and {r.status, expected} == {200, 404}):
+                            raise Failed(f"{step}: HTTP {r.status} (recorded {item['status']})")
+                        fetched[2] += 1
                     fetched[0] += 1
                     fetched[1] += len(body)
             await asyncio.gather(*(get(item) for item in ctx.replay))
             rec["phases"]["assets"] = time.monotonic() - t
             rec["assets"] = {"requests": fetched[0], "bytes": fetched[1]}
+            if fetched[2]:
+                rec["assets"]["api_status_differed"] = fetched[2]
             rec["start_to_usable"] = time.monotonic() - t_start
 
             step = "kernel"
@@ -592,6 +600,9 @@ def probe(url: str, name: str, password: str, spawn_form: bool, delay: float, oi
                     page.wait_for_url(lambda u: "/hub/login" not in u, timeout=300_000)
                     rec["phases"]["login"] = time.monotonic() - t
                     step, t_start = "start", t_press
+                    if "/hub/home" in page.url:  # landed on the home page: its Start button's link
+                        t_start = time.monotonic()
+                        page.goto(f"{url}/hub/spawn/{name}")
                 told = 0.0
                 while f"/user/{name}/lab" not in page.url:  # the spawn page until JupyterLab
                     try:
