@@ -714,7 +714,7 @@ def py_spy_summary(path: Path, top: int = 15, rate: int = 100) -> dict:
     inclusive: dict = {}
     own: dict = {}
     total = other = 0
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # py-spy may write a name's bytes as read
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue  # a frame's name py-spy read wrong can span lines: its pieces are skipped

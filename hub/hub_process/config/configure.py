@@ -140,6 +140,12 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     concurrency = read(env, "SPAWN_CONCURRENCY")
     if concurrency is not None:  # unset: the number of CPUs (the traitlet's default)
         c.GPUDockerSpawner.concurrent_starts = concurrency
+    # JupyterHub's own cap on starts pending at once (100 by default) answers the 101st with a
+    # 429 "Too many users trying to log in right now": in a class of 200 arriving in a minute,
+    # 25 got that error page (docs/performance.md). The hub's line already bounds the work
+    # (SPAWN_CONCURRENCY starts at a time, the rest told so; admission by memory and the GPU
+    # line with their messages), and a start waiting its turn costs a coroutine, so no cap.
+    c.JupyterHub.concurrent_spawn_limit = 0
 
 
 def configure_swarm(c, env: Mapping[str, str]) -> None:
