@@ -322,6 +322,7 @@ class Context:
         self.dropped = asyncio.Event()   # the drop rules are in place: droppers close into them
         self.drop_ports: list[int] = []
         self.idle = 0  # students idle with their kernel's websocket open
+        self.idle_names: set[str] = set()
 
 
 def xsrf(jar: aiohttp.CookieJar, url: str) -> str:
@@ -517,6 +518,7 @@ async def student(ctx: Context, name: str, password: str, drops: bool, solo: boo
 
             step = "idle"
             ctx.idle += 1
+            ctx.idle_names.add(name)
             # reading, as a browser does: the server's pings (every 30 s) get their pongs
             while not ctx.release.is_set():
                 try:
@@ -902,19 +904,32 @@ def proxy_address(stack: Stack, proxy: str) -> str:
 
 
 async def run_class(ctx: Context, passwords: dict[str, str], window: float, idle: float,
-                    monitor: Monitor) -> tuple[list, dict]:
-    """Students arrive evenly over the window; returns once all are idle (or failed) + `idle` s."""
+                    monitor: Monitor, deadline: float = 0.0) -> tuple[list, dict]:
+    """Students arrive evenly over the window; returns once all are idle (or failed) + `idle` s.
+    With a deadline (seconds from the first arrival), students not in by then are stopped and
+    counted as failed ("unfinished at the deadline"), so a run that would not end still reports."""
     names = sorted(passwords)
     n = len(names)
     marks: dict = {"class_start_s": monitor.now()}
 
     async def arrive(i: int, name: str) -> dict:
         await asyncio.sleep(window * i / n if n > 1 else 0)
-        return await student(ctx, name, passwords[name], drops=int((i + 1) * ctx.drop_share) > int(i * ctx.drop_share))
+        try:
+            return await student(ctx, name, passwords[name],
+                                 drops=int((i + 1) * ctx.drop_share) > int(i * ctx.drop_share))
+        except asyncio.CancelledError:
+            return {"name": name, "drops": False, "phases": {}, "failed": "unfinished at the deadline"}
     tasks = [asyncio.create_task(arrive(i, name)) for i, name in enumerate(names)]
 
     # everyone in (idle with a kernel, or failed), then the idle time with all websockets open
+    began = time.monotonic()
     while sum(1 for t in tasks if t.done()) + ctx.idle < n:
+        if deadline and time.monotonic() - began > deadline:
+            marks["deadline_reached_s"] = monitor.now()
+            for name, t in zip(names, tasks):
+                if name not in ctx.idle_names:
+                    t.cancel()
+            break
         await asyncio.sleep(0.5)
     marks["all_in_s"] = monitor.now()
     await asyncio.sleep(idle)
@@ -936,6 +951,9 @@ def main() -> int:
     parser.add_argument("--memory-wait", type=float, default=120.0,
                         help="seconds a student (or probe) waits once the hub said the host is short of memory, "
                              "then leaves: counted as queued, not failed")
+    parser.add_argument("--deadline", type=float, default=0.0,
+                        help="seconds from the first arrival after which students not yet in are stopped and counted "
+                             "as unfinished (0: none)")
     parser.add_argument("--login", choices=("form", "oidc"), default="form",
                         help="form: the embedded login's form; oidc: everyone (probes too) through the OpenID Connect "
                              "provider of the e2e tests, on tests/e2e/oauth-stack.env's stack (a hub has one "
@@ -1038,13 +1056,16 @@ def main() -> int:
             probes = [loop.run_in_executor(browsers, probe, probe_url, n, probe_passwords[n], spawn_form,
                                            args.window * (i + 0.5) / args.probes, oidc, args.memory_wait)
                       for i, n in enumerate(probe_names) if n != "rush-probe-solo"]
-            tasks, marks = await run_class(ctx, passwords, args.window, args.idle, monitor)
+            tasks, marks = await run_class(ctx, passwords, args.window, args.idle, monitor, args.deadline)
             if spy is not None:
                 spy.send_signal(2)  # SIGINT: py-spy writes what it sampled and exits
             loop1 = await asyncio.to_thread(loop_histogram, hub_under_test.url, token)
             req1 = await asyncio.to_thread(request_durations, hub_under_test.url, token)
             marks["loop_scraped_s"] = monitor.now()
-            probe_records = list(await asyncio.gather(*probes))
+            if probes:  # with a deadline, a probe still waiting a minute after it is stopped, not awaited
+                done, _ = await asyncio.wait(probes, timeout=60 if args.deadline else None)
+            probe_records = [p.result() if p in done else {"name": "?", "phases": {}, "failed": "unfinished at the deadline"}
+                             for p in probes]
             marks["probes_done_s"] = monitor.now()
             # everyone idle with a websocket open: the proxy before anyone leaves
             before = monitor.proxy_point()
@@ -1174,7 +1195,20 @@ def oom_killed(hub_under_test, target: str, ours: Stack) -> dict:
 DMESG_OOM_BEFORE: set = set()
 
 
+def stop_on_sigterm() -> None:
+    """`timeout` (or anyone) sending SIGTERM ends the run through main's `finally`: the drop rules
+    deleted and the stack removed, not left behind."""
+    import signal  # reason: only the command line needs it
+
+    def stop(_signum, _frame):
+        raise SystemExit(143)
+    signal.signal(signal.SIGTERM, stop)
+
+
 if __name__ == "__main__":
+    stop_on_sigterm()
     DMESG_OOM_BEFORE.update(line for line in subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
                             if "oom-kill" in line or "Out of memory" in line)
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # not waiting for a probe's thread stopped at the deadline
