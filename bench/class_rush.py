@@ -1126,10 +1126,10 @@ def main() -> int:
         if args.probes:
             result["probes_chromium"] = {
                 "solo": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in solo_probe.items() if k != "phases"}
-                        | {"login_s": round(solo_probe["phases"].get("login", float("nan")), 3)},
+                        | {"login_s": round(solo_probe["phases"]["login"], 3) if "login" in solo_probe["phases"] else None},
                 "class": probe_summary(probe_records),
                 "each": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "phases"}
-                         | {"login_s": round(r["phases"].get("login", float("nan")), 3)} for r in probe_records]}
+                         | {"login_s": round(r["phases"]["login"], 3) if "login" in r["phases"] else None} for r in probe_records]}
             solo_probe_usable = solo_probe.get("start_to_usable")
             probe_usable = result["probes_chromium"]["class"]["start_to_usable"]
             if solo_probe_usable and probe_usable.get("n"):
