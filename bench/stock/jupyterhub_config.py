@@ -20,7 +20,9 @@ c.JupyterHub.authenticator_class = "nativeauthenticator.NativeAuthenticator"
 c.NativeAuthenticator.open_signup = True
 c.Authenticator.admin_users = ["admin"]
 c.Authenticator.allow_all = True
-# Benchmark only: a token with the admin role.
+# Benchmark only: a token with the admin role (and read:metrics, for bench/class_rush.py's
+# event-loop lag and request durations from /hub/metrics).
 c.JupyterHub.services = [{"name": "bench", "api_token": os.environ["BENCH_TOKEN"]}]
-c.JupyterHub.load_roles = [{"name": "bench", "scopes": ["admin:users", "admin:servers", "access:servers", "list:users"],
+c.JupyterHub.load_roles = [{"name": "bench", "scopes": ["admin:users", "admin:servers", "access:servers", "list:users",
+                                                        "read:metrics"],
                             "services": ["bench"]}]

@@ -63,6 +63,8 @@ def test_spawner_defaults():
     assert c.DockerSpawner.cpu_limit == 2.0
     assert c.GPUDockerSpawner.shm_size == 2**30
     assert c.GPUDockerSpawner.pids_limit == 1024
+    # no 429 for the 101st start pending: the hub's own line makes it wait, and says so
+    assert c.JupyterHub.concurrent_spawn_limit == 0
 
 
 def test_spawner_from_env():

@@ -448,3 +448,49 @@ def test_the_warm_kernel_settings_reach_the_server(monkeypatch):
     assert s.warm_env() == {"GPUHUB_WARM_KERNEL": "on", "GPUHUB_WARM_IMPORTS": ""}
     s.profile_warm = (False, None)
     assert s.warm_env() == {"GPUHUB_WARM_KERNEL": "off"}
+
+
+def test_the_spawn_form_does_not_wait_for_a_start_nor_reread_the_engine_when_fresh(monkeypatch, tmp_path):
+    """In a class the form was the slowest page: each view waited for the starts' GPU lock and
+    then inspected every container. It shows the last figures while a start holds the lock or
+    they are under form_gpu_fresh seconds old, and looks again otherwise."""
+    import time
+
+    from hub.hub_process.spawner import profile_form
+
+    calls = []
+
+    class Manager:
+        def __init__(self):
+            self.lock = asyncio.Lock()
+            self.reconciled_at = 0.0
+            self.inventory = ["GPU-a", "GPU-b"]
+            self.allocator = SimpleNamespace(free=lambda user, groups, now: ["GPU-a"], seats=lambda groups, now: {},
+                                             capacity=lambda uuid: 1)
+
+        async def reconcile(self, engine):
+            calls.append("reconcile")
+            self.reconciled_at = time.monotonic()
+
+    manager = Manager()
+    profiles_file = tmp_path / "profiles.yaml"
+    profiles_file.write_text("profiles:\n  - slug: gpu\n    name: GPU\n    gpu: true\n"
+                             "  - slug: cpu\n    name: CPU\n    gpu: false\n")
+    s = make_spawner("ann", profiles_file=str(profiles_file), form_gpu_fresh=5.0)
+    s.user.groups, s.user.admin = [], False
+
+    async def gpu_manager():
+        return manager
+    monkeypatch.setattr(s, "gpu_manager", gpu_manager)
+    monkeypatch.setattr(profile_form.profiles, "render_form", lambda visible, total, free, seats: f"{free}/{total}")
+
+    async def views():
+        first = await s.render_options_form()           # stale (never looked): looks
+        second = await s.render_options_form()          # fresh: the same figures, no look
+        manager.reconciled_at -= 10                     # old now, but a start holds the lock
+        async with manager.lock:
+            held = await asyncio.wait_for(s.render_options_form(), 1)  # does not wait for it
+        third = await s.render_options_form()           # old and free: looks
+        return first, second, held, third
+    assert asyncio.run(views()) == ("1/2", "1/2", "1/2", "1/2")
+    assert calls == ["reconcile", "reconcile"]

@@ -15,6 +15,7 @@ from traitlets.config.loader import ConfigError
 from hub.hub_process import roster_api
 from hub.settings import HOST_MEMORY_STATE_FILE, PROFILES_FILE, RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, STATE_DIR
 from hub.hub_process.config import oauth
+from hub.hub_process.config.database import use_wal
 from hub.settings.gpu_settings import GPUSettings
 from hub.settings.table import read
 from hub import __version__
@@ -33,6 +34,7 @@ TEMPLATES_DIR = str(Path(__file__).parents[1] / "templates")
 def configure_hub(c, env: Mapping[str, str], proxy_token_file: str = PROXY_TOKEN_FILE) -> None:
     """State on the volume, the external proxy, and how containers reach the hub."""
     c.JupyterHub.db_url = f"sqlite:///{STATE_DIR}/jupyterhub.sqlite"
+    use_wal(f"{STATE_DIR}/jupyterhub.sqlite")  # commits without waiting for the disk (database.py)
     c.JupyterHub.cookie_secret_file = f"{STATE_DIR}/jupyterhub_cookie_secret"
     # A newer JupyterHub upgrades the database's schema at start (5.5 -> 6 has one), having first
     # copied the SQLite file to jupyterhub.sqlite.<date-time> beside it (docs/operations.md,
@@ -138,6 +140,12 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     concurrency = read(env, "SPAWN_CONCURRENCY")
     if concurrency is not None:  # unset: the number of CPUs (the traitlet's default)
         c.GPUDockerSpawner.concurrent_starts = concurrency
+    # JupyterHub's own cap on starts pending at once (100 by default) answers the 101st with a
+    # 429 "Too many users trying to log in right now": in a class of 200 arriving in a minute,
+    # 25 got that error page (docs/performance.md). The hub's line already bounds the work
+    # (SPAWN_CONCURRENCY starts at a time, the rest told so; admission by memory and the GPU
+    # line with their messages), and a start waiting its turn costs a coroutine, so no cap.
+    c.JupyterHub.concurrent_spawn_limit = 0
 
 
 def configure_swarm(c, env: Mapping[str, str]) -> None:

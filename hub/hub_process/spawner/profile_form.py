@@ -12,6 +12,11 @@ from hub.hub_process.spawner.progress import ProgressLog
 from hub.hub_process.spawner.traits import GPUSpawnerSettings
 
 
+def manager_reconciled_at(manager) -> float:
+    """time.monotonic() of the manager's last reconcile; 0 where it keeps none (Swarm's)."""
+    return getattr(manager, "reconciled_at", 0.0)
+
+
 class ProfileForm(GPUSpawnerSettings):
     profile_warm: tuple = (None, None)  # the chosen profile's (warm_kernel, warm_imports); None: the settings
 
@@ -43,13 +48,19 @@ class ProfileForm(GPUSpawnerSettings):
         seats: dict = {}
         if self.gpu_enabled:
             manager = await self.gpu_manager()
-            async with manager.lock:
-                await manager.reconcile(self.engine)
-                groups, now = self.user_groups(), time.time()
-                total = len(manager.inventory)
-                free = len(manager.allocator.free(self.user.name, groups, now))
-                seats = {u: (left, manager.allocator.capacity(u))
-                         for u, left in manager.allocator.seats(groups, now).items()}
+            # The form only shows how many GPUs are free; the start decides under the lock after
+            # its own reconcile. A reconcile reads every live container (one Docker call each),
+            # and in a class of 100 each form view waited for the starts' lock and then made
+            # 100 calls: 10 s per form (docs/performance.md). So: the last figures when they
+            # are recent or a start holds the lock, a fresh reconcile otherwise.
+            if not manager.lock.locked() and time.monotonic() - manager_reconciled_at(manager) > self.form_gpu_fresh:
+                async with manager.lock:
+                    await manager.reconcile(self.engine)
+            groups, now = self.user_groups(), time.time()
+            total = len(manager.inventory)
+            free = len(manager.allocator.free(self.user.name, groups, now))
+            seats = {u: (left, manager.allocator.capacity(u))
+                     for u, left in manager.allocator.seats(groups, now).items()}
         return profiles.render_form(visible, total, free, seats)
 
     @default("options_from_form")

@@ -6,7 +6,7 @@ import os
 
 from dockerspawner import DockerSpawner
 from jupyterhub.traitlets import ByteSpecification
-from traitlets import Bool, Callable, CaselessStrEnum, Int, List, TraitError, Unicode, default, validate
+from traitlets import Bool, Callable, CaselessStrEnum, Float, Int, List, TraitError, Unicode, default, validate
 
 from hub.gpus.allocator import first_free
 from hub.gpus.health import DEFAULT_TOOLKIT_MIN
@@ -24,6 +24,10 @@ class GPUSpawnerSettings(DockerSpawner):
                                              "(Docker's --pids-limit); stops fork bombs.")
     docker_threads = Int(8, config=True, help="Threads (and Docker API connections) shared by all "
                                               "spawners for Docker calls.")
+    form_gpu_fresh = Float(5.0, config=True, help="""Seconds the spawn form shows the GPU figures of
+        the last look at the engine (a start's, or an earlier form's) instead of looking again;
+        while a start holds the GPUs' lock the form never waits for it. The figures are what a
+        user reads to choose a profile; the start itself always looks afresh.""")
     concurrent_starts = Int(config=True, help="""Most servers that start at the same time; the rest
         wait their turn (the spawn page says so). A turn lasts from creating the container until
         the server answers; image pulls happen before it. Default: the CPUs this hub may use, at
