@@ -70,6 +70,7 @@ class CourseDesk:
         self.claims_file = state / prestarts.CLAIMS_FILE
         self.reasons = ReasonFile(state / "stop-reasons.json")
         self._prestarting: set[asyncio.Task] = set()
+        self._records_lock = asyncio.Lock()  # one rewrite of the pre-start file at a time (starts run side by side)
 
     @property
     def hub(self):
@@ -414,7 +415,7 @@ class CourseDesk:
         done = await asyncio.to_thread(self.prestarts.done)
         started = []
         for r in prestarts.due(intent.reservations, now, self.prestart_grace, done):
-            await asyncio.to_thread(self.prestarts.mark, r.id, {"at": now, "started": 0, "running": True})
+            await self._records(self.prestarts.mark, r.id, {"at": now, "started": 0, "running": True})
             task = asyncio.get_running_loop().create_task(self.prestart(r))
             self._prestarting.add(task)
             task.add_done_callback(self._prestarting.discard)
@@ -443,23 +444,23 @@ class CourseDesk:
         async def one(user: str) -> bool:
             async with gate:
                 record = prestarts.Record(user, "", r.id, r.course, self.console.clock(), closes)
-                await asyncio.to_thread(self.prestarts.put, record)
+                await self._records(self.prestarts.put, record)
                 try:
                     ok, message = await self._start_and_wait(user, r.id)
                 except ConsoleError as exc:  # the hub's API did not answer, or answered 5xx
                     ok, message = False, exc.message
                 if not ok:
-                    await asyncio.to_thread(self.prestarts.pop, record.key)
+                    await self._records(self.prestarts.pop, record.key)
                     failures.append({"user": user, "message": message})
                     return False
                 container = await self._container_of(user)
                 if container:
-                    await asyncio.to_thread(self.prestarts.put, replace(record, container=container))
+                    await self._records(self.prestarts.put, replace(record, container=container))
                 return True
 
         oks = await asyncio.gather(*(one(u) for u in users)) if users else []
         result["started"], result["failed"] = sum(oks), len(oks) - sum(oks)
-        await asyncio.to_thread(self.prestarts.mark, r.id, result)
+        await self._records(self.prestarts.mark, r.id, result)
         if users:
             detail = (f"pre-started {result['started']} of {len(users)} servers of course {r.course} for reservation "
                       f"{r.id} (starts {utc_iso(r.start, 'minutes')}); unused ones stop at {utc_iso(closes, 'minutes')}")
@@ -472,6 +473,11 @@ class CourseDesk:
                                          "reason": reason},
                                   "", detail, "gpu-console", "schedule")
         return result
+
+    async def _records(self, change, *args: Any) -> Any:
+        """A change of the pre-start file (its put, pop or mark), in a thread, one at a time."""
+        async with self._records_lock:
+            return await asyncio.to_thread(change, *args)
 
     async def _start_and_wait(self, user: str, reservation: str) -> tuple[bool, str]:
         """Ask the hub to pre-start `user`'s server for `reservation` (hub/hub_process/prestart_api.py);
@@ -522,7 +528,7 @@ class CourseDesk:
                     continue
                 stopped.append({"user": record.user, "server": record.server, "course": record.course,
                                 "reservation": record.reservation})
-            await asyncio.to_thread(self.prestarts.pop, record.key)
+            await self._records(self.prestarts.pop, record.key)
         if stopped:
             courses_ = sorted({s["course"] for s in stopped})
             await self.console.commit(None, {"action": "prestart-unclaimed", "courses": courses_,
@@ -539,7 +545,7 @@ class CourseDesk:
         servers = await self.hub.active_servers()
         for key, record in records.items():
             if record.container and key not in servers:
-                await asyncio.to_thread(self.prestarts.pop, key)
+                await self._records(self.prestarts.pop, key)
 
     # -- shared GPUs --------------------------------------------------------------------------------
 
