@@ -96,8 +96,8 @@ def test_a_reservation_prestarts_its_roster_and_stops_the_unused(prestarting, hu
     time.sleep(8)
     session = logged_in(stack, A)
     claimed_at = time.time()
-    page = session.get(f"{stack.url}/user/{A}/api/status", timeout=30)
-    assert page.status_code == 200 and page.url.startswith(f"{stack.url}/user/{A}/"), (page.status_code, page.url)
+    page = session.get(f"{stack.url}/user/{A}/lab", timeout=30)  # via the hub's OAuth step, as a browser
+    assert page.status_code == 200 and page.url == f"{stack.url}/user/{A}/lab", (page.status_code, page.url)
     status = wait_for(lambda: (s := reservation_of(console)["prestart"])["claimed"] == 1 and s, timeout=15,
                       what="the console counting A's claim")
     assert status["prestarted"] == 3 and status["done"] and status["started"] == 3, status
