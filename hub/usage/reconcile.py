@@ -305,7 +305,8 @@ class SwarmUsageKeeper(UsageKeeper):
         nodes, services, tasks = await asyncio.gather(
             self.docker("nodes"), self.docker("services", filters=self.instance_filter),
             self.docker("tasks", filters={"desired-state": "running"}))
-        return seats_of_tasks(tasks, services, nodes_from_engine(nodes), list(self.inventory()), self.labels.prefix)
+        return await self.claimed_only(seats_of_tasks(tasks, services, nodes_from_engine(nodes), list(self.inventory()),
+                                                      self.labels.prefix))
 
     async def _finished_times(self, known, live, ended) -> None:
         """No containers to inspect on the hub's engine: runs end where last seen."""
