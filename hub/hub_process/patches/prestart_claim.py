@@ -42,7 +42,7 @@ def claim(state_dir: Path, key: tuple[str, str], now: float) -> bool:
 
 def owned_server(user, client_id: str) -> str | None:
     """The name of ``user``'s server whose OAuth client this is ("" the default), or None."""
-    for name, spawner in (user.spawners or {}).items() if user is not None else ():
+    for name, spawner in (getattr(user, "spawners", None) or {}).items():
         if client_id and spawner.oauth_client_id == client_id:
             return name
     return None
