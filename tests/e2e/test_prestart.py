@@ -131,8 +131,9 @@ def test_a_reservation_prestarts_its_roster_and_stops_the_unused(prestarting, hu
 
 def test_a_single_profile_user_is_started_at_login(prestarting, hub):
     stack = prestarting
-    stack.signed_up(SOLO, PASSWORD)
-    assert not hub.user(SOLO)["servers"]
+    stack.signed_up(SOLO, PASSWORD)  # NativeAuthenticator makes the hub's user at the first login
+    before = hub.api("GET", f"/users/{SOLO}")
+    assert before.status_code == 404 or not before.json()["servers"], before.text
     s = requests.Session()
     s.get(f"{stack.url}/hub/login", timeout=10)
     # next=/hub/home: JupyterHub itself would start nothing here
