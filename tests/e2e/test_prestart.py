@@ -74,6 +74,14 @@ def test_a_reservation_prestarts_its_roster_and_stops_the_unused(prestarting, hu
         stack.signed_up(name, PASSWORD)
     roster = "username,course,role\n" + "".join(f"{u},{COURSE},student\n" for u in (A, B, C))
     console.ok("POST", "courses/roster", {"roster": roster})
+    # the reservation's three GPUs must be free: a server left on the shared engine would make a
+    # pre-start fail with "all 4 GPUs are in use", which is not what this test is about
+    def held():
+        return [(g["index"], g["holder"]) for g in console.state()["gpus"] if g["holder"]]
+    try:
+        wait_for(lambda: len(held()) <= 1, timeout=60, what="three free GPUs")
+    except TimeoutError:
+        pytest.fail(f"GPUs held by servers this test did not start: {held()}")
     t0 = time.time()
     start = t0 + LEAD
     r = console.call("POST", "reservations", {"course": COURSE, "gpus": 3, "start": start, "end": start + 3600,
