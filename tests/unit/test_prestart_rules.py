@@ -292,18 +292,21 @@ def test_the_owners_first_visit_claims_a_prestarted_server_once(tmp_path):
 
 
 def test_login_starts_only_a_user_with_exactly_one_profile():
-    def prof(slug, groups=()):
-        return profiles.Profile(slug, slug, "", False, 0, 0, ("img",), frozenset(groups))
+    def prof(slug, groups=(), images=("img",)):
+        return profiles.Profile(slug, slug, "", False, 0, 0, tuple(images), frozenset(groups))
 
-    def spawner(offered, form="", groups=(), admin=False):
+    def spawner(offered, form="", groups=(), admin=False, profiles_file="profiles.yaml"):
         async def get_options_form():
             return form
-        return SimpleNamespace(get_options_form=get_options_form, profiles_file="profiles.yaml",
+        return SimpleNamespace(get_options_form=get_options_form, profiles_file=profiles_file,
                                load_profiles=lambda: offered, user_groups=lambda: set(groups), is_admin=admin)
 
     one = [prof("cpu"), prof("lab", ["lab"])]
     assert asyncio.run(login_start.single_choice(spawner(one)))
     assert not asyncio.run(login_start.single_choice(spawner(one, groups=["lab"])))  # two to choose from
     assert not asyncio.run(login_start.single_choice(spawner(one, admin=True)))
-    assert not asyncio.run(login_start.single_choice(spawner([prof("cpu")], form="<form>")))
+    assert not asyncio.run(login_start.single_choice(spawner([prof("cpu", images=("a", "b"))])))  # an image to choose
     assert not asyncio.run(login_start.single_choice(spawner([prof("lab", ["lab"])])))  # none offered
+    # a spawner without profiles: Start starts at once when it has no options form
+    assert asyncio.run(login_start.single_choice(spawner([], profiles_file="")))
+    assert not asyncio.run(login_start.single_choice(spawner([], form="<form>", profiles_file="")))

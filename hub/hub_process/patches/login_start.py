@@ -26,14 +26,14 @@ _starting: set = set()  # the tasks of starts begun at login (kept until they en
 
 
 async def single_choice(spawner) -> bool:
-    """Whether Start would start this spawner at once: no options form, and (for the hub's
-    profile spawner) exactly one profile offered to the user."""
-    if await spawner.get_options_form():
-        return False
+    """Whether Start would start this spawner at once: for the hub's profile spawner, exactly one
+    profile offered to the user, with one image (read from the profiles file: rendering the form
+    would ask the engine for the free GPUs at every login); for another spawner, no options form."""
     if getattr(spawner, "profiles_file", "") and hasattr(spawner, "load_profiles"):
         offered = await asyncio.to_thread(spawner.load_profiles)
-        return len([p for p in offered if p.visible_to(spawner.user_groups(), spawner.is_admin)]) == 1
-    return True
+        visible = [p for p in offered if p.visible_to(spawner.user_groups(), spawner.is_admin)]
+        return len(visible) == 1 and len(visible[0].images) == 1
+    return not await spawner.get_options_form()
 
 
 async def start_at_login(handler, user) -> None:
