@@ -20,6 +20,7 @@ class HubAPI(Protocol):
     async def group_names(self) -> list[str]: ...
     async def active_servers(self) -> dict[tuple[str, str], dict]: ...
     async def stop_server(self, user: str, server: str) -> tuple[int, str]: ...
+    async def prestart_server(self, user: str, reservation: str) -> tuple[int, str]: ...
     # courses (course_actions.py)
     async def group_models(self) -> list[dict]: ...  # with "users" and "properties"
     async def create_users(self, names: list[str]) -> None: ...
@@ -99,6 +100,12 @@ class HubClient(HubAPI):
         if server:
             path = f"/users/{quote(user, safe='')}/servers/{quote(server, safe='')}"
         code, data = await self._request("DELETE", path)
+        return code, (data or {}).get("message", "") if isinstance(data, dict) else ""
+
+    async def prestart_server(self, user: str, reservation: str) -> tuple[int, str]:
+        """Ask the hub to start a course member's server for a reservation's pre-start (the hub's
+        own route, hub/hub_process/prestart_api.py: 201 started, 202 starting)."""
+        code, data = await self._request("POST", "/gpuhub/prestart", {"user": user, "reservation": reservation})
         return code, (data or {}).get("message", "") if isinstance(data, dict) else ""
 
     async def _change(self, method: str, path: str, body: Any, ok: tuple[int, ...], what: str) -> Any:

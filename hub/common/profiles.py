@@ -205,3 +205,10 @@ def render_form(profiles: list[Profile], gpus_total: int, gpus_free: int,
               "document.querySelectorAll('input[name=profile]').forEach(function(r){r.addEventListener('change',s);});"
               "s();})();</script>")
     return gpu_line + "".join(rows) + script
+
+
+def course_profile(profiles: list[Profile], course: str) -> Profile | None:
+    """The profile a course's pre-started servers get (hub/gpus/prestart.py): the first in the
+    file that names the course's group, one with a GPU first; None when none names it."""
+    named = [p for p in profiles if course in p.groups]
+    return next((p for p in named if p.gpu), named[0] if named else None)

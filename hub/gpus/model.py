@@ -76,6 +76,9 @@ ACCESS_REFUSED = ("Your account may not use GPUs on this hub: an administrator d
 MAX_SHARED_CAPACITY = 64
 
 
+MAX_PRESTART = 4 * 3600.0  # seconds: a reservation's servers start at most this long before it
+
+
 @dataclass(frozen=True)
 class Reservation:
     """GPUs held for one course (a group name) from `start` to `end` (epoch seconds)."""
@@ -85,17 +88,27 @@ class Reservation:
     start: float
     end: float
     note: str = ""
+    prestart: float = 0.0
+    """Seconds before ``start`` that the course's servers are started (hub/gpus/prestart.py);
+    the GPUs are held for the course from then on, so the pre-started servers get them."""
 
     def active(self, now: float) -> bool:
         return self.start <= now < self.end
 
+    def holds(self, now: float) -> bool:
+        """Whether the GPUs are held for the course at `now`: the window, and its pre-start."""
+        return self.start - self.prestart <= now < self.end
+
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "course": self.course, "gpus": list(self.gpus),
+        data = {"id": self.id, "course": self.course, "gpus": list(self.gpus),
                 "start": self.start, "end": self.end, "note": self.note}
+        if self.prestart:  # written only when set: an intent file without it reads as before
+            data["prestart"] = self.prestart
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> Reservation:
-        keys = {"id", "course", "gpus", "start", "end", "note"}
+        keys = {"id", "course", "gpus", "start", "end", "note", "prestart"}
         if not isinstance(data, dict) or not {"id", "course", "gpus", "start", "end"} <= set(data) <= keys:
             raise ValueError("each intent reservation must be {\"id\", \"course\", \"gpus\", \"start\", \"end\"[, \"note\"]}")
         if not all(_is_str(data[k]) and data[k] for k in ("id", "course")) or not _is_str(data.get("note", "")):
@@ -106,7 +119,11 @@ class Reservation:
         start, end = data["start"], data["end"]
         if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in (start, end)) or end <= start:
             raise ValueError(f"intent reservation {data['id']!r}: 'start' and 'end' must be epoch seconds, end after start")
-        return cls(data["id"], data["course"], tuple(gpus), float(start), float(end), data.get("note", ""))
+        prestart = data.get("prestart", 0)
+        if isinstance(prestart, bool) or not isinstance(prestart, (int, float)) or not 0 <= prestart <= MAX_PRESTART:
+            raise ValueError(f"intent reservation {data['id']!r}: 'prestart' must be seconds from 0 to {MAX_PRESTART}")
+        return cls(data["id"], data["course"], tuple(gpus), float(start), float(end), data.get("note", ""),
+                   float(prestart))
 
 
 @dataclass
@@ -121,7 +138,7 @@ class Intent:
 
     def reserved_for(self, now: float) -> dict[str, str]:
         """uuid -> course, for the reservations active at `now`."""
-        return {uuid: r.course for r in self.reservations if r.active(now) for uuid in r.gpus}
+        return {uuid: r.course for r in self.reservations if r.holds(now) for uuid in r.gpus}
 
     def allows(self, user: str, groups: Iterable[str] = ()) -> bool:
         """Whether `user` (a member of `groups`) may be given a GPU at all."""

@@ -285,6 +285,11 @@ _TABLE = [
             default_doc="the image's: `numpy torch pandas matplotlib.pyplot`",
             help="Modules the spare kernel imports, separated by spaces (a profile's `warm_kernel: [...]` "
                  "overrides it). Empty: the image's default list."),
+    Setting("PRESTART_AT_LOGIN", SERVERS, "boolean", default="false", example="true",
+            help="A user who has exactly one server profile (nothing to choose on the spawn page) gets their "
+                 "server started as they log in (password form or OAuth), so it is starting or up when they land "
+                 "on the hub, wherever the login sends them. Its GPU-hours count from then: the person is there. "
+                 "See [Servers: starting at login](servers.md#starting-at-login)."),
     Setting("USER_NETWORK_ISOLATION", SERVERS, "boolean", default="true", example="false",
             help="A user's server reaches only the hub's API and the proxy's public port on the deployment's "
                  "network (not other users' servers, the proxy's API, the services or Prometheus), never "
@@ -349,6 +354,17 @@ _TABLE = [
     Setting("GPU_QUEUE_MAX_WAIT", GPUS, "positive_int", default="14400", example="3600",
             help="With `GPU_WHEN_FULL=queue`: seconds a start may wait in line before it gives up with a message "
                  "(JupyterHub's start timeout is set to this plus `SPAWN_TIMEOUT`)."),
+    Setting("RESERVATION_PRESTART_MINUTES", GPUS, "non_negative_int", default="0", example="10",
+            help="Minutes before a course's GPU reservation starts that the GPU console starts the servers of the "
+                 "course's members, with the course's profile, on the reservation's GPUs (held for the course from "
+                 "then on), when the whole roster fits the reserved seats (`0`: off). The default for new "
+                 "reservations; `gpuhub-gpus reserve --prestart-minutes` sets one reservation's (at most 240). "
+                 "GPU-hours and idle clocks of a pre-started server begin at its person's first request. See "
+                 "[Running a course: pre-start](teaching.md#servers-ready-before-the-session)."),
+    Setting("RESERVATION_PRESTART_GRACE_MINUTES", GPUS, "non_negative_int", default="15", example="30",
+            help="Minutes after a reservation's start that its pre-started servers nobody has used yet are "
+                 "stopped, with a reason their person reads (never later than the reservation's end; `0`: at its "
+                 "start)."),
     # --- Idle culler
     Setting("CULL_IDLE_TIMEOUT", CULLER, "non_negative_int", default="3600", example="7200",
             help="Stop servers idle this many seconds (`0`: never; the culler does not run)."),

@@ -20,6 +20,10 @@ Parked servers (hub.gpus.parked: paused, their GPU given back) hold no seat: the
 closes where it was last seen live, and after a resume a new one opens at the resume time
 (``parked_file``), so parked time is not GPU time.
 
+Servers pre-started for a reservation (hub.gpus.prestart) hold no seat until their person's
+first request claims them, and from then on a seat from the claim (``prestart_file``): GPU-hours
+begin when the person comes, not when the console started the server for them.
+
 ``enforce``: for each user holding a GPU, the tightest quota (hub.usage.quota): at 90 % a
 warning the user reads on their next page load, at 100 % their GPU servers are stopped through
 the hub's API (files kept), with the reason kept for their next page load and an audit line.
@@ -39,6 +43,7 @@ from hub import courses as course_model
 from hub.gpus.claim import LIVE_STATES, Labels
 from hub.gpus.model import GPU
 from hub.gpus.parked import ParkedFile, parked_ids
+from hub.gpus import prestart as prestarts
 from hub.usage import quota as quotas
 from hub.usage.accounting import (Interval, UtilisationSource, advance, docker_time, event_time,
                                   seats_of_container, seats_of_event, seats_of_tasks)
@@ -68,9 +73,10 @@ class UsageKeeper:
                  events: EventsCall, hub: Any, instance: str, label_prefix: str = "gpuhub",
                  util: UtilisationSource | None = None, default_quota: tuple[float, float] | None = None,
                  audit: Callable[[dict], Awaitable[Any]] | None = None, clock: Callable[[], float] = time.time,
-                 parked_file: Any = None):
+                 parked_file: Any = None, prestart_file: Any = None):
         self.store, self.inventory, self.docker, self.events, self.hub = store, inventory, docker, events, hub
         self.parked = ParkedFile(parked_file) if parked_file else None
+        self.prestart = prestarts.PrestartFile(prestart_file) if prestart_file else None
         self.instance, self.labels, self.util, self.clock = instance, Labels(label_prefix), util, clock
         self.default_quota, self.audit = default_quota, audit
         self.lock = asyncio.Lock()
@@ -116,7 +122,26 @@ class UsageKeeper:
                 started = docker_time((d.get("State") or {}).get("StartedAt"))
                 start = max(resumed[d["Id"]], started or 0.0)
             seats += seats_of_container(d, inventory, self.labels.prefix, start=start)
-        return seats
+        return await self.claimed_only(seats)
+
+    async def claimed_only(self, seats: list) -> list:
+        """The seats without those of unclaimed pre-started servers, and a claimed one's from its
+        claim (hub.gpus.prestart.seat_start)."""
+        if self.prestart is None:
+            return seats
+        records = await asyncio.to_thread(self.prestart.all)
+        if not records:
+            return seats
+        claims = await asyncio.to_thread(prestarts.read_claims, self.prestart.path.with_name(prestarts.CLAIMS_FILE))
+        out = []
+        for seat in seats:
+            record = records.get((seat.user, seat.server))
+            if record is not None and not prestarts.is_record_of(record, seat.container_id, seat.start):
+                record = None
+            counts, start = prestarts.seat_start(record, claims, seat.start)
+            if counts:
+                out.append(seat if start is None else replace(seat, start=start))
+        return out
 
     async def _inspect(self, cid: str) -> dict | None:
         try:
@@ -135,8 +160,8 @@ class UsageKeeper:
             live = await self.live_seats(restarted={(e.get("Actor") or {}).get("ID") or e.get("id") for e in events
                                                     if (e.get("Action") or e.get("status")) == "start"})
             inventory = list(self.inventory())
-            started = [s for e in events if (e.get("Action") or e.get("status")) == "start"
-                       for s in seats_of_event(e, inventory, self.labels.prefix)]
+            started = await self.claimed_only([s for e in events if (e.get("Action") or e.get("status")) == "start"
+                                               for s in seats_of_event(e, inventory, self.labels.prefix)])
             ended: dict[str, float] = {}
             for e in events:
                 if (e.get("Action") or e.get("status")) == "die":
@@ -280,7 +305,8 @@ class SwarmUsageKeeper(UsageKeeper):
         nodes, services, tasks = await asyncio.gather(
             self.docker("nodes"), self.docker("services", filters=self.instance_filter),
             self.docker("tasks", filters={"desired-state": "running"}))
-        return seats_of_tasks(tasks, services, nodes_from_engine(nodes), list(self.inventory()), self.labels.prefix)
+        return await self.claimed_only(seats_of_tasks(tasks, services, nodes_from_engine(nodes), list(self.inventory()),
+                                                      self.labels.prefix))
 
     async def _finished_times(self, known, live, ended) -> None:
         """No containers to inspect on the hub's engine: runs end where last seen."""

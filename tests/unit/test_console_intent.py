@@ -128,15 +128,21 @@ def test_console_is_an_admin_only_least_privilege_service(tmp_path):
     role = roles["gpu-console"]
     assert role["services"] == ["gpu-console"]
     # may look up users, groups and servers, stop servers, set course groups' members and
-    # properties, and create users and course groups through the roster route (hub/hub_process/roster_api.py);
-    # nothing else: no admin:users (delete, rename, auth state), no admin:groups (delete), no
-    # tokens, no starting servers, no access to users' servers
+    # properties, create users and course groups through the roster route (hub/hub_process/roster_api.py)
+    # and start course members' servers in a reservation's pre-start through the pre-start route
+    # (hub/hub_process/prestart_api.py); nothing else: no admin:users (delete, rename, auth state),
+    # no admin:groups (delete), no tokens, no `servers` (starting anyone's server), no access to
+    # users' servers
     assert set(role["scopes"]) == {"list:users", "read:users:groups", "read:servers", "delete:servers",
-                                   "list:groups", "read:groups", "groups", "custom:gpuhub-roster:create"}
-    assert "custom:gpuhub-roster:create" in c.JupyterHub.custom_scopes
-    [(path, handler)] = c.JupyterHub.extra_handlers
+                                   "list:groups", "read:groups", "groups", "custom:gpuhub-roster:create",
+                                   "custom:gpuhub-prestart:start"}
+    assert {"custom:gpuhub-roster:create", "custom:gpuhub-prestart:start"} <= set(c.JupyterHub.custom_scopes)
+    [(path, handler), (prestart_path, prestart_handler, prestart_args)] = c.JupyterHub.extra_handlers
     from jupyterhub.apihandlers.base import APIHandler
     assert path == "/api/gpuhub/roster" and issubclass(handler, APIHandler)
+    assert prestart_path == "/api/gpuhub/prestart" and issubclass(prestart_handler, APIHandler)
+    assert prestart_args == {"intent_file": "/srv/jupyterhub/state/gpu-intent.json",
+                             "profiles_file": "/srv/jupyterhub/profiles.yaml"}
 
 
 def test_the_console_reads_the_gpu_settings_the_hub_wrote(tmp_path, monkeypatch):
@@ -171,7 +177,8 @@ def test_console_scopes_are_real_jupyterhub_scopes(tmp_path):
     (role,) = c.JupyterHub.load_roles
     # JupyterHub's own scopes, and the custom ones the configuration defines
     assert all(s in scope_definitions or s in c.JupyterHub.custom_scopes for s in role["scopes"])
-    assert [s for s in role["scopes"] if s not in scope_definitions] == ["custom:gpuhub-roster:create"]
+    assert [s for s in role["scopes"] if s not in scope_definitions] == ["custom:gpuhub-roster:create",
+                                                                          "custom:gpuhub-prestart:start"]
 
 
 # ---- usage sampling -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from traitlets.config.loader import ConfigError
 
-from hub.hub_process import roster_api
+from hub.hub_process import prestart_api, roster_api
 from hub.settings import HOST_MEMORY_STATE_FILE, PROFILES_FILE, RECLAIM_TOKEN_ENV, RECLAIM_URL_ENV, STATE_DIR
 from hub.hub_process.config import oauth
 from hub.hub_process.config.database import use_wal
@@ -115,6 +115,7 @@ def configure_spawner(c, env: Mapping[str, str], profiles_file: str = PROFILES_F
     c.GPUDockerSpawner.pids_limit = read(env, "USER_PIDS_LIMIT")
     c.GPUDockerSpawner.warm_kernel = read(env, "WARM_KERNEL")
     c.GPUDockerSpawner.warm_imports = read(env, "WARM_KERNEL_IMPORTS") or ""
+    c.GPUDockerSpawner.start_at_login = read(env, "PRESTART_AT_LOGIN")  # login_start.install(c) reads it
     c.GPUDockerSpawner.gpu_enabled = read(env, "USER_GPU")
     c.GPUDockerSpawner.gpu_cpu_fallback = read(env, "GPU_CPU_FALLBACK")
     c.GPUDockerSpawner.gpu_request_style = read(env, "GPU_REQUEST_STYLE")
@@ -276,6 +277,7 @@ def configure_queue(c, env: Mapping[str, str]) -> None:
 
 
 CONSOLE_NAME = "gpu-console"
+PRESTART_SETTINGS = ("RESERVATION_PRESTART_MINUTES", "RESERVATION_PRESTART_GRACE_MINUTES")
 CONSOLE_URL = "http://hub:10101"  # the proxy reaches the hub container by name on the network
 
 
@@ -303,6 +305,10 @@ def configure_console(c, env: Mapping[str, str], reclaim_token_file: str = RECLA
                                                    "GPU_TOOLKIT_OVERRIDE", "NVIDIA_CTK_VERSION", "HUB_BACKEND",
                                                    "HOST_MEMORY_RESERVE", "HOST_MEMORY_WHEN_FULL",
                                                    "HOST_MEMINFO_FILE") if env.get(key)})
+    # Reservations' pre-start (course_actions.py): checked now, so a bad value stops the hub at start
+    for key in PRESTART_SETTINGS:
+        read(env, key)
+    environment.update({key: env[key] for key in PRESTART_SETTINGS if env.get(key, "").strip()})
     c.JupyterHub.services = [*c.JupyterHub.get("services", []), {
         "name": CONSOLE_NAME,
         "display": True,
@@ -314,12 +320,14 @@ def configure_console(c, env: Mapping[str, str], reclaim_token_file: str = RECLA
     }]
     c.JupyterHub.load_roles = [*c.JupyterHub.get("load_roles", []), {
         "name": CONSOLE_NAME,
-        "description": "GPU console: see users, groups and servers, stop servers; import course "
-                       "rosters (create users and course groups, set their members and properties)",
+        "description": "GPU console: see users, groups and servers, stop servers, start course members' "
+                       "servers for a reservation's pre-start; import course rosters (create users and course groups, "
+                       "set their members and properties)",
         "scopes": list(CONSOLE_SCOPES),
         "services": [CONSOLE_NAME],
     }]
     roster_api.install(c)
+    prestart_api.install(c)
 
 
 # The GPU console's token: each scope for the hub API calls of hub/common/hubapi.py; why each,
@@ -330,6 +338,7 @@ CONSOLE_SCOPES = (
     "list:groups", "read:groups",  # groups with members and properties (courses)
     "groups",  # a course's members and its gpuhub.course property (rosters, course settings)
     roster_api.SCOPE,  # create a roster's users and course groups (not admin:users/admin:groups)
+    prestart_api.SCOPE,  # start course members' servers for a reservation's pre-start (not `servers`)
 )
 
 

@@ -120,6 +120,8 @@ class GPUSpawnerSettings(DockerSpawner):
         for its first notebook (images/singleuser/gpuhub_warm; a profile's warm_kernel overrides it).""")
     warm_imports = Unicode("", config=True, help="""Modules the spare kernel imports, separated by spaces
         (a profile's warm_kernel list overrides it). Empty: the image's default list.""")
+    start_at_login = Bool(False, config=True, help="""Start the server of a user who has exactly one profile
+        as they log in (hub/hub_process/patches/login_start.py, installed by jupyterhub_config.py).""")
 
     @default("gpu_when_full")
     def _default_gpu_when_full(self):

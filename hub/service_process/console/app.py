@@ -64,6 +64,7 @@ from hub.usage import metrics as usage_metrics
 from hub.usage.reconcile import UsageKeeper
 from hub.service_process.console.usage_api import UsageDesk
 from hub.gpus.parked import FILE as PARKED_FILE
+from hub.gpus.prestart import FILE as PRESTART_FILE
 from hub.gpus.activity import ActivitySampler
 from hub.common.services import every
 from hub.gpus.inventory import discover
@@ -84,7 +85,7 @@ SERVICE_NAME = "gpu-console"
 
 def make_app(console: Console, service_prefix: str = "/services/gpu-console/", base_url: str = "/",
              authenticator: Any = None, cookie_secret: bytes | None = None,
-             roster_max_bytes: int = GPUSettings.roster_max_bytes) -> web.Application:
+             roster_max_bytes: int = GPUSettings.roster_max_bytes, prestart: dict | None = None) -> web.Application:
     """The console's tornado app; serve it with ``app.settings["server_limits"]`` as the HTTP
     server's options (its body limits)."""
     # after defer_hub_database() (hub/common/lean_imports.py): no hub database layer in this process
@@ -102,7 +103,7 @@ def make_app(console: Console, service_prefix: str = "/services/gpu-console/", b
         handlers,
         console=console,
         gpu_desk=GPUDesk(console),
-        course_desk=CourseDesk(console, roster_max_bytes),
+        course_desk=CourseDesk(console, roster_max_bytes, **(prestart or {})),
         roster_max_bytes=roster_max_bytes,
         server_limits=server_limits(roster_max_bytes),
         usage_keeper=keeper,
@@ -158,13 +159,15 @@ def usage_keeper(console: Console, settings: GPUSettings, events: Any = None) ->
     return keeper(UsageStore(settings.usage_db), lambda: console.manager.inventory, console.docker,
                   events, console.hub, settings.name_prefix,
                   settings.label_prefix, util=console.sampler, default_quota=default, audit=audit,
-                  parked_file=Path(settings.intent_file).with_name(PARKED_FILE))  # parked time is not GPU time
+                  parked_file=Path(settings.intent_file).with_name(PARKED_FILE),  # parked time is not GPU time
+                  prestart_file=Path(settings.intent_file).with_name(PRESTART_FILE))  # nor unclaimed pre-starts
 
 
 async def _no_events(since: float, until: float, filters: dict) -> list:
     return []
 
 
+PRESTART_CHECK_INTERVAL = 10.0  # seconds: a pre-start window opens or closes at most this late (reads two small files)
 EVENT_SYNC_DELAY = 1.0  # seconds from a server's start or die event to the sync it brings
 
 
@@ -208,7 +211,10 @@ async def start(console: Console, settings: GPUSettings, env: dict[str, str], sa
     prefix = env.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/")
     url = urlsplit(env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
     sampler = console.sampler
-    app = make_app(console, prefix, env.get("JUPYTERHUB_BASE_URL", "/"), roster_max_bytes=settings.roster_max_bytes)
+    app = make_app(console, prefix, env.get("JUPYTERHUB_BASE_URL", "/"), roster_max_bytes=settings.roster_max_bytes,
+                   prestart={"prestart_minutes": read(env, "RESERVATION_PRESTART_MINUTES"),
+                             "prestart_grace_minutes": read(env, "RESERVATION_PRESTART_GRACE_MINUTES"),
+                             "profiles_file": settings.profiles_file})
     # The proxy reaches the service by the hub's name on the compose network: listen on all
     # of the container's addresses (every request is still authenticated with the hub).
     app.listen(url.port or 80, address=settings.bind, xheaders=True, **app.settings["server_limits"])
@@ -231,6 +237,14 @@ async def start(console: Console, settings: GPUSettings, env: dict[str, str], sa
         await desk.prune_reservations()
 
     await every(settings.course_check_interval, course_schedule, "course schedule", log, now=False)
+
+    async def prestart_round():
+        # Reservations' pre-starts due now, and unused pre-started servers past their window
+        done = await desk.prestart_round()
+        if done["started"] or done["stopped"]:
+            log.info("pre-start: reservations %s started, %d unused servers stopped", done["started"], len(done["stopped"]))
+
+    await every(PRESTART_CHECK_INTERVAL, prestart_round, "reservation pre-start", log, now=False)
 
     async def usage_sync():
         # GPU-seconds from the engine into the store, then quotas on running servers.

@@ -24,6 +24,7 @@ prefer a terminal. Standard library only, so it runs with any Python 3.11 on the
     gpuhub-gpus stop-course ml101 --yes  # stop its students' servers (--include-staff)
     gpuhub-gpus reset ml101 alice --yes  # fresh container next start; files untouched
     gpuhub-gpus reserve ml101 2 --start 2026-11-23T09:00+01:00 --end 2026-11-23T11:00+01:00
+    gpuhub-gpus reserve ml101 2 --start ... --end ... --prestart-minutes 10   # servers ready at 08:50
     gpuhub-gpus unreserve r-1a2b3c4d
     gpuhub-gpus share 3 4                # GPU #3 shared by up to 4 servers;  unshare 3
   usage and quotas (docs/usage.md):
@@ -311,6 +312,12 @@ def format_courses(data: dict) -> str:
         for r in c["reservations"]:
             state = "active" if r["active"] else "over" if r["over"] else "upcoming"
             lines.append(f"  reservation {r['id']}: {len(r['gpus'])} GPUs {r['start_iso']} - {r['end_iso']} ({state})")
+            pre = r.get("prestart")
+            if pre:
+                lines.append(f"    pre-start {r['prestart_minutes']:g} min before: " + (
+                    f"{pre['started']} started, {pre['claimed']} of {pre['prestarted']} in use"
+                    + (f", {pre['failed']} failed" if pre["failed"] else "") if pre["done"] and (pre["started"] or not pre["reason"])
+                    else f"none: {pre['reason']}" if pre["done"] else "not yet"))
     return "\n".join(lines) or "no courses yet: import a roster (gpuhub-gpus roster FILE)"
 
 
@@ -356,8 +363,9 @@ def run_course_command(args: argparse.Namespace, client: Client, note: dict) -> 
         return client.call("POST", f"courses/{quote(args.course, safe='')}/reset", {"user": args.user, **note})
     if args.command == "reserve":
         gpus: Any = int(args.gpus) if args.gpus.isdigit() else [resolve_gpu(client, g) for g in args.gpus.split(",")]
+        extra = {} if args.prestart_minutes is None else {"prestart_minutes": args.prestart_minutes}
         return client.call("POST", "reservations", {"course": args.course, "gpus": gpus,
-                                                    "start": args.start, "end": args.end, **note})
+                                                    "start": args.start, "end": args.end, **extra, **note})
     if args.command == "unreserve":
         return client.call("DELETE", f"reservations/{quote(args.id, safe='')}", note or None)
     if args.command == "share":
@@ -485,6 +493,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("gpus", help="how many (2), or which: indexes or UUIDs, comma-separated (0,1)")
     s.add_argument("--start", required=True, help="ISO 8601 with a zone, e.g. 2026-11-23T09:00+01:00")
     s.add_argument("--end", required=True, help="ISO 8601 with a zone")
+    s.add_argument("--prestart-minutes", type=int, default=None, metavar="M",
+                   help="start the course's servers M minutes before (0-240; default: RESERVATION_PRESTART_MINUTES)")
     s = sub.add_parser("unreserve", help="cancel a reservation")
     s.add_argument("id")
     s = sub.add_parser("share", help="let up to CAPACITY servers share a GPU")

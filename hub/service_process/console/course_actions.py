@@ -13,15 +13,21 @@ import asyncio
 import re
 import secrets
 import time
+from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+from pathlib import Path
+
 from hub import courses
+from hub.common import profiles
 from hub.common.errors import ConsoleError
+from hub.common.stop_reasons import ReasonFile
 from hub.times import utc_iso
 from hub.service_process.console.state import Console, View, gpu_label
-from hub.gpus.model import Reservation
+from hub.gpus import prestart as prestarts
+from hub.gpus.model import MAX_PRESTART, Reservation
 
 MAX_RESERVATION_DAYS = 31
 # Rosters are parsed in a thread of their own: one at a time, however many are uploaded at once,
@@ -49,9 +55,22 @@ def parse_time(name: str, value: str | float) -> float:
     return epoch
 
 
+PRESTART_CONCURRENCY = 4  # pre-starts in flight at once: the spawner's turns and memory admission pace them further
+PRESTART_READY_WAIT = 900.0  # seconds a pre-start is followed before it counts as failed
+
+
 class CourseDesk:
-    def __init__(self, console: Console, roster_max_bytes: int = 1024 * 1024):
+    def __init__(self, console: Console, roster_max_bytes: int = 1024 * 1024, prestart_minutes: int = 0,
+                 prestart_grace_minutes: int = 15, profiles_file: str = ""):
         self.console, self.roster_max_bytes = console, roster_max_bytes
+        self.prestart_minutes, self.prestart_grace = prestart_minutes, prestart_grace_minutes * 60.0
+        self.profiles_file = profiles_file
+        state = Path(console.manager.intent_file).parent
+        self.prestarts = prestarts.PrestartFile(state / prestarts.FILE)
+        self.claims_file = state / prestarts.CLAIMS_FILE
+        self.reasons = ReasonFile(state / "stop-reasons.json")
+        self._prestarting: set[asyncio.Task] = set()
+        self._records_lock = asyncio.Lock()  # one rewrite of the pre-start file at a time (starts run side by side)
 
     @property
     def hub(self):
@@ -73,16 +92,34 @@ class CourseDesk:
         servers = await self.hub.active_servers()
         intent = await self.console.intent()  # only the reservations: no reading of the engine
         now = self.console.clock()
+        status = await self.prestart_status()
         out = []
         for name, c in sorted(found.items()):
             running = sorted(u for (u, _s) in servers if u in c.members)
             out.append({**c.to_json(), "running": running,
-                        "reservations": [self._reservation_json(r, now) for r in intent.reservations if r.course == name]})
+                        "reservations": [self._reservation_json(r, now, status) for r in intent.reservations
+                                         if r.course == name]})
         return {"courses": out}
 
-    def _reservation_json(self, r: Reservation, now: float) -> dict[str, Any]:
-        return {**r.to_json(), "start_iso": utc_iso(r.start, 'minutes'), "end_iso": utc_iso(r.end, 'minutes'),
-                "active": r.active(now), "over": now >= r.end}
+    def _reservation_json(self, r: Reservation, now: float, status: dict | None = None) -> dict[str, Any]:
+        data = {**r.to_json(), "start_iso": utc_iso(r.start, 'minutes'), "end_iso": utc_iso(r.end, 'minutes'),
+                "active": r.active(now), "over": now >= r.end, "prestart_minutes": r.prestart / 60}
+        if r.prestart:
+            data["prestart"] = (status or {}).get(r.id) or {"done": False, "prestarted": 0, "claimed": 0}
+        return data
+
+    async def prestart_status(self) -> dict[str, dict]:
+        """Per reservation: what its pre-start did, and its pre-started servers now, claimed or not."""
+        records = await asyncio.to_thread(self.prestarts.all)
+        claims = await asyncio.to_thread(prestarts.read_claims, self.claims_file)
+        done = await asyncio.to_thread(self.prestarts.done)
+        now_counts = prestarts.counts(records.values(), claims)
+        out = {}
+        for rid in set(done) | set(now_counts):
+            d = done.get(rid) or {}
+            out[rid] = {"done": rid in done, "started": int(d.get("started") or 0), "failed": int(d.get("failed") or 0),
+                        "reason": str(d.get("reason") or ""), **now_counts.get(rid, {"prestarted": 0, "claimed": 0})}
+        return out
 
     # -- rosters ------------------------------------------------------------------------------
 
@@ -280,15 +317,22 @@ class CourseDesk:
         if end <= self.console.clock():
             raise ConsoleError(400, f"the window ends in the past ({utc_iso(end, 'minutes')})")
         name = body["course"]
+        minutes = body.get("prestart_minutes", self.prestart_minutes)  # 0 to 240: the schema says so
+        prestart = min(float(minutes) * 60, MAX_PRESTART)
         async with self.console.lock:
             await self.course(name)
             view = await self.console.view()
-            taken = {u for r in view.intent.reservations if r.start < end and start < r.end for u in r.gpus}
+            # the GPUs are held from the pre-start on: overlapping means overlapping that too
+            taken = {u for r in view.intent.reservations if r.start - r.prestart < end and start - prestart < r.end
+                     for u in r.gpus}
             gpus = self._reservable(view, body["gpus"], taken)
-            reservation = Reservation(f"r-{secrets.token_hex(4)}", name, tuple(gpus), start, end, body.get("note", ""))
+            reservation = Reservation(f"r-{secrets.token_hex(4)}", name, tuple(gpus), start, end, body.get("note", ""),
+                                      prestart)
             labels = ", ".join(f"#{i}" for i in sorted(view.gpus[u].index for u in gpus))
             detail = (f"reserved GPU{'s' if len(gpus) > 1 else ''} {labels} for course {name} "
                       f"from {utc_iso(start, 'minutes')} to {utc_iso(end, 'minutes')}")
+            if prestart:
+                detail += f"; its servers start {minutes:g} minutes before"
             reply = await self.console.commit(view.intent.with_reservation(reservation),
                                               {"action": "reserve", **reservation.to_json()},
                                               body.get("note", ""), detail, who, via)
@@ -344,6 +388,164 @@ class CourseDesk:
                                       f"forgot {len(over)} reservations that ended over {keep_days:g} days ago",
                                       "gpu-console", "schedule")
             return len(over)
+
+    # -- pre-start (hub/gpus/prestart.py) -----------------------------------------------------------
+
+    def course_profile(self, course: str) -> profiles.Profile | None:
+        """The profile a course's pre-started servers get: the first in profiles.yaml that names
+        the course's group, one with a GPU first; None if no profile names it."""
+        if not self.profiles_file:
+            return None
+        try:
+            offered = profiles.load_profiles(Path(self.profiles_file).read_text(), "-", 0, 0)
+        except (OSError, ValueError):
+            return None
+        return profiles.course_profile(offered, course)
+
+    async def prestart_round(self) -> dict[str, Any]:
+        """One round: unclaimed pre-started servers past their window stopped (with their reason),
+        records of servers gone dropped, and the reservations now due pre-started (in tasks of
+        their own: a class of starts takes minutes, and the next round must still stop on time)."""
+        now = self.console.clock()
+        intent = await self.console.intent()
+        records = await asyncio.to_thread(self.prestarts.all)
+        stopped = await self._stop_unclaimed(records, now) if records else []
+        if records:
+            await self._forget_gone(records)
+        done = await asyncio.to_thread(self.prestarts.done)
+        started = []
+        for r in prestarts.due(intent.reservations, now, self.prestart_grace, done):
+            await self._records(self.prestarts.mark, r.id, {"at": now, "started": 0, "running": True})
+            task = asyncio.get_running_loop().create_task(self.prestart(r))
+            self._prestarting.add(task)
+            task.add_done_callback(self._prestarting.discard)
+            started.append(r.id)
+        return {"stopped": stopped, "started": started}
+
+    async def prestart(self, r: Reservation) -> dict[str, Any]:
+        """Start the servers of reservation `r`'s course (hub.gpus.prestart.who), throttled; one audit line."""
+        now = self.console.clock()
+        _opens, closes = prestarts.window(r, self.prestart_grace)
+        result: dict[str, Any] = {"at": now, "started": 0, "failed": 0, "reason": ""}
+        try:
+            course = await self.course(r.course)
+            profile = self.course_profile(r.course)
+            running = {u for (u, s) in await self.hub.active_servers() if s == ""}
+            intent = await self.console.intent()
+            users, reason = prestarts.who(course.members, prestarts.seats(r, intent.shared), running)
+            if profile is None:
+                users, reason = [], f"no profile in the profiles file names the course's group {r.course!r}"
+        except ConsoleError as exc:
+            users, reason = [], exc.message
+        result["reason"] = reason
+        gate = asyncio.Semaphore(PRESTART_CONCURRENCY)
+        failures: list[dict] = []
+
+        async def one(user: str) -> bool:
+            async with gate:
+                record = prestarts.Record(user, "", r.id, r.course, self.console.clock(), closes)
+                await self._records(self.prestarts.put, record)
+                try:
+                    ok, message = await self._start_and_wait(user, r.id)
+                except ConsoleError as exc:  # the hub's API did not answer, or answered 5xx
+                    ok, message = False, exc.message
+                if not ok:
+                    await self._records(self.prestarts.pop, record.key)
+                    failures.append({"user": user, "message": message})
+                    return False
+                container = await self._container_of(user)
+                if container:
+                    await self._records(self.prestarts.put, replace(record, container=container))
+                return True
+
+        oks = await asyncio.gather(*(one(u) for u in users)) if users else []
+        result["started"], result["failed"] = sum(oks), len(oks) - sum(oks)
+        await self._records(self.prestarts.mark, r.id, result)
+        if users:
+            detail = (f"pre-started {result['started']} of {len(users)} servers of course {r.course} for reservation "
+                      f"{r.id} (starts {utc_iso(r.start, 'minutes')}); unused ones stop at {utc_iso(closes, 'minutes')}")
+            if failures:
+                detail += f"; {len(failures)} failed ({failures[0]['user']}: {failures[0]['message']})"
+        else:
+            detail = f"no servers pre-started for course {r.course}'s reservation {r.id}: {reason or 'all running'}"
+        await self.console.commit(None, {"action": "prestart", "course": r.course, "reservation": r.id,
+                                         "users": sorted(users), "started": result["started"], "failed": failures,
+                                         "reason": reason},
+                                  "", detail, "gpu-console", "schedule")
+        return result
+
+    async def _records(self, change, *args: Any) -> Any:
+        """A change of the pre-start file (its put, pop or mark), in a thread, one at a time."""
+        async with self._records_lock:
+            return await asyncio.to_thread(change, *args)
+
+    async def _start_and_wait(self, user: str, reservation: str) -> tuple[bool, str]:
+        """Ask the hub to pre-start `user`'s server for `reservation` (hub/hub_process/prestart_api.py);
+        follow it until it is ready (True) or gone (False, why)."""
+        status, message = await self.hub.prestart_server(user, reservation)
+        if status not in (201, 202):
+            return False, message or f"the hub answered {status}"
+        deadline = self.console.clock() + PRESTART_READY_WAIT
+        while self.console.clock() < deadline:
+            model = await self.hub.user(user)
+            server = ((model or {}).get("servers") or {}).get("")
+            if server is None:
+                return False, "the start failed (the hub shows no server)"
+            if server.get("ready"):
+                return True, ""
+            await asyncio.sleep(1.0)
+        return False, f"not ready after {PRESTART_READY_WAIT:g} s"
+
+    async def _container_of(self, user: str) -> str:
+        keys = self.console.labels
+        found = await self.console.docker("containers", filters={
+            "label": [f"{keys.user}={user}", f"{keys.instance}={self.console.instance}"]})
+        for c in found:
+            if (c.get("Labels") or {}).get(keys.server, "") == "":
+                return c["Id"]
+        return ""
+
+    async def _stop_unclaimed(self, records: dict, now: float) -> list[dict]:
+        claims = await asyncio.to_thread(prestarts.read_claims, self.claims_file)
+        due = prestarts.to_stop(records.values(), claims, now)
+        if not due:
+            return []
+        titles = {n: c.title for n, c in (await self.courses()).items()}
+        servers = await self.hub.active_servers()
+        stopped = []
+        for record in due:
+            if record.key in servers:
+                message = prestarts.stop_message(record.course, titles.get(record.course, ""))
+                await asyncio.to_thread(self.reasons.put, record.key, message, now)  # before the stop, as gpu-reclaim does
+                status, answer = await self.hub.stop_server(record.user, record.server)
+                if status not in (202, 204):
+                    await asyncio.to_thread(self.reasons.pop, record.key)
+                    log_failed = {"user": record.user, "message": answer or f"the hub answered {status}"}
+                    await self.console.commit(None, {"action": "prestart-unclaimed", "course": record.course,
+                                                     "reservation": record.reservation, "failed": [log_failed]},
+                                              "", f"could not stop {record.user}'s unused pre-started server: "
+                                                  f"{log_failed['message']}", "gpu-console", "schedule")
+                    continue
+                stopped.append({"user": record.user, "server": record.server, "course": record.course,
+                                "reservation": record.reservation})
+            await self._records(self.prestarts.pop, record.key)
+        if stopped:
+            courses_ = sorted({s["course"] for s in stopped})
+            await self.console.commit(None, {"action": "prestart-unclaimed", "courses": courses_,
+                                             "stopped": stopped}, "",
+                                      f"stopped {len(stopped)} pre-started server{'s' if len(stopped) != 1 else ''} "
+                                      f"nobody used ({', '.join(s['user'] for s in stopped)}) of course "
+                                      f"{', '.join(courses_)}", "gpu-console", "schedule")
+        return stopped
+
+    async def _forget_gone(self, records: dict) -> None:
+        """Drop the records of pre-started servers that no longer run (stopped by their person, the
+        culler, ...): a later start of the same server is an ordinary one. A record is kept while
+        its start is still being followed (no container written yet)."""
+        servers = await self.hub.active_servers()
+        for key, record in records.items():
+            if record.container and key not in servers:
+                await self._records(self.prestarts.pop, key)
 
     # -- shared GPUs --------------------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ from hub.gpus.activity import ActivitySampler, ActivityStore, load_reader
 from hub.gpus.claim import LIVE_STATES, Labels, holders_from_containers
 from hub.gpus.model import Holder
 from hub.gpus.parked import FILE as PARKED_FILE, ParkedFile, parked_ids
+from hub.gpus import prestart as prestarts
 from hub.gpus.reclaim_policy import (Candidate, Decision, PolicyTable, ReclaimOverride, ReclaimPolicy, ReclaimState,
                                 decide, next_due, stop_message)
 from hub.common.stop_reasons import ReasonFile
@@ -106,7 +107,8 @@ class Reclaimer:
                  audit: AuditLog, reasons: ReasonFile, state_file: str | Path, instance: str,
                  label_prefix: str = "gpuhub", clock: Callable[[], float] = time.time,
                  profiles_file: str | Path | None = None, holders_file: str | Path | None = None,
-                 usage: Callable[[str, list[str]], dict] | None = None, parked_file: str | Path | None = None):
+                 usage: Callable[[str, list[str]], dict] | None = None, parked_file: str | Path | None = None,
+                 prestart_file: str | Path | None = None):
         self.policies = policy if isinstance(policy, PolicyTable) else PolicyTable(policy)
         self.policy = self.policies.default  # the settings' policy
         self.sampler, self.docker, self.hub = sampler, docker, hub
@@ -119,6 +121,8 @@ class Reclaimer:
         self.parked = ParkedFile(parked_file) if parked_file else None  # parked servers hold no GPU
         self._parked_before: set[tuple[str, str]] | None = None  # (user, server) parked at the last round
         self.resumed_at: dict[tuple[str, str], float] = {}  # resumed since: their idle clocks start there
+        # pre-started servers (hub/gpus/prestart.py): not judged until claimed, then idle from the claim
+        self.prestart = prestarts.PrestartFile(prestart_file) if prestart_file else None
         self.audit, self.reasons, self.instance, self.clock = audit, reasons, instance, clock
         self.labels = Labels(label_prefix)
         self.state_file = Path(state_file)
@@ -207,8 +211,12 @@ class Reclaimer:
             await asyncio.to_thread(self.sampler.sample, self.holders)
             now = self.clock()
             candidates = []
+            claimed = await self.claimed_holders()
             for uuid, holders in self.holders.items():
                 for h in holders:
+                    h = claimed(h)
+                    if h is None:  # pre-started, nobody has come yet: its idle clock has not begun
+                        continue
                     policy, idle = self.policy_of(h.user, h.server), None
                     if self.sampler.store is not None and self.sampler.source == "nvml":
                         idle = await asyncio.to_thread(self.sampler.store.idle_since, self.holding_since(h), uuid,
@@ -229,6 +237,22 @@ class Reclaimer:
             if self.holders_file is not None:
                 await asyncio.to_thread(self.save_holders)
             return decisions
+
+    async def claimed_holders(self) -> Callable[[Holder], Holder | None]:
+        """A holder as its idle clock sees it: None for an unclaimed pre-started server, one
+        held since its claim for a claimed one, else itself (hub.gpus.prestart.seat_start)."""
+        records = await asyncio.to_thread(self.prestart.all) if self.prestart else {}
+        claims = (await asyncio.to_thread(prestarts.read_claims, self.prestart.path.with_name(prestarts.CLAIMS_FILE))
+                  if records else {})
+
+        def claimed(h: Holder) -> Holder | None:
+            record = records.get((h.user, h.server))
+            if record is None or not prestarts.is_record_of(record, self.container_of.get((h.user, h.server), ""),
+                                                            h.since):
+                return h
+            counts, start = prestarts.seat_start(record, claims, h.since)
+            return None if not counts else replace(h, since=start)
+        return claimed
 
     def save_holders(self) -> None:
         """What this round saw per holder, for the GPU console (``holders_snapshot``)."""
@@ -500,7 +524,8 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
                      audit, ReasonFile(state / "stop-reasons.json"),
                      state / "gpu-reclaim.json", instance=read(env, "HUB_NAME_PREFIX"),
                      label_prefix=settings.label_prefix, profiles_file=settings.profiles_file,
-                     holders_file=state / HOLDERS_FILE, usage=usage, parked_file=state / PARKED_FILE)
+                     holders_file=state / HOLDERS_FILE, usage=usage, parked_file=state / PARKED_FILE,
+                     prestart_file=state / prestarts.FILE)
     # used only where a policy (the settings' or a profile's, re-read when it changes) parks
     reclaimer.parker = parking.build_parker(env, state, sampler.reader, audit, hub, label_prefix=settings.label_prefix)
     return reclaimer

@@ -334,6 +334,14 @@
     return `${clock(r.start)} – ${clock(r.end)}` + (r.active ? " (now)" : r.end * 1000 < Date.now() ? " (over)" : "");
   }
 
+  function prestartText(r) {
+    // the pre-start: servers started before the session, and how many of them their person has opened
+    const p = r.prestart;
+    if (!p.done) return `servers start ${r.prestart_minutes} min before`;
+    if (!p.started && p.reason) return `not pre-started: ${p.reason}`;
+    return `pre-started ${p.started}${p.failed ? ` (${p.failed} failed)` : ""}; ${p.claimed} of ${p.prestarted} in use`;
+  }
+
   async function refreshCourses() {
     courses = (await api("GET", "courses")).courses;
     const rows = courses.map((c) => el("tr", { dataset: { course: c.name } },
@@ -343,7 +351,8 @@
       el("td", { class: "students" }, String(c.students.length)),
       el("td", {}, String(c.running.length)),
       el("td", {}, c.max_session_hours ? `${c.max_session_hours} h` : "no limit"),
-      el("td", { class: "small" }, c.reservations.filter((r) => !r.over).map((r) => el("div", {}, `${r.gpus.length} GPU(s) ${windowText(r)}`))),
+      el("td", { class: "small" }, c.reservations.filter((r) => !r.over).map((r) => el("div", {}, `${r.gpus.length} GPU(s) ${windowText(r)}`,
+        r.prestart ? el("div", { class: "text-body-secondary prestart" }, prestartText(r)) : null))),
       el("td", { class: "text-end" }, el("button", { class: "btn btn-sm btn-outline-danger btn-stop-course", type: "button",
         disabled: !c.running.length,
         onclick: () => { if (confirm(`Stop the servers of every student of ${c.name}? Unsaved work in them is lost.`)) act("POST", `courses/${encodeURIComponent(c.name)}/stop`, {}); } },
