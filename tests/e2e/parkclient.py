@@ -4,6 +4,8 @@ for gpu-park's driver stand-in to find, and the looks at a parked container from
 import json
 import time
 
+import requests
+
 from consoleclient import wait_for
 
 T, GRACE, INTERVAL = 4, 4, 1
@@ -41,9 +43,21 @@ def ticks(stack, container: str) -> tuple[str, str, int]:
 
 
 def wait_parked(stack, container: str) -> float:
+    """Parked, and its proxy route gone: the hub drops it at its next check (up to 3 s later,
+    hub/hub_process/parking.py SYNC_S; a request sent before that waits for the resume, documented
+    in docs/gpus.md), so the checks that follow see the hub's answers, not that window."""
     t0 = time.monotonic()
     wait_for(lambda: status(stack, container) == "paused" and parked_records(stack), timeout=T + GRACE + 40,
              what="the idle server parked")
+    user = stack.inspect(container)["Config"]["Labels"]["gpuhub.user"]
+
+    def hub_answers() -> bool:  # the paused server would not answer at all
+        try:
+            requests.get(f"{stack.url}/user/{user}/api/status", timeout=1, allow_redirects=False)
+            return True
+        except requests.RequestException:
+            return False
+    wait_for(hub_answers, timeout=15, what="the parked server's route removed")
     return time.monotonic() - t0
 
 
