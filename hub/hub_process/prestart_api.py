@@ -28,6 +28,7 @@ from pathlib import Path
 
 from hub.common import profiles
 from hub.gpus.manager import load_intent
+from hub.hub_process.roster_api import require_custom_scope
 from hub.settings import PROFILES_FILE
 from hub.settings.gpu_settings import GPUSettings
 
@@ -48,7 +49,6 @@ def install(c, intent_file: str = GPUSettings.intent_file, profiles_file: str = 
 def PrestartAPIHandler():  # noqa: N802 - the class, made in the hub's process (JupyterHub imported)
     # made in the hub's process only: JupyterHub's API handlers and database layer
     from jupyterhub.apihandlers.base import APIHandler
-    from jupyterhub.scopes import has_scope
     from tornado import web
 
     class Handler(APIHandler):
@@ -56,11 +56,7 @@ def PrestartAPIHandler():  # noqa: N802 - the class, made in the hub's process (
             self.intent_file, self.profiles_file = Path(intent_file), Path(profiles_file)
 
         async def post(self) -> None:
-            # needs_scope() cannot name a custom scope (see roster_api.py)
-            if not self.current_user:
-                raise web.HTTPError(403, "Missing or invalid credentials.")
-            if not has_scope(SCOPE, self.parsed_scopes, db=self.db):
-                raise web.HTTPError(403, f"this needs the scope {SCOPE} (the GPU console's role has it)")
+            require_custom_scope(self, SCOPE)
             data = self.get_json_body()
             if (not isinstance(data, dict) or set(data) != {"user", "reservation"}
                     or not all(isinstance(v, str) and v for v in data.values())):

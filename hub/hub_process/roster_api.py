@@ -37,6 +37,19 @@ def install(c) -> None:
     c.JupyterHub.extra_handlers = [*handlers, (PATH, RosterAPIHandler())]
 
 
+def require_custom_scope(handler: Any, scope: str) -> None:
+    """403 unless the caller's token has ``scope``. JupyterHub's ``needs_scope()`` cannot name a
+    custom scope: it checks names when its module loads, before the custom ones are defined."""
+    # in the hub's process only: JupyterHub's scopes and tornado, imported by the handler's call
+    from jupyterhub.scopes import has_scope
+    from tornado import web
+
+    if not handler.current_user:
+        raise web.HTTPError(403, "Missing or invalid credentials.")
+    if not has_scope(scope, handler.parsed_scopes, db=handler.db):
+        raise web.HTTPError(403, f"this needs the scope {scope} (the GPU console's role has it)")
+
+
 def names(data: Any, key: str) -> list[str]:
     """The body's list ``key`` (absent: []), or a ValueError saying what is wrong with it."""
     value = data.get(key, [])
@@ -52,19 +65,13 @@ def RosterAPIHandler():  # noqa: N802 - the class, made in the hub's process (Ju
     from jupyterhub import orm
     from jupyterhub.apihandlers.base import APIHandler
     from jupyterhub.roles import assign_default_roles
-    from jupyterhub.scopes import has_scope
     from jupyterhub.utils import maybe_future
     from tornado import web
 
 
     class Handler(APIHandler):
         async def post(self) -> None:
-            # needs_scope() cannot name a custom scope: it checks names when the module loads,
-            # before JupyterHub has defined the custom ones.
-            if not self.current_user:
-                raise web.HTTPError(403, "Missing or invalid credentials.")
-            if not has_scope(SCOPE, self.parsed_scopes, db=self.db):
-                raise web.HTTPError(403, f"this needs the scope {SCOPE} (the GPU console's role has it)")
+            require_custom_scope(self, SCOPE)
             data = self.get_json_body()
             if not isinstance(data, dict) or not set(data) <= {"users", "groups"}:
                 raise web.HTTPError(400, 'the body must be {"users": [...], "groups": [...]}')

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from consoleclient import user_token, wait_for
-from parkclient import (SETTINGS, KERNEL, parked_records, start_cuda_process, status,  # noqa: F401
+from parkclient import (SETTINGS, parked_records, start_cuda_process, status,  # noqa: F401
                         ticks, wait_parked)  # SETTINGS: configured_stack's
 from storm import gpu_holdings
 
@@ -39,14 +39,7 @@ def test_parked_through_the_hub_resumed_and_stopped(configured_stack, hub):
     gpu = gpu_holdings(stack)[container]
     kernel = requests.post(f"{stack.url}/user/{USER}/api/kernels", json={"name": "python3"}, headers=auth, timeout=60)
     assert kernel.status_code == 201, kernel.text
-    stack.docker("exec", "-d", "-u", "1000:100", container, "python3", "-c", KERNEL)
-    def ticking():
-        try:
-            return ticks(stack, container)
-        except (OSError, IndexError):
-            return None
-    wait_for(ticking, timeout=30, what="the CUDA process ticking")
-    before = ticks(stack, container)
+    before = start_cuda_process(stack, container)
     stack.feed_gpu_readings({gpu: {"util": 0, "mem": 600}})  # idle, and at rest (<= 1024 MiB) once parked
 
     parked_after = wait_parked(stack, container)
