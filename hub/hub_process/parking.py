@@ -6,7 +6,8 @@ memory, its container paused (``docker pause``), its GPU given back, a record in
 ``gpu-parked.json`` beside the GPU intent file (hub/gpus/parked.py). In the hub process, then:
 
 - **the proxy**: a paused server would take a request and never answer it. Its route is removed
-  (``sync_routes``, every ``SYNC_S`` seconds while something is parked) and ``Proxy.add_user``
+  (``sync_routes``: within ``WATCH_S`` of its record being written, a stat of the parked servers'
+  file, and every ``SYNC_S`` seconds) and ``Proxy.add_user``
   adds none for a parked server (JupyterHub's route check would put it back), so its requests
   come to the hub;
 - **/user/<name>/...** then reaches JupyterHub's ``UserUrlHandler``, which would redirect back to
@@ -63,6 +64,7 @@ from hub.settings.table import read
 
 log = logging.getLogger("gpuhub.parking")
 SYNC_S = 3.0  # seconds between two checks of the parked servers' routes
+WATCH_S = 0.25  # seconds between two looks at the parked servers' file (a stat) for a new park
 REFRESH_S = 5  # seconds between two reloads of the page of a resume waiting in line
 LOOK_S = 5  # seconds between two looks of a resume waiting in line when nothing woke it
 _state: dict[str, Any] = {"task": None, "installed": False, "resumes": {}}
@@ -141,11 +143,37 @@ async def sync_routes(app: Any) -> None:
         log.warning("parked servers' routes: %s", exc)
 
 
+def _file_stamp(path: Path | None) -> tuple | None:
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return st and (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 async def _sync_forever() -> None:
+    """A round every SYNC_S seconds, and at once (within WATCH_S) when the parked servers' file
+    changes: a park by gpu-reclaim (another process) loses its route a fraction of a second after
+    its record is written, not up to SYNC_S later."""
+    stamp, last = None, 0.0
     while True:
-        await asyncio.sleep(SYNC_S)
+        await asyncio.sleep(WATCH_S)
+        path = _state.get("file")
+        now_stamp = await asyncio.to_thread(_file_stamp, path)
+        now = time.monotonic()
+        if now_stamp == stamp and now - last < SYNC_S:
+            continue
+        stamp, last = now_stamp, now
         if JupyterHub.initialized():
             await sync_routes(JupyterHub.instance())
+
+
+def _watch(spawner: Any) -> None:
+    """The parked servers' file that the sync task watches (the same for every spawner of a hub)."""
+    if _state.get("file") is None:
+        parked = parked_file_of(spawner)
+        if parked is not None:
+            _state["file"] = parked.path
 
 
 def _start_sync() -> None:
@@ -295,14 +323,16 @@ def install(c: Any) -> None:
     original_wait_up = User._wait_up
 
     async def add_user(self, user, server_name=""):
-        _start_sync()
         spawner = user.spawners[server_name]
+        _watch(spawner)
+        _start_sync()
         if await asyncio.to_thread(record_of, spawner) is not None:
             self.log.info("%s is parked: no route (its requests go to the hub)", spawner._log_name)
             return
         return await original_add_user(self, user, server_name)
 
     async def _redirect_to_user_server(self, user, spawner):
+        _watch(spawner)
         _start_sync()
         record = await asyncio.to_thread(record_of, spawner)
         if record is None:
@@ -325,6 +355,7 @@ def install(c: Any) -> None:
         record = await asyncio.to_thread(record_of, spawner)
         if record is not None:  # paused: it would never answer, and the check would stop it
             self.log.info("%s is parked (since %s): taken as up", spawner._log_name, clock_time(record.since))
+            _watch(spawner)
             _start_sync()
             return spawner.server.url if spawner.server else None
         return await original_wait_up(self, spawner)

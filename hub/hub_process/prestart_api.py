@@ -16,6 +16,9 @@ instead (docs/security.md, "Console input and tokens"), and the hub itself check
   the user had chosen it (the spawner checks it against their groups again);
 - the user's default server is not running or starting (409).
 
+The server's spare kernel starts with the server (``GPUHUB_WARM_START=server``), not after the
+first JupyterLab page as for a server started on the click: it is ready when the person comes.
+
 Answers 201 (started within JupyterHub's slow-spawn wait) or 202 (still starting), ``{"status",
 "message"}`` otherwise. It runs in the hub's process (``install``: JupyterHub.extra_handlers).
 """
@@ -86,6 +89,7 @@ def PrestartAPIHandler():  # noqa: N802 - the class, made in the hub's process (
                 raise web.HTTPError(409, f"{user.name}'s server is already running or starting")
             self.log.info("pre-start: starting %s's server (profile %s) for reservation %s of %s (by %s)",
                           user.name, profile.slug, r.id, r.course, self.current_user.name)
+            spawner.started_ahead = True  # its warm kernel starts with it (GPUDockerSpawner.warm_env)
             await self.spawn_single_user(user, "", options={"profile": profile.slug})
             ready = spawner.ready
             self.set_status(201 if ready else 202)

@@ -16,6 +16,7 @@ import requests
 
 from conftest import ARTIFACTS
 from consoleclient import wait_for
+from hubclient import UserServer
 from hub.gpus.inventory import discover
 
 GPUS = discover()[0]
@@ -98,6 +99,23 @@ def test_a_reservation_prestarts_its_roster_and_stops_the_unused(prestarting, hu
     assert {labels[n]["gpuhub.gpu.uuid"] for n in (A, B, C)} == reserved, labels
     assert {labels[n]["gpuhub.profile"] for n in (A, B, C)} == {COURSE}
     assert ready_at < start - 20, "the pre-start came too late for the test's window"
+    # started ahead of its person, a server has its spare kernel (imports done) with no JupyterLab
+    # page served: ready when they come (C never comes; asking is no visit, no claim)
+    server_c = UserServer(stack.url, f"/user/{C}/", hub.s.headers["Authorization"].split()[1])
+    seen = {}
+
+    def spare_ready():
+        r = server_c.get("api/gpuhub/warm-kernel")
+        seen.update(status=r.status_code, body=r.text[:600])
+        w = r.json() if r.ok else {}
+        return (w.get("spare") or {}).get("ready") and w
+    try:
+        warm = wait_for(spare_ready, timeout=60, what="C's spare kernel, started with its server")
+    except TimeoutError:
+        logs = stack.docker("logs", stack.container_of(C))
+        lines = [line for line in (logs.stdout + logs.stderr).splitlines() if "arm kernel" in line or "gpuhub_warm" in line]
+        pytest.fail(f"no ready spare in C's server: {seen}\n" + "\n".join(lines[-20:]))
+    assert warm["start_after"] == "server" and warm["spare"]["pid"], warm
 
     # a member with two profiles is not started at login (nothing to start without a choice),
     # and logging in is no claim; A's first visit to their server is

@@ -104,11 +104,12 @@ c.JupyterHub.services.append({
                                bind="127.0.0.1").to_env(),
     "oauth_no_confirm": True,
 })
-from hub.hub_process import roster_api  # noqa: E402
+from hub.hub_process import prestart_api, roster_api  # noqa: E402
 from hub.hub_process.config.configure import CONSOLE_SCOPES  # noqa: E402
 
 c.JupyterHub.load_roles.append({"name": "gpu-console", "scopes": list(CONSOLE_SCOPES), "services": ["gpu-console"]})
 roster_api.install(c)
+prestart_api.install(c, intent_file=str(state / "gpu-intent.json"))  # the console's role names its scope
 from hub.hub_process import parking  # noqa: E402
 from hub.hub_process.patches import restart_check  # noqa: E402
 
@@ -137,6 +138,22 @@ if env.get("GPUHOST_RECLAIM_PORT"):
             service["environment"].update({**reclaim_environment(settings, token_file=token_file),
                                            RECLAIM_URL_ENV: reclaim_url})
             service["environment"].update(json.loads(env.get("GPUHOST_SERVICE_EXTRA_ENV", "{}")))
+
+# -- the warm kernel (tests/gpu_host/instant_stack.py): the profile's imports, and per user how
+# the server starts: "cold-*" users with the warm kernel off, "ahead-*" users as a reservation's
+# pre-start starts them (GPUDockerSpawner.started_ahead: the spare starts with the server)
+c.GPUDockerSpawner.warm_imports = env.get("GPUHOST_WARM_IMPORTS", "torch")
+
+
+def _warm_variant(spawner):
+    name = spawner.user.name
+    if name.startswith("cold-"):
+        spawner.warm_kernel = False
+    elif name.startswith("ahead-"):
+        spawner.started_ahead = True
+
+
+c.Spawner.pre_spawn_hook = _warm_variant
 
 # -- recovery (hub/hub_process/config/configure.py configure_recovery) --
 c.JupyterHub.last_activity_interval = 10

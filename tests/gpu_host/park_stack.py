@@ -152,7 +152,11 @@ def a_memory(stack: st.Stack) -> dict:
         out["current_mib"] = int(lines[0]) // 2**20
         out.update({lines[i]: int(lines[i + 1]) for i in range(1, len(lines) - 1, 2)})
     except Exception as exc:  # noqa: BLE001 - a diagnosis: what could not be read says so
-        out["cgroup"] = f"{type(exc).__name__}: {exc}"
+        try:  # paused: no exec; the engine's stats still read its cgroup
+            stats = stack.client.api.stats(name, stream=False)["memory_stats"]
+            out["current_mib"] = int(stats["usage"]) // 2**20
+        except Exception:  # noqa: BLE001
+            out["cgroup"] = f"{type(exc).__name__}: {exc}"
     return out
 
 
@@ -200,7 +204,7 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
         routes = requests.get(f"http://127.0.0.1:{stack.ports['proxy_api']}/api/routes", timeout=10,
                               headers={"Authorization": f"token {stack.proxy_token}"}).json()
         return not any(path.rstrip("/") == f"/user/{A}" for path in routes)  # CHP keeps "/user/parka"
-    # the hub drops a parked server's route at its next check (hub/hub_process/parking.py SYNC_S);
+    # the hub drops a parked server's route when it sees its record (hub/hub_process/parking.py WATCH_S);
     # a request sent before that reaches the paused server and waits until it resumes
     row["route_gone_after_parked_s"] = round(wait_for(route_gone, 30, "the parked server's route removed") and
                                              time.time() - parked_at, 2)

@@ -149,8 +149,10 @@ DOCKERFILE = """\
 FROM {base}
 COPY site /srv/gpuhost/site
 COPY bin /srv/gpuhost/bin
+COPY etc /srv/gpuhost/etc
 COPY --chown=1000:100 home /home
 ENV PYTHONPATH=/srv/gpuhost/site PYTHONUNBUFFERED=1 HOME=/home/jovyan USER=jovyan SHELL=/bin/bash \\
+    JUPYTER_CONFIG_PATH=/srv/gpuhost/etc/jupyter \\
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \\
     PATH=/srv/gpuhost/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LABEL gpuhub.singleuser-command=/srv/gpuhost/bin/gpuhub-singleuser
@@ -184,9 +186,19 @@ def build_image(client, base: str) -> dict:
         # gpu-park, as the single-user image has it on its PATH (parking: tests/gpu_host/park_stack.py)
         park = (ROOT / "images/singleuser/gpu_park.py").read_text().split("\n", 1)[1]
         add_bytes("bin/gpu-park", f"#!{sys.executable}\n{park}".encode(), 0o755)
-        for d in ("home", "home/jovyan", "home/jovyan/work"):
+        for d in ("home", "home/jovyan", "home/jovyan/work", "etc", "etc/jupyter"):
             add_dir(d)
         tar.add(SITE, arcname="site")
+        # the warm kernel, as the single-user image has it (tests/gpu_host/instant_stack.py): its
+        # package on the path, its kernel manager and server extension in the server's config
+        warm = ROOT / "images/singleuser/gpuhub_warm"
+        add_dir("site/gpuhub_warm")
+        for f in sorted(warm.glob("*.py")):
+            add_bytes(f"site/gpuhub_warm/{f.name}", f.read_bytes())
+        config = json.loads((ROOT / "images/singleuser/jupyter_server_config.json").read_text())["ServerApp"]
+        add_bytes("etc/jupyter/jupyter_server_config.json", json.dumps({"ServerApp": {
+            "jpserver_extensions": {"gpuhub_warm": True},
+            "kernel_manager_class": config["kernel_manager_class"]}}, indent=1).encode())
     buf.seek(0)
     log(f"building {IMAGE} FROM {base} (context {buf.getbuffer().nbytes / 2**20:.0f} MiB)")
     for event in client.api.build(fileobj=buf, custom_context=True, tag=IMAGE, rm=True, forcerm=True, decode=True):
@@ -398,7 +410,13 @@ class Stack:
 
         self.stage = stage
         self.client = docker.from_env()
-        self.network = stage["network"]
+        self.network = dict(stage["network"])
+        if self.network["mode"] == "bridge":  # the last run's cleanup removed it: one run after another
+            try:
+                self.client.networks.get(NETWORK)
+            except docker.errors.NotFound:
+                self.client.networks.create(NETWORK, driver="bridge", labels={"gpuhost": "1"})
+                self.network["gateway"] = self.client.api.inspect_network(NETWORK)["IPAM"]["Config"][0]["Gateway"]
         self.state = WORK / "state"
         shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir(parents=True)

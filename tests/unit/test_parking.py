@@ -138,3 +138,37 @@ def test_a_resume_of_a_server_no_longer_parked_ends_at_once(tmp_path, monkeypatc
         assert PROCESS.gpu_queue.waiters == []
 
     asyncio.run(run())
+
+
+def test_a_new_park_is_seen_within_a_watch_not_at_the_next_round(tmp_path, monkeypatch):
+    """gpu-reclaim (another process) writes the record; the hub's task stats the file every
+    WATCH_S and syncs the routes at once on a change, and otherwise only every SYNC_S."""
+    rounds = []
+
+    async def sync_routes(app):
+        rounds.append(asyncio.get_running_loop().time())
+
+    monkeypatch.setattr(parking, "sync_routes", sync_routes)
+    monkeypatch.setattr(parking.JupyterHub, "initialized", classmethod(lambda cls: True))
+    monkeypatch.setattr(parking.JupyterHub, "instance", classmethod(lambda cls: None))
+    monkeypatch.setattr(parking, "WATCH_S", 0.01)
+    monkeypatch.setattr(parking, "SYNC_S", 60.0)
+    records = ParkedFile(tmp_path / "gpu-parked.json")
+    monkeypatch.setattr(parking, "_state", {**parking._state, "file": None})
+    parking._watch(Spawner(tmp_path, None, None))
+    assert parking._state["file"] == records.path
+
+    async def scenario():
+        task = asyncio.create_task(parking._sync_forever())
+        await asyncio.sleep(0.1)
+        first = len(rounds)  # the first look (no file yet) syncs once, then nothing changes
+        await asyncio.sleep(0.1)
+        quiet = len(rounds) - first
+        await asyncio.to_thread(records.put, Parked("alice", "", "c-alice", UUID, 1000.0, gpu_mib=600))
+        await asyncio.sleep(0.1)
+        seen = len(rounds) - first - quiet
+        task.cancel()
+        return first, quiet, seen
+
+    first, quiet, seen = asyncio.run(scenario())
+    assert (first, quiet, seen) == (1, 0, 1)

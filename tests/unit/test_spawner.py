@@ -448,6 +448,11 @@ def test_the_warm_kernel_settings_reach_the_server(monkeypatch):
     assert s.warm_env() == {"GPUHUB_WARM_KERNEL": "on", "GPUHUB_WARM_IMPORTS": ""}
     s.profile_warm = (False, None)
     assert s.warm_env() == {"GPUHUB_WARM_KERNEL": "off"}
+    # a reservation's pre-start: the spare starts with the server, for that one start
+    s = make_spawner(host_memory_when_full="off")
+    s.started_ahead = True
+    assert s.warm_env() == {"GPUHUB_WARM_KERNEL": "on", "GPUHUB_WARM_START": "server"}
+    assert "GPUHUB_WARM_START" not in make_spawner().warm_env()
 
 
 def test_the_spawn_form_does_not_wait_for_a_start_nor_reread_the_engine_when_fresh(monkeypatch, tmp_path):

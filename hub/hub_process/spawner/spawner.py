@@ -62,6 +62,7 @@ class GPUDockerSpawner(ProfileForm, LineWaiting):
     assignment: Assignment | None = None  # the GPU of the start under way
     profile_slug = None
     _image_ready = None  # the image this start has pulled or found already
+    started_ahead = False  # set by a reservation's pre-start for its one start (warm_env)
     _waiter: Waiter | None = None  # this start's place in the line for a GPU
 
     def __init__(self, *args, **kwargs):
@@ -121,6 +122,7 @@ class GPUDockerSpawner(ProfileForm, LineWaiting):
                 await self.wait_for_port(ip, port)
         finally:
             self._image_ready = None
+            self.started_ahead = False  # for this start only (its environment is made)
             self.memory_settled(self.object_id)
             if self._waiter is not None:  # cancelled, failed: out of the line
                 PROCESS.gpu_queue.leave(self._waiter)
@@ -336,6 +338,10 @@ class GPUDockerSpawner(ProfileForm, LineWaiting):
         imports = self.warm_imports if imports is None else " ".join(imports)
         if imports or self.profile_warm[1] is not None:  # a profile's [] imports nothing
             env["GPUHUB_WARM_IMPORTS"] = imports
+        if self.started_ahead:
+            # started before its person comes (a reservation's pre-start): no JupyterLab page will
+            # come for minutes, so the spare starts with the server and is ready when they do
+            env["GPUHUB_WARM_START"] = "server"
         return env
 
     def server_spec(self) -> specs.ServerSpec:
