@@ -43,8 +43,8 @@ def ticks(stack, container: str) -> tuple[str, str, int]:
 
 
 def wait_parked(stack, container: str) -> float:
-    """Parked, and its proxy route gone: the hub drops it at its next check (up to 3 s later,
-    hub/hub_process/parking.py SYNC_S; a request sent before that waits for the resume, documented
+    """Parked, and its proxy route gone: the hub drops it when it sees the record (within
+    hub/hub_process/parking.py WATCH_S; a request sent before that waits for the resume, documented
     in docs/gpus.md), so the checks that follow see the hub's answers, not that window."""
     t0 = time.monotonic()
     wait_for(lambda: status(stack, container) == "paused" and parked_records(stack), timeout=T + GRACE + 40,
