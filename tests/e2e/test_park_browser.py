@@ -1,6 +1,6 @@
 """Parking's notices in Chromium (fake GPUs, gpu-park's driver stand-in: parkclient.py): a
 JupyterLab tab left open when the server is parked shows "GPU: parked" in its GPU status item,
-the notice as its title; the person opening /hub/home sees "Your session is parked since HH:MM … Resume"; Resume
+the notice as its title and as a banner with Resume; the person opening /hub/home sees "Your session is parked since HH:MM … Resume"; Resume
 (a form with the hub's XSRF token) brings JupyterLab back, and the kernel's variable is as it
 was; the GPU console lists it while parked. Screenshots park-*.png in tests/artifacts/."""
 import re
@@ -47,6 +47,11 @@ def test_parked_notices_and_resume_in_the_browser(configured_stack, hub, page, b
     item = page.locator(".gpuhub-gpu-item")
     expect(item).to_contain_text("GPU: parked", timeout=40_000)
     expect(item).to_have_attribute("title", re.compile(r"^Your session is parked since \d\d:\d\d"))
+    # the notice on the page, with its Resume (a banner: JupyterLab's own toast needs code that the
+    # parked server would have to serve)
+    banner = page.locator(".gpuhub-parked-banner")
+    expect(banner).to_contain_text(re.compile(r"Your session is parked since \d\d:\d\d"))
+    expect(banner.get_by_role("link", name="Resume")).to_have_attribute("href", re.compile(r"/hub/parked/?$"))
     page.screenshot(path=ARTIFACTS / "park-1-jupyterlab-parked.png")
 
     # the GPU console (the admin's) lists it: since when, its size in host memory, its GPU
@@ -81,6 +86,7 @@ def test_parked_notices_and_resume_in_the_browser(configured_stack, hub, page, b
     assert server.run(kernel, "print(marker)").strip() == marker
     # and the old tab's GPU item leaves the parked notice
     expect(item).to_contain_text("GPU: 40%", timeout=40_000)
+    expect(banner).to_have_count(0)
 
     hub.stop(admin)
     wait_for(lambda: container not in stack.user_containers(), timeout=30, what="the container removed")

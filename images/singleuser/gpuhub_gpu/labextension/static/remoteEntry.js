@@ -5,7 +5,7 @@
 // connection) from the share scope. It asks <base>/gpuhub/gpu (the server extension in
 // gpuhub_gpu/__init__.py) every 15 s while the page is visible (every 5 s while warned). A parked
 // server (docs/gpus.md, "Parking") cannot answer: the hub does, 503 with {message, parked_since,
-// resume_url}, shown as a notice with a Resume button.
+// resume_url}, shown as a banner with a Resume button (and in JupyterLab's notification list).
 var _JUPYTERLAB;
 (function () {
   'use strict';
@@ -45,14 +45,49 @@ var _JUPYTERLAB;
         }
         var noteId = null, timer = null, answered = false, parkedId = null;
 
+        // The notice of a parked server is a banner of this extension's own, besides the entry in
+        // JupyterLab's notification list: JupyterLab loads its toasts' code (a chunk of its own)
+        // from the server at the first toast, and a parked server cannot serve it, so a toast
+        // never shows then (only the bell's count).
+        var banner = null;
+        function showBanner(d) {
+          if (banner === null) {
+            banner = document.createElement('div');
+            banner.className = 'gpuhub-parked-banner';
+            banner.setAttribute('role', 'alert');
+            banner.style.cssText = 'position:fixed;right:12px;bottom:36px;z-index:10000;max-width:440px;' +
+              'padding:12px 14px;background:var(--jp-layout-color1);color:var(--jp-ui-font-color1);' +
+              'border-left:4px solid var(--jp-brand-color1);box-shadow:var(--jp-elevation-z4);' +
+              'font-family:var(--jp-ui-font-family);font-size:var(--jp-ui-font-size1)';
+            var text = document.createElement('p');
+            text.style.margin = '0 0 8px 0';
+            var resume = document.createElement('a');
+            resume.textContent = 'Resume';
+            resume.title = 'Put the kernels back on the GPU';
+            resume.style.cssText = 'display:inline-block;padding:4px 14px;border-radius:2px;text-decoration:none;' +
+              'background:var(--jp-brand-color1);color:var(--jp-ui-inverse-font-color1);font-weight:600';
+            banner.appendChild(text);
+            banner.appendChild(resume);
+            document.body.appendChild(banner);
+          }
+          banner.firstChild.textContent = d.message;
+          banner.lastChild.href = d.resume_url;
+        }
+
         function parked(d) {
           item.node.textContent = 'GPU: parked';
           item.node.title = d.message;
+          showBanner(d);
           if (parkedId === null) {
             parkedId = Notification.info(d.message, { autoClose: false, actions: [{
               label: 'Resume', caption: 'Put the kernels back on the GPU',
               callback: function () { window.location.href = d.resume_url; } }] });
           }
+        }
+
+        function unparked() {
+          if (banner !== null) { banner.remove(); banner = null; }
+          if (parkedId !== null) { Notification.dismiss(parkedId); parkedId = null; }
         }
 
         function stillWorking() {
@@ -139,7 +174,7 @@ var _JUPYTERLAB;
             })
             .then(function (d) {
               if (d.parked_since) { parked(d); return { gpu: null }; }
-              if (parkedId !== null) { Notification.dismiss(parkedId); parkedId = null; }
+              unparked();
               show(d);
               return d;
             }, function () { return { gpu: null }; })
