@@ -53,6 +53,8 @@ class ParkSettings:
     settle: float = 15.0  # seconds for the GPU's memory to read at rest after the checkpoint
     margin: float = 0.1  # head room on the memory limit over the GPU memory moved into it
     label_prefix: str = "gpuhub"
+    restore_tries: int = 3  # gpu-park resume runs again after a driver error, up to this many times
+    restore_retry: float = 2.0  # seconds before the second try (twice that before the third)
 
 
 @dataclass(frozen=True)
@@ -339,13 +341,23 @@ class Parker:
         user, server = record.key
         t0 = time.monotonic() if t0 is None else t0
         answer = await self.checkpointer.resume(c, record.pids)
-        timings = {"resume_s": round(time.monotonic() - t0, 3)}
+        tries = 1
+        # A driver error may pass: the first restores through the whole stack on a GPU failed at
+        # once with CUDA_ERROR_OPERATING_SYSTEM or NOT_INITIALIZED about a second after the GPU's
+        # other user had stopped (cause not known yet). gpu-park reads each process's state
+        # first, so a second try does only what is left.
+        while not answer.get("ok") and "CUDA_ERROR_" in str(answer.get("error")) and tries < self.settings.restore_tries:
+            log.warning("%s's server %r: resume: %s; trying again", user, server, _rows(answer))
+            await self.sleep(self.settings.restore_retry * tries)
+            answer = await self.checkpointer.resume(c, record.pids)
+            tries += 1
+        timings = {"resume_s": round(time.monotonic() - t0, 3), "tries": tries}
         if record.mem_limit_parked:
             await self._restore_limit(c["Id"], record.mem_limit, record.memswap_limit)
         if not answer.get("ok"):
             return await self._told(Outcome("resume-failed", user, server, (
-                f"running again, but its GPU state was not restored: {answer.get('error')}"), record, timings,
-                answer), record.uuid)
+                f"running again, but its GPU state was not restored ({tries} tries): {answer.get('error')} "
+                f"[{_rows(answer)}]"), record, timings, answer), record.uuid)
         detail = f"resumed on GPU {record.uuid} in {timings['resume_s']:.1f} s after {self._for(record)} parked"
         return await self._told(Outcome("resumed", user, server, detail, record, timings, answer), record.uuid)
 
@@ -404,3 +416,10 @@ class Parker:
                                     server=outcome.server, gpu=uuid, note="", detail=outcome.detail,
                                     **({"timings": outcome.timings} if outcome.timings else {}))
         return outcome
+
+
+def _rows(answer: dict) -> str:
+    """gpu-park's answer per process, for the log: pid, state before -> after, error."""
+    return "; ".join(f"pid {r.get('pid')}: {r.get('before')} -> {r.get('state')}"
+                     + (f" ({r['error']})" if r.get("error") else "")
+                     for r in answer.get("processes") or []) or str(answer.get("error"))

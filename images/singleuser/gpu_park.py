@@ -342,7 +342,10 @@ def resume_one(driver, pid: int, pairs: list[tuple[str, str]] = ()) -> dict:
             row["unlock_s"] = round(time.monotonic() - t, 4)
         elif state != RUNNING:
             raise ParkError(f"process {pid} is {_name(state)}: it cannot be resumed")
-        row["state"] = driver.state(pid)
+        try:
+            row["state"] = driver.state(pid)
+        except ParkError as exc:  # restored and unlocked: a failed look afterwards undoes nothing
+            row["state"], row["note"] = None, f"restored and unlocked; its state after that not read ({exc})"
     except ParkError as exc:
         row["error"] = str(exc)
         row["state"] = _safe_state(driver, pid)

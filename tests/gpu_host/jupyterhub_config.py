@@ -62,6 +62,7 @@ c.GPUDockerSpawner.gpu_cpu_fallback = False
 c.GPUDockerSpawner.gpu_request_style = "auto"
 c.GPUDockerSpawner.gpu_intent_file = str(state / "gpu-intent.json")
 c.GPUDockerSpawner.usage_db = str(state / "gpu-usage.sqlite")
+c.GPUDockerSpawner.gpu_audit_file = str(state / "gpu-audit.jsonl")  # the console's (the hub's resumes too)
 # The test machine's settings that keep programs off NVLink multicast hold in users' containers too.
 c.DockerSpawner.environment = {k: env[k] for k in ("NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
                                                    "NVSHMEM_DISABLE_NVLS") if k in env}

@@ -259,6 +259,14 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
     if container_status(stack, A) != "running":
         return {**row, "error": "resume did not bring A back", "audit": [(e.get("action"), e.get("detail", "")[:300])
                                                                          for e in audit_tail(stack, t0)]}
+    # the container runs again once the record is gone and it is unpaused; the GPU state is restored
+    # after that (seconds for tens of GB) and the route comes back last: until then A's requests
+    # reach the hub, which sends them back to /hub/user/... (the first GPU run connected too early)
+    try:
+        wait_for(lambda: not route_gone(), 120 + gb * 2, "A's route back after the resume")
+    except TimeoutError:
+        return {**row, "error": "A's route did not come back after the resume", "hub_log": stack.hub_log_tail(3000)}
+    row["resume"]["route_back_after_b_stop_asked_s"] = round(time.time() - b_stop, 2)
     row["gpu_used_resumed_mib"] = gpu_used(uuid)
     row["a_memory_resumed"] = a_memory(stack)
     ka.connect()

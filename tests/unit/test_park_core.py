@@ -255,6 +255,11 @@ class Tool:
 
     async def resume(self, c, pids=()):
         self.calls.append(("resume", c["Id"], tuple(pids)))
+        if self.fail == "resume-once":  # a driver error that passes: the next try restores
+            self.fail = None
+            return {"ok": False, "error": "restore: CUDA_ERROR_OPERATING_SYSTEM",
+                    "processes": [{"pid": 41, "before": "CHECKPOINTED", "state": "CHECKPOINTED",
+                                   "error": "restore: CUDA_ERROR_OPERATING_SYSTEM"}]}
         self.gpu["used"] = 10240
         return {"ok": self.fail != "resume", "error": "restore: CUDA_ERROR_OUT_OF_MEMORY" if self.fail == "resume" else None}
 
@@ -275,7 +280,8 @@ def parker(tmp_path, engine, tool, gpu, host=64 * GIB, stopped=None, clock=None)
         engine.c.pop(f"c-{user}", None)
 
     async def no_sleep(_):
-        clock[0] += 0.25 if clock else 0
+        if clock:
+            clock[0] += 0.25
 
     return Parker(engine, tool, ParkedFile(tmp_path / "gpu-parked.json"), lambda uuid: gpu["used"], stop_server,
                   ParkSettings(max_parked=3600, host_reserve=8 * GIB, rest_mib=1024, settle=0.0),
@@ -390,8 +396,25 @@ def test_a_failed_restore_says_so(tmp_path):
     assert asyncio.run(p.park("alice", "", "GPU-0", "c-alice")).action == "parked"
     tool.fail = "resume"
     out = asyncio.run(p.resume("alice", ""))
-    assert out.action == "resume-failed" and "OUT_OF_MEMORY" in out.detail
+    assert out.action == "resume-failed" and "OUT_OF_MEMORY" in out.detail and "3 tries" in out.detail
+    assert [c[0] for c in tool.calls].count("resume") == 3 and out.timings["tries"] == 3
     assert not engine.c["c-alice"]["State"]["Paused"] and p.parked.all() == {}  # running, holding its GPU
+
+
+def test_a_driver_error_at_restore_is_tried_again():
+    """The first restores through the whole stack on an H100 failed at once with
+    CUDA_ERROR_OPERATING_SYSTEM: a second try of gpu-park resume (which reads each process's
+    state first) restores what is left."""
+    import tempfile
+    from pathlib import Path
+    gpu = {"used": 10240, "rest": 500}
+    engine, tool = Engine(inspected("c-alice", "GPU-0", "alice")), Tool(gpu)
+    p = parker(Path(tempfile.mkdtemp()), engine, tool, gpu)
+    assert asyncio.run(p.park("alice", "", "GPU-0", "c-alice")).action == "parked"
+    tool.fail = "resume-once"
+    out = asyncio.run(p.resume("alice", ""))
+    assert out.action == "resumed" and out.timings["tries"] == 2, out
+    assert [c for c in tool.calls if c[0] == "resume"] == [("resume", "c-alice", (41, 42))] * 2
 
 
 # -- the GPU host's proof script, in its fake mode (no GPU) -------------------------------------------
@@ -572,6 +595,26 @@ def test_the_driver_path_calls_the_checkpoint_api_in_order():
     assert [n for n, _ in lib.calls if "ProcessGetState" not in n][2:] == [
         "cuCheckpointProcessLock", "cuCheckpointProcessCheckpoint", "cuCheckpointProcessRestore",
         "cuCheckpointProcessUnlock"]
+
+
+def test_a_failed_look_after_the_unlock_is_no_failed_resume():
+    """On the H100 a resume's last GetState (after restore and unlock) answered
+    CUDA_ERROR_NOT_INITIALIZED: the resume itself had been done."""
+    lib = LibCuda()
+    driver = gpu_park.Driver(cuda=lib)
+    assert gpu_park.park(driver, [41])["ok"]
+    real = lib.__getattr__
+
+    def after_unlock(name):
+        call = real(name)
+        if name == "cuCheckpointProcessGetState" and any(n == "cuCheckpointProcessUnlock" for n, _ in lib.calls):
+            return lambda *args: 3  # CUDA_ERROR_NOT_INITIALIZED
+        return call
+    lib.__class__ = type("LibCudaLate", (LibCuda,), {"__getattr__": lambda self, name: after_unlock(name)})
+    answer = gpu_park.resume(driver, [41])
+    (row,) = answer["processes"]
+    assert answer["ok"] and row["error"] is None and row["restore_s"] is not None and row["unlock_s"] is not None
+    assert row["state"] is None and "not read" in row["note"]
 
 
 def test_a_driver_error_is_named_and_rolled_back():
