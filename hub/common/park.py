@@ -151,6 +151,19 @@ class ExecCheckpointer:
         # so gpu-park's own search (a /dev/nvidiaN open) no longer finds it
         return await self.run(container, "resume", *[a for pid in pids for a in ("--pid", str(pid))])
 
+    async def end(self, container: dict, pids: list[int]) -> dict:
+        """SIGKILL processes left checkpointed or locked by a failed restore, as the container's
+        user: the driver frees such a process only so (NVIDIA/cuda-checkpoint#44), and Jupyter
+        restarts a kernel that dies, where one left locked would hang at its next CUDA call."""
+        user = (container.get("Config") or {}).get("User") or ""
+        try:
+            created = await self.docker("exec_create", container["Id"], ["sh", "-c", 'kill -KILL "$@"', "kill", *map(str, pids)], user=user)
+            await self.docker("exec_start", created["Id"], demux=True)
+            code = (await self.docker("exec_inspect", created["Id"])).get("ExitCode")
+        except Exception as exc:  # noqa: BLE001 - said in the outcome; the server runs on
+            return {"ok": False, "error": f"docker exec kill: {exc}"}
+        return {"ok": code == 0, "exit_code": code}
+
 
 class Parker:
     """The state machine (see the module's doc). ``memory(uuid)`` is the GPU's used memory in
@@ -355,9 +368,15 @@ class Parker:
         if record.mem_limit_parked:
             await self._restore_limit(c["Id"], record.mem_limit, record.memswap_limit)
         if not answer.get("ok"):
+            stuck = [r["pid"] for r in answer.get("processes") or [] if r.get("state") in ("checkpointed", "locked")]
+            ended = ""
+            if stuck and hasattr(self.checkpointer, "end"):
+                killed = await self.checkpointer.end(c, stuck)
+                ended = (f"; its kernel process{'es' if len(stuck) > 1 else ''} {', '.join(map(str, stuck))}, stuck "
+                         f"{'and ended: Jupyter restarts the kernel' if killed.get('ok') else 'and not ended: ' + str(killed.get('error') or killed.get('exit_code'))}")
             return await self._told(Outcome("resume-failed", user, server, (
                 f"running again, but its GPU state was not restored ({tries} tries): {answer.get('error')} "
-                f"[{_rows(answer)}]"), record, timings, answer), record.uuid)
+                f"[{_rows(answer)}]{ended}"), record, timings, answer), record.uuid)
         detail = f"resumed on GPU {record.uuid} in {timings['resume_s']:.1f} s after {self._for(record)} parked"
         return await self._told(Outcome("resumed", user, server, detail, record, timings, answer), record.uuid)
 

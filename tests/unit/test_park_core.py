@@ -261,7 +261,16 @@ class Tool:
                     "processes": [{"pid": 41, "before": "CHECKPOINTED", "state": "CHECKPOINTED",
                                    "error": "restore: CUDA_ERROR_OPERATING_SYSTEM"}]}
         self.gpu["used"] = 10240
+        if self.fail == "resume-stuck":  # the driver's answer for ever after a failed restore
+            return {"ok": False, "error": "restore: CUDA_ERROR_OPERATING_SYSTEM",
+                    "processes": [{"pid": 41, "before": "checkpointed", "state": "checkpointed",
+                                   "error": "restore: CUDA_ERROR_OPERATING_SYSTEM"},
+                                  {"pid": 42, "before": "checkpointed", "state": "running", "error": None}]}
         return {"ok": self.fail != "resume", "error": "restore: CUDA_ERROR_OUT_OF_MEMORY" if self.fail == "resume" else None}
+
+    async def end(self, c, pids):
+        self.calls.append(("end", c["Id"], tuple(pids)))
+        return {"ok": True, "exit_code": 0}
 
 
 class Audit(AuditLog):
@@ -415,6 +424,24 @@ def test_a_driver_error_at_restore_is_tried_again():
     out = asyncio.run(p.resume("alice", ""))
     assert out.action == "resumed" and out.timings["tries"] == 2, out
     assert [c for c in tool.calls if c[0] == "resume"] == [("resume", "c-alice", (41, 42))] * 2
+    assert not [c for c in tool.calls if c[0] == "end"]
+
+
+def test_a_process_left_stuck_by_the_restore_is_ended():
+    """Still checkpointed after the tries (NVIDIA/cuda-checkpoint#44: for ever): that process is
+    killed, so Jupyter restarts the kernel instead of it hanging at its next CUDA call; one that
+    runs is left alone."""
+    import tempfile
+    from pathlib import Path
+    gpu = {"used": 10240, "rest": 500}
+    engine, tool = Engine(inspected("c-alice", "GPU-0", "alice")), Tool(gpu)
+    p = parker(Path(tempfile.mkdtemp()), engine, tool, gpu)
+    assert asyncio.run(p.park("alice", "", "GPU-0", "c-alice")).action == "parked"
+    tool.fail = "resume-stuck"
+    out = asyncio.run(p.resume("alice", ""))
+    assert out.action == "resume-failed" and out.timings["tries"] == 3
+    assert [c for c in tool.calls if c[0] == "end"] == [("end", "c-alice", (41,))]
+    assert "41, stuck and ended: Jupyter restarts the kernel" in out.detail and "pid 42: checkpointed -> running" in out.detail
 
 
 # -- the GPU host's proof script, in its fake mode (no GPU) -------------------------------------------
@@ -551,6 +578,11 @@ def test_exec_checkpointer_reads_the_tools_answer():
     assert not missing["ok"] and "gave no answer (exit 127)" in missing["error"]
     late = asyncio.run(ExecCheckpointer(Exec(b"", 0, fail="exec_start")).park(container))
     assert not late["ok"] and "TimeoutError" in late["error"]
+    ended = Exec(b"", 0)
+    assert asyncio.run(ExecCheckpointer(ended).end(container, [7]))["ok"]
+    assert ended.calls[0][1][1] == ["sh", "-c", 'kill -KILL "$@"', "kill", "7"]  # the shell's kill: no procps needed
+    assert ended.calls[0][2] == {"user": "1000:100"}
+    assert not asyncio.run(ExecCheckpointer(Exec(b"", 1)).end(container, [7]))["ok"]
 
 
 class LibCuda:
