@@ -168,15 +168,13 @@ async def _sync_forever() -> None:
             await sync_routes(JupyterHub.instance())
 
 
-def _watch(spawner: Any) -> None:
-    """The parked servers' file that the sync task watches (the same for every spawner of a hub)."""
+def _start_sync(spawner: Any) -> None:
+    """The sync task, if it is not running, watching the parked servers' file of ``spawner``
+    (the same for every spawner of a hub)."""
     if _state.get("file") is None:
         parked = parked_file_of(spawner)
         if parked is not None:
             _state["file"] = parked.path
-
-
-def _start_sync() -> None:
     task = _state["task"]
     if task is None or task.done():
         try:
@@ -324,16 +322,14 @@ def install(c: Any) -> None:
 
     async def add_user(self, user, server_name=""):
         spawner = user.spawners[server_name]
-        _watch(spawner)
-        _start_sync()
+        _start_sync(spawner)
         if await asyncio.to_thread(record_of, spawner) is not None:
             self.log.info("%s is parked: no route (its requests go to the hub)", spawner._log_name)
             return
         return await original_add_user(self, user, server_name)
 
     async def _redirect_to_user_server(self, user, spawner):
-        _watch(spawner)
-        _start_sync()
+        _start_sync(spawner)
         record = await asyncio.to_thread(record_of, spawner)
         if record is None:
             return await original_redirect(self, user, spawner)
@@ -355,8 +351,7 @@ def install(c: Any) -> None:
         record = await asyncio.to_thread(record_of, spawner)
         if record is not None:  # paused: it would never answer, and the check would stop it
             self.log.info("%s is parked (since %s): taken as up", spawner._log_name, clock_time(record.since))
-            _watch(spawner)
-            _start_sync()
+            _start_sync(spawner)
             return spawner.server.url if spawner.server else None
         return await original_wait_up(self, spawner)
 

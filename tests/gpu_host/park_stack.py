@@ -396,12 +396,9 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
-        stage = json.loads((st.WORK / "stage1.json").read_text())
-        import docker
-        docker.from_env().images.get(st.IMAGE)
-    except Exception as exc:  # noqa: BLE001
-        print(json.dumps({"ok": False, "error": f"no prepared machine ({type(exc).__name__}: {exc}): "
-                          "run `stack.py prepare` first"}))
+        stage = st.prepared_stage()
+    except RuntimeError as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}))
         return 2
     summary = run(stage, [float(s) for s in args.sizes.split(",") if s.strip()])
     emit(summary)

@@ -232,8 +232,7 @@ def choose_network(client, binds: dict, base: str) -> dict:
     t0 = time.monotonic()
     container = None
     try:
-        client.networks.create(NETWORK, driver="bridge", labels={"gpuhost": "1"})
-        gateway = client.api.inspect_network(NETWORK)["IPAM"]["Config"][0]["Gateway"]
+        gateway = create_network(client)
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((gateway, 0))
@@ -261,6 +260,12 @@ def choose_network(client, binds: dict, base: str) -> dict:
     finally:
         if container is not None:
             container.remove(force=True)
+
+
+def create_network(client) -> str:
+    """The run's bridge network; its gateway (the host's address on it)."""
+    client.networks.create(NETWORK, driver="bridge", labels={"gpuhost": "1"})
+    return client.api.inspect_network(NETWORK)["IPAM"]["Config"][0]["Gateway"]
 
 
 def remove_network(client) -> None:
@@ -415,8 +420,7 @@ class Stack:
             try:
                 self.client.networks.get(NETWORK)
             except docker.errors.NotFound:
-                self.client.networks.create(NETWORK, driver="bridge", labels={"gpuhost": "1"})
-                self.network["gateway"] = self.client.api.inspect_network(NETWORK)["IPAM"]["Config"][0]["Gateway"]
+                self.network["gateway"] = create_network(self.client)
         self.state = WORK / "state"
         shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir(parents=True)
@@ -900,6 +904,19 @@ def emit(summary: dict) -> None:
                 (Path(out) / name).write_bytes((WORK / name).read_bytes()[-4_000_000:])
 
 
+def prepared_stage() -> dict:
+    """What `prepare` left on this machine (stage1.json and the image), for `run` and the
+    sibling scripts (park_stack.py, instant_stack.py); RuntimeError, saying so, if nothing."""
+    try:
+        stage = json.loads((WORK / "stage1.json").read_text())
+        import docker
+        docker.from_env().images.get(IMAGE)
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"no prepared machine ({type(exc).__name__}: {exc}): run `stack.py prepare` first, "
+                           "in the call just before this one") from None
+    return stage
+
+
 def main() -> int:
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
@@ -911,12 +928,9 @@ def main() -> int:
             stage = prepare()
         else:
             try:
-                stage = json.loads((WORK / "stage1.json").read_text())
-                import docker
-                docker.from_env().images.get(IMAGE)
-            except Exception as exc:  # noqa: BLE001
-                emit({"ok": False, "error": f"no prepared machine ({type(exc).__name__}: {exc}): "
-                      "run `stack.py prepare` first, in the call just before this one"})
+                stage = prepared_stage()
+            except RuntimeError as exc:
+                emit({"ok": False, "error": str(exc)})
                 return 2
         summary = run(stage)
         emit(summary)

@@ -398,11 +398,17 @@ def test_resume_of_a_container_that_is_gone(tmp_path):
     assert asyncio.run(p.resume("alice", "")).action == "gone" and p.parked.all() == {}
 
 
-def test_a_failed_restore_says_so(tmp_path):
+def parked_alice(tmp_path):
+    """alice's server parked on GPU-0: its engine, the checkpoint seam and the Parker."""
     gpu = {"used": 10240, "rest": 500}
     engine, tool = Engine(inspected("c-alice", "GPU-0", "alice")), Tool(gpu)
     p = parker(tmp_path, engine, tool, gpu)
     assert asyncio.run(p.park("alice", "", "GPU-0", "c-alice")).action == "parked"
+    return engine, tool, p
+
+
+def test_a_failed_restore_says_so(tmp_path):
+    engine, tool, p = parked_alice(tmp_path)
     tool.fail = "resume"
     out = asyncio.run(p.resume("alice", ""))
     assert out.action == "resume-failed" and "OUT_OF_MEMORY" in out.detail and "3 tries" in out.detail
@@ -410,16 +416,11 @@ def test_a_failed_restore_says_so(tmp_path):
     assert not engine.c["c-alice"]["State"]["Paused"] and p.parked.all() == {}  # running, holding its GPU
 
 
-def test_a_driver_error_at_restore_is_tried_again():
+def test_a_driver_error_at_restore_is_tried_again(tmp_path):
     """The first restores through the whole stack on an H100 failed at once with
     CUDA_ERROR_OPERATING_SYSTEM: a second try of gpu-park resume (which reads each process's
     state first) restores what is left."""
-    import tempfile
-    from pathlib import Path
-    gpu = {"used": 10240, "rest": 500}
-    engine, tool = Engine(inspected("c-alice", "GPU-0", "alice")), Tool(gpu)
-    p = parker(Path(tempfile.mkdtemp()), engine, tool, gpu)
-    assert asyncio.run(p.park("alice", "", "GPU-0", "c-alice")).action == "parked"
+    _, tool, p = parked_alice(tmp_path)
     tool.fail = "resume-once"
     out = asyncio.run(p.resume("alice", ""))
     assert out.action == "resumed" and out.timings["tries"] == 2, out
@@ -427,16 +428,11 @@ def test_a_driver_error_at_restore_is_tried_again():
     assert not [c for c in tool.calls if c[0] == "end"]
 
 
-def test_a_process_left_stuck_by_the_restore_is_ended():
+def test_a_process_left_stuck_by_the_restore_is_ended(tmp_path):
     """Still checkpointed after the tries (NVIDIA/cuda-checkpoint#44: for ever): that process is
     killed, so Jupyter restarts the kernel instead of it hanging at its next CUDA call; one that
     runs is left alone."""
-    import tempfile
-    from pathlib import Path
-    gpu = {"used": 10240, "rest": 500}
-    engine, tool = Engine(inspected("c-alice", "GPU-0", "alice")), Tool(gpu)
-    p = parker(Path(tempfile.mkdtemp()), engine, tool, gpu)
-    assert asyncio.run(p.park("alice", "", "GPU-0", "c-alice")).action == "parked"
+    _, tool, p = parked_alice(tmp_path)
     tool.fail = "resume-stuck"
     out = asyncio.run(p.resume("alice", ""))
     assert out.action == "resume-failed" and out.timings["tries"] == 3

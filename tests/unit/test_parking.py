@@ -154,12 +154,12 @@ def test_a_new_park_is_seen_within_a_watch_not_at_the_next_round(tmp_path, monke
     monkeypatch.setattr(parking, "WATCH_S", 0.01)
     monkeypatch.setattr(parking, "SYNC_S", 60.0)
     records = ParkedFile(tmp_path / "gpu-parked.json")
-    monkeypatch.setattr(parking, "_state", {**parking._state, "file": None})
-    parking._watch(Spawner(tmp_path, None, None))
-    assert parking._state["file"] == records.path
+    monkeypatch.setattr(parking, "_state", {**parking._state, "file": None, "task": None})
 
     async def scenario():
-        task = asyncio.create_task(parking._sync_forever())
+        parking._start_sync(Spawner(tmp_path, None, None))  # as the first add_user does
+        assert parking._state["file"] == records.path
+        task = parking._state["task"]
         await asyncio.sleep(0.1)
         first = len(rounds)  # the first look (no file yet) syncs once, then nothing changes
         await asyncio.sleep(0.1)
