@@ -355,16 +355,22 @@ class Parker:
         t0 = time.monotonic() if t0 is None else t0
         answer = await self.checkpointer.resume(c, record.pids)
         tries = 1
-        # A driver error may pass: the first restores through the whole stack on a GPU failed at
-        # once with CUDA_ERROR_OPERATING_SYSTEM or NOT_INITIALIZED about a second after the GPU's
-        # other user had stopped (cause not known yet). gpu-park reads each process's state
-        # first, so a second try does only what is left.
+        # A driver error may pass: gpu-park reads each process's state first, so a second try
+        # does only what is left. A stop asked during the restore (the person, an admin) kills
+        # the kernel under the driver, which then answers CUDA_ERROR_OPERATING_SYSTEM or
+        # NOT_INITIALIZED: that is said as what it is, and not tried again.
         while not answer.get("ok") and "CUDA_ERROR_" in str(answer.get("error")) and tries < self.settings.restore_tries:
+            if not await self._running(c["Id"]):
+                break
             log.warning("%s's server %r: resume: %s; trying again", user, server, _rows(answer))
             await self.sleep(self.settings.restore_retry * tries)
             answer = await self.checkpointer.resume(c, record.pids)
             tries += 1
         timings = {"resume_s": round(time.monotonic() - t0, 3), "tries": tries}
+        if not answer.get("ok") and not await self._running(c["Id"]):
+            return await self._told(Outcome("resume-failed", user, server, (
+                f"stopped while it resumed: its GPU state is lost with its processes ({answer.get('error')})"),
+                record, timings, answer), record.uuid)
         if record.mem_limit_parked:
             await self._restore_limit(c["Id"], record.mem_limit, record.memswap_limit)
         if not answer.get("ok"):
@@ -379,6 +385,14 @@ class Parker:
                 f"[{_rows(answer)}]{ended}"), record, timings, answer), record.uuid)
         detail = f"resumed on GPU {record.uuid} in {timings['resume_s']:.1f} s after {self._for(record)} parked"
         return await self._told(Outcome("resumed", user, server, detail, record, timings, answer), record.uuid)
+
+    async def _running(self, container_id: str) -> bool:
+        """Whether the container still runs (a stop may have come during the resume)."""
+        try:
+            c = await self.docker("inspect_container", container_id)
+        except NotFound:
+            return False
+        return str((c.get("State") or {}).get("Status", "")).lower() in ("running", "paused")
 
     async def holders_of(self, uuid: str, besides: str = "") -> list:
         """Who holds ``uuid`` now by the engine's live containers (parked ones hold nothing)."""

@@ -261,6 +261,11 @@ class Tool:
                     "processes": [{"pid": 41, "before": "CHECKPOINTED", "state": "CHECKPOINTED",
                                    "error": "restore: CUDA_ERROR_OPERATING_SYSTEM"}]}
         self.gpu["used"] = 10240
+        if self.fail == "stopped-meanwhile":  # the person's stop came during the restore
+            self.engine.c.pop(c["Id"], None)
+            return {"ok": False, "error": "restore: CUDA_ERROR_OPERATING_SYSTEM",
+                    "processes": [{"pid": 41, "before": "checkpointed", "state": None,
+                                   "error": "restore: CUDA_ERROR_OPERATING_SYSTEM"}]}
         if self.fail == "resume-stuck":  # the driver's answer for ever after a failed restore
             return {"ok": False, "error": "restore: CUDA_ERROR_OPERATING_SYSTEM",
                     "processes": [{"pid": 41, "before": "checkpointed", "state": "checkpointed",
@@ -438,6 +443,18 @@ def test_a_process_left_stuck_by_the_restore_is_ended(tmp_path):
     assert out.action == "resume-failed" and out.timings["tries"] == 3
     assert [c for c in tool.calls if c[0] == "end"] == [("end", "c-alice", (41,))]
     assert "41, stuck and ended: Jupyter restarts the kernel" in out.detail and "pid 42: checkpointed -> running" in out.detail
+
+
+def test_a_stop_during_the_restore_is_said_and_not_tried_again(tmp_path):
+    """The second whole-stack run on the H100: the script stopped A's server while the hub
+    restored it, and the driver answered CUDA_ERROR_OPERATING_SYSTEM. That is a stop, not a
+    driver fault: no second try, nothing to end, and the outcome says what happened."""
+    engine, tool, p = parked_alice(tmp_path)
+    tool.fail, tool.engine = "stopped-meanwhile", engine
+    out = asyncio.run(p.resume("alice", ""))
+    assert out.action == "resume-failed" and out.detail.startswith("stopped while it resumed"), out
+    assert out.timings["tries"] == 1 and not [c for c in tool.calls if c[0] == "end"]
+    assert p.audit.entries[-1]["action"] == "park-resume-failed"
 
 
 # -- the GPU host's proof script, in its fake mode (no GPU) -------------------------------------------
