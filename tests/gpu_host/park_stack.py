@@ -192,22 +192,23 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
              T + GRACE + 3 * gb + 120, "gpu-reclaim parks A")
     parked_at = time.time()
     row["idle_to_parked_s"] = round(time.monotonic() - idle_from, 1)
-    record = next(iter(v for v in parked_records(stack).values() if v.get("user") == A), {})
-    row["parked_record"] = {k: record.get(k) for k in ("uuid", "gpu_mib", "mem_limit", "mem_limit_parked")}
-    row["a_memory_parked"] = a_memory(stack)
-    entries = audit_tail(stack, t0)
-    row["audit"] = [(e.get("action"), e.get("detail", "")[:200]) for e in entries]
-    row["park_timings"] = next((e.get("timings") for e in entries if e.get("action") == "park"), None)
     import requests
 
     def route_gone() -> bool:
         routes = requests.get(f"http://127.0.0.1:{stack.ports['proxy_api']}/api/routes", timeout=10,
                               headers={"Authorization": f"token {stack.proxy_token}"}).json()
         return not any(path.rstrip("/") == f"/user/{A}" for path in routes)  # CHP keeps "/user/parka"
-    # the hub drops a parked server's route when it sees its record (hub/hub_process/parking.py WATCH_S);
-    # a request sent before that reaches the paused server and waits until it resumes
+    # looked at first (the reads below take about a second, which the H100's 1.0 s of the second
+    # run was); the hub drops a parked server's route when it sees its record (WATCH_S in
+    # hub/hub_process/parking.py): a request sent before that waits until the server resumes
     row["route_gone_after_parked_s"] = round(wait_for(route_gone, 30, "the parked server's route removed") and
                                              time.time() - parked_at, 2)
+    record = next(iter(v for v in parked_records(stack).values() if v.get("user") == A), {})
+    row["parked_record"] = {k: record.get(k) for k in ("uuid", "gpu_mib", "mem_limit", "mem_limit_parked")}
+    row["a_memory_parked"] = a_memory(stack)
+    entries = audit_tail(stack, t0)
+    row["audit"] = [(e.get("action"), e.get("detail", "")[:200]) for e in entries]
+    row["park_timings"] = next((e.get("timings") for e in entries if e.get("action") == "park"), None)
     time.sleep(1)
     row["gpu_used_parked_mib"] = gpu_used(uuid)
     q0 = time.monotonic()
