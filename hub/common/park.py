@@ -276,7 +276,7 @@ class Parker:
         except Exception:  # noqa: BLE001 - unknown: the limit is put back as before
             return None
 
-    async def _restore_limit(self, container_id: str, mem_limit: int, memswap_limit: int) -> None:
+    async def _restore_limit(self, container_id: str, mem_limit: int, memswap_limit: int) -> bool:
         """The limit from before parking, once the container's memory is under it: lowering a
         limit under what is in use makes the kernel's OOM killer take the largest process (cgroup
         v2), the kernel just restored. The restored state's host copy is freed as the driver lets
@@ -290,11 +290,13 @@ class Parker:
         if used is not None and used > 0.9 * mem_limit:
             log.warning("container %s: its memory limit stays raised (%d MiB in use, the limit was %d MiB)",
                         container_id[:12], used // MIB, mem_limit // MIB)
-            return
+            return False
         try:
             await self._set_limit(container_id, mem_limit, memswap_limit)
         except (APIError, NotFound) as exc:
             log.warning("container %s: its memory limit stays raised (%s)", container_id[:12], exc)
+            return False
+        return True
 
     async def _undo(self, c: dict, limit: int, swap: int, plan: MemoryPlan, paused: bool,
                     pids: tuple[int, ...] = ()) -> None:
@@ -366,13 +368,17 @@ class Parker:
             await self.sleep(self.settings.restore_retry * tries)
             answer = await self.checkpointer.resume(c, record.pids)
             tries += 1
-        timings = {"resume_s": round(time.monotonic() - t0, 3), "tries": tries}
+        rows = answer.get("processes") or []
+        timings = {"resume_s": round(time.monotonic() - t0, 3), "tries": tries,
+                   **{f"{step}_s": round(sum(r.get(f"{step}_s") or 0 for r in rows), 3) for step in ("restore", "unlock")}}
         if not answer.get("ok") and not await self._running(c["Id"]):
             return await self._told(Outcome("resume-failed", user, server, (
                 f"stopped while it resumed: its GPU state is lost with its processes ({answer.get('error')})"),
                 record, timings, answer), record.uuid)
         if record.mem_limit_parked:
-            await self._restore_limit(c["Id"], record.mem_limit, record.memswap_limit)
+            t = time.monotonic()
+            timings["limit_back"] = await self._restore_limit(c["Id"], record.mem_limit, record.memswap_limit)
+            timings["limit_s"] = round(time.monotonic() - t, 3)
         if not answer.get("ok"):
             stuck = [r["pid"] for r in answer.get("processes") or [] if r.get("state") in ("checkpointed", "locked")]
             ended = ""

@@ -253,10 +253,6 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
         pass
     row["resume"] = {"by_itself_after_b_stop_asked_s": round(time.time() - b_stop, 2),
                      "container": container_status(stack, A)}
-    entries = audit_tail(stack, b_stop)
-    row["resume_timings"] = next((e.get("timings") for e in entries if e.get("action") == "park-resume"), None)
-    row["resume_audit"] = [(e.get("who"), e.get("action"), e.get("detail", "")[:160]) for e in entries
-                           if e.get("user") == A]
     if container_status(stack, A) != "running":
         return {**row, "error": "resume did not bring A back", "audit": [(e.get("action"), e.get("detail", "")[:300])
                                                                          for e in audit_tail(stack, t0)]}
@@ -268,12 +264,23 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
     except TimeoutError:
         return {**row, "error": "A's route did not come back after the resume", "hub_log": stack.hub_log_tail(3000)}
     row["resume"]["route_back_after_b_stop_asked_s"] = round(time.time() - b_stop, 2)
-    row["gpu_used_resumed_mib"] = gpu_used(uuid)
-    row["a_memory_resumed"] = a_memory(stack)
     ka.connect()
     verified = ka.call(VERIFY_A.format(frm=parked_at + 0.5, to=resume_from - 0.5), timeout=120)
     pid = ka.call("os.getpid()")
     ka.close()
+    # JupyterHub's own route check may put the route back before the restore is over (the record
+    # goes first): the kernel's calls then wait for it. The resume's audit entry comes at its end,
+    # after the memory limit from before parking is put back (or said to stay raised).
+    resumed = lambda: [e for e in audit_tail(stack, b_stop) if e.get("user") == A  # noqa: E731
+                       and str(e.get("action")).startswith("park-resume")]
+    try:
+        wait_for(resumed, 60, "the resume's audit entry")
+    except TimeoutError:
+        pass
+    row["resume_timings"] = next((e.get("timings") for e in resumed() if e.get("action") == "park-resume"), None)
+    row["resume_audit"] = [(e.get("who"), e.get("action"), e.get("detail", "")[:300]) for e in resumed()]
+    row["gpu_used_resumed_mib"] = gpu_used(uuid)
+    row["a_memory_resumed"] = a_memory(stack)
     # resumed after longer than the timeout: its idle clock starts at the resume (T more seconds)
     time.sleep(4)
     again = [e.get("action") for e in audit_tail(stack, resume_from) if e.get("user") == A
@@ -284,7 +291,7 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
                verify_s=verified["verify_s"], parked_for_s=round(resume_from - parked_at, 1),
                kernel_pid_same=pid == ready["pid"])
     stack.hub.stop(A)
-    row["ok"] = bool(row["checksum_same"] and not row["reclaimed_again_right_after_resume"] and row["note_same"] and row["ticks_while_parked"] == 0
+    row["ok"] = bool(row["checksum_same"] and row["resume_timings"] and not row["reclaimed_again_right_after_resume"] and row["note_same"] and row["ticks_while_parked"] == 0
                      and row["kernel_pid_same"] and row["b_gpu_same"] and row["a_paused_while_b_ran"]
                      and row["resume_while_b_holds"]["paused_still"] and row["resume_while_b_holds"]["page_names_b"]
                      and row["a_request_while_parked"]["status"] == 503

@@ -324,6 +324,9 @@ def test_park_then_resume(tmp_path):
     assert not engine.c["c-alice"]["State"]["Paused"] and engine.c["c-alice"]["HostConfig"]["Memory"] == 4 * GIB
     assert engine.c["c-alice"]["HostConfig"]["MemorySwap"] == 8 * GIB
     assert p.parked.all() == {} and p.audit.entries[-1]["action"] == "park-resume"
+    # the audit entry splits the resume: the driver's restore and unlock, the limit put back
+    assert back.timings["limit_back"] is True and {"restore_s", "unlock_s", "limit_s"} <= set(back.timings)
+    assert p.audit.entries[-1]["timings"] == back.timings
     assert asyncio.run(p.resume("alice", "")).action == "not-parked"
 
 
