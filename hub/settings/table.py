@@ -387,7 +387,7 @@ _TABLE = [
                  "its kernels' GPU state moves into the container's host memory, the container is paused and "
                  "the GPU given back; the person resumes it later with every variable intact, or it is stopped "
                  "after `GPU_PARK_MAX`. Parking needs driver 570 or newer and falls back to the stop when it "
-                 "cannot be done (audit log). A profile's `reclaim: {action: park}` sets it per profile. "
+                 "cannot be done (audit log); it needs `HUB_BACKEND=docker` (one host's engine; refused on a Swarm). A profile's `reclaim: {action: park}` sets it per profile. "
                  "See [Parking](gpus.md#parking-preview)."),
     Setting("GPU_PARK_MAX", IDLE_GPUS, "positive_int", default="86400", example="28800",
             help="Seconds a parked server stays parked; then it is stopped as `stop` would have "

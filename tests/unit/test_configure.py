@@ -100,6 +100,10 @@ def test_swarm_backend_selects_the_swarm_spawner_with_its_settings():
     assert c.JupyterHub.spawner_class == "hub.hub_process.spawner.GPUDockerSpawner" and "GPUSwarmSpawner" not in c
     with pytest.raises(ConfigError, match="HUB_BACKEND"):
         configure_spawner(Config(), {"HUB_BACKEND": "kubernetes"}, profiles_file="/nonexistent")
+    # parking works through one host's engine: refused on a Swarm, with the fix in the message
+    with pytest.raises(ConfigError, match="GPU_IDLE_ACTION=park needs HUB_BACKEND=docker.*GPU_IDLE_ACTION=stop"):
+        configure_spawner(Config(), {"HUB_BACKEND": "swarm", "GPU_IDLE_ACTION": "park"}, profiles_file="/nonexistent")
+    configure_spawner(Config(), {"GPU_IDLE_ACTION": "park"}, profiles_file="/nonexistent")  # one host: fine
 
 
 def test_bad_spawner_setting_stops_with_the_variable_named():

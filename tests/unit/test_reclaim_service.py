@@ -329,6 +329,10 @@ def test_reclaim_in_the_console_process_uses_its_own_identity(tmp_path):
     assert env["JUPYTERHUB_API_URL"] == "http://hub:8081/hub/api"
     r = build({**env, "GPUHUB_PROFILES_FILE": str(tmp_path / "absent.yaml")}, docker=Engine([]))
     assert r.hub.token == token and r.policy.timeout == 60 and r.instance == "lab"
+    assert r.parker is not None  # a profile may park (one host's engine)
+    swarm = build({**env, "GPUHUB_PROFILES_FILE": str(tmp_path / "absent.yaml"), "HUB_BACKEND": "swarm"},
+                  docker=Engine([]))
+    assert swarm.parker is None  # a Swarm's servers run on other nodes: a profile's `park` stops there
     with pytest.raises(ValueError, match="GPUHUB_RECLAIM_API_TOKEN"):
         env_in_console({"JUPYTERHUB_API_URL": "http://hub:8081/hub/api"})
 

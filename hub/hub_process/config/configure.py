@@ -165,6 +165,10 @@ def configure_swarm(c, env: Mapping[str, str]) -> None:
     if spawner.swarm_volume_root and not spawner.swarm_volume_root.startswith("/"):
         raise ConfigError(f"SWARM_VOLUME_ROOT={spawner.swarm_volume_root!r} is not an absolute path, "
                           "e.g. SWARM_VOLUME_ROOT=/mnt/gpuhub")
+    if read(env, "GPU_IDLE_ACTION") == "park":  # docs/gpus.md, "Parking": one host's engine
+        raise ConfigError("GPU_IDLE_ACTION=park needs HUB_BACKEND=docker: parking checkpoints and pauses a "
+                          "server's container through the hub's own engine, and a Swarm's servers run on "
+                          "other nodes. Set GPU_IDLE_ACTION=stop (idle servers are stopped, their files kept)")
 
 
 def configure_profiles(c, path: str) -> None:

@@ -526,8 +526,11 @@ def build(env: Mapping[str, str], docker: Any = None, hub: Any = None) -> Reclai
                      label_prefix=settings.label_prefix, profiles_file=settings.profiles_file,
                      holders_file=state / HOLDERS_FILE, usage=usage, parked_file=state / PARKED_FILE,
                      prestart_file=state / prestarts.FILE)
-    # used only where a policy (the settings' or a profile's, re-read when it changes) parks
-    reclaimer.parker = parking.build_parker(env, state, sampler.reader, audit, hub, label_prefix=settings.label_prefix)
+    # used only where a policy (the settings' or a profile's, re-read when it changes) parks; none
+    # on a Swarm (its servers run on other nodes' engines): a profile's `park` stops there
+    if read(env, "HUB_BACKEND") != "swarm":
+        reclaimer.parker = parking.build_parker(env, state, sampler.reader, audit, hub,
+                                                label_prefix=settings.label_prefix)
     return reclaimer
 
 
