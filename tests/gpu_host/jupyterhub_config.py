@@ -146,15 +146,18 @@ if env.get("GPUHOST_RECLAIM_PORT"):
 c.GPUDockerSpawner.warm_imports = env.get("GPUHOST_WARM_IMPORTS", "torch")
 
 
-def _warm_variant(spawner):
+def _variant_by_name(spawner):
     name = spawner.user.name
     if name.startswith("cold-"):
         spawner.warm_kernel = False
     elif name.startswith("ahead-"):
         spawner.started_ahead = True
+    elif name == "parkuvm":  # park_stack.py's uvm case: on fake GPUs the stand-in's checkpoint fails,
+        # as the driver's does for memory it cannot checkpoint (read by gpu-park's stand-in only)
+        spawner.environment = {**spawner.environment, "GPU_PARK_FAKE_FAIL": "checkpoint"}
 
 
-c.Spawner.pre_spawn_hook = _warm_variant
+c.Spawner.pre_spawn_hook = _variant_by_name
 
 # -- recovery (hub/hub_process/config/configure.py configure_recovery) --
 c.JupyterHub.last_activity_interval = 10

@@ -21,6 +21,7 @@ For each size (GB), with one GPU left free for the two users (on a host with mor
 Run after the stack's `prepare` (tests/gpu_host/stack.py; the image carries gpu-park):
 
     python3 tests/gpu_host/park_stack.py --sizes 1,10,40       (OUT set: $OUT/park_stack.json)
+    python3 tests/gpu_host/park_stack.py --sizes '' --cases two-kernels,uvm   (see one_case)
 
 Dry run on fake GPUs (GPUHOST_LOCAL=1, as stack.py's): gpu-park's driver stand-in
 (GPUHUB_PARK_FAKE), readings from a file (tests/e2e/fake_gpu), host memory instead of tensors.
@@ -79,6 +80,19 @@ threading.Thread(target=_tick, daemon=True).start()
 VERIFY_A = ("(lambda t0=__import__('time').monotonic(): {{'checksum': _checksum(), 'note': _note, "
             "'ticks_while_parked': len([x for x in _ticks if {frm} < x < {to}]), 'ticks': len(_ticks), "
             "'verify_s': round(__import__('time').monotonic() - t0, 3)}})()")
+# A second kind of GPU memory in A's kernel: 256 MiB of managed (UVM) memory through the driver's
+# own call (torch's context is current in the kernel's main thread), written from the host. NVIDIA
+# lists UVM among what cuda-checkpoint cannot checkpoint: the park should fail and the server be
+# stopped as `stop` would have (or, if the driver parks it after all, come back with it).
+UVM_A = """
+import ctypes
+_cu = ctypes.CDLL('libcuda.so.1')
+_uvm = ctypes.c_uint64(0)
+_uvm_rc = _cu.cuMemAllocManaged(ctypes.byref(_uvm), ctypes.c_size_t(256 << 20), 1)  # CU_MEM_ATTACH_GLOBAL
+if _uvm_rc == 0:
+    ctypes.memset(_uvm.value, 7, 256 << 20)
+"""
+CASES = {"two-kernels": ("parktwo", (0.5, 1.5)), "uvm": ("parkuvm", (1.0,))}  # user, each kernel's GB
 B_ALLOC = ("(lambda: (globals().__setitem__('_hold', [__import__('torch').empty(min(2**28, {left} - i) // 4, "
            "device='cuda') for i in range(0, {left}, 2**28)]), __import__('torch').cuda.synchronize(), "
            "len(_hold))[-1])()")
@@ -299,7 +313,101 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
     return row
 
 
-def run(stage: dict, sizes: list[float]) -> dict:
+def one_case(stack: st.Stack, case: str, uuid: str, row: dict) -> dict:
+    """``two-kernels``: two CUDA processes in one server, parked and resumed together (A's Resume,
+    its GPU free). ``uvm``: a kernel that also holds managed memory; parked and resumed like the
+    others if the driver can, else the park fails, its rollback leaves the kernel running, and
+    gpu-reclaim stops the server instead: the GPU back at rest, and the next user computes on it."""
+    import requests
+
+    user, sizes = CASES[case]
+    t0 = time.time()
+    st.log(f"{case}: {user} starts")
+    code, message = stack.hub.start(user)
+    if code not in (201, 202):
+        return {**row, "error": f"start {user}: {code} {message}"}
+    stack.hub.wait(user, ready=True)
+    if st.norm(stack.containers()[user]["gpu"]) != st.norm(uuid):
+        return {**row, "error": f"{user} got {stack.containers()[user]['gpu']}, not the GPU left free ({uuid})"}
+    token = stack.hub.token_for(user)
+    kernels, ready = [], []
+    for gb in sizes:
+        k = st.Kernel(stack.proxy_url, user, token)
+        k.start()
+        k.execute(KERNEL_A.format(fake=st.LOCAL, gb=gb), timeout=600)
+        if case == "uvm" and not st.LOCAL:
+            k.execute(UVM_A)
+            row["uvm_alloc_result"] = k.call("_uvm_rc")
+        ready.append(k.call("{'checksum': _first, 'note': _note, 'pid': os.getpid()}"))
+        k.close()
+        kernels.append(k)
+    row["gpu_used_loaded_mib"] = gpu_used(uuid)
+    mine = lambda: [e for e in audit_tail(stack, t0) if e.get("user") == user]  # noqa: E731
+    parked = lambda: container_status(stack, user) == "paused" and user in json.dumps(parked_records(stack))  # noqa: E731
+    stopped = lambda: any(e.get("action") == "reclaim" for e in mine()) and container_status(stack, user) is None  # noqa: E731
+    wait_for(lambda: parked() or stopped(), T + GRACE + 10 * sum(sizes) + 120, f"{user} parked or stopped")
+    parked_at = time.time()
+    row["audit"] = [(e.get("action"), e.get("detail", "")[:400]) for e in mine()]
+    if stopped():
+        row["outcome"] = "stopped instead"
+        row["park_failed"] = any(e.get("action") in ("park-failed", "park-refused") for e in mine())
+        row["gpu_used_after_stop_mib"] = gpu_used(uuid)
+        code, message = stack.hub.start(B)  # the next user computes on that GPU
+        if code not in (201, 202):
+            return {**row, "error": f"start B: {code} {message}"}
+        stack.hub.wait(B, ready=True)
+        row["b_gpu_same"] = st.norm(stack.containers()[B]["gpu"]) == st.norm(uuid)
+        kb = st.Kernel(stack.proxy_url, B, stack.hub.token_for(B))
+        kb.start()
+        if not st.LOCAL:
+            kb.execute(st.kernel_setup_code())
+            row["b_matmul"] = kb.call("bench(0)", timeout=300)
+        kb.close()
+        stack.hub.stop(B)
+        row["ok"] = bool(row["park_failed"] and row["b_gpu_same"]
+                         and (st.LOCAL or ((row["gpu_used_after_stop_mib"] or 1e9) <= 1024 and row.get("b_matmul"))))
+        return row
+    row["outcome"] = "parked"
+    row["park_timings"] = next((e.get("timings") for e in mine() if e.get("action") == "park"), None)
+    row["gpu_used_parked_mib"] = gpu_used(uuid)
+    time.sleep(2)
+    resume_from = time.time()
+    code, where, took = resume(stack, token)  # its GPU is free: it resumes at once
+    row["resume_post"] = {"status": code, "to": where[:120], "answered_in_s": took}
+
+    def route_back() -> bool:
+        routes = requests.get(f"http://127.0.0.1:{stack.ports['proxy_api']}/api/routes", timeout=10,
+                              headers={"Authorization": f"token {stack.proxy_token}"}).json()
+        return any(path.rstrip("/") == f"/user/{user}" for path in routes)
+    wait_for(lambda: container_status(stack, user) == "running" and not parked_records(stack) and route_back(),
+             120 + 3 * sum(sizes), f"{user} resumed")
+    verified = []
+    for k in kernels:
+        k.connect()
+        verified.append({**k.call(VERIFY_A.format(frm=parked_at + 0.5, to=resume_from - 0.5), timeout=120),
+                         "pid": k.call("os.getpid()")})
+        k.close()
+    resumed = lambda: [e for e in mine() if str(e.get("action")).startswith("park-resume")]  # noqa: E731
+    try:
+        wait_for(resumed, 60, "the resume's audit entry")
+    except TimeoutError:
+        pass
+    row["resume_audit"] = [(e.get("action"), e.get("detail", "")[:300], e.get("timings")) for e in resumed()]
+    row["kernels"] = [{"checksum_same": v["checksum"] == r["checksum"], "note_same": v["note"] == r["note"],
+                       "pid_same": v["pid"] == r["pid"], "ticks_while_parked": v["ticks_while_parked"]}
+                      for v, r in zip(verified, ready)]
+    if case == "uvm" and not st.LOCAL:
+        kernels[0].connect()
+        row["uvm_after"] = kernels[0].call("ctypes.string_at(_uvm.value, 4).hex()")
+        kernels[0].close()
+    stack.hub.stop(user)
+    row["ok"] = bool(row["kernels"] and all(k["checksum_same"] and k["note_same"] and k["pid_same"]
+                                            and k["ticks_while_parked"] == 0 for k in row["kernels"])
+                     and any(a == "park-resume" for a, *_ in row["resume_audit"]))
+    return row
+
+
+def run(stage: dict, sizes: list[float], cases: list[str] = ()) -> dict:
     from hub.gpus.inventory import discover
 
     exempt = [B] + [f"parkfill{i}" for i in range(16)]
@@ -346,7 +454,7 @@ def run(stage: dict, sizes: list[float]) -> dict:
         summary["versions"] = stack.start_proxy()
         stack.start_hub()
         fillers = exempt[1:len(free)]  # every free GPU but one held by an exempt filler
-        r = stack.hub.api("POST", "/users", json={"usernames": [A, B, *fillers]})
+        r = stack.hub.api("POST", "/users", json={"usernames": [A, B, *fillers, *(CASES[c][0] for c in cases)]})
         assert r.status_code == 201, r.text
         for name in fillers:
             code, message = stack.hub.start(name)
@@ -383,9 +491,27 @@ def run(stage: dict, sizes: list[float]) -> dict:
                         pass
             st.log(json.dumps(summary["sizes"][-1])[:1500])
             emit(summary)
+        summary["cases"] = []
+        for case in cases:
+            row = {"case": case}
+            try:
+                summary["cases"].append(one_case(stack, case, uuid, row))
+            except Exception as exc:  # noqa: BLE001 - the report says what broke; the next case runs
+                import traceback
+                row.update(error=f"{type(exc).__name__}: {exc}"[:3000], traceback=traceback.format_exc()[-1500:],
+                           hub_log=stack.hub_log_tail(3000))
+                summary["cases"].append(row)
+                for user in (CASES[case][0], B):
+                    try:
+                        stack.hub.stop(user)
+                    except Exception:  # noqa: BLE001
+                        pass
+            st.log(json.dumps(summary["cases"][-1])[:1500])
+            emit(summary)
     finally:
         stack.cleanup()
-    summary["ok"] = bool(summary["sizes"]) and all(r.get("ok") for r in summary["sizes"])
+    rows = summary["sizes"] + summary.get("cases", [])
+    summary["ok"] = bool(rows) and all(r.get("ok") for r in rows)
     return summary
 
 
@@ -400,7 +526,8 @@ def emit(summary: dict) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1,10")
+    parser.add_argument("--sizes", default="1,10", help="GB of A's tensors, one round each ('' for none)")
+    parser.add_argument("--cases", default="", help=f"after the sizes, comma-separated: {', '.join(CASES)}")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     try:
@@ -408,7 +535,10 @@ def main() -> int:
     except RuntimeError as exc:
         print(json.dumps({"ok": False, "error": str(exc)}))
         return 2
-    summary = run(stage, [float(s) for s in args.sizes.split(",") if s.strip()])
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if set(cases) - set(CASES):
+        parser.error(f"--cases: {', '.join(sorted(set(cases) - set(CASES)))} unknown (known: {', '.join(CASES)})")
+    summary = run(stage, [float(s) for s in args.sizes.split(",") if s.strip()], cases)
     emit(summary)
     print(json.dumps(summary, indent=1), flush=True)
     return 0 if summary["ok"] else 1

@@ -498,8 +498,29 @@ class Stack:
                "GPUHOST_BINDS_FILE": str(WORK / "binds.json")}
         return env
 
+    def reap_services(self) -> list[int]:
+        """Kill the hub-managed services (the GPU console with gpu-reclaim) that a hub left behind on
+        this state directory, its own hub gone: a hub killed before it stopped them leaves them
+        running, and a leftover gpu-reclaim acts on the next run's servers too (a dry run here
+        warned each server twice). Returns their pids."""
+        mark = f"GPUHUB_STATE_DIR={self.state}".encode()
+        reaped = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if mark in (entry / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    reaped.append(int(entry.name))
+            except (OSError, ProcessLookupError):
+                pass
+        if reaped:
+            log(f"killed services a hub left behind: {reaped}")
+        return reaped
+
     def start_hub(self) -> float:
         t0 = time.monotonic()
+        self.reap_services()  # none of this state directory may run without its hub
         self.hub_log.write(f"\n===== hub start {datetime.now(timezone.utc).isoformat()} =====\n".encode())
         self.hub_log.flush()
         self.hub_proc = subprocess.Popen(
@@ -594,6 +615,7 @@ class Stack:
                     proc.wait(20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        self.reap_services()
         for v in self.client.volumes.list(filters={"name": f"{PREFIX}-user-"}):
             try:
                 v.remove(force=True)
