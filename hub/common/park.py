@@ -119,14 +119,18 @@ class ExecCheckpointer:
                  timeout_ms: int = 10000):
         self.docker, self.command, self.fake, self.timeout_ms = docker, tuple(command), fake, timeout_ms
 
-    async def run(self, container: dict, operation: str, *args: str) -> dict:
+    async def _exec(self, container: dict, command: list[str], env: dict | None = None) -> tuple:
+        """``command`` in the container as its own user: (stdout, stderr, exit code)."""
         user = (container.get("Config") or {}).get("User") or ""
+        created = await self.docker("exec_create", container["Id"], command, user=user,
+                                    **({"environment": env} if env is not None else {}))
+        out, err = await self.docker("exec_start", created["Id"], demux=True)
+        return out, err, (await self.docker("exec_inspect", created["Id"])).get("ExitCode")
+
+    async def run(self, container: dict, operation: str, *args: str) -> dict:
         env = {"GPU_PARK_FAKE": "1"} if self.fake else None
         try:
-            created = await self.docker("exec_create", container["Id"], [*self.command, operation, *args],
-                                        user=user, environment=env)
-            out, err = await self.docker("exec_start", created["Id"], demux=True)
-            code = (await self.docker("exec_inspect", created["Id"])).get("ExitCode")
+            out, err, code = await self._exec(container, [*self.command, operation, *args], env)
         except APIError as exc:
             return {"ok": False, "error": f"docker exec {self.command[0]} {operation}: {exc.explanation or exc}"}
         except Exception as exc:  # noqa: BLE001 - e.g. the client's read timeout ran out first
@@ -155,11 +159,8 @@ class ExecCheckpointer:
         """SIGKILL processes left checkpointed or locked by a failed restore, as the container's
         user: the driver frees such a process only so (NVIDIA/cuda-checkpoint#44), and Jupyter
         restarts a kernel that dies, where one left locked would hang at its next CUDA call."""
-        user = (container.get("Config") or {}).get("User") or ""
         try:
-            created = await self.docker("exec_create", container["Id"], ["sh", "-c", 'kill -KILL "$@"', "kill", *map(str, pids)], user=user)
-            await self.docker("exec_start", created["Id"], demux=True)
-            code = (await self.docker("exec_inspect", created["Id"])).get("ExitCode")
+            _, _, code = await self._exec(container, ["sh", "-c", 'kill -KILL "$@"', "kill", *map(str, pids)])
         except Exception as exc:  # noqa: BLE001 - said in the outcome; the server runs on
             return {"ok": False, "error": f"docker exec kill: {exc}"}
         return {"ok": code == 0, "exit_code": code}

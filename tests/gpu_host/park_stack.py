@@ -181,17 +181,61 @@ def a_logs(stack: st.Stack, n: int = 40) -> str:
         return f"{type(exc).__name__}: {exc}"
 
 
+def start_on(stack: st.Stack, user: str, uuid: str) -> tuple[str | None, str | None]:
+    """Start ``user``'s server through the hub: (the GPU it got, None), or (None, why not)."""
+    code, message = stack.hub.start(user)
+    if code not in (201, 202):
+        return None, f"start {user}: {code} {message}"
+    stack.hub.wait(user, ready=True)
+    gpu = stack.containers()[user]["gpu"]
+    if st.norm(gpu) != st.norm(uuid):
+        return gpu, f"{user} got {gpu}, not the GPU left free ({uuid})"
+    return gpu, None
+
+
+def has_route(stack: st.Stack, user: str) -> bool:
+    """Whether the proxy routes ``user``'s server (CHP keeps "/user/parka", no slash)."""
+    import requests
+    routes = requests.get(f"http://127.0.0.1:{stack.ports['proxy_api']}/api/routes", timeout=10,
+                          headers={"Authorization": f"token {stack.proxy_token}"}).json()
+    return any(path.rstrip("/") == f"/user/{user}" for path in routes)
+
+
+def resume_entries(stack: st.Stack, user: str, since: float) -> list[dict]:
+    """``user``'s resume entries in the audit log since ``since``, waited for (up to 60 s): the
+    entry comes at the resume's end, after the memory limit from before parking is put back (or
+    said to stay raised), seconds after JupyterHub's own route check may have put the route back."""
+    def entries() -> list[dict]:
+        return [e for e in audit_tail(stack, since) if e.get("user") == user
+                and str(e.get("action")).startswith("park-resume")]
+    try:
+        wait_for(entries, 60, "the resume's audit entry")
+    except TimeoutError:
+        pass
+    return entries()
+
+
+def b_computes(stack: st.Stack, row: dict, alloc_gb: float = 0, baseline: dict | None = None) -> None:
+    """B's kernel on the GPU: ``alloc_gb`` allocated first, then the bf16 matmul (GPUs only)."""
+    kb = st.Kernel(stack.proxy_url, B, stack.hub.token_for(B))
+    kb.start()
+    if not st.LOCAL:
+        kb.execute(st.kernel_setup_code())
+        if alloc_gb:
+            left = int(alloc_gb * 2**30)
+            row["b_allocated_chunks"] = kb.call(B_ALLOC.format(left=left), timeout=300)
+        row["b_matmul"] = kb.call("bench(0)", timeout=300)
+        if baseline:
+            row["b_matmul"]["vs_host_before"] = round(row["b_matmul"]["tflops"] / baseline["tflops"], 4)
+    kb.close()
+
+
 def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: dict) -> dict:
     t0 = time.time()
     st.log(f"{gb:g} GB: A starts")
-    code, message = stack.hub.start(A)
-    if code not in (201, 202):
-        return {**row, "error": f"start A: {code} {message}"}
-    stack.hub.wait(A, ready=True)
-    held = stack.containers()
-    row["a_gpu"] = held[A]["gpu"]
-    if st.norm(held[A]["gpu"]) != st.norm(uuid):
-        return {**row, "error": f"A got {held[A]['gpu']}, not the GPU left free ({uuid})"}
+    row["a_gpu"], error = start_on(stack, A, uuid)
+    if error:
+        return {**row, "error": error}
     token_a = stack.hub.token_for(A)
     ka = st.Kernel(stack.proxy_url, A, token_a)
     ka.start()
@@ -208,14 +252,10 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
     row["idle_to_parked_s"] = round(time.monotonic() - idle_from, 1)
     import requests
 
-    def route_gone() -> bool:
-        routes = requests.get(f"http://127.0.0.1:{stack.ports['proxy_api']}/api/routes", timeout=10,
-                              headers={"Authorization": f"token {stack.proxy_token}"}).json()
-        return not any(path.rstrip("/") == f"/user/{A}" for path in routes)  # CHP keeps "/user/parka"
     # looked at first (the reads below take about a second, which the H100's 1.0 s of the second
     # run was); the hub drops a parked server's route when it sees its record (WATCH_S in
     # hub/hub_process/parking.py): a request sent before that waits until the server resumes
-    row["route_gone_after_parked_s"] = round(wait_for(route_gone, 30, "the parked server's route removed") and
+    row["route_gone_after_parked_s"] = round(wait_for(lambda: not has_route(stack, A), 30, "the parked server's route removed") and
                                              time.time() - parked_at, 2)
     record = next(iter(v for v in parked_records(stack).values() if v.get("user") == A), {})
     row["parked_record"] = {k: record.get(k) for k in ("uuid", "gpu_mib", "mem_limit", "mem_limit_parked")}
@@ -234,26 +274,16 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
         (g.get("holder") or {}).get("user", "") for g in console.get("gpus", []) if g.get("holder"))
 
     st.log(f"{gb:g} GB: parked; B starts on the freed GPU")
-    code, message = stack.hub.start(B)
-    if code not in (201, 202):
-        return {**row, "error": f"start B: {code} {message}"}
-    stack.hub.wait(B, ready=True)
-    row["b_gpu_same"] = st.norm(stack.containers()[B]["gpu"]) == st.norm(uuid)
+    gpu, error = start_on(stack, B, uuid)
+    if gpu is None:
+        return {**row, "error": error}
+    row["b_gpu_same"] = error is None
     code, where, took = resume(stack, token_a)  # B holds the GPU: A joins the GPU line for it
     page = requests.get(f"{stack.proxy_url}/hub/parked/", headers={"Authorization": f"token {token_a}"}, timeout=60)
     row["resume_while_b_holds"] = {"status": code, "to": where[:120], "answered_in_s": took,
                                    "page_names_b": B in page.text, "page_says_in_line": "line" in page.text.lower(),
                                    "paused_still": container_status(stack, A) == "paused"}
-    kb = st.Kernel(stack.proxy_url, B, stack.hub.token_for(B))
-    kb.start()
-    if not st.LOCAL:
-        kb.execute(st.kernel_setup_code())
-        left = int(gb * 2**30)
-        row["b_allocated_chunks"] = kb.call(B_ALLOC.format(left=left), timeout=300)
-        row["b_matmul"] = kb.call("bench(0)", timeout=300)
-        if baseline:
-            row["b_matmul"]["vs_host_before"] = round(row["b_matmul"]["tflops"] / baseline["tflops"], 4)
-    kb.close()
+    b_computes(stack, row, gb, baseline)
     row["a_paused_while_b_ran"] = container_status(stack, A) == "paused"
     b_stop = time.time()
     stack.hub.stop(B)
@@ -274,7 +304,7 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
     # after that (seconds for tens of GB) and the route comes back last: until then A's requests
     # reach the hub, which sends them back to /hub/user/... (the first GPU run connected too early)
     try:
-        wait_for(lambda: not route_gone(), 120 + gb * 2, "A's route back after the resume")
+        wait_for(lambda: has_route(stack, A), 120 + gb * 2, "A's route back after the resume")
     except TimeoutError:
         return {**row, "error": "A's route did not come back after the resume", "hub_log": stack.hub_log_tail(3000)}
     row["resume"]["route_back_after_b_stop_asked_s"] = round(time.time() - b_stop, 2)
@@ -282,17 +312,9 @@ def one_size(stack: st.Stack, gb: float, uuid: str, baseline: dict | None, row: 
     verified = ka.call(VERIFY_A.format(frm=parked_at + 0.5, to=resume_from - 0.5), timeout=120)
     pid = ka.call("os.getpid()")
     ka.close()
-    # JupyterHub's own route check may put the route back before the restore is over (the record
-    # goes first): the kernel's calls then wait for it. The resume's audit entry comes at its end,
-    # after the memory limit from before parking is put back (or said to stay raised).
-    resumed = lambda: [e for e in audit_tail(stack, b_stop) if e.get("user") == A  # noqa: E731
-                       and str(e.get("action")).startswith("park-resume")]
-    try:
-        wait_for(resumed, 60, "the resume's audit entry")
-    except TimeoutError:
-        pass
-    row["resume_timings"] = next((e.get("timings") for e in resumed() if e.get("action") == "park-resume"), None)
-    row["resume_audit"] = [(e.get("who"), e.get("action"), e.get("detail", "")[:300]) for e in resumed()]
+    resumed = resume_entries(stack, A, b_stop)
+    row["resume_timings"] = next((e.get("timings") for e in resumed if e.get("action") == "park-resume"), None)
+    row["resume_audit"] = [(e.get("who"), e.get("action"), e.get("detail", "")[:300]) for e in resumed]
     row["gpu_used_resumed_mib"] = gpu_used(uuid)
     row["a_memory_resumed"] = a_memory(stack)
     # resumed after longer than the timeout: its idle clock starts at the resume (T more seconds)
@@ -318,17 +340,12 @@ def one_case(stack: st.Stack, case: str, uuid: str, row: dict) -> dict:
     its GPU free). ``uvm``: a kernel that also holds managed memory; parked and resumed like the
     others if the driver can, else the park fails, its rollback leaves the kernel running, and
     gpu-reclaim stops the server instead: the GPU back at rest, and the next user computes on it."""
-    import requests
-
     user, sizes = CASES[case]
     t0 = time.time()
     st.log(f"{case}: {user} starts")
-    code, message = stack.hub.start(user)
-    if code not in (201, 202):
-        return {**row, "error": f"start {user}: {code} {message}"}
-    stack.hub.wait(user, ready=True)
-    if st.norm(stack.containers()[user]["gpu"]) != st.norm(uuid):
-        return {**row, "error": f"{user} got {stack.containers()[user]['gpu']}, not the GPU left free ({uuid})"}
+    _, error = start_on(stack, user, uuid)
+    if error:
+        return {**row, "error": error}
     token = stack.hub.token_for(user)
     kernels, ready = [], []
     for gb in sizes:
@@ -352,17 +369,11 @@ def one_case(stack: st.Stack, case: str, uuid: str, row: dict) -> dict:
         row["outcome"] = "stopped instead"
         row["park_failed"] = any(e.get("action") in ("park-failed", "park-refused") for e in mine())
         row["gpu_used_after_stop_mib"] = gpu_used(uuid)
-        code, message = stack.hub.start(B)  # the next user computes on that GPU
-        if code not in (201, 202):
-            return {**row, "error": f"start B: {code} {message}"}
-        stack.hub.wait(B, ready=True)
-        row["b_gpu_same"] = st.norm(stack.containers()[B]["gpu"]) == st.norm(uuid)
-        kb = st.Kernel(stack.proxy_url, B, stack.hub.token_for(B))
-        kb.start()
-        if not st.LOCAL:
-            kb.execute(st.kernel_setup_code())
-            row["b_matmul"] = kb.call("bench(0)", timeout=300)
-        kb.close()
+        gpu, error = start_on(stack, B, uuid)  # the next user computes on that GPU
+        if gpu is None:
+            return {**row, "error": error}
+        row["b_gpu_same"] = error is None
+        b_computes(stack, row)
         stack.hub.stop(B)
         row["ok"] = bool(row["park_failed"] and row["b_gpu_same"]
                          and (st.LOCAL or ((row["gpu_used_after_stop_mib"] or 1e9) <= 1024 and row.get("b_matmul"))))
@@ -374,12 +385,7 @@ def one_case(stack: st.Stack, case: str, uuid: str, row: dict) -> dict:
     resume_from = time.time()
     code, where, took = resume(stack, token)  # its GPU is free: it resumes at once
     row["resume_post"] = {"status": code, "to": where[:120], "answered_in_s": took}
-
-    def route_back() -> bool:
-        routes = requests.get(f"http://127.0.0.1:{stack.ports['proxy_api']}/api/routes", timeout=10,
-                              headers={"Authorization": f"token {stack.proxy_token}"}).json()
-        return any(path.rstrip("/") == f"/user/{user}" for path in routes)
-    wait_for(lambda: container_status(stack, user) == "running" and not parked_records(stack) and route_back(),
+    wait_for(lambda: container_status(stack, user) == "running" and not parked_records(stack) and has_route(stack, user),
              120 + 3 * sum(sizes), f"{user} resumed")
     verified = []
     for k in kernels:
@@ -387,12 +393,8 @@ def one_case(stack: st.Stack, case: str, uuid: str, row: dict) -> dict:
         verified.append({**k.call(VERIFY_A.format(frm=parked_at + 0.5, to=resume_from - 0.5), timeout=120),
                          "pid": k.call("os.getpid()")})
         k.close()
-    resumed = lambda: [e for e in mine() if str(e.get("action")).startswith("park-resume")]  # noqa: E731
-    try:
-        wait_for(resumed, 60, "the resume's audit entry")
-    except TimeoutError:
-        pass
-    row["resume_audit"] = [(e.get("action"), e.get("detail", "")[:300], e.get("timings")) for e in resumed()]
+    row["resume_audit"] = [(e.get("action"), e.get("detail", "")[:300], e.get("timings"))
+                           for e in resume_entries(stack, user, t0)]
     row["kernels"] = [{"checksum_same": v["checksum"] == r["checksum"], "note_same": v["note"] == r["note"],
                        "pid_same": v["pid"] == r["pid"], "ticks_while_parked": v["ticks_while_parked"]}
                       for v, r in zip(verified, ready)]
@@ -471,43 +473,35 @@ def run(stage: dict, sizes: list[float], cases: list[str] = ()) -> dict:
                 (v for k, v in st.host_bench().items() if st.norm(k) == st.norm(uuid)), None)
             summary["host_matmul_before"] = baseline
             summary["gpu_used_rest_mib"] = gpu_used(uuid)
-        for gb in sizes:
-            row: dict = {"gb": gb}
+        def guarded(rows: list, row: dict, users: tuple[str, ...], step) -> None:
+            """One size or case: its row, or what broke (the next one runs); its users stopped."""
             try:
-                summary["sizes"].append(one_size(stack, gb, uuid, baseline, row))
-            except Exception as exc:  # noqa: BLE001 - the report says what broke; the next size runs
-                import traceback
-                row.update(error=f"{type(exc).__name__}: {exc}"[:3000], traceback=traceback.format_exc()[-1500:],
-                           hub_log=stack.hub_log_tail(3000), a_logs=a_logs(stack))
-                try:
-                    row["a_memory_at_error"] = a_memory(stack)
-                except Exception:  # noqa: BLE001
-                    pass
-                summary["sizes"].append(row)
-                for user in (A, B):
-                    try:
-                        stack.hub.stop(user)
-                    except Exception:  # noqa: BLE001
-                        pass
-            st.log(json.dumps(summary["sizes"][-1])[:1500])
-            emit(summary)
-        summary["cases"] = []
-        for case in cases:
-            row = {"case": case}
-            try:
-                summary["cases"].append(one_case(stack, case, uuid, row))
-            except Exception as exc:  # noqa: BLE001 - the report says what broke; the next case runs
+                rows.append(step(row))
+            except Exception as exc:  # noqa: BLE001 - the report says what broke
                 import traceback
                 row.update(error=f"{type(exc).__name__}: {exc}"[:3000], traceback=traceback.format_exc()[-1500:],
                            hub_log=stack.hub_log_tail(3000))
-                summary["cases"].append(row)
-                for user in (CASES[case][0], B):
+                if A in users:
+                    row["a_logs"] = a_logs(stack)
+                    try:
+                        row["a_memory_at_error"] = a_memory(stack)
+                    except Exception:  # noqa: BLE001
+                        pass
+                rows.append(row)
+                for user in users:
                     try:
                         stack.hub.stop(user)
                     except Exception:  # noqa: BLE001
                         pass
-            st.log(json.dumps(summary["cases"][-1])[:1500])
+            st.log(json.dumps(rows[-1])[:1500])
             emit(summary)
+
+        for gb in sizes:
+            guarded(summary["sizes"], {"gb": gb}, (A, B), lambda row: one_size(stack, gb, uuid, baseline, row))
+        summary["cases"] = []
+        for case in cases:
+            guarded(summary["cases"], {"case": case}, (CASES[case][0], B),
+                    lambda row: one_case(stack, case, uuid, row))
     finally:
         stack.cleanup()
     rows = summary["sizes"] + summary.get("cases", [])
